@@ -1,0 +1,79 @@
+//! Lambda layer of `ol` (DESIGN.md §2, seed 001): turns an invocation of a
+//! lambda by name into a call on one of its warm sandboxes, creating,
+//! reusing and replacing sandboxes as needed.
+//!
+//! A [`LambdaManager`] holds one [`function::LambdaFunction`] per lambda
+//! called so far; each keeps its idle instances (sandboxes) warm and starts
+//! more, up to a bound, when calls overlap.
+
+mod function;
+mod manager;
+
+pub use manager::{LambdaManager, LambdaSettings, SandboxInfo, Stats};
+
+use std::time::Duration;
+
+/// Why an invocation failed; each maps to one HTTP status (DESIGN.md §1.3).
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// No lambda of that name in the registry (404).
+    #[error("no lambda named {0:?} in the registry")]
+    NotFound(String),
+    /// The name cannot name a lambda (400).
+    #[error("{0}")]
+    BadName(String),
+    /// The lambda's code does not load (500).
+    #[error("lambda failed to load: {error}")]
+    LoadFailed {
+        /// One-line summary.
+        error: String,
+        /// Short traceback.
+        traceback: String,
+    },
+    /// User code raised (500).
+    #[error("{error}")]
+    Raised {
+        /// `ExcType: message`.
+        error: String,
+        /// Short traceback.
+        traceback: String,
+    },
+    /// The sandbox died mid-call (502); the next call gets a fresh one.
+    #[error("{0}")]
+    Died(String),
+    /// The call ran past the runtime limit (504); the sandbox was killed.
+    #[error("lambda exceeded its runtime limit of {}s", .0.as_secs())]
+    Timeout(Duration),
+    /// The worker is shutting down (503).
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+    /// Anything else: sandbox creation or registry failure (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl InvokeError {
+    /// The HTTP status this error is answered with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::NotFound(_) => 404,
+            Self::BadName(_) => 400,
+            Self::LoadFailed { .. } | Self::Raised { .. } | Self::Internal(_) => 500,
+            Self::Died(_) => 502,
+            Self::ShuttingDown => 503,
+            Self::Timeout(_) => 504,
+        }
+    }
+
+    /// The traceback to show with the error, if any.
+    pub fn traceback(&self) -> Option<&str> {
+        match self {
+            Self::LoadFailed { traceback, .. } | Self::Raised { traceback, .. }
+                if !traceback.is_empty() =>
+            {
+                Some(traceback)
+            }
+            _ => None,
+        }
+    }
+}

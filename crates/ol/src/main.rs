@@ -1,0 +1,88 @@
+//! `ol`: the one command of the platform (DESIGN.md §1.1). It parses the
+//! command line and hands each command to the crate that does the work.
+
+mod bench;
+mod client;
+mod worker_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Serverless Python functions in lightweight Linux sandboxes.
+#[derive(Debug, Parser)]
+#[command(name = "ol", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, start, stop and inspect a worker.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+    /// Built-in benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// The worker directory option every worker command takes.
+#[derive(Debug, Clone, clap::Args)]
+struct DirArg {
+    /// Worker directory.
+    #[arg(short = 'p', long = "path", default_value = "default-ol")]
+    path: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerCommand {
+    /// Make a worker directory: config.json, registry with example lambdas.
+    Init {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Start a worker (in the foreground, or detached with -d).
+    Up {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Run in the background; logs go to DIR/logs/worker.log.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Override a config.json setting for this run (dotted keys:
+        /// -o limits.mem_mb=128). Repeatable.
+        #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+    /// Stop the worker and remove every sandbox it made.
+    Down {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Show the worker's pid, port, lambdas, sandboxes and memory.
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// After a crash: kill the worker and its sandboxes, remove leftovers.
+    ForceCleanup {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Worker(cmd) => worker_cmd::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ol: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! `ol worker ...`: init, up (foreground or detached), down, status and
+//! force-cleanup.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ol_worker::{StopOutcome, WorkerDir};
+use serde::Deserialize;
+
+use crate::client;
+use crate::{DirArg, WorkerCommand};
+
+/// Set in the environment of the process `up -d` starts.
+const DETACHED_ENV: &str = "OL_DETACHED";
+/// How long `up -d` waits for the worker to answer `/status`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `down` waits for a graceful stop before killing.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(cmd: WorkerCommand) -> Result<()> {
+    match cmd {
+        WorkerCommand::Init { dir } => init(&dir),
+        WorkerCommand::Up {
+            dir,
+            detach,
+            options,
+        } => up(&dir, detach, &options),
+        WorkerCommand::Down { dir } => down(&dir),
+        WorkerCommand::Status { dir } => status(&dir),
+        WorkerCommand::ForceCleanup { dir } => force_cleanup(&dir),
+    }
+}
+
+fn init(dir: &DirArg) -> Result<()> {
+    let wd = WorkerDir::new(&dir.path);
+    let config = wd.init()?;
+    println!(
+        "initialized worker directory {} (python: {}, sandbox: {:?}, port {})",
+        wd.root().display(),
+        config.python,
+        config.sandbox,
+        config.worker_port
+    );
+    Ok(())
+}
+
+fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
+    let wd = WorkerDir::new(&dir.path);
+    if !wd.is_initialized() {
+        wd.init()?;
+        eprintln!("initialized worker directory {}", wd.root().display());
+    }
+    // Check config and a running worker here too, so `-d` fails in the
+    // terminal rather than in a log file.
+    ol_worker::Config::load(&wd.config_file(), options)?;
+    if let Some(running) = wd.running() {
+        bail!(
+            "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",
+            wd.root().display(),
+            running.pid,
+            wd.root().display()
+        );
+    }
+    if detach {
+        return start_detached(&wd, options);
+    }
+    let detached = std::env::var_os(DETACHED_ENV).is_some();
+    if detached {
+        // Leave the terminal's session so its hangup never reaches us.
+        let _ = nix::unistd::setsid();
+    }
+    init_logging(!detached);
+    ol_worker::run_worker(&wd, options)?;
+    Ok(())
+}
+
+fn init_logging(ansi: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn start_detached(wd: &WorkerDir, options: &[String]) -> Result<()> {
+    std::fs::create_dir_all(wd.logs())
+        .with_context(|| format!("cannot create {}", wd.logs().display()))?;
+    let log_path = wd.log_file();
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let exe = std::env::current_exe().context("cannot find the ol binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["worker", "up", "-p"]).arg(wd.root());
+    for o in options {
+        cmd.arg("-o").arg(o);
+    }
+    let mut child = cmd
+        .env(DETACHED_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("cannot share the log file")?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the worker process")?;
+    let port = wait_ready(wd, &mut child, &log_path, log_start)?;
+    println!(
+        "worker started: pid {}, http://127.0.0.1:{port}, log {}",
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+/// Waits until the worker started as `child` answers `/status` with
+/// `ready`, or fails with what its log says.
+fn wait_ready(wd: &WorkerDir, child: &mut Child, log: &Path, log_start: u64) -> Result<u16> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the worker exited ({status}) before it was ready:\n{}",
+                log_since(log, log_start)
+            );
+        }
+        if let Some(port) = wd.running().and_then(|r| r.port) {
+            let url = format!("http://127.0.0.1:{port}/status");
+            if client::get(&url, Duration::from_secs(2))
+                .is_ok_and(|a| a.status == 200 && a.body == "ready")
+            {
+                return Ok(port);
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            bail!(
+                "the worker was not ready within {READY_TIMEOUT:?}:\n{}",
+                log_since(log, log_start)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn log_since(log: &Path, start: u64) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let tail = text.get(start as usize..).unwrap_or(&text);
+    String::from_utf8_lossy(tail).trim_end().to_string()
+}
+
+fn down(dir: &DirArg) -> Result<()> {
+    let wd = WorkerDir::new(&dir.path);
+    match ol_worker::stop_worker(&wd, STOP_TIMEOUT)? {
+        StopOutcome::NotRunning => println!("no worker was running in {}", wd.root().display()),
+        StopOutcome::Stopped { pid } => println!("worker {pid} stopped"),
+        StopOutcome::Killed { pid } => {
+            println!("worker {pid} did not stop within {STOP_TIMEOUT:?} and was killed")
+        }
+    }
+    Ok(())
+}
+
+fn force_cleanup(dir: &DirArg) -> Result<()> {
+    let wd = WorkerDir::new(&dir.path);
+    let found = ol_worker::force_cleanup(&wd)?;
+    println!(
+        "cleaned up {}: {found} leftover sandbox(es) removed",
+        wd.root().display()
+    );
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct StatsView {
+    invocations: u64,
+    lambdas: Vec<LambdaView>,
+    sandboxes: Vec<SandboxView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LambdaView {
+    name: String,
+    idle: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct SandboxView {
+    id: String,
+    pid: u32,
+}
+
+fn status(dir: &DirArg) -> Result<()> {
+    let wd = WorkerDir::new(&dir.path);
+    let Some(running) = wd.running() else {
+        bail!(
+            "no worker is running in {}; start one with `ol worker up -p {}`",
+            wd.root().display(),
+            wd.root().display()
+        );
+    };
+    let port = running
+        .port
+        .context("the worker is starting (no port yet)")?;
+    let answer = client::get(
+        &format!("http://127.0.0.1:{port}/stats"),
+        Duration::from_secs(5),
+    )?;
+    let stats: StatsView = serde_json::from_str(&answer.body)
+        .context("the worker's /stats is not the expected JSON")?;
+    let sandbox_rss: u64 = stats.sandboxes.iter().map(|s| rss_bytes(s.pid)).sum();
+    println!("worker in {}", wd.root().display());
+    println!("  pid:         {}", running.pid);
+    println!("  url:         http://127.0.0.1:{port}");
+    println!(
+        "  memory:      worker {}, sandboxes {}",
+        mib(rss_bytes(running.pid)),
+        mib(sandbox_rss)
+    );
+    println!("  invocations: {}", stats.invocations);
+    println!("  lambdas:     {}", stats.lambdas.len());
+    for l in &stats.lambdas {
+        println!("    {} ({} idle)", l.name, l.idle);
+    }
+    println!("  sandboxes:   {}", stats.sandboxes.len());
+    for s in &stats.sandboxes {
+        println!("    {} pid {} rss {}", s.id, s.pid, mib(rss_bytes(s.pid)));
+    }
+    Ok(())
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}

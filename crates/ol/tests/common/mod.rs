@@ -1,0 +1,243 @@
+//! Shared harness of the end-to-end tests: a real worker started with the
+//! real `ol` binary in a temporary directory, stopped (and checked for
+//! leftovers) when dropped, even when the test fails.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The `ol` binary under test.
+pub fn ol_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ol")
+}
+
+/// Runs `ol args... -p dir` and returns its output.
+pub fn ol(dir: &Path, args: &[&str]) -> Output {
+    Command::new(ol_bin())
+        .args(args)
+        .arg("-p")
+        .arg(dir)
+        .output()
+        .expect("run ol")
+}
+
+/// A worker in a temp dir.
+pub struct TestWorker {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    stopped: bool,
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+impl TestWorker {
+    /// Inits a worker dir, adds `lambdas` (name → [(file, source)]) to its
+    /// registry and starts it detached on a free port with `overrides`.
+    pub fn start(lambdas: &[(&str, &[(&str, &str)])], overrides: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ol-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let out = ol(dir.path(), &["worker", "init"]);
+        assert!(out.status.success(), "init: {}", stderr(&out));
+        for (name, files) in lambdas {
+            add_lambda(dir.path(), name, files);
+        }
+        let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
+        for o in overrides {
+            args.extend(["-o", o]);
+        }
+        let out = ol(dir.path(), &args);
+        assert!(
+            out.status.success(),
+            "up: {}\n{}",
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let port = fs::read_to_string(dir.path().join("worker/worker.port"))
+            .expect("port file")
+            .trim()
+            .parse()
+            .expect("port");
+        Self {
+            dir,
+            port,
+            stopped: false,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends one request and returns status, body and headers.
+    pub fn call(&self, method: &str, path: &str, body: &str) -> Answer {
+        request(method, &self.url(path), body.as_bytes())
+    }
+
+    /// POSTs `body` to `/run/<lambda>`.
+    pub fn run(&self, lambda: &str, body: &str) -> Answer {
+        self.call("POST", &format!("/run/{lambda}"), body)
+    }
+
+    /// `GET /stats` as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        let a = self.call("GET", "/stats", "");
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.json()
+    }
+
+    /// Pids of the live sandboxes of `lambda`.
+    pub fn sandbox_pids(&self, lambda: &str) -> Vec<u32> {
+        self.stats()["sandboxes"]
+            .as_array()
+            .expect("sandboxes")
+            .iter()
+            .filter(|s| s["lambda"] == lambda)
+            .map(|s| s["pid"].as_u64().expect("pid") as u32)
+            .collect()
+    }
+
+    /// The worker's pid from its pid file.
+    pub fn worker_pid(&self) -> u32 {
+        fs::read_to_string(self.path().join("worker/worker.pid"))
+            .expect("pid file")
+            .split_whitespace()
+            .next()
+            .expect("pid")
+            .parse()
+            .expect("pid number")
+    }
+
+    /// `ol worker down`, then asserts nothing of the worker is left.
+    pub fn down(&mut self) {
+        self.stopped = true;
+        let out = ol(self.path(), &["worker", "down"]);
+        assert!(out.status.success(), "down: {}", stderr(&out));
+        assert_no_processes(self.path());
+        assert!(!self.path().join("worker/worker.pid").exists());
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = ol(self.path(), &["worker", "down"]);
+            let _ = ol(self.path(), &["worker", "force-cleanup"]);
+        }
+    }
+}
+
+/// Writes lambda `name` into the registry of the worker dir `dir`.
+pub fn add_lambda(dir: &Path, name: &str, files: &[(&str, &str)]) {
+    let ldir = dir.join("registry").join(name);
+    fs::create_dir_all(&ldir).expect("mkdir lambda");
+    for (file, source) in files {
+        fs::write(ldir.join(file), source).expect("write lambda file");
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One HTTP request with any status accepted.
+pub fn request(method: &str, url: &str, body: &[u8]) -> Answer {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body.to_vec())
+        .expect("request");
+    let mut resp = agent.run(req).expect("HTTP request");
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp.body_mut().read_to_string().expect("body");
+    Answer {
+        status,
+        body,
+        headers,
+    }
+}
+
+/// Pids of every process whose command line mentions `dir`.
+pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        let is_zombie = fs::read_to_string(entry.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        if cmdline.contains(&needle) && !is_zombie {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Asserts no live process mentions `dir`.
+pub fn assert_no_processes(dir: &Path) {
+    let left = processes_mentioning(dir);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+/// Polls `cond` for up to `timeout`.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

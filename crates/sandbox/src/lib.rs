@@ -1,0 +1,153 @@
+//! Sandbox layer of `ol` (DESIGN.md §2, §3.1): the [`Sandbox`] and
+//! [`SandboxPool`] traits every backend implements, the [`SafeSandbox`]
+//! wrapper that talks the runtime protocol and turns every failure into an
+//! error (never a panic), and the backends themselves.
+
+pub mod process;
+pub mod protocol;
+pub mod runtime;
+mod safe;
+mod sys;
+
+use std::fmt::Debug;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use protocol::{Invocation, Reply};
+pub use safe::{CallError, SafeSandbox};
+
+/// Resource limits of one sandbox (config.json `limits`, ol.yaml `limits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most processes (and threads) the sandbox may run.
+    pub procs: u32,
+    /// Memory limit in MiB.
+    pub mem_mb: u64,
+    /// CPU share in percent of one core.
+    pub cpu_percent: u32,
+    /// Swappiness of the sandbox's memory cgroup.
+    pub swappiness: u32,
+    /// Longest a single call may run before the sandbox is killed (504).
+    pub runtime_sec: u64,
+    /// Largest request body accepted (413 above it).
+    pub max_body_mb: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            procs: 10,
+            mem_mb: 50,
+            cpu_percent: 100,
+            swappiness: 0,
+            runtime_sec: 30,
+            max_body_mb: 6,
+        }
+    }
+}
+
+/// What a new sandbox runs and within which limits.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Name of the lambda (validated by the registry: `[A-Za-z0-9_-]{1,64}`).
+    pub lambda: String,
+    /// Directory holding the lambda's code.
+    pub code_dir: PathBuf,
+    /// Extra environment variables (ol.yaml `environment`).
+    pub env: Vec<(String, String)>,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// A freshly created sandbox: the backend's handle plus the worker's end of
+/// the runtime connection.
+#[derive(Debug)]
+pub struct NewSandbox {
+    /// The backend's handle.
+    pub sandbox: Box<dyn Sandbox>,
+    /// The worker's end of the connected unix socket.
+    pub conn: UnixStream,
+}
+
+/// One backend's sandbox. Methods block (kernel work); callers on an async
+/// runtime run them with `spawn_blocking`.
+pub trait Sandbox: Send + Sync + Debug {
+    /// Unique id, also the name of its scratch directory.
+    fn id(&self) -> &str;
+    /// Host pid of the runtime process.
+    fn pid(&self) -> u32;
+    /// Stops the sandbox from being scheduled.
+    fn pause(&self) -> Result<(), SandboxError>;
+    /// Lets a paused sandbox run again.
+    fn unpause(&self) -> Result<(), SandboxError>;
+    /// Kills every process of the sandbox and frees what it holds.
+    /// Idempotent.
+    fn destroy(&mut self) -> Result<(), SandboxError>;
+    /// Memory in use, in bytes.
+    fn mem_usage(&self) -> Result<u64, SandboxError>;
+    /// Why the runtime is gone (exit status or signal), once it is.
+    fn exit_reason(&mut self) -> Option<String>;
+}
+
+/// A backend: makes sandboxes and cleans up after crashed workers.
+pub trait SandboxPool: Send + Sync {
+    /// Short backend name (`process`, `sock`).
+    fn kind(&self) -> &'static str;
+    /// Creates a sandbox running the lambda's runtime. Blocks.
+    fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError>;
+    /// Kills and removes whatever an earlier worker in the same directory
+    /// left behind (processes, scratch dirs); returns how many sandboxes
+    /// were found.
+    fn cleanup_leftovers(&self) -> Result<usize, SandboxError>;
+}
+
+/// Errors of the sandbox layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A filesystem operation on `path` failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Starting the runtime process failed.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program that failed to start.
+        program: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Sending a signal to a sandbox's processes failed.
+    #[error("cannot signal pid {pid}: {source}")]
+    Signal {
+        /// The target pid.
+        pid: u32,
+        /// The OS error.
+        source: nix::Error,
+    },
+    /// The lambda's code could not be loaded by the runtime.
+    #[error("lambda failed to load: {error}")]
+    LoadFailed {
+        /// One-line summary.
+        error: String,
+        /// Short traceback.
+        traceback: String,
+    },
+    /// The runtime did not come up.
+    #[error("the runtime did not start: {0}")]
+    StartFailed(String),
+    /// No usable Python interpreter.
+    #[error("{0}")]
+    Python(String),
+    /// The operation was attempted on a destroyed sandbox.
+    #[error("sandbox {0} is dead: {1}")]
+    Dead(String, String),
+}

@@ -1,0 +1,362 @@
+//! The `process` backend: each sandbox is a plain child process running the
+//! Python runtime, in its own process group, with no isolation. It is for
+//! development without root; `sock` is the isolated backend.
+//!
+//! Each sandbox gets a scratch dir `<scratch_root>/<id>/` with its `stdout`,
+//! `stderr` and a `pid` file (`<pid> <start time>`), so a later worker can
+//! find and kill what a crashed one left behind without hitting a recycled
+//! pid.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::{NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, sys};
+
+/// Descriptor number of the runtime connection inside the child.
+const RUNTIME_FD: i32 = 3;
+const PID_FILE: &str = "pid";
+
+/// Where the runtime lives and how to start it.
+#[derive(Debug, Clone)]
+pub struct RuntimeCommand {
+    /// The real Python interpreter (never a pyenv shim).
+    pub python: PathBuf,
+    /// The runtime script (`ol_runtime.py`).
+    pub script: PathBuf,
+}
+
+/// Makes `process` sandboxes.
+#[derive(Debug)]
+pub struct ProcessPool {
+    runtime: RuntimeCommand,
+    scratch_root: PathBuf,
+    next_id: AtomicU64,
+}
+
+impl ProcessPool {
+    /// A pool whose sandboxes keep their scratch dirs under `scratch_root`.
+    pub fn new(runtime: RuntimeCommand, scratch_root: PathBuf) -> Result<Self, SandboxError> {
+        fs::create_dir_all(&scratch_root).map_err(|source| SandboxError::Io {
+            what: "cannot create scratch dir",
+            path: scratch_root.clone(),
+            source,
+        })?;
+        Ok(Self {
+            runtime,
+            scratch_root,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn spawn(
+        &self,
+        spec: &SandboxSpec,
+        id: &str,
+        scratch: &Path,
+    ) -> Result<NewSandbox, SandboxError> {
+        let io_err = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SandboxError::Io { what, path, source }
+        };
+        fs::create_dir_all(scratch).map_err(io_err("cannot create scratch dir", scratch))?;
+        let stdout_path = scratch.join("stdout");
+        let stdout =
+            fs::File::create(&stdout_path).map_err(io_err("cannot create", &stdout_path))?;
+        let stderr_path = scratch.join("stderr");
+        let stderr =
+            fs::File::create(&stderr_path).map_err(io_err("cannot create", &stderr_path))?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(io_err("cannot create socket pair for", scratch))?;
+
+        let mut cmd = Command::new(&self.runtime.python);
+        cmd.arg("-I")
+            .arg("-S")
+            .arg(&self.runtime.script)
+            .arg("--fd")
+            .arg(RUNTIME_FD.to_string())
+            .arg("--code")
+            .arg(&spec.code_dir)
+            .arg("--name")
+            .arg(&spec.lambda)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .env("HOME", scratch)
+            .env("TMPDIR", scratch)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&spec.code_dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        sys::inherit_fd_as(&mut cmd, theirs.as_raw_fd(), RUNTIME_FD);
+        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+            program: self.runtime.python.clone(),
+            source,
+        })?;
+        // Our copy of the runtime's end must go, or its death is never seen
+        // as EOF.
+        drop(theirs);
+        let mut sandbox = ProcessSandbox {
+            id: id.to_string(),
+            pid: child.id(),
+            child,
+            scratch: scratch.to_path_buf(),
+            destroyed: false,
+        };
+        let pid_path = scratch.join(PID_FILE);
+        let record = format!(
+            "{} {}\n",
+            sandbox.pid,
+            process_start_time(sandbox.pid).unwrap_or(0)
+        );
+        if let Err(source) = fs::write(&pid_path, record) {
+            let _ = sandbox.destroy();
+            return Err(SandboxError::Io {
+                what: "cannot write",
+                path: pid_path,
+                source,
+            });
+        }
+        Ok(NewSandbox {
+            sandbox: Box::new(sandbox),
+            conn: ours,
+        })
+    }
+}
+
+impl SandboxPool for ProcessPool {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", spec.lambda);
+        let scratch = self.scratch_root.join(&id);
+        self.spawn(spec, &id, &scratch).inspect_err(|_| {
+            let _ = fs::remove_dir_all(&scratch);
+        })
+    }
+
+    fn cleanup_leftovers(&self) -> Result<usize, SandboxError> {
+        cleanup_scratch(&self.scratch_root)
+    }
+}
+
+/// Kills every sandbox process recorded under `scratch_root` (checking each
+/// pid's start time, so a recycled pid is never hit) and removes the scratch
+/// dirs. Returns how many sandboxes were found. Works without a running
+/// worker: it is `ol worker force-cleanup`'s part for this backend.
+pub fn cleanup_scratch(scratch_root: &Path) -> Result<usize, SandboxError> {
+    let entries = match fs::read_dir(scratch_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(SandboxError::Io {
+                what: "cannot list",
+                path: scratch_root.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut found = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if let Some((pid, started)) = read_pid_record(&dir.join(PID_FILE)) {
+            found += 1;
+            if process_start_time(pid) == Some(started) {
+                // The runtime leads its own process group: kill it all.
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+        fs::remove_dir_all(&dir).map_err(|source| SandboxError::Io {
+            what: "cannot remove",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    Ok(found)
+}
+
+/// A runtime process and its process group.
+#[derive(Debug)]
+struct ProcessSandbox {
+    id: String,
+    pid: u32,
+    child: Child,
+    scratch: PathBuf,
+    destroyed: bool,
+}
+
+impl ProcessSandbox {
+    fn signal_group(&self, sig: Signal) -> Result<(), SandboxError> {
+        killpg(Pid::from_raw(self.pid as i32), sig).map_err(|source| SandboxError::Signal {
+            pid: self.pid,
+            source,
+        })
+    }
+}
+
+impl Sandbox for ProcessSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn pause(&self) -> Result<(), SandboxError> {
+        self.signal_group(Signal::SIGSTOP)
+    }
+
+    fn unpause(&self) -> Result<(), SandboxError> {
+        self.signal_group(Signal::SIGCONT)
+    }
+
+    fn destroy(&mut self) -> Result<(), SandboxError> {
+        if self.destroyed {
+            return Ok(());
+        }
+        self.destroyed = true;
+        // ESRCH: the whole group is already gone, which is what we want.
+        match killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL) {
+            Ok(()) | Err(nix::Error::ESRCH) => {}
+            Err(source) => {
+                return Err(SandboxError::Signal {
+                    pid: self.pid,
+                    source,
+                });
+            }
+        }
+        let _ = self.child.wait();
+        let _ = fs::remove_file(self.scratch.join(PID_FILE));
+        remove_scratch_if_quiet(&self.scratch);
+        Ok(())
+    }
+
+    fn mem_usage(&self) -> Result<u64, SandboxError> {
+        let path = PathBuf::from(format!("/proc/{}/statm", self.pid));
+        let statm = fs::read_to_string(&path).map_err(|source| SandboxError::Io {
+            what: "cannot read",
+            path: path.clone(),
+            source,
+        })?;
+        let resident_pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok(resident_pages * 4096)
+    }
+
+    fn exit_reason(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(describe_exit(status)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for ProcessSandbox {
+    fn drop(&mut self) {
+        let _ = self.destroy();
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("was killed by signal {sig} ({})", s.as_str()),
+            Err(_) => format!("was killed by signal {sig}"),
+        },
+        (None, None) => "exited".to_string(),
+    }
+}
+
+/// Keeps a dead sandbox's scratch dir only when its logs have something in
+/// them, so thousands of quiet sandboxes leave nothing behind.
+fn remove_scratch_if_quiet(scratch: &Path) {
+    let is_empty = |name: &str| {
+        fs::metadata(scratch.join(name))
+            .map(|m| m.len() == 0)
+            .unwrap_or(true)
+    };
+    if is_empty("stdout") && is_empty("stderr") {
+        let _ = fs::remove_dir_all(scratch);
+    }
+}
+
+fn read_pid_record(path: &Path) -> Option<(u32, u64)> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut parts = text.split_whitespace();
+    let pid = parts.next()?.parse().ok()?;
+    let started = parts.next()?.parse().ok()?;
+    Some((pid, started))
+}
+
+/// Start time of a live process in clock ticks since boot (field 22 of
+/// /proc/PID/stat); with the pid it names one process for good. `None` when
+/// no such process runs (zombies count as gone: they run nothing).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self_is_stable_and_absent_for_unused_pid() {
+        let me = std::process::id();
+        let a = process_start_time(me).expect("own start time");
+        assert_eq!(process_start_time(me), Some(a));
+        assert_eq!(process_start_time(u32::MAX - 1), None);
+    }
+
+    #[test]
+    fn pid_record_round_trip_and_garbage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("pid");
+        fs::write(&p, "123 456\n").expect("write");
+        assert_eq!(read_pid_record(&p), Some((123, 456)));
+        fs::write(&p, "nonsense").expect("write");
+        assert_eq!(read_pid_record(&p), None);
+        assert_eq!(read_pid_record(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn quiet_scratch_is_removed_and_noisy_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let quiet = dir.path().join("quiet");
+        let noisy = dir.path().join("noisy");
+        for d in [&quiet, &noisy] {
+            fs::create_dir(d).expect("mkdir");
+            fs::write(d.join("stdout"), "").expect("write");
+            fs::write(d.join("stderr"), "").expect("write");
+        }
+        fs::write(noisy.join("stderr"), "Traceback").expect("write");
+        remove_scratch_if_quiet(&quiet);
+        remove_scratch_if_quiet(&noisy);
+        assert!(!quiet.exists());
+        assert!(noisy.exists());
+    }
+}

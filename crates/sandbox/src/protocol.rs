@@ -1,0 +1,295 @@
+//! Worker side of the worker ↔ runtime protocol (docs/protocol.md): one
+//! length-prefixed frame per message over a persistent unix socket.
+//!
+//! A frame is `meta_len: u32 BE`, `body_len: u32 BE`, the meta as a JSON
+//! object, then the raw body. Encoding reuses one buffer per sandbox so the
+//! hot path allocates nothing but the response body.
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest meta object either side may send.
+pub const MAX_META_BYTES: usize = 1 << 20;
+/// Largest body either side may send.
+pub const MAX_BODY_BYTES: usize = 1 << 30;
+/// Bodies up to this size are copied into the frame buffer and sent with one
+/// write; larger ones are written separately to avoid the copy.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
+const HEADER_BYTES: usize = 8;
+
+/// One HTTP call of a lambda, as the event layer hands it down.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invocation {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// What follows `/run/<name>` in the URL; `/` when nothing does.
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    /// Request headers, names lower-case, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The request body.
+    pub body: Bytes,
+}
+
+/// A lambda's answer to one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers as the lambda set them.
+    pub headers: Vec<(String, String)>,
+    /// The response body.
+    pub body: Bytes,
+}
+
+#[derive(Serialize)]
+struct RequestMeta<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a [(String, String)],
+}
+
+/// The meta object of any frame the runtime sends (ready, load error or
+/// response); which fields are set says which it is.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct RuntimeMeta {
+    /// `ready` or `load_error` for the first frame; absent on responses.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The runtime's pid, on `ready`.
+    pub pid: Option<u32>,
+    /// HTTP status of a response.
+    pub status: Option<u16>,
+    /// Response headers.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// `ExcType: message` when user code raised or failed to load.
+    pub error: Option<String>,
+    /// Short traceback to go with `error`.
+    #[serde(default)]
+    pub traceback: String,
+}
+
+/// What can go wrong on the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The runtime closed its end (it exited or was killed).
+    #[error("the runtime closed the connection")]
+    Closed,
+    /// Reading or writing the socket failed.
+    #[error("i/o error talking to the runtime: {0}")]
+    Io(#[from] std::io::Error),
+    /// The runtime sent something that is not a valid frame.
+    #[error("the runtime sent a malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Writes `inv` as one request frame, using `buf` as scratch space.
+pub async fn write_request<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    inv: &Invocation,
+    buf: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    encode_request_head(inv, buf)?;
+    if inv.body.len() <= INLINE_BODY_BYTES {
+        buf.extend_from_slice(&inv.body);
+        w.write_all(buf).await?;
+    } else {
+        w.write_all(buf).await?;
+        w.write_all(&inv.body).await?;
+    }
+    Ok(())
+}
+
+/// Fills `buf` with the frame header and meta of `inv` (everything but the
+/// body).
+fn encode_request_head(inv: &Invocation, buf: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    if inv.body.len() > MAX_BODY_BYTES {
+        return Err(ProtocolError::Malformed(format!(
+            "request body of {} bytes is over the {MAX_BODY_BYTES}-byte frame limit",
+            inv.body.len()
+        )));
+    }
+    buf.clear();
+    buf.extend_from_slice(&[0; HEADER_BYTES]);
+    let meta = RequestMeta {
+        method: &inv.method,
+        path: &inv.path,
+        query: &inv.query,
+        headers: &inv.headers,
+    };
+    serde_json::to_writer(&mut *buf, &meta)
+        .map_err(|e| ProtocolError::Malformed(format!("cannot encode request meta: {e}")))?;
+    let meta_len = buf.len() - HEADER_BYTES;
+    if meta_len > MAX_META_BYTES {
+        return Err(ProtocolError::Malformed(format!(
+            "request headers take {meta_len} bytes, over the {MAX_META_BYTES}-byte limit"
+        )));
+    }
+    // Both lengths were bounded above, so they fit in u32.
+    buf[0..4].copy_from_slice(&(meta_len as u32).to_be_bytes());
+    buf[4..8].copy_from_slice(&(inv.body.len() as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Reads one frame from the runtime. `Closed` means a clean EOF before the
+/// first byte of a frame.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    meta_buf: &mut Vec<u8>,
+) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
+    let mut header = [0u8; HEADER_BYTES];
+    let first = r.read(&mut header).await?;
+    if first == 0 {
+        return Err(ProtocolError::Closed);
+    }
+    if first < HEADER_BYTES {
+        read_exact_or_closed(r, &mut header[first..]).await?;
+    }
+    let meta_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let body_len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if meta_len > MAX_META_BYTES {
+        return Err(ProtocolError::Malformed(format!(
+            "meta of {meta_len} bytes is over the {MAX_META_BYTES}-byte limit"
+        )));
+    }
+    if body_len > MAX_BODY_BYTES {
+        return Err(ProtocolError::Malformed(format!(
+            "body of {body_len} bytes is over the {MAX_BODY_BYTES}-byte limit"
+        )));
+    }
+    meta_buf.clear();
+    meta_buf.resize(meta_len, 0);
+    read_exact_or_closed(r, meta_buf).await?;
+    let meta: RuntimeMeta = serde_json::from_slice(meta_buf)
+        .map_err(|e| ProtocolError::Malformed(format!("meta is not the expected JSON: {e}")))?;
+    let mut body = BytesMut::zeroed(body_len);
+    read_exact_or_closed(r, &mut body).await?;
+    Ok((meta, body.freeze()))
+}
+
+async fn read_exact_or_closed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> Result<(), ProtocolError> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProtocolError::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(meta: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(meta.as_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn request_frame_has_exact_layout() {
+        let inv = Invocation {
+            method: "POST".into(),
+            path: "/a/b".into(),
+            query: "x=1".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from_static(b"{\"name\": \"Alice\"}"),
+        };
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        write_request(&mut out, &inv, &mut buf)
+            .await
+            .expect("write");
+        let meta = r#"{"method":"POST","path":"/a/b","query":"x=1","headers":[["content-type","application/json"]]}"#;
+        assert_eq!(out, frame(meta, b"{\"name\": \"Alice\"}"));
+    }
+
+    #[tokio::test]
+    async fn large_body_is_written_after_the_head() {
+        let body = Bytes::from(vec![7u8; INLINE_BODY_BYTES + 1]);
+        let inv = Invocation {
+            method: "PUT".into(),
+            path: "/".into(),
+            body: body.clone(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_request(&mut out, &inv, &mut Vec::new())
+            .await
+            .expect("write");
+        let meta = r#"{"method":"PUT","path":"/","query":"","headers":[]}"#;
+        assert_eq!(out, frame(meta, &body));
+    }
+
+    #[tokio::test]
+    async fn reads_response_ready_and_error_frames() {
+        let mut input = frame(r#"{"type":"ready","pid":42}"#, b"");
+        input.extend(frame(
+            r#"{"status":418,"headers":[["A","B"]]}"#,
+            b"hi\n\x00\xff",
+        ));
+        input.extend(frame(
+            r#"{"status":500,"error":"ZeroDivisionError: division by zero","traceback":"f.py:2"}"#,
+            b"",
+        ));
+        let mut r = input.as_slice();
+        let mut meta_buf = Vec::new();
+
+        let (ready, body) = read_frame(&mut r, &mut meta_buf).await.expect("ready");
+        assert_eq!(ready.kind.as_deref(), Some("ready"));
+        assert_eq!(ready.pid, Some(42));
+        assert!(body.is_empty());
+
+        let (resp, body) = read_frame(&mut r, &mut meta_buf).await.expect("resp");
+        assert_eq!(resp.status, Some(418));
+        assert_eq!(resp.headers, vec![("A".to_string(), "B".to_string())]);
+        assert_eq!(&body[..], b"hi\n\x00\xff");
+
+        let (err, _) = read_frame(&mut r, &mut meta_buf).await.expect("err");
+        assert_eq!(
+            err.error.as_deref(),
+            Some("ZeroDivisionError: division by zero")
+        );
+        assert_eq!(err.traceback, "f.py:2");
+
+        assert!(matches!(
+            read_frame(&mut r, &mut meta_buf).await,
+            Err(ProtocolError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_closed_not_a_hang() {
+        let full = frame(r#"{"status":200}"#, b"abcdef");
+        for cut in [3, 8, 12, full.len() - 1] {
+            let mut r = &full[..cut];
+            let got = read_frame(&mut r, &mut Vec::new()).await;
+            assert!(
+                matches!(got, Err(ProtocolError::Closed)),
+                "cut at {cut}: {got:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_or_bad_meta_is_malformed() {
+        let mut huge = Vec::new();
+        huge.extend_from_slice(&((MAX_META_BYTES + 1) as u32).to_be_bytes());
+        huge.extend_from_slice(&0u32.to_be_bytes());
+        let got = read_frame(&mut huge.as_slice(), &mut Vec::new()).await;
+        assert!(matches!(got, Err(ProtocolError::Malformed(_))), "{got:?}");
+
+        let bad = frame("not json", b"");
+        let got = read_frame(&mut bad.as_slice(), &mut Vec::new()).await;
+        assert!(matches!(got, Err(ProtocolError::Malformed(_))), "{got:?}");
+    }
+}

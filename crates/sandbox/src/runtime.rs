@@ -1,0 +1,131 @@
+//! The Python runtime that runs inside every sandbox, embedded in the binary
+//! so `ol` needs no other files, and the search for a real interpreter to
+//! run it with (never the pyenv shim: FLOORS.md measures it at ~45 ms).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::SandboxError;
+
+/// Source of `runtimes/python/ol_runtime.py`.
+pub const PYTHON_RUNTIME: &str = include_str!("../../../runtimes/python/ol_runtime.py");
+/// File name the runtime is installed under.
+pub const RUNTIME_FILE: &str = "ol_runtime.py";
+/// Oldest Python the runtime supports.
+const MIN_PYTHON: (u32, u32) = (3, 9);
+
+/// Writes the embedded runtime into `dir` (replacing an older copy
+/// atomically) and returns its path.
+pub fn install_runtime(dir: &Path) -> Result<PathBuf, SandboxError> {
+    let io_err = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SandboxError::Io { what, path, source }
+    };
+    fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+    let path = dir.join(RUNTIME_FILE);
+    if fs::read_to_string(&path).is_ok_and(|old| old == PYTHON_RUNTIME) {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".{RUNTIME_FILE}.{}", std::process::id()));
+    fs::write(&tmp, PYTHON_RUNTIME).map_err(io_err("cannot write", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("cannot install", &path))?;
+    Ok(path)
+}
+
+/// The interpreter found for a configured name or path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Python {
+    /// Absolute path of the real interpreter binary.
+    pub executable: PathBuf,
+    /// `(major, minor)`.
+    pub version: (u32, u32),
+}
+
+/// Runs `candidate` (a name on PATH or a path, possibly a shim) once and
+/// asks it for the real interpreter behind it.
+pub fn resolve_python(candidate: &str) -> Result<Python, SandboxError> {
+    let probe =
+        "import sys; sys.stdout.write(sys.executable + '\\n' + '%d.%d' % sys.version_info[:2])";
+    let out = Command::new(candidate)
+        .args(["-I", "-S", "-c", probe])
+        .output()
+        .map_err(|e| {
+            SandboxError::Python(format!(
+                "cannot run Python interpreter `{candidate}`: {e}; set \"python\" in config.json to a Python {}.{}+ interpreter",
+                MIN_PYTHON.0, MIN_PYTHON.1
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(SandboxError::Python(format!(
+            "`{candidate}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    parse_probe(candidate, &String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_probe(candidate: &str, text: &str) -> Result<Python, SandboxError> {
+    let bad = || SandboxError::Python(format!("`{candidate}` gave an unexpected answer: {text:?}"));
+    let mut lines = text.lines();
+    let executable = PathBuf::from(lines.next().ok_or_else(bad)?);
+    let (major, minor) = lines
+        .next()
+        .ok_or_else(bad)?
+        .split_once('.')
+        .ok_or_else(bad)?;
+    let version = (
+        major.parse().map_err(|_| bad())?,
+        minor.parse().map_err(|_| bad())?,
+    );
+    if !executable.is_absolute() {
+        return Err(bad());
+    }
+    if version < MIN_PYTHON {
+        return Err(SandboxError::Python(format!(
+            "`{candidate}` is Python {}.{}; ol needs {}.{} or newer",
+            version.0, version.1, MIN_PYTHON.0, MIN_PYTHON.1
+        )));
+    }
+    Ok(Python {
+        executable,
+        version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_answer_is_parsed_and_checked() {
+        let py = parse_probe("python3", "/usr/bin/python3.11\n3.11").expect("ok");
+        assert_eq!(py.executable, PathBuf::from("/usr/bin/python3.11"));
+        assert_eq!(py.version, (3, 11));
+        assert!(parse_probe("python3", "/usr/bin/python3.6\n3.6").is_err());
+        assert!(parse_probe("python3", "python3\n3.11").is_err());
+        assert!(parse_probe("python3", "garbage").is_err());
+    }
+
+    #[test]
+    fn install_writes_once_and_replaces_stale_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = install_runtime(dir.path()).expect("install");
+        assert_eq!(fs::read_to_string(&path).expect("read"), PYTHON_RUNTIME);
+        fs::write(&path, "old").expect("write");
+        install_runtime(dir.path()).expect("reinstall");
+        assert_eq!(fs::read_to_string(&path).expect("read"), PYTHON_RUNTIME);
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
+        assert_eq!(leftovers.len(), 1, "no temp files left");
+    }
+
+    #[test]
+    fn missing_interpreter_is_a_clear_error() {
+        let err = resolve_python("/nonexistent/python").expect_err("must fail");
+        assert!(
+            err.to_string().contains("cannot run Python interpreter"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! [`SafeSandbox`]: the one way the lambda layer uses a sandbox. It owns the
+//! backend handle and the runtime connection, serialises calls (one in flight
+//! per sandbox), and once anything fails it is dead: every later operation
+//! is an error, never a panic, and dropping it destroys the backend.
+
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+
+use crate::protocol::{self, Invocation, ProtocolError, Reply, RuntimeMeta};
+use crate::{NewSandbox, Sandbox, SandboxError};
+
+/// Why a call did not produce a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// User code raised; the sandbox is healthy and stays usable.
+    #[error("{error}")]
+    Raised {
+        /// `ExcType: message`.
+        error: String,
+        /// Short traceback.
+        traceback: String,
+    },
+    /// The runtime went away mid-call; the sandbox is dead (HTTP 502).
+    #[error("sandbox died mid-call: {0}")]
+    Died(String),
+    /// The call ran past the runtime limit; the sandbox was killed (HTTP 504).
+    #[error("lambda exceeded its runtime limit of {0:?}")]
+    Timeout(Duration),
+    /// The sandbox was already dead before the call.
+    #[error(transparent)]
+    Dead(#[from] SandboxError),
+}
+
+/// A sandbox with its open runtime connection.
+#[derive(Debug)]
+pub struct SafeSandbox {
+    inner: Box<dyn Sandbox>,
+    conn: UnixStream,
+    dead: Option<String>,
+    destroyed: bool,
+    paused: bool,
+    write_buf: Vec<u8>,
+    meta_buf: Vec<u8>,
+}
+
+impl SafeSandbox {
+    /// Wraps a new sandbox and waits for its runtime's ready frame. On any
+    /// failure the sandbox is destroyed before the error is returned.
+    pub async fn start(new: NewSandbox, ready_timeout: Duration) -> Result<Self, SandboxError> {
+        let conn = new
+            .conn
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(new.conn));
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(source) => {
+                let mut inner = new.sandbox;
+                let _ = inner.destroy();
+                return Err(SandboxError::StartFailed(format!(
+                    "cannot register the runtime socket: {source}"
+                )));
+            }
+        };
+        let mut sb = Self {
+            inner: new.sandbox,
+            conn,
+            dead: None,
+            destroyed: false,
+            paused: false,
+            write_buf: Vec::with_capacity(4096),
+            meta_buf: Vec::with_capacity(1024),
+        };
+        let first = tokio::time::timeout(
+            ready_timeout,
+            protocol::read_frame(&mut sb.conn, &mut sb.meta_buf),
+        )
+        .await;
+        let err = match first {
+            Ok(Ok((meta, _))) if meta.kind.as_deref() == Some("ready") => return Ok(sb),
+            Ok(Ok((meta, _))) if meta.kind.as_deref() == Some("load_error") => {
+                SandboxError::LoadFailed {
+                    error: meta.error.unwrap_or_else(|| "unknown error".into()),
+                    traceback: meta.traceback,
+                }
+            }
+            Ok(Ok((meta, _))) => {
+                SandboxError::StartFailed(format!("unexpected first frame from runtime: {meta:?}"))
+            }
+            Ok(Err(e)) => {
+                let why = sb.exit_reason_soon().await.unwrap_or_default();
+                SandboxError::StartFailed(format!("{e} {why}").trim_end().to_string())
+            }
+            Err(_) => {
+                SandboxError::StartFailed(format!("no ready message within {ready_timeout:?}"))
+            }
+        };
+        sb.destroy_now(&err.to_string());
+        Err(err)
+    }
+
+    /// The sandbox's id.
+    pub fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    /// Host pid of the runtime.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid()
+    }
+
+    /// Whether the sandbox can no longer serve calls.
+    pub fn is_dead(&self) -> bool {
+        self.dead.is_some()
+    }
+
+    /// Whether the sandbox is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn check_alive(&self) -> Result<(), SandboxError> {
+        match &self.dead {
+            Some(why) => Err(SandboxError::Dead(self.inner.id().to_string(), why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends one call and waits for its reply, at most `limit`.
+    pub async fn call(&mut self, inv: &Invocation, limit: Duration) -> Result<Reply, CallError> {
+        self.check_alive()?;
+        let round_trip = async {
+            protocol::write_request(&mut self.conn, inv, &mut self.write_buf).await?;
+            protocol::read_frame(&mut self.conn, &mut self.meta_buf).await
+        };
+        let result = tokio::time::timeout(limit, round_trip).await;
+        match result {
+            Ok(Ok((meta, body))) => into_reply(meta, body),
+            Ok(Err(e)) => {
+                // EOF or EPIPE: the runtime is gone; say how it went.
+                let why = match (&e, self.exit_reason_soon().await) {
+                    (ProtocolError::Closed | ProtocolError::Io(_), Some(exit)) => {
+                        format!("runtime {exit}")
+                    }
+                    (_, _) => e.to_string(),
+                };
+                self.dead = Some(why.clone());
+                Err(CallError::Died(why))
+            }
+            Err(_) => {
+                self.dead = Some(format!("exceeded runtime limit of {limit:?}"));
+                Err(CallError::Timeout(limit))
+            }
+        }
+    }
+
+    /// How the runtime ended, waiting briefly for it: a process closes its
+    /// sockets a moment before it can be reaped.
+    async fn exit_reason_soon(&mut self) -> Option<String> {
+        for _ in 0..50 {
+            if let Some(why) = self.inner.exit_reason() {
+                return Some(why);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        None
+    }
+
+    /// Pauses the sandbox; a failure kills it.
+    pub fn pause(&mut self) -> Result<(), SandboxError> {
+        self.check_alive()?;
+        if !self.paused {
+            self.mark_dead_on_err(|s| s.inner.pause())?;
+            self.paused = true;
+        }
+        Ok(())
+    }
+
+    /// Unpauses the sandbox; a failure kills it.
+    pub fn unpause(&mut self) -> Result<(), SandboxError> {
+        self.check_alive()?;
+        if self.paused {
+            self.mark_dead_on_err(|s| s.inner.unpause())?;
+            self.paused = false;
+        }
+        Ok(())
+    }
+
+    /// Memory in use, in bytes.
+    pub fn mem_usage(&self) -> Result<u64, SandboxError> {
+        self.check_alive()?;
+        self.inner.mem_usage()
+    }
+
+    fn mark_dead_on_err(
+        &mut self,
+        op: impl FnOnce(&mut Self) -> Result<(), SandboxError>,
+    ) -> Result<(), SandboxError> {
+        op(self).inspect_err(|e| self.dead = Some(e.to_string()))
+    }
+
+    /// Kills the sandbox and frees what it holds. Blocks (run it with
+    /// `spawn_blocking` from async code). Idempotent.
+    pub fn destroy_now(&mut self, reason: &str) {
+        if self.destroyed {
+            return;
+        }
+        self.destroyed = true;
+        if self.dead.is_none() {
+            self.dead = Some(format!("destroyed: {reason}"));
+        }
+        tracing::debug!(sandbox = self.inner.id(), reason, "destroying sandbox");
+        if let Err(e) = self.inner.destroy() {
+            tracing::warn!(sandbox = self.inner.id(), "destroy failed: {e}");
+        }
+    }
+}
+
+impl Drop for SafeSandbox {
+    fn drop(&mut self) {
+        self.destroy_now("dropped");
+    }
+}
+
+fn into_reply(meta: RuntimeMeta, body: bytes::Bytes) -> Result<Reply, CallError> {
+    if let Some(error) = meta.error {
+        return Err(CallError::Raised {
+            error,
+            traceback: meta.traceback,
+        });
+    }
+    Ok(Reply {
+        status: meta.status.unwrap_or(200),
+        headers: meta.headers,
+        body,
+    })
+}

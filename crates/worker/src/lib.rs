@@ -1,0 +1,47 @@
+//! Event layer of `ol` (DESIGN.md §2): the worker's config, its directory,
+//! its HTTP API, and its life: start, serve, stop, clean up after a crash.
+
+pub mod config;
+pub mod lifecycle;
+pub mod server;
+pub mod workdir;
+
+use std::path::PathBuf;
+
+pub use config::Config;
+pub use lifecycle::{StopOutcome, force_cleanup, run_worker, stop_worker};
+pub use workdir::{Running, WorkerDir};
+
+/// Errors of the event layer; each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The user asked for something that cannot be done as asked.
+    #[error("{0}")]
+    Usage(String),
+    /// A filesystem operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// config.json or an override is wrong.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The sandbox layer failed to start or clean up.
+    #[error(transparent)]
+    Sandbox(#[from] ol_sandbox::SandboxError),
+    /// The port cannot be bound.
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        /// Address tried.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+        /// What to do about it.
+        hint: &'static str,
+    },
+}

@@ -1,0 +1,232 @@
+//! A worker's life: [`run_worker`] (start, serve until SIGTERM/SIGINT,
+//! shut down cleanly), [`stop_worker`] (`ol worker down`) and
+//! [`force_cleanup`] (after a crash).
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use ol_lambda::{LambdaManager, LambdaSettings};
+use ol_registry::DirRegistry;
+use ol_sandbox::SandboxPool;
+use ol_sandbox::process::{ProcessPool, RuntimeCommand, cleanup_scratch, process_start_time};
+use ol_sandbox::runtime::{install_runtime, resolve_python};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::WorkerError;
+use crate::config::{Config, SandboxKind};
+use crate::server::{self, AppState, HttpCounters};
+use crate::workdir::WorkerDir;
+
+/// How long open requests may run on after a stop is asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs a worker in the foreground until SIGTERM or SIGINT. Blocks.
+pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerError> {
+    let config = Config::load(&dir.config_file(), overrides)?;
+    if let Some(running) = dir.running() {
+        return Err(WorkerError::Usage(format!(
+            "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",
+            dir.root().display(),
+            running.pid,
+            dir.root().display()
+        )));
+    }
+    let pool = make_pool(dir, &config)?;
+    let leftovers = pool.cleanup_leftovers()?;
+    if leftovers > 0 {
+        tracing::warn!(
+            leftovers,
+            "cleaned up sandboxes an earlier worker left behind"
+        );
+    }
+    let threads = std::env::var("OL_WORKER_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|source| WorkerError::Io {
+            what: "cannot start the async runtime for",
+            path: dir.root().to_path_buf(),
+            source,
+        })?;
+    let result = rt.block_on(serve_until_signal(dir, &config, Arc::clone(&pool)));
+    drop(rt);
+    // Backstop: anything still alive after the graceful shutdown goes now.
+    if let Err(e) = pool.cleanup_leftovers() {
+        tracing::warn!("final cleanup failed: {e}");
+    }
+    dir.clear_running();
+    result
+}
+
+fn make_pool(dir: &WorkerDir, config: &Config) -> Result<Arc<dyn SandboxPool>, WorkerError> {
+    match config.sandbox {
+        SandboxKind::Process => {
+            let python = resolve_python(&config.python)?;
+            let script = install_runtime(&dir.runtime())?;
+            tracing::info!(python = %python.executable.display(), "process sandboxes");
+            Ok(Arc::new(ProcessPool::new(
+                RuntimeCommand {
+                    python: python.executable,
+                    script,
+                },
+                dir.scratch(),
+            )?))
+        }
+        SandboxKind::Sock => Err(WorkerError::Usage(
+            "the sock sandbox backend is not built yet; set \"sandbox\": \"process\" in config.json (or -o sandbox=process)"
+                .into(),
+        )),
+    }
+}
+
+async fn serve_until_signal(
+    dir: &WorkerDir,
+    config: &Config,
+    pool: Arc<dyn SandboxPool>,
+) -> Result<(), WorkerError> {
+    let addr = format!("{}:{}", config.worker_host, config.worker_port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| WorkerError::Bind {
+            hint: if source.kind() == std::io::ErrorKind::AddrInUse {
+                "; the port is taken: stop what uses it or pick another with -o worker_port=N"
+            } else {
+                ""
+            },
+            addr: addr.clone(),
+            source,
+        })?;
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(config.worker_port);
+    let registry = Arc::new(DirRegistry::new(config.registry_dir(dir.root())));
+    let settings = LambdaSettings {
+        limits: config.limits.clone(),
+        ..LambdaSettings::default()
+    };
+    let lambdas = LambdaManager::new(pool, registry, settings);
+    let state = Arc::new(AppState {
+        lambdas: Arc::clone(&lambdas),
+        max_body_bytes: usize::try_from(config.limits.max_body_mb.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX),
+        counters: HttpCounters::default(),
+    });
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err(dir))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;
+    dir.write_pid()?;
+    dir.write_port(port)?;
+    tracing::info!(port, dir = %dir.root().display(), "worker ready");
+    let stop = async {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    server::serve(listener, state, stop, SHUTDOWN_GRACE).await;
+    let left = lambdas.shutdown(SHUTDOWN_GRACE).await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "sandboxes still busy after the grace period; killing them"
+        );
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+fn signal_err(dir: &WorkerDir) -> impl FnOnce(std::io::Error) -> WorkerError + '_ {
+    move |source| WorkerError::Io {
+        what: "cannot install signal handlers for",
+        path: dir.root().to_path_buf(),
+        source,
+    }
+}
+
+/// What [`stop_worker`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// No worker ran in the directory.
+    NotRunning,
+    /// The worker stopped on SIGTERM.
+    Stopped {
+        /// Its pid.
+        pid: u32,
+    },
+    /// The worker ignored SIGTERM for `timeout` and was killed.
+    Killed {
+        /// Its pid.
+        pid: u32,
+    },
+}
+
+/// `ol worker down`: asks the worker to stop (SIGTERM), waits for it (and
+/// kills it after `timeout`), then removes anything it left behind.
+pub fn stop_worker(dir: &WorkerDir, timeout: Duration) -> Result<StopOutcome, WorkerError> {
+    let outcome = match dir.running() {
+        None => StopOutcome::NotRunning,
+        Some(running) => {
+            let pid = running.pid;
+            let started = process_start_time(pid);
+            signal_pid(pid, Signal::SIGTERM)?;
+            if wait_gone(pid, started, timeout) {
+                StopOutcome::Stopped { pid }
+            } else {
+                signal_pid(pid, Signal::SIGKILL)?;
+                wait_gone(pid, started, Duration::from_secs(10));
+                StopOutcome::Killed { pid }
+            }
+        }
+    };
+    cleanup_dir(dir)?;
+    Ok(outcome)
+}
+
+/// `ol worker force-cleanup`: kills the worker if it still runs, then every
+/// sandbox process it left, and removes its runtime state. Returns how many
+/// leftover sandboxes were found.
+pub fn force_cleanup(dir: &WorkerDir) -> Result<usize, WorkerError> {
+    if let Some(running) = dir.running() {
+        let started = process_start_time(running.pid);
+        signal_pid(running.pid, Signal::SIGKILL)?;
+        wait_gone(running.pid, started, Duration::from_secs(10));
+    }
+    cleanup_dir(dir)
+}
+
+fn cleanup_dir(dir: &WorkerDir) -> Result<usize, WorkerError> {
+    let found = cleanup_scratch(&dir.scratch())?;
+    dir.clear_running();
+    Ok(found)
+}
+
+fn signal_pid(pid: u32, sig: Signal) -> Result<(), WorkerError> {
+    match kill(Pid::from_raw(pid as i32), sig) {
+        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        Err(e) => Err(WorkerError::Usage(format!(
+            "cannot send {sig} to worker pid {pid}: {e}"
+        ))),
+    }
+}
+
+/// Waits until the process `pid` that started at `started` is gone.
+fn wait_gone(pid: u32, started: Option<u64>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if started.is_none() || process_start_time(pid) != started {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,248 @@
+//! The worker directory (DESIGN.md §1.2): its layout, `ol worker init`, and
+//! the files that say whether a worker runs in it (`worker/worker.pid`,
+//! `worker/worker.port`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ol_sandbox::process::process_start_time;
+use ol_sandbox::runtime::resolve_python;
+
+use crate::WorkerError;
+use crate::config::Config;
+
+/// Example lambdas `init` puts in the registry: (lambda, file, source).
+const EXAMPLES: &[(&str, &str, &str)] = &[
+    (
+        "hello",
+        "f.py",
+        include_str!("../../../examples/lambdas/hello/f.py"),
+    ),
+    (
+        "hello-legacy",
+        "lambda_func.py",
+        include_str!("../../../examples/lambdas/hello-legacy/lambda_func.py"),
+    ),
+    (
+        "echo",
+        "f.py",
+        include_str!("../../../examples/lambdas/echo/f.py"),
+    ),
+];
+
+/// Paths inside a worker directory.
+#[derive(Debug, Clone)]
+pub struct WorkerDir {
+    root: PathBuf,
+}
+
+/// A worker found running in a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    /// Its pid.
+    pub pid: u32,
+    /// Its HTTP port, once it listens.
+    pub port: Option<u16>,
+}
+
+impl WorkerDir {
+    /// The worker directory at `root`, made absolute.
+    pub fn new(root: &Path) -> Self {
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        Self { root }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `config.json`.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    /// Default local registry.
+    pub fn registry(&self) -> PathBuf {
+        self.root.join("registry")
+    }
+    /// Runtime state of a running worker.
+    pub fn state(&self) -> PathBuf {
+        self.root.join("worker")
+    }
+    /// Per-sandbox scratch dirs.
+    pub fn scratch(&self) -> PathBuf {
+        self.state().join("scratch")
+    }
+    /// Where the embedded Python runtime is written.
+    pub fn runtime(&self) -> PathBuf {
+        self.state().join("runtime")
+    }
+    /// `worker.pid`: `<pid> <start time>`.
+    pub fn pid_file(&self) -> PathBuf {
+        self.state().join("worker.pid")
+    }
+    /// `worker.port`: the port the worker listens on.
+    pub fn port_file(&self) -> PathBuf {
+        self.state().join("worker.port")
+    }
+    /// Log directory.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    /// The worker log.
+    pub fn log_file(&self) -> PathBuf {
+        self.logs().join("worker.log")
+    }
+
+    /// Whether `init` has run here.
+    pub fn is_initialized(&self) -> bool {
+        self.config_file().is_file()
+    }
+
+    /// `ol worker init`: creates the layout, writes config.json with every
+    /// default, and puts the example lambdas in the registry. Refuses a
+    /// directory that already has a config.
+    pub fn init(&self) -> Result<Config, WorkerError> {
+        if self.is_initialized() {
+            return Err(WorkerError::Usage(format!(
+                "{} is already a worker directory (config.json exists); use another -p DIR or delete it first",
+                self.root.display()
+            )));
+        }
+        for dir in [
+            self.root.clone(),
+            self.registry(),
+            self.root.join("base"),
+            self.root.join("packages"),
+            self.state(),
+            self.logs(),
+        ] {
+            create_dir(&dir)?;
+        }
+        let mut config = Config {
+            registry: self.registry().display().to_string(),
+            ..Config::default()
+        };
+        // Record the real interpreter once so no worker start pays for the
+        // pyenv shim (~45 ms per run, FLOORS.md).
+        if let Ok(py) = resolve_python(&config.python) {
+            config.python = py.executable.display().to_string();
+        }
+        for (lambda, file, source) in EXAMPLES {
+            let dir = self.registry().join(lambda);
+            create_dir(&dir)?;
+            write_file(&dir.join(file), source)?;
+        }
+        let mut text = serde_json::to_string_pretty(&config)
+            .map_err(|e| WorkerError::Usage(format!("cannot encode config: {e}")))?;
+        text.push('\n');
+        write_file(&self.config_file(), &text)?;
+        Ok(config)
+    }
+
+    /// The worker running in this directory, if its pid file names a live
+    /// process (checked with its start time, so a recycled pid never
+    /// counts).
+    pub fn running(&self) -> Option<Running> {
+        let text = fs::read_to_string(self.pid_file()).ok()?;
+        let mut parts = text.split_whitespace();
+        let pid: u32 = parts.next()?.parse().ok()?;
+        let started: u64 = parts.next()?.parse().ok()?;
+        if process_start_time(pid) != Some(started) {
+            return None;
+        }
+        let port = fs::read_to_string(self.port_file())
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        Some(Running { pid, port })
+    }
+
+    /// Records this process as the directory's worker.
+    pub fn write_pid(&self) -> Result<(), WorkerError> {
+        let pid = std::process::id();
+        let started = process_start_time(pid).unwrap_or(0);
+        write_file(&self.pid_file(), &format!("{pid} {started}\n"))
+    }
+
+    /// Records the port the worker listens on.
+    pub fn write_port(&self, port: u16) -> Result<(), WorkerError> {
+        write_file(&self.port_file(), &format!("{port}\n"))
+    }
+
+    /// Removes the pid and port files.
+    pub fn clear_running(&self) {
+        let _ = fs::remove_file(self.port_file());
+        let _ = fs::remove_file(self.pid_file());
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), WorkerError> {
+    fs::create_dir_all(dir).map_err(|source| WorkerError::Io {
+        what: "cannot create",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file atomically (temp file + rename), so a reader never sees
+/// half of it.
+fn write_file(path: &Path, text: &str) -> Result<(), WorkerError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|source| WorkerError::Io {
+            what: "cannot write",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_makes_layout_config_and_examples_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let wd = WorkerDir::new(&tmp.path().join("ol"));
+        let config = wd.init().expect("init");
+        for sub in ["registry", "base", "packages", "worker", "logs"] {
+            assert!(wd.root().join(sub).is_dir(), "{sub}");
+        }
+        assert_eq!(
+            fs::read_to_string(wd.registry().join("hello/f.py")).expect("hello"),
+            EXAMPLES[0].2
+        );
+        assert!(wd.registry().join("hello-legacy/lambda_func.py").is_file());
+        let loaded = Config::load(&wd.config_file(), &[]).expect("load");
+        assert_eq!(loaded, config);
+        assert_eq!(config.registry_dir(wd.root()), wd.registry());
+        let again = wd.init().expect_err("second init");
+        assert!(
+            again.to_string().contains("already a worker directory"),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn running_needs_a_live_matching_process() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let wd = WorkerDir::new(tmp.path());
+        create_dir(&wd.state()).expect("mkdir");
+        assert_eq!(wd.running(), None);
+        wd.write_pid().expect("pid");
+        assert_eq!(
+            wd.running(),
+            Some(Running {
+                pid: std::process::id(),
+                port: None
+            })
+        );
+        wd.write_port(5123).expect("port");
+        assert_eq!(wd.running().and_then(|r| r.port), Some(5123));
+        // Same pid, other start time: a recycled pid is not our worker.
+        fs::write(wd.pid_file(), format!("{} 1\n", std::process::id())).expect("write");
+        assert_eq!(wd.running(), None);
+        wd.clear_running();
+        assert!(!wd.pid_file().exists() && !wd.port_file().exists());
+    }
+}

@@ -1,0 +1,2 @@
+def f(event):
+    return "Hello, " + event["name"] + "!"
