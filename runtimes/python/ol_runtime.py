@@ -18,7 +18,8 @@ A lambda is one of (DESIGN.md section 1.4):
 
 Everything is importable: a zygote can ``import ol_runtime`` and, in a
 forked child, call ``setup_stdio()``, ``load_lambda(code_dir)`` and
-``serve(sock, handler)``. Nothing runs at import time but imports.
+``serve(sock, handler)``. Importing it has no side effects: it only
+defines things (and builds the frame meta JSON codec).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import json.encoder
+import json.scanner
 import os
 import socket
 import struct
@@ -53,7 +56,6 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
 Call = Callable[[bytes, bytes], tuple[bytes, bytes]]
 
 _JSON_RESPONSE_META = b'{"status":200,"headers":[["content-type","application/json"]]}'
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 _RUNTIME_FILES = frozenset({__file__, os.path.abspath(__file__)})
 _ASYNCIO_DIR = os.path.join(os.path.dirname(os.__file__), "asyncio") + os.sep
 
@@ -91,9 +93,51 @@ class Handler:
 # --------------------------------------------------------------- frames --
 
 
+def _unserializable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def json_scanner() -> Callable[[str, int], tuple[Any, int]]:
+    """``scan(text, start) -> (value, end)``: the C JSON scanner, no whitespace skipping."""
+    scan: Callable[[str, int], tuple[Any, int]]
+    scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed is wrong
+    return scan
+
+
+def _compact_encoder() -> Callable[[object, int], Any]:
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # an interpreter without the _json accelerator
+        encode = json.JSONEncoder(separators=(",", ":"), default=_unserializable).encode
+        return lambda value, _level: (encode(value),)
+    encoder: Callable[[object, int], Any] = c_make_encoder(
+        None, _unserializable, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+    return encoder
+
+
+# json.loads/dumps set up a decoder/encoder in Python on every call (~3 us
+# each); meta needs neither whitespace handling nor cycle checks, so one C
+# scanner and one C encoder, built once, serve every frame.
+_scan_json = json_scanner()
+_encode_compact = _compact_encoder()
+
+
+def parse_meta(raw: bytes) -> Any:
+    """A frame's JSON meta (compact, as the worker writes it) as Python values."""
+    try:
+        return _scan_json(raw.decode(), 0)[0]
+    except StopIteration:  # not compact JSON: let json.loads parse it or say why
+        return json.loads(raw)
+
+
+def encode_meta(meta: object) -> bytes:
+    """A frame's meta as compact JSON bytes."""
+    return "".join(_encode_compact(meta, 0)).encode()
+
+
 def send_frame(sock: socket.socket, meta: dict[str, Any], body: bytes = b"") -> None:
     """Send one frame (used for the ready / load_error frames)."""
-    raw = _compact_json(meta).encode()
+    raw = encode_meta(meta)
     sock.sendall(FRAME_HEADER.pack(len(raw), len(body)) + raw + body)
 
 
@@ -109,10 +153,12 @@ def serve(sock: socket.socket, handler: Handler) -> None:
     unpack = FRAME_HEADER.unpack
     pack = FRAME_HEADER.pack
     call = handler.call
+    coalesce_limit = _COALESCE_LIMIT
+    header_len = FRAME_HEADER.size
     while True:
         try:
-            header = read(8)
-            if len(header) != 8:
+            header = read(header_len)
+            if len(header) != header_len:
                 if header:
                     raise ProtocolError("truncated frame header")
                 return
@@ -130,7 +176,7 @@ def serve(sock: socket.socket, handler: Handler) -> None:
         except BaseException as exc:  # noqa: BLE001 - user code must not end the runtime
             out_meta, out_body = error_meta(exc), b""
         try:
-            if len(out_body) <= _COALESCE_LIMIT:
+            if len(out_body) <= coalesce_limit:
                 sendall(pack(len(out_meta), len(out_body)) + out_meta + out_body)
             else:
                 sendall(pack(len(out_meta), len(out_body)) + out_meta)
@@ -142,7 +188,7 @@ def serve(sock: socket.socket, handler: Handler) -> None:
 def error_meta(exc: BaseException) -> bytes:
     """The 500 response meta describing ``exc``."""
     meta = {"status": 500, "error": exception_summary(exc), "traceback": short_traceback(exc)}
-    return _compact_json(meta).encode()
+    return encode_meta(meta)
 
 
 def exception_summary(exc: BaseException) -> str:
@@ -179,8 +225,9 @@ def short_traceback(exc: BaseException, limit: int = TRACEBACK_FRAMES) -> str:
             lines.append(f'  File "{filename}", line {frame.lineno}, in {frame.name}')
             if frame.line:
                 lines.append(f"    {frame.line.strip()}")
-        if isinstance(exc, SyntaxError):
-            lines.extend(traceback.format_exception_only(type(exc), exc)[:-1])
+        if isinstance(exc, SyntaxError):  # where in the source, with its caret
+            source_lines = traceback.format_exception_only(type(exc), exc)[:-1]
+            lines.extend(line.replace(f'"{cwd}', '"', 1) for line in source_lines)
         return _valid_utf8("\n".join(line.rstrip("\n") for line in lines))
     except Exception:  # noqa: BLE001 - never fail while reporting a failure
         return ""
@@ -216,7 +263,12 @@ def load_lambda(code_dir: str) -> Handler:
     sys.path.insert(0, code_dir)
     entry_file = _find_entry_file(code_dir)
     module = _import_entry_file(code_dir, entry_file)
-    return _pick_entry(module, entry_file)
+    try:
+        return _pick_entry(module, entry_file)
+    except LoadError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - e.g. a module __getattr__ or an ASGI loop failing
+        raise LoadError(f"cannot load {entry_file}: {exception_summary(exc)}", short_traceback(exc)) from None
 
 
 def _find_entry_file(code_dir: str) -> str:
@@ -292,23 +344,57 @@ def _is_asgi(app: Any) -> bool:
 # ------------------------------------------------------ f(event) lambdas --
 
 
+def event_decoder() -> Callable[[bytes], Any]:
+    """The ``body -> event`` function of f(event) lambdas.
+
+    None for an empty body; else ``json.loads(body)`` if it parses; else the
+    body as UTF-8 text; else the raw bytes. Same result as trying
+    ``json.loads(body)``, but plain UTF-8 bodies go straight to the C
+    scanner: json.loads spends most of its time in Python-level encoding
+    detection and whitespace regexes, and a non-JSON body would pay for a
+    JSONDecodeError with line/column bookkeeping.
+    """
+    loads = json.loads
+    scan = json_scanner()
+    # Bodies json.loads would read as UTF-16/32 or with a BOM: NUL in the
+    # first two bytes, or a first byte that can start a BOM.
+    not_plain_utf8_start = frozenset({0x00, 0xEF, 0xFE, 0xFF})
+
+    def decode(body: bytes) -> Any:
+        if not body:
+            return None
+        if body[0] in not_plain_utf8_start or body[1:2] == b"\x00":
+            try:
+                return loads(body)
+            except (ValueError, RecursionError):
+                pass
+        else:
+            try:
+                text = body.decode()
+            except UnicodeDecodeError:
+                return body
+            json_text = text.strip(" \t\n\r")
+            try:
+                event, end = scan(json_text, 0)
+            except (StopIteration, ValueError, RecursionError):
+                return text
+            return event if end == len(json_text) else text
+        try:
+            return body.decode()
+        except UnicodeDecodeError:
+            return body
+
+    return decode
+
+
 def event_handler(fn: Callable[..., Any], with_conn: bool) -> Handler:
     """``f(event)``, or seed-002 ``handler(conn, event)`` called with conn=None."""
-    loads = json.loads
+    decode = event_decoder()
     dumps = json.dumps
     response_meta = _JSON_RESPONSE_META
 
     def call(_meta: bytes, body: bytes) -> tuple[bytes, bytes]:
-        if not body:
-            event = None
-        else:
-            try:
-                event = loads(body)
-            except (ValueError, RecursionError):
-                try:
-                    event = body.decode()
-                except UnicodeDecodeError:
-                    event = body
+        event = decode(body)
         result = fn(None, event) if with_conn else fn(event)
         return response_meta, dumps(result).encode()
 
@@ -329,9 +415,9 @@ def wsgi_handler(app: Callable[..., Any]) -> Handler:
     from io import BytesIO
     from urllib.parse import unquote_to_bytes
 
-    loads = json.loads
-    encode_meta = _compact_json
-    base_environ = {
+    parse = parse_meta
+    encode = encode_meta
+    base_environ: dict[str, Any] = {
         "SCRIPT_NAME": "",
         "SERVER_NAME": "localhost",
         "SERVER_PORT": "80",
@@ -345,7 +431,7 @@ def wsgi_handler(app: Callable[..., Any]) -> Handler:
     }
 
     def call(raw_meta: bytes, body: bytes) -> tuple[bytes, bytes]:
-        meta = loads(raw_meta)
+        meta = parse(raw_meta)
         path = meta.get("path") or "/"
         environ = base_environ.copy()
         environ["REQUEST_METHOD"] = meta.get("method") or "GET"
@@ -357,8 +443,8 @@ def wsgi_handler(app: Callable[..., Any]) -> Handler:
         environ["CONTENT_LENGTH"] = str(len(body)) if body else ""
         environ["wsgi.input"] = BytesIO(body)
         environ["wsgi.errors"] = sys.stderr
-        for name, value in meta.get("headers") or ():
-            value = _latin1_str(value)
+        for name, raw_value in meta.get("headers") or ():
+            value = _latin1_str(raw_value)
             if name == "content-type":
                 environ["CONTENT_TYPE"] = value
             elif name == "content-length":
@@ -415,12 +501,14 @@ def wsgi_handler(app: Callable[..., Any]) -> Handler:
             raise RuntimeError("WSGI app returned without calling start_response()")
         if type(status) is not str:
             raise TypeError(f"WSGI status must be str, got {status!r}")
+        out_headers = []
         for header in headers:
             name, value = header
             if type(name) is not str or type(value) is not str:
                 raise TypeError(f"WSGI header name and value must be str, got {header!r}")
+            out_headers.append(header)
         code = int(status.split(None, 1)[0])
-        return encode_meta({"status": code, "headers": headers}).encode(), b"".join(chunks)
+        return encode({"status": code, "headers": out_headers}), b"".join(chunks)
 
     return Handler("wsgi", call)
 
@@ -449,12 +537,12 @@ def asgi_handler(app: Callable[..., Any]) -> Handler:
     asyncio.set_event_loop(loop)
     state, shutdown = _lifespan_startup(loop, app)
     run = loop.run_until_complete
-    loads = json.loads
-    encode_meta = _compact_json
+    parse = parse_meta
+    encode = encode_meta
     server = ("localhost", 80)
 
     def call(raw_meta: bytes, body: bytes) -> tuple[bytes, bytes]:
-        meta = loads(raw_meta)
+        meta = parse(raw_meta)
         path = meta.get("path") or "/"
         scope = {
             "type": "http",
@@ -527,7 +615,7 @@ def asgi_handler(app: Callable[..., Any]) -> Handler:
         if not complete:
             raise RuntimeError("ASGI app returned without completing the response")
         out_headers = [[_header_str(name), _header_str(value)] for name, value in headers]
-        return encode_meta({"status": status, "headers": out_headers}).encode(), b"".join(chunks)
+        return encode({"status": status, "headers": out_headers}), b"".join(chunks)
 
     return Handler("asgi", call, shutdown)
 
@@ -577,11 +665,15 @@ def _lifespan_startup(loop: Any, app: Callable[..., Any]) -> tuple[dict[str, Any
     except BaseException:  # noqa: BLE001 - SystemExit etc. from the task: lifespan unsupported
         pass
     if started.done() and started.result() is not None:
-        raise LoadError(f"ASGI lifespan startup failed: {started.result()}")
+        reason = started.result()
+        raise LoadError("ASGI lifespan startup failed" + (f": {reason}" if reason else ""))
     if not started.done():
         # uvicorn's "auto": an app that rejects the lifespan scope does not use it.
         if task.done() and not task.cancelled() and task.exception() is not None:
-            print(f"ol_runtime: ASGI lifespan unsupported ({exception_summary(task.exception())})", file=sys.stderr)
+            print(
+                f"ol_runtime: ASGI lifespan unsupported ({exception_summary(task.exception())})",
+                file=sys.stderr,
+            )
         task.cancel()
         return {}, close_loop
 
@@ -589,7 +681,9 @@ def _lifespan_startup(loop: Any, app: Callable[..., Any]) -> tuple[dict[str, Any
         try:
             if not task.done():
                 stop.set_result(None)
-                loop.run_until_complete(asyncio.wait([task, stopped], timeout=5, return_when=asyncio.FIRST_COMPLETED))
+                loop.run_until_complete(
+                    asyncio.wait([task, stopped], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+                )
         except BaseException as exc:  # noqa: BLE001 - best effort at exit
             _log_exception("ASGI lifespan shutdown failed", exc)
         finally:

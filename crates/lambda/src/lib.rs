@@ -41,6 +41,9 @@ pub enum InvokeError {
     /// The sandbox died mid-call (502); the next call gets a fresh one.
     #[error("{0}")]
     Died(String),
+    /// The sandbox ran out of memory and was killed (507).
+    #[error("{0}")]
+    OutOfMemory(String),
     /// The call ran past the runtime limit (504); the sandbox was killed.
     #[error("lambda exceeded its runtime limit of {}s", .0.as_secs())]
     Timeout(Duration),
@@ -62,6 +65,7 @@ impl InvokeError {
             Self::Died(_) => 502,
             Self::ShuttingDown => 503,
             Self::Timeout(_) => 504,
+            Self::OutOfMemory(_) => 507,
         }
     }
 

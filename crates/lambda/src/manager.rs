@@ -137,6 +137,14 @@ impl LambdaManager {
                 self.retire(inst, "runtime limit exceeded");
                 Err(InvokeError::Timeout(limit))
             }
+            Err(CallError::OutOfMemory(why)) => {
+                let msg = format!(
+                    "lambda {name} exceeded its memory limit of {} MiB and was killed ({why})",
+                    self.settings.limits.mem_mb
+                );
+                self.retire(inst, "out of memory");
+                Err(InvokeError::OutOfMemory(msg))
+            }
             Err(e @ (CallError::Died(_) | CallError::Dead(_))) => {
                 let msg = format!("sandbox {} of {name}: {e}", inst.sandbox.id());
                 self.retire(inst, "died mid-call");

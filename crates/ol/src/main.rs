@@ -73,6 +73,9 @@ enum WorkerCommand {
 }
 
 fn main() -> ExitCode {
+    // A sandbox init is this same binary; it must run before anything else
+    // (no threads, no allocation-heavy setup).
+    ol_sandbox::sock::init::run_if_init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Worker(cmd) => worker_cmd::run(cmd),

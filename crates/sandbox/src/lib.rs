@@ -7,6 +7,7 @@ pub mod process;
 pub mod protocol;
 pub mod runtime;
 mod safe;
+pub mod sock;
 mod sys;
 
 use std::fmt::Debug;
@@ -90,6 +91,10 @@ pub trait Sandbox: Send + Sync + Debug {
     fn mem_usage(&self) -> Result<u64, SandboxError>;
     /// Why the runtime is gone (exit status or signal), once it is.
     fn exit_reason(&mut self) -> Option<String>;
+    /// Whether the kernel's OOM killer has killed a process of the sandbox.
+    fn oom_killed(&self) -> bool {
+        false
+    }
 }
 
 /// A backend: makes sandboxes and cleans up after crashed workers.
@@ -102,6 +107,15 @@ pub trait SandboxPool: Send + Sync {
     /// left behind (processes, scratch dirs); returns how many sandboxes
     /// were found.
     fn cleanup_leftovers(&self) -> Result<usize, SandboxError>;
+}
+
+/// Maps an I/O error on `path` to [`SandboxError::Io`] (for `map_err`).
+pub(crate) fn io_err(
+    what: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let path = path.to_path_buf();
+    move |source| SandboxError::Io { what, path, source }
 }
 
 /// Errors of the sandbox layer.
@@ -147,6 +161,9 @@ pub enum SandboxError {
     /// No usable Python interpreter.
     #[error("{0}")]
     Python(String),
+    /// A cgroup operation failed.
+    #[error("cgroup: {0}")]
+    Cgroup(String),
     /// The operation was attempted on a destroyed sandbox.
     #[error("sandbox {0} is dead: {1}")]
     Dead(String, String),

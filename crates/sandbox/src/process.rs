@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::{NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, sys};
+use crate::{NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err, sys};
 
 /// Descriptor number of the runtime connection inside the child.
 const RUNTIME_FD: i32 = 3;
@@ -44,11 +44,8 @@ pub struct ProcessPool {
 impl ProcessPool {
     /// A pool whose sandboxes keep their scratch dirs under `scratch_root`.
     pub fn new(runtime: RuntimeCommand, scratch_root: PathBuf) -> Result<Self, SandboxError> {
-        fs::create_dir_all(&scratch_root).map_err(|source| SandboxError::Io {
-            what: "cannot create scratch dir",
-            path: scratch_root.clone(),
-            source,
-        })?;
+        fs::create_dir_all(&scratch_root)
+            .map_err(io_err("cannot create scratch dir", &scratch_root))?;
         Ok(Self {
             runtime,
             scratch_root,
@@ -62,10 +59,6 @@ impl ProcessPool {
         id: &str,
         scratch: &Path,
     ) -> Result<NewSandbox, SandboxError> {
-        let io_err = |what, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| SandboxError::Io { what, path, source }
-        };
         fs::create_dir_all(scratch).map_err(io_err("cannot create scratch dir", scratch))?;
         let stdout_path = scratch.join("stdout");
         let stdout =
@@ -287,7 +280,7 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 
 /// Keeps a dead sandbox's scratch dir only when its logs have something in
 /// them, so thousands of quiet sandboxes leave nothing behind.
-fn remove_scratch_if_quiet(scratch: &Path) {
+pub(crate) fn remove_scratch_if_quiet(scratch: &Path) {
     let is_empty = |name: &str| {
         fs::metadata(scratch.join(name))
             .map(|m| m.len() == 0)

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::SandboxError;
+use crate::{SandboxError, io_err};
 
 /// Source of `runtimes/python/ol_runtime.py`.
 pub const PYTHON_RUNTIME: &str = include_str!("../../../runtimes/python/ol_runtime.py");
@@ -18,10 +18,6 @@ const MIN_PYTHON: (u32, u32) = (3, 9);
 /// Writes the embedded runtime into `dir` (replacing an older copy
 /// atomically) and returns its path.
 pub fn install_runtime(dir: &Path) -> Result<PathBuf, SandboxError> {
-    let io_err = |what, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SandboxError::Io { what, path, source }
-    };
     fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
     let path = dir.join(RUNTIME_FILE);
     if fs::read_to_string(&path).is_ok_and(|old| old == PYTHON_RUNTIME) {
@@ -40,13 +36,14 @@ pub struct Python {
     pub executable: PathBuf,
     /// `(major, minor)`.
     pub version: (u32, u32),
+    /// Its installation prefix (`sys.base_prefix`), which a sandbox must see.
+    pub prefix: PathBuf,
 }
 
 /// Runs `candidate` (a name on PATH or a path, possibly a shim) once and
 /// asks it for the real interpreter behind it.
 pub fn resolve_python(candidate: &str) -> Result<Python, SandboxError> {
-    let probe =
-        "import sys; sys.stdout.write(sys.executable + '\\n' + '%d.%d' % sys.version_info[:2])";
+    let probe = "import sys; sys.stdout.write('\\n'.join([sys.executable, '%d.%d' % sys.version_info[:2], sys.base_prefix]))";
     let out = Command::new(candidate)
         .args(["-I", "-S", "-c", probe])
         .output()
@@ -79,7 +76,8 @@ fn parse_probe(candidate: &str, text: &str) -> Result<Python, SandboxError> {
         major.parse().map_err(|_| bad())?,
         minor.parse().map_err(|_| bad())?,
     );
-    if !executable.is_absolute() {
+    let prefix = PathBuf::from(lines.next().ok_or_else(bad)?);
+    if !executable.is_absolute() || !prefix.is_absolute() {
         return Err(bad());
     }
     if version < MIN_PYTHON {
@@ -91,6 +89,7 @@ fn parse_probe(candidate: &str, text: &str) -> Result<Python, SandboxError> {
     Ok(Python {
         executable,
         version,
+        prefix,
     })
 }
 
@@ -100,11 +99,13 @@ mod tests {
 
     #[test]
     fn probe_answer_is_parsed_and_checked() {
-        let py = parse_probe("python3", "/usr/bin/python3.11\n3.11").expect("ok");
+        let py = parse_probe("python3", "/usr/bin/python3.11\n3.11\n/usr").expect("ok");
         assert_eq!(py.executable, PathBuf::from("/usr/bin/python3.11"));
         assert_eq!(py.version, (3, 11));
-        assert!(parse_probe("python3", "/usr/bin/python3.6\n3.6").is_err());
-        assert!(parse_probe("python3", "python3\n3.11").is_err());
+        assert_eq!(py.prefix, PathBuf::from("/usr"));
+        assert!(parse_probe("python3", "/usr/bin/python3.6\n3.6\n/usr").is_err());
+        assert!(parse_probe("python3", "python3\n3.11\n/usr").is_err());
+        assert!(parse_probe("python3", "/usr/bin/python3\n3.11").is_err());
         assert!(parse_probe("python3", "garbage").is_err());
     }
 

@@ -24,6 +24,9 @@ pub enum CallError {
     /// The runtime went away mid-call; the sandbox is dead (HTTP 502).
     #[error("sandbox died mid-call: {0}")]
     Died(String),
+    /// The sandbox ran out of memory and the kernel killed it (HTTP 507).
+    #[error("lambda exceeded its memory limit: {0}")]
+    OutOfMemory(String),
     /// The call ran past the runtime limit; the sandbox was killed (HTTP 504).
     #[error("lambda exceeded its runtime limit of {0:?}")]
     Timeout(Duration),
@@ -87,10 +90,10 @@ impl SafeSandbox {
             Ok(Ok((meta, _))) => {
                 SandboxError::StartFailed(format!("unexpected first frame from runtime: {meta:?}"))
             }
-            Ok(Err(e)) => {
-                let why = sb.exit_reason_soon().await.unwrap_or_default();
-                SandboxError::StartFailed(format!("{e} {why}").trim_end().to_string())
-            }
+            Ok(Err(e)) => SandboxError::StartFailed(match sb.exit_reason_soon().await {
+                Some(why) => format!("runtime {why}"),
+                None => e.to_string(),
+            }),
             Err(_) => {
                 SandboxError::StartFailed(format!("no ready message within {ready_timeout:?}"))
             }
@@ -145,6 +148,9 @@ impl SafeSandbox {
                     (_, _) => e.to_string(),
                 };
                 self.dead = Some(why.clone());
+                if self.inner.oom_killed() {
+                    return Err(CallError::OutOfMemory(why));
+                }
                 Err(CallError::Died(why))
             }
             Err(_) => {

@@ -27,3 +27,80 @@ pub(crate) fn inherit_fd_as(cmd: &mut Command, fd: RawFd, target: RawFd) {
         });
     }
 }
+
+/// Forks the calling process. Only for the sandbox init, which is single
+/// threaded when it calls this.
+pub(crate) fn fork() -> std::io::Result<nix::unistd::ForkResult> {
+    // SAFETY: the sandbox init never starts threads, so the child gets a
+    // consistent copy of the only thread's state.
+    unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)
+}
+
+/// Drops every capability from the bounding set and clears the ambient set,
+/// so nothing exec'd later can regain privileges.
+pub(crate) fn drop_capability_sets() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for cap in 0..=63 {
+        // SAFETY: as above; EINVAL marks the end of the kernel's caps.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub(crate) fn loopback_up() -> std::io::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads into `req`, which outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the union member ifru_flags is what SIOCGIFFLAGS filled in.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: SIOCSIFFLAGS reads `req`, which outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Restores the default action of `sig` (before re-raising it).
+pub(crate) fn default_signal(sig: nix::sys::signal::Signal) -> std::io::Result<()> {
+    use nix::sys::signal::{SigHandler, signal};
+    // SAFETY: installing SIG_DFL involves no handler code at all.
+    unsafe { signal(sig, SigHandler::SigDfl) }
+        .map(drop)
+        .map_err(std::io::Error::from)
+}

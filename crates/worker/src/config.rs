@@ -139,7 +139,12 @@ impl Default for Config {
             worker_port: 5000,
             registry: String::new(),
             registry_cache_ms: 5000,
-            sandbox: SandboxKind::Process,
+            // SOCK isolation needs root; without it, plain processes.
+            sandbox: if nix::unistd::geteuid().is_root() {
+                SandboxKind::Sock
+            } else {
+                SandboxKind::Process
+            },
             mem_pool_mb: default_mem_pool_mb(),
             import_cache_tree: Value::String(String::new()),
             limits: Limits::default(),

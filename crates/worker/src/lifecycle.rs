@@ -11,8 +11,10 @@ use nix::unistd::Pid;
 use ol_lambda::{LambdaManager, LambdaSettings};
 use ol_registry::DirRegistry;
 use ol_sandbox::SandboxPool;
-use ol_sandbox::process::{ProcessPool, RuntimeCommand, cleanup_scratch, process_start_time};
+use ol_sandbox::process::{ProcessPool, RuntimeCommand, process_start_time};
 use ol_sandbox::runtime::{install_runtime, resolve_python};
+use ol_sandbox::sock::rootfs::build_base;
+use ol_sandbox::sock::{SockConfig, SockPool, worker_id};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -58,32 +60,52 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
         })?;
     let result = rt.block_on(serve_until_signal(dir, &config, Arc::clone(&pool)));
     drop(rt);
-    // Backstop: anything still alive after the graceful shutdown goes now.
-    if let Err(e) = pool.cleanup_leftovers() {
+    drop(pool);
+    // Backstop: anything still alive after the graceful shutdown goes now,
+    // and the worker's parent cgroup with it.
+    if let Err(e) = cleanup_dir(dir) {
         tracing::warn!("final cleanup failed: {e}");
     }
-    dir.clear_running();
     result
 }
 
 fn make_pool(dir: &WorkerDir, config: &Config) -> Result<Arc<dyn SandboxPool>, WorkerError> {
+    let python = resolve_python(&config.python)?;
+    let runtime = install_runtime(&dir.runtime())?;
     match config.sandbox {
         SandboxKind::Process => {
-            let python = resolve_python(&config.python)?;
-            let script = install_runtime(&dir.runtime())?;
             tracing::info!(python = %python.executable.display(), "process sandboxes");
             Ok(Arc::new(ProcessPool::new(
                 RuntimeCommand {
                     python: python.executable,
-                    script,
+                    script: runtime,
                 },
                 dir.scratch(),
             )?))
         }
-        SandboxKind::Sock => Err(WorkerError::Usage(
-            "the sock sandbox backend is not built yet; set \"sandbox\": \"process\" in config.json (or -o sandbox=process)"
-                .into(),
-        )),
+        SandboxKind::Sock => {
+            build_base(&dir.base(), &python.prefix).map_err(|source| WorkerError::Io {
+                what: "cannot build the base root file system in",
+                path: dir.base(),
+                source,
+            })?;
+            let init_exe = std::env::current_exe().map_err(|source| WorkerError::Io {
+                what: "cannot find the ol binary for",
+                path: dir.root().to_path_buf(),
+                source,
+            })?;
+            Ok(Arc::new(SockPool::new(SockConfig {
+                worker_id: worker_id(dir.root()),
+                base: dir.base(),
+                packages: dir.packages(),
+                runtime_dir: dir.runtime(),
+                scratch_root: dir.scratch(),
+                python: python.executable,
+                python_prefix: python.prefix,
+                init_exe,
+                seccomp: config.features.enable_seccomp,
+            })?))
+        }
     }
 }
 
@@ -202,8 +224,10 @@ pub fn force_cleanup(dir: &WorkerDir) -> Result<usize, WorkerError> {
     cleanup_dir(dir)
 }
 
+/// Removes every process, cgroup and scratch dir a worker in `dir` made
+/// (the worker itself must be gone).
 fn cleanup_dir(dir: &WorkerDir) -> Result<usize, WorkerError> {
-    let found = cleanup_scratch(&dir.scratch())?;
+    let found = ol_sandbox::sock::cleanup(&worker_id(dir.root()), &dir.scratch(), true)?;
     dir.clear_running();
     Ok(found)
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ol_sandbox::process::process_start_time;
 use ol_sandbox::runtime::resolve_python;
+use ol_sandbox::sock::rootfs::build_base;
 
 use crate::WorkerError;
 use crate::config::Config;
@@ -64,6 +65,14 @@ impl WorkerDir {
     pub fn registry(&self) -> PathBuf {
         self.root.join("registry")
     }
+    /// The base root file system of sandboxes.
+    pub fn base(&self) -> PathBuf {
+        self.root.join("base")
+    }
+    /// Installed packages.
+    pub fn packages(&self) -> PathBuf {
+        self.root.join("packages")
+    }
     /// Runtime state of a running worker.
     pub fn state(&self) -> PathBuf {
         self.root.join("worker")
@@ -111,8 +120,8 @@ impl WorkerDir {
         for dir in [
             self.root.clone(),
             self.registry(),
-            self.root.join("base"),
-            self.root.join("packages"),
+            self.base(),
+            self.packages(),
             self.state(),
             self.logs(),
         ] {
@@ -123,9 +132,15 @@ impl WorkerDir {
             ..Config::default()
         };
         // Record the real interpreter once so no worker start pays for the
-        // pyenv shim (~45 ms per run, FLOORS.md).
+        // pyenv shim (~45 ms per run, FLOORS.md), and build the sandboxes'
+        // root from the host (no download).
         if let Ok(py) = resolve_python(&config.python) {
             config.python = py.executable.display().to_string();
+            build_base(&self.base(), &py.prefix).map_err(|source| WorkerError::Io {
+                what: "cannot build the base root file system in",
+                path: self.base(),
+                source,
+            })?;
         }
         for (lambda, file, source) in EXAMPLES {
             let dir = self.registry().join(lambda);

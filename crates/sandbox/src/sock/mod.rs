@@ -1,0 +1,444 @@
+//! The `sock` backend (DESIGN.md §3.2–3.7): each lambda runs in new mount,
+//! pid, ipc, uts, network and cgroup namespaces, pivot_root'ed into a root
+//! of read-only binds, as an unprivileged user with no capabilities, under
+//! a seccomp allow-list, inside its own cgroup with memory, pids and cpu
+//! limits.
+//!
+//! Today every sandbox starts a fresh interpreter through the sandbox init
+//! ([`init`]); forking from pre-imported zygotes is the next step.
+//! Everything a worker creates is named under its worker id (`ol-<hash of
+//! the worker dir>`): cgroups `ol-<id>/<sandbox>` and scratch dirs, so
+//! [`cleanup`] finds and removes it after any crash. Mounts live only in
+//! the sandboxes' own mount namespaces and die with them.
+
+pub mod cgroup;
+pub mod init;
+pub mod rootfs;
+pub mod seccomp;
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::chown;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
+use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
+use self::rootfs::{MountPlan, RootSources, SANDBOX_UID, inside};
+use crate::process::{cleanup_scratch, process_start_time};
+use crate::{Limits, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err, sys};
+
+const RUNTIME_FD: i32 = 3;
+
+/// Where a `sock` pool finds what it builds sandboxes from.
+#[derive(Debug, Clone)]
+pub struct SockConfig {
+    /// Worker id (`ol-<hash>`), the name of its parent cgroup.
+    pub worker_id: String,
+    /// The base root file system (`DIR/base`).
+    pub base: PathBuf,
+    /// Installed packages (`DIR/packages`).
+    pub packages: PathBuf,
+    /// Directory holding `ol_runtime.py`.
+    pub runtime_dir: PathBuf,
+    /// Per-sandbox scratch dirs.
+    pub scratch_root: PathBuf,
+    /// The real Python interpreter.
+    pub python: PathBuf,
+    /// Its installation prefix, bound read-only into sandboxes.
+    pub python_prefix: PathBuf,
+    /// The `ol` binary, run as the sandbox init.
+    pub init_exe: PathBuf,
+    /// Apply the seccomp allow-list.
+    pub seccomp: bool,
+}
+
+/// The worker id of the worker directory `dir`: stable across restarts, so
+/// a new worker (or `force-cleanup`) finds what an old one left.
+pub fn worker_id(dir: &Path) -> String {
+    // FNV-1a: tiny, stable, and enough to keep two worker dirs apart.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("ol-{:08x}", h as u32)
+}
+
+/// Makes `sock` sandboxes.
+#[derive(Debug)]
+pub struct SockPool {
+    cfg: SockConfig,
+    fs: Arc<dyn CgroupFs>,
+    hierarchy: Arc<Hierarchy>,
+    seccomp_file: Option<PathBuf>,
+    next_id: AtomicU64,
+}
+
+fn cgroup_err(e: CgroupError) -> SandboxError {
+    SandboxError::Cgroup(e.to_string())
+}
+
+/// The host's cgroup hierarchy, from /proc/self/mountinfo.
+pub fn host_hierarchy() -> Result<Hierarchy, SandboxError> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io_err("cannot read", Path::new("/proc/self/mountinfo")))?;
+    Hierarchy::detect(&mountinfo).map_err(cgroup_err)
+}
+
+impl SockPool {
+    /// A pool for the worker described by `cfg`: checks root, finds the
+    /// cgroup hierarchy, creates the worker's parent cgroup and compiles
+    /// the seccomp filter once.
+    pub fn new(cfg: SockConfig) -> Result<Self, SandboxError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(SandboxError::StartFailed(
+                "the sock sandbox needs root; run the worker as root or set \"sandbox\": \"process\"".into(),
+            ));
+        }
+        let hierarchy = Arc::new(host_hierarchy()?);
+        let fs: Arc<dyn CgroupFs> = Arc::new(RealFs);
+        let parent = Cgroup::new(Arc::clone(&fs), Arc::clone(&hierarchy), &cfg.worker_id);
+        parent.create().map_err(cgroup_err)?;
+        parent.enable_v2_controllers().map_err(cgroup_err)?;
+        fs::create_dir_all(&cfg.scratch_root)
+            .map_err(io_err("cannot create", &cfg.scratch_root))?;
+        let seccomp_file = if cfg.seccomp {
+            let prog = seccomp::compile().map_err(|e| SandboxError::StartFailed(e.to_string()))?;
+            let path = cfg.scratch_root.with_file_name("seccomp.bpf");
+            fs::write(&path, seccomp::to_bytes(&prog)).map_err(io_err("cannot write", &path))?;
+            Some(path)
+        } else {
+            None
+        };
+        tracing::info!(
+            cgroups = hierarchy.version(),
+            seccomp = cfg.seccomp,
+            worker_id = %cfg.worker_id,
+            "sock sandboxes"
+        );
+        Ok(Self {
+            cfg,
+            fs,
+            hierarchy,
+            seccomp_file,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn cgroup(&self, id: &str) -> Cgroup {
+        Cgroup::new(
+            Arc::clone(&self.fs),
+            Arc::clone(&self.hierarchy),
+            &format!("{}/{id}", self.cfg.worker_id),
+        )
+    }
+
+    fn init_spec(&self, spec: &SandboxSpec, cgroup: &Cgroup, host_dir: &Path) -> InitSpec {
+        let plan = MountPlan::for_lambda(&RootSources {
+            base: &self.cfg.base,
+            python_prefix: &self.cfg.python_prefix,
+            code: &spec.code_dir,
+            scratch: host_dir,
+            packages: &self.cfg.packages,
+            runtime: &self.cfg.runtime_dir,
+        });
+        let runtime = format!("{}/{}", inside::RUNTIME, crate::runtime::RUNTIME_FILE);
+        let mut env = vec![
+            (
+                "PATH".to_string(),
+                "/usr/local/bin:/usr/bin:/bin".to_string(),
+            ),
+            ("LANG".to_string(), "C.UTF-8".to_string()),
+            ("HOME".to_string(), inside::TMP.to_string()),
+            ("TMPDIR".to_string(), inside::TMP.to_string()),
+        ];
+        env.extend(spec.env.iter().cloned());
+        InitSpec {
+            cgroup_procs: cgroup.procs_files(),
+            plan,
+            hostname: "ol-sandbox".into(),
+            uid: SANDBOX_UID,
+            gid: SANDBOX_UID,
+            seccomp: self.seccomp_file.clone(),
+            argv: vec![
+                self.cfg.python.display().to_string(),
+                "-I".into(),
+                "-S".into(),
+                runtime,
+                "--fd".into(),
+                RUNTIME_FD.to_string(),
+                "--code".into(),
+                inside::HANDLER.into(),
+                "--name".into(),
+                spec.lambda.clone(),
+            ],
+            env,
+            cwd: inside::HANDLER.into(),
+        }
+    }
+
+    fn spawn(
+        &self,
+        spec: &SandboxSpec,
+        id: &str,
+        cgroup: &Cgroup,
+    ) -> Result<NewSandbox, SandboxError> {
+        let scratch = self.cfg.scratch_root.join(id);
+        let host_dir = scratch.join("host");
+        fs::create_dir_all(&host_dir).map_err(io_err("cannot create", &host_dir))?;
+        chown(&host_dir, Some(SANDBOX_UID), Some(SANDBOX_UID))
+            .map_err(io_err("cannot chown", &host_dir))?;
+        let stdout_path = scratch.join("stdout");
+        let stdout =
+            fs::File::create(&stdout_path).map_err(io_err("cannot create", &stdout_path))?;
+        let stderr_path = scratch.join("stderr");
+        let stderr =
+            fs::File::create(&stderr_path).map_err(io_err("cannot create", &stderr_path))?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(io_err("cannot create socket pair for", &scratch))?;
+        cgroup.create().map_err(cgroup_err)?;
+        cgroup
+            .set_limits(&cgroup_limits(&spec.limits))
+            .map_err(cgroup_err)?;
+        let init = self.init_spec(spec, cgroup, &host_dir);
+        let init_json = serde_json::to_string(&init)
+            .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
+        let mut cmd = Command::new(&self.cfg.init_exe);
+        cmd.arg(INIT_ARG)
+            .arg(init_json)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        sys::inherit_fd_as(&mut cmd, theirs.as_raw_fd(), RUNTIME_FD);
+        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+            program: self.cfg.init_exe.clone(),
+            source,
+        })?;
+        drop(theirs);
+        let pid = child.id();
+        let record = format!("{pid} {}\n", process_start_time(pid).unwrap_or(0));
+        let pid_path = scratch.join("pid");
+        let sandbox = SockSandbox {
+            id: id.to_string(),
+            pid,
+            child,
+            cgroup: cgroup.clone(),
+            scratch,
+            destroyed: false,
+        };
+        fs::write(&pid_path, record).map_err(io_err("cannot write", &pid_path))?;
+        Ok(NewSandbox {
+            sandbox: Box::new(sandbox),
+            conn: ours,
+        })
+    }
+}
+
+fn cgroup_limits(l: &Limits) -> CgroupLimits {
+    CgroupLimits {
+        mem_bytes: l.mem_mb.saturating_mul(1 << 20),
+        pids: l.procs,
+        cpu_percent: l.cpu_percent,
+        swappiness: l.swappiness,
+    }
+}
+
+impl SandboxPool for SockPool {
+    fn kind(&self) -> &'static str {
+        "sock"
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", spec.lambda);
+        let cgroup = self.cgroup(&id);
+        self.spawn(spec, &id, &cgroup).inspect_err(|_| {
+            let _ = cgroup.kill_all(&kill_pid);
+            let _ = remove_cgroup(&cgroup);
+            let _ = fs::remove_dir_all(self.cfg.scratch_root.join(&id));
+        })
+    }
+
+    fn cleanup_leftovers(&self) -> Result<usize, SandboxError> {
+        cleanup(&self.cfg.worker_id, &self.cfg.scratch_root, false)
+    }
+}
+
+/// Kills and removes everything worker `worker_id` left: the processes of
+/// every cgroup under `ol-<id>/`, those cgroups (and the parent itself when
+/// `remove_parent`), and the scratch dirs. Returns how many sandboxes were
+/// found. Safe to run with no worker alive.
+pub fn cleanup(
+    worker_id: &str,
+    scratch_root: &Path,
+    remove_parent: bool,
+) -> Result<usize, SandboxError> {
+    let mut found = cleanup_scratch(scratch_root)?;
+    let Ok(hierarchy) = host_hierarchy() else {
+        return Ok(found);
+    };
+    let hierarchy = Arc::new(hierarchy);
+    let fs: Arc<dyn CgroupFs> = Arc::new(RealFs);
+    let parent = Cgroup::new(Arc::clone(&fs), Arc::clone(&hierarchy), worker_id);
+    let mut names = parent.children();
+    // v1: each controller has its own tree; leftovers may differ per tree.
+    for dir in parent.dirs().iter().skip(1) {
+        if let Ok(more) = fs.children(dir) {
+            names.extend(more);
+        }
+    }
+    names.sort();
+    names.dedup();
+    for name in &names {
+        let cg = Cgroup::new(
+            Arc::clone(&fs),
+            Arc::clone(&hierarchy),
+            &format!("{worker_id}/{name}"),
+        );
+        let _ = cg.kill_all(&kill_pid);
+        remove_cgroup(&cg).map_err(cgroup_err)?;
+    }
+    found = found.max(names.len());
+    if remove_parent {
+        remove_cgroup(&parent).map_err(cgroup_err)?;
+    }
+    Ok(found)
+}
+
+fn kill_pid(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+/// Removes a cgroup whose processes were just killed: rmdir fails with
+/// EBUSY until the kernel has finished tearing them down, so retry briefly.
+fn remove_cgroup(cg: &Cgroup) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cg.remove() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                let _ = cg.kill_all(&kill_pid);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// One `sock` sandbox: the init process outside the namespaces (our child)
+/// and its cgroup.
+#[derive(Debug)]
+struct SockSandbox {
+    id: String,
+    pid: u32,
+    child: Child,
+    cgroup: Cgroup,
+    scratch: PathBuf,
+    destroyed: bool,
+}
+
+impl Sandbox for SockSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn pause(&self) -> Result<(), SandboxError> {
+        self.cgroup.freeze().map_err(cgroup_err)
+    }
+
+    fn unpause(&self) -> Result<(), SandboxError> {
+        self.cgroup.thaw().map_err(cgroup_err)
+    }
+
+    fn destroy(&mut self) -> Result<(), SandboxError> {
+        if self.destroyed {
+            return Ok(());
+        }
+        self.destroyed = true;
+        let _ = self.cgroup.kill_all(&kill_pid);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(self.scratch.join("pid"));
+        let removed = remove_cgroup(&self.cgroup).map_err(cgroup_err);
+        crate::process::remove_scratch_if_quiet(&self.scratch);
+        removed
+    }
+
+    fn mem_usage(&self) -> Result<u64, SandboxError> {
+        self.cgroup.mem_usage().map_err(cgroup_err)
+    }
+
+    fn exit_reason(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok().flatten()?;
+        Some(match (status.code(), status.signal()) {
+            (Some(INIT_FAILED), _) => {
+                let stderr = fs::read_to_string(self.scratch.join("stderr")).unwrap_or_default();
+                let last = stderr
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("ol sandbox init:"));
+                format!(
+                    "failed to start: {}",
+                    last.unwrap_or("see the sandbox's stderr")
+                )
+            }
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => match Signal::try_from(sig) {
+                Ok(s) => format!("was killed by signal {sig} ({})", s.as_str()),
+                Err(_) => format!("was killed by signal {sig}"),
+            },
+            (None, None) => "exited".to_string(),
+        })
+    }
+
+    fn oom_killed(&self) -> bool {
+        self.cgroup.oom_kills().is_ok_and(|n| n > 0)
+    }
+}
+
+impl Drop for SockSandbox {
+    fn drop(&mut self) {
+        let _ = self.destroy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_id_is_stable_and_distinct() {
+        let a = worker_id(Path::new("/srv/ol-a"));
+        assert_eq!(a, worker_id(Path::new("/srv/ol-a")));
+        assert_ne!(a, worker_id(Path::new("/srv/ol-b")));
+        assert!(a.starts_with("ol-") && a.len() == 11, "{a}");
+    }
+
+    #[test]
+    fn limits_map_to_cgroup_units() {
+        let l = cgroup_limits(&Limits {
+            mem_mb: 50,
+            procs: 10,
+            cpu_percent: 100,
+            swappiness: 0,
+            ..Limits::default()
+        });
+        assert_eq!(l.mem_bytes, 50 << 20);
+        assert_eq!((l.pids, l.cpu_percent, l.swappiness), (10, 100, 0));
+    }
+}
