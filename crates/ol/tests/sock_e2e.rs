@@ -1,0 +1,232 @@
+//! End-to-end tests of the `sock` sandbox (root only): what a lambda cannot
+//! do, its limits, and that nothing leaks (mounts, cgroups, processes).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{TestWorker, assert_no_processes, ol, stderr};
+
+/// Skips the test (with the reason printed) unless running as root.
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: the sock sandbox needs root");
+            return;
+        }
+    };
+}
+
+const PROBE: &str = r#"
+import ctypes, errno, os, socket
+
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+def libc_call(name, *args):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+def f(event):
+    port = int(event["port"])
+    return {
+        "uid": os.getuid(),
+        "hostname": socket.gethostname(),
+        "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "shadow": attempt(lambda: open("/etc/shadow").read()),
+        "root": sorted(os.listdir("/root")),
+        "write_handler": attempt(lambda: open("/handler/x", "w").write("x")),
+        "write_base": attempt(lambda: open("/usr/x", "w").write("x")),
+        "write_tmp": attempt(lambda: open("/tmp/x", "w").write("x")),
+        "write_host": attempt(lambda: open("/host/x", "w").write("x")),
+        "connect_host": attempt(lambda: socket.create_connection(("127.0.0.1", port), timeout=2)),
+        "interfaces": [name for _, name in socket.if_nameindex()],
+        "mount": attempt(lambda: libc_call("mount", b"none", b"/tmp", b"tmpfs", 0, None)),
+        "ptrace": attempt(lambda: libc_call("ptrace", 16, 1, None, None)),
+        "init_module": attempt(lambda: libc_call("syscall", 175, None, 0, b"")),
+        "capabilities": open("/proc/self/status").read().split("CapEff:")[1].split()[0],
+    }
+"#;
+
+const FORK_BOMB: &str = r#"
+import os, time
+
+def f(event):
+    children = 0
+    try:
+        for _ in range(1000):
+            if os.fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+            children += 1
+    except OSError:
+        pass
+    return children
+"#;
+
+const MEM_HOG: &str = r#"
+def f(event):
+    mb = int(event)
+    chunks = [bytearray(1 << 20) for _ in range(mb)]
+    for c in chunks:
+        c[::4096] = b"x" * len(c[::4096])
+    return len(chunks)
+"#;
+
+#[test]
+fn a_lambda_cannot_escape_its_sandbox() {
+    require_root!();
+    let w = TestWorker::start(&[("probe", &[("f.py", PROBE)])], &["sandbox=sock"]);
+    let a = w.run("probe", &format!(r#"{{"port": {}}}"#, w.port));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let j = a.json();
+    assert_eq!(j["uid"], 65534, "runs as nobody");
+    assert_eq!(j["hostname"], "ol-sandbox");
+    // Only its own pid namespace: pid 1 (the sandbox init) and itself.
+    assert_eq!(j["pids"], serde_json::json!([1, 2]), "{j}");
+    assert_eq!(j["shadow"], "ENOENT", "no host /etc/shadow in the base");
+    assert_eq!(j["root"], serde_json::json!([".pyenv"]), "only the Python install under /root");
+    assert_eq!(j["write_handler"], "EROFS");
+    assert_eq!(j["write_base"], "EROFS");
+    assert_eq!(j["write_tmp"], "allowed");
+    assert_eq!(j["write_host"], "allowed");
+    assert_eq!(j["connect_host"], "ECONNREFUSED", "the host's 127.0.0.1 is not reachable");
+    assert_eq!(j["interfaces"], serde_json::json!(["lo"]));
+    assert_eq!(j["mount"], "EPERM");
+    assert_eq!(j["ptrace"], "EPERM");
+    assert_eq!(j["init_module"], "EPERM");
+    assert_eq!(j["capabilities"], "0000000000000000");
+    // The lambda's /host is the worker's scratch dir for it.
+    let scratch = w.path().join("worker/scratch");
+    let wrote: Vec<PathBuf> = fs::read_dir(&scratch)
+        .expect("scratch")
+        .flatten()
+        .map(|e| e.path().join("host/x"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(wrote.len(), 1, "{wrote:?}");
+}
+
+#[test]
+fn fork_bomb_is_contained_and_the_worker_stays_up() {
+    require_root!();
+    let w = TestWorker::start(
+        &[("bomb", &[("f.py", FORK_BOMB)])],
+        &["sandbox=sock", "limits.procs=10"],
+    );
+    let a = w.run("bomb", "null");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let children: u64 = a.body.parse().expect("a count");
+    // procs counts every process of the sandbox: init, pid 1, the runtime.
+    assert!((1..10).contains(&children), "{children} children");
+    let a = w.run("hello", r#"{"name": "still here"}"#);
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, still here!\""));
+}
+
+#[test]
+fn memory_limit_is_enforced_with_507_and_honoured_below_it() {
+    require_root!();
+    let w = TestWorker::start(
+        &[("hog", &[("f.py", MEM_HOG)])],
+        &["sandbox=sock", "limits.mem_mb=50"],
+    );
+    // mem_mb - 16 MiB fits (the interpreter itself needs ~10 MiB).
+    let a = w.run("hog", "34");
+    assert_eq!((a.status, a.body.as_str()), (200, "34"));
+    let a = w.run("hog", "200");
+    assert_eq!(a.status, 507, "{}", a.body);
+    let j = a.json();
+    assert_eq!(j["lambda"], "hog");
+    assert!(
+        j["error"].as_str().is_some_and(|e| e.contains("memory limit of 50 MiB")),
+        "{j}"
+    );
+    let a = w.run("hog", "1");
+    assert_eq!((a.status, a.body.as_str()), (200, "1"), "a fresh sandbox after the OOM kill");
+    let a = w.run("hello", r#"{"name": "x"}"#);
+    assert_eq!(a.status, 200);
+}
+
+fn worker_cgroups(dir: &Path) -> Vec<PathBuf> {
+    let id = ol_sandbox::sock::worker_id(dir);
+    ["memory", "pids", "cpu", "freezer"]
+        .iter()
+        .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&id))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn child_cgroups(dir: &Path) -> usize {
+    worker_cgroups(dir)
+        .iter()
+        .map(|p| {
+            fs::read_dir(p)
+                .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn mounts_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn churn_of_300_sandboxes_leaks_nothing() {
+    require_root!();
+    let crash = "import os\n\ndef f(event):\n    os._exit(0)\n";
+    let mut w = TestWorker::start(&[("churn", &[("f.py", crash)])], &["sandbox=sock"]);
+    for i in 0..300 {
+        let a = w.run("churn", "{}");
+        assert_eq!(a.status, 502, "call {i}: {}", a.body);
+    }
+    let stats = w.stats();
+    assert_eq!(stats["sandboxes_created"], 300);
+    assert!(
+        common::eventually(std::time::Duration::from_secs(10), || child_cgroups(w.path()) == 0),
+        "sandbox cgroups left: {}",
+        child_cgroups(w.path())
+    );
+    assert!(mounts_mentioning(w.path()).is_empty(), "{:?}", mounts_mentioning(w.path()));
+    assert_eq!(w.run("hello", r#"{"name": "x"}"#).status, 200);
+    w.down();
+    assert!(worker_cgroups(w.path()).is_empty(), "{:?}", worker_cgroups(w.path()));
+    assert!(mounts_mentioning(w.path()).is_empty());
+}
+
+#[test]
+fn kill_9_then_force_cleanup_leaves_no_cgroup_process_or_mount() {
+    require_root!();
+    let mut w = TestWorker::start(&[], &["sandbox=sock"]);
+    for name in ["hello", "hello-legacy"] {
+        assert_eq!(w.run(name, r#"{"name": "x"}"#).status, 200);
+    }
+    assert_eq!(child_cgroups(w.path()), 2);
+    let worker = w.worker_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let out = ol(w.path(), &["worker", "force-cleanup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(worker_cgroups(w.path()).is_empty(), "{:?}", worker_cgroups(w.path()));
+    assert_no_processes(w.path());
+    assert!(mounts_mentioning(w.path()).is_empty());
+    // Nothing left to stop.
+    w.down();
+}
