@@ -2,24 +2,35 @@
 //! first) and the bound on how many may exist at once.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use ol_registry::LambdaCode;
 use ol_sandbox::SafeSandbox;
+use ol_sandbox::mem_pool::Reservation;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A live sandbox of a lambda, holding one of the lambda's instance slots
-/// until it is destroyed.
+/// and its memory reservation until it is destroyed.
 #[derive(Debug)]
 pub(crate) struct Instance {
     pub(crate) sandbox: SafeSandbox,
+    /// When it last finished a call.
+    pub(crate) idle_since: Instant,
     _slot: OwnedSemaphorePermit,
+    _memory: Reservation,
 }
 
 impl Instance {
-    pub(crate) fn new(sandbox: SafeSandbox, slot: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn new(
+        sandbox: SafeSandbox,
+        slot: OwnedSemaphorePermit,
+        memory: Reservation,
+    ) -> Self {
         Self {
             sandbox,
+            idle_since: Instant::now(),
             _slot: slot,
+            _memory: memory,
         }
     }
 }
@@ -83,13 +94,50 @@ impl LambdaFunction {
             .expect("idle_ready permits never exceed idle instances")
     }
 
-    /// Puts a healthy instance back for the next call.
-    pub(crate) fn release(&self, inst: Instance) {
+    /// Puts a healthy instance back for the next call. Paused instances go
+    /// to the cold end, so the next call takes a running one if any.
+    pub(crate) fn release(&self, mut inst: Instance) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if inst.sandbox.is_paused() {
+            idle.insert(0, inst);
+        } else {
+            inst.idle_since = Instant::now();
+            idle.push(inst);
+        }
+        drop(idle);
+        self.idle_ready.add_permits(1);
+    }
+
+    /// Takes out idle instances matching `pick` (at most `max`), as if
+    /// acquired: the caller puts them back with [`Self::release`] or
+    /// destroys them.
+    pub(crate) fn take_idle(&self, max: usize, pick: impl Fn(&Instance) -> bool) -> Vec<Instance> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let Some(pos) = idle.iter().position(&pick) else {
+                break;
+            };
+            // An acquirer may hold a permit for an entry it has not popped
+            // yet; then that entry is spoken for and we stop.
+            let Ok(permit) = self.idle_ready.try_acquire() else {
+                break;
+            };
+            permit.forget();
+            taken.push(idle.remove(pos));
+        }
+        taken
+    }
+
+    /// The idle instance eviction should take first from this lambda:
+    /// paused before running, then the longest idle. `None` if none idle.
+    pub(crate) fn eviction_candidate(&self) -> Option<(bool, Duration)> {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(inst);
-        self.idle_ready.add_permits(1);
+            .iter()
+            .map(|i| (i.sandbox.is_paused(), i.idle_since.elapsed()))
+            .max()
     }
 
     /// Number of idle instances.

@@ -47,6 +47,9 @@ pub enum InvokeError {
     /// The call ran past the runtime limit (504); the sandbox was killed.
     #[error("lambda exceeded its runtime limit of {}s", .0.as_secs())]
     Timeout(Duration),
+    /// The memory pool stayed full (503).
+    #[error("{0}")]
+    NoMemory(String),
     /// The worker is shutting down (503).
     #[error("the worker is shutting down")]
     ShuttingDown,
@@ -63,7 +66,7 @@ impl InvokeError {
             Self::BadName(_) => 400,
             Self::LoadFailed { .. } | Self::Raised { .. } | Self::Internal(_) => 500,
             Self::Died(_) => 502,
-            Self::ShuttingDown => 503,
+            Self::ShuttingDown | Self::NoMemory(_) => 503,
             Self::Timeout(_) => 504,
             Self::OutOfMemory(_) => 507,
         }

@@ -2,11 +2,12 @@
 //! each call, and retires sandboxes that died or ran too long.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ol_registry::{Registry, RegistryError};
+use ol_sandbox::mem_pool::{MemPool, Reservation};
 use ol_sandbox::{
     CallError, Invocation, Limits, Reply, SafeSandbox, SandboxError, SandboxPool, SandboxSpec,
 };
@@ -24,6 +25,12 @@ pub struct LambdaSettings {
     pub max_instances: usize,
     /// How long a new runtime may take to load the lambda's code.
     pub ready_timeout: Duration,
+    /// Pause a sandbox idle this long; `None`: never.
+    pub pause_after_idle: Option<Duration>,
+    /// Memory all sandboxes together may reserve, in MiB.
+    pub mem_pool_mb: u64,
+    /// How long a new sandbox may wait for memory before the call fails.
+    pub admission_timeout: Duration,
 }
 
 impl Default for LambdaSettings {
@@ -32,6 +39,9 @@ impl Default for LambdaSettings {
             limits: Limits::default(),
             max_instances: 8,
             ready_timeout: Duration::from_secs(60),
+            pause_after_idle: Some(Duration::from_millis(500)),
+            mem_pool_mb: 4096,
+            admission_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -58,6 +68,14 @@ pub struct Stats {
     pub sandboxes_created: u64,
     /// Sandboxes destroyed since start.
     pub sandboxes_destroyed: u64,
+    /// Sandboxes paused since start.
+    pub pauses: u64,
+    /// Idle sandboxes destroyed to free memory.
+    pub evictions: u64,
+    /// Memory reserved by sandboxes, in MiB.
+    pub mem_pool_used_mb: u64,
+    /// Size of the memory pool, in MiB.
+    pub mem_pool_total_mb: u64,
 }
 
 /// Per-lambda part of [`Stats`].
@@ -69,6 +87,15 @@ pub struct LambdaStats {
     pub idle: usize,
 }
 
+/// Counters of the lambda layer.
+#[derive(Debug, Default)]
+struct Counters {
+    created: AtomicU64,
+    destroyed: Arc<AtomicU64>,
+    pauses: AtomicU64,
+    evictions: AtomicU64,
+}
+
 /// The lambda layer: every lambda called so far and its sandboxes.
 pub struct LambdaManager {
     pool: Arc<dyn SandboxPool>,
@@ -76,8 +103,10 @@ pub struct LambdaManager {
     settings: LambdaSettings,
     functions: RwLock<HashMap<String, Arc<LambdaFunction>>>,
     sandboxes: Mutex<HashMap<String, SandboxInfo>>,
-    created: AtomicU64,
-    destroyed: Arc<AtomicU64>,
+    mem: Arc<MemPool>,
+    /// Calls waiting for memory; releases nudge them only when non-zero.
+    mem_waiters: AtomicUsize,
+    counters: Counters,
     closed: AtomicBool,
 }
 
@@ -91,13 +120,69 @@ impl LambdaManager {
         Arc::new(Self {
             pool,
             registry,
-            settings,
             functions: RwLock::new(HashMap::new()),
             sandboxes: Mutex::new(HashMap::new()),
-            created: AtomicU64::new(0),
-            destroyed: Arc::new(AtomicU64::new(0)),
+            mem: MemPool::new(settings.mem_pool_mb),
+            mem_waiters: AtomicUsize::new(0),
+            counters: Counters::default(),
             closed: AtomicBool::new(false),
+            settings,
         })
+    }
+
+    /// Starts the background work (pausing idle sandboxes). Call once,
+    /// inside the async runtime; it stops when the manager is dropped or
+    /// shut down.
+    pub fn start_background(self: &Arc<Self>) {
+        let Some(after) = self.settings.pause_after_idle else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let tick = (after / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                if this.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                this.pause_idle(after).await;
+            }
+        });
+    }
+
+    /// Pauses every running sandbox idle for at least `after`.
+    async fn pause_idle(&self, after: Duration) {
+        let functions: Vec<Arc<LambdaFunction>> = self.read_functions().values().cloned().collect();
+        for f in functions {
+            let stale = f.take_idle(usize::MAX, |i| {
+                !i.sandbox.is_paused() && i.idle_since.elapsed() >= after
+            });
+            if stale.is_empty() {
+                continue;
+            }
+            let paused = tokio::task::spawn_blocking(move || {
+                stale
+                    .into_iter()
+                    .map(|mut inst| {
+                        let ok = inst.sandbox.pause().is_ok();
+                        (inst, ok)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(paused) = paused else { continue };
+            for (inst, ok) in paused {
+                if ok {
+                    self.counters.pauses.fetch_add(1, Ordering::Relaxed);
+                    self.release(&f, inst);
+                } else {
+                    self.retire(inst, "pause failed");
+                }
+            }
+        }
     }
 
     /// Runs one call of lambda `name`. The call runs in its own task, so a
@@ -119,9 +204,20 @@ impl LambdaManager {
             return Err(InvokeError::ShuttingDown);
         }
         let function = self.function(name).await?;
-        let mut inst = match function.acquire().await.ok_or(InvokeError::ShuttingDown)? {
-            Acquired::Idle(inst) => inst,
-            Acquired::NewSlot(slot) => Instance::new(self.create_sandbox(&function).await?, slot),
+        let mut inst = loop {
+            match function.acquire().await.ok_or(InvokeError::ShuttingDown)? {
+                Acquired::Idle(inst) if inst.sandbox.is_paused() => {
+                    if let Some(inst) = self.unpause(inst).await {
+                        break inst;
+                    }
+                }
+                Acquired::Idle(inst) => break inst,
+                Acquired::NewSlot(slot) => {
+                    let memory = self.reserve_memory().await?;
+                    let sandbox = self.create_sandbox(&function).await?;
+                    break Instance::new(sandbox, slot, memory);
+                }
+            }
         };
         let limit = Duration::from_secs(self.settings.limits.runtime_sec);
         match inst.sandbox.call(&inv, limit).await {
@@ -151,6 +247,86 @@ impl LambdaManager {
                 Err(InvokeError::Died(msg))
             }
         }
+    }
+
+    /// Thaws a paused instance; `None` (and the instance retired) if that
+    /// fails.
+    async fn unpause(&self, mut inst: Instance) -> Option<Instance> {
+        let thawed = tokio::task::spawn_blocking(move || {
+            let ok = inst.sandbox.unpause().is_ok();
+            (inst, ok)
+        })
+        .await
+        .ok()?;
+        match thawed {
+            (inst, true) => Some(inst),
+            (inst, false) => {
+                self.retire(inst, "unpause failed");
+                None
+            }
+        }
+    }
+
+    /// Reserves one sandbox's memory, evicting idle sandboxes (paused and
+    /// longest idle first) while the pool is short; waits a bounded time
+    /// for busy ones to free memory.
+    async fn reserve_memory(&self) -> Result<Reservation, InvokeError> {
+        let mb = self.settings.limits.mem_mb;
+        if let Some(r) = self.mem.try_reserve(mb) {
+            return Ok(r);
+        }
+        self.mem_waiters.fetch_add(1, Ordering::SeqCst);
+        let result = self.reserve_memory_slowly(mb).await;
+        self.mem_waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    async fn reserve_memory_slowly(&self, mb: u64) -> Result<Reservation, InvokeError> {
+        let deadline = tokio::time::Instant::now() + self.settings.admission_timeout;
+        loop {
+            // Created before the checks, so no release in between is missed.
+            let freed = self.mem.freed();
+            if let Some(r) = self.mem.try_reserve(mb) {
+                return Ok(r);
+            }
+            // Evicted memory comes back once the sandbox is destroyed, and a
+            // busy sandbox turning idle nudges us to evict it: wait for
+            // either, up to the deadline.
+            self.evict_one();
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return match self.mem.try_reserve(mb) {
+                    Some(r) => Ok(r),
+                    None => Err(InvokeError::NoMemory(format!(
+                        "no memory for a new sandbox: {} of {} MiB stayed reserved for {:?} and nothing idle could be evicted (mem_pool_mb)",
+                        self.mem.used_mb(),
+                        self.mem.total_mb(),
+                        self.settings.admission_timeout
+                    ))),
+                };
+            }
+        }
+    }
+
+    /// Destroys the best idle sandbox to evict, if any.
+    fn evict_one(&self) -> bool {
+        let functions: Vec<Arc<LambdaFunction>> = self.read_functions().values().cloned().collect();
+        let best = functions
+            .iter()
+            .filter_map(|f| Some((f.eviction_candidate()?, f)))
+            .max_by_key(|(key, _)| *key);
+        let Some(((paused, idle_for), f)) = best else {
+            return false;
+        };
+        let victim = f.take_idle(1, |i| {
+            i.sandbox.is_paused() == paused && i.idle_since.elapsed() >= idle_for
+        });
+        let Some(inst) = victim.into_iter().next() else {
+            return false;
+        };
+        tracing::info!(lambda = %f.name, sandbox = inst.sandbox.id(), paused, "evicting to free memory");
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        self.retire(inst, "evicted");
+        true
     }
 
     /// The lambda's function, looking it up in the registry the first time.
@@ -212,7 +388,7 @@ impl LambdaManager {
         let sandbox = SafeSandbox::start(new, self.settings.ready_timeout)
             .await
             .map_err(|e| self.creation_error(&function.name, e))?;
-        self.created.fetch_add(1, Ordering::Relaxed);
+        self.counters.created.fetch_add(1, Ordering::Relaxed);
         self.lock_sandboxes().insert(
             sandbox.id().to_string(),
             SandboxInfo {
@@ -244,13 +420,16 @@ impl LambdaManager {
             self.retire(inst, "worker shutting down");
         } else {
             function.release(inst);
+            if self.mem_waiters.load(Ordering::SeqCst) > 0 {
+                self.mem.nudge();
+            }
         }
     }
 
     /// Destroys an instance off the async threads (kill + reap block).
     fn retire(&self, mut inst: Instance, reason: &'static str) {
         self.lock_sandboxes().remove(inst.sandbox.id());
-        let destroyed = Arc::clone(&self.destroyed);
+        let destroyed = Arc::clone(&self.counters.destroyed);
         tokio::task::spawn_blocking(move || {
             inst.sandbox.destroy_now(reason);
             destroyed.fetch_add(1, Ordering::Relaxed);
@@ -273,8 +452,12 @@ impl LambdaManager {
         Stats {
             lambdas,
             sandboxes,
-            sandboxes_created: self.created.load(Ordering::Relaxed),
-            sandboxes_destroyed: self.destroyed.load(Ordering::Relaxed),
+            sandboxes_created: self.counters.created.load(Ordering::Relaxed),
+            sandboxes_destroyed: self.counters.destroyed.load(Ordering::Relaxed),
+            pauses: self.counters.pauses.load(Ordering::Relaxed),
+            evictions: self.counters.evictions.load(Ordering::Relaxed),
+            mem_pool_used_mb: self.mem.used_mb(),
+            mem_pool_total_mb: self.mem.total_mb(),
         }
     }
 
@@ -291,8 +474,8 @@ impl LambdaManager {
         }
         let deadline = Instant::now() + grace;
         loop {
-            let live =
-                self.created.load(Ordering::Relaxed) - self.destroyed.load(Ordering::Relaxed);
+            let live = self.counters.created.load(Ordering::Relaxed)
+                - self.counters.destroyed.load(Ordering::Relaxed);
             if live == 0 || Instant::now() >= deadline {
                 return live as usize;
             }

@@ -92,12 +92,19 @@ fn a_lambda_cannot_escape_its_sandbox() {
     // Only its own pid namespace: pid 1 (the sandbox init) and itself.
     assert_eq!(j["pids"], serde_json::json!([1, 2]), "{j}");
     assert_eq!(j["shadow"], "ENOENT", "no host /etc/shadow in the base");
-    assert_eq!(j["root"], serde_json::json!([".pyenv"]), "only the Python install under /root");
+    assert_eq!(
+        j["root"],
+        serde_json::json!([".pyenv"]),
+        "only the Python install under /root"
+    );
     assert_eq!(j["write_handler"], "EROFS");
     assert_eq!(j["write_base"], "EROFS");
     assert_eq!(j["write_tmp"], "allowed");
     assert_eq!(j["write_host"], "allowed");
-    assert_eq!(j["connect_host"], "ECONNREFUSED", "the host's 127.0.0.1 is not reachable");
+    assert_eq!(
+        j["connect_host"], "ECONNREFUSED",
+        "the host's 127.0.0.1 is not reachable"
+    );
     assert_eq!(j["interfaces"], serde_json::json!(["lo"]));
     assert_eq!(j["mount"], "EPERM");
     assert_eq!(j["ptrace"], "EPERM");
@@ -145,11 +152,17 @@ fn memory_limit_is_enforced_with_507_and_honoured_below_it() {
     let j = a.json();
     assert_eq!(j["lambda"], "hog");
     assert!(
-        j["error"].as_str().is_some_and(|e| e.contains("memory limit of 50 MiB")),
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("memory limit of 50 MiB")),
         "{j}"
     );
     let a = w.run("hog", "1");
-    assert_eq!((a.status, a.body.as_str()), (200, "1"), "a fresh sandbox after the OOM kill");
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (200, "1"),
+        "a fresh sandbox after the OOM kill"
+    );
     let a = w.run("hello", r#"{"name": "x"}"#);
     assert_eq!(a.status, 200);
 }
@@ -197,14 +210,24 @@ fn churn_of_300_sandboxes_leaks_nothing() {
     let stats = w.stats();
     assert_eq!(stats["sandboxes_created"], 300);
     assert!(
-        common::eventually(std::time::Duration::from_secs(10), || child_cgroups(w.path()) == 0),
+        common::eventually(std::time::Duration::from_secs(10), || child_cgroups(
+            w.path()
+        ) == 0),
         "sandbox cgroups left: {}",
         child_cgroups(w.path())
     );
-    assert!(mounts_mentioning(w.path()).is_empty(), "{:?}", mounts_mentioning(w.path()));
+    assert!(
+        mounts_mentioning(w.path()).is_empty(),
+        "{:?}",
+        mounts_mentioning(w.path())
+    );
     assert_eq!(w.run("hello", r#"{"name": "x"}"#).status, 200);
     w.down();
-    assert!(worker_cgroups(w.path()).is_empty(), "{:?}", worker_cgroups(w.path()));
+    assert!(
+        worker_cgroups(w.path()).is_empty(),
+        "{:?}",
+        worker_cgroups(w.path())
+    );
     assert!(mounts_mentioning(w.path()).is_empty());
 }
 
@@ -224,9 +247,40 @@ fn kill_9_then_force_cleanup_leaves_no_cgroup_process_or_mount() {
     .expect("kill");
     let out = ol(w.path(), &["worker", "force-cleanup"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(worker_cgroups(w.path()).is_empty(), "{:?}", worker_cgroups(w.path()));
+    assert!(
+        worker_cgroups(w.path()).is_empty(),
+        "{:?}",
+        worker_cgroups(w.path())
+    );
     assert_no_processes(w.path());
     assert!(mounts_mentioning(w.path()).is_empty());
     // Nothing left to stop.
     w.down();
+}
+
+#[test]
+fn idle_sandbox_is_frozen_by_its_cgroup_and_thawed_on_call() {
+    require_root!();
+    let w = TestWorker::start(&[], &["sandbox=sock", "pause_after_idle_ms=100"]);
+    assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
+    let id = ol_sandbox::sock::worker_id(w.path());
+    let sandbox = w.stats()["sandboxes"][0]["id"]
+        .as_str()
+        .expect("sandbox id")
+        .to_string();
+    let state = Path::new("/sys/fs/cgroup/freezer")
+        .join(&id)
+        .join(&sandbox)
+        .join("freezer.state");
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || {
+            fs::read_to_string(&state).is_ok_and(|s| s.trim() == "FROZEN")
+        }),
+        "{}: {:?}",
+        state.display(),
+        fs::read_to_string(&state)
+    );
+    let a = w.run("hello", r#"{"name": "b"}"#);
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, b!\""));
+    assert_eq!(w.stats()["sandboxes"][0]["id"], sandbox.as_str());
 }

@@ -336,3 +336,78 @@ fn up_initializes_a_missing_dir_and_lambda_added_later_is_found() {
     assert!(ol(&dir, &["worker", "down"]).status.success());
     assert_no_processes(&dir);
 }
+
+/// The state letter of a process (`R`, `S`, `T` stopped...) from
+/// /proc/PID/stat.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
+}
+
+#[test]
+fn idle_sandbox_is_paused_and_thawed_on_the_next_call() {
+    let w = TestWorker::start(&[], &["sandbox=process", "pause_after_idle_ms=100"]);
+    assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
+    let pid = w.sandbox_pids("hello")[0];
+    assert!(
+        eventually(Duration::from_secs(5), || w.stats()["pauses"] == 1),
+        "{}",
+        w.stats()
+    );
+    assert_eq!(process_state(pid), Some('T'), "SIGSTOPped while idle");
+    let a = w.run("hello", r#"{"name": "b"}"#);
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, b!\""));
+    assert_eq!(
+        w.sandbox_pids("hello"),
+        vec![pid],
+        "the same sandbox, thawed"
+    );
+}
+
+#[test]
+fn back_to_back_calls_never_pause() {
+    let w = TestWorker::start(&[], &["sandbox=process", "pause_after_idle_ms=300"]);
+    let deadline = std::time::Instant::now() + Duration::from_millis(900);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
+    }
+    assert_eq!(w.stats()["pauses"], 0);
+}
+
+#[test]
+fn full_memory_pool_evicts_idle_sandboxes_and_waits_for_busy_ones() {
+    let w = TestWorker::start(
+        &[("sleepy", SLEEPY)],
+        &[
+            "mem_pool_mb=100",
+            "limits.mem_mb=50",
+            "pause_after_idle_ms=0",
+        ],
+    );
+    // Two sandboxes fill the pool; a third lambda evicts the longest idle.
+    assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
+    assert_eq!(w.run("hello-legacy", r#"{"name": "a"}"#).status, 200);
+    assert_eq!(w.run("echo", "1").body, "1");
+    let stats = w.stats();
+    assert_eq!(stats["evictions"], 1, "{stats}");
+    assert_eq!(stats["mem_pool_used_mb"], 100);
+    assert!(w.sandbox_pids("hello").is_empty(), "hello was idle longest");
+
+    // With both sandboxes busy, a new one waits for one to finish.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let url = w.url("/run/sleepy");
+            thread::spawn(move || common::request("POST", &url, b"1").status)
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(10), || w
+        .sandbox_pids("sleepy")
+        .len()
+        == 2));
+    let a = w.run("hello", r#"{"name": "late"}"#);
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, late!\""));
+    for b in busy {
+        assert_eq!(b.join().expect("thread"), 200);
+    }
+    assert_eq!(w.stats()["mem_pool_used_mb"], 100);
+}

@@ -3,6 +3,7 @@
 //! wrapper that talks the runtime protocol and turns every failure into an
 //! error (never a panic), and the backends themselves.
 
+pub mod mem_pool;
 pub mod process;
 pub mod protocol;
 pub mod runtime;

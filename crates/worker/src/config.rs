@@ -121,7 +121,7 @@ pub struct Config {
     pub installer_limits: InstallerLimits,
     /// Feature switches.
     pub features: Features,
-    /// An idle sandbox is paused after this long.
+    /// An idle sandbox is paused after this long; 0 never pauses.
     pub pause_after_idle_ms: u64,
     /// Package index to install from ("" = pip's default / host settings).
     pub pip_index_url: String,

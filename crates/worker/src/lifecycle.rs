@@ -133,9 +133,13 @@ async fn serve_until_signal(
     let registry = Arc::new(DirRegistry::new(config.registry_dir(dir.root())));
     let settings = LambdaSettings {
         limits: config.limits.clone(),
+        pause_after_idle: (config.pause_after_idle_ms > 0)
+            .then(|| Duration::from_millis(config.pause_after_idle_ms)),
+        mem_pool_mb: config.mem_pool_mb,
         ..LambdaSettings::default()
     };
     let lambdas = LambdaManager::new(pool, registry, settings);
+    lambdas.start_background();
     let state = Arc::new(AppState {
         lambdas: Arc::clone(&lambdas),
         max_body_bytes: usize::try_from(config.limits.max_body_mb.saturating_mul(1 << 20))

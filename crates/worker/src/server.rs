@@ -306,6 +306,10 @@ fn stats(state: &AppState) -> Response<Body> {
         "sandboxes": lambdas.sandboxes,
         "sandboxes_created": lambdas.sandboxes_created,
         "sandboxes_destroyed": lambdas.sandboxes_destroyed,
+        "pauses": lambdas.pauses,
+        "evictions": lambdas.evictions,
+        "mem_pool_used_mb": lambdas.mem_pool_used_mb,
+        "mem_pool_total_mb": lambdas.mem_pool_total_mb,
     });
     json_response(StatusCode::OK, &body)
 }
