@@ -364,7 +364,11 @@ impl Cgroup {
                 let has = |c: &str| have.iter().any(|h| h == c);
                 if has("memory") {
                     self.write(dir.join("memory.max"), &limits.mem_bytes.to_string())?;
-                    self.write(dir.join("memory.swap.max"), "0")?;
+                    // memory.swap.max exists only with swap accounting.
+                    let swap = dir.join("memory.swap.max");
+                    if self.fs.read(&swap).is_ok() {
+                        self.write(swap, "0")?;
+                    }
                 }
                 if has("pids") {
                     self.write(dir.join("pids.max"), &limits.pids.to_string())?;
@@ -476,11 +480,17 @@ impl Cgroup {
     }
 
     /// How many processes the kernel's OOM killer has killed in this
-    /// cgroup so far.
+    /// cgroup so far. On v2 without the memory controller (this host binds
+    /// it to v1) there is no `memory.events` and no cgroup OOM kill: 0.
     pub fn oom_kills(&self) -> Result<u64, CgroupError> {
         let path = match &*self.hierarchy {
             Hierarchy::V1 { .. } => self.dir("memory").join("memory.oom_control"),
-            Hierarchy::V2 { root } => root.join(&self.rel).join("memory.events"),
+            Hierarchy::V2 { root } => {
+                if !self.controllers()?.iter().any(|c| c == "memory") {
+                    return Ok(0);
+                }
+                root.join(&self.rel).join("memory.events")
+            }
         };
         let text = self.read(path)?;
         Ok(text
@@ -823,7 +833,12 @@ mod tests {
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
         );
         assert_eq!(cg.oom_kills().expect("oom"), 1);
-        assert_eq!(parent.children(), vec!["sb-1"]);
+        // Without the memory controller there is no memory.events: 0 kills.
+        let bare = Cgroup::new(fs.clone(), v2(), "ol-w2/sb-2");
+        bare.create().expect("create");
+        fs.set("/sys/fs/cgroup/ol-w2/sb-2/cgroup.controllers", "pids\n");
+        assert_eq!(bare.oom_kills().expect("oom without memory"), 0);
+        assert_eq!(parent.children(), vec!["sb-1", "sb-2"]);
     }
 
     #[test]
