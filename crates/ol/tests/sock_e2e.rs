@@ -38,6 +38,7 @@ def f(event):
     port = int(event["port"])
     return {
         "uid": os.getuid(),
+        "me": os.getpid(),
         "hostname": socket.gethostname(),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "shadow": attempt(lambda: open("/etc/shadow").read()),
@@ -81,16 +82,34 @@ def f(event):
 "#;
 
 #[test]
-fn a_lambda_cannot_escape_its_sandbox() {
+fn a_lambda_forked_from_the_zygote_cannot_escape_its_sandbox() {
     require_root!();
-    let w = TestWorker::start(&[("probe", &[("f.py", PROBE)])], &["sandbox=sock"]);
+    check_isolation(&["sandbox=sock"]);
+}
+
+#[test]
+fn a_lambda_started_fresh_cannot_escape_its_sandbox() {
+    require_root!();
+    check_isolation(&["sandbox=sock", "features.import_cache="]);
+}
+
+fn check_isolation(overrides: &[&str]) {
+    let w = TestWorker::start(&[("probe", &[("f.py", PROBE)])], overrides);
     let a = w.run("probe", &format!(r#"{{"port": {}}}"#, w.port));
     assert_eq!(a.status, 200, "{}", a.body);
     let j = a.json();
     assert_eq!(j["uid"], 65534, "runs as nobody");
     assert_eq!(j["hostname"], "ol-sandbox");
-    // Only its own pid namespace: pid 1 (the sandbox init) and itself.
-    assert_eq!(j["pids"], serde_json::json!([1, 2]), "{j}");
+    // Only its own pid namespace: itself, and pid 1 (the sandbox init)
+    // when it is not pid 1 itself.
+    let pids: Vec<u64> = j["pids"]
+        .as_array()
+        .expect("pids")
+        .iter()
+        .filter_map(|p| p.as_u64())
+        .collect();
+    let me = j["me"].as_u64().expect("own pid");
+    assert!(pids.contains(&me) && pids.iter().all(|p| *p <= 2), "{j}");
     assert_eq!(j["shadow"], "ENOENT", "no host /etc/shadow in the base");
     assert_eq!(
         j["root"],
@@ -176,12 +195,18 @@ fn worker_cgroups(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Lambda sandbox cgroups of the worker (the zygote's own not counted).
 fn child_cgroups(dir: &Path) -> usize {
     worker_cgroups(dir)
         .iter()
         .map(|p| {
             fs::read_dir(p)
-                .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.path().is_dir())
+                        .filter(|e| !e.file_name().to_string_lossy().starts_with("zygote-"))
+                        .count()
+                })
                 .unwrap_or(0)
         })
         .max()

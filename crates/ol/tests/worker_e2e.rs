@@ -411,3 +411,24 @@ fn full_memory_pool_evicts_idle_sandboxes_and_waits_for_busy_ones() {
     }
     assert_eq!(w.stats()["mem_pool_used_mb"], 100);
 }
+
+#[test]
+fn process_backend_serves_raises_dies_and_recovers() {
+    let mut w = TestWorker::start(&[("boom", BOOM), ("crash", CRASH)], &["sandbox=process"]);
+    let a = w.run("hello", r#"{"name": "P"}"#);
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, P!\""));
+    let a = w.run("boom", "{}");
+    assert_eq!(a.status, 500);
+    assert_eq!(a.json()["error"], "ZeroDivisionError: division by zero");
+    let a = w.run("crash", "\"crash\"");
+    assert_eq!(a.status, 502);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exited with status 3")),
+        "{}",
+        a.body
+    );
+    assert_eq!(w.run("crash", "\"ok\"").body, "\"alive\"");
+    w.down();
+}

@@ -149,6 +149,47 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if first < HEADER_BYTES {
         read_exact_or_closed(r, &mut header[first..]).await?;
     }
+    let (meta_len, body_len) = parse_header(&header)?;
+    meta_buf.clear();
+    meta_buf.resize(meta_len, 0);
+    read_exact_or_closed(r, meta_buf).await?;
+    let meta = parse_meta(meta_buf)?;
+    let mut body = BytesMut::zeroed(body_len);
+    read_exact_or_closed(r, &mut body).await?;
+    Ok((meta, body.freeze()))
+}
+
+/// Blocking twin of [`read_frame`], for control sockets driven from plain
+/// threads (the zygote's).
+pub fn read_frame_blocking<R: std::io::Read>(
+    r: &mut R,
+) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
+    let closed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => ProtocolError::Closed,
+        _ => ProtocolError::Io(e),
+    };
+    let mut header = [0u8; HEADER_BYTES];
+    r.read_exact(&mut header).map_err(closed)?;
+    let (meta_len, body_len) = parse_header(&header)?;
+    let mut meta = vec![0u8; meta_len];
+    r.read_exact(&mut meta).map_err(closed)?;
+    let meta = parse_meta(&meta)?;
+    let mut body = BytesMut::zeroed(body_len);
+    r.read_exact(&mut body).map_err(closed)?;
+    Ok((meta, body.freeze()))
+}
+
+/// Encodes one frame with an empty body around `meta`.
+pub fn encode_frame<T: Serialize>(meta: &T) -> Result<Vec<u8>, ProtocolError> {
+    let mut out = vec![0u8; HEADER_BYTES];
+    serde_json::to_writer(&mut out, meta)
+        .map_err(|e| ProtocolError::Malformed(format!("cannot encode meta: {e}")))?;
+    let meta_len = (out.len() - HEADER_BYTES) as u32;
+    out[0..4].copy_from_slice(&meta_len.to_be_bytes());
+    Ok(out)
+}
+
+fn parse_header(header: &[u8; HEADER_BYTES]) -> Result<(usize, usize), ProtocolError> {
     let meta_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let body_len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
     if meta_len > MAX_META_BYTES {
@@ -161,14 +202,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             "body of {body_len} bytes is over the {MAX_BODY_BYTES}-byte limit"
         )));
     }
-    meta_buf.clear();
-    meta_buf.resize(meta_len, 0);
-    read_exact_or_closed(r, meta_buf).await?;
-    let meta: RuntimeMeta = serde_json::from_slice(meta_buf)
-        .map_err(|e| ProtocolError::Malformed(format!("meta is not the expected JSON: {e}")))?;
-    let mut body = BytesMut::zeroed(body_len);
-    read_exact_or_closed(r, &mut body).await?;
-    Ok((meta, body.freeze()))
+    Ok((meta_len, body_len))
+}
+
+fn parse_meta(raw: &[u8]) -> Result<RuntimeMeta, ProtocolError> {
+    serde_json::from_slice(raw)
+        .map_err(|e| ProtocolError::Malformed(format!("meta is not the expected JSON: {e}")))
 }
 
 async fn read_exact_or_closed<R: AsyncRead + Unpin>(
@@ -278,6 +317,18 @@ mod tests {
                 "cut at {cut}: {got:?}"
             );
         }
+    }
+
+    #[test]
+    fn blocking_reader_and_frame_encoder_agree() {
+        let bytes = encode_frame(&serde_json::json!({"type": "forked", "pid": 7})).expect("encode");
+        let (meta, body) = read_frame_blocking(&mut bytes.as_slice()).expect("read");
+        assert_eq!((meta.kind.as_deref(), meta.pid), (Some("forked"), Some(7)));
+        assert!(body.is_empty());
+        assert!(matches!(
+            read_frame_blocking(&mut &bytes[..5]),
+            Err(ProtocolError::Closed)
+        ));
     }
 
     #[tokio::test]

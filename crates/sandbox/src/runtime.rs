@@ -12,19 +12,29 @@ use crate::{SandboxError, io_err};
 pub const PYTHON_RUNTIME: &str = include_str!("../../../runtimes/python/ol_runtime.py");
 /// File name the runtime is installed under.
 pub const RUNTIME_FILE: &str = "ol_runtime.py";
+/// Source of `runtimes/python/ol_zygote.py`.
+pub const PYTHON_ZYGOTE: &str = include_str!("../../../runtimes/python/ol_zygote.py");
+/// File name the zygote is installed under.
+pub const ZYGOTE_FILE: &str = "ol_zygote.py";
 /// Oldest Python the runtime supports.
 const MIN_PYTHON: (u32, u32) = (3, 9);
 
-/// Writes the embedded runtime into `dir` (replacing an older copy
-/// atomically) and returns its path.
+/// Writes the embedded runtime and zygote into `dir` (replacing older
+/// copies atomically) and returns the runtime's path.
 pub fn install_runtime(dir: &Path) -> Result<PathBuf, SandboxError> {
     fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
-    let path = dir.join(RUNTIME_FILE);
-    if fs::read_to_string(&path).is_ok_and(|old| old == PYTHON_RUNTIME) {
+    install_file(dir, ZYGOTE_FILE, PYTHON_ZYGOTE.as_bytes())?;
+    install_file(dir, RUNTIME_FILE, PYTHON_RUNTIME.as_bytes())
+}
+
+/// Writes `dir/name` atomically unless it already holds `contents`.
+pub fn install_file(dir: &Path, name: &str, contents: &[u8]) -> Result<PathBuf, SandboxError> {
+    let path = dir.join(name);
+    if fs::read(&path).is_ok_and(|old| old == contents) {
         return Ok(path);
     }
-    let tmp = dir.join(format!(".{RUNTIME_FILE}.{}", std::process::id()));
-    fs::write(&tmp, PYTHON_RUNTIME).map_err(io_err("cannot write", &tmp))?;
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    fs::write(&tmp, contents).map_err(io_err("cannot write", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("cannot install", &path))?;
     Ok(path)
 }
@@ -117,8 +127,12 @@ mod tests {
         fs::write(&path, "old").expect("write");
         install_runtime(dir.path()).expect("reinstall");
         assert_eq!(fs::read_to_string(&path).expect("read"), PYTHON_RUNTIME);
+        assert_eq!(
+            fs::read_to_string(dir.path().join(ZYGOTE_FILE)).expect("read"),
+            PYTHON_ZYGOTE
+        );
         let leftovers: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
-        assert_eq!(leftovers.len(), 1, "no temp files left");
+        assert_eq!(leftovers.len(), 2, "no temp files left");
     }
 
     #[test]

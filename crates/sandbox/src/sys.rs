@@ -104,3 +104,68 @@ pub(crate) fn default_signal(sig: nix::sys::signal::Signal) -> std::io::Result<(
         .map(drop)
         .map_err(std::io::Error::from)
 }
+
+/// A detached copy of the mount tree at `path` (`open_tree` with
+/// `OPEN_TREE_CLONE | AT_RECURSIVE`), read-only, nosuid and nodev unless
+/// `writable` (then nosuid and nodev only). It belongs to no mount
+/// namespace: a process in another one (a zygote's child) can attach it
+/// with `move_mount`, and it vanishes when the last descriptor closes if
+/// nobody did, so it can never leak.
+pub(crate) fn detached_mount(
+    path: &std::path::Path,
+    writable: bool,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: open_tree reads the NUL-terminated path, which lives across
+    // the call, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    if !writable {
+        attr.attr_set |= MOUNT_ATTR_RDONLY;
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: mount_setattr reads `attr` (size passed), which outlives the
+    // call; the empty path with AT_EMPTY_PATH names the descriptor itself.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::WorkerError;
-use crate::config::{Config, SandboxKind};
+use crate::config::{Config, ImportCache, SandboxKind};
 use crate::server::{self, AppState, HttpCounters};
 use crate::workdir::WorkerDir;
 
@@ -37,14 +37,15 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
             dir.root().display()
         )));
     }
-    let pool = make_pool(dir, &config)?;
-    let leftovers = pool.cleanup_leftovers()?;
+    // Before the pool exists: it starts sandboxes (a zygote) of its own.
+    let leftovers = cleanup_dir(dir)?;
     if leftovers > 0 {
         tracing::warn!(
             leftovers,
             "cleaned up sandboxes an earlier worker left behind"
         );
     }
+    let pool = make_pool(dir, &config)?;
     let threads = std::env::var("OL_WORKER_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -104,6 +105,7 @@ fn make_pool(dir: &WorkerDir, config: &Config) -> Result<Arc<dyn SandboxPool>, W
                 python_prefix: python.prefix,
                 init_exe,
                 seccomp: config.features.enable_seccomp,
+                zygote: config.features.import_cache != ImportCache::Off,
             })?))
         }
     }

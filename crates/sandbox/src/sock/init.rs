@@ -57,6 +57,11 @@ pub struct InitSpec {
     pub env: Vec<(String, String)>,
     /// Its working directory (inside the sandbox).
     pub cwd: String,
+    /// A zygote: the runtime keeps root and its capabilities (its forked
+    /// children drop them), and pid 1 lives on while any child of it does,
+    /// so sandboxes forked from a zygote survive the zygote's death.
+    #[serde(default)]
+    pub zygote: bool,
 }
 
 /// Runs the sandbox init and exits if this process was started as one;
@@ -159,7 +164,9 @@ fn pid_one_steps(spec: &InitSpec, seccomp: Option<&[sock_filter]>) -> Result<Nev
     make_root(&spec.plan)?;
     step("set hostname", sethostname(&spec.hostname))?;
     step("bring loopback up", sys::loopback_up())?;
-    drop_privileges(spec, seccomp)?;
+    if !spec.zygote {
+        drop_privileges(spec, seccomp)?;
+    }
     // If the outer process (the worker's handle) dies, the whole sandbox
     // must go with it; pid 1 dying ends the namespace. Set after the uid
     // change, which clears it.
@@ -170,7 +177,7 @@ fn pid_one_steps(spec: &InitSpec, seccomp: Option<&[sock_filter]>) -> Result<Nev
     // (getppid() cannot tell whether the outer process is already gone: it
     // lives outside this pid namespace, so it reads 0 either way.)
     match step("fork runtime", sys::fork())? {
-        ForkResult::Parent { child } => reap_until(child),
+        ForkResult::Parent { child } => reap_until(child, spec.zygote),
         ForkResult::Child => {
             let e = exec_runtime(spec);
             eprintln!("ol sandbox init: {e}");
@@ -317,15 +324,31 @@ fn exec_runtime(spec: &InitSpec) -> StepError {
     }
 }
 
-/// pid 1: reaps every process until `runtime` exits, then exits the same
-/// way (which ends the pid namespace and kills whatever is left).
-fn reap_until(runtime: Pid) -> Result<Never, StepError> {
+/// pid 1: reaps every process until `runtime` exits (with `outlive`:
+/// until no child at all is left), then exits the way the runtime did,
+/// which ends the pid namespace and kills whatever is left.
+fn reap_until(runtime: Pid, outlive: bool) -> Result<Never, StepError> {
+    let mut runtime_exit = None;
     loop {
         match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == runtime => std::process::exit(code),
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == runtime => die_by(sig),
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => {}
+            Ok(WaitStatus::Exited(pid, code)) if pid == runtime => {
+                runtime_exit = Some(Ok(code));
+                if !outlive {
+                    std::process::exit(code);
+                }
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == runtime => {
+                runtime_exit = Some(Err(sig));
+                if !outlive {
+                    die_by(sig);
+                }
+            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(nix::Error::ECHILD) if runtime_exit.is_some() => match runtime_exit {
+                Some(Ok(code)) => std::process::exit(code),
+                Some(Err(sig)) => die_by(sig),
+                None => unreachable!("checked above"),
+            },
             Err(e) => return step("wait for runtime", Err::<Never, _>(e)),
         }
     }
@@ -371,6 +394,7 @@ mod tests {
             argv: vec!["/usr/bin/python3".into(), "-I".into()],
             env: vec![("PATH".into(), "/usr/bin".into())],
             cwd: "/handler".into(),
+            zygote: false,
         };
         let json = serde_json::to_string(&spec).expect("encode");
         let back: InitSpec = serde_json::from_str(&json).expect("decode");

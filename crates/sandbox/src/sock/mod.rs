@@ -15,6 +15,7 @@ pub mod cgroup;
 pub mod init;
 pub mod rootfs;
 pub mod seccomp;
+mod zygote;
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -23,8 +24,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -33,6 +34,7 @@ use nix::unistd::Pid;
 use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
 use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
 use self::rootfs::{MountPlan, RootSources, SANDBOX_UID, inside};
+use self::zygote::{ForkRequest, ForkedSandbox, Zygote};
 use crate::process::{cleanup_scratch, process_start_time};
 use crate::{Limits, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err, sys};
 
@@ -59,6 +61,8 @@ pub struct SockConfig {
     pub init_exe: PathBuf,
     /// Apply the seccomp allow-list.
     pub seccomp: bool,
+    /// Fork sandboxes from a zygote (else each starts a fresh interpreter).
+    pub zygote: bool,
 }
 
 /// The worker id of the worker directory `dir`: stable across restarts, so
@@ -79,7 +83,7 @@ pub struct SockPool {
     cfg: SockConfig,
     fs: Arc<dyn CgroupFs>,
     hierarchy: Arc<Hierarchy>,
-    seccomp_file: Option<PathBuf>,
+    zygote: Mutex<Option<Arc<Zygote>>>,
     next_id: AtomicU64,
 }
 
@@ -111,27 +115,31 @@ impl SockPool {
         parent.enable_v2_controllers().map_err(cgroup_err)?;
         fs::create_dir_all(&cfg.scratch_root)
             .map_err(io_err("cannot create", &cfg.scratch_root))?;
-        let seccomp_file = if cfg.seccomp {
+        if cfg.seccomp {
+            // Compiled once per worker; sandboxes only install it.
             let prog = seccomp::compile().map_err(|e| SandboxError::StartFailed(e.to_string()))?;
-            let path = cfg.scratch_root.with_file_name("seccomp.bpf");
-            fs::write(&path, seccomp::to_bytes(&prog)).map_err(io_err("cannot write", &path))?;
-            Some(path)
-        } else {
-            None
-        };
+            crate::runtime::install_file(
+                &cfg.runtime_dir,
+                SECCOMP_FILE,
+                &seccomp::to_bytes(&prog),
+            )?;
+        }
         tracing::info!(
             cgroups = hierarchy.version(),
             seccomp = cfg.seccomp,
             worker_id = %cfg.worker_id,
             "sock sandboxes"
         );
-        Ok(Self {
+        let pool = Self {
             cfg,
             fs,
             hierarchy,
-            seccomp_file,
+            zygote: Mutex::new(None),
             next_id: AtomicU64::new(1),
-        })
+        };
+        // Start the zygote now, so the first call does not wait for it.
+        pool.zygote();
+        Ok(pool)
     }
 
     fn cgroup(&self, id: &str) -> Cgroup {
@@ -142,76 +150,94 @@ impl SockPool {
         )
     }
 
-    fn init_spec(&self, spec: &SandboxSpec, cgroup: &Cgroup, host_dir: &Path) -> InitSpec {
+    fn init_spec(&self, what: &Program<'_>, cgroup: &Cgroup, host_dir: &Path) -> InitSpec {
+        let code = match what {
+            Program::Lambda(spec) => Some(spec.code_dir.as_path()),
+            Program::Zygote => None,
+        };
         let plan = MountPlan::for_lambda(&RootSources {
             base: &self.cfg.base,
             python_prefix: &self.cfg.python_prefix,
-            code: &spec.code_dir,
+            code,
             scratch: host_dir,
             packages: &self.cfg.packages,
             runtime: &self.cfg.runtime_dir,
         });
-        let runtime = format!("{}/{}", inside::RUNTIME, crate::runtime::RUNTIME_FILE);
-        let mut env = vec![
-            (
-                "PATH".to_string(),
-                "/usr/local/bin:/usr/bin:/bin".to_string(),
+        let python = self.cfg.python.display().to_string();
+        let in_runtime_dir = |file: &str| format!("{}/{file}", inside::RUNTIME);
+        let fd = RUNTIME_FD.to_string();
+        let (argv, extra_env) = match what {
+            Program::Lambda(spec) => (
+                vec![
+                    python,
+                    "-I".into(),
+                    "-S".into(),
+                    in_runtime_dir(crate::runtime::RUNTIME_FILE),
+                    "--fd".into(),
+                    fd,
+                    "--code".into(),
+                    inside::HANDLER.into(),
+                    "--name".into(),
+                    spec.lambda.clone(),
+                ],
+                spec.env.clone(),
             ),
-            ("LANG".to_string(), "C.UTF-8".to_string()),
-            ("HOME".to_string(), inside::TMP.to_string()),
-            ("TMPDIR".to_string(), inside::TMP.to_string()),
-        ];
-        env.extend(spec.env.iter().cloned());
+            Program::Zygote => {
+                let mut argv = vec![
+                    python,
+                    "-I".into(),
+                    "-S".into(),
+                    in_runtime_dir(crate::runtime::ZYGOTE_FILE),
+                    "--fd".into(),
+                    fd,
+                ];
+                if self.cfg.seccomp {
+                    argv.extend(["--seccomp".into(), in_runtime_dir(SECCOMP_FILE)]);
+                }
+                (argv, Vec::new())
+            }
+        };
+        let mut env = base_env();
+        env.extend(extra_env);
         InitSpec {
             cgroup_procs: cgroup.procs_files(),
             plan,
             hostname: "ol-sandbox".into(),
             uid: SANDBOX_UID,
             gid: SANDBOX_UID,
-            seccomp: self.seccomp_file.clone(),
-            argv: vec![
-                self.cfg.python.display().to_string(),
-                "-I".into(),
-                "-S".into(),
-                runtime,
-                "--fd".into(),
-                RUNTIME_FD.to_string(),
-                "--code".into(),
-                inside::HANDLER.into(),
-                "--name".into(),
-                spec.lambda.clone(),
-            ],
+            seccomp: self
+                .cfg
+                .seccomp
+                .then(|| self.cfg.runtime_dir.join(SECCOMP_FILE)),
+            argv,
             env,
-            cwd: inside::HANDLER.into(),
+            cwd: match what {
+                Program::Lambda(_) => inside::HANDLER.into(),
+                Program::Zygote => "/".into(),
+            },
+            zygote: matches!(what, Program::Zygote),
         }
     }
 
+    /// Starts a sandbox through the sandbox init (a fresh interpreter).
     fn spawn(
         &self,
-        spec: &SandboxSpec,
+        what: &Program<'_>,
         id: &str,
         cgroup: &Cgroup,
-    ) -> Result<NewSandbox, SandboxError> {
-        let scratch = self.cfg.scratch_root.join(id);
-        let host_dir = scratch.join("host");
-        fs::create_dir_all(&host_dir).map_err(io_err("cannot create", &host_dir))?;
-        chown(&host_dir, Some(SANDBOX_UID), Some(SANDBOX_UID))
-            .map_err(io_err("cannot chown", &host_dir))?;
-        let stdout_path = scratch.join("stdout");
-        let stdout =
-            fs::File::create(&stdout_path).map_err(io_err("cannot create", &stdout_path))?;
-        let stderr_path = scratch.join("stderr");
-        let stderr =
-            fs::File::create(&stderr_path).map_err(io_err("cannot create", &stderr_path))?;
+        limits: &Limits,
+    ) -> Result<(SockSandbox, UnixStream), SandboxError> {
+        let scratch = Scratch::create(&self.cfg.scratch_root, id)?;
         let (ours, theirs) =
-            UnixStream::pair().map_err(io_err("cannot create socket pair for", &scratch))?;
+            UnixStream::pair().map_err(io_err("cannot create socket pair for", &scratch.dir))?;
         cgroup.create().map_err(cgroup_err)?;
         cgroup
-            .set_limits(&cgroup_limits(&spec.limits))
+            .set_limits(&cgroup_limits(limits))
             .map_err(cgroup_err)?;
-        let init = self.init_spec(spec, cgroup, &host_dir);
+        let init = self.init_spec(what, cgroup, &scratch.host_dir());
         let init_json = serde_json::to_string(&init)
             .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
+        let (stdout, stderr) = scratch.log_files()?;
         let mut cmd = Command::new(&self.cfg.init_exe);
         cmd.arg(INIT_ARG)
             .arg(init_json)
@@ -227,21 +253,159 @@ impl SockPool {
         })?;
         drop(theirs);
         let pid = child.id();
-        let record = format!("{pid} {}\n", process_start_time(pid).unwrap_or(0));
-        let pid_path = scratch.join("pid");
         let sandbox = SockSandbox {
             id: id.to_string(),
             pid,
             child,
             cgroup: cgroup.clone(),
-            scratch,
+            scratch: scratch.dir.clone(),
             destroyed: false,
         };
-        fs::write(&pid_path, record).map_err(io_err("cannot write", &pid_path))?;
+        scratch.record_pid(pid)?;
+        Ok((sandbox, ours))
+    }
+
+    /// The zygote, started if there is none or it died. `None` when
+    /// zygotes are off or one cannot be started (then sandboxes start
+    /// fresh interpreters).
+    fn zygote(&self) -> Option<Arc<Zygote>> {
+        if !self.cfg.zygote {
+            return None;
+        }
+        let mut slot = self
+            .zygote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(z) = slot.as_ref().filter(|z| z.is_alive()) {
+            return Some(Arc::clone(z));
+        }
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("zygote-{n}");
+        let cgroup = self.cgroup(&id);
+        let started = self
+            .spawn(&Program::Zygote, &id, &cgroup, &zygote_limits())
+            .and_then(|(sandbox, conn)| Zygote::start(Box::new(sandbox), conn));
+        match started {
+            Ok(z) => {
+                let z = Arc::new(z);
+                *slot = Some(Arc::clone(&z));
+                Some(z)
+            }
+            Err(e) => {
+                tracing::warn!("cannot start a zygote, starting sandboxes from scratch: {e}");
+                let _ = cgroup.kill_all(&kill_pid);
+                let _ = remove_cgroup(&cgroup);
+                None
+            }
+        }
+    }
+
+    fn fork(
+        &self,
+        zygote: &Zygote,
+        spec: &SandboxSpec,
+        id: &str,
+        cgroup: &Cgroup,
+    ) -> Result<NewSandbox, SandboxError> {
+        let scratch = Scratch::create(&self.cfg.scratch_root, id)?;
+        cgroup.create().map_err(cgroup_err)?;
+        cgroup
+            .set_limits(&cgroup_limits(&spec.limits))
+            .map_err(cgroup_err)?;
+        let (stdout, stderr) = scratch.log_files()?;
+        let mut env = base_env();
+        env.extend(spec.env.iter().cloned());
+        let forked = zygote.fork(&ForkRequest {
+            id,
+            code_dir: &spec.code_dir,
+            host_dir: &scratch.host_dir(),
+            stdout,
+            stderr,
+            cgroup_procs: &cgroup.procs_files(),
+            uid: SANDBOX_UID,
+            env: &env,
+        })?;
         Ok(NewSandbox {
-            sandbox: Box::new(sandbox),
-            conn: ours,
+            sandbox: Box::new(ForkedSandbox {
+                id: id.to_string(),
+                pid: std::sync::OnceLock::new(),
+                cgroup: cgroup.clone(),
+                scratch: scratch.dir,
+                exit: forked.exit,
+                exit_reason: None,
+                destroyed: false,
+            }),
+            conn: forked.conn,
         })
+    }
+}
+
+/// What a sandbox init runs.
+enum Program<'a> {
+    /// The runtime serving one lambda.
+    Lambda(&'a SandboxSpec),
+    /// A zygote forking lambda sandboxes.
+    Zygote,
+}
+
+/// Seccomp program file in the runtime dir (visible to zygotes at /ol).
+const SECCOMP_FILE: &str = "seccomp.bpf";
+
+/// Limits of a zygote's own cgroup: its forked children pass through it
+/// for a moment before they join theirs, so it needs room for several.
+fn zygote_limits() -> Limits {
+    Limits {
+        procs: 64,
+        mem_mb: 1024,
+        ..Limits::default()
+    }
+}
+
+/// The environment every runtime starts with.
+fn base_env() -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".to_string(),
+            "/usr/local/bin:/usr/bin:/bin".to_string(),
+        ),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("HOME".to_string(), inside::TMP.to_string()),
+        ("TMPDIR".to_string(), inside::TMP.to_string()),
+    ]
+}
+
+/// A sandbox's scratch dir on the host: `host/` (its /host), `stdout`,
+/// `stderr` and `pid`.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn create(root: &Path, id: &str) -> Result<Self, SandboxError> {
+        let dir = root.join(id);
+        let host = dir.join("host");
+        fs::create_dir_all(&host).map_err(io_err("cannot create", &host))?;
+        chown(&host, Some(SANDBOX_UID), Some(SANDBOX_UID))
+            .map_err(io_err("cannot chown", &host))?;
+        Ok(Self { dir })
+    }
+
+    fn host_dir(&self) -> PathBuf {
+        self.dir.join("host")
+    }
+
+    fn log_files(&self) -> Result<(fs::File, fs::File), SandboxError> {
+        let open = |name: &str| {
+            let path = self.dir.join(name);
+            fs::File::create(&path).map_err(io_err("cannot create", &path))
+        };
+        Ok((open("stdout")?, open("stderr")?))
+    }
+
+    fn record_pid(&self, pid: u32) -> Result<(), SandboxError> {
+        let path = self.dir.join("pid");
+        let record = format!("{pid} {}\n", process_start_time(pid).unwrap_or(0));
+        fs::write(&path, record).map_err(io_err("cannot write", &path))
     }
 }
 
@@ -263,7 +427,30 @@ impl SandboxPool for SockPool {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", spec.lambda);
         let cgroup = self.cgroup(&id);
-        self.spawn(spec, &id, &cgroup).inspect_err(|_| {
+        let mut forked = self
+            .zygote()
+            .map(|z| (self.fork(&z, spec, &id, &cgroup), z));
+        if let Some((Err(e), z)) = &forked {
+            if !z.is_alive() {
+                // The zygote died under us: one more try with a new one.
+                tracing::warn!("zygote failed ({e}); starting another");
+                let _ = remove_cgroup(&cgroup);
+                let _ = fs::remove_dir_all(self.cfg.scratch_root.join(&id));
+                forked = self
+                    .zygote()
+                    .map(|z| (self.fork(&z, spec, &id, &cgroup), z));
+            }
+        }
+        let made = match forked {
+            Some((made, _)) => made,
+            None => self
+                .spawn(&Program::Lambda(spec), &id, &cgroup, &spec.limits)
+                .map(|(sandbox, conn)| NewSandbox {
+                    sandbox: Box::new(sandbox),
+                    conn,
+                }),
+        };
+        made.inspect_err(|_| {
             let _ = cgroup.kill_all(&kill_pid);
             let _ = remove_cgroup(&cgroup);
             let _ = fs::remove_dir_all(self.cfg.scratch_root.join(&id));

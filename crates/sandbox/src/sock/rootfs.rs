@@ -204,8 +204,8 @@ pub struct RootSources<'a> {
     pub base: &'a Path,
     /// The Python installation prefix.
     pub python_prefix: &'a Path,
-    /// The lambda's code.
-    pub code: &'a Path,
+    /// The lambda's code; none for a zygote (its children mount their own).
+    pub code: Option<&'a Path>,
     /// The sandbox's writable scratch directory.
     pub scratch: &'a Path,
     /// The installed packages (may not exist yet).
@@ -243,7 +243,9 @@ impl MountPlan {
                 writable: true,
             });
         }
-        ops.push(ro(src.code, Path::new(inside::HANDLER)));
+        if let Some(code) = src.code {
+            ops.push(ro(code, Path::new(inside::HANDLER)));
+        }
         ops.push(ro(src.runtime, Path::new(inside::RUNTIME)));
         if src.packages.is_dir() {
             ops.push(ro(src.packages, Path::new(inside::PACKAGES)));
@@ -348,7 +350,7 @@ mod tests {
         let src = RootSources {
             base: Path::new("/w/base"),
             python_prefix: Path::new("/opt/py"),
-            code: Path::new("/w/registry/hello"),
+            code: Some(Path::new("/w/registry/hello")),
             scratch: Path::new("/w/worker/scratch/hello-1/host"),
             packages: Path::new("/nonexistent/packages"),
             runtime: Path::new("/w/worker/runtime"),

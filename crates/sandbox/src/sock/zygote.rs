@@ -1,0 +1,314 @@
+//! Zygotes (DESIGN.md §3.4): a privileged sandbox running `ol_zygote.py`,
+//! a Python with the runtime already imported, that forks new lambda
+//! sandboxes on request. The worker sends what a child needs as file
+//! descriptors (SCM_RIGHTS): its runtime socket, detached mounts of its code
+//! and scratch dir (so no mount is ever made on the host), its log files,
+//! an exit pipe and its cgroups' `cgroup.procs` files. The child enters its
+//! own namespaces, cgroup and root (see runtimes/python/ol_zygote.py).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{IoSlice, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use serde_json::json;
+
+use super::cgroup::Cgroup;
+use super::{cgroup_err, kill_pid, remove_cgroup};
+use crate::protocol::{encode_frame, read_frame_blocking};
+use crate::{Sandbox, SandboxError, sys};
+
+/// How long a zygote may take to import and say ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a fork request may take to be answered.
+const FORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running zygote and its control connection.
+#[derive(Debug)]
+pub(crate) struct Zygote {
+    sandbox: Mutex<Box<dyn Sandbox>>,
+    control: Mutex<UnixStream>,
+    alive: AtomicBool,
+}
+
+/// What a new child needs, on the host side.
+pub(crate) struct ForkRequest<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) code_dir: &'a Path,
+    pub(crate) host_dir: &'a Path,
+    pub(crate) stdout: File,
+    pub(crate) stderr: File,
+    pub(crate) cgroup_procs: &'a [PathBuf],
+    pub(crate) uid: u32,
+    pub(crate) env: &'a [(String, String)],
+}
+
+/// The worker's ends of a forked child.
+pub(crate) struct Forked {
+    pub(crate) conn: UnixStream,
+    pub(crate) exit: File,
+}
+
+fn start_err(what: &str, e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::StartFailed(format!("zygote: {what}: {e}"))
+}
+
+impl Zygote {
+    /// Waits for the zygote started as `sandbox` to say ready on `control`.
+    pub(crate) fn start(
+        mut sandbox: Box<dyn Sandbox>,
+        control: UnixStream,
+    ) -> Result<Self, SandboxError> {
+        control
+            .set_read_timeout(Some(READY_TIMEOUT))
+            .map_err(|e| start_err("cannot set a timeout", e))?;
+        let mut reader = &control;
+        match read_frame_blocking(&mut reader) {
+            Ok((meta, _)) if meta.kind.as_deref() == Some("ready") => {}
+            Ok((meta, _)) => {
+                let _ = sandbox.destroy();
+                return Err(start_err("unexpected first message", format!("{meta:?}")));
+            }
+            Err(e) => {
+                let why = sandbox.exit_reason().unwrap_or_else(|| e.to_string());
+                let _ = sandbox.destroy();
+                return Err(start_err("did not start", why));
+            }
+        }
+        control
+            .set_read_timeout(Some(FORK_TIMEOUT))
+            .map_err(|e| start_err("cannot set a timeout", e))?;
+        tracing::info!(zygote = sandbox.id(), "zygote ready");
+        Ok(Self {
+            sandbox: Mutex::new(sandbox),
+            control: Mutex::new(control),
+            alive: AtomicBool::new(true),
+        })
+    }
+
+    /// Whether the zygote still answers.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Forks a child into a new sandbox. Any failure of the zygote itself
+    /// marks it dead (the pool starts another).
+    pub(crate) fn fork(&self, req: &ForkRequest<'_>) -> Result<Forked, SandboxError> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
+        let (exit_r, exit_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|e| start_err("exit pipe", e))?;
+        let code = sys::detached_mount(req.code_dir, false).map_err(|source| SandboxError::Io {
+            what: "cannot clone the mount of",
+            path: req.code_dir.to_path_buf(),
+            source,
+        })?;
+        let host = sys::detached_mount(req.host_dir, true).map_err(|source| SandboxError::Io {
+            what: "cannot clone the mount of",
+            path: req.host_dir.to_path_buf(),
+            source,
+        })?;
+        let mut cgroup_files = Vec::new();
+        for procs in req.cgroup_procs {
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(procs)
+                .map_err(|source| SandboxError::Io {
+                    what: "cannot open",
+                    path: procs.clone(),
+                    source,
+                })?;
+            cgroup_files.push(f);
+        }
+        let mut fds: Vec<RawFd> = vec![
+            theirs.as_raw_fd(),
+            code.as_raw_fd(),
+            host.as_raw_fd(),
+            req.stdout.as_raw_fd(),
+            req.stderr.as_raw_fd(),
+            exit_w.as_raw_fd(),
+        ];
+        fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
+        let frame = encode_frame(&json!({
+            "type": "fork",
+            "id": req.id,
+            "uid": req.uid,
+            "gid": req.uid,
+            "env": req.env,
+        }))
+        .map_err(|e| start_err("cannot encode the request", e))?;
+
+        let control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
+        let sent = sendmsg::<()>(
+            control.as_raw_fd(),
+            &[IoSlice::new(&frame)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        );
+        if let Err(e) = sent {
+            self.alive.store(false, Ordering::Release);
+            return Err(start_err("cannot send the fork request", e));
+        }
+        let mut reader = &*control;
+        let reply = read_frame_blocking(&mut reader);
+        drop(control);
+        match reply {
+            Ok((meta, _)) if meta.kind.as_deref() == Some("forked") => Ok(Forked {
+                conn: ours,
+                exit: File::from(exit_r),
+            }),
+            Ok((meta, _)) => Err(start_err(
+                "refused the request",
+                meta.error.clone().unwrap_or_else(|| format!("{meta:?}")),
+            )),
+            Err(e) => {
+                self.alive.store(false, Ordering::Release);
+                Err(start_err("did not answer", e))
+            }
+        }
+        // `theirs`, the mounts, the exit pipe's write end and the cgroup
+        // files close here: the child holds its own copies now.
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        let sandbox = self
+            .sandbox
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _ = sandbox.destroy();
+    }
+}
+
+/// A sandbox forked from a zygote. It is not our child: it is tracked by
+/// its cgroup, and its exit status comes through its exit pipe.
+#[derive(Debug)]
+pub(crate) struct ForkedSandbox {
+    pub(crate) id: String,
+    pub(crate) pid: OnceLock<u32>,
+    pub(crate) cgroup: Cgroup,
+    pub(crate) scratch: PathBuf,
+    pub(crate) exit: File,
+    pub(crate) exit_reason: Option<String>,
+    pub(crate) destroyed: bool,
+}
+
+impl ForkedSandbox {
+    /// Host pid of the runtime: the process of the cgroup that is pid 1 of
+    /// the innermost pid namespace (`NSpid` ends in 1).
+    fn find_runtime_pid(&self) -> Option<u32> {
+        let pids = self.cgroup.pids().ok()?;
+        pids.into_iter().find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .is_some_and(|ns| {
+                        let levels: Vec<&str> = ns.split_whitespace().collect();
+                        levels.len() >= 3 && levels.last() == Some(&"1")
+                    })
+            })
+        })
+    }
+}
+
+/// Describes a raw wait status as written by the zygote's middle process.
+fn describe_wait_status(status: i32) -> String {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        format!("exited with status {}", (status >> 8) & 0xff)
+    } else {
+        match Signal::try_from(sig) {
+            Ok(s) => format!("was killed by signal {sig} ({})", s.as_str()),
+            Err(_) => format!("was killed by signal {sig}"),
+        }
+    }
+}
+
+impl Sandbox for ForkedSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> u32 {
+        if let Some(pid) = self.pid.get() {
+            return *pid;
+        }
+        match self.find_runtime_pid() {
+            Some(pid) => *self.pid.get_or_init(|| pid),
+            None => 0,
+        }
+    }
+
+    fn pause(&self) -> Result<(), SandboxError> {
+        self.cgroup.freeze().map_err(cgroup_err)
+    }
+
+    fn unpause(&self) -> Result<(), SandboxError> {
+        self.cgroup.thaw().map_err(cgroup_err)
+    }
+
+    fn destroy(&mut self) -> Result<(), SandboxError> {
+        if self.destroyed {
+            return Ok(());
+        }
+        self.destroyed = true;
+        let _ = self.cgroup.kill_all(&kill_pid);
+        let _ = fs::remove_file(self.scratch.join("pid"));
+        let removed = remove_cgroup(&self.cgroup).map_err(cgroup_err);
+        crate::process::remove_scratch_if_quiet(&self.scratch);
+        removed
+    }
+
+    fn mem_usage(&self) -> Result<u64, SandboxError> {
+        self.cgroup.mem_usage().map_err(cgroup_err)
+    }
+
+    fn exit_reason(&mut self) -> Option<String> {
+        if self.exit_reason.is_none() {
+            let mut buf = [0u8; 32];
+            self.exit_reason = match self.exit.read(&mut buf) {
+                Ok(0) => Some("was killed".to_string()),
+                Ok(n) => String::from_utf8_lossy(&buf[..n])
+                    .trim()
+                    .parse()
+                    .ok()
+                    .map(describe_wait_status),
+                Err(_) => None,
+            };
+        }
+        self.exit_reason.clone()
+    }
+
+    fn oom_killed(&self) -> bool {
+        self.cgroup.oom_kills().is_ok_and(|n| n > 0)
+    }
+}
+
+impl Drop for ForkedSandbox {
+    fn drop(&mut self) {
+        let _ = self.destroy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_statuses_read_like_the_process_backend() {
+        assert_eq!(describe_wait_status(3 << 8), "exited with status 3");
+        assert_eq!(describe_wait_status(0), "exited with status 0");
+        assert_eq!(describe_wait_status(9), "was killed by signal 9 (SIGKILL)");
+    }
+}

@@ -1,0 +1,284 @@
+"""Zygote of ol: a Python process with the runtime (and later packages)
+already imported that forks new lambda sandboxes (DESIGN.md sections 3.4, 7).
+
+The worker starts it inside a privileged sandbox (its own mount namespace,
+root, no seccomp) as
+
+    <python> -I -S ol_zygote.py --fd N [--seccomp FILE]
+
+and speaks the frame protocol of docs/protocol.md on fd N. After a
+``ready`` frame the zygote answers ``fork`` requests. Each request carries,
+as SCM_RIGHTS descriptors in this order: the new runtime's socket, a detached
+read-only mount of the lambda's code (open_tree), a detached writable mount
+of its scratch dir, its stdout and stderr files, the write end of its exit
+pipe, then one ``cgroup.procs`` file per cgroup hierarchy. The zygote forks;
+the child joins the cgroups, unshares mount, pid, ipc, uts and network
+namespaces and forks again. That middle process waits and writes the
+runtime's raw wait status to the exit pipe; the grandchild, pid 1 of the new
+pid namespace, mounts the code at /handler, the scratch dir at /host, a fresh
+/tmp and /proc, drops every privilege, installs the seccomp filter, loads the
+lambda and serves it. The zygote answers ``{"type": "forked", "id": ...,
+"pid": ...}``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import ol_runtime  # noqa: E402  (needs the path above)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+SANDBOX_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+AT_FDCWD = -100
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+SYS_MOVE_MOUNT = 429  # the same on every architecture (new syscall table)
+
+PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+
+# Paths inside a sandbox (crates/sandbox/src/sock/rootfs.rs `inside`).
+HANDLER_DIR = "/handler"
+HOST_DIR = "/host"
+
+FIXED_FDS = 6  # conn, code mount, host mount, stdout, stderr, exit pipe
+MAX_FDS = 16
+CHILD_FAILED = 125
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.syscall.restype = ctypes.c_long
+
+
+class SockFprog(ctypes.Structure):
+    """struct sock_fprog for PR_SET_SECCOMP."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: bytes | None = None) -> None:
+    _check(_libc.mount(source, target, fstype, flags, data), f"mount {target.decode()}")
+
+
+def move_mount(fd: int, target: str) -> None:
+    ret = _libc.syscall(
+        ctypes.c_long(SYS_MOVE_MOUNT),
+        ctypes.c_int(fd),
+        ctypes.c_char_p(b""),
+        ctypes.c_int(AT_FDCWD),
+        ctypes.c_char_p(target.encode()),
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+    )
+    _check(int(ret), f"move_mount onto {target}")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option})")
+
+
+def loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))
+
+
+def drop_privileges(uid: int, gid: int, seccomp: bytes | None) -> None:
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == errno.EINVAL:
+                break
+            _check(-1, "drop capability")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # The uid change cleared the parent-death signal: set it now, so the
+    # sandbox dies with its middle process (the worker's handle).
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if seccomp:
+        buf = ctypes.create_string_buffer(seccomp, len(seccomp))
+        prog = SockFprog(len(seccomp) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
+
+
+def enter_sandbox(meta: dict, fds: list[int], seccomp: bytes | None) -> None:
+    """Runs in the forked child; never returns."""
+    conn, code_mnt, host_mnt, stdout, stderr, exit_w = fds[:FIXED_FDS]
+    cgroups = fds[FIXED_FDS:]
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    for fd in cgroups:
+        os.write(fd, b"0")
+        os.close(fd)
+    unshare(SANDBOX_NAMESPACES)
+    runtime = os.fork()
+    if runtime:
+        # The middle process: report how the runtime ended, then go.
+        for fd in (conn, code_mnt, host_mnt, stdout, stderr):
+            os.close(fd)
+        while True:
+            try:
+                _, status = os.waitpid(runtime, 0)
+                break
+            except ChildProcessError:
+                status = -1
+                break
+        try:
+            os.write(exit_w, b"%d\n" % status)
+        finally:
+            os._exit(0)
+    os.close(exit_w)
+    mount(None, b"/", None, MS_REC | MS_PRIVATE)
+    move_mount(code_mnt, HANDLER_DIR)
+    move_mount(host_mnt, HOST_DIR)
+    os.close(code_mnt)
+    os.close(host_mnt)
+    mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, b"size=64m,mode=1777")
+    mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    socket.sethostname("ol-sandbox")
+    loopback_up()
+    os.chdir(HANDLER_DIR)
+    drop_privileges(int(meta["uid"]), int(meta["gid"]), seccomp)
+    os.environ.clear()
+    os.environ.update(dict(meta.get("env", [])))
+    sock = socket.socket(fileno=conn)
+    sock.set_inheritable(False)
+    ol_runtime.setup_stdio()
+    try:
+        handler = ol_runtime.load_lambda(HANDLER_DIR)
+    except ol_runtime.LoadError as exc:
+        ol_runtime.send_frame(sock, {"type": "load_error", "error": exc.summary, "traceback": exc.traceback})
+        os._exit(1)
+    ol_runtime.send_frame(sock, {"type": "ready", "pid": os.getpid()})
+    try:
+        ol_runtime.serve(sock, handler)
+    except (ConnectionError, ol_runtime.ProtocolError):
+        pass
+    finally:
+        handler.close()
+    os._exit(0)
+
+
+def recv_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """One frame and the descriptors sent with it; (None, []) on EOF."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, MAX_FDS)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    while len(data) < 8:
+        more = sock.recv(8 - len(data))
+        if not more:
+            return None, []
+        data += more
+    meta_len, body_len = ol_runtime.FRAME_HEADER.unpack_from(data)
+    need = 8 + meta_len + body_len
+    while len(data) < need:
+        more = sock.recv(need - len(data))
+        if not more:
+            return None, []
+        data += more
+    return json.loads(data[8 : 8 + meta_len]), fds
+
+
+def reap(_signum: int = 0, _frame: object = None) -> None:
+    """Collects every exited child (the middle processes)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def serve_forks(sock: socket.socket, seccomp: bytes | None) -> int:
+    signal.signal(signal.SIGCHLD, reap)
+    ol_runtime.send_frame(sock, {"type": "ready", "pid": os.getpid()})
+    while True:
+        meta, fds = recv_request(sock)
+        if meta is None:
+            return 0
+        if meta.get("type") != "fork" or len(fds) < FIXED_FDS:
+            for fd in fds:
+                os.close(fd)
+            ol_runtime.send_frame(sock, {"type": "error", "error": f"bad request {meta!r} with {len(fds)} fds"})
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                sock.close()
+                enter_sandbox(meta, fds, seccomp)
+            except BaseException:  # noqa: BLE001 - report anything, then die
+                traceback.print_exc()
+                sys.stderr.flush()
+            finally:
+                os._exit(CHILD_FAILED)
+        for fd in fds:
+            os.close(fd)
+        ol_runtime.send_frame(sock, {"type": "forked", "id": meta.get("id"), "pid": pid})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    opts = dict(zip(args[::2], args[1::2]))
+    try:
+        sock = socket.socket(fileno=int(opts["--fd"]))
+    except (KeyError, ValueError, OSError) as exc:
+        print(f"usage: ol_zygote.py --fd N [--seccomp FILE] ({exc})", file=sys.stderr)
+        return 2
+    sock.set_inheritable(False)
+    seccomp = None
+    if "--seccomp" in opts:
+        with open(opts["--seccomp"], "rb") as f:
+            seccomp = f.read()
+    ol_runtime.setup_stdio()
+    return serve_forks(sock, seccomp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
