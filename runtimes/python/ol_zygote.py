@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import gc
 import json
 import os
 import signal
@@ -277,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         with open(opts["--seccomp"], "rb") as f:
             seccomp = f.read()
     ol_runtime.setup_stdio()
+    # Everything imported so far lives on, shared, in every child: keep the
+    # collector from walking (and so copying) those pages after each fork.
+    gc.freeze()
     return serve_forks(sock, seccomp)
 
 

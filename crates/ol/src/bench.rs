@@ -19,6 +19,35 @@ use tokio::net::TcpStream;
 pub enum BenchCommand {
     /// Hot calls of one warm lambda over N keep-alive connections.
     Hot(HotArgs),
+    /// Cold starts: the first call of each of N new lambdas on a warm
+    /// worker started for the benchmark.
+    Cold(ColdArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ColdArgs {
+    /// How many new lambdas to call once each.
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+    /// Override a setting of the benchmark's worker (repeatable), e.g.
+    /// -o features.import_cache= to start every sandbox from scratch.
+    #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+    options: Vec<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// Latency summary of cold starts.
+#[derive(Debug, Serialize)]
+struct ColdResult {
+    count: usize,
+    errors: usize,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    mean_ms: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,7 +93,73 @@ struct HotResult {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Hot(args) => hot(&args),
+        BenchCommand::Cold(args) => cold(&args),
     }
+}
+
+fn cold(args: &ColdArgs) -> Result<()> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let worker = OwnWorker::start_with(&args.options)?;
+    let source = "def f(event):\n    return \"Hello, \" + event[\"name\"] + \"!\"\n";
+    for i in 0..args.count {
+        let dir = worker.dir.path().join("registry").join(format!("cold-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("f.py"), source)?;
+    }
+    // One call first, so the worker's own first-call costs are not counted.
+    let base = format!("http://127.0.0.1:{}/run", worker.port);
+    crate::client::post(
+        &format!("{base}/hello"),
+        br#"{"name": "warm"}"#,
+        Duration::from_secs(30),
+    )?;
+    let mut lat_us = Vec::with_capacity(args.count);
+    let mut errors = 0;
+    for i in 0..args.count {
+        let t0 = Instant::now();
+        let a = crate::client::post(
+            &format!("{base}/cold-{i}"),
+            br#"{"name": "cold"}"#,
+            Duration::from_secs(30),
+        )?;
+        lat_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if a.status != 200 {
+            errors += 1;
+            if errors == 1 {
+                eprintln!("ol bench: cold-{i} answered {}: {}", a.status, a.body);
+            }
+        }
+    }
+    let mean_ms = lat_us.iter().map(|&v| v as f64).sum::<f64>() / lat_us.len() as f64 / 1e3;
+    lat_us.sort_unstable();
+    let ms = |p| percentile(&lat_us, p) / 1e3;
+    let r = ColdResult {
+        count: args.count,
+        errors,
+        p50_ms: ms(50.0),
+        p90_ms: ms(90.0),
+        p99_ms: ms(99.0),
+        max_ms: ms(100.0),
+        mean_ms,
+    };
+    println!(
+        "{:<8} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "cold", "count", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms", "errors"
+    );
+    println!(
+        "{:<8} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+        "new", r.count, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.mean_ms, r.errors
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if errors > 0 {
+        bail!("{errors} cold calls failed");
+    }
+    Ok(())
 }
 
 fn hot(args: &HotArgs) -> Result<()> {
@@ -226,9 +321,17 @@ struct OwnWorker {
 
 impl OwnWorker {
     fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    fn start_with(options: &[String]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("ol-bench-").tempdir()?;
         let port_file = dir.path().join("worker/worker.port");
-        ol(dir.path(), &["worker", "up", "-d", "-o", "worker_port=0"])?;
+        let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
+        for o in options {
+            args.extend(["-o", o.as_str()]);
+        }
+        ol(dir.path(), &args)?;
         let port = std::fs::read_to_string(&port_file)
             .with_context(|| format!("cannot read {}", port_file.display()))?
             .trim()

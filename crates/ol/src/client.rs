@@ -32,3 +32,17 @@ pub fn get(url: &str, timeout: Duration) -> Result<Answer> {
         .with_context(|| format!("reading the answer of GET {url}"))?;
     Ok(Answer { status, body })
 }
+
+/// POST `body` to `url`, any status.
+pub fn post(url: &str, body: &[u8], timeout: Duration) -> Result<Answer> {
+    let mut resp = agent(timeout)
+        .post(url)
+        .send(body)
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading the answer of POST {url}"))?;
+    Ok(Answer { status, body })
+}
