@@ -7,18 +7,21 @@ root, no seccomp) as
     <python> -I -S ol_zygote.py --fd N [--seccomp FILE]
 
 and speaks the frame protocol of docs/protocol.md on fd N. After a
-``ready`` frame the zygote answers ``fork`` requests. Each request carries,
-as SCM_RIGHTS descriptors in this order: the new runtime's socket, a detached
-read-only mount of the lambda's code (open_tree), a detached writable mount
-of its scratch dir, its stdout and stderr files, the write end of its exit
-pipe, then one ``cgroup.procs`` file per cgroup hierarchy. The zygote forks;
-the child joins the cgroups, unshares mount, pid, ipc, uts and network
-namespaces and forks again. That middle process waits and writes the
-runtime's raw wait status to the exit pipe; the grandchild, pid 1 of the new
-pid namespace, mounts the code at /handler, the scratch dir at /host, a fresh
-/tmp and /proc, drops every privilege, installs the seccomp filter, loads the
-lambda and serves it. The zygote answers ``{"type": "forked", "id": ...,
-"pid": ...}``.
+``ready`` frame the zygote answers ``prefork`` requests, which carry as
+SCM_RIGHTS descriptors the new runtime's socket, the write end of its exit
+pipe and one ``cgroup.procs`` file per cgroup hierarchy. The zygote forks a
+*blank*: the child joins the cgroups, unshares mount, pid, ipc, uts and
+network namespaces and forks again. That middle process waits and writes
+the runtime's raw wait status to the exit pipe; the grandchild, pid 1 of
+the new pid namespace, mounts a private /tmp and /proc, then waits on its
+socket for an ``assign`` frame with the lambda (descriptors: a detached
+read-only mount of its code, a detached writable mount of its scratch dir,
+its stdout and stderr). It mounts them at /handler and /host, drops every
+privilege, installs the seccomp filter, loads the lambda, says ``ready`` and
+serves it. Blanks are made ahead of time, so the expensive part (above all
+the cgroup migration, which waits for an RCU grace period) is off the
+critical path of a cold start. The zygote answers ``{"type": "forked",
+"id": ..., "pid": ...}``.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ IFF_RUNNING = 0x40
 HANDLER_DIR = "/handler"
 HOST_DIR = "/host"
 
-FIXED_FDS = 6  # conn, code mount, host mount, stdout, stderr, exit pipe
+BLANK_FDS = 2  # runtime socket, exit pipe; then one cgroup.procs per hierarchy
+ASSIGN_FDS = 4  # code mount, scratch mount, stdout, stderr
 MAX_FDS = 16
 CHILD_FAILED = 125
 
@@ -145,48 +149,63 @@ def drop_privileges(uid: int, gid: int, seccomp: bytes | None) -> None:
         _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
 
 
-def enter_sandbox(meta: dict, fds: list[int], seccomp: bytes | None) -> None:
-    """Runs in the forked child; never returns."""
-    conn, code_mnt, host_mnt, stdout, stderr, exit_w = fds[:FIXED_FDS]
-    cgroups = fds[FIXED_FDS:]
-    os.dup2(stdout, 1)
-    os.dup2(stderr, 2)
-    for fd in cgroups:
+def prepare_blank(fds: list[int]) -> socket.socket:
+    """In the forked child: everything that does not depend on the lambda.
+
+    Joins the cgroups, unshares the namespaces, forks pid 1 of the new pid
+    namespace (this process stays as the middle one and reports its exit),
+    gives it a private /tmp and /proc, a host name and loopback. Returns
+    the runtime's socket, in the grandchild only.
+    """
+    conn, exit_w = fds[:BLANK_FDS]
+    for fd in fds[BLANK_FDS:]:
         os.write(fd, b"0")
         os.close(fd)
     unshare(SANDBOX_NAMESPACES)
     runtime = os.fork()
     if runtime:
         # The middle process: report how the runtime ended, then go.
-        for fd in (conn, code_mnt, host_mnt, stdout, stderr):
-            os.close(fd)
-        while True:
-            try:
-                _, status = os.waitpid(runtime, 0)
-                break
-            except ChildProcessError:
-                status = -1
-                break
+        os.close(conn)
+        try:
+            _, status = os.waitpid(runtime, 0)
+        except ChildProcessError:
+            status = -1
         try:
             os.write(exit_w, b"%d\n" % status)
         finally:
             os._exit(0)
     os.close(exit_w)
     mount(None, b"/", None, MS_REC | MS_PRIVATE)
-    move_mount(code_mnt, HANDLER_DIR)
-    move_mount(host_mnt, HOST_DIR)
-    os.close(code_mnt)
-    os.close(host_mnt)
     mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, b"size=64m,mode=1777")
     mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     socket.sethostname("ol-sandbox")
     loopback_up()
+    sock = socket.socket(fileno=conn)
+    sock.set_inheritable(False)
+    return sock
+
+
+def run_assigned(sock: socket.socket, seccomp: bytes | None) -> None:
+    """In a blank: waits for its lambda, becomes its sandbox and serves it.
+    Never returns."""
+    meta, fds = recv_request(sock)
+    if meta is None:
+        os._exit(0)  # the worker dropped the blank
+    if meta.get("type") != "assign" or len(fds) != ASSIGN_FDS:
+        raise ValueError(f"bad assignment {meta!r} with {len(fds)} fds")
+    code_mnt, host_mnt, stdout, stderr = fds
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    os.close(stdout)
+    os.close(stderr)
+    move_mount(code_mnt, HANDLER_DIR)
+    move_mount(host_mnt, HOST_DIR)
+    os.close(code_mnt)
+    os.close(host_mnt)
     os.chdir(HANDLER_DIR)
     drop_privileges(int(meta["uid"]), int(meta["gid"]), seccomp)
     os.environ.clear()
     os.environ.update(dict(meta.get("env", [])))
-    sock = socket.socket(fileno=conn)
-    sock.set_inheritable(False)
     ol_runtime.setup_stdio()
     try:
         handler = ol_runtime.load_lambda(HANDLER_DIR)
@@ -243,7 +262,7 @@ def serve_forks(sock: socket.socket, seccomp: bytes | None) -> int:
         meta, fds = recv_request(sock)
         if meta is None:
             return 0
-        if meta.get("type") != "fork" or len(fds) < FIXED_FDS:
+        if meta.get("type") != "prefork" or len(fds) < BLANK_FDS:
             for fd in fds:
                 os.close(fd)
             ol_runtime.send_frame(sock, {"type": "error", "error": f"bad request {meta!r} with {len(fds)} fds"})
@@ -253,7 +272,7 @@ def serve_forks(sock: socket.socket, seccomp: bytes | None) -> int:
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 sock.close()
-                enter_sandbox(meta, fds, seccomp)
+                run_assigned(prepare_blank(fds), seccomp)
             except BaseException:  # noqa: BLE001 - report anything, then die
                 traceback.print_exc()
                 sys.stderr.flush()

@@ -55,6 +55,8 @@ pub struct SandboxInfo {
     pub lambda: String,
     /// Host pid of its runtime.
     pub pid: u32,
+    /// Its cgroup (relative to the hierarchy roots), if any.
+    pub cgroup: Option<String>,
 }
 
 /// A snapshot of the lambda layer.
@@ -395,6 +397,7 @@ impl LambdaManager {
                 id: sandbox.id().to_string(),
                 lambda: function.name.clone(),
                 pid: sandbox.pid(),
+                cgroup: sandbox.cgroup(),
             },
         );
         tracing::info!(

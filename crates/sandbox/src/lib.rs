@@ -92,6 +92,10 @@ pub trait Sandbox: Send + Sync + Debug {
     fn mem_usage(&self) -> Result<u64, SandboxError>;
     /// Why the runtime is gone (exit status or signal), once it is.
     fn exit_reason(&mut self) -> Option<String>;
+    /// Its cgroup, relative to the hierarchy roots, if it has one.
+    fn cgroup(&self) -> Option<String> {
+        None
+    }
     /// Whether the kernel's OOM killer has killed a process of the sandbox.
     fn oom_killed(&self) -> bool {
         false

@@ -112,6 +112,11 @@ impl SafeSandbox {
         self.inner.pid()
     }
 
+    /// Its cgroup, relative to the hierarchy roots, if it has one.
+    pub fn cgroup(&self) -> Option<String> {
+        self.inner.cgroup()
+    }
+
     /// Whether the sandbox can no longer serve calls.
     pub fn is_dead(&self) -> bool {
         self.dead.is_some()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 
 # ol_runtime.py sits one directory up; -I leaves the script's directory off
 # sys.path, so it is added by hand.
@@ -39,8 +40,11 @@ CONTENT_TYPE_JSON = "application/json"
 MAX_LINE = 65536
 _NO_META = b"{}"  # f(event) handlers ignore the request meta
 
+# One call: request body -> (HTTP status, response body).
+Call = Callable[[bytes], tuple[int, bytes]]
 
-def make_call(code_dir: str):
+
+def make_call(code_dir: str) -> Call:
     """Body bytes -> (status, response body bytes), through ol_runtime's handler."""
     handler = ol_runtime.load_lambda(code_dir)
     if handler.kind not in ("f", "handler"):
@@ -62,7 +66,7 @@ def make_call(code_dir: str):
 _REASONS = {200: b"OK", 400: b"Bad Request", 500: b"Internal Server Error", 501: b"Not Implemented"}
 
 
-def serve_raw(sock: socket.socket, call) -> None:
+def serve_raw(sock: socket.socket, call: Call) -> None:
     """HTTP/1.1 keep-alive on ``sock`` until EOF, parsed by hand."""
     rfile = sock.makefile("rb", buffering=65536)
     readline = rfile.readline
@@ -108,7 +112,7 @@ def serve_raw(sock: socket.socket, call) -> None:
 # --------------------------------------------------------- http.server --
 
 
-def serve_http_server(sock: socket.socket, call) -> None:
+def serve_http_server(sock: socket.socket, call: Call) -> None:
     """HTTP/1.1 keep-alive on ``sock`` until EOF, through http.server."""
     from http.server import BaseHTTPRequestHandler
 
@@ -125,7 +129,7 @@ def serve_http_server(sock: socket.socket, call) -> None:
             self.end_headers()
             self.wfile.write(out)
 
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature of the base class
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
             pass
 
     class Server:

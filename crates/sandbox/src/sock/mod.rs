@@ -17,6 +17,7 @@ pub mod rootfs;
 pub mod seccomp;
 mod zygote;
 
+use std::collections::VecDeque;
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::chown;
@@ -24,8 +25,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -34,7 +35,7 @@ use nix::unistd::Pid;
 use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
 use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
 use self::rootfs::{MountPlan, RootSources, SANDBOX_UID, inside};
-use self::zygote::{ForkRequest, ForkedSandbox, Zygote};
+use self::zygote::{Assignment, Blank, ForkedSandbox, Zygote};
 use crate::process::{cleanup_scratch, process_start_time};
 use crate::{Limits, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err, sys};
 
@@ -77,13 +78,28 @@ pub fn worker_id(dir: &Path) -> String {
     format!("ol-{:08x}", h as u32)
 }
 
-/// Makes `sock` sandboxes.
+/// Blank sandboxes kept ready (see [`zygote::Blank`]).
+const BLANKS: usize = 2;
+
+/// Makes `sock` sandboxes. A background thread keeps [`BLANKS`] blank
+/// sandboxes forked from the zygote ready, so a cold start only hands one
+/// its lambda.
 #[derive(Debug)]
 pub struct SockPool {
+    inner: Arc<PoolInner>,
+    refill: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
     cfg: SockConfig,
     fs: Arc<dyn CgroupFs>,
     hierarchy: Arc<Hierarchy>,
     zygote: Mutex<Option<Arc<Zygote>>>,
+    blanks: Mutex<VecDeque<Blank>>,
+    /// Wakes the refill thread (a blank was taken, or the pool closes).
+    wake: Condvar,
+    closing: AtomicBool,
     next_id: AtomicU64,
 }
 
@@ -130,16 +146,199 @@ impl SockPool {
             worker_id = %cfg.worker_id,
             "sock sandboxes"
         );
-        let pool = Self {
+        let inner = Arc::new(PoolInner {
             cfg,
             fs,
             hierarchy,
             zygote: Mutex::new(None),
+            blanks: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            closing: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
-        };
+        });
         // Start the zygote now, so the first call does not wait for it.
-        pool.zygote();
-        Ok(pool)
+        let refill = if inner.zygote().is_some() {
+            let inner = Arc::clone(&inner);
+            Some(
+                std::thread::Builder::new()
+                    .name("ol-blanks".into())
+                    .spawn(move || inner.keep_blanks_ready())
+                    .map_err(|e| {
+                        SandboxError::StartFailed(format!("cannot start a thread: {e}"))
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self { inner, refill })
+    }
+
+    /// Blank sandboxes ready now.
+    pub fn blanks(&self) -> usize {
+        self.inner.lock_blanks().len()
+    }
+}
+
+impl Drop for SockPool {
+    fn drop(&mut self) {
+        self.inner.closing.store(true, Ordering::Release);
+        self.inner.wake.notify_all();
+        if let Some(t) = self.refill.take() {
+            let _ = t.join();
+        }
+        for blank in self.inner.lock_blanks().drain(..) {
+            blank.discard();
+        }
+        self.inner.lock_zygote().take();
+    }
+}
+
+impl PoolInner {
+    fn lock_blanks(&self) -> std::sync::MutexGuard<'_, VecDeque<Blank>> {
+        self.blanks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_zygote(&self) -> std::sync::MutexGuard<'_, Option<Arc<Zygote>>> {
+        self.zygote.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The refill thread: forks blanks until [`BLANKS`] are ready, sleeps
+    /// until one is taken, until the pool closes.
+    fn keep_blanks_ready(&self) {
+        loop {
+            let mut blanks = self.lock_blanks();
+            while blanks.len() >= BLANKS && !self.closing.load(Ordering::Acquire) {
+                blanks = self
+                    .wake
+                    .wait(blanks)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            drop(blanks);
+            if self.closing.load(Ordering::Acquire) {
+                return;
+            }
+            let made = self.zygote().map(|z| self.prefork(&z));
+            match made {
+                Some(Ok(blank)) => self.lock_blanks().push_back(blank),
+                failed => {
+                    if let Some(Err(e)) = failed {
+                        tracing::warn!("cannot fork a blank sandbox: {e}");
+                    }
+                    // Back off before trying again; wake early on close.
+                    let blanks = self.lock_blanks();
+                    let _ = self.wake.wait_timeout(blanks, Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Forks one blank sandbox into a new cgroup.
+    fn prefork(&self, zygote: &Zygote) -> Result<Blank, SandboxError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("sb-{n}");
+        let cgroup = self.cgroup(&id);
+        cgroup.create().map_err(cgroup_err)?;
+        let made = cgroup
+            .set_limits(&cgroup_limits(&Limits::default()))
+            .map_err(cgroup_err)
+            .and_then(|()| zygote.prefork(&id, cgroup.clone()));
+        made.inspect_err(|_| {
+            let _ = cgroup.kill_all(&kill_pid);
+            let _ = remove_cgroup(&cgroup);
+        })
+    }
+
+    /// A ready blank, or a new one forked now. `None` without a zygote.
+    fn take_blank(&self) -> Option<Result<Blank, SandboxError>> {
+        let taken = self.lock_blanks().pop_front();
+        self.wake.notify_all();
+        match taken {
+            Some(blank) => Some(Ok(blank)),
+            None => self.zygote().map(|z| self.prefork(&z)),
+        }
+    }
+
+    /// A new sandbox for `spec`: a blank handed the lambda when zygotes
+    /// work, else a fresh interpreter.
+    fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", spec.lambda);
+        // A blank can fail (its zygote died, it was killed): one more try.
+        for _ in 0..2 {
+            match self.take_blank() {
+                None => break,
+                Some(Ok(blank)) => match self.assign(blank, spec, &id) {
+                    Ok(made) => return Ok(made),
+                    Err(e) => tracing::warn!(sandbox = %id, "blank sandbox failed: {e}"),
+                },
+                Some(Err(e)) => tracing::warn!(sandbox = %id, "cannot fork a blank sandbox: {e}"),
+            }
+        }
+        let cgroup = self.cgroup(&id);
+        self.spawn(&Program::Lambda(spec), &id, &cgroup, &spec.limits)
+            .map(|(sandbox, conn)| NewSandbox {
+                sandbox: Box::new(sandbox),
+                conn,
+            })
+            .inspect_err(|_| {
+                let _ = cgroup.kill_all(&kill_pid);
+                let _ = remove_cgroup(&cgroup);
+                let _ = fs::remove_dir_all(self.cfg.scratch_root.join(&id));
+            })
+    }
+
+    /// Turns `blank` into the sandbox `id` of `spec`.
+    fn assign(
+        &self,
+        blank: Blank,
+        spec: &SandboxSpec,
+        id: &str,
+    ) -> Result<NewSandbox, SandboxError> {
+        let scratch = match Scratch::create(&self.cfg.scratch_root, id) {
+            Ok(s) => s,
+            Err(e) => {
+                blank.discard();
+                return Err(e);
+            }
+        };
+        let handed = blank
+            .cgroup
+            .set_limits(&cgroup_limits(&spec.limits))
+            .map_err(cgroup_err)
+            .and_then(|()| scratch.log_files())
+            .and_then(|(stdout, stderr)| {
+                let mut env = base_env();
+                env.extend(spec.env.iter().cloned());
+                zygote::assign(
+                    &blank.conn,
+                    &Assignment {
+                        code_dir: &spec.code_dir,
+                        host_dir: &scratch.host_dir(),
+                        stdout,
+                        stderr,
+                        uid: SANDBOX_UID,
+                        env: &env,
+                    },
+                )
+            });
+        if let Err(e) = handed {
+            blank.discard();
+            let _ = fs::remove_dir_all(&scratch.dir);
+            return Err(e);
+        }
+        let Blank { cgroup, conn, exit } = blank;
+        Ok(NewSandbox {
+            sandbox: Box::new(ForkedSandbox {
+                id: id.to_string(),
+                pid: std::sync::OnceLock::new(),
+                cgroup,
+                scratch: scratch.dir,
+                exit,
+                exit_reason: None,
+                destroyed: false,
+            }),
+            conn,
+        })
     }
 
     fn cgroup(&self, id: &str) -> Cgroup {
@@ -299,45 +498,6 @@ impl SockPool {
             }
         }
     }
-
-    fn fork(
-        &self,
-        zygote: &Zygote,
-        spec: &SandboxSpec,
-        id: &str,
-        cgroup: &Cgroup,
-    ) -> Result<NewSandbox, SandboxError> {
-        let scratch = Scratch::create(&self.cfg.scratch_root, id)?;
-        cgroup.create().map_err(cgroup_err)?;
-        cgroup
-            .set_limits(&cgroup_limits(&spec.limits))
-            .map_err(cgroup_err)?;
-        let (stdout, stderr) = scratch.log_files()?;
-        let mut env = base_env();
-        env.extend(spec.env.iter().cloned());
-        let forked = zygote.fork(&ForkRequest {
-            id,
-            code_dir: &spec.code_dir,
-            host_dir: &scratch.host_dir(),
-            stdout,
-            stderr,
-            cgroup_procs: &cgroup.procs_files(),
-            uid: SANDBOX_UID,
-            env: &env,
-        })?;
-        Ok(NewSandbox {
-            sandbox: Box::new(ForkedSandbox {
-                id: id.to_string(),
-                pid: std::sync::OnceLock::new(),
-                cgroup: cgroup.clone(),
-                scratch: scratch.dir,
-                exit: forked.exit,
-                exit_reason: None,
-                destroyed: false,
-            }),
-            conn: forked.conn,
-        })
-    }
 }
 
 /// What a sandbox init runs.
@@ -424,41 +584,15 @@ impl SandboxPool for SockPool {
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError> {
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{n}", spec.lambda);
-        let cgroup = self.cgroup(&id);
-        let mut forked = self
-            .zygote()
-            .map(|z| (self.fork(&z, spec, &id, &cgroup), z));
-        if let Some((Err(e), z)) = &forked {
-            if !z.is_alive() {
-                // The zygote died under us: one more try with a new one.
-                tracing::warn!("zygote failed ({e}); starting another");
-                let _ = remove_cgroup(&cgroup);
-                let _ = fs::remove_dir_all(self.cfg.scratch_root.join(&id));
-                forked = self
-                    .zygote()
-                    .map(|z| (self.fork(&z, spec, &id, &cgroup), z));
-            }
-        }
-        let made = match forked {
-            Some((made, _)) => made,
-            None => self
-                .spawn(&Program::Lambda(spec), &id, &cgroup, &spec.limits)
-                .map(|(sandbox, conn)| NewSandbox {
-                    sandbox: Box::new(sandbox),
-                    conn,
-                }),
-        };
-        made.inspect_err(|_| {
-            let _ = cgroup.kill_all(&kill_pid);
-            let _ = remove_cgroup(&cgroup);
-            let _ = fs::remove_dir_all(self.cfg.scratch_root.join(&id));
-        })
+        self.inner.create(spec)
     }
 
     fn cleanup_leftovers(&self) -> Result<usize, SandboxError> {
-        cleanup(&self.cfg.worker_id, &self.cfg.scratch_root, false)
+        cleanup(
+            &self.inner.cfg.worker_id,
+            &self.inner.cfg.scratch_root,
+            false,
+        )
     }
 }
 
@@ -591,6 +725,10 @@ impl Sandbox for SockSandbox {
             },
             (None, None) => "exited".to_string(),
         })
+    }
+
+    fn cgroup(&self) -> Option<String> {
+        Some(self.cgroup.rel().to_string())
     }
 
     fn oom_killed(&self) -> bool {

@@ -39,22 +39,70 @@ pub(crate) struct Zygote {
     alive: AtomicBool,
 }
 
-/// What a new child needs, on the host side.
-pub(crate) struct ForkRequest<'a> {
-    pub(crate) id: &'a str,
+/// A pre-forked sandbox waiting for its lambda: it already sits in its
+/// cgroup and namespaces (see runtimes/python/ol_zygote.py).
+#[derive(Debug)]
+pub(crate) struct Blank {
+    /// Its cgroup (named `sb-<n>`, after the pool slot).
+    pub(crate) cgroup: Cgroup,
+    /// The worker's end of its runtime socket.
+    pub(crate) conn: UnixStream,
+    /// Read end of its exit pipe.
+    pub(crate) exit: File,
+}
+
+impl Blank {
+    /// Kills an unused blank and frees its cgroup.
+    pub(crate) fn discard(self) {
+        let _ = self.cgroup.kill_all(&kill_pid);
+        let _ = remove_cgroup(&self.cgroup);
+    }
+}
+
+/// The lambda a blank becomes, on the host side.
+pub(crate) struct Assignment<'a> {
     pub(crate) code_dir: &'a Path,
     pub(crate) host_dir: &'a Path,
     pub(crate) stdout: File,
     pub(crate) stderr: File,
-    pub(crate) cgroup_procs: &'a [PathBuf],
     pub(crate) uid: u32,
     pub(crate) env: &'a [(String, String)],
 }
 
-/// The worker's ends of a forked child.
-pub(crate) struct Forked {
-    pub(crate) conn: UnixStream,
-    pub(crate) exit: File,
+/// Sends `what` to a blank over its own socket, as one frame with the
+/// mounts and log files attached.
+pub(crate) fn assign(blank_conn: &UnixStream, what: &Assignment<'_>) -> Result<(), SandboxError> {
+    let mount_of = |path: &Path, writable| {
+        sys::detached_mount(path, writable).map_err(|source| SandboxError::Io {
+            what: "cannot clone the mount of",
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let code = mount_of(what.code_dir, false)?;
+    let host = mount_of(what.host_dir, true)?;
+    let fds = [
+        code.as_raw_fd(),
+        host.as_raw_fd(),
+        what.stdout.as_raw_fd(),
+        what.stderr.as_raw_fd(),
+    ];
+    let frame = encode_frame(&json!({
+        "type": "assign",
+        "uid": what.uid,
+        "gid": what.uid,
+        "env": what.env,
+    }))
+    .map_err(|e| start_err("cannot encode the assignment", e))?;
+    sendmsg::<()>(
+        blank_conn.as_raw_fd(),
+        &[IoSlice::new(&frame)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| start_err("cannot hand the lambda to a blank sandbox", e))?;
+    Ok(())
 }
 
 fn start_err(what: &str, e: impl std::fmt::Display) -> SandboxError {
@@ -99,28 +147,18 @@ impl Zygote {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Forks a child into a new sandbox. Any failure of the zygote itself
-    /// marks it dead (the pool starts another).
-    pub(crate) fn fork(&self, req: &ForkRequest<'_>) -> Result<Forked, SandboxError> {
+    /// Forks a blank sandbox into `cgroup` (created by the caller). Any
+    /// failure of the zygote itself marks it dead (the pool starts another).
+    pub(crate) fn prefork(&self, id: &str, cgroup: Cgroup) -> Result<Blank, SandboxError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
         let (exit_r, exit_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|e| start_err("exit pipe", e))?;
-        let code = sys::detached_mount(req.code_dir, false).map_err(|source| SandboxError::Io {
-            what: "cannot clone the mount of",
-            path: req.code_dir.to_path_buf(),
-            source,
-        })?;
-        let host = sys::detached_mount(req.host_dir, true).map_err(|source| SandboxError::Io {
-            what: "cannot clone the mount of",
-            path: req.host_dir.to_path_buf(),
-            source,
-        })?;
         let mut cgroup_files = Vec::new();
-        for procs in req.cgroup_procs {
+        for procs in cgroup.procs_files() {
             let f = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_CLOEXEC)
-                .open(procs)
+                .open(&procs)
                 .map_err(|source| SandboxError::Io {
                     what: "cannot open",
                     path: procs.clone(),
@@ -128,23 +166,10 @@ impl Zygote {
                 })?;
             cgroup_files.push(f);
         }
-        let mut fds: Vec<RawFd> = vec![
-            theirs.as_raw_fd(),
-            code.as_raw_fd(),
-            host.as_raw_fd(),
-            req.stdout.as_raw_fd(),
-            req.stderr.as_raw_fd(),
-            exit_w.as_raw_fd(),
-        ];
+        let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd(), exit_w.as_raw_fd()];
         fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
-        let frame = encode_frame(&json!({
-            "type": "fork",
-            "id": req.id,
-            "uid": req.uid,
-            "gid": req.uid,
-            "env": req.env,
-        }))
-        .map_err(|e| start_err("cannot encode the request", e))?;
+        let frame = encode_frame(&json!({ "type": "prefork", "id": id }))
+            .map_err(|e| start_err("cannot encode the request", e))?;
 
         let control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
         let sent = sendmsg::<()>(
@@ -162,7 +187,8 @@ impl Zygote {
         let reply = read_frame_blocking(&mut reader);
         drop(control);
         match reply {
-            Ok((meta, _)) if meta.kind.as_deref() == Some("forked") => Ok(Forked {
+            Ok((meta, _)) if meta.kind.as_deref() == Some("forked") => Ok(Blank {
+                cgroup,
                 conn: ours,
                 exit: File::from(exit_r),
             }),
@@ -175,8 +201,8 @@ impl Zygote {
                 Err(start_err("did not answer", e))
             }
         }
-        // `theirs`, the mounts, the exit pipe's write end and the cgroup
-        // files close here: the child holds its own copies now.
+        // `theirs`, the exit pipe's write end and the cgroup files close
+        // here: the child holds its own copies now.
     }
 }
 
@@ -288,6 +314,10 @@ impl Sandbox for ForkedSandbox {
             };
         }
         self.exit_reason.clone()
+    }
+
+    fn cgroup(&self) -> Option<String> {
+        Some(self.cgroup.rel().to_string())
     }
 
     fn oom_killed(&self) -> bool {
