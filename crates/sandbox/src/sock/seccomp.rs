@@ -310,6 +310,7 @@ const DATA_ARCH: u32 = 4;
 const LD_W_ABS: u16 = 0x20;
 const JEQ_K: u16 = 0x15;
 const JGE_K: u16 = 0x35;
+const JGT_K: u16 = 0x25;
 const JA: u16 = 0x05;
 const RET_K: u16 = 0x06;
 const RET_ALLOW: u32 = 0x7fff_0000;
@@ -319,7 +320,7 @@ const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const AUDIT_ARCH: u32 = 0xc000_003e;
 /// x32 syscalls on x86_64 carry this bit; none is allowed.
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-/// Leaves of the search tree compare at most this many numbers in a row.
+/// Leaves of the search tree test at most this many ranges in a row.
 const LEAF: usize = 4;
 
 fn ins(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
@@ -356,28 +357,44 @@ fn compile_tree(arch: u32, allowed: &[u32], errno: u32) -> BpfProgram {
         ins(JGE_K, 0, 1, X32_SYSCALL_BIT),
         ins(RET_K, 0, 0, RET_ERRNO | errno),
     ];
-    emit_tree(allowed, errno, &mut prog);
+    emit_tree(&ranges(allowed), errno, &mut prog);
     prog
 }
 
-fn emit_tree(nrs: &[u32], errno: u32, out: &mut BpfProgram) {
-    if nrs.len() <= LEAF {
-        for &nr in nrs {
-            out.push(ins(JEQ_K, 0, 1, nr));
+/// Sorted numbers as inclusive ranges of consecutive ones: syscall tables
+/// allow long runs, and a run costs the same two compares as one number.
+fn ranges(sorted: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &n in sorted {
+        match out.last_mut() {
+            Some((_, hi)) if *hi + 1 == n => *hi = n,
+            _ => out.push((n, n)),
+        }
+    }
+    out
+}
+
+fn emit_tree(ranges: &[(u32, u32)], errno: u32, out: &mut BpfProgram) {
+    if ranges.len() <= LEAF {
+        for &(lo, hi) in ranges {
+            // lo <= nr <= hi: allow; else on to the next range.
+            out.push(ins(JGE_K, 0, 2, lo));
+            out.push(ins(JGT_K, 1, 0, hi));
             out.push(ins(RET_K, 0, 0, RET_ALLOW));
         }
         out.push(ins(RET_K, 0, 0, RET_ERRNO | errno));
         return;
     }
-    let mid = nrs.len() / 2;
-    // nr >= pivot: take the long jump to the right half; else fall past it
-    // into the left half. (Conditional jumps reach only 255 ahead.)
-    out.push(ins(JGE_K, 0, 1, nrs[mid]));
+    let mid = ranges.len() / 2;
+    // nr >= the middle range's start: take the long jump to the right half;
+    // else fall past it into the left half. (Conditional jumps reach only
+    // 255 ahead.)
+    out.push(ins(JGE_K, 0, 1, ranges[mid].0));
     let jump = out.len();
     out.push(ins(JA, 0, 0, 0));
-    emit_tree(&nrs[..mid], errno, out);
+    emit_tree(&ranges[..mid], errno, out);
     out[jump].k = (out.len() - jump - 1) as u32;
-    emit_tree(&nrs[mid..], errno, out);
+    emit_tree(&ranges[mid..], errno, out);
 }
 
 /// The program as bytes (native endian, 8 per instruction), to hand to a
@@ -458,12 +475,19 @@ mod tests {
                 LD_W_ABS => acc = if i.k == DATA_ARCH { arch } else { nr },
                 JEQ_K => pc += if acc == i.k { i.jt } else { i.jf } as usize,
                 JGE_K => pc += if acc >= i.k { i.jt } else { i.jf } as usize,
+                JGT_K => pc += if acc > i.k { i.jt } else { i.jf } as usize,
                 JA => pc += i.k as usize,
                 RET_K => return i.k,
                 other => panic!("unexpected opcode {other:#x}"),
             }
             pc += 1;
         }
+    }
+
+    #[test]
+    fn consecutive_numbers_merge_into_ranges() {
+        assert_eq!(ranges(&[1, 2, 3, 5, 7, 8]), vec![(1, 3), (5, 5), (7, 8)]);
+        assert_eq!(ranges(&[]), Vec::<(u32, u32)>::new());
     }
 
     #[test]
