@@ -316,7 +316,33 @@ fn idle_sandbox_is_frozen_by_its_cgroup_and_thawed_on_call() {
         state.display(),
         fs::read_to_string(&state)
     );
+    // downsize_paused_mem (on by default): the frozen sandbox's memory
+    // limit is down to its usage, far below limits.mem_mb.
+    let limit_file = Path::new("/sys/fs/cgroup/memory")
+        .join(&cgroup)
+        .join("memory.limit_in_bytes");
+    let read_limit = || -> u64 {
+        fs::read_to_string(&limit_file)
+            .expect("memory limit")
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || read_limit()
+            < 20 << 20),
+        "paused limit {}",
+        read_limit()
+    );
     let a = w.run("hello", r#"{"name": "b"}"#);
     assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, b!\""));
     assert_eq!(w.stats()["sandboxes"][0]["id"], sandbox.as_str());
+    // Thawed: the limit is back (or the sandbox is already paused again,
+    // at its usage once more).
+    let limit = read_limit();
+    let state = fs::read_to_string(&state).expect("freezer state");
+    assert!(
+        limit == 50 << 20 || state.trim() != "THAWED",
+        "limit {limit}, {state}"
+    );
 }

@@ -106,6 +106,7 @@ fn make_pool(dir: &WorkerDir, config: &Config) -> Result<Arc<dyn SandboxPool>, W
                 init_exe,
                 seccomp: config.features.enable_seccomp,
                 zygote: config.features.import_cache != ImportCache::Off,
+                downsize_paused_mem: config.features.downsize_paused_mem,
             })?))
         }
     }

@@ -64,6 +64,8 @@ pub struct SockConfig {
     pub seccomp: bool,
     /// Fork sandboxes from a zygote (else each starts a fresh interpreter).
     pub zygote: bool,
+    /// Lower a paused sandbox's memory limit to what it uses.
+    pub downsize_paused_mem: bool,
 }
 
 /// The worker id of the worker directory `dir`: stable across restarts, so
@@ -258,6 +260,14 @@ impl PoolInner {
         }
     }
 
+    /// The memory limit to restore after a downsized pause, when
+    /// `downsize_paused_mem` is on.
+    fn downsize(&self, limits: &Limits) -> Option<u64> {
+        self.cfg
+            .downsize_paused_mem
+            .then(|| cgroup_limits(limits).mem_bytes)
+    }
+
     /// A new sandbox for `spec`: a blank handed the lambda when zygotes
     /// work, else a fresh interpreter.
     fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError> {
@@ -335,6 +345,7 @@ impl PoolInner {
                 scratch: scratch.dir,
                 exit,
                 exit_reason: None,
+                downsize: self.downsize(&spec.limits),
                 destroyed: false,
             }),
             conn,
@@ -458,6 +469,7 @@ impl PoolInner {
             child,
             cgroup: cgroup.clone(),
             scratch: scratch.dir.clone(),
+            downsize: self.downsize(limits),
             destroyed: false,
         };
         scratch.record_pid(pid)?;
@@ -637,6 +649,28 @@ pub fn cleanup(
     Ok(found)
 }
 
+/// Freezes a sandbox's cgroup; with `downsize` (its normal memory limit),
+/// then lowers the limit to what it uses, so a paused sandbox cannot grow
+/// (OpenLambda's `downsize_paused_mem`). The kernel may refuse a limit at
+/// the usage (it tries to reclaim first); then the limit stays.
+fn pause_cgroup(cg: &Cgroup, downsize: Option<u64>) -> Result<(), SandboxError> {
+    cg.freeze().map_err(cgroup_err)?;
+    if downsize.is_some() {
+        if let Ok(used) = cg.mem_usage() {
+            let _ = cg.set_mem_limit(used.next_multiple_of(4096));
+        }
+    }
+    Ok(())
+}
+
+/// Restores the normal memory limit (if downsized), then thaws.
+fn unpause_cgroup(cg: &Cgroup, downsize: Option<u64>) -> Result<(), SandboxError> {
+    if let Some(limit) = downsize {
+        cg.set_mem_limit(limit).map_err(cgroup_err)?;
+    }
+    cg.thaw().map_err(cgroup_err)
+}
+
 fn kill_pid(pid: u32) {
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
@@ -666,6 +700,8 @@ struct SockSandbox {
     child: Child,
     cgroup: Cgroup,
     scratch: PathBuf,
+    /// Normal memory limit, when paused sandboxes are downsized.
+    downsize: Option<u64>,
     destroyed: bool,
 }
 
@@ -679,11 +715,11 @@ impl Sandbox for SockSandbox {
     }
 
     fn pause(&self) -> Result<(), SandboxError> {
-        self.cgroup.freeze().map_err(cgroup_err)
+        pause_cgroup(&self.cgroup, self.downsize)
     }
 
     fn unpause(&self) -> Result<(), SandboxError> {
-        self.cgroup.thaw().map_err(cgroup_err)
+        unpause_cgroup(&self.cgroup, self.downsize)
     }
 
     fn destroy(&mut self) -> Result<(), SandboxError> {

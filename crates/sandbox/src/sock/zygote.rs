@@ -22,7 +22,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_json::json;
 
 use super::cgroup::Cgroup;
-use super::{cgroup_err, kill_pid, remove_cgroup};
+use super::{cgroup_err, kill_pid, pause_cgroup, remove_cgroup, unpause_cgroup};
 use crate::protocol::{encode_frame, read_frame_blocking};
 use crate::{Sandbox, SandboxError, sys};
 
@@ -226,6 +226,8 @@ pub(crate) struct ForkedSandbox {
     pub(crate) scratch: PathBuf,
     pub(crate) exit: File,
     pub(crate) exit_reason: Option<String>,
+    /// Normal memory limit, when paused sandboxes are downsized.
+    pub(crate) downsize: Option<u64>,
     pub(crate) destroyed: bool,
 }
 
@@ -277,11 +279,11 @@ impl Sandbox for ForkedSandbox {
     }
 
     fn pause(&self) -> Result<(), SandboxError> {
-        self.cgroup.freeze().map_err(cgroup_err)
+        pause_cgroup(&self.cgroup, self.downsize)
     }
 
     fn unpause(&self) -> Result<(), SandboxError> {
-        self.cgroup.thaw().map_err(cgroup_err)
+        unpause_cgroup(&self.cgroup, self.downsize)
     }
 
     fn destroy(&mut self) -> Result<(), SandboxError> {
