@@ -1,5 +1,5 @@
 //! The small blocking HTTP client the CLI uses to talk to a worker
-//! (readiness, stats).
+//! (readiness, stats, benchmarks).
 
 use std::time::Duration;
 
@@ -11,38 +11,32 @@ pub struct Answer {
     pub body: String,
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
 /// GET `url`, any status.
 pub fn get(url: &str, timeout: Duration) -> Result<Answer> {
-    let mut resp = agent(timeout)
-        .get(url)
-        .call()
-        .with_context(|| format!("GET {url}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .with_context(|| format!("reading the answer of GET {url}"))?;
-    Ok(Answer { status, body })
+    request("GET", url, &[], timeout)
 }
 
 /// POST `body` to `url`, any status.
 pub fn post(url: &str, body: &[u8], timeout: Duration) -> Result<Answer> {
-    let mut resp = agent(timeout)
-        .post(url)
-        .send(body)
-        .with_context(|| format!("POST {url}"))?;
+    request("POST", url, body, timeout)
+}
+
+fn request(method: &str, url: &str, body: &[u8], timeout: Duration) -> Result<Answer> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body.to_vec())
+        .with_context(|| format!("{method} {url}"))?;
+    let mut resp = agent.run(req).with_context(|| format!("{method} {url}"))?;
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
         .read_to_string()
-        .with_context(|| format!("reading the answer of POST {url}"))?;
+        .with_context(|| format!("reading the answer of {method} {url}"))?;
     Ok(Answer { status, body })
 }

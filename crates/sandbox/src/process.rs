@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use crate::{NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err, sys};
 
 /// Descriptor number of the runtime connection inside the child.
-const RUNTIME_FD: i32 = 3;
+pub(crate) const RUNTIME_FD: i32 = 3;
 const PID_FILE: &str = "pid";
 
 /// Where the runtime lives and how to start it.
@@ -85,19 +85,8 @@ impl ProcessPool {
             .env("HOME", scratch)
             .env("TMPDIR", scratch)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&spec.code_dir)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
-        sys::inherit_fd_as(&mut cmd, theirs.as_raw_fd(), RUNTIME_FD);
-        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-            program: self.runtime.python.clone(),
-            source,
-        })?;
-        // Our copy of the runtime's end must go, or its death is never seen
-        // as EOF.
-        drop(theirs);
+            .current_dir(&spec.code_dir);
+        let child = spawn_with_runtime_fd(&mut cmd, stdout, stderr, theirs)?;
         let mut sandbox = ProcessSandbox {
             id: id.to_string(),
             pid: child.id(),
@@ -178,6 +167,30 @@ pub fn cleanup_scratch(scratch_root: &Path) -> Result<usize, SandboxError> {
         })?;
     }
     Ok(found)
+}
+
+/// Starts `cmd` in its own process group with no stdin, `stdout` and
+/// `stderr` as its output and `theirs` (the runtime's end of its socket)
+/// as descriptor [`RUNTIME_FD`].
+pub(crate) fn spawn_with_runtime_fd(
+    cmd: &mut Command,
+    stdout: fs::File,
+    stderr: fs::File,
+    theirs: UnixStream,
+) -> Result<Child, SandboxError> {
+    cmd.stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    sys::inherit_fd_as(cmd, theirs.as_raw_fd(), RUNTIME_FD);
+    let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
+        program: PathBuf::from(cmd.get_program()),
+        source,
+    })?;
+    // Our copy of the runtime's end must go, or its death is never seen as
+    // EOF.
+    drop(theirs);
+    Ok(child)
 }
 
 /// A runtime process and its process group.
@@ -266,7 +279,9 @@ impl Drop for ProcessSandbox {
     }
 }
 
-fn describe_exit(status: std::process::ExitStatus) -> String {
+/// How a process ended, in words (`exited with status 3`, `was killed by
+/// signal 9 (SIGKILL)`).
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),

@@ -19,12 +19,10 @@ mod zygote;
 
 use std::collections::VecDeque;
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::chown;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -36,10 +34,10 @@ use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealF
 use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
 use self::rootfs::{MountPlan, RootSources, SANDBOX_UID, inside};
 use self::zygote::{Assignment, Blank, ForkedSandbox, Zygote};
-use crate::process::{cleanup_scratch, process_start_time};
-use crate::{Limits, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err, sys};
-
-const RUNTIME_FD: i32 = 3;
+use crate::process::{
+    RUNTIME_FD, cleanup_scratch, describe_exit, process_start_time, spawn_with_runtime_fd,
+};
+use crate::{Limits, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err};
 
 /// Where a `sock` pool finds what it builds sandboxes from.
 #[derive(Debug, Clone)]
@@ -341,11 +339,13 @@ impl PoolInner {
             sandbox: Box::new(ForkedSandbox {
                 id: id.to_string(),
                 pid: std::sync::OnceLock::new(),
-                cgroup,
-                scratch: scratch.dir,
+                enclosure: Enclosure {
+                    cgroup,
+                    scratch: scratch.dir,
+                    downsize: self.downsize(&spec.limits),
+                },
                 exit,
                 exit_reason: None,
-                downsize: self.downsize(&spec.limits),
                 destroyed: false,
             }),
             conn,
@@ -449,27 +449,18 @@ impl PoolInner {
             .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
         let (stdout, stderr) = scratch.log_files()?;
         let mut cmd = Command::new(&self.cfg.init_exe);
-        cmd.arg(INIT_ARG)
-            .arg(init_json)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
-        sys::inherit_fd_as(&mut cmd, theirs.as_raw_fd(), RUNTIME_FD);
-        let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
-            program: self.cfg.init_exe.clone(),
-            source,
-        })?;
-        drop(theirs);
+        cmd.arg(INIT_ARG).arg(init_json).env_clear();
+        let child = spawn_with_runtime_fd(&mut cmd, stdout, stderr, theirs)?;
         let pid = child.id();
         let sandbox = SockSandbox {
             id: id.to_string(),
             pid,
             child,
-            cgroup: cgroup.clone(),
-            scratch: scratch.dir.clone(),
-            downsize: self.downsize(limits),
+            enclosure: Enclosure {
+                cgroup: cgroup.clone(),
+                scratch: scratch.dir.clone(),
+                downsize: self.downsize(limits),
+            },
             destroyed: false,
         };
         scratch.record_pid(pid)?;
@@ -691,17 +682,56 @@ fn remove_cgroup(cg: &Cgroup) -> Result<(), CgroupError> {
     }
 }
 
-/// One `sock` sandbox: the init process outside the namespaces (our child)
-/// and its cgroup.
+/// What a `sock` sandbox holds on the host: its cgroup and scratch dir.
+/// Every way of starting one (fresh init, zygote) shares this.
+#[derive(Debug)]
+pub(crate) struct Enclosure {
+    pub(crate) cgroup: Cgroup,
+    pub(crate) scratch: PathBuf,
+    /// Normal memory limit, when paused sandboxes are downsized.
+    pub(crate) downsize: Option<u64>,
+}
+
+impl Enclosure {
+    pub(crate) fn pause(&self) -> Result<(), SandboxError> {
+        pause_cgroup(&self.cgroup, self.downsize)
+    }
+
+    pub(crate) fn unpause(&self) -> Result<(), SandboxError> {
+        unpause_cgroup(&self.cgroup, self.downsize)
+    }
+
+    pub(crate) fn mem_usage(&self) -> Result<u64, SandboxError> {
+        self.cgroup.mem_usage().map_err(cgroup_err)
+    }
+
+    pub(crate) fn cgroup_name(&self) -> Option<String> {
+        Some(self.cgroup.rel().to_string())
+    }
+
+    pub(crate) fn oom_killed(&self) -> bool {
+        self.cgroup.oom_kills().is_ok_and(|n| n > 0)
+    }
+
+    /// Kills every process of the sandbox and removes its cgroup and (when
+    /// its logs are empty) its scratch dir.
+    pub(crate) fn tear_down(&self) -> Result<(), SandboxError> {
+        let _ = self.cgroup.kill_all(&kill_pid);
+        let _ = fs::remove_file(self.scratch.join("pid"));
+        let removed = remove_cgroup(&self.cgroup).map_err(cgroup_err);
+        crate::process::remove_scratch_if_quiet(&self.scratch);
+        removed
+    }
+}
+
+/// One `sock` sandbox started fresh: the init process outside the
+/// namespaces (our child) and its enclosure.
 #[derive(Debug)]
 struct SockSandbox {
     id: String,
     pid: u32,
     child: Child,
-    cgroup: Cgroup,
-    scratch: PathBuf,
-    /// Normal memory limit, when paused sandboxes are downsized.
-    downsize: Option<u64>,
+    enclosure: Enclosure,
     destroyed: bool,
 }
 
@@ -715,11 +745,11 @@ impl Sandbox for SockSandbox {
     }
 
     fn pause(&self) -> Result<(), SandboxError> {
-        pause_cgroup(&self.cgroup, self.downsize)
+        self.enclosure.pause()
     }
 
     fn unpause(&self) -> Result<(), SandboxError> {
-        unpause_cgroup(&self.cgroup, self.downsize)
+        self.enclosure.unpause()
     }
 
     fn destroy(&mut self) -> Result<(), SandboxError> {
@@ -727,48 +757,39 @@ impl Sandbox for SockSandbox {
             return Ok(());
         }
         self.destroyed = true;
-        let _ = self.cgroup.kill_all(&kill_pid);
         let _ = self.child.kill();
+        let removed = self.enclosure.tear_down();
         let _ = self.child.wait();
-        let _ = fs::remove_file(self.scratch.join("pid"));
-        let removed = remove_cgroup(&self.cgroup).map_err(cgroup_err);
-        crate::process::remove_scratch_if_quiet(&self.scratch);
         removed
     }
 
     fn mem_usage(&self) -> Result<u64, SandboxError> {
-        self.cgroup.mem_usage().map_err(cgroup_err)
+        self.enclosure.mem_usage()
     }
 
     fn exit_reason(&mut self) -> Option<String> {
         let status = self.child.try_wait().ok().flatten()?;
-        Some(match (status.code(), status.signal()) {
-            (Some(INIT_FAILED), _) => {
-                let stderr = fs::read_to_string(self.scratch.join("stderr")).unwrap_or_default();
-                let last = stderr
-                    .lines()
-                    .rev()
-                    .find(|l| l.starts_with("ol sandbox init:"));
-                format!(
-                    "failed to start: {}",
-                    last.unwrap_or("see the sandbox's stderr")
-                )
-            }
-            (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(sig)) => match Signal::try_from(sig) {
-                Ok(s) => format!("was killed by signal {sig} ({})", s.as_str()),
-                Err(_) => format!("was killed by signal {sig}"),
-            },
-            (None, None) => "exited".to_string(),
-        })
+        if status.code() == Some(INIT_FAILED) {
+            let stderr =
+                fs::read_to_string(self.enclosure.scratch.join("stderr")).unwrap_or_default();
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("ol sandbox init:"));
+            return Some(format!(
+                "failed to start: {}",
+                last.unwrap_or("see the sandbox's stderr")
+            ));
+        }
+        Some(describe_exit(status))
     }
 
     fn cgroup(&self) -> Option<String> {
-        Some(self.cgroup.rel().to_string())
+        self.enclosure.cgroup_name()
     }
 
     fn oom_killed(&self) -> bool {
-        self.cgroup.oom_kills().is_ok_and(|n| n > 0)
+        self.enclosure.oom_killed()
     }
 }
 

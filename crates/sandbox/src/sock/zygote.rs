@@ -11,18 +11,20 @@ use std::io::{IoSlice, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::Signal;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_json::json;
 
 use super::cgroup::Cgroup;
-use super::{cgroup_err, kill_pid, pause_cgroup, remove_cgroup, unpause_cgroup};
+use super::{Enclosure, kill_pid, remove_cgroup};
+use crate::process::describe_exit;
 use crate::protocol::{encode_frame, read_frame_blocking};
 use crate::{Sandbox, SandboxError, sys};
 
@@ -222,12 +224,9 @@ impl Drop for Zygote {
 pub(crate) struct ForkedSandbox {
     pub(crate) id: String,
     pub(crate) pid: OnceLock<u32>,
-    pub(crate) cgroup: Cgroup,
-    pub(crate) scratch: PathBuf,
+    pub(crate) enclosure: Enclosure,
     pub(crate) exit: File,
     pub(crate) exit_reason: Option<String>,
-    /// Normal memory limit, when paused sandboxes are downsized.
-    pub(crate) downsize: Option<u64>,
     pub(crate) destroyed: bool,
 }
 
@@ -235,7 +234,7 @@ impl ForkedSandbox {
     /// Host pid of the runtime: the process of the cgroup that is pid 1 of
     /// the innermost pid namespace (`NSpid` ends in 1).
     fn find_runtime_pid(&self) -> Option<u32> {
-        let pids = self.cgroup.pids().ok()?;
+        let pids = self.enclosure.cgroup.pids().ok()?;
         pids.into_iter().find(|pid| {
             fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
                 status
@@ -247,19 +246,6 @@ impl ForkedSandbox {
                     })
             })
         })
-    }
-}
-
-/// Describes a raw wait status as written by the zygote's middle process.
-fn describe_wait_status(status: i32) -> String {
-    let sig = status & 0x7f;
-    if sig == 0 {
-        format!("exited with status {}", (status >> 8) & 0xff)
-    } else {
-        match Signal::try_from(sig) {
-            Ok(s) => format!("was killed by signal {sig} ({})", s.as_str()),
-            Err(_) => format!("was killed by signal {sig}"),
-        }
     }
 }
 
@@ -279,11 +265,11 @@ impl Sandbox for ForkedSandbox {
     }
 
     fn pause(&self) -> Result<(), SandboxError> {
-        pause_cgroup(&self.cgroup, self.downsize)
+        self.enclosure.pause()
     }
 
     fn unpause(&self) -> Result<(), SandboxError> {
-        unpause_cgroup(&self.cgroup, self.downsize)
+        self.enclosure.unpause()
     }
 
     fn destroy(&mut self) -> Result<(), SandboxError> {
@@ -291,19 +277,16 @@ impl Sandbox for ForkedSandbox {
             return Ok(());
         }
         self.destroyed = true;
-        let _ = self.cgroup.kill_all(&kill_pid);
-        let _ = fs::remove_file(self.scratch.join("pid"));
-        let removed = remove_cgroup(&self.cgroup).map_err(cgroup_err);
-        crate::process::remove_scratch_if_quiet(&self.scratch);
-        removed
+        self.enclosure.tear_down()
     }
 
     fn mem_usage(&self) -> Result<u64, SandboxError> {
-        self.cgroup.mem_usage().map_err(cgroup_err)
+        self.enclosure.mem_usage()
     }
 
     fn exit_reason(&mut self) -> Option<String> {
         if self.exit_reason.is_none() {
+            // The middle process writes the runtime's raw wait status.
             let mut buf = [0u8; 32];
             self.exit_reason = match self.exit.read(&mut buf) {
                 Ok(0) => Some("was killed".to_string()),
@@ -311,7 +294,7 @@ impl Sandbox for ForkedSandbox {
                     .trim()
                     .parse()
                     .ok()
-                    .map(describe_wait_status),
+                    .map(|raw| describe_exit(ExitStatus::from_raw(raw))),
                 Err(_) => None,
             };
         }
@@ -319,11 +302,11 @@ impl Sandbox for ForkedSandbox {
     }
 
     fn cgroup(&self) -> Option<String> {
-        Some(self.cgroup.rel().to_string())
+        self.enclosure.cgroup_name()
     }
 
     fn oom_killed(&self) -> bool {
-        self.cgroup.oom_kills().is_ok_and(|n| n > 0)
+        self.enclosure.oom_killed()
     }
 }
 
@@ -338,9 +321,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wait_statuses_read_like_the_process_backend() {
-        assert_eq!(describe_wait_status(3 << 8), "exited with status 3");
-        assert_eq!(describe_wait_status(0), "exited with status 0");
-        assert_eq!(describe_wait_status(9), "was killed by signal 9 (SIGKILL)");
+    fn raw_wait_statuses_read_like_the_process_backend() {
+        let says = |raw| describe_exit(ExitStatus::from_raw(raw));
+        assert_eq!(says(3 << 8), "exited with status 3");
+        assert_eq!(says(0), "exited with status 0");
+        assert_eq!(says(9), "was killed by signal 9 (SIGKILL)");
     }
 }
