@@ -10,15 +10,26 @@
 //!   `BaseHTTPRequestHandler`), driven the same way.
 //!
 //! All three are started the same way (`<python> -I -S <script> --fd 3
-//! --code DIR --name hello`, socket on fd 3, own process group), call the
-//! same `f(event)` with the same body and header, and answer the same JSON.
-//! Both clients run on one current-thread tokio runtime and put the same
-//! per-call timeout around the round trip.
+//! --code DIR --name hello`, socket on fd 3, own process group) and send
+//! the same body with the same content-type header. The HTTP runtimes run
+//! each call through ol_runtime.py's own lambda handler, so the Python work
+//! besides the framing is the same in all three. Both clients run on one
+//! current-thread tokio runtime and put the same per-call timeout around
+//! the round trip.
 //!
-//! After criterion's measurements, the bench runs its own timed loop:
-//! `OL_BENCH_ROUNDS` rounds (default 3) in which each variant in turn makes
-//! 2,000 untimed warm-up calls and then `OL_BENCH_CALLS` timed calls (default
-//! 30,000), and prints p50/p99 latency and req/s per variant and round.
+//! After criterion's measurements (which run the variants one after the
+//! other), the bench runs its own timed loop for percentiles: 2,000 warm-up
+//! calls per variant, then `OL_BENCH_ROUNDS` rounds (default 3). In a round
+//! the variants take turns in blocks of 1,000 timed calls (each after 100
+//! untimed ones) until each has made `OL_BENCH_CALLS` (default 30,000); it
+//! prints p50/p99/mean latency and req/s (timed calls over their summed
+//! wall time) per variant and round, and the ratios to `frame` within the
+//! round. The host's speed drifts, so compare within a round.
+//!
+//! `OL_BENCH_PIN=same` pins the client thread and all runtimes to CPU 0;
+//! `OL_BENCH_PIN=split` puts the client on CPU 0 and the runtimes on CPU 1.
+//! Unset, the scheduler places them (FLOORS.md §7: a cross-CPU wakeup costs
+//! about 35 µs on this VM, so placement dominates 1-connection latency).
 //!
 //! Run: `cargo bench -p ol-sandbox --bench framing` (a positional filter
 //! such as `-- http` applies to both parts). The runtimes are killed with
@@ -52,6 +63,8 @@ const CALL_LIMIT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const WARM_UP_CALLS: usize = 2_000;
 const DEFAULT_CALLS: usize = 30_000;
+const BLOCK_CALLS: usize = 1_000;
+const BLOCK_WARM_UP_CALLS: usize = 100;
 const DEFAULT_ROUNDS: usize = 3;
 
 /// The framings compared, in the order they run.
@@ -259,23 +272,35 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// `warm_up` untimed calls, then `calls` timed one by one.
-fn timed_run(rt: &Runtime, driver: &mut Driver, warm_up: usize, calls: usize) -> Stats {
-    let (latencies, wall) = rt.block_on(async {
+/// The timed calls of one variant in one round.
+#[derive(Debug, Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    wall: Duration,
+}
+
+/// `warm_up` untimed calls, then `calls` calls timed one by one into
+/// `samples`.
+fn timed_block(
+    rt: &Runtime,
+    driver: &mut Driver,
+    warm_up: usize,
+    calls: usize,
+    samples: &mut Samples,
+) {
+    rt.block_on(async {
         for _ in 0..warm_up {
             driver.call().await;
         }
-        let mut latencies = Vec::with_capacity(calls);
         let start = Instant::now();
         for _ in 0..calls {
             let t = Instant::now();
             let body = driver.call().await;
-            latencies.push(t.elapsed());
+            samples.latencies.push(t.elapsed());
             assert_eq!(&body[..], EXPECTED, "unexpected response body");
         }
-        (latencies, start.elapsed())
+        samples.wall += start.elapsed();
     });
-    Stats::of(latencies, wall)
 }
 
 /// What the command line asks of the bench besides criterion's options.
@@ -467,27 +492,45 @@ fn main() {
     }
     group.finish();
 
-    let (rounds, calls, warm_up) = if args.test {
-        (1, 100, 10)
+    // The host is shared and its speed drifts from second to second, so the
+    // variants take turns in short blocks: each block of every variant sees
+    // about the same machine, and ratios within a round are meaningful.
+    let (rounds, calls, block, block_warm_up) = if args.test {
+        (1, 100, 50, 5)
     } else {
         (
-            env_count("OL_BENCH_ROUNDS", DEFAULT_ROUNDS),
-            env_count("OL_BENCH_CALLS", DEFAULT_CALLS),
-            WARM_UP_CALLS,
+            env_count("OL_BENCH_ROUNDS", DEFAULT_ROUNDS).max(1),
+            env_count("OL_BENCH_CALLS", DEFAULT_CALLS).max(1),
+            BLOCK_CALLS,
+            BLOCK_WARM_UP_CALLS,
         )
     };
+    for (_, driver) in &mut drivers {
+        let warm_up = if args.test { 10 } else { WARM_UP_CALLS };
+        timed_block(&rt, driver, warm_up, 0, &mut Samples::default());
+    }
     println!(
-        "\nframing percentiles: {rounds} round(s), each variant in turn: {warm_up} warm-up + {calls} timed calls"
+        "\nframing percentiles: {rounds} round(s); in each, the variants take turns in blocks of \
+         {block} timed calls (after {block_warm_up} untimed ones) until each has made {calls}"
     );
     println!(
         "{:<6} {:<12} {:>8} {:>8} {:>8} {:>9}  vs frame (p50, req/s)",
         "round", "variant", "p50 µs", "p99 µs", "mean µs", "req/s"
     );
     let mut all: Vec<(usize, Variant, Stats)> = Vec::new();
-    for round in 1..=rounds.max(1) {
+    for round in 1..=rounds {
+        let mut samples: Vec<Samples> = drivers.iter().map(|_| Samples::default()).collect();
+        let mut done = 0;
+        while done < calls {
+            let n = block.min(calls - done);
+            for ((_, driver), samples) in drivers.iter_mut().zip(&mut samples) {
+                timed_block(&rt, driver, block_warm_up, n, samples);
+            }
+            done += n;
+        }
         let mut frame: Option<Stats> = None;
-        for (variant, driver) in &mut drivers {
-            let stats = timed_run(&rt, driver, warm_up, calls);
+        for ((variant, _), samples) in drivers.iter().zip(samples) {
+            let stats = Stats::of(samples.latencies, samples.wall);
             if *variant == Variant::Frame {
                 frame = Some(stats);
             }
