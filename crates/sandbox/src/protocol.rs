@@ -17,6 +17,8 @@ pub const MAX_BODY_BYTES: usize = 1 << 30;
 /// write; larger ones are written separately to avoid the copy.
 const INLINE_BODY_BYTES: usize = 64 * 1024;
 const HEADER_BYTES: usize = 8;
+/// Least room made in a read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// One HTTP call of a lambda, as the event layer hands it down.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -135,28 +137,36 @@ fn encode_request_head(inv: &Invocation, buf: &mut Vec<u8>) -> Result<(), Protoc
     Ok(())
 }
 
-/// Reads one frame from the runtime. `Closed` means a clean EOF before the
-/// first byte of a frame.
+/// Reads one frame from the runtime through `buf`, a read buffer kept per
+/// connection: a whole small frame costs one `recv`, not one per part, and
+/// the body is handed out without a copy. `Closed` means EOF (before or in
+/// the middle of a frame).
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
-    meta_buf: &mut Vec<u8>,
+    buf: &mut BytesMut,
 ) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
-    let mut header = [0u8; HEADER_BYTES];
-    let first = r.read(&mut header).await?;
-    if first == 0 {
-        return Err(ProtocolError::Closed);
+    loop {
+        let wanted = if buf.len() >= HEADER_BYTES {
+            let header: [u8; HEADER_BYTES] = buf[..HEADER_BYTES]
+                .try_into()
+                .map_err(|_| ProtocolError::Malformed("short header".into()))?;
+            let (meta_len, body_len) = parse_header(&header)?;
+            let total = HEADER_BYTES + meta_len + body_len;
+            if buf.len() >= total {
+                let mut frame = buf.split_to(total);
+                let meta = parse_meta(&frame[HEADER_BYTES..HEADER_BYTES + meta_len])?;
+                let body = frame.split_off(HEADER_BYTES + meta_len).freeze();
+                return Ok((meta, body));
+            }
+            total - buf.len()
+        } else {
+            READ_CHUNK
+        };
+        buf.reserve(wanted.max(READ_CHUNK));
+        if r.read_buf(buf).await? == 0 {
+            return Err(ProtocolError::Closed);
+        }
     }
-    if first < HEADER_BYTES {
-        read_exact_or_closed(r, &mut header[first..]).await?;
-    }
-    let (meta_len, body_len) = parse_header(&header)?;
-    meta_buf.clear();
-    meta_buf.resize(meta_len, 0);
-    read_exact_or_closed(r, meta_buf).await?;
-    let meta = parse_meta(meta_buf)?;
-    let mut body = BytesMut::zeroed(body_len);
-    read_exact_or_closed(r, &mut body).await?;
-    Ok((meta, body.freeze()))
 }
 
 /// Blocking twin of [`read_frame`], for control sockets driven from plain
@@ -208,17 +218,6 @@ fn parse_header(header: &[u8; HEADER_BYTES]) -> Result<(usize, usize), ProtocolE
 fn parse_meta(raw: &[u8]) -> Result<RuntimeMeta, ProtocolError> {
     serde_json::from_slice(raw)
         .map_err(|e| ProtocolError::Malformed(format!("meta is not the expected JSON: {e}")))
-}
-
-async fn read_exact_or_closed<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut [u8],
-) -> Result<(), ProtocolError> {
-    match r.read_exact(buf).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProtocolError::Closed),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]
@@ -281,7 +280,7 @@ mod tests {
             b"",
         ));
         let mut r = input.as_slice();
-        let mut meta_buf = Vec::new();
+        let mut meta_buf = BytesMut::new();
 
         let (ready, body) = read_frame(&mut r, &mut meta_buf).await.expect("ready");
         assert_eq!(ready.kind.as_deref(), Some("ready"));
@@ -311,7 +310,7 @@ mod tests {
         let full = frame(r#"{"status":200}"#, b"abcdef");
         for cut in [3, 8, 12, full.len() - 1] {
             let mut r = &full[..cut];
-            let got = read_frame(&mut r, &mut Vec::new()).await;
+            let got = read_frame(&mut r, &mut BytesMut::new()).await;
             assert!(
                 matches!(got, Err(ProtocolError::Closed)),
                 "cut at {cut}: {got:?}"
@@ -336,11 +335,11 @@ mod tests {
         let mut huge = Vec::new();
         huge.extend_from_slice(&((MAX_META_BYTES + 1) as u32).to_be_bytes());
         huge.extend_from_slice(&0u32.to_be_bytes());
-        let got = read_frame(&mut huge.as_slice(), &mut Vec::new()).await;
+        let got = read_frame(&mut huge.as_slice(), &mut BytesMut::new()).await;
         assert!(matches!(got, Err(ProtocolError::Malformed(_))), "{got:?}");
 
         let bad = frame("not json", b"");
-        let got = read_frame(&mut bad.as_slice(), &mut Vec::new()).await;
+        let got = read_frame(&mut bad.as_slice(), &mut BytesMut::new()).await;
         assert!(matches!(got, Err(ProtocolError::Malformed(_))), "{got:?}");
     }
 }

@@ -44,7 +44,7 @@ pub struct SafeSandbox {
     destroyed: bool,
     paused: bool,
     write_buf: Vec<u8>,
-    meta_buf: Vec<u8>,
+    read_buf: bytes::BytesMut,
 }
 
 impl SafeSandbox {
@@ -72,11 +72,11 @@ impl SafeSandbox {
             destroyed: false,
             paused: false,
             write_buf: Vec::with_capacity(4096),
-            meta_buf: Vec::with_capacity(1024),
+            read_buf: bytes::BytesMut::with_capacity(16 * 1024),
         };
         let first = tokio::time::timeout(
             ready_timeout,
-            protocol::read_frame(&mut sb.conn, &mut sb.meta_buf),
+            protocol::read_frame(&mut sb.conn, &mut sb.read_buf),
         )
         .await;
         let err = match first {
@@ -139,7 +139,7 @@ impl SafeSandbox {
         self.check_alive()?;
         let round_trip = async {
             protocol::write_request(&mut self.conn, inv, &mut self.write_buf).await?;
-            protocol::read_frame(&mut self.conn, &mut self.meta_buf).await
+            protocol::read_frame(&mut self.conn, &mut self.read_buf).await
         };
         let result = tokio::time::timeout(limit, round_trip).await;
         match result {
