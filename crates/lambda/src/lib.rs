@@ -41,6 +41,10 @@ pub enum InvokeError {
     /// The sandbox died mid-call (502); the next call gets a fresh one.
     #[error("{0}")]
     Died(String),
+    /// The sandbox was dead before the request reached it (retried once,
+    /// then 502).
+    #[error("{0}")]
+    NotDelivered(String),
     /// The sandbox ran out of memory and was killed (507).
     #[error("{0}")]
     OutOfMemory(String),
@@ -65,7 +69,7 @@ impl InvokeError {
             Self::NotFound(_) => 404,
             Self::BadName(_) => 400,
             Self::LoadFailed { .. } | Self::Raised { .. } | Self::Internal(_) => 500,
-            Self::Died(_) => 502,
+            Self::Died(_) | Self::NotDelivered(_) => 502,
             Self::ShuttingDown | Self::NoMemory(_) => 503,
             Self::Timeout(_) => 504,
             Self::OutOfMemory(_) => 507,

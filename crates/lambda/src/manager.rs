@@ -206,6 +206,27 @@ impl LambdaManager {
             return Err(InvokeError::ShuttingDown);
         }
         let function = self.function(name).await?;
+        // A sandbox found dead before it got the request is replaced and the
+        // call tried once more (it never reached user code).
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.call_once(&function, &inv).await {
+                Err(InvokeError::NotDelivered(why)) if attempts < 2 => {
+                    tracing::info!(lambda = name, "{why}; retrying on a fresh sandbox");
+                }
+                Err(InvokeError::NotDelivered(why)) => return Err(InvokeError::Died(why)),
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(
+        &self,
+        function: &LambdaFunction,
+        inv: &Invocation,
+    ) -> Result<Reply, InvokeError> {
+        let name = function.name.as_str();
         let mut inst = loop {
             match function.acquire().await.ok_or(InvokeError::ShuttingDown)? {
                 Acquired::Idle(inst) if inst.sandbox.is_paused() => {
@@ -216,19 +237,19 @@ impl LambdaManager {
                 Acquired::Idle(inst) => break inst,
                 Acquired::NewSlot(slot) => {
                     let memory = self.reserve_memory().await?;
-                    let sandbox = self.create_sandbox(&function).await?;
+                    let sandbox = self.create_sandbox(function).await?;
                     break Instance::new(sandbox, slot, memory);
                 }
             }
         };
         let limit = Duration::from_secs(self.settings.limits.runtime_sec);
-        match inst.sandbox.call(&inv, limit).await {
+        match inst.sandbox.call(inv, limit).await {
             Ok(reply) => {
-                self.release(&function, inst);
+                self.release(function, inst);
                 Ok(reply)
             }
             Err(CallError::Raised { error, traceback }) => {
-                self.release(&function, inst);
+                self.release(function, inst);
                 Err(InvokeError::Raised { error, traceback })
             }
             Err(CallError::Timeout(limit)) => {
@@ -242,6 +263,11 @@ impl LambdaManager {
                 );
                 self.retire(inst, "out of memory");
                 Err(InvokeError::OutOfMemory(msg))
+            }
+            Err(e @ CallError::NotDelivered(_)) => {
+                let msg = format!("sandbox {} of {name}: {e}", inst.sandbox.id());
+                self.retire(inst, "dead before the call");
+                Err(InvokeError::NotDelivered(msg))
             }
             Err(e @ (CallError::Died(_) | CallError::Dead(_))) => {
                 let msg = format!("sandbox {} of {name}: {e}", inst.sandbox.id());

@@ -105,28 +105,53 @@ fn lambda_that_fails_to_load_is_500_naming_the_error() {
     assert!(w.sandbox_pids("broken").is_empty());
 }
 
-#[test]
-fn killed_runtime_is_502_then_replaced() {
-    let w = TestWorker::start(&[], &[]);
-    assert_eq!(w.run("hello", r#"{"name": "A"}"#).status, 200);
-    let pids = w.sandbox_pids("hello");
-    assert_eq!(pids.len(), 1);
-    let pid = pids[0];
+fn kill(pid: u32) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
-    .expect("kill runtime");
-    let a = w.run("hello", r#"{"name": "A"}"#);
+    .expect("kill");
+}
+
+#[test]
+fn runtime_killed_mid_call_is_502_then_replaced() {
+    let w = TestWorker::start(&[("sleepy", SLEEPY)], &[]);
+    assert_eq!(w.run("sleepy", "0").status, 200);
+    let pid = w.sandbox_pids("sleepy")[0];
+    let url = w.url("/run/sleepy");
+    let call = thread::spawn(move || common::request("POST", &url, b"5"));
+    // Let the call reach user code (it sleeps 5 s), then kill the runtime.
+    thread::sleep(Duration::from_millis(300));
+    kill(pid);
+    let a = call.join().expect("call thread");
     assert_eq!(a.status, 502, "{}", a.body);
     let j = a.json();
-    assert_eq!(j["lambda"], "hello");
+    assert_eq!(j["lambda"], "sleepy");
     assert!(
         j["error"]
             .as_str()
-            .is_some_and(|e| e.contains("SIGKILL") || e.contains("closed")),
+            .is_some_and(|e| e.contains("died mid-call") && e.contains("SIGKILL")),
         "{j}"
     );
+    let a = w.run("sleepy", "0");
+    assert_eq!((a.status, a.body.as_str()), (200, "\"woke\""));
+    let now = w.sandbox_pids("sleepy");
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], pid);
+}
+
+#[test]
+fn runtime_killed_while_idle_is_replaced_without_an_error() {
+    let w = TestWorker::start(&[], &[]);
+    assert_eq!(w.run("hello", r#"{"name": "A"}"#).status, 200);
+    let pid = w.sandbox_pids("hello")[0];
+    kill(pid);
+    // Wait until it is really gone (its socket closes as it exits).
+    assert!(eventually(Duration::from_secs(5), || {
+        matches!(process_state(pid), None | Some('Z'))
+    }));
+    // The request never reached the dead runtime, so it is retried on a
+    // fresh sandbox instead of failing.
     let a = w.run("hello", r#"{"name": "A"}"#);
     assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, A!\""));
     let now = w.sandbox_pids("hello");

@@ -24,6 +24,10 @@ pub enum CallError {
     /// The runtime went away mid-call; the sandbox is dead (HTTP 502).
     #[error("sandbox died mid-call: {0}")]
     Died(String),
+    /// The runtime was already gone: the request never reached it, so the
+    /// call may safely go to another sandbox.
+    #[error("sandbox was dead before the call: {0}")]
+    NotDelivered(String),
     /// The sandbox ran out of memory and the kernel killed it (HTTP 507).
     #[error("lambda exceeded its memory limit: {0}")]
     OutOfMemory(String),
@@ -137,14 +141,22 @@ impl SafeSandbox {
     /// Sends one call and waits for its reply, at most `limit`.
     pub async fn call(&mut self, inv: &Invocation, limit: Duration) -> Result<Reply, CallError> {
         self.check_alive()?;
+        // Whether the whole request went out: a runtime that died before
+        // reading it never ran user code for it.
         let round_trip = async {
-            protocol::write_request(&mut self.conn, inv, &mut self.write_buf).await?;
-            protocol::read_frame(&mut self.conn, &mut self.read_buf).await
+            if let Err(e) = protocol::write_request(&mut self.conn, inv, &mut self.write_buf).await
+            {
+                return (false, Err(e));
+            }
+            (
+                true,
+                protocol::read_frame(&mut self.conn, &mut self.read_buf).await,
+            )
         };
         let result = tokio::time::timeout(limit, round_trip).await;
         match result {
-            Ok(Ok((meta, body))) => into_reply(meta, body),
-            Ok(Err(e)) => {
+            Ok((_, Ok((meta, body)))) => into_reply(meta, body),
+            Ok((sent, Err(e))) => {
                 // EOF or EPIPE: the runtime is gone; say how it went.
                 let why = match (&e, self.exit_reason_soon().await) {
                     (ProtocolError::Closed | ProtocolError::Io(_), Some(exit)) => {
@@ -155,6 +167,9 @@ impl SafeSandbox {
                 self.dead = Some(why.clone());
                 if self.inner.oom_killed() {
                     return Err(CallError::OutOfMemory(why));
+                }
+                if !sent {
+                    return Err(CallError::NotDelivered(why));
                 }
                 Err(CallError::Died(why))
             }
