@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ol_registry::LambdaCode;
-use ol_sandbox::SafeSandbox;
+use ol_sandbox::{Limits, SafeSandbox};
+
+use crate::ol_yaml::LambdaConfig;
 use ol_sandbox::mem_pool::Reservation;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -47,6 +49,10 @@ pub(crate) enum Acquired {
 pub(crate) struct LambdaFunction {
     pub(crate) name: String,
     pub(crate) code: LambdaCode,
+    /// Its ol.yaml.
+    pub(crate) config: LambdaConfig,
+    /// The worker's limits with the lambda's own (lower) ones applied.
+    pub(crate) limits: Limits,
     idle: Mutex<Vec<Instance>>,
     /// One permit per entry of `idle`, so waiting for an idle instance is
     /// an ordinary async acquire.
@@ -56,10 +62,18 @@ pub(crate) struct LambdaFunction {
 }
 
 impl LambdaFunction {
-    pub(crate) fn new(name: String, code: LambdaCode, max_instances: usize) -> Self {
+    pub(crate) fn new(
+        name: String,
+        code: LambdaCode,
+        config: LambdaConfig,
+        limits: Limits,
+        max_instances: usize,
+    ) -> Self {
         Self {
             name,
             code,
+            config,
+            limits,
             idle: Mutex::new(Vec::new()),
             idle_ready: Semaphore::new(0),
             slots: Arc::new(Semaphore::new(max_instances.max(1))),

@@ -8,6 +8,7 @@
 
 mod function;
 mod manager;
+pub mod ol_yaml;
 
 pub use manager::{LambdaManager, LambdaSettings, SandboxInfo, Stats};
 
@@ -54,6 +55,12 @@ pub enum InvokeError {
     /// The memory pool stayed full (503).
     #[error("{0}")]
     NoMemory(String),
+    /// ol.yaml does not allow the HTTP method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The body is over the lambda's own limit (413).
+    #[error("{0}")]
+    BodyTooLarge(String),
     /// The worker is shutting down (503).
     #[error("the worker is shutting down")]
     ShuttingDown,
@@ -68,6 +75,8 @@ impl InvokeError {
         match self {
             Self::NotFound(_) => 404,
             Self::BadName(_) => 400,
+            Self::MethodNotAllowed(_) => 405,
+            Self::BodyTooLarge(_) => 413,
             Self::LoadFailed { .. } | Self::Raised { .. } | Self::Internal(_) => 500,
             Self::Died(_) | Self::NotDelivered(_) => 502,
             Self::ShuttingDown | Self::NoMemory(_) => 503,

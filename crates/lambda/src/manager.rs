@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::InvokeError;
 use crate::function::{Acquired, Instance, LambdaFunction};
+use crate::ol_yaml;
 
 /// Settings of the lambda layer.
 #[derive(Debug, Clone)]
@@ -206,6 +207,27 @@ impl LambdaManager {
             return Err(InvokeError::ShuttingDown);
         }
         let function = self.function(name).await?;
+        if !function.config.triggers.allows(&inv.method) {
+            let allowed = function
+                .config
+                .triggers
+                .allowed_methods()
+                .map(|m| m.join(", "))
+                .unwrap_or_default();
+            return Err(InvokeError::MethodNotAllowed(format!(
+                "method {} is not allowed for lambda {name} (ol.yaml allows: {})",
+                inv.method,
+                if allowed.is_empty() { "none" } else { &allowed }
+            )));
+        }
+        let max_body = function.limits.max_body_mb.saturating_mul(1 << 20);
+        if inv.body.len() as u64 > max_body {
+            return Err(InvokeError::BodyTooLarge(format!(
+                "request body of {} bytes is over lambda {name}'s limit of {} MiB (limits.max_body_mb)",
+                inv.body.len(),
+                function.limits.max_body_mb
+            )));
+        }
         // A sandbox found dead before it got the request is replaced and the
         // call tried once more (it never reached user code).
         let mut attempts = 0;
@@ -236,13 +258,13 @@ impl LambdaManager {
                 }
                 Acquired::Idle(inst) => break inst,
                 Acquired::NewSlot(slot) => {
-                    let memory = self.reserve_memory().await?;
+                    let memory = self.reserve_memory(function.limits.mem_mb).await?;
                     let sandbox = self.create_sandbox(function).await?;
                     break Instance::new(sandbox, slot, memory);
                 }
             }
         };
-        let limit = Duration::from_secs(self.settings.limits.runtime_sec);
+        let limit = Duration::from_secs(function.limits.runtime_sec);
         match inst.sandbox.call(inv, limit).await {
             Ok(reply) => {
                 self.release(function, inst);
@@ -259,7 +281,7 @@ impl LambdaManager {
             Err(CallError::OutOfMemory(why)) => {
                 let msg = format!(
                     "lambda {name} exceeded its memory limit of {} MiB and was killed ({why})",
-                    self.settings.limits.mem_mb
+                    function.limits.mem_mb
                 );
                 self.retire(inst, "out of memory");
                 Err(InvokeError::OutOfMemory(msg))
@@ -298,8 +320,7 @@ impl LambdaManager {
     /// Reserves one sandbox's memory, evicting idle sandboxes (paused and
     /// longest idle first) while the pool is short; waits a bounded time
     /// for busy ones to free memory.
-    async fn reserve_memory(&self) -> Result<Reservation, InvokeError> {
-        let mb = self.settings.limits.mem_mb;
+    async fn reserve_memory(&self, mb: u64) -> Result<Reservation, InvokeError> {
         if let Some(r) = self.mem.try_reserve(mb) {
             return Ok(r);
         }
@@ -364,14 +385,31 @@ impl LambdaManager {
         }
         let registry = Arc::clone(&self.registry);
         let lookup = name.to_string();
-        let code = tokio::task::spawn_blocking(move || registry.fetch(&lookup))
-            .await
-            .map_err(|e| InvokeError::Internal(format!("registry task failed: {e}")))?
-            .map_err(|e| match e {
-                RegistryError::InvalidName(_) => InvokeError::BadName(e.to_string()),
-                other => InvokeError::Internal(other.to_string()),
-            })?
-            .ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
+        let found = tokio::task::spawn_blocking(move || {
+            let code = registry.fetch(&lookup)?;
+            Ok::<_, RegistryError>(code.map(|code| {
+                let config = ol_yaml::load(&code.dir);
+                (code, config)
+            }))
+        })
+        .await
+        .map_err(|e| InvokeError::Internal(format!("registry task failed: {e}")))?
+        .map_err(|e| match e {
+            RegistryError::InvalidName(_) => InvokeError::BadName(e.to_string()),
+            other => InvokeError::Internal(other.to_string()),
+        })?;
+        let (code, config) = found.ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
+        // A broken ol.yaml fails the call and is not cached: the next call
+        // reads it again, so a fix is picked up at once.
+        let config_error = |e: ol_yaml::OlYamlError| InvokeError::LoadFailed {
+            error: e.to_string(),
+            traceback: String::new(),
+        };
+        let config = config.map_err(config_error)?;
+        let limits = config
+            .limits
+            .apply(&self.settings.limits)
+            .map_err(config_error)?;
         let mut functions = self
             .functions
             .write()
@@ -380,6 +418,8 @@ impl LambdaManager {
             Arc::new(LambdaFunction::new(
                 name.to_string(),
                 code,
+                config,
+                limits,
                 self.settings.max_instances,
             ))
         });
@@ -405,8 +445,8 @@ impl LambdaManager {
         let spec = SandboxSpec {
             lambda: function.name.clone(),
             code_dir: function.code.dir.clone(),
-            env: Vec::new(),
-            limits: self.settings.limits.clone(),
+            env: function.config.env_pairs(),
+            limits: function.limits.clone(),
         };
         let pool = Arc::clone(&self.pool);
         let new = tokio::task::spawn_blocking(move || pool.create(&spec))

@@ -457,3 +457,72 @@ fn process_backend_serves_raises_dies_and_recovers() {
     assert_eq!(w.run("crash", "\"ok\"").body, "\"alive\"");
     w.down();
 }
+
+const ENV_LAMBDA: &str =
+    "import os\n\ndef f(event):\n    return [os.environ.get('GREETING'), os.environ.get('PORT')]\n";
+
+#[test]
+fn ol_yaml_methods_environment_and_limits() {
+    let yaml = "triggers:\n  http: [{method: get}, {method: POST}]\nenvironment: {GREETING: hi, PORT: 8080}\nlimits: {runtime_sec: 1}\n";
+    let w = TestWorker::start(
+        &[
+            ("env", &[("f.py", ENV_LAMBDA), ("ol.yaml", yaml)]),
+            ("sleepy", SLEEPY),
+        ],
+        &[],
+    );
+    let a = w.call("GET", "/run/env", "");
+    assert_eq!((a.status, a.body.as_str()), (200, r#"["hi", "8080"]"#));
+    let a = w.call("DELETE", "/run/env", "");
+    assert_eq!(a.status, 405, "{}", a.body);
+    assert_eq!(
+        a.json()["error"],
+        "method DELETE is not allowed for lambda env (ol.yaml allows: GET, POST)"
+    );
+    // The lambda's own runtime limit (1 s) applies, below the worker's 30 s.
+    add_lambda(
+        w.path(),
+        "sleepy",
+        &[("ol.yaml", "limits: {runtime_sec: 1}\n")],
+    );
+    let a = w.run("sleepy", "3");
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert_eq!(a.json()["error"], "lambda exceeded its runtime limit of 1s");
+}
+
+#[test]
+fn bad_ol_yaml_is_500_naming_the_key_and_a_fix_is_picked_up() {
+    let w = TestWorker::start(
+        &[(
+            "conf",
+            &[
+                ("f.py", "def f(e):\n    return 'ok'\n"),
+                ("ol.yaml", "limit: {mem_mb: 10}\n"),
+            ],
+        )],
+        &[],
+    );
+    let a = w.run("conf", "{}");
+    assert_eq!(a.status, 500, "{}", a.body);
+    let err = a.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("ol.yaml") && err.contains("limit"), "{err}");
+    let a = w.run("conf", "{}");
+    assert_eq!(a.status, 500, "still broken");
+    add_lambda(
+        w.path(),
+        "conf",
+        &[("ol.yaml", "limits: {mem_mb: 100000}\n")],
+    );
+    let a = w.run("conf", "{}");
+    assert_eq!(a.status, 500);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("limits.mem_mb")),
+        "{}",
+        a.body
+    );
+    add_lambda(w.path(), "conf", &[("ol.yaml", "limits: {mem_mb: 40}\n")]);
+    let a = w.run("conf", "{}");
+    assert_eq!((a.status, a.body.as_str()), (200, "\"ok\""));
+}

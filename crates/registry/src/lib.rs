@@ -1,10 +1,17 @@
 //! Where lambda code comes from (DESIGN.md §3.9): the [`Registry`] trait and
 //! its backends. Today: [`DirRegistry`], a directory holding one
-//! sub-directory per lambda. The HTTP and S3 backends come later behind the
-//! same trait.
+//! sub-directory or `NAME.tar.gz` per lambda, plus the archive code every
+//! backend shares: [`unpack_lambda`] (safe against hostile uploads) and
+//! [`pack_lambda`] (for `ol admin install DIR`). The HTTP and S3 backends
+//! come later behind the same trait.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+mod archive;
+mod dir;
+
+use std::path::PathBuf;
+
+pub use archive::{UnpackLimits, pack_lambda, unpack_lambda};
+pub use dir::DirRegistry;
 
 /// Longest lambda name accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -14,6 +21,10 @@ pub const MAX_NAME_LEN: usize = 64;
 pub struct LambdaCode {
     /// Directory holding the code (`f.py`, `requirements.txt`, `ol.yaml`...).
     pub dir: PathBuf,
+    /// Opaque token that changes whenever the code changes, so a caller
+    /// holding an older `LambdaCode` knows to re-load. Compare for equality
+    /// only; the format is the backend's (see [`DirRegistry`]).
+    pub version: String,
 }
 
 /// Errors of the registry layer.
@@ -22,13 +33,104 @@ pub enum RegistryError {
     /// The name is not `[A-Za-z0-9_-]{1,64}`.
     #[error("invalid lambda name {0:?}: use 1 to 64 of A-Z a-z 0-9 _ -")]
     InvalidName(String),
-    /// Reading the store failed.
-    #[error("cannot read {path}: {source}")]
+    /// Reading or writing the store failed.
+    #[error("cannot access {path}: {source}")]
     Io {
         /// The path involved.
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The registry has no lambda of that name.
+    #[error("no lambda named {0:?} in the registry")]
+    NotFound(String),
+    /// An uploaded lambda has nothing the runtime could start.
+    #[error(
+        "lambda {0:?} has no .py file at the top level of its archive: \
+         add f.py (def f(event)), app.py or lambda_func.py"
+    )]
+    NoEntryFile(String),
+    /// The input is not a readable gzipped tar archive.
+    #[error("not a valid tar.gz archive: {source}")]
+    BadArchive {
+        /// What the gzip or tar reader reported.
+        source: std::io::Error,
+    },
+    /// The compressed archive is larger than [`UnpackLimits::max_compressed_bytes`].
+    #[error("archive is larger than the limit of {limit} bytes compressed")]
+    CompressedTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The archive unpacks to more than [`UnpackLimits::max_unpacked_bytes`].
+    #[error("archive unpacks to more than the limit of {limit} bytes (stopped at entry {entry:?})")]
+    UnpackedTooLarge {
+        /// The entry being unpacked when the limit was reached.
+        entry: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The archive has more than [`UnpackLimits::max_entries`] entries.
+    #[error("archive has more than the limit of {limit} entries (stopped at entry {entry:?})")]
+    TooManyEntries {
+        /// The first entry over the limit.
+        entry: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// An archive entry has an absolute path.
+    #[error(
+        "archive entry {entry:?} has an absolute path: lambda archives hold relative paths only"
+    )]
+    AbsolutePath {
+        /// The entry's path as written in the archive.
+        entry: String,
+    },
+    /// An archive entry's path has a `..` component.
+    #[error(
+        "archive entry {entry:?} has a `..` component: paths may not leave the lambda's directory"
+    )]
+    PathTraversal {
+        /// The entry's path as written in the archive.
+        entry: String,
+    },
+    /// An archive entry's path is empty or not a usable file name.
+    #[error("archive entry {entry:?} has an unusable path: {reason}")]
+    InvalidEntryPath {
+        /// The entry's path as written in the archive (lossy UTF-8).
+        entry: String,
+        /// Why it cannot be used.
+        reason: &'static str,
+    },
+    /// An archive entry is a symlink or hardlink; all links are refused,
+    /// wherever they point, so no later write can be redirected through one.
+    #[error(
+        "archive entry {entry:?} is a {kind} to {target:?}: links are not allowed in lambda archives"
+    )]
+    LinkEntry {
+        /// The entry's path as written in the archive.
+        entry: String,
+        /// `symlink` or `hardlink`.
+        kind: &'static str,
+        /// Where the link points, as written in the archive.
+        target: String,
+    },
+    /// An archive entry is neither a regular file nor a directory (device,
+    /// fifo, sparse file, unknown type).
+    #[error("archive entry {entry:?} is a {kind}: only regular files and directories are allowed")]
+    SpecialFile {
+        /// The entry's path as written in the archive.
+        entry: String,
+        /// What kind of entry it is.
+        kind: String,
+    },
+    /// A local lambda directory holds something that cannot go in an archive.
+    #[error("cannot pack {path}: {reason}")]
+    CannotPack {
+        /// The offending file.
+        path: PathBuf,
+        /// Why it cannot be packed.
+        reason: &'static str,
     },
 }
 
@@ -41,6 +143,14 @@ pub trait Registry: Send + Sync {
     fn fetch(&self, name: &str) -> Result<Option<LambdaCode>, RegistryError>;
     /// Names of every lambda, sorted.
     fn list(&self) -> Result<Vec<String>, RegistryError>;
+}
+
+/// Wraps an OS error with the path it concerns.
+fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
+    move |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Checks that `name` can name a lambda: `[A-Za-z0-9_-]{1,64}`. This also
@@ -58,58 +168,6 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
     }
 }
 
-/// A registry that is a local directory: lambda `NAME` is `ROOT/NAME/`.
-#[derive(Debug, Clone)]
-pub struct DirRegistry {
-    root: PathBuf,
-}
-
-impl DirRegistry {
-    /// A registry rooted at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    /// The directory this registry reads.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-}
-
-impl Registry for DirRegistry {
-    fn kind(&self) -> &'static str {
-        "dir"
-    }
-
-    fn fetch(&self, name: &str) -> Result<Option<LambdaCode>, RegistryError> {
-        validate_name(name)?;
-        let dir = self.root.join(name);
-        match fs::metadata(&dir) {
-            Ok(m) if m.is_dir() => Ok(Some(LambdaCode { dir })),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(RegistryError::Io { path: dir, source }),
-        }
-    }
-
-    fn list(&self) -> Result<Vec<String>, RegistryError> {
-        let io_err = |source| RegistryError::Io {
-            path: self.root.clone(),
-            source,
-        };
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&self.root).map_err(io_err)? {
-            let entry = entry.map_err(io_err)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if validate_name(&name).is_ok() && entry.path().is_dir() {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,29 +180,5 @@ mod tests {
         for bad in ["", "..", "a/b", "a.b", "é", "a b", &"x".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn dir_registry_finds_lists_and_rejects() {
-        let root = tempfile::tempdir().expect("tempdir");
-        fs::create_dir(root.path().join("hello")).expect("mkdir");
-        fs::create_dir(root.path().join("echo")).expect("mkdir");
-        fs::write(root.path().join("notes.txt"), "x").expect("write");
-        fs::create_dir(root.path().join("bad.name")).expect("mkdir");
-        let reg = DirRegistry::new(root.path());
-
-        assert_eq!(
-            reg.fetch("hello").expect("fetch"),
-            Some(LambdaCode {
-                dir: root.path().join("hello")
-            })
-        );
-        assert_eq!(reg.fetch("missing").expect("fetch"), None);
-        assert_eq!(reg.fetch("notes").expect("fetch"), None);
-        assert!(matches!(
-            reg.fetch("../etc"),
-            Err(RegistryError::InvalidName(_))
-        ));
-        assert_eq!(reg.list().expect("list"), vec!["echo", "hello"]);
     }
 }
