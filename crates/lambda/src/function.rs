@@ -1,6 +1,7 @@
 //! One lambda's instances: the idle ones kept warm (most recently used
 //! first) and the bound on how many may exist at once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,10 @@ pub(crate) struct LambdaFunction {
     idle_ready: Semaphore,
     /// Instance slots: a sandbox holds one for its whole life.
     slots: Arc<Semaphore>,
+    /// When the registry was last asked whether the code changed.
+    checked_at: Mutex<Instant>,
+    /// Replaced by newer code or removed: its instances go as they finish.
+    retired: AtomicBool,
 }
 
 impl LambdaFunction {
@@ -77,7 +82,28 @@ impl LambdaFunction {
             idle: Mutex::new(Vec::new()),
             idle_ready: Semaphore::new(0),
             slots: Arc::new(Semaphore::new(max_instances.max(1))),
+            checked_at: Mutex::new(Instant::now()),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the registry should be asked again (at most once per
+    /// `every`); the first caller to see it due gets `true`.
+    pub(crate) fn due_for_check(&self, every: Duration) -> bool {
+        let mut at = self
+            .checked_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if at.elapsed() < every {
+            return false;
+        }
+        *at = Instant::now();
+        true
+    }
+
+    /// Whether newer code replaced this function (or it was removed).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// An idle instance if there is one, else a free slot to create one,
@@ -161,6 +187,7 @@ impl LambdaFunction {
 
     /// Stops handing out instances and returns the idle ones (to destroy).
     pub(crate) fn close(&self) -> Vec<Instance> {
+        self.retired.store(true, Ordering::Release);
         self.idle_ready.close();
         self.slots.close();
         std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner))

@@ -32,6 +32,9 @@ pub struct LambdaSettings {
     pub mem_pool_mb: u64,
     /// How long a new sandbox may wait for memory before the call fails.
     pub admission_timeout: Duration,
+    /// How long fetched code is trusted before the registry is asked again
+    /// (`registry_cache_ms`).
+    pub registry_cache: Duration,
 }
 
 impl Default for LambdaSettings {
@@ -43,6 +46,7 @@ impl Default for LambdaSettings {
             pause_after_idle: Some(Duration::from_millis(500)),
             mem_pool_mb: 4096,
             admission_timeout: Duration::from_secs(10),
+            registry_cache: Duration::from_millis(5000),
         }
     }
 }
@@ -378,11 +382,89 @@ impl LambdaManager {
         true
     }
 
-    /// The lambda's function, looking it up in the registry the first time.
+    /// The lambda's function, looking it up in the registry the first time
+    /// and again whenever the last look is older than the registry cache
+    /// time: changed code replaces the function (new calls get the new
+    /// code; old instances finish their calls and go).
     async fn function(&self, name: &str) -> Result<Arc<LambdaFunction>, InvokeError> {
-        if let Some(f) = self.read_functions().get(name) {
+        let cached = self.read_functions().get(name).cloned();
+        let Some(current) = cached else {
+            let fresh = self.load_function(name).await?;
+            let mut functions = self
+                .functions
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let f = functions.entry(name.to_string()).or_insert(fresh);
             return Ok(Arc::clone(f));
+        };
+        if !current.due_for_check(self.settings.registry_cache) {
+            return Ok(current);
         }
+        match self.load_function(name).await {
+            Ok(fresh) if fresh.code.version == current.code.version => Ok(current),
+            Ok(fresh) => {
+                tracing::info!(lambda = name, version = %fresh.code.version, "code changed; new calls use it");
+                Ok(self
+                    .replace_function(name, &current, Some(fresh))
+                    .unwrap_or(current))
+            }
+            Err(e @ InvokeError::NotFound(_)) => {
+                self.replace_function(name, &current, None);
+                Err(e)
+            }
+            Err(e @ InvokeError::LoadFailed { .. }) => Err(e),
+            Err(e) => {
+                // The registry is unreachable or failing: keep serving the
+                // code we have.
+                tracing::warn!(
+                    lambda = name,
+                    "cannot check for new code, keeping the old: {e}"
+                );
+                Ok(current)
+            }
+        }
+    }
+
+    /// Swaps `old` for `new` (or removes it) if the map still holds `old`;
+    /// retires `old`'s idle instances. Returns what the map holds now.
+    fn replace_function(
+        &self,
+        name: &str,
+        old: &Arc<LambdaFunction>,
+        new: Option<Arc<LambdaFunction>>,
+    ) -> Option<Arc<LambdaFunction>> {
+        let mut functions = self
+            .functions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let holds_old = functions.get(name).is_some_and(|f| Arc::ptr_eq(f, old));
+        if holds_old {
+            match &new {
+                Some(f) => functions.insert(name.to_string(), Arc::clone(f)),
+                None => functions.remove(name),
+            };
+        }
+        let now = functions.get(name).cloned();
+        drop(functions);
+        if holds_old {
+            for inst in old.close() {
+                self.retire(inst, "code changed");
+            }
+        }
+        now
+    }
+
+    /// Forgets lambda `name` (its code was replaced or removed through the
+    /// worker): its idle sandboxes go now, busy ones when their call ends.
+    pub fn forget(&self, name: &str) {
+        let current = self.read_functions().get(name).cloned();
+        if let Some(f) = current {
+            self.replace_function(name, &f, None);
+        }
+    }
+
+    /// Reads lambda `name` from the registry with its ol.yaml.
+    async fn load_function(&self, name: &str) -> Result<Arc<LambdaFunction>, InvokeError> {
         let registry = Arc::clone(&self.registry);
         let lookup = name.to_string();
         let found = tokio::task::spawn_blocking(move || {
@@ -410,20 +492,13 @@ impl LambdaManager {
             .limits
             .apply(&self.settings.limits)
             .map_err(config_error)?;
-        let mut functions = self
-            .functions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let f = functions.entry(name.to_string()).or_insert_with(|| {
-            Arc::new(LambdaFunction::new(
-                name.to_string(),
-                code,
-                config,
-                limits,
-                self.settings.max_instances,
-            ))
-        });
-        Ok(Arc::clone(f))
+        Ok(Arc::new(LambdaFunction::new(
+            name.to_string(),
+            code,
+            config,
+            limits,
+            self.settings.max_instances,
+        )))
     }
 
     fn read_functions(
@@ -487,6 +562,8 @@ impl LambdaManager {
     fn release(&self, function: &LambdaFunction, inst: Instance) {
         if self.closed.load(Ordering::Acquire) {
             self.retire(inst, "worker shutting down");
+        } else if function.is_retired() {
+            self.retire(inst, "code changed");
         } else {
             function.release(inst);
             if self.mem_waiters.load(Ordering::SeqCst) > 0 {

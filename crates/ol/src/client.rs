@@ -21,6 +21,11 @@ pub fn post(url: &str, body: &[u8], timeout: Duration) -> Result<Answer> {
     request("POST", url, body, timeout)
 }
 
+/// DELETE `url`, any status.
+pub fn delete(url: &str, timeout: Duration) -> Result<Answer> {
+    request("DELETE", url, &[], timeout)
+}
+
 fn request(method: &str, url: &str, body: &[u8], timeout: Duration) -> Result<Answer> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

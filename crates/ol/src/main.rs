@@ -1,6 +1,7 @@
 //! `ol`: the one command of the platform (DESIGN.md §1.1). It parses the
 //! command line and hands each command to the crate that does the work.
 
+mod admin;
 mod bench;
 mod client;
 mod worker_cmd;
@@ -23,6 +24,9 @@ enum Command {
     /// Create, start, stop and inspect a worker.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Manage the lambdas in a worker's registry.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Built-in benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Worker(cmd) => worker_cmd::run(cmd),
+        Command::Admin(cmd) => admin::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
@@ -87,5 +92,15 @@ fn main() -> ExitCode {
             eprintln!("ol: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

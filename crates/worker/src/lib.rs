@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod lifecycle;
+pub mod registry_api;
 pub mod server;
 pub mod workdir;
 

@@ -133,18 +133,28 @@ async fn serve_until_signal(
         .local_addr()
         .map(|a| a.port())
         .unwrap_or(config.worker_port);
-    let registry = Arc::new(DirRegistry::new(config.registry_dir(dir.root())));
+    let registry = Arc::new(DirRegistry::with_cache(
+        config.registry_dir(dir.root()),
+        dir.state().join("registry-cache"),
+    ));
     let settings = LambdaSettings {
         limits: config.limits.clone(),
         pause_after_idle: (config.pause_after_idle_ms > 0)
             .then(|| Duration::from_millis(config.pause_after_idle_ms)),
         mem_pool_mb: config.mem_pool_mb,
+        registry_cache: Duration::from_millis(config.registry_cache_ms),
         ..LambdaSettings::default()
     };
-    let lambdas = LambdaManager::new(pool, registry, settings);
+    let lambdas = LambdaManager::new(
+        pool,
+        Arc::clone(&registry) as Arc<dyn ol_registry::Registry>,
+        settings,
+    );
     lambdas.start_background();
     let state = Arc::new(AppState {
         lambdas: Arc::clone(&lambdas),
+        registry,
+        upload_dir: dir.state().join("uploads"),
         max_body_bytes: usize::try_from(config.limits.max_body_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),
         counters: HttpCounters::default(),

@@ -16,8 +16,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use ol_lambda::{InvokeError, LambdaManager};
+use ol_registry::DirRegistry;
 use ol_sandbox::{Invocation, Reply};
 use serde_json::json;
+use std::path::PathBuf;
 use tokio::net::TcpListener;
 
 /// Counters the HTTP layer keeps.
@@ -35,13 +37,17 @@ pub struct HttpCounters {
 pub struct AppState {
     /// The lambda layer.
     pub lambdas: Arc<LambdaManager>,
+    /// The local registry (for the registry API).
+    pub registry: Arc<DirRegistry>,
+    /// Where uploads are unpacked and checked before they are installed.
+    pub upload_dir: PathBuf,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Counters.
     pub counters: HttpCounters,
 }
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// How far past the body limit a request is still read (and discarded) so
 /// that its client sees the 413 rather than a reset connection.
@@ -107,6 +113,9 @@ async fn handle(
     } else if let Some(rest) = path.strip_prefix("/runLambda/") {
         let rest = rest.to_string();
         run(&state, req, &rest).await
+    } else if let Some(rest) = path.strip_prefix("/registry") {
+        let rest = rest.to_string();
+        crate::registry_api::handle(&state, req, &rest).await
     } else {
         match (req.method(), path) {
             (&Method::GET, "/status") => text(StatusCode::OK, "ready"),
@@ -273,7 +282,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -282,7 +291,7 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body
 }
 
 /// The JSON error body of DESIGN.md §1.3: `{"error": ..., "lambda": ...}`.
-fn error_response(
+pub(crate) fn error_response(
     status: StatusCode,
     message: &str,
     lambda: Option<&str>,

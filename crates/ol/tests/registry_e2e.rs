@@ -1,0 +1,178 @@
+//! End-to-end tests of the registry: `ol admin install|ls|rm`, the
+//! worker's registry API (hostile uploads refused), and code updates seen
+//! after `registry_cache_ms` and not before.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::{TestWorker, add_lambda, eventually, ol, stderr};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn admin_install_ls_rm_through_a_running_worker() {
+    let w = TestWorker::start(&[], &[]);
+    let src = tempfile::tempdir().expect("tempdir");
+    let lambda = src.path().join("shout");
+    fs::create_dir(&lambda).expect("mkdir");
+    fs::write(lambda.join("f.py"), "def f(e):\n    return e.upper()\n").expect("write");
+    let out = ol(
+        w.path(),
+        &["admin", "install", lambda.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = w.run("shout", "\"hey\"");
+    assert_eq!((a.status, a.body.as_str()), (200, "\"HEY\""));
+    let out = ol(w.path(), &["admin", "ls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert!(
+        names.contains(&"shout".to_string()) && names.contains(&"hello".to_string()),
+        "{names:?}"
+    );
+
+    // Reinstalling new code is seen by the next call at once.
+    fs::write(lambda.join("f.py"), "def f(e):\n    return e.lower()\n").expect("write");
+    let out = ol(
+        w.path(),
+        &["admin", "install", lambda.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = w.run("shout", "\"HEY\"");
+    assert_eq!((a.status, a.body.as_str()), (200, "\"hey\""));
+
+    let out = ol(w.path(), &["admin", "rm", "shout"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.run("shout", "\"x\"").status, 404);
+    let out = ol(w.path(), &["admin", "rm", "shout"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn admin_works_on_a_stopped_worker_dir_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(ol(dir.path(), &["worker", "init"]).status.success());
+    let src = tempfile::tempdir().expect("tempdir");
+    let lambda = src.path().join("offline");
+    fs::create_dir(&lambda).expect("mkdir");
+    fs::write(lambda.join("f.py"), "def f(e):\n    return 1\n").expect("write");
+    fs::write(
+        lambda.join("ol.yaml"),
+        "triggers: {http: [{method: FETCH}]}\n",
+    )
+    .expect("write");
+    let out = ol(
+        dir.path(),
+        &["admin", "install", lambda.to_str().expect("utf-8")],
+    );
+    assert!(!out.status.success(), "a bad ol.yaml is refused");
+    assert!(stderr(&out).contains("FETCH"), "{}", stderr(&out));
+    fs::remove_file(lambda.join("ol.yaml")).expect("rm");
+    let out = ol(
+        dir.path(),
+        &["admin", "install", lambda.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("registry/offline/f.py").is_file());
+}
+
+/// A gzipped tar holding one entry with a raw (unchecked) path.
+fn tar_gz_with_raw_path(path: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    header[..path.len()].copy_from_slice(path.as_bytes());
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[108..116].copy_from_slice(b"0000000\0");
+    header[116..124].copy_from_slice(b"0000000\0");
+    let size = format!("{:011o}\0", data.len());
+    header[124..136].copy_from_slice(size.as_bytes());
+    header[136..148].copy_from_slice(b"00000000000\0");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = header.to_vec();
+    tar.extend_from_slice(data);
+    tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+#[test]
+fn hostile_uploads_are_refused_with_400_and_write_nothing() {
+    let w = TestWorker::start(&[], &[]);
+    let before = fs::read_dir(w.path()).expect("ls").count();
+    for (path, what) in [("../evil.py", "traversal"), ("/tmp/evil.py", "absolute")] {
+        let body = tar_gz_with_raw_path(path, b"x = 1\n");
+        let a = common::request("POST", &w.url("/registry/evil"), &body);
+        assert_eq!(a.status, 400, "{what}: {}", a.body);
+        assert!(
+            a.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(path.trim_start_matches("../"))),
+            "{}",
+            a.body
+        );
+    }
+    let a = common::request("POST", &w.url("/registry/evil"), b"not a gzip at all");
+    assert_eq!(a.status, 400, "{}", a.body);
+    let a = common::request(
+        "POST",
+        &w.url("/registry/bad.name"),
+        &tar_gz_with_raw_path("f.py", b"def f(e): return 1\n"),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(!w.path().join("registry/evil").exists());
+    assert!(!w.path().join("evil.py").exists() && !std::path::Path::new("/tmp/evil.py").exists());
+    assert_eq!(fs::read_dir(w.path()).expect("ls").count(), before);
+    assert_eq!(w.run("evil", "{}").status, 404);
+
+    // A benign upload through the same route works: 201 and callable.
+    let ok = tar_gz_with_raw_path("f.py", b"def f(e):\n    return 'uploaded'\n");
+    let a = common::request("POST", &w.url("/registry/good"), &ok);
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(w.run("good", "{}").body, "\"uploaded\"");
+    let a = w.call("GET", "/registry/good/config", "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["triggers"]["http"], serde_json::Value::Null);
+    let a = w.call("DELETE", "/registry/good", "");
+    assert_eq!(a.status, 204, "{}", a.body);
+    assert_eq!(w.call("DELETE", "/registry/good", "").status, 404);
+}
+
+#[test]
+fn code_update_is_seen_after_the_cache_interval_and_not_before() {
+    let w = TestWorker::start(
+        &[("ver", &[("f.py", "def f(e):\n    return 1\n")])],
+        &["registry_cache_ms=1500"],
+    );
+    assert_eq!(w.run("ver", "{}").body, "1");
+    // Make sure the new file's mtime differs from the old one.
+    std::thread::sleep(Duration::from_millis(20));
+    add_lambda(w.path(), "ver", &[("f.py", "def f(e):\n    return 2\n")]);
+    let changed_at = std::time::Instant::now();
+    // Within the cache interval the old code answers.
+    let a = w.run("ver", "{}");
+    if changed_at.elapsed() < Duration::from_millis(1200) {
+        assert_eq!(a.body, "1", "code re-read before registry_cache_ms");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || w.run("ver", "{}").body == "2"),
+        "new code never seen"
+    );
+    assert!(
+        changed_at.elapsed() >= Duration::from_millis(1000),
+        "seen too early"
+    );
+    assert_eq!(
+        w.sandbox_pids("ver").len(),
+        1,
+        "the old sandbox was retired"
+    );
+}

@@ -1,0 +1,220 @@
+//! The worker's registry API (DESIGN.md §1.3), for a local registry:
+//! `GET /registry/` lists, `POST /registry/NAME` installs a tar.gz (201),
+//! `DELETE /registry/NAME` removes, `GET /registry/NAME/config` shows the
+//! parsed ol.yaml. Uploads are unpacked with the registry's hostile-input
+//! checks and their ol.yaml is validated before anything is replaced.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use ol_lambda::ol_yaml::{self, LambdaConfig};
+use ol_registry::{DirRegistry, LambdaCode, Registry, RegistryError, UnpackLimits, unpack_lambda};
+use serde_json::json;
+
+use crate::server::{AppState, Body, error_response, json_response};
+
+/// Handles `/registry` and `/registry/...`; `rest` is what follows
+/// `/registry`.
+pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let registry = Arc::clone(&state.registry);
+    let rest = rest.trim_start_matches('/');
+    let (name, sub) = match rest.split_once('/') {
+        Some((name, sub)) => (name, sub),
+        None => (rest, ""),
+    };
+    match (req.method().clone(), name, sub) {
+        (Method::GET, "", "") => {
+            blocking(move || {
+                let names = registry.list()?;
+                Ok(json_response(StatusCode::OK, &json!({ "lambdas": names })))
+            })
+            .await
+        }
+        (Method::POST, name, "") if !name.is_empty() => install(state, req, name).await,
+        (Method::DELETE, name, "") if !name.is_empty() => {
+            let lambda = name.to_string();
+            let answer = blocking(move || {
+                registry.remove(&lambda)?;
+                Ok(Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(Body::default())
+                    .unwrap_or_default())
+            })
+            .await;
+            if answer.status().is_success() {
+                state.lambdas.forget(name);
+                tracing::info!(lambda = name, "removed from the registry");
+            }
+            answer
+        }
+        (Method::GET, name, "config") if !name.is_empty() => {
+            let lambda = name.to_string();
+            blocking(move || {
+                let code = registry
+                    .fetch(&lambda)?
+                    .ok_or_else(|| RegistryError::NotFound(lambda.clone()))?;
+                match ol_yaml::load(&code.dir) {
+                    Ok(config) => Ok(json_response(
+                        StatusCode::OK,
+                        &config_json(&lambda, &config),
+                    )),
+                    Err(e) => Ok(error_response(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &e.to_string(),
+                        Some(&lambda),
+                        None,
+                    )),
+                }
+            })
+            .await
+        }
+        _ => error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "registry routes: GET /registry/, POST or DELETE /registry/NAME, GET /registry/NAME/config",
+            None,
+            None,
+        ),
+    }
+}
+
+/// `POST /registry/NAME`: checks the archive and its ol.yaml in a scratch
+/// dir, then installs it and makes new calls use it.
+async fn install(state: &AppState, req: Request<Incoming>, name: &str) -> Response<Body> {
+    let limits = UnpackLimits::default();
+    let body: Bytes = match Limited::new(req.into_body(), limits.max_compressed_bytes as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "cannot read the upload (at most {} bytes): {e}",
+                    limits.max_compressed_bytes
+                ),
+                Some(name),
+                None,
+            );
+        }
+    };
+    let registry = Arc::clone(&state.registry);
+    let check_dir = state.upload_dir.clone();
+    let lambda = name.to_string();
+    let answer = blocking(move || {
+        let code = install_checked(&registry, &check_dir, &lambda, &body)?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({ "lambda": lambda, "version": code.version }),
+        ))
+    })
+    .await;
+    if answer.status() == StatusCode::CREATED {
+        state.lambdas.forget(name);
+        tracing::info!(lambda = name, "installed in the registry");
+    }
+    answer
+}
+
+/// Installs the tar.gz `body` as lambda `name` after checking it: the
+/// archive is unpacked (with every hostile-input check) into a scratch dir
+/// under `check_dir` and its ol.yaml parsed; only then is the registry's
+/// copy replaced. Blocks.
+pub fn install_checked(
+    registry: &DirRegistry,
+    check_dir: &Path,
+    name: &str,
+    body: &[u8],
+) -> Result<LambdaCode, Refusal> {
+    validate_upload(body, check_dir, name, &UnpackLimits::default())?;
+    Ok(registry.install(name, body)?)
+}
+
+/// Why an upload is refused, before anything is installed.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The name or the archive is refused by the registry.
+    #[error(transparent)]
+    Registry(RegistryError),
+    /// The lambda's ol.yaml is invalid.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<RegistryError> for Refusal {
+    fn from(e: RegistryError) -> Self {
+        Self::Registry(e)
+    }
+}
+
+fn validate_upload(
+    body: &[u8],
+    check_dir: &Path,
+    name: &str,
+    limits: &UnpackLimits,
+) -> Result<(), Refusal> {
+    ol_registry::validate_name(name)?;
+    std::fs::create_dir_all(check_dir).map_err(|source| RegistryError::Io {
+        path: check_dir.to_path_buf(),
+        source,
+    })?;
+    let scratch = tempfile::Builder::new()
+        .prefix("upload-")
+        .tempdir_in(check_dir)
+        .map_err(|source| RegistryError::Io {
+            path: check_dir.to_path_buf(),
+            source,
+        })?;
+    let dest = scratch.path().join(name);
+    unpack_lambda(body, &dest, limits)?;
+    ol_yaml::load(&dest).map_err(|e| Refusal::Config(e.to_string()))?;
+    Ok(())
+}
+
+/// Runs registry work off the async threads and maps its errors.
+async fn blocking(
+    work: impl FnOnce() -> Result<Response<Body>, Refusal> + Send + 'static,
+) -> Response<Body> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(Refusal::Config(msg))) => error_response(StatusCode::BAD_REQUEST, &msg, None, None),
+        Ok(Err(Refusal::Registry(e))) => {
+            let status = match &e {
+                RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+                RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            error_response(status, &e.to_string(), None, None)
+        }
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("registry task failed: {e}"),
+            None,
+            None,
+        ),
+    }
+}
+
+fn config_json(name: &str, config: &LambdaConfig) -> serde_json::Value {
+    let l = &config.limits;
+    json!({
+        "lambda": name,
+        "triggers": {
+            "http": config.triggers.allowed_methods(),
+            "cron": config.triggers.cron.iter().map(|c| c.schedule.as_str()).collect::<Vec<_>>(),
+        },
+        "environment": config.environment,
+        "limits": {
+            "procs": l.procs,
+            "mem_mb": l.mem_mb,
+            "cpu_percent": l.cpu_percent,
+            "swappiness": l.swappiness,
+            "runtime_sec": l.runtime_sec,
+            "max_body_mb": l.max_body_mb,
+        },
+    })
+}
