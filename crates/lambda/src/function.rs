@@ -1,7 +1,7 @@
 //! One lambda's instances: the idle ones kept warm (most recently used
 //! first) and the bound on how many may exist at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,24 @@ pub(crate) enum Acquired {
     NewSlot(OwnedSemaphorePermit),
 }
 
+/// Why [`LambdaFunction::acquire`] gave nothing.
+pub(crate) enum NotAcquired {
+    /// The function was retired or the worker is shutting down.
+    Closed,
+    /// This many calls already wait for an instance.
+    QueueFull(usize),
+}
+
+/// Counts a waiting call for as long as it waits (also when the caller
+/// gives up).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A lambda and its instances.
 #[derive(Debug)]
 pub(crate) struct LambdaFunction {
@@ -60,6 +78,10 @@ pub(crate) struct LambdaFunction {
     idle_ready: Semaphore,
     /// Instance slots: a sandbox holds one for its whole life.
     slots: Arc<Semaphore>,
+    /// Calls waiting for an instance.
+    waiting: AtomicUsize,
+    /// Most calls that may wait; more are refused (429).
+    max_queue: usize,
     /// When the registry was last asked whether the code changed.
     checked_at: Mutex<Instant>,
     /// Replaced by newer code or removed: its instances go as they finish.
@@ -73,6 +95,7 @@ impl LambdaFunction {
         config: LambdaConfig,
         limits: Limits,
         max_instances: usize,
+        max_queue: usize,
     ) -> Self {
         Self {
             name,
@@ -82,6 +105,8 @@ impl LambdaFunction {
             idle: Mutex::new(Vec::new()),
             idle_ready: Semaphore::new(0),
             slots: Arc::new(Semaphore::new(max_instances.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_queue,
             checked_at: Mutex::new(Instant::now()),
             retired: AtomicBool::new(false),
         }
@@ -107,22 +132,29 @@ impl LambdaFunction {
     }
 
     /// An idle instance if there is one, else a free slot to create one,
-    /// else waits for whichever comes first. `None` once shut down.
-    pub(crate) async fn acquire(&self) -> Option<Acquired> {
+    /// else waits (if the queue has room) for whichever comes first.
+    pub(crate) async fn acquire(&self) -> Result<Acquired, NotAcquired> {
         if let Ok(permit) = self.idle_ready.try_acquire() {
             permit.forget();
-            return Some(Acquired::Idle(self.pop_idle()));
+            return Ok(Acquired::Idle(self.pop_idle()));
         }
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-            return Some(Acquired::NewSlot(slot));
+            return Ok(Acquired::NewSlot(slot));
+        }
+        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
+        if queued >= self.max_queue {
+            return Err(NotAcquired::QueueFull(queued));
         }
         tokio::select! {
             biased;
             permit = self.idle_ready.acquire() => {
-                permit.ok()?.forget();
-                Some(Acquired::Idle(self.pop_idle()))
+                permit.map_err(|_| NotAcquired::Closed)?.forget();
+                Ok(Acquired::Idle(self.pop_idle()))
             }
-            slot = self.slots.clone().acquire_owned() => Some(Acquired::NewSlot(slot.ok()?)),
+            slot = self.slots.clone().acquire_owned() => {
+                Ok(Acquired::NewSlot(slot.map_err(|_| NotAcquired::Closed)?))
+            }
         }
     }
 

@@ -61,6 +61,9 @@ pub enum InvokeError {
     /// The body is over the lambda's own limit (413).
     #[error("{0}")]
     BodyTooLarge(String),
+    /// Too many calls of the lambda wait already (429).
+    #[error("{0}")]
+    QueueFull(String),
     /// The worker is shutting down (503).
     #[error("the worker is shutting down")]
     ShuttingDown,
@@ -76,6 +79,7 @@ impl InvokeError {
             Self::NotFound(_) => 404,
             Self::BadName(_) => 400,
             Self::MethodNotAllowed(_) => 405,
+            Self::QueueFull(_) => 429,
             Self::BodyTooLarge(_) => 413,
             Self::LoadFailed { .. } | Self::Raised { .. } | Self::Internal(_) => 500,
             Self::Died(_) | Self::NotDelivered(_) => 502,

@@ -14,7 +14,7 @@ use ol_sandbox::{
 use serde::Serialize;
 
 use crate::InvokeError;
-use crate::function::{Acquired, Instance, LambdaFunction};
+use crate::function::{Acquired, Instance, LambdaFunction, NotAcquired};
 use crate::ol_yaml;
 
 /// Settings of the lambda layer.
@@ -24,6 +24,8 @@ pub struct LambdaSettings {
     pub limits: Limits,
     /// Most sandboxes one lambda may have at once.
     pub max_instances: usize,
+    /// Most calls of one lambda that may wait for a sandbox (429 above).
+    pub max_queue: usize,
     /// How long a new runtime may take to load the lambda's code.
     pub ready_timeout: Duration,
     /// Pause a sandbox idle this long; `None`: never.
@@ -42,6 +44,7 @@ impl Default for LambdaSettings {
         Self {
             limits: Limits::default(),
             max_instances: 8,
+            max_queue: 256,
             ready_timeout: Duration::from_secs(60),
             pause_after_idle: Some(Duration::from_millis(500)),
             mem_pool_mb: 4096,
@@ -254,7 +257,13 @@ impl LambdaManager {
     ) -> Result<Reply, InvokeError> {
         let name = function.name.as_str();
         let mut inst = loop {
-            match function.acquire().await.ok_or(InvokeError::ShuttingDown)? {
+            let acquired = function.acquire().await.map_err(|e| match e {
+                NotAcquired::Closed => InvokeError::ShuttingDown,
+                NotAcquired::QueueFull(n) => InvokeError::QueueFull(format!(
+                    "lambda {name} has {n} calls waiting already (scaling.max_queue); try again later"
+                )),
+            })?;
+            match acquired {
                 Acquired::Idle(inst) if inst.sandbox.is_paused() => {
                     if let Some(inst) = self.unpause(inst).await {
                         break inst;
@@ -498,6 +507,7 @@ impl LambdaManager {
             config,
             limits,
             self.settings.max_instances,
+            self.settings.max_queue,
         )))
     }
 

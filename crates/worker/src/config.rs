@@ -52,6 +52,25 @@ impl Default for InstallerLimits {
     }
 }
 
+/// How far one lambda scales (ours, not OpenLambda's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scaling {
+    /// Most sandboxes one lambda may have at once.
+    pub max_instances: usize,
+    /// Most calls of one lambda waiting for a sandbox; more get 429.
+    pub max_queue: usize,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Self {
+            max_instances: 8,
+            max_queue: 256,
+        }
+    }
+}
+
 /// Feature switches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -119,6 +138,8 @@ pub struct Config {
     pub limits: Limits,
     /// Limits of the package installer sandbox.
     pub installer_limits: InstallerLimits,
+    /// Per-lambda scaling bounds.
+    pub scaling: Scaling,
     /// Feature switches.
     pub features: Features,
     /// An idle sandbox is paused after this long; 0 never pauses.
@@ -149,6 +170,7 @@ impl Default for Config {
             import_cache_tree: Value::String(String::new()),
             limits: Limits::default(),
             installer_limits: InstallerLimits::default(),
+            scaling: Scaling::default(),
             features: Features::default(),
             pause_after_idle_ms: 500,
             pip_index_url: String::new(),
@@ -276,6 +298,9 @@ impl Config {
         }
         if l.swappiness > 100 {
             return bad("limits.swappiness", "must be between 0 and 100");
+        }
+        if self.scaling.max_instances == 0 {
+            return bad("scaling.max_instances", "must be at least 1");
         }
         if self.python.is_empty() {
             return bad("python", "must name a Python interpreter");

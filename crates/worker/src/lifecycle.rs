@@ -143,6 +143,8 @@ async fn serve_until_signal(
             .then(|| Duration::from_millis(config.pause_after_idle_ms)),
         mem_pool_mb: config.mem_pool_mb,
         registry_cache: Duration::from_millis(config.registry_cache_ms),
+        max_instances: config.scaling.max_instances,
+        max_queue: config.scaling.max_queue,
         ..LambdaSettings::default()
     };
     let lambdas = LambdaManager::new(

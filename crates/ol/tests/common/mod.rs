@@ -194,6 +194,22 @@ pub fn request(method: &str, url: &str, body: &[u8]) -> Answer {
     }
 }
 
+/// One HTTP request; the raw response body (any status).
+pub fn request_bytes(method: &str, url: &str, body: &[u8]) -> Vec<u8> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body.to_vec())
+        .expect("request");
+    let mut resp = agent.run(req).expect("HTTP request");
+    resp.body_mut().read_to_vec().expect("body")
+}
+
 /// Pids of every process whose command line mentions `dir`.
 pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
     let needle = dir.to_string_lossy().into_owned();

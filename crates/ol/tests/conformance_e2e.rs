@@ -1,0 +1,163 @@
+//! OpenLambda's own conformance cases (upstream `scripts/test.py`, as
+//! OPENLAMBDA-FACTS.md summarizes them) that need no PyPI packages, ported
+//! to stdlib-only lambdas.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use common::{TestWorker, add_lambda, eventually};
+
+const WSGI_ECHO: &str = "def app(environ, start_response):\n    body = environ['wsgi.input'].read(int(environ.get('CONTENT_LENGTH') or 0))\n    start_response('200 OK', [('Content-Type', 'application/octet-stream'), ('X-Path', environ['PATH_INFO']), ('X-Query', environ['QUERY_STRING'])])\n    return [body]\n";
+
+const ASGI_APP: &str = "async def app(scope, receive, send):\n    if scope['type'] != 'http':\n        return\n    message = await receive()\n    await send({'type': 'http.response.start', 'status': 201, 'headers': [(b'x-method', scope['method'].encode())]})\n    await send({'type': 'http.response.body', 'body': b'asgi:' + message.get('body', b'')})\n";
+
+const SLEEPY: &str = "import time\n\ndef f(event):\n    time.sleep(event)\n    return 'woke'\n";
+
+#[test]
+fn wsgi_post_echo_with_path_and_query() {
+    let w = TestWorker::start(&[("echo-wsgi", &[("app.py", WSGI_ECHO)])], &[]);
+    let a = common::request("POST", &w.url("/run/echo-wsgi/a/b?x=1&y=2"), b"posted");
+    assert_eq!((a.status, a.body.as_str()), (200, "posted"));
+    let header = |name: &str| {
+        a.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("x-path").as_deref(), Some("/a/b"));
+    assert_eq!(header("x-query").as_deref(), Some("x=1&y=2"));
+    // A binary body comes back byte for byte.
+    let body: Vec<u8> = (0..=255u8).collect();
+    let raw = common::request_bytes("POST", &w.url("/run/echo-wsgi"), &body);
+    assert_eq!(raw, body);
+}
+
+#[test]
+fn hand_written_asgi_app() {
+    let w = TestWorker::start(&[("asgi", &[("app.py", ASGI_APP)])], &[]);
+    let a = w.call("PUT", "/run/asgi", "payload");
+    assert_eq!((a.status, a.body.as_str()), (201, "asgi:payload"));
+    assert!(
+        a.headers.iter().any(|(k, v)| k == "x-method" && v == "PUT"),
+        "{:?}",
+        a.headers
+    );
+}
+
+#[test]
+fn entry_file_and_entry_name_from_environment() {
+    let w = TestWorker::start(
+        &[
+            (
+                "entry",
+                &[
+                    ("main.py", "def f(event):\n    return 'from main.py'\n"),
+                    ("ol.yaml", "environment: {OL_ENTRY_FILE: main.py}\n"),
+                ],
+            ),
+            (
+                "wsgi-entry",
+                &[
+                    (
+                        "app.py",
+                        "def server(environ, start_response):\n    start_response('200 OK', [])\n    return [b'named wsgi entry']\n",
+                    ),
+                    ("ol.yaml", "environment: {OL_WSGI_ENTRY: server}\n"),
+                ],
+            ),
+        ],
+        &[],
+    );
+    assert_eq!(w.run("entry", "{}").body, "\"from main.py\"");
+    assert_eq!(
+        w.call("GET", "/run/wsgi-entry", "").body,
+        "named wsgi entry"
+    );
+}
+
+#[test]
+fn stress_one_lambda_all_answers_correct() {
+    let w = TestWorker::start(&[], &[]);
+    let answers: Vec<(usize, u16, String)> = thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let w = &w;
+                s.spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            let n = t * 1000 + i;
+                            let a = w.run("hello", &format!(r#"{{"name": "n{n}"}}"#));
+                            (n, a.status, a.body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(answers.len(), 400);
+    for (n, status, body) in answers {
+        assert_eq!((status, body), (200, format!("\"Hello, n{n}!\"")));
+    }
+}
+
+#[test]
+fn call_each_once_over_100_lambdas() {
+    let w = TestWorker::start(&[], &[]);
+    for i in 0..100 {
+        add_lambda(
+            w.path(),
+            &format!("each-{i}"),
+            &[("f.py", &format!("def f(event):\n    return {i}\n"))],
+        );
+    }
+    for i in 0..100 {
+        let a = w.run(&format!("each-{i}"), "{}");
+        assert_eq!(
+            (a.status, a.body.clone()),
+            (200, i.to_string()),
+            "lambda {i}"
+        );
+    }
+    assert_eq!(w.stats()["lambdas"].as_array().map(Vec::len), Some(100));
+}
+
+#[test]
+fn full_queue_is_429() {
+    let w = TestWorker::start(
+        &[("sleepy", &[("f.py", SLEEPY)])],
+        &["scaling.max_instances=1", "scaling.max_queue=1"],
+    );
+    assert_eq!(w.run("sleepy", "0").status, 200);
+    // One call runs (1 s), one waits, the third finds the queue full.
+    let running = {
+        let url = w.url("/run/sleepy");
+        thread::spawn(move || common::request("POST", &url, b"1").status)
+    };
+    thread::sleep(Duration::from_millis(200));
+    let queued = {
+        let url = w.url("/run/sleepy");
+        thread::spawn(move || common::request("POST", &url, b"0").status)
+    };
+    thread::sleep(Duration::from_millis(200));
+    let a = w.run("sleepy", "0");
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("scaling.max_queue")),
+        "{}",
+        a.body
+    );
+    assert_eq!(running.join().expect("thread"), 200);
+    assert_eq!(queued.join().expect("thread"), 200);
+    assert!(eventually(Duration::from_secs(5), || w
+        .run("sleepy", "0")
+        .status
+        == 200));
+}
