@@ -6,6 +6,7 @@
 //! called so far; each keeps its idle instances (sandboxes) warm and starts
 //! more, up to a bound, when calls overlap.
 
+mod cron;
 mod function;
 mod manager;
 pub mod ol_yaml;
@@ -13,6 +14,15 @@ pub mod ol_yaml;
 pub use manager::{LambdaManager, LambdaSettings, SandboxInfo, Stats};
 
 use std::time::Duration;
+
+/// What caused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// An HTTP request to `/run/<name>`.
+    Http,
+    /// A schedule in ol.yaml `triggers.cron`.
+    Cron,
+}
 
 /// Why an invocation failed; each maps to one HTTP status (DESIGN.md §1.3).
 #[derive(Debug, thiserror::Error)]

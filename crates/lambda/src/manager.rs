@@ -13,9 +13,9 @@ use ol_sandbox::{
 };
 use serde::Serialize;
 
-use crate::InvokeError;
 use crate::function::{Acquired, Instance, LambdaFunction, NotAcquired};
 use crate::ol_yaml;
+use crate::{InvokeError, Trigger};
 
 /// Settings of the lambda layer.
 #[derive(Debug, Clone)]
@@ -140,10 +140,21 @@ impl LambdaManager {
         })
     }
 
-    /// Starts the background work (pausing idle sandboxes). Call once,
-    /// inside the async runtime; it stops when the manager is dropped or
-    /// shut down.
+    /// Whether the manager refuses new calls (shutting down).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The registry lambdas come from.
+    pub(crate) fn registry(&self) -> Arc<dyn Registry> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Starts the background work: pausing idle sandboxes and the cron
+    /// scheduler. Call once, inside the async runtime; it stops when the
+    /// manager is dropped or shut down.
     pub fn start_background(self: &Arc<Self>) {
+        crate::cron::start(Arc::downgrade(self));
         let Some(after) = self.settings.pause_after_idle else {
             return;
         };
@@ -195,26 +206,43 @@ impl LambdaManager {
         }
     }
 
-    /// Runs one call of lambda `name`. The call runs in its own task, so a
-    /// caller that goes away never leaves a sandbox half-way through a call.
+    /// Runs one HTTP-triggered call of lambda `name`. The call runs in its
+    /// own task, so a caller that goes away never leaves a sandbox half-way
+    /// through a call.
     pub async fn invoke(
         self: &Arc<Self>,
         name: &str,
         inv: Invocation,
     ) -> Result<Reply, InvokeError> {
+        self.invoke_by(name, inv, Trigger::Http).await
+    }
+
+    /// Runs one call of lambda `name` caused by `trigger`.
+    pub(crate) async fn invoke_by(
+        self: &Arc<Self>,
+        name: &str,
+        inv: Invocation,
+        trigger: Trigger,
+    ) -> Result<Reply, InvokeError> {
         let this = Arc::clone(self);
         let name = name.to_string();
-        tokio::spawn(async move { this.invoke_here(&name, inv).await })
+        tokio::spawn(async move { this.invoke_here(&name, inv, trigger).await })
             .await
             .unwrap_or_else(|e| Err(InvokeError::Internal(format!("call task failed: {e}"))))
     }
 
-    async fn invoke_here(&self, name: &str, inv: Invocation) -> Result<Reply, InvokeError> {
+    async fn invoke_here(
+        &self,
+        name: &str,
+        inv: Invocation,
+        trigger: Trigger,
+    ) -> Result<Reply, InvokeError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(InvokeError::ShuttingDown);
         }
         let function = self.function(name).await?;
-        if !function.config.triggers.allows(&inv.method) {
+        // ol.yaml's http methods restrict HTTP calls only.
+        if trigger == Trigger::Http && !function.config.triggers.allows(&inv.method) {
             let allowed = function
                 .config
                 .triggers

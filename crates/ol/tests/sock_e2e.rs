@@ -346,3 +346,46 @@ fn idle_sandbox_is_frozen_by_its_cgroup_and_thawed_on_call() {
         "limit {limit}, {state}"
     );
 }
+
+#[test]
+fn cron_lambda_fires_within_a_second_of_its_minute() {
+    require_root!();
+    let tick = "import json, time\n\ndef f(event):\n    with open('/host/fired', 'a') as out:\n        out.write(json.dumps({'at': time.time(), 'event': event}) + '\\n')\n    return 'ticked'\n";
+    let w = TestWorker::start(
+        &[(
+            "tick",
+            &[
+                ("f.py", tick),
+                // Cron calls are not HTTP calls: the method list does not
+                // stop them.
+                (
+                    "ol.yaml",
+                    "triggers:\n  http: [{method: GET}]\n  cron: [{schedule: '* * * * *'}]\n",
+                ),
+            ],
+        )],
+        &["sandbox=sock"],
+    );
+    let fired = || -> Option<String> {
+        fs::read_dir(w.path().join("worker/scratch"))
+            .ok()?
+            .flatten()
+            .find_map(|e| fs::read_to_string(e.path().join("host/fired")).ok())
+    };
+    assert!(
+        common::eventually(std::time::Duration::from_secs(75), || fired().is_some()),
+        "the cron lambda never ran"
+    );
+    let line = fired().expect("fired");
+    let first: serde_json::Value =
+        serde_json::from_str(line.lines().next().expect("a line")).expect("json");
+    let at = first["at"].as_f64().expect("time");
+    let minute = first["event"]["time"].as_f64().expect("event time");
+    assert_eq!(minute % 60.0, 0.0, "{first}");
+    assert_eq!(first["event"]["trigger"], "cron");
+    assert!(
+        (0.0..1.0).contains(&(at - minute)),
+        "fired {:.3} s after its minute",
+        at - minute
+    );
+}
