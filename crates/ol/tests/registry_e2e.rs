@@ -176,3 +176,45 @@ fn code_update_is_seen_after_the_cache_interval_and_not_before() {
         "the old sandbox was retired"
     );
 }
+
+#[test]
+fn a_worker_reads_its_lambdas_from_another_workers_http_registry() {
+    let server = TestWorker::start(
+        &[("shared", &[("f.py", "def f(e):\n    return 'v1'\n")])],
+        &[],
+    );
+    let base = server.url("/registry");
+    let registry_opt = format!("registry={base}");
+    let client = TestWorker::start(&[], &[&registry_opt, "registry_cache_ms=300"]);
+    let a = client.run("shared", "{}");
+    assert_eq!((a.status, a.body.as_str()), (200, "\"v1\""));
+    assert_eq!(client.run("nowhere", "{}").status, 404);
+    // The client cannot upload to a remote registry through itself.
+    assert_eq!(client.call("GET", "/registry/", "").status, 404);
+    std::thread::sleep(Duration::from_millis(20));
+    add_lambda(
+        server.path(),
+        "shared",
+        &[("f.py", "def f(e):\n    return 'v2'\n")],
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || client.run("shared", "{}").body
+            == "\"v2\""),
+        "the client never saw the new code"
+    );
+    // An unchanged lambda answers 304 to a conditional GET.
+    let a = server.call("GET", "/registry/shared.tar.gz", "");
+    let etag = a
+        .headers
+        .iter()
+        .find(|(k, _)| k == "etag")
+        .map(|(_, v)| v.clone())
+        .expect("etag");
+    let again = common::request_with_header(
+        "GET",
+        &server.url("/registry/shared.tar.gz"),
+        "if-none-match",
+        &etag,
+    );
+    assert_eq!(again, 304);
+}

@@ -2,16 +2,19 @@
 //! its backends. Today: [`DirRegistry`], a directory holding one
 //! sub-directory or `NAME.tar.gz` per lambda, plus the archive code every
 //! backend shares: [`unpack_lambda`] (safe against hostile uploads) and
-//! [`pack_lambda`] (for `ol admin install DIR`). The HTTP and S3 backends
-//! come later behind the same trait.
+//! [`pack_lambda`] (for `ol admin install DIR`), and [`HttpRegistry`]
+//! (`BASE/NAME.tar.gz` with conditional GETs). S3 comes later behind the
+//! same trait.
 
 mod archive;
 mod dir;
+mod http;
 
 use std::path::PathBuf;
 
 pub use archive::{UnpackLimits, pack_lambda, unpack_lambda};
 pub use dir::DirRegistry;
+pub use http::{HttpRegistry, cache_dir_for};
 
 /// Longest lambda name accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -30,6 +33,9 @@ pub struct LambdaCode {
 /// Errors of the registry layer.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// A remote registry failed or answered something unusable.
+    #[error("registry: {0}")]
+    Remote(String),
     /// The name is not `[A-Za-z0-9_-]{1,64}`.
     #[error("invalid lambda name {0:?}: use 1 to 64 of A-Z a-z 0-9 _ -")]
     InvalidName(String),

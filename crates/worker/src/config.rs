@@ -308,6 +308,11 @@ impl Config {
         Ok(())
     }
 
+    /// Whether `registry` is an HTTP registry URL.
+    pub fn registry_is_http(&self) -> bool {
+        self.registry.starts_with("http://") || self.registry.starts_with("https://")
+    }
+
     /// The registry directory, with any `file://` prefix removed and a
     /// relative path taken from `worker_dir`.
     pub fn registry_dir(&self, worker_dir: &Path) -> PathBuf {

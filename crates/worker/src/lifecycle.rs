@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use ol_lambda::{LambdaManager, LambdaSettings};
-use ol_registry::DirRegistry;
+use ol_registry::{DirRegistry, HttpRegistry, Registry, cache_dir_for};
 use ol_sandbox::SandboxPool;
 use ol_sandbox::process::{ProcessPool, RuntimeCommand, process_start_time};
 use ol_sandbox::runtime::{install_runtime, resolve_python};
@@ -133,10 +133,20 @@ async fn serve_until_signal(
         .local_addr()
         .map(|a| a.port())
         .unwrap_or(config.worker_port);
-    let registry = Arc::new(DirRegistry::with_cache(
-        config.registry_dir(dir.root()),
-        dir.state().join("registry-cache"),
-    ));
+    let cache = dir.state().join("registry-cache");
+    // A local registry also gets the registry API; a remote one is read only.
+    let (registry, local): (Arc<dyn Registry>, Option<Arc<DirRegistry>>) = if config
+        .registry_is_http()
+    {
+        let remote = HttpRegistry::new(&config.registry, cache_dir_for(&cache, &config.registry));
+        (Arc::new(remote), None)
+    } else {
+        let local = Arc::new(DirRegistry::with_cache(
+            config.registry_dir(dir.root()),
+            cache,
+        ));
+        (Arc::clone(&local) as Arc<dyn Registry>, Some(local))
+    };
     let settings = LambdaSettings {
         limits: config.limits.clone(),
         pause_after_idle: (config.pause_after_idle_ms > 0)
@@ -147,15 +157,11 @@ async fn serve_until_signal(
         max_queue: config.scaling.max_queue,
         ..LambdaSettings::default()
     };
-    let lambdas = LambdaManager::new(
-        pool,
-        Arc::clone(&registry) as Arc<dyn ol_registry::Registry>,
-        settings,
-    );
+    let lambdas = LambdaManager::new(pool, registry, settings);
     lambdas.start_background();
     let state = Arc::new(AppState {
         lambdas: Arc::clone(&lambdas),
-        registry,
+        registry: local,
         upload_dir: dir.state().join("uploads"),
         max_body_bytes: usize::try_from(config.limits.max_body_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),

@@ -20,7 +20,14 @@ use crate::server::{AppState, Body, error_response, json_response};
 /// Handles `/registry` and `/registry/...`; `rest` is what follows
 /// `/registry`.
 pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, rest: &str) -> Response<Body> {
-    let registry = Arc::clone(&state.registry);
+    let Some(registry) = state.registry.clone() else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "this worker's registry is remote: install lambdas there",
+            None,
+            None,
+        );
+    };
     let rest = rest.trim_start_matches('/');
     let (name, sub) = match rest.split_once('/') {
         Some((name, sub)) => (name, sub),
@@ -34,7 +41,16 @@ pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, rest: &str)
             })
             .await
         }
-        (Method::POST, name, "") if !name.is_empty() => install(state, req, name).await,
+        (Method::GET, file, "") if file.ends_with(".tar.gz") => {
+            let lambda = file.trim_end_matches(".tar.gz").to_string();
+            let if_none_match = req
+                .headers()
+                .get(http::header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            blocking(move || serve_archive(&registry, &lambda, if_none_match.as_deref())).await
+        }
+        (Method::POST, name, "") if !name.is_empty() => install(state, registry, req, name).await,
         (Method::DELETE, name, "") if !name.is_empty() => {
             let lambda = name.to_string();
             let answer = blocking(move || {
@@ -81,9 +97,41 @@ pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, rest: &str)
     }
 }
 
+/// `GET /registry/NAME.tar.gz`: the lambda packed, with its version as
+/// ETag, so this worker can be the HTTP registry of others (304 when the
+/// caller has it already).
+fn serve_archive(
+    registry: &DirRegistry,
+    name: &str,
+    if_none_match: Option<&str>,
+) -> Result<Response<Body>, Refusal> {
+    let code = registry
+        .fetch(name)?
+        .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+    let etag = format!("\"{}\"", code.version);
+    let builder = Response::builder().header(http::header::ETAG, &etag);
+    let resp = if if_none_match == Some(etag.as_str()) {
+        builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::default())
+    } else {
+        let packed = ol_registry::pack_lambda(&code.dir)?;
+        builder
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/gzip")
+            .body(Body::new(Bytes::from(packed)))
+    };
+    Ok(resp.unwrap_or_default())
+}
+
 /// `POST /registry/NAME`: checks the archive and its ol.yaml in a scratch
 /// dir, then installs it and makes new calls use it.
-async fn install(state: &AppState, req: Request<Incoming>, name: &str) -> Response<Body> {
+async fn install(
+    state: &AppState,
+    registry: Arc<DirRegistry>,
+    req: Request<Incoming>,
+    name: &str,
+) -> Response<Body> {
     let limits = UnpackLimits::default();
     let body: Bytes = match Limited::new(req.into_body(), limits.max_compressed_bytes as usize)
         .collect()
@@ -102,7 +150,6 @@ async fn install(state: &AppState, req: Request<Incoming>, name: &str) -> Respon
             );
         }
     };
-    let registry = Arc::clone(&state.registry);
     let check_dir = state.upload_dir.clone();
     let lambda = name.to_string();
     let answer = blocking(move || {

@@ -37,8 +37,9 @@ pub struct HttpCounters {
 pub struct AppState {
     /// The lambda layer.
     pub lambdas: Arc<LambdaManager>,
-    /// The local registry (for the registry API).
-    pub registry: Arc<DirRegistry>,
+    /// The local registry, for the registry API (`None` when the registry
+    /// is remote).
+    pub registry: Option<Arc<DirRegistry>>,
     /// Where uploads are unpacked and checked before they are installed.
     pub upload_dir: PathBuf,
     /// Largest request body accepted.

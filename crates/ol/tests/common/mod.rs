@@ -186,7 +186,8 @@ pub fn request(method: &str, url: &str, body: &[u8]) -> Answer {
             )
         })
         .collect();
-    let body = resp.body_mut().read_to_string().expect("body");
+    // Lossy: a binary body (an archive) must not fail the request.
+    let body = String::from_utf8_lossy(&resp.body_mut().read_to_vec().expect("body")).into_owned();
     Answer {
         status,
         body,
@@ -208,6 +209,22 @@ pub fn request_bytes(method: &str, url: &str, body: &[u8]) -> Vec<u8> {
         .expect("request");
     let mut resp = agent.run(req).expect("HTTP request");
     resp.body_mut().read_to_vec().expect("body")
+}
+
+/// One bodiless request with one extra header; the status.
+pub fn request_with_header(method: &str, url: &str, name: &str, value: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header(name, value)
+        .body(Vec::new())
+        .expect("request");
+    agent.run(req).expect("HTTP request").status().as_u16()
 }
 
 /// Pids of every process whose command line mentions `dir`.
