@@ -1,7 +1,7 @@
 //! One lambda's instances: the idle ones kept warm (most recently used
 //! first) and the bound on how many may exist at once.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,11 @@ pub(crate) struct LambdaFunction {
     slots: Arc<Semaphore>,
     /// Calls waiting for an instance.
     waiting: AtomicUsize,
+    /// Average call time in µs (moving average), to decide between
+    /// waiting for a busy instance and starting a new one.
+    avg_call_us: AtomicU64,
+    /// Most instances at once (the slots' initial count).
+    max_instances: usize,
     /// Most calls that may wait; more are refused (429).
     max_queue: usize,
     /// When the registry was last asked whether the code changed.
@@ -106,6 +111,8 @@ impl LambdaFunction {
             idle_ready: Semaphore::new(0),
             slots: Arc::new(Semaphore::new(max_instances.max(1))),
             waiting: AtomicUsize::new(0),
+            avg_call_us: AtomicU64::new(0),
+            max_instances: max_instances.max(1),
             max_queue,
             checked_at: Mutex::new(Instant::now()),
             retired: AtomicBool::new(false),
@@ -131,18 +138,49 @@ impl LambdaFunction {
         self.retired.load(Ordering::Acquire)
     }
 
-    /// An idle instance if there is one, else a free slot to create one,
-    /// else waits (if the queue has room) for whichever comes first.
-    pub(crate) async fn acquire(&self) -> Result<Acquired, NotAcquired> {
+    /// Records how long a call took (for [`Self::acquire`]'s choice).
+    pub(crate) fn record_call(&self, took: Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.avg_call_us.load(Ordering::Relaxed);
+        // Moving average over about the last 8 calls.
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.avg_call_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Instances currently serving a call.
+    fn busy(&self) -> usize {
+        let live = self.max_instances - self.slots.available_permits();
+        live.saturating_sub(self.idle_ready.available_permits())
+    }
+
+    /// An idle instance if there is one. Else, when busy instances will
+    /// likely free up sooner than a new sandbox could start (`create_cost`),
+    /// waits for one (OpenLambda scales by outstanding work × average call
+    /// time the same way); else a free slot to create one; else waits (if
+    /// the queue has room) for whichever comes first.
+    pub(crate) async fn acquire(&self, create_cost: Duration) -> Result<Acquired, NotAcquired> {
         if let Ok(permit) = self.idle_ready.try_acquire() {
             permit.forget();
             return Ok(Acquired::Idle(self.pop_idle()));
         }
+        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
+        let busy = self.busy();
+        let avg_call = Duration::from_micros(self.avg_call_us.load(Ordering::Relaxed));
+        if busy > 0 && !avg_call.is_zero() {
+            let expected = avg_call * (queued as u32 + 1) / busy as u32;
+            if expected < create_cost {
+                if let Ok(Ok(permit)) =
+                    tokio::time::timeout(create_cost, self.idle_ready.acquire()).await
+                {
+                    permit.forget();
+                    return Ok(Acquired::Idle(self.pop_idle()));
+                }
+            }
+        }
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return Ok(Acquired::NewSlot(slot));
         }
-        let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
-        let _waiting = Waiting(&self.waiting);
         if queued >= self.max_queue {
             return Err(NotAcquired::QueueFull(queued));
         }

@@ -102,6 +102,8 @@ pub struct LambdaStats {
 struct Counters {
     created: AtomicU64,
     destroyed: Arc<AtomicU64>,
+    /// Average sandbox creation time in µs (moving average).
+    avg_create_us: AtomicU64,
     pauses: AtomicU64,
     evictions: AtomicU64,
 }
@@ -285,7 +287,9 @@ impl LambdaManager {
     ) -> Result<Reply, InvokeError> {
         let name = function.name.as_str();
         let mut inst = loop {
-            let acquired = function.acquire().await.map_err(|e| match e {
+            let create_cost =
+                Duration::from_micros(self.counters.avg_create_us.load(Ordering::Relaxed));
+            let acquired = function.acquire(create_cost).await.map_err(|e| match e {
                 NotAcquired::Closed => InvokeError::ShuttingDown,
                 NotAcquired::QueueFull(n) => InvokeError::QueueFull(format!(
                     "lambda {name} has {n} calls waiting already (scaling.max_queue); try again later"
@@ -306,7 +310,10 @@ impl LambdaManager {
             }
         };
         let limit = Duration::from_secs(function.limits.runtime_sec);
-        match inst.sandbox.call(inv, limit).await {
+        let started = Instant::now();
+        let result = inst.sandbox.call(inv, limit).await;
+        function.record_call(started.elapsed());
+        match result {
             Ok(reply) => {
                 self.release(function, inst);
                 Ok(reply)
@@ -570,6 +577,12 @@ impl LambdaManager {
             .await
             .map_err(|e| self.creation_error(&function.name, e))?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
+        let us = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        let old = self.counters.avg_create_us.load(Ordering::Relaxed);
+        let avg = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.counters
+            .avg_create_us
+            .store(avg.max(1), Ordering::Relaxed);
         self.lock_sandboxes().insert(
             sandbox.id().to_string(),
             SandboxInfo {
