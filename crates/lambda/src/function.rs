@@ -153,12 +153,17 @@ impl LambdaFunction {
         live.saturating_sub(self.idle_ready.available_permits())
     }
 
-    /// An idle instance if there is one. Else, when busy instances will
-    /// likely free up sooner than a new sandbox could start (`create_cost`),
-    /// waits for one (OpenLambda scales by outstanding work × average call
-    /// time the same way); else a free slot to create one; else waits (if
-    /// the queue has room) for whichever comes first.
-    pub(crate) async fn acquire(&self, create_cost: Duration) -> Result<Acquired, NotAcquired> {
+    /// An idle instance if there is one. Else, when at least `cores`
+    /// instances are busy (more would not run in parallel anyway) and they
+    /// will likely free up sooner than a new sandbox could start
+    /// (`create_cost`), waits for one (OpenLambda scales by outstanding work
+    /// × average call time the same way); else a free slot to create one;
+    /// else waits (if the queue has room) for whichever comes first.
+    pub(crate) async fn acquire(
+        &self,
+        create_cost: Duration,
+        cores: usize,
+    ) -> Result<Acquired, NotAcquired> {
         if let Ok(permit) = self.idle_ready.try_acquire() {
             permit.forget();
             return Ok(Acquired::Idle(self.pop_idle()));
@@ -167,7 +172,7 @@ impl LambdaFunction {
         let _waiting = Waiting(&self.waiting);
         let busy = self.busy();
         let avg_call = Duration::from_micros(self.avg_call_us.load(Ordering::Relaxed));
-        if busy > 0 && !avg_call.is_zero() {
+        if busy >= cores.max(1) && !avg_call.is_zero() {
             let expected = avg_call * (queued as u32 + 1) / busy as u32;
             if expected < create_cost {
                 if let Ok(Ok(permit)) =
