@@ -26,6 +26,8 @@ pub struct LambdaSettings {
     pub max_instances: usize,
     /// Most calls of one lambda that may wait for a sandbox (429 above).
     pub max_queue: usize,
+    /// Destroy a sandbox idle this long (scale down); `None`: never.
+    pub idle_timeout: Option<Duration>,
     /// How long a new runtime may take to load the lambda's code.
     pub ready_timeout: Duration,
     /// Pause a sandbox idle this long; `None`: never.
@@ -45,6 +47,7 @@ impl Default for LambdaSettings {
             limits: Limits::default(),
             max_instances: 8,
             max_queue: 256,
+            idle_timeout: Some(Duration::from_secs(300)),
             ready_timeout: Duration::from_secs(60),
             pause_after_idle: Some(Duration::from_millis(500)),
             mem_pool_mb: 4096,
@@ -163,11 +166,15 @@ impl LambdaManager {
     /// manager is dropped or shut down.
     pub fn start_background(self: &Arc<Self>) {
         crate::cron::start(Arc::downgrade(self));
-        let Some(after) = self.settings.pause_after_idle else {
-            return;
+        let pause = self.settings.pause_after_idle;
+        let expire = self.settings.idle_timeout;
+        let shortest = match (pause, expire) {
+            (None, None) => return,
+            (Some(p), Some(e)) => p.min(e),
+            (Some(d), None) | (None, Some(d)) => d,
         };
         let weak = Arc::downgrade(self);
-        let tick = (after / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let tick = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,9 +184,25 @@ impl LambdaManager {
                 if this.closed.load(Ordering::Acquire) {
                     return;
                 }
-                this.pause_idle(after).await;
+                if let Some(after) = expire {
+                    this.expire_idle(after);
+                }
+                if let Some(after) = pause {
+                    this.pause_idle(after).await;
+                }
             }
         });
+    }
+
+    /// Scales down: destroys every sandbox idle for at least `after`.
+    fn expire_idle(&self, after: Duration) {
+        let functions: Vec<Arc<LambdaFunction>> = self.read_functions().values().cloned().collect();
+        for f in functions {
+            for inst in f.take_idle(usize::MAX, |i| i.idle_since.elapsed() >= after) {
+                tracing::debug!(lambda = %f.name, sandbox = inst.sandbox.id(), "idle too long");
+                self.retire(inst, "idle too long");
+            }
+        }
     }
 
     /// Pauses every running sandbox idle for at least `after`.

@@ -161,3 +161,48 @@ fn full_queue_is_429() {
         .status
         == 200));
 }
+
+#[test]
+fn idle_sandboxes_are_scaled_down_and_come_back_on_demand() {
+    let w = TestWorker::start(
+        &[],
+        &["scaling.idle_timeout_ms=300", "pause_after_idle_ms=0"],
+    );
+    assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
+    assert_eq!(w.sandbox_pids("hello").len(), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || w
+            .sandbox_pids("hello")
+            .is_empty()),
+        "the idle sandbox was never destroyed"
+    );
+    let a = w.run("hello", r#"{"name": "b"}"#);
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, b!\""));
+}
+
+#[test]
+fn memory_pool_kept_full_by_busy_sandboxes_is_503() {
+    let w = TestWorker::start(
+        &[("sleepy", &[("f.py", SLEEPY)])],
+        &["mem_pool_mb=50", "limits.mem_mb=50"],
+    );
+    let busy = {
+        let url = w.url("/run/sleepy");
+        thread::spawn(move || common::request("POST", &url, b"12").status)
+    };
+    assert!(eventually(Duration::from_secs(10), || w
+        .sandbox_pids("sleepy")
+        .len()
+        == 1));
+    // Nothing idle to evict, the only sandbox busy past the admission wait.
+    let a = w.run("hello", r#"{"name": "x"}"#);
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("mem_pool_mb")),
+        "{}",
+        a.body
+    );
+    assert_eq!(busy.join().expect("thread"), 200);
+}

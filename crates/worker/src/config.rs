@@ -60,6 +60,8 @@ pub struct Scaling {
     pub max_instances: usize,
     /// Most calls of one lambda waiting for a sandbox; more get 429.
     pub max_queue: usize,
+    /// A sandbox idle this long is destroyed (scale down); 0 never.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Scaling {
@@ -67,6 +69,7 @@ impl Default for Scaling {
         Self {
             max_instances: 8,
             max_queue: 256,
+            idle_timeout_ms: 300_000,
         }
     }
 }

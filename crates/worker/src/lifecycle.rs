@@ -155,6 +155,8 @@ async fn serve_until_signal(
         registry_cache: Duration::from_millis(config.registry_cache_ms),
         max_instances: config.scaling.max_instances,
         max_queue: config.scaling.max_queue,
+        idle_timeout: (config.scaling.idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.scaling.idle_timeout_ms)),
         ..LambdaSettings::default()
     };
     let lambdas = LambdaManager::new(pool, registry, settings);
