@@ -162,20 +162,28 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// One HTTP request with any status accepted.
-pub fn request(method: &str, url: &str, body: &[u8]) -> Answer {
+/// Sends one request (any status accepted) and returns the response with
+/// its whole body.
+fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> http::Response<Vec<u8>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(body.to_vec())
-        .expect("request");
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(body.to_vec()).expect("request");
     let mut resp = agent.run(req).expect("HTTP request");
-    let status = resp.status().as_u16();
+    let bytes = resp.body_mut().read_to_vec().expect("body");
+    let (parts, _) = resp.into_parts();
+    http::Response::from_parts(parts, bytes)
+}
+
+/// One HTTP request with any status accepted.
+pub fn request(method: &str, url: &str, body: &[u8]) -> Answer {
+    let resp = send(method, url, &[], body);
     let headers = resp
         .headers()
         .iter()
@@ -186,45 +194,22 @@ pub fn request(method: &str, url: &str, body: &[u8]) -> Answer {
             )
         })
         .collect();
-    // Lossy: a binary body (an archive) must not fail the request.
-    let body = String::from_utf8_lossy(&resp.body_mut().read_to_vec().expect("body")).into_owned();
     Answer {
-        status,
-        body,
+        status: resp.status().as_u16(),
+        // Lossy: a binary body (an archive) must not fail the request.
+        body: String::from_utf8_lossy(resp.body()).into_owned(),
         headers,
     }
 }
 
 /// One HTTP request; the raw response body (any status).
 pub fn request_bytes(method: &str, url: &str, body: &[u8]) -> Vec<u8> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(body.to_vec())
-        .expect("request");
-    let mut resp = agent.run(req).expect("HTTP request");
-    resp.body_mut().read_to_vec().expect("body")
+    send(method, url, &[], body).into_body()
 }
 
 /// One bodiless request with one extra header; the status.
 pub fn request_with_header(method: &str, url: &str, name: &str, value: &str) -> u16 {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header(name, value)
-        .body(Vec::new())
-        .expect("request");
-    agent.run(req).expect("HTTP request").status().as_u16()
+    send(method, url, &[(name, value)], &[]).status().as_u16()
 }
 
 /// Pids of every process whose command line mentions `dir`.
