@@ -462,7 +462,10 @@ impl LambdaManager {
     async fn function(&self, name: &str) -> Result<Arc<LambdaFunction>, InvokeError> {
         let cached = self.read_functions().get(name).cloned();
         let Some(current) = cached else {
-            let fresh = self.load_function(name).await?;
+            let fresh = self
+                .load_function(name, None)
+                .await?
+                .ok_or_else(|| InvokeError::Internal(format!("{name}: no code loaded")))?;
             let mut functions = self
                 .functions
                 .write()
@@ -473,9 +476,9 @@ impl LambdaManager {
         if !current.due_for_check(self.settings.registry_cache) {
             return Ok(current);
         }
-        match self.load_function(name).await {
-            Ok(fresh) if fresh.code.version == current.code.version => Ok(current),
-            Ok(fresh) => {
+        match self.load_function(name, Some(&current.code.version)).await {
+            Ok(None) => Ok(current),
+            Ok(Some(fresh)) => {
                 tracing::info!(lambda = name, version = %fresh.code.version, "code changed; new calls use it");
                 Ok(self
                     .replace_function(name, &current, Some(fresh))
@@ -537,14 +540,24 @@ impl LambdaManager {
     }
 
     /// Reads lambda `name` from the registry with its ol.yaml.
-    async fn load_function(&self, name: &str) -> Result<Arc<LambdaFunction>, InvokeError> {
+    /// `Ok(None)`: the code is still at version `known`, nothing was
+    /// re-read.
+    async fn load_function(
+        &self,
+        name: &str,
+        known: Option<&str>,
+    ) -> Result<Option<Arc<LambdaFunction>>, InvokeError> {
         let registry = Arc::clone(&self.registry);
         let lookup = name.to_string();
+        let known = known.map(str::to_string);
         let found = tokio::task::spawn_blocking(move || {
             let code = registry.fetch(&lookup)?;
             Ok::<_, RegistryError>(code.map(|code| {
+                if known.as_deref() == Some(code.version.as_str()) {
+                    return None;
+                }
                 let config = ol_yaml::load(&code.dir);
-                (code, config)
+                Some((code, config))
             }))
         })
         .await
@@ -553,7 +566,10 @@ impl LambdaManager {
             RegistryError::InvalidName(_) => InvokeError::BadName(e.to_string()),
             other => InvokeError::Internal(other.to_string()),
         })?;
-        let (code, config) = found.ok_or_else(|| InvokeError::NotFound(name.to_string()))?;
+        let Some((code, config)) = found.ok_or_else(|| InvokeError::NotFound(name.to_string()))?
+        else {
+            return Ok(None);
+        };
         // A broken ol.yaml fails the call and is not cached: the next call
         // reads it again, so a fix is picked up at once.
         let config_error = |e: ol_yaml::OlYamlError| InvokeError::LoadFailed {
@@ -565,14 +581,14 @@ impl LambdaManager {
             .limits
             .apply(&self.settings.limits)
             .map_err(config_error)?;
-        Ok(Arc::new(LambdaFunction::new(
+        Ok(Some(Arc::new(LambdaFunction::new(
             name.to_string(),
             code,
             config,
             limits,
             self.settings.max_instances,
             self.settings.max_queue,
-        )))
+        ))))
     }
 
     fn read_functions(

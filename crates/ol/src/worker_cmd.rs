@@ -236,10 +236,7 @@ fn status(dir: &DirArg) -> Result<()> {
 }
 
 fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+    ol_sandbox::process::process_rss_bytes(pid).unwrap_or(0)
 }
 
 fn mib(bytes: u64) -> String {

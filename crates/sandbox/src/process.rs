@@ -95,12 +95,7 @@ impl ProcessPool {
             destroyed: false,
         };
         let pid_path = scratch.join(PID_FILE);
-        let record = format!(
-            "{} {}\n",
-            sandbox.pid,
-            process_start_time(sandbox.pid).unwrap_or(0)
-        );
-        if let Err(source) = fs::write(&pid_path, record) {
+        if let Err(source) = fs::write(&pid_path, pid_record(sandbox.pid)) {
             let _ = sandbox.destroy();
             return Err(SandboxError::Io {
                 what: "cannot write",
@@ -251,18 +246,8 @@ impl Sandbox for ProcessSandbox {
     }
 
     fn mem_usage(&self) -> Result<u64, SandboxError> {
-        let path = PathBuf::from(format!("/proc/{}/statm", self.pid));
-        let statm = fs::read_to_string(&path).map_err(|source| SandboxError::Io {
-            what: "cannot read",
-            path: path.clone(),
-            source,
-        })?;
-        let resident_pages: u64 = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        Ok(resident_pages * 4096)
+        process_rss_bytes(self.pid)
+            .ok_or_else(|| SandboxError::Dead(self.id.clone(), format!("no process {}", self.pid)))
     }
 
     fn exit_reason(&mut self) -> Option<String> {
@@ -306,12 +291,26 @@ pub(crate) fn remove_scratch_if_quiet(scratch: &Path) {
     }
 }
 
-fn read_pid_record(path: &Path) -> Option<(u32, u64)> {
+/// The record that names process `pid` for good: `<pid> <start time>`
+/// (pid files of workers and sandboxes).
+pub fn pid_record(pid: u32) -> String {
+    format!("{pid} {}\n", process_start_time(pid).unwrap_or(0))
+}
+
+/// Reads a [`pid_record`] back: `(pid, start time)`.
+pub fn read_pid_record(path: &Path) -> Option<(u32, u64)> {
     let text = fs::read_to_string(path).ok()?;
     let mut parts = text.split_whitespace();
     let pid = parts.next()?.parse().ok()?;
     let started = parts.next()?.parse().ok()?;
     Some((pid, started))
+}
+
+/// Resident memory of process `pid` in bytes (/proc/PID/statm).
+pub fn process_rss_bytes(pid: u32) -> Option<u64> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 /// Start time of a live process in clock ticks since boot (field 22 of

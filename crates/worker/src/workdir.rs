@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use ol_sandbox::process::process_start_time;
+use ol_sandbox::process::{pid_record, process_start_time, read_pid_record};
 use ol_sandbox::runtime::resolve_python;
 use ol_sandbox::sock::rootfs::build_base;
 
@@ -158,10 +158,7 @@ impl WorkerDir {
     /// process (checked with its start time, so a recycled pid never
     /// counts).
     pub fn running(&self) -> Option<Running> {
-        let text = fs::read_to_string(self.pid_file()).ok()?;
-        let mut parts = text.split_whitespace();
-        let pid: u32 = parts.next()?.parse().ok()?;
-        let started: u64 = parts.next()?.parse().ok()?;
+        let (pid, started) = read_pid_record(&self.pid_file())?;
         if process_start_time(pid) != Some(started) {
             return None;
         }
@@ -173,9 +170,7 @@ impl WorkerDir {
 
     /// Records this process as the directory's worker.
     pub fn write_pid(&self) -> Result<(), WorkerError> {
-        let pid = std::process::id();
-        let started = process_start_time(pid).unwrap_or(0);
-        write_file(&self.pid_file(), &format!("{pid} {started}\n"))
+        write_file(&self.pid_file(), &pid_record(std::process::id()))
     }
 
     /// Records the port the worker listens on.

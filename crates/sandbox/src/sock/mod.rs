@@ -35,7 +35,7 @@ use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
 use self::rootfs::{MountPlan, RootSources, SANDBOX_UID, inside};
 use self::zygote::{Assignment, Blank, ForkedSandbox, Zygote};
 use crate::process::{
-    RUNTIME_FD, cleanup_scratch, describe_exit, process_start_time, spawn_with_runtime_fd,
+    RUNTIME_FD, cleanup_scratch, describe_exit, pid_record, spawn_with_runtime_fd,
 };
 use crate::{Limits, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err};
 
@@ -243,8 +243,7 @@ impl PoolInner {
             .map_err(cgroup_err)
             .and_then(|()| zygote.prefork(&id, cgroup.clone()));
         made.inspect_err(|_| {
-            let _ = cgroup.kill_all(&kill_pid);
-            let _ = remove_cgroup(&cgroup);
+            let _ = discard_cgroup(&cgroup);
         })
     }
 
@@ -289,8 +288,7 @@ impl PoolInner {
                 conn,
             })
             .inspect_err(|_| {
-                let _ = cgroup.kill_all(&kill_pid);
-                let _ = remove_cgroup(&cgroup);
+                let _ = discard_cgroup(&cgroup);
                 let _ = fs::remove_dir_all(self.cfg.scratch_root.join(&id));
             })
     }
@@ -495,8 +493,7 @@ impl PoolInner {
             }
             Err(e) => {
                 tracing::warn!("cannot start a zygote, starting sandboxes from scratch: {e}");
-                let _ = cgroup.kill_all(&kill_pid);
-                let _ = remove_cgroup(&cgroup);
+                let _ = discard_cgroup(&cgroup);
                 None
             }
         }
@@ -567,8 +564,7 @@ impl Scratch {
 
     fn record_pid(&self, pid: u32) -> Result<(), SandboxError> {
         let path = self.dir.join("pid");
-        let record = format!("{pid} {}\n", process_start_time(pid).unwrap_or(0));
-        fs::write(&path, record).map_err(io_err("cannot write", &path))
+        fs::write(&path, pid_record(pid)).map_err(io_err("cannot write", &path))
     }
 }
 
@@ -630,8 +626,7 @@ pub fn cleanup(
             Arc::clone(&hierarchy),
             &format!("{worker_id}/{name}"),
         );
-        let _ = cg.kill_all(&kill_pid);
-        remove_cgroup(&cg).map_err(cgroup_err)?;
+        discard_cgroup(&cg).map_err(cgroup_err)?;
     }
     found = found.max(names.len());
     if remove_parent {
@@ -664,6 +659,12 @@ fn unpause_cgroup(cg: &Cgroup, downsize: Option<u64>) -> Result<(), SandboxError
 
 fn kill_pid(pid: u32) {
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+/// Kills every process of a cgroup and removes it.
+fn discard_cgroup(cg: &Cgroup) -> Result<(), CgroupError> {
+    let _ = cg.kill_all(&kill_pid);
+    remove_cgroup(cg)
 }
 
 /// Removes a cgroup whose processes were just killed: rmdir fails with
@@ -716,9 +717,8 @@ impl Enclosure {
     /// Kills every process of the sandbox and removes its cgroup and (when
     /// its logs are empty) its scratch dir.
     pub(crate) fn tear_down(&self) -> Result<(), SandboxError> {
-        let _ = self.cgroup.kill_all(&kill_pid);
         let _ = fs::remove_file(self.scratch.join("pid"));
-        let removed = remove_cgroup(&self.cgroup).map_err(cgroup_err);
+        let removed = discard_cgroup(&self.cgroup).map_err(cgroup_err);
         crate::process::remove_scratch_if_quiet(&self.scratch);
         removed
     }

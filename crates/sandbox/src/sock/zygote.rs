@@ -23,7 +23,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_json::json;
 
 use super::cgroup::Cgroup;
-use super::{Enclosure, kill_pid, remove_cgroup};
+use super::{Enclosure, discard_cgroup};
 use crate::process::describe_exit;
 use crate::protocol::{encode_frame, read_frame_blocking};
 use crate::{Sandbox, SandboxError, sys};
@@ -56,8 +56,7 @@ pub(crate) struct Blank {
 impl Blank {
     /// Kills an unused blank and frees its cgroup.
     pub(crate) fn discard(self) {
-        let _ = self.cgroup.kill_all(&kill_pid);
-        let _ = remove_cgroup(&self.cgroup);
+        let _ = discard_cgroup(&self.cgroup);
     }
 }
 
