@@ -1,0 +1,285 @@
+//! Load generation over HTTP/1.1: keep-alive connections calling lambdas
+//! back to back, single calls on new connections, and measurements of
+//! several targets interleaved in slices so a noisy machine's drift hits
+//! every target alike.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use indicatif::ProgressBar;
+use tokio::net::TcpStream;
+
+use super::stats::Samples;
+use super::target::Target;
+
+/// How long one call may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Which lambda each call goes to.
+#[derive(Debug, Clone)]
+pub enum Pick {
+    /// Always `/run/<name>`.
+    One(String),
+    /// `/run/<prefix><i>` with `i` uniform in `0..count`, as OpenLambda's
+    /// benchmarks pick among their N lambdas.
+    Uniform { prefix: String, count: usize },
+}
+
+impl Pick {
+    fn path(&self, rng: &mut XorShift) -> String {
+        match self {
+            Pick::One(name) => format!("/run/{name}"),
+            Pick::Uniform { prefix, count } => {
+                format!("/run/{prefix}{}", rng.next() % (*count).max(1) as u64)
+            }
+        }
+    }
+
+    /// How results name the lambdas called.
+    pub fn label(&self) -> String {
+        match self {
+            Pick::One(name) => name.clone(),
+            Pick::Uniform { prefix, count } => format!("{prefix}[0,{count})"),
+        }
+    }
+}
+
+/// A tiny xorshift generator: lambda choice needs no quality, only no
+/// shared state between connections.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// One measurement's plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub pick: Pick,
+    pub body: Bytes,
+    pub connections: usize,
+    /// Measured time per target, split into `rounds` slices.
+    pub seconds: f64,
+    /// Unrecorded calls per target before the first slice.
+    pub warmup: f64,
+    pub rounds: usize,
+}
+
+/// Measures every target with `plan`: warm-up, then `rounds` rounds in
+/// which each target gets one slice, in alternating order (ABBA...).
+/// Returns one `Samples` per target, in the order given. `progress`
+/// advances by one per slice.
+pub async fn measure(
+    targets: &[Target],
+    plan: &Plan,
+    progress: &ProgressBar,
+) -> Result<Vec<Samples>> {
+    for t in targets {
+        run_for(t, plan, secs(plan.warmup)).await?;
+    }
+    let rounds = plan.rounds.max(1);
+    let slice = secs(plan.seconds / rounds as f64);
+    let mut all: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
+    for round in 0..rounds {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..targets.len()).collect()
+        } else {
+            (0..targets.len()).rev().collect()
+        };
+        for i in order {
+            all[i].merge(run_for(&targets[i], plan, slice).await?);
+            progress.inc(1);
+        }
+    }
+    Ok(all)
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// `plan.connections` connections to `target`, each calling back to back
+/// for `duration`.
+async fn run_for(target: &Target, plan: &Plan, duration: Duration) -> Result<Samples> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for i in 0..plan.connections {
+        let (addr, pick, body) = (target.addr.clone(), plan.pick.clone(), plan.body.clone());
+        let seed = started.elapsed().as_nanos() as u64 ^ (i as u64) << 32;
+        tasks.push(tokio::spawn(async move {
+            one_connection(&addr, &pick, body, deadline, seed).await
+        }));
+    }
+    let mut all = Samples::default();
+    for t in tasks {
+        all.merge(t.await.context("a benchmark connection panicked")??);
+    }
+    all.elapsed = started.elapsed();
+    Ok(all)
+}
+
+async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}; is the worker running?"))?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Calls back to back until `deadline`. A connection that fails mid-run
+/// counts one error and is reopened once; if that fails too, it stops.
+async fn one_connection(
+    addr: &str,
+    pick: &Pick,
+    body: Bytes,
+    deadline: Instant,
+    seed: u64,
+) -> Result<Samples> {
+    let mut sender = connect(addr).await?;
+    let mut rng = XorShift::new(seed);
+    let mut samples = Samples::default();
+    while Instant::now() < deadline {
+        let path = pick.path(&mut rng);
+        let t0 = Instant::now();
+        match call(&mut sender, addr, &path, body.clone()).await {
+            Ok(error) => samples.record(t0.elapsed(), error),
+            Err(e) => {
+                samples.record_error(format!("{path}: {e:#}"));
+                match connect(addr).await {
+                    Ok(s) => sender = s,
+                    Err(e) => {
+                        samples.record_error(format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(samples)
+}
+
+/// One POST on an open connection; `Ok(Some(message))` for a non-200
+/// answer, `Err` when the connection failed.
+async fn call(
+    sender: &mut SendRequest<Full<Bytes>>,
+    addr: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<Option<String>> {
+    let req = hyper::Request::post(path)
+        .header("host", addr)
+        .header("content-type", "application/json")
+        .body(Full::new(body))?;
+    let answer = async {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    };
+    let (status, body) = tokio::time::timeout(CALL_TIMEOUT, answer)
+        .await
+        .with_context(|| format!("no answer within {CALL_TIMEOUT:?}"))??;
+    if status == hyper::StatusCode::OK {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{path}: {} {}",
+        status.as_u16(),
+        one_line(&String::from_utf8_lossy(&body), 300)
+    )))
+}
+
+/// `text` on one line, cut to `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &flat[..i]),
+        None => flat,
+    }
+}
+
+/// Calls each of `names` once, in order, each on a new connection (as a
+/// client that calls a function once would), and records every call.
+pub async fn call_each(
+    target: &Target,
+    names: &[String],
+    body: &Bytes,
+    progress: &ProgressBar,
+) -> Result<Samples> {
+    let started = Instant::now();
+    let mut samples = Samples::default();
+    for name in names {
+        let path = format!("/run/{name}");
+        let t0 = Instant::now();
+        let outcome = match connect(&target.addr).await {
+            Ok(mut sender) => call(&mut sender, &target.addr, &path, body.clone()).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(error) => samples.record(t0.elapsed(), error),
+            Err(e) => samples.record(t0.elapsed(), Some(format!("{path}: {e:#}"))),
+        }
+        progress.inc(1);
+    }
+    samples.elapsed = started.elapsed();
+    Ok(samples)
+}
+
+/// A current-thread runtime for the client side: one thread keeps the
+/// client's own CPU use (and its cross-CPU wake-ups) low.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_pick_stays_in_range_and_spreads() {
+        let pick = Pick::Uniform {
+            prefix: "bench-py-".into(),
+            count: 4,
+        };
+        let mut rng = XorShift::new(1);
+        let mut seen = [0usize; 4];
+        for _ in 0..400 {
+            let p = pick.path(&mut rng);
+            let i: usize = p
+                .strip_prefix("/run/bench-py-")
+                .expect("prefix")
+                .parse()
+                .expect("n");
+            seen[i] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        assert_eq!(pick.label(), "bench-py-[0,4)");
+        assert_eq!(Pick::One("hello".into()).path(&mut rng), "/run/hello");
+    }
+
+    #[test]
+    fn error_bodies_are_flattened_and_cut() {
+        assert_eq!(one_line("a\n  b\tc", 10), "a b c");
+        assert_eq!(one_line("abcdef", 3), "abc...");
+    }
+}

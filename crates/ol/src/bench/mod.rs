@@ -1,0 +1,114 @@
+//! `ol bench`: end-to-end benchmarks of DESIGN.md §6. Each benchmark
+//! yields result rows (output.rs) shown as a table and optionally written
+//! as JSON, CSV and a PNG plot. Without `--target`, a benchmark starts
+//! (and stops) a worker of its own in a temporary directory; with one or
+//! more `--target NAME=URL` it measures those servers, interleaved.
+
+mod cold;
+mod first_call;
+mod hot;
+mod load;
+mod output;
+mod packages;
+mod plot;
+mod report;
+mod stats;
+mod target;
+mod upstream;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use output::Row;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Hot calls of one warm lambda over 1, 4, 16 keep-alive connections
+    /// (seq: one connection, one call at a time; par: N connections).
+    Hot(hot::HotArgs),
+    /// Cold starts: the first call of each of N new lambdas on a warm
+    /// worker started for the benchmark.
+    Cold(cold::ColdArgs),
+    /// Time from the start of `ol worker up` to the first successful call,
+    /// each run with a fresh worker directory.
+    FirstCall(first_call::FirstCallArgs),
+    /// A lambda needing numpy: its first call (install included), the first
+    /// call of new numpy lambdas once numpy is installed, and hot calls.
+    Numpy(packages::NumpyArgs),
+    /// OpenLambda's benchmarks by name: py|pd × 64|1k|64k lambdas × seq|par
+    /// (e.g. `ol bench ol py64-seq pd1k-par`; `py-seq-64` works too).
+    Ol(upstream::OlArgs),
+    /// Write OpenLambda's benchmark lambdas (bench-py-N, bench-pd-N) into a
+    /// worker directory's registry, for `ol bench ol --target`.
+    Init(upstream::InitArgs),
+    /// Run every benchmark of DESIGN §6 briefly and write the numbers, with
+    /// their ratios to upstream OpenLambda, into docs/benchmarks.md.
+    Report(report::ReportArgs),
+}
+
+/// Where to write results besides the table on stdout.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Write the result rows as a JSON array to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the result rows as CSV to this file.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Draw latency CDFs and a throughput bar chart into this PNG file.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    let (rows, out) = match cmd {
+        BenchCommand::Hot(a) => (hot::run(&a)?, a.output),
+        BenchCommand::Cold(a) => (cold::run(&a)?.rows, a.output),
+        BenchCommand::FirstCall(a) => (first_call::run(&a)?, a.output),
+        BenchCommand::Numpy(a) => (packages::run(&a)?, a.output),
+        BenchCommand::Ol(a) => (upstream::run(&a)?, a.output),
+        BenchCommand::Init(a) => return upstream::init(&a),
+        BenchCommand::Report(a) => return report::run(&a),
+    };
+    emit(&rows, &out)?;
+    let failed: usize = rows.iter().map(|r| r.errors).sum();
+    if failed > 0 {
+        bail!("{failed} calls failed; see the errors column and the first errors above");
+    }
+    Ok(())
+}
+
+/// Prints the table and writes the files `out` asks for.
+pub fn emit(rows: &[Row], out: &OutputArgs) -> Result<()> {
+    output::print_table(&mut std::io::stdout().lock(), rows)?;
+    if let Some(path) = &out.json {
+        output::write_json(path, rows)?;
+    }
+    if let Some(path) = &out.csv {
+        output::write_csv(path, rows)?;
+    }
+    if let Some(path) = &out.plot {
+        plot::draw(path, rows)?;
+    }
+    Ok(())
+}
+
+/// A progress bar of `len` steps on stderr, hidden when stderr is not a
+/// terminal (so logs and pipes get only the results).
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {elapsed_precise}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}

@@ -1,0 +1,87 @@
+//! `ol bench numpy`: a lambda whose requirements.txt asks for numpy. Its
+//! first call on a fresh worker (install included), the first call of new
+//! numpy lambdas once numpy is installed (zygote hit), and hot calls.
+
+use anyhow::{Result, bail};
+use bytes::Bytes;
+
+use super::OutputArgs;
+use super::hot::measure_connections;
+use super::load::{self, Pick, Plan};
+use super::output::{Row, RowKey};
+use super::target::OwnWorker;
+
+/// A numpy lambda: its answer proves numpy was imported and ran.
+pub const NUMPY_PY: &str = "import numpy as np\n\n\ndef f(event):\n    \
+    return {\"numpy\": np.__version__, \"sum\": int(np.arange(10).sum())}\n";
+
+#[derive(Debug, clap::Args)]
+pub struct NumpyArgs {
+    /// How many new numpy lambdas to call once each after the install.
+    #[arg(long, default_value_t = 20)]
+    pub count: usize,
+    /// Measured seconds of hot calls.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Connection counts of the hot calls, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub connections: Vec<usize>,
+    /// Override a setting of the benchmark's worker (repeatable).
+    #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+pub fn run(args: &NumpyArgs) -> Result<Vec<Row>> {
+    if args.count == 0 || args.connections.is_empty() || args.connections.contains(&0) {
+        bail!("--count and --connections need positive values");
+    }
+    let worker = OwnWorker::start(&args.options)?;
+    let files = [("f.py", NUMPY_PY), ("requirements.txt", "numpy\n")];
+    let names: Vec<String> = (0..args.count).map(|i| format!("np-{i}")).collect();
+    for name in names.iter().chain([&"np-hot".to_string()]) {
+        worker.add_lambda(name, &files)?;
+    }
+    let target = worker.target();
+    let body = Bytes::from_static(b"{}");
+    let rt = load::runtime()?;
+    let bar = super::progress(1 + args.count as u64, "numpy");
+    let first = rt.block_on(load::call_each(
+        &target,
+        &["np-hot".to_string()],
+        &body,
+        &bar,
+    ))?;
+    let key = |bench, lambda| RowKey {
+        bench,
+        target: "ours",
+        lambda,
+        connections: 1,
+    };
+    let installed = first.errors == 0;
+    let mut rows = vec![Row::new(key("numpy-first", "np-hot"), first)];
+    if !installed {
+        // Every other call would fail the same way; the first error says why.
+        bar.finish_and_clear();
+        return Ok(rows);
+    }
+    let cold = rt.block_on(load::call_each(&target, &names, &body, &bar))?;
+    bar.finish_and_clear();
+    rows.push(Row::new(key("numpy-cold", "np-[0,N)"), cold));
+    let plan = Plan {
+        pick: Pick::One("np-hot".into()),
+        body,
+        connections: 1,
+        seconds: args.seconds,
+        warmup: 0.5,
+        rounds: 1,
+    };
+    rows.extend(measure_connections(
+        "numpy-hot",
+        &[target],
+        &plan,
+        &args.connections,
+    )?);
+    Ok(rows)
+}

@@ -1,0 +1,208 @@
+//! End-to-end test of `ol bench hot --target`: a real worker, two named
+//! targets measured interleaved, and the JSON, CSV and PNG outputs read
+//! back and checked.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{TestWorker, ol_bin};
+
+const BOOM: &[(&str, &str)] = &[("f.py", "def f(event):\n    return 1 / 0\n")];
+
+/// `ol bench hot --target ...` with short timings and every output file.
+fn bench_hot(w: &TestWorker, lambda: &str, out: &Path) -> std::process::Output {
+    let url = w.url("");
+    Command::new(ol_bin())
+        .args(["bench", "hot", "--lambda", lambda])
+        .args(["--target", &format!("ours={url}"), "--target"])
+        .arg(format!("again={url}/"))
+        .args([
+            "--seconds",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--connections",
+            "1,2",
+        ])
+        .arg("--json")
+        .arg(out.join("r.json"))
+        .arg("--csv")
+        .arg(out.join("r.csv"))
+        .arg("--plot")
+        .arg(out.join("r.png"))
+        .output()
+        .expect("run ol bench")
+}
+
+fn num(row: &serde_json::Value, field: &str) -> f64 {
+    row[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} is not a number in {row}"))
+}
+
+#[test]
+fn hot_bench_against_targets_writes_json_csv_and_png() {
+    let w = TestWorker::start(&[], &[]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = bench_hot(&w, "hello", out.path());
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // Not a terminal: no progress bar on stderr.
+    assert!(
+        run.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.starts_with("bench "), "{stdout}");
+    assert_eq!(stdout.lines().count(), 5, "header + 4 rows:\n{stdout}");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("r.json")).expect("json file"))
+            .expect("json");
+    let rows = json.as_array().expect("array of rows");
+    let keys: Vec<(String, u64, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["target"].as_str().expect("target").to_string(),
+                r["connections"].as_u64().expect("connections"),
+                r["mode"].as_str().expect("mode").to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("ours", 1, "seq"),
+        ("again", 1, "seq"),
+        ("ours", 2, "par"),
+        ("again", 2, "par"),
+    ];
+    assert_eq!(
+        keys,
+        want.map(|(t, c, m)| (t.to_string(), c, m.to_string())),
+        "one row per (connections, target), targets in the order given"
+    );
+    for r in rows {
+        assert_eq!(
+            (r["bench"].as_str(), r["lambda"].as_str()),
+            (Some("hot"), Some("hello"))
+        );
+        let requests = num(r, "requests");
+        assert!(requests > 0.0, "{r}");
+        assert_eq!(
+            (num(r, "errors"), r["first_error"].as_str()),
+            (0.0, Some(""))
+        );
+        let secs = num(r, "seconds");
+        assert!((0.4..5.0).contains(&secs), "measured about 0.5 s: {r}");
+        let rate = num(r, "req_per_sec");
+        assert!((rate - requests / secs).abs() < 1e-6 * rate.max(1.0), "{r}");
+        let (p50, p90, p99, max, mean) = (
+            num(r, "p50_us"),
+            num(r, "p90_us"),
+            num(r, "p99_us"),
+            num(r, "max_us"),
+            num(r, "mean_us"),
+        );
+        assert!(0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max, "{r}");
+        assert!(p50.min(mean) > 0.0 && mean <= max, "{r}");
+        // A call cannot be faster than 1 µs nor, here, slower than 10 s.
+        assert!(max < 10e6, "{r}");
+    }
+
+    let mut csv = csv::Reader::from_path(out.path().join("r.csv")).expect("csv file");
+    let header: Vec<String> = csv
+        .headers()
+        .expect("header")
+        .iter()
+        .map(String::from)
+        .collect();
+    let json_fields: Vec<String> = rows[0]
+        .as_object()
+        .expect("object")
+        .keys()
+        .cloned()
+        .collect();
+    let mut sorted_header = header.clone();
+    sorted_header.sort();
+    let mut sorted_fields = json_fields.clone();
+    sorted_fields.sort();
+    assert_eq!(
+        sorted_header, sorted_fields,
+        "CSV columns are the JSON fields"
+    );
+    let records: Vec<csv::StringRecord> = csv.records().collect::<Result<_, _>>().expect("records");
+    assert_eq!(records.len(), rows.len());
+    for (rec, row) in records.iter().zip(rows) {
+        for (name, value) in header.iter().zip(rec.iter()) {
+            match &row[name] {
+                serde_json::Value::String(s) => assert_eq!(value, s, "{name}"),
+                v => {
+                    let parsed: f64 = value.parse().unwrap_or_else(|_| panic!("{name}={value}"));
+                    let expected = v.as_f64().expect("number");
+                    assert!(
+                        (parsed - expected).abs() <= 1e-9 * expected.abs(),
+                        "{name}: {value} vs {v}"
+                    );
+                }
+            }
+        }
+    }
+
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(out.path().join("r.png")).expect("png file"),
+    ));
+    let mut reader = decoder.read_info().expect("png header");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut pixels).expect("png data");
+    assert_eq!((info.width, info.height), (1400, 600));
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let px = &pixels[..info.buffer_size()];
+    let non_white = px.chunks(3).filter(|p| p != &[255, 255, 255]).count();
+    let colored = px
+        .chunks(3)
+        .filter(|p| p.iter().max().unwrap_or(&0) - p.iter().min().unwrap_or(&0) > 100)
+        .count();
+    assert!(
+        non_white > 10_000,
+        "axes, text and curves drawn: {non_white}"
+    );
+    assert!(colored > 1_000, "colored curves and bars drawn: {colored}");
+}
+
+#[test]
+fn failing_calls_are_counted_and_reported() {
+    let w = TestWorker::start(&[("boom", BOOM)], &[]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = bench_hot(&w, "boom", out.path());
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "failed calls fail the bench:\n{stdout}"
+    );
+    assert!(stderr.contains("calls failed"), "{stderr}");
+    assert!(
+        stdout.contains("first error of hot on ours") && stdout.contains("/run/boom: 500"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("r.json")).expect("json file"))
+            .expect("json");
+    for r in json.as_array().expect("rows") {
+        assert!(
+            num(r, "errors") > 0.0 && num(r, "errors") == num(r, "requests"),
+            "{r}"
+        );
+        let first = r["first_error"].as_str().expect("first_error");
+        assert!(
+            first.starts_with("/run/boom: 500 ") && first.contains("ZeroDivisionError"),
+            "{first}"
+        );
+    }
+}
