@@ -77,7 +77,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     emit(&rows, &out)?;
     let failed: usize = rows.iter().map(|r| r.errors).sum();
     if failed > 0 {
-        bail!("{failed} calls failed; see the errors column and the first errors above");
+        let calls: usize = rows.iter().map(|r| r.requests).sum();
+        bail!("{failed} of {calls} calls failed; see the errors column and the first errors above");
     }
     Ok(())
 }

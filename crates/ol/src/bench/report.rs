@@ -26,10 +26,10 @@ pub struct ReportArgs {
     #[arg(long, default_value = "docs/benchmarks.md")]
     pub out: PathBuf,
     /// Measured seconds of each hot measurement.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// New lambdas of the cold-start benchmark.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 200)]
     pub cold_count: usize,
     /// Fresh workers of the first-call benchmark.
     #[arg(long, default_value_t = 5)]
@@ -151,54 +151,179 @@ fn splice(old: &str, section: &str) -> String {
     }
 }
 
-/// Upstream OpenLambda's numbers on this machine kind (OPENLAMBDA-FACTS).
-struct Upstream {
-    text: &'static str,
-    /// The middle of its measured range, in the row's unit (µs or req/s).
-    mid: f64,
+/// How a measured row compares with upstream OpenLambda's number.
+enum Versus {
+    /// Upstream's latency (µs) over our p50.
+    LowerP50(f64),
+    /// Our req/s over upstream's.
+    MoreReqPerSec(f64),
+    Nothing,
 }
 
-const UP_HOT1: Upstream = Upstream {
-    text: "68.6 req/s, p50 15.96 ms, p99 20.2 ms",
-    mid: 15_960.0,
-};
-const UP_HOT4: Upstream = Upstream {
-    text: "3,550–3,690 req/s, p99 3.6–4.7 ms",
-    mid: 3_620.0,
-};
-const UP_HOT16: Upstream = Upstream {
-    text: "3,070–3,780 req/s, p99 8.9–10.2 ms",
-    mid: 3_425.0,
-};
-const UP_COLD: Upstream = Upstream {
-    text: "27–30 ms",
-    mid: 28_500.0,
-};
-const UP_FIRST: Upstream = Upstream {
-    text: "99–115 ms",
-    mid: 107_000.0,
-};
-const UP_NP_COLD: Upstream = Upstream {
-    text: "35–43 ms",
-    mid: 39_000.0,
-};
-const UP_NP_FIRST: Upstream = Upstream {
-    text: "5.4–5.7 s",
-    mid: 5_550_000.0,
-};
-const UP_NP_HOT: Upstream = Upstream {
-    text: "68 req/s",
-    mid: 68.0,
-};
+/// One line of the DESIGN §6 table: which row it reads and how.
+struct Metric {
+    name: &'static str,
+    bench: &'static str,
+    connections: usize,
+    target: &'static str,
+    /// Whether the row meets the target (given the CPU count); `None`
+    /// when DESIGN sets no target for it.
+    met: Option<fn(&Row, usize) -> bool>,
+    today: fn(&Row, usize) -> String,
+    /// Upstream OpenLambda's number on this machine kind
+    /// (OPENLAMBDA-FACTS.md), and the middle of its range to compare.
+    upstream: &'static str,
+    versus: Versus,
+}
+
+const METRICS: &[Metric] = &[
+    Metric {
+        name: "hot, 1 keep-alive connection",
+        bench: "hot",
+        connections: 1,
+        target: "p50 ≤ 150 µs, p99 ≤ 500 µs",
+        met: Some(|r, _| r.p50_us <= 150.0 && r.p99_us <= 500.0),
+        today: |r, _| {
+            format!(
+                "p50 {}, p99 {} ({:.0} req/s)",
+                human_us(r.p50_us),
+                human_us(r.p99_us),
+                r.req_per_sec
+            )
+        },
+        upstream: "68.6 req/s, p50 15.96 ms, p99 20.2 ms",
+        versus: Versus::LowerP50(15_960.0),
+    },
+    Metric {
+        name: "hot, 4 connections",
+        bench: "hot",
+        connections: 4,
+        target: "≥ 15,000 req/s, p99 ≤ 1 ms",
+        met: Some(|r, _| r.req_per_sec >= 15_000.0 && r.p99_us <= 1_000.0),
+        today: req_per_sec_p50_p99,
+        upstream: "3,550–3,690 req/s, p99 3.6–4.7 ms",
+        versus: Versus::MoreReqPerSec(3_620.0),
+    },
+    Metric {
+        name: "hot, 16 connections",
+        bench: "hot",
+        connections: 16,
+        target: "(none)",
+        met: None,
+        today: req_per_sec_p50_p99,
+        upstream: "3,070–3,780 req/s, p99 8.9–10.2 ms",
+        versus: Versus::MoreReqPerSec(3_425.0),
+    },
+    Metric {
+        name: "new lambda on a warm worker (no packages)",
+        bench: "cold",
+        connections: 1,
+        target: "p50 ≤ 5 ms, p99 ≤ 15 ms",
+        met: Some(|r, _| r.p50_us <= 5_000.0 && r.p99_us <= 15_000.0),
+        today: p50_p99_of_lambdas,
+        upstream: "27–30 ms",
+        versus: Versus::LowerP50(28_500.0),
+    },
+    Metric {
+        name: "first call after `worker up`",
+        bench: "first-call",
+        connections: 1,
+        target: "≤ 50 ms",
+        met: Some(|r, _| r.p50_us <= 50_000.0),
+        today: |r, _| {
+            format!(
+                "p50 {}, max {} ({} fresh workers)",
+                human_us(r.p50_us),
+                human_us(r.max_us),
+                r.requests
+            )
+        },
+        upstream: "99–115 ms",
+        versus: Versus::LowerP50(107_000.0),
+    },
+    Metric {
+        name: "new lambda needing installed packages (numpy), zygote hit",
+        bench: "numpy-cold",
+        connections: 1,
+        target: "p50 ≤ 10 ms",
+        met: Some(|r, _| r.p50_us <= 10_000.0),
+        today: p50_p99_of_lambdas,
+        upstream: "35–43 ms",
+        versus: Versus::LowerP50(39_000.0),
+    },
+    Metric {
+        name: "sandbox creation rate",
+        bench: "cold",
+        connections: 1,
+        target: "≥ 100 per second per core, no leaks after 10,000",
+        met: Some(|r, cpus| creations_per_core(r, cpus) >= 100.0),
+        today: |r, cpus| {
+            format!(
+                "{:.0} per second per core ({} one at a time in {:.1} s on {cpus} CPUs); leaks not checked here",
+                creations_per_core(r, cpus),
+                r.requests,
+                r.seconds
+            )
+        },
+        upstream: "",
+        versus: Versus::Nothing,
+    },
+    Metric {
+        name: "numpy lambda, first call on a fresh worker (install included)",
+        bench: "numpy-first",
+        connections: 1,
+        target: "(none)",
+        met: None,
+        today: |r, _| human_us(r.p50_us),
+        upstream: "5.4–5.7 s",
+        versus: Versus::LowerP50(5_550_000.0),
+    },
+    Metric {
+        name: "numpy lambda hot, 1 connection",
+        bench: "numpy-hot",
+        connections: 1,
+        target: "(none)",
+        met: None,
+        today: |r, _| format!("{:.0} req/s, p50 {}", r.req_per_sec, human_us(r.p50_us)),
+        upstream: "68 req/s",
+        versus: Versus::MoreReqPerSec(68.0),
+    },
+];
+
+fn req_per_sec_p50_p99(r: &Row, _: usize) -> String {
+    format!(
+        "{:.0} req/s, p50 {}, p99 {}",
+        r.req_per_sec,
+        human_us(r.p50_us),
+        human_us(r.p99_us)
+    )
+}
+
+fn p50_p99_of_lambdas(r: &Row, _: usize) -> String {
+    format!(
+        "p50 {}, p99 {} ({} lambdas)",
+        human_us(r.p50_us),
+        human_us(r.p99_us),
+        r.requests
+    )
+}
+
+fn creations_per_core(r: &Row, cpus: usize) -> f64 {
+    r.requests as f64 / r.seconds.max(1e-9) / cpus.max(1) as f64
+}
 
 fn render(m: &Measured, args: &ReportArgs, took_s: f64) -> String {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut s = String::new();
     let _ = writeln!(s, "## Today's numbers (`ol bench report`)\n");
+    let command = match &args.output.plot {
+        Some(p) => format!("--out {} --plot {}", args.out.display(), p.display()),
+        None => format!("--out {}", args.out.display()),
+    };
     let _ = writeln!(
         s,
-        "Generated {} by `ol bench report --out {}` (commit {}, {cpus} CPUs, \
+        "Generated {} by `ol bench report {command}` (commit {}, {cpus} CPUs, \
          Linux {}, {:.0} s in all). Hot: {} s per connection count after 1 s of \
          warm-up; cold: {} new lambdas; first call: {} fresh workers; numpy: {} \
          new lambdas; OpenLambda's benches: {} s each after one call of each \
@@ -206,7 +331,6 @@ fn render(m: &Measured, args: &ReportArgs, took_s: f64) -> String {
          indications. Upstream numbers are from OPENLAMBDA-FACTS.md (same \
          machine kind, measured earlier, not in this run).\n",
         utc_now(),
-        args.out.display(),
         git_commit(),
         kernel.trim(),
         took_s,
@@ -221,232 +345,59 @@ fn render(m: &Measured, args: &ReportArgs, took_s: f64) -> String {
         "| metric (DESIGN §6) | target | today | met | upstream OpenLambda | vs upstream |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
-    let mut line = |metric: &str, target: &str, today: String, met: &str, up: &str, vs: String| {
-        let _ = writeln!(s, "| {metric} | {target} | {today} | {met} | {up} | {vs} |");
-    };
-    let ok = |r: &&Row| r.errors == 0 && r.requests > 0;
-    match m.row("hot", 1).filter(ok) {
-        Some(r) => line(
-            "hot, 1 keep-alive connection",
-            "p50 ≤ 150 µs, p99 ≤ 500 µs",
-            format!(
-                "p50 {}, p99 {} ({:.0} req/s)",
-                human_us(r.p50_us),
-                human_us(r.p99_us),
-                r.req_per_sec
+    for metric in METRICS {
+        let row = m
+            .row(metric.bench, metric.connections)
+            .filter(|r| r.errors == 0 && r.requests > 0);
+        let (today, met, versus) = match row {
+            Some(r) => (
+                (metric.today)(r, cpus),
+                metric.met.map_or("", |met| yes_no(met(r, cpus))),
+                match metric.versus {
+                    Versus::LowerP50(up) if r.p50_us > 0.0 => {
+                        format!("{:.1}× lower", up / r.p50_us)
+                    }
+                    Versus::MoreReqPerSec(up) => format!("{:.1}× the req/s", r.req_per_sec / up),
+                    _ => String::new(),
+                },
             ),
-            yes_no(r.p50_us <= 150.0 && r.p99_us <= 500.0),
-            UP_HOT1.text,
-            faster(UP_HOT1.mid, r.p50_us, "p50"),
-        ),
-        None => line(
-            "hot, 1 keep-alive connection",
-            "p50 ≤ 150 µs, p99 ≤ 500 µs",
-            missing(m, "hot", 1),
-            "–",
-            UP_HOT1.text,
-            String::new(),
-        ),
-    }
-    match m.row("hot", 4).filter(ok) {
-        Some(r) => line(
-            "hot, 4 connections",
-            "≥ 15,000 req/s, p99 ≤ 1 ms",
-            format!(
-                "{:.0} req/s, p50 {}, p99 {}",
-                r.req_per_sec,
-                human_us(r.p50_us),
-                human_us(r.p99_us)
-            ),
-            yes_no(r.req_per_sec >= 15_000.0 && r.p99_us <= 1_000.0),
-            UP_HOT4.text,
-            more(r.req_per_sec, UP_HOT4.mid),
-        ),
-        None => line(
-            "hot, 4 connections",
-            "≥ 15,000 req/s, p99 ≤ 1 ms",
-            missing(m, "hot", 4),
-            "–",
-            UP_HOT4.text,
-            String::new(),
-        ),
-    }
-    match m.row("hot", 16).filter(ok) {
-        Some(r) => line(
-            "hot, 16 connections",
-            "(none)",
-            format!(
-                "{:.0} req/s, p50 {}, p99 {}",
-                r.req_per_sec,
-                human_us(r.p50_us),
-                human_us(r.p99_us)
-            ),
-            "",
-            UP_HOT16.text,
-            more(r.req_per_sec, UP_HOT16.mid),
-        ),
-        None => line(
-            "hot, 16 connections",
-            "(none)",
-            missing(m, "hot", 16),
-            "–",
-            UP_HOT16.text,
-            String::new(),
-        ),
-    }
-    match m.row("cold", 1).filter(ok) {
-        Some(r) => line(
-            "new lambda on a warm worker (no packages)",
-            "p50 ≤ 5 ms, p99 ≤ 15 ms",
-            format!(
-                "p50 {}, p99 {} ({} lambdas)",
-                human_us(r.p50_us),
-                human_us(r.p99_us),
-                r.requests
-            ),
-            yes_no(r.p50_us <= 5_000.0 && r.p99_us <= 15_000.0),
-            UP_COLD.text,
-            faster(UP_COLD.mid, r.p50_us, "p50"),
-        ),
-        None => line(
-            "new lambda on a warm worker (no packages)",
-            "p50 ≤ 5 ms, p99 ≤ 15 ms",
-            missing(m, "cold", 1),
-            "–",
-            UP_COLD.text,
-            String::new(),
-        ),
-    }
-    match m.row("first-call", 1).filter(ok) {
-        Some(r) => line(
-            "first call after `worker up`",
-            "≤ 50 ms",
-            format!(
-                "p50 {}, max {} ({} runs)",
-                human_us(r.p50_us),
-                human_us(r.max_us),
-                r.requests
-            ),
-            yes_no(r.p50_us <= 50_000.0),
-            UP_FIRST.text,
-            faster(UP_FIRST.mid, r.p50_us, "p50"),
-        ),
-        None => line(
-            "first call after `worker up`",
-            "≤ 50 ms",
-            missing(m, "first-call", 1),
-            "–",
-            UP_FIRST.text,
-            String::new(),
-        ),
-    }
-    match m.row("numpy-cold", 1).filter(ok) {
-        Some(r) => line(
-            "new lambda needing installed packages (numpy), zygote hit",
-            "p50 ≤ 10 ms",
-            format!(
-                "p50 {}, p99 {} ({} lambdas)",
-                human_us(r.p50_us),
-                human_us(r.p99_us),
-                r.requests
-            ),
-            yes_no(r.p50_us <= 10_000.0),
-            UP_NP_COLD.text,
-            faster(UP_NP_COLD.mid, r.p50_us, "p50"),
-        ),
-        None => line(
-            "new lambda needing installed packages (numpy), zygote hit",
-            "p50 ≤ 10 ms",
-            missing(m, "numpy-first", 1),
-            "–",
-            UP_NP_COLD.text,
-            String::new(),
-        ),
-    }
-    match m.row("cold", 1).filter(ok) {
-        Some(r) => {
-            let per_core = r.requests as f64 / r.seconds / cpus as f64;
-            line(
-                "sandbox creation rate",
-                "≥ 100 per second per core, no leaks after 10,000",
-                format!(
-                    "{per_core:.0} per second per core (one at a time: {} in {:.1} s on {cpus} CPUs); leaks not checked here",
-                    r.requests, r.seconds
-                ),
-                yes_no(per_core >= 100.0),
-                "",
-                String::new(),
-            )
-        }
-        None => line(
-            "sandbox creation rate",
-            "≥ 100 per second per core",
-            missing(m, "cold", 1),
-            "–",
-            "",
-            String::new(),
-        ),
+            None => (missing(m, metric.bench), "–", String::new()),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {today} | {met} | {} | {versus} |",
+            metric.name, metric.target, metric.upstream
+        );
     }
     let mut kib = m.idle_private_kib.clone();
     kib.sort_unstable();
-    match kib.get(kib.len() / 2) {
-        Some(&median) => line(
-            "idle sandbox memory",
-            "≤ 2 MiB beyond the zygote's shared pages",
+    let (today, met) = match kib.get(kib.len() / 2) {
+        Some(&median) => (
             format!(
-                "median {:.2} MiB private (max {:.2} MiB, {} idle sandboxes after the cold run)",
+                "median {:.2} MiB private (max {:.2} MiB; {} idle sandboxes after the cold run)",
                 median as f64 / 1024.0,
                 kib.last().copied().unwrap_or(0) as f64 / 1024.0,
                 kib.len()
             ),
             yes_no(median <= 2048),
-            "",
-            String::new(),
         ),
-        None => line(
-            "idle sandbox memory",
-            "≤ 2 MiB beyond the zygote's shared pages",
-            "not measured".into(),
-            "–",
-            "",
-            String::new(),
-        ),
-    }
-    match m.row("numpy-first", 1).filter(ok) {
-        Some(r) => line(
-            "numpy lambda, first call on a fresh worker (install included)",
-            "(none)",
-            human_us(r.p50_us),
-            "",
-            UP_NP_FIRST.text,
-            faster(UP_NP_FIRST.mid, r.p50_us, ""),
-        ),
-        None => line(
-            "numpy lambda, first call on a fresh worker (install included)",
-            "(none)",
-            missing(m, "numpy-first", 1),
-            "–",
-            UP_NP_FIRST.text,
-            String::new(),
-        ),
-    }
-    match m.row("numpy-hot", 1).filter(ok) {
-        Some(r) => line(
-            "numpy lambda hot, 1 connection",
-            "(none)",
-            format!("{:.0} req/s, p50 {}", r.req_per_sec, human_us(r.p50_us)),
-            "",
-            UP_NP_HOT.text,
-            more(r.req_per_sec, UP_NP_HOT.mid),
-        ),
-        None => line(
-            "numpy lambda hot, 1 connection",
-            "(none)",
-            missing(m, "numpy-first", 1),
-            "–",
-            UP_NP_HOT.text,
-            String::new(),
-        ),
+        None => ("not measured".to_string(), "–"),
+    };
+    let _ = writeln!(
+        s,
+        "| idle sandbox memory | ≤ 2 MiB beyond the zygote's shared pages | {today} | {met} | | |"
+    );
+    if let Some(plot) = &args.output.plot {
+        let link = match (plot.parent(), args.out.parent()) {
+            (Some(a), Some(b)) if a == b => plot.file_name().map(PathBuf::from),
+            _ => None,
+        };
+        let link = link.unwrap_or_else(|| plot.clone());
+        let _ = writeln!(
+            s,
+            "\n![latency CDFs and throughput of this run]({})",
+            link.display()
+        );
     }
     let _ = writeln!(
         s,
@@ -491,36 +442,27 @@ fn render(m: &Measured, args: &ReportArgs, took_s: f64) -> String {
     s
 }
 
-/// Why a target row has no number: the benchmark's first error, or that
-/// it did not run.
-fn missing(m: &Measured, bench: &str, connections: usize) -> String {
-    match m.row(bench, connections) {
-        Some(r) if r.errors > 0 && r.first_error.contains("No module named") => {
+/// Why a metric has no number: the first error of its benchmark (or of
+/// the earlier step of the same benchmark that stopped it), or that it did
+/// not run.
+fn missing(m: &Measured, bench: &str) -> String {
+    let family = bench.split('-').next().unwrap_or(bench);
+    let failed = m
+        .rows
+        .iter()
+        .filter(|r| r.errors > 0)
+        .find(|r| r.bench == bench || r.bench.split('-').next() == Some(family));
+    match failed {
+        Some(r) if r.first_error.contains("No module named") => {
             "not available: packages not yet supported (the lambda cannot import them)".into()
         }
-        Some(r) if r.errors > 0 => format!("not available: {} calls failed", r.errors),
-        _ => "not measured (see the errors below)".into(),
+        Some(r) => format!("not available: {} of {} calls failed", r.errors, r.requests),
+        None => "not measured (see the errors below)".into(),
     }
 }
 
 fn yes_no(met: bool) -> &'static str {
     if met { "yes" } else { "**no**" }
-}
-
-/// `upstream / ours` of a latency, as "N× lower".
-fn faster(upstream_us: f64, ours_us: f64, what: &str) -> String {
-    if ours_us <= 0.0 {
-        return String::new();
-    }
-    format!("{:.1}× lower {what}", upstream_us / ours_us)
-        .replace("  ", " ")
-        .trim_end()
-        .to_string()
-}
-
-/// `ours / upstream` of a throughput.
-fn more(ours: f64, upstream: f64) -> String {
-    format!("{:.1}× the req/s", ours / upstream)
 }
 
 fn git_commit() -> String {
@@ -588,6 +530,98 @@ mod tests {
         );
     }
 
+    fn row(bench: &str, connections: usize, latencies_us: &[u32], error: Option<&str>) -> Row {
+        let mut samples = crate::bench::stats::Samples::default();
+        for &us in latencies_us {
+            let e = error.map(String::from);
+            samples.record(std::time::Duration::from_micros(us.into()), e);
+        }
+        samples.elapsed = std::time::Duration::from_secs(1);
+        let key = crate::bench::output::RowKey {
+            bench,
+            target: "ours",
+            lambda: "hello",
+            connections,
+        };
+        Row::new(key, samples)
+    }
+
+    fn args() -> ReportArgs {
+        ReportArgs {
+            out: PathBuf::from("docs/benchmarks.md"),
+            seconds: 1.0,
+            cold_count: 3,
+            first_call_runs: 2,
+            numpy_count: 2,
+            output: OutputArgs::default(),
+        }
+    }
+
+    /// The table line of `metric`, split into its cells.
+    fn cells(doc: &str, metric: &str) -> Vec<String> {
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| {metric} |")))
+            .unwrap_or_else(|| panic!("no line for {metric} in\n{doc}"));
+        line.trim_matches('|')
+            .split(" | ")
+            .map(|c| c.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn render_checks_targets_and_compares_with_upstream() {
+        let m = Measured {
+            rows: vec![
+                row("hot", 1, &[100, 120, 140], None),
+                row("hot", 4, &[300; 20], None),
+                row("cold", 1, &[4_000, 5_000, 30_000], None),
+                row(
+                    "numpy-first",
+                    1,
+                    &[15_000],
+                    Some("/run/np-hot: 500 No module named 'numpy'"),
+                ),
+            ],
+            failures: vec!["first-call: cannot start".into()],
+            idle_private_kib: vec![900, 1_100, 3_000],
+        };
+        let doc = render(&m, &args(), 12.0);
+        let hot1 = cells(&doc, "hot, 1 keep-alive connection");
+        assert_eq!(hot1[2], "p50 120µs, p99 140µs (3 req/s)");
+        assert_eq!(hot1[3], "yes");
+        assert_eq!(hot1[5], "133.0× lower");
+        let hot4 = cells(&doc, "hot, 4 connections");
+        assert_eq!(
+            (hot4[3].as_str(), hot4[5].as_str()),
+            ("**no**", "0.0× the req/s")
+        );
+        let cold = cells(&doc, "new lambda on a warm worker (no packages)");
+        assert_eq!(cold[3], "**no**", "p99 30 ms misses 15 ms");
+        let rate = cells(&doc, "sandbox creation rate");
+        assert!(rate[2].contains("3 one at a time in 1.0 s"), "{rate:?}");
+        let numpy = cells(
+            &doc,
+            "new lambda needing installed packages (numpy), zygote hit",
+        );
+        assert!(
+            numpy[2].starts_with("not available: packages not yet supported"),
+            "{numpy:?}"
+        );
+        assert_eq!(numpy[3], "–");
+        let first = cells(&doc, "first call after `worker up`");
+        assert_eq!(first[2], "not measured (see the errors below)");
+        let mem = cells(&doc, "idle sandbox memory");
+        assert!(mem[2].starts_with("median 1.07 MiB private"), "{mem:?}");
+        assert_eq!(mem[3], "yes");
+        assert!(doc.contains("- first-call: cannot start"));
+        assert!(doc.contains("- numpy-first: /run/np-hot: 500 No module named 'numpy'"));
+        assert!(
+            doc.contains("| hot | `hello` | seq | 1 | 3 | 3 | 120µs |"),
+            "{doc}"
+        );
+    }
+
     #[test]
     fn utc_dates() {
         assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
@@ -596,11 +630,5 @@ mod tests {
             "2000-02-29 13:07 UTC"
         );
         assert_eq!(format_utc(1_795_564_800), "2026-11-25 00:00 UTC");
-    }
-
-    #[test]
-    fn ratios() {
-        assert_eq!(faster(28_500.0, 5_700.0, "p50"), "5.0× lower p50");
-        assert_eq!(more(15_000.0, 3_000.0), "5.0× the req/s");
     }
 }
