@@ -206,3 +206,92 @@ fn failing_calls_are_counted_and_reported() {
         );
     }
 }
+
+/// Runs `ol bench ARGS... --json FILE` and returns its rows.
+fn bench_json(args: &[&str], out: &Path) -> Vec<serde_json::Value> {
+    let json = out.join("rows.json");
+    let run = Command::new(ol_bin())
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run ol bench");
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json).expect("json file")).expect("json");
+    v.as_array().expect("rows").clone()
+}
+
+#[test]
+fn openlambda_benches_call_the_lambdas_written_by_bench_init() {
+    let w = TestWorker::start(&[], &[]);
+    let init = common::ol(
+        w.path(),
+        &["bench", "init", "--kind", "py", "--count", "64"],
+    );
+    assert!(init.status.success(), "{}", common::stderr(&init));
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = format!("w={}", w.url(""));
+    let rows = bench_json(
+        &[
+            "ol",
+            "py64-seq",
+            "py-par-64",
+            "--tasks",
+            "3",
+            "--target",
+            &target,
+        ]
+        .into_iter()
+        .chain(["--seconds", "0.4"])
+        .collect::<Vec<_>>(),
+        out.path(),
+    );
+    let keys: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["bench"].as_str().expect("bench"),
+                r["connections"].as_u64().expect("n"),
+            )
+        })
+        .collect();
+    assert_eq!(keys, [("py64-seq", 1), ("py64-par", 3)]);
+    for r in &rows {
+        assert_eq!(
+            (r["target"].as_str(), r["lambda"].as_str()),
+            (Some("w"), Some("bench-py-[0,64)"))
+        );
+        assert!(num(r, "requests") > 0.0 && num(r, "errors") == 0.0, "{r}");
+    }
+    // The warm-up called each of the 64 lambdas once: each has a sandbox.
+    let stats = w.stats();
+    let lambdas: std::collections::BTreeSet<&str> = stats["sandboxes"]
+        .as_array()
+        .expect("sandboxes")
+        .iter()
+        .filter_map(|s| s["lambda"].as_str())
+        .filter(|l| l.starts_with("bench-py-"))
+        .collect();
+    assert_eq!(lambdas.len(), 64, "{lambdas:?}");
+}
+
+#[test]
+fn first_call_bench_times_fresh_workers() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let rows = bench_json(&["first-call", "--runs", "2"], out.path());
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(
+        (r["bench"].as_str(), num(r, "requests"), num(r, "errors")),
+        (Some("first-call"), 2.0, 0.0)
+    );
+    // Starting a worker takes more than 1 ms and (here) less than 30 s.
+    assert!((1_000.0..30e6).contains(&num(r, "p50_us")), "{r}");
+}
