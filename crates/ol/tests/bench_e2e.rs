@@ -295,3 +295,31 @@ fn first_call_bench_times_fresh_workers() {
     // Starting a worker takes more than 1 ms and (here) less than 30 s.
     assert!((1_000.0..30e6).contains(&num(r, "p50_us")), "{r}");
 }
+
+#[test]
+fn cold_bench_uploads_new_lambdas_to_each_target_and_removes_them() {
+    let w = TestWorker::start(&[], &[]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (format!("a={}", w.url("")), format!("b={}", w.url("")));
+    let rows = bench_json(
+        &["cold", "--count", "3", "--target", &a, "--target", &b],
+        out.path(),
+    );
+    let targets: Vec<&str> = rows
+        .iter()
+        .map(|r| r["target"].as_str().expect("target"))
+        .collect();
+    assert_eq!(targets, ["a", "b"]);
+    for r in &rows {
+        assert_eq!((num(r, "requests"), num(r, "errors")), (3.0, 0.0), "{r}");
+    }
+    // Every call was a cold start: 3 per target, plus one warm-up each.
+    let created = w.stats()["sandboxes_created"].as_u64().expect("created");
+    assert!(created >= 8, "sandboxes created: {created}");
+    let left: Vec<String> = std::fs::read_dir(w.path().join("registry"))
+        .expect("registry")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cold-"))
+        .collect();
+    assert!(left.is_empty(), "uploaded lambdas left behind: {left:?}");
+}

@@ -1,16 +1,19 @@
 //! `ol bench cold`: the first call of each of N new lambdas on a warm
-//! worker the bench starts (each call pays for a new sandbox), and the
-//! memory each of those sandboxes keeps privately once idle.
+//! worker (each call pays for a new sandbox), on a worker the bench starts
+//! or on `--target`s, and the memory each of the bench's own sandboxes
+//! keeps privately once idle.
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
 use super::OutputArgs;
+use super::hot::targets_or_own;
 use super::load;
 use super::output::{Row, RowKey};
-use super::target::{OwnWorker, Target};
+use super::stats::Samples;
+use super::target::{Target, write_lambda};
 
 /// The hello lambda every no-package benchmark uses.
 pub const HELLO_PY: &str = "def f(event):\n    return \"Hello, \" + event[\"name\"] + \"!\"\n";
@@ -20,9 +23,15 @@ pub const HELLO_BODY: &str = r#"{"name": "bench"}"#;
 
 #[derive(Debug, clap::Args)]
 pub struct ColdArgs {
-    /// How many new lambdas to call once each.
+    /// How many new lambdas to call once each (per target).
     #[arg(long, default_value_t = 200)]
     pub count: usize,
+    /// Server to measure instead of a worker of the bench's own; the new
+    /// lambdas are uploaded to its `POST /registry/<name>` (and deleted
+    /// afterwards). Repeat to compare several: calls alternate between
+    /// them.
+    #[arg(long = "target", value_name = "[NAME=]URL")]
+    pub targets: Vec<String>,
     /// Override a setting of the benchmark's worker (repeatable), e.g.
     /// -o features.import_cache= to start every sandbox from scratch.
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
@@ -31,10 +40,11 @@ pub struct ColdArgs {
     pub output: OutputArgs,
 }
 
-/// The cold-start row and what the idle sandboxes weigh.
+/// The cold-start rows and what the idle sandboxes weigh.
 pub struct ColdOutcome {
     pub rows: Vec<Row>,
-    /// Private (unshared) memory of each live sandbox after the run, KiB.
+    /// Private (unshared) memory of each live sandbox of the bench's own
+    /// worker after the run, KiB (none with `--target`).
     pub idle_private_kib: Vec<u64>,
 }
 
@@ -42,41 +52,103 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    let worker = OwnWorker::start(&args.options)?;
-    let names: Vec<String> = (0..args.count).map(|i| format!("cold-{i}")).collect();
-    for name in names.iter().chain([&"warm".to_string()]) {
-        worker.add_lambda(name, &[("f.py", HELLO_PY)])?;
+    let (targets, own) = targets_or_own(&args.targets, &args.options)?;
+    // Names never used before on a long-running target.
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() % 1_000_000_000);
+    // Per target, so a server given twice still sees only new lambdas.
+    let names: Vec<Vec<String>> = (0..targets.len())
+        .map(|k| {
+            (0..=args.count)
+                .map(|i| format!("cold-{run_id}-{k}-{i}"))
+                .collect()
+        })
+        .collect();
+    let archive = hello_archive()?;
+    for (t, names) in targets.iter().zip(&names) {
+        for name in names {
+            upload(t, name, &archive)?;
+        }
     }
-    let target = worker.target();
     let body = Bytes::from_static(HELLO_BODY.as_bytes());
     let rt = load::runtime()?;
-    // One call first, so the worker's own first-call costs are not counted.
+    // One call first, so each worker's own first-call costs are not counted.
     let hidden = indicatif::ProgressBar::hidden();
-    rt.block_on(load::call_each(
-        &target,
-        &["warm".to_string()],
-        &body,
-        &hidden,
-    ))?;
-    let bar = super::progress(args.count as u64, "cold");
-    let samples = rt.block_on(load::call_each(&target, &names, &body, &bar))?;
+    // The last name of each target is its warm-up lambda.
+    for (t, names) in targets.iter().zip(&names) {
+        rt.block_on(load::call_each(t, &names[args.count..], &body, &hidden))?;
+    }
+    let bar = super::progress((args.count * targets.len()) as u64, "cold");
+    let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
+    for i in 0..args.count {
+        let order: Vec<usize> = if i % 2 == 0 {
+            (0..targets.len()).collect()
+        } else {
+            (0..targets.len()).rev().collect()
+        };
+        for k in order {
+            let one = &names[k][i..=i];
+            samples[k].merge(rt.block_on(load::call_each(&targets[k], one, &body, &bar))?);
+        }
+    }
     bar.finish_and_clear();
-    let row = Row::new(
-        RowKey {
-            bench: "cold",
-            target: &target.name,
-            lambda: "cold-[0,N)",
-            connections: 1,
-        },
-        samples,
-    );
-    // Let the sandboxes settle (paused after idle) before weighing them.
-    std::thread::sleep(Duration::from_millis(800));
-    let idle_private_kib = sandbox_private_kib(&target)?;
+    let rows = targets
+        .iter()
+        .zip(samples)
+        .map(|(t, s)| {
+            let key = RowKey {
+                bench: "cold",
+                target: &t.name,
+                lambda: "cold-[0,N)",
+                connections: 1,
+            };
+            Row::new(key, s)
+        })
+        .collect();
+    let idle_private_kib = match &own {
+        Some(own) => {
+            // Let the sandboxes settle (paused after idle) before weighing.
+            std::thread::sleep(Duration::from_millis(800));
+            sandbox_private_kib(&own.target())?
+        }
+        None => {
+            for (t, names) in targets.iter().zip(&names) {
+                for name in names {
+                    let url = t.url(&format!("/registry/{name}"));
+                    let _ = crate::client::delete(&url, Duration::from_secs(10));
+                }
+            }
+            Vec::new()
+        }
+    };
     Ok(ColdOutcome {
-        rows: vec![row],
+        rows,
         idle_private_kib,
     })
+}
+
+/// The hello lambda packed as a registry upload.
+fn hello_archive() -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    write_lambda(dir.path(), "hello", &[("f.py", HELLO_PY)])?;
+    Ok(ol_registry::pack_lambda(&dir.path().join("hello"))?)
+}
+
+/// `POST /registry/<name>` with the lambda's tar.gz.
+fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> {
+    let url = target.url(&format!("/registry/{name}"));
+    let a = crate::client::post(&url, archive, Duration::from_secs(30))
+        .with_context(|| format!("cannot upload {name} to {}", target.name))?;
+    if !(200..300).contains(&a.status) {
+        bail!(
+            "{} refused the upload of {name} ({}): {}",
+            target.name,
+            a.status,
+            a.body.trim()
+        );
+    }
+    Ok(())
 }
 
 /// Private memory (Private_Clean + Private_Dirty of smaps_rollup) of each

@@ -85,6 +85,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     m.add("hot", hot::run(&hot_args));
     let cold_args = ColdArgs {
         count: args.cold_count,
+        targets: Vec::new(),
         options: Vec::new(),
         output: OutputArgs::default(),
     };
