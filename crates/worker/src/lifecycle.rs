@@ -123,6 +123,7 @@ fn make_pool(
                 seccomp: config.features.enable_seccomp,
                 zygote: config.features.import_cache != ImportCache::Off,
                 downsize_paused_mem: config.features.downsize_paused_mem,
+                reuse_cgroups: config.features.reuse_cgroups,
             })?))
         }
     }

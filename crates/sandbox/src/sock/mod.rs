@@ -13,6 +13,7 @@
 //! the sandboxes' own mount namespaces and die with them.
 
 pub mod cgroup;
+mod cgroup_pool;
 pub mod init;
 pub mod rootfs;
 pub mod seccomp;
@@ -32,6 +33,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
+use self::cgroup_pool::CgroupPool;
 use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
 use self::rootfs::{CommandSources, MountPlan, RootSources, SANDBOX_UID, inside};
 use self::zygote::{Assignment, Blank, ChildZygote, ForkedSandbox, Zygote};
@@ -68,6 +70,8 @@ pub struct SockConfig {
     pub zygote: bool,
     /// Lower a paused sandbox's memory limit to what it uses.
     pub downsize_paused_mem: bool,
+    /// Keep dead sandboxes' cgroups for new ones (`features.reuse_cgroups`).
+    pub reuse_cgroups: bool,
 }
 
 /// The worker id of the worker directory `dir`: stable across restarts, so
@@ -93,6 +97,8 @@ const MAX_ZYGOTES: usize = 32;
 const ZYGOTE_RETRY: Duration = Duration::from_secs(60);
 /// The root zygote's key.
 const ROOT: &str = "";
+/// Most emptied cgroups kept for reuse.
+const REUSED_CGROUPS: usize = 64;
 
 /// Makes `sock` sandboxes. A background thread keeps [`BLANKS`] blank
 /// sandboxes forked from the zygote ready, so a cold start only hands one
@@ -116,6 +122,8 @@ struct PoolInner {
     starting: Mutex<()>,
     /// Ready blanks by the key of the zygote that forked them.
     blanks: Mutex<HashMap<String, VecDeque<Blank>>>,
+    /// Emptied cgroups for new blanks (when reused).
+    cgroups: Arc<CgroupPool>,
     /// Wakes the refill thread (a blank was taken, or the pool closes).
     wake: Condvar,
     closing: AtomicBool,
@@ -165,6 +173,7 @@ impl SockPool {
             worker_id = %cfg.worker_id,
             "sock sandboxes"
         );
+        let reused = if cfg.reuse_cgroups { REUSED_CGROUPS } else { 0 };
         let inner = Arc::new(PoolInner {
             cfg,
             fs,
@@ -173,6 +182,7 @@ impl SockPool {
             failed: Mutex::new(HashMap::new()),
             starting: Mutex::new(()),
             blanks: Mutex::new(HashMap::new()),
+            cgroups: Arc::new(CgroupPool::new(reused)),
             wake: Condvar::new(),
             closing: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -209,6 +219,9 @@ impl Drop for SockPool {
         }
         for (_, blanks) in self.inner.lock_blanks().drain() {
             blanks.into_iter().for_each(Blank::discard);
+        }
+        for cg in self.inner.cgroups.drain() {
+            let _ = discard_cgroup(&cg);
         }
         // Children first: a child zygote lives in its parent's namespaces.
         let mut zygotes: Vec<(String, Arc<Zygote>)> = self.inner.lock_zygotes().drain().collect();
@@ -282,19 +295,33 @@ impl PoolInner {
         }
     }
 
-    /// Forks one blank sandbox into a new cgroup.
+    /// Forks one blank sandbox into a reused or new cgroup.
     fn prefork(&self, zygote: &Zygote) -> Result<Blank, SandboxError> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("sb-{n}");
-        let cgroup = self.cgroup(&id);
-        cgroup.create().map_err(cgroup_err)?;
+        let (cgroup, oom_baseline) = match self.cgroups.take() {
+            Some(reused) => (reused.cgroup, reused.oom_baseline),
+            None => {
+                let cgroup = self.cgroup(&id);
+                cgroup.create().map_err(cgroup_err)?;
+                (cgroup, 0)
+            }
+        };
         let made = cgroup
             .set_limits(&cgroup_limits(&Limits::default()))
             .map_err(cgroup_err)
             .and_then(|()| zygote.prefork(&id, cgroup.clone()));
-        made.inspect_err(|_| {
-            let _ = discard_cgroup(&cgroup);
-        })
+        match made {
+            Ok(mut blank) => {
+                blank.oom_baseline = oom_baseline;
+                blank.recycle = self.cgroups.enabled().then(|| Arc::clone(&self.cgroups));
+                Ok(blank)
+            }
+            Err(e) => {
+                let _ = discard_cgroup(&cgroup);
+                Err(e)
+            }
+        }
     }
 
     /// A ready blank of zygote `key`, or a new one forked now.
@@ -393,7 +420,13 @@ impl PoolInner {
             let _ = fs::remove_dir_all(&scratch.dir);
             return Err(e);
         }
-        let Blank { cgroup, conn, exit } = blank;
+        let Blank {
+            cgroup,
+            conn,
+            exit,
+            oom_baseline,
+            recycle,
+        } = blank;
         Ok(NewSandbox {
             sandbox: Box::new(ForkedSandbox {
                 id: id.to_string(),
@@ -402,6 +435,8 @@ impl PoolInner {
                     cgroup,
                     scratch: scratch.dir,
                     downsize: self.downsize(&spec.limits),
+                    oom_baseline,
+                    recycle,
                 },
                 exit,
                 exit_reason: None,
@@ -524,6 +559,8 @@ impl PoolInner {
                 cgroup: cgroup.clone(),
                 scratch: scratch.dir.clone(),
                 downsize: self.downsize(limits),
+                oom_baseline: 0,
+                recycle: None,
             },
             destroyed: false,
         };
@@ -672,6 +709,8 @@ impl PoolInner {
                         cgroup: cgroup.clone(),
                         scratch: scratch.dir.clone(),
                         downsize: None,
+                        oom_baseline: 0,
+                        recycle: None,
                     },
                     stdout,
                     stderr,
@@ -982,6 +1021,10 @@ pub(crate) struct Enclosure {
     pub(crate) scratch: PathBuf,
     /// Normal memory limit, when paused sandboxes are downsized.
     pub(crate) downsize: Option<u64>,
+    /// OOM kills its cgroup counted before this sandbox (a reused cgroup).
+    pub(crate) oom_baseline: u64,
+    /// Where its cgroup goes for reuse when it dies (else it is removed).
+    pub(crate) recycle: Option<Arc<CgroupPool>>,
 }
 
 impl Enclosure {
@@ -1002,14 +1045,18 @@ impl Enclosure {
     }
 
     pub(crate) fn oom_killed(&self) -> bool {
-        self.cgroup.oom_kills().is_ok_and(|n| n > 0)
+        self.cgroup.oom_kills().is_ok_and(|n| n > self.oom_baseline)
     }
 
     /// Kills every process of the sandbox and removes its cgroup and (when
     /// its logs are empty) its scratch dir.
     pub(crate) fn tear_down(&self) -> Result<(), SandboxError> {
         let _ = fs::remove_file(self.scratch.join("pid"));
-        let removed = discard_cgroup(&self.cgroup).map_err(cgroup_err);
+        let removed = match &self.recycle {
+            Some(pool) => pool.recycle(self.cgroup.clone(), &kill_pid),
+            None => discard_cgroup(&self.cgroup),
+        }
+        .map_err(cgroup_err);
         crate::process::remove_scratch_if_quiet(&self.scratch);
         removed
     }

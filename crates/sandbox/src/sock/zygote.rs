@@ -23,6 +23,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_json::json;
 
 use super::cgroup::Cgroup;
+use super::cgroup_pool::CgroupPool;
 use super::{Enclosure, discard_cgroup};
 use crate::process::describe_exit;
 use crate::protocol::{encode_frame, read_frame_blocking};
@@ -53,12 +54,19 @@ pub(crate) struct Blank {
     pub(crate) conn: UnixStream,
     /// Read end of its exit pipe.
     pub(crate) exit: File,
+    /// OOM kills its cgroup counted before it (a reused cgroup).
+    pub(crate) oom_baseline: u64,
+    /// Where its cgroup goes for reuse (else it is removed).
+    pub(crate) recycle: Option<Arc<CgroupPool>>,
 }
 
 impl Blank {
     /// Kills an unused blank and frees its cgroup.
     pub(crate) fn discard(self) {
-        let _ = discard_cgroup(&self.cgroup);
+        let _ = match &self.recycle {
+            Some(pool) => pool.recycle(self.cgroup, &super::kill_pid),
+            None => discard_cgroup(&self.cgroup),
+        };
     }
 }
 
@@ -198,6 +206,8 @@ impl Zygote {
             cgroup,
             conn: ours,
             exit: File::from(exit_r),
+            oom_baseline: 0,
+            recycle: None,
         })
     }
 
