@@ -2,7 +2,7 @@
 
 The worker starts it as
 
-    <python> -I -S ol_runtime.py --fd N --code DIR --name NAME
+    <python> -I -S ol_runtime.py --fd N --code DIR --name NAME [--packages P1:P2]
 
 where fd N is one end of a connected unix SOCK_STREAM socket. The runtime
 loads the lambda found in DIR, sends a ``ready`` frame (or a ``load_error``
@@ -249,17 +249,27 @@ def setup_stdio() -> None:
             reconfigure(line_buffering=True)
 
 
-def load_lambda(code_dir: str) -> Handler:
+def add_package_paths(paths: list[str]) -> None:
+    """Put the lambda's installed packages on sys.path, in order, ahead of
+    everything but its code (a zygote may have put some there already)."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def load_lambda(code_dir: str, packages: list[str] | None = None) -> Handler:
     """Import the lambda in ``code_dir`` and return its Handler.
 
-    Puts ``code_dir`` first on sys.path and makes it the working directory.
-    Raises LoadError with a one-line summary when nothing callable is found.
+    Puts ``code_dir`` first on sys.path, then the ``packages`` dirs, and
+    makes ``code_dir`` the working directory. Raises LoadError with a
+    one-line summary when nothing callable is found.
     """
     code_dir = os.path.abspath(code_dir)
     try:
         os.chdir(code_dir)
     except OSError as exc:
         raise LoadError(f"cannot enter code directory {code_dir}: {exc.strerror}") from None
+    add_package_paths(packages or [])
     sys.path.insert(0, code_dir)
     entry_file = _find_entry_file(code_dir)
     module = _import_entry_file(code_dir, entry_file)
@@ -705,7 +715,7 @@ def _parse_args(argv: list[str]) -> dict[str, str]:
     while rest:
         option = rest.pop(0)
         name, equals, value = option.partition("=")
-        if name not in ("--fd", "--code", "--name"):
+        if name not in ("--fd", "--code", "--name", "--packages"):
             raise ValueError(f"unknown argument {option!r}")
         if not equals:
             if not rest:
@@ -719,7 +729,8 @@ def _parse_args(argv: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``--fd N --code DIR --name NAME``; returns the exit status."""
+    """Entry point: ``--fd N --code DIR --name NAME [--packages P1:P2]``;
+    returns the exit status."""
     try:
         args = _parse_args(sys.argv[1:] if argv is None else argv)
         sock = socket.socket(fileno=int(args["fd"]))
@@ -729,7 +740,8 @@ def main(argv: list[str] | None = None) -> int:
     sock.set_inheritable(False)  # a subprocess holding it would hide the worker's EOF
     setup_stdio()
     try:
-        handler = load_lambda(args["code"])
+        packages = [p for p in args.get("packages", "").split(os.pathsep) if p]
+        handler = load_lambda(args["code"], packages)
     except LoadError as exc:
         try:
             send_frame(sock, {"type": "load_error", "error": exc.summary, "traceback": exc.traceback})

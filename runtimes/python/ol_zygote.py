@@ -22,6 +22,15 @@ serves it. Blanks are made ahead of time, so the expensive part (above all
 the cgroup migration, which waits for an RCU grace period) is off the
 critical path of a cold start. The zygote answers ``{"type": "forked",
 "id": ..., "pid": ...}``.
+
+A ``zygote`` request (the import cache, DESIGN.md section 3.4) forks a
+child zygote instead: descriptors are its control socket, the write end of
+its exit pipe, its stdout and stderr, then its ``cgroup.procs`` files; the
+meta names the package dirs to put on sys.path and the modules to import.
+The child stays in this zygote's namespaces and privileges, imports the
+modules, says ``ready`` (or ``error``) on its own socket and serves
+``prefork`` and ``zygote`` requests there like this one. The parent writes
+its raw wait status to the exit pipe when it reaps it.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ HANDLER_DIR = "/handler"
 HOST_DIR = "/host"
 
 BLANK_FDS = 2  # runtime socket, exit pipe; then one cgroup.procs per hierarchy
+ZYGOTE_FDS = 4  # control socket, exit pipe, stdout, stderr; then cgroup.procs files
 ASSIGN_FDS = 4  # code mount, scratch mount, stdout, stderr
 MAX_FDS = 16
 CHILD_FAILED = 125
@@ -208,7 +218,7 @@ def run_assigned(sock: socket.socket, seccomp: bytes | None) -> None:
     os.environ.update(dict(meta.get("env", [])))
     ol_runtime.setup_stdio()
     try:
-        handler = ol_runtime.load_lambda(HANDLER_DIR)
+        handler = ol_runtime.load_lambda(HANDLER_DIR, list(meta.get("packages", [])))
     except ol_runtime.LoadError as exc:
         ol_runtime.send_frame(sock, {"type": "load_error", "error": exc.summary, "traceback": exc.traceback})
         os._exit(1)
@@ -244,15 +254,82 @@ def recv_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
     return json.loads(data[8 : 8 + meta_len]), fds
 
 
+# Exit pipes of child zygotes, by pid: written when they are reaped.
+_zygote_exits: dict[int, int] = {}
+
+
 def reap(_signum: int = 0, _frame: object = None) -> None:
-    """Collects every exited child (the middle processes)."""
+    """Collects every exited child (middle processes and child zygotes)."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        exit_w = _zygote_exits.pop(pid, None)
+        if exit_w is not None:
+            try:
+                os.write(exit_w, b"%d\n" % status)
+            except OSError:
+                pass
+            os.close(exit_w)
+
+
+def become_zygote(meta: dict, fds: list[int], seccomp: bytes | None) -> int:
+    """In a forked child: joins its cgroups, imports the node's packages and
+    serves fork requests on its own socket. Returns the exit status."""
+    conn, exit_w, stdout, stderr = fds[:ZYGOTE_FDS]
+    os.close(exit_w)  # the parent reports our exit
+    for fd in fds[ZYGOTE_FDS:]:
+        os.write(fd, b"0")
+        os.close(fd)
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    os.close(stdout)
+    os.close(stderr)
+    for fd in list(_zygote_exits.values()):
+        os.close(fd)  # our siblings' pipes belong to the parent
+    _zygote_exits.clear()
+    sock = socket.socket(fileno=conn)
+    sock.set_inheritable(False)
+    ol_runtime.add_package_paths(list(meta.get("packages", [])))
+    for module in meta.get("imports", []):
+        try:
+            __import__(module)
+        except BaseException as exc:  # noqa: BLE001 - any import failure is reported
+            ol_runtime.send_frame(
+                sock,
+                {"type": "error", "error": f"cannot import {module}: {ol_runtime.exception_summary(exc)}"},
+            )
+            return 1
+    gc.freeze()
+    return serve_forks(sock, seccomp)
+
+
+def fork_child(meta: dict, fds: list[int], seccomp: bytes | None, sock: socket.socket) -> int:
+    """Forks a blank (``prefork``) or a child zygote (``zygote``); returns
+    its pid in the parent."""
+    kind = meta.get("type")
+    pid = os.fork()
+    if pid == 0:
+        status = CHILD_FAILED
+        try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+            sock.close()
+            if kind == "zygote":
+                status = become_zygote(meta, fds, seccomp)
+            else:
+                run_assigned(prepare_blank(fds), seccomp)
+        except BaseException:  # noqa: BLE001 - report anything, then die
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+    if kind == "zygote":
+        _zygote_exits[pid] = os.dup(fds[1])
+    return pid
 
 
 def serve_forks(sock: socket.socket, seccomp: bytes | None) -> int:
@@ -262,22 +339,20 @@ def serve_forks(sock: socket.socket, seccomp: bytes | None) -> int:
         meta, fds = recv_request(sock)
         if meta is None:
             return 0
-        if meta.get("type") != "prefork" or len(fds) < BLANK_FDS:
+        kind = meta.get("type")
+        need = {"prefork": BLANK_FDS, "zygote": ZYGOTE_FDS}.get(kind)
+        if need is None or len(fds) < need:
             for fd in fds:
                 os.close(fd)
             ol_runtime.send_frame(sock, {"type": "error", "error": f"bad request {meta!r} with {len(fds)} fds"})
             continue
-        pid = os.fork()
-        if pid == 0:
-            try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                sock.close()
-                run_assigned(prepare_blank(fds), seccomp)
-            except BaseException:  # noqa: BLE001 - report anything, then die
-                traceback.print_exc()
-                sys.stderr.flush()
-            finally:
-                os._exit(CHILD_FAILED)
+        # Block SIGCHLD while forking: a child reaped between fork and the
+        # bookkeeping of its exit pipe would be reported to no one.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            pid = fork_child(meta, fds, seccomp, sock)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         for fd in fds:
             os.close(fd)
         ol_runtime.send_frame(sock, {"type": "forked", "id": meta.get("id"), "pid": pid})

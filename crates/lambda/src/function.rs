@@ -72,6 +72,8 @@ pub(crate) struct LambdaFunction {
     pub(crate) config: LambdaConfig,
     /// The worker's limits with the lambda's own (lower) ones applied.
     pub(crate) limits: Limits,
+    /// Its requirements.txt (or packages.txt), if it has one.
+    pub(crate) requirements: Option<String>,
     idle: Mutex<Vec<Instance>>,
     /// One permit per entry of `idle`, so waiting for an idle instance is
     /// an ordinary async acquire.
@@ -99,6 +101,7 @@ impl LambdaFunction {
         code: LambdaCode,
         config: LambdaConfig,
         limits: Limits,
+        requirements: Option<String>,
         max_instances: usize,
         max_queue: usize,
     ) -> Self {
@@ -107,6 +110,7 @@ impl LambdaFunction {
             code,
             config,
             limits,
+            requirements,
             idle: Mutex::new(Vec::new()),
             idle_ready: Semaphore::new(0),
             slots: Arc::new(Semaphore::new(max_instances.max(1))),

@@ -8,10 +8,12 @@
 
 mod cron;
 mod function;
+pub mod import_cache;
 mod manager;
 pub mod ol_yaml;
+pub mod packages;
 
-pub use manager::{LambdaManager, LambdaSettings, SandboxInfo, Stats};
+pub use manager::{LambdaManager, LambdaSettings, PackageLayer, SandboxInfo, Stats};
 
 use std::time::Duration;
 
@@ -77,6 +79,10 @@ pub enum InvokeError {
     /// The worker is shutting down (503).
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// The lambda's requirements cannot be resolved or installed (500);
+    /// the message names the requirement.
+    #[error("{0}")]
+    Packages(String),
     /// Anything else: sandbox creation or registry failure (500).
     #[error("{0}")]
     Internal(String),
@@ -91,7 +97,10 @@ impl InvokeError {
             Self::MethodNotAllowed(_) => 405,
             Self::QueueFull(_) => 429,
             Self::BodyTooLarge(_) => 413,
-            Self::LoadFailed { .. } | Self::Raised { .. } | Self::Internal(_) => 500,
+            Self::LoadFailed { .. }
+            | Self::Raised { .. }
+            | Self::Internal(_)
+            | Self::Packages(_) => 500,
             Self::Died(_) | Self::NotDelivered(_) => 502,
             Self::ShuttingDown | Self::NoMemory(_) => 503,
             Self::Timeout(_) => 504,

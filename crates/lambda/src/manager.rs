@@ -14,7 +14,9 @@ use ol_sandbox::{
 use serde::Serialize;
 
 use crate::function::{Acquired, Instance, LambdaFunction, NotAcquired};
+use crate::import_cache::ImportCache;
 use crate::ol_yaml;
+use crate::packages::{PackagePuller, PackageStats};
 use crate::{InvokeError, Trigger};
 
 /// Settings of the lambda layer.
@@ -89,6 +91,27 @@ pub struct Stats {
     pub mem_pool_used_mb: u64,
     /// Size of the memory pool, in MiB.
     pub mem_pool_total_mb: u64,
+    /// Package installs (absent without a package puller).
+    pub packages: Option<PackageStats>,
+    /// Sandboxes by the zygote they were forked from: `"root"`, an
+    /// import-cache key, or `"none"` (a fresh interpreter).
+    pub forked_from: std::collections::BTreeMap<String, u64>,
+    /// Sandboxes whose lambda has packages, forked from an import-cache
+    /// zygote (hits) or not (misses).
+    pub zygote_hits: u64,
+    /// See `zygote_hits`.
+    pub zygote_misses: u64,
+    /// Import-cache zygotes alive now.
+    pub zygotes: Vec<String>,
+}
+
+/// Packages and the import cache, for [`LambdaManager::new`].
+#[derive(Debug, Default)]
+pub struct PackageLayer {
+    /// Installs lambdas' requirements; `None`: requirements are ignored.
+    pub puller: Option<Arc<PackagePuller>>,
+    /// The zygote tree; `None`: lambdas fork from the root zygote.
+    pub import_cache: Option<ImportCache>,
 }
 
 /// Per-lambda part of [`Stats`].
@@ -109,6 +132,10 @@ struct Counters {
     avg_create_us: AtomicU64,
     pauses: AtomicU64,
     evictions: AtomicU64,
+    /// Sandboxes by the zygote they were forked from.
+    forked_from: Mutex<std::collections::BTreeMap<String, u64>>,
+    zygote_hits: AtomicU64,
+    zygote_misses: AtomicU64,
 }
 
 /// The lambda layer: every lambda called so far and its sandboxes.
@@ -127,15 +154,18 @@ pub struct LambdaManager {
     /// Calls waiting for memory; releases nudge them only when non-zero.
     mem_waiters: AtomicUsize,
     counters: Counters,
+    packages: PackageLayer,
     closed: AtomicBool,
 }
 
 impl LambdaManager {
-    /// A manager creating sandboxes from `pool` for code from `registry`.
+    /// A manager creating sandboxes from `pool` for code from `registry`,
+    /// with packages from `packages`.
     pub fn new(
         pool: Arc<dyn SandboxPool>,
         registry: Arc<dyn Registry>,
         settings: LambdaSettings,
+        packages: PackageLayer,
     ) -> Arc<Self> {
         Arc::new(Self {
             pool,
@@ -146,6 +176,7 @@ impl LambdaManager {
             cores: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             mem_waiters: AtomicUsize::new(0),
             counters: Counters::default(),
+            packages,
             closed: AtomicBool::new(false),
             settings,
         })
@@ -557,7 +588,8 @@ impl LambdaManager {
                     return None;
                 }
                 let config = ol_yaml::load(&code.dir);
-                Some((code, config))
+                let requirements = read_requirements(&code.dir);
+                Some((code, config, requirements))
             }))
         })
         .await
@@ -566,7 +598,8 @@ impl LambdaManager {
             RegistryError::InvalidName(_) => InvokeError::BadName(e.to_string()),
             other => InvokeError::Internal(other.to_string()),
         })?;
-        let Some((code, config)) = found.ok_or_else(|| InvokeError::NotFound(name.to_string()))?
+        let Some((code, config, requirements)) =
+            found.ok_or_else(|| InvokeError::NotFound(name.to_string()))?
         else {
             return Ok(None);
         };
@@ -586,6 +619,7 @@ impl LambdaManager {
             code,
             config,
             limits,
+            requirements,
             self.settings.max_instances,
             self.settings.max_queue,
         ))))
@@ -607,17 +641,21 @@ impl LambdaManager {
 
     async fn create_sandbox(&self, function: &LambdaFunction) -> Result<SafeSandbox, InvokeError> {
         let started = Instant::now();
-        let spec = SandboxSpec {
+        let mut spec = SandboxSpec {
             lambda: function.name.clone(),
             code_dir: function.code.dir.clone(),
             env: function.config.env_pairs(),
             limits: function.limits.clone(),
+            packages: Vec::new(),
+            zygote: Vec::new(),
         };
+        let has_packages = self.add_packages(function, &mut spec).await?;
         let pool = Arc::clone(&self.pool);
         let new = tokio::task::spawn_blocking(move || pool.create(&spec))
             .await
             .map_err(|e| InvokeError::Internal(format!("sandbox task failed: {e}")))?
             .map_err(|e| self.creation_error(&function.name, e))?;
+        self.count_fork(new.forked_from.as_deref(), has_packages);
         let sandbox = SafeSandbox::start(new, self.settings.ready_timeout)
             .await
             .map_err(|e| self.creation_error(&function.name, e))?;
@@ -644,6 +682,58 @@ impl LambdaManager {
             "sandbox ready"
         );
         Ok(sandbox)
+    }
+
+    /// Installs the lambda's requirements (once per worker) and puts them
+    /// and its import-cache zygotes in `spec`. Returns whether it has
+    /// packages.
+    async fn add_packages(
+        &self,
+        function: &LambdaFunction,
+        spec: &mut SandboxSpec,
+    ) -> Result<bool, InvokeError> {
+        let (Some(text), Some(puller)) = (&function.requirements, &self.packages.puller) else {
+            return Ok(false);
+        };
+        let resolved = puller.ensure(text).await.map_err(|e| {
+            InvokeError::Packages(format!(
+                "cannot install the requirements of lambda {}: {e}",
+                function.name
+            ))
+        })?;
+        if resolved.packages.is_empty() {
+            return Ok(false);
+        }
+        spec.packages = resolved.dirs();
+        if let Some(cache) = &self.packages.import_cache {
+            spec.zygote = cache.chain_for(&resolved);
+        }
+        Ok(true)
+    }
+
+    /// Counts where a new sandbox was forked from.
+    fn count_fork(&self, forked_from: Option<&str>, has_packages: bool) {
+        let name = match forked_from {
+            None => "none",
+            Some("") => "root",
+            Some(key) => key,
+        };
+        *self
+            .counters
+            .forked_from
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_string())
+            .or_default() += 1;
+        if has_packages {
+            let hit = forked_from.is_some_and(|k| !k.is_empty());
+            let counter = if hit {
+                &self.counters.zygote_hits
+            } else {
+                &self.counters.zygote_misses
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn creation_error(&self, name: &str, e: SandboxError) -> InvokeError {
@@ -700,6 +790,16 @@ impl LambdaManager {
             evictions: self.counters.evictions.load(Ordering::Relaxed),
             mem_pool_used_mb: self.mem.used_mb(),
             mem_pool_total_mb: self.mem.total_mb(),
+            packages: self.packages.puller.as_ref().map(|p| p.stats()),
+            forked_from: self
+                .counters
+                .forked_from
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            zygote_hits: self.counters.zygote_hits.load(Ordering::Relaxed),
+            zygote_misses: self.counters.zygote_misses.load(Ordering::Relaxed),
+            zygotes: self.pool.zygotes(),
         }
     }
 
@@ -724,4 +824,13 @@ impl LambdaManager {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// A lambda's requirements: `requirements.txt`, else seed 002's
+/// `packages.txt` (one requirement per line, the same format).
+fn read_requirements(code_dir: &std::path::Path) -> Option<String> {
+    ["requirements.txt", "packages.txt"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(code_dir.join(f)).ok())
+        .filter(|text| !crate::packages::requirement_lines(text).is_empty())
 }

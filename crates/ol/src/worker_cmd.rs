@@ -182,6 +182,18 @@ struct StatsView {
     invocations: u64,
     lambdas: Vec<LambdaView>,
     sandboxes: Vec<SandboxView>,
+    #[serde(default)]
+    packages: Option<PackagesView>,
+    #[serde(default)]
+    zygotes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PackagesView {
+    installs: u64,
+    install_ms: u64,
+    failures: u64,
+    installing: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +243,21 @@ fn status(dir: &DirArg) -> Result<()> {
     println!("  sandboxes:   {}", stats.sandboxes.len());
     for s in &stats.sandboxes {
         println!("    {} pid {} rss {}", s.id, s.pid, mib(rss_bytes(s.pid)));
+    }
+    if let Some(p) = &stats.packages {
+        println!(
+            "  packages:    {} installed in {:.1} s, {} failed",
+            p.installs,
+            p.install_ms as f64 / 1e3,
+            p.failures
+        );
+        for name in &p.installing {
+            println!("    installing {name}");
+        }
+    }
+    println!("  zygotes:     {}", stats.zygotes.len());
+    for z in &stats.zygotes {
+        println!("    {z}");
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use common::{TestWorker, add_lambda, eventually};
+use common::{TestWorker, eventually};
 
 const WSGI_ECHO: &str = "def app(environ, start_response):\n    body = environ['wsgi.input'].read(int(environ.get('CONTENT_LENGTH') or 0))\n    start_response('200 OK', [('Content-Type', 'application/octet-stream'), ('X-Path', environ['PATH_INFO']), ('X-Query', environ['QUERY_STRING'])])\n    return [body]\n";
 
@@ -104,27 +104,6 @@ fn stress_one_lambda_all_answers_correct() {
     for (n, status, body) in answers {
         assert_eq!((status, body), (200, format!("\"Hello, n{n}!\"")));
     }
-}
-
-#[test]
-fn call_each_once_over_100_lambdas() {
-    let w = TestWorker::start(&[], &[]);
-    for i in 0..100 {
-        add_lambda(
-            w.path(),
-            &format!("each-{i}"),
-            &[("f.py", &format!("def f(event):\n    return {i}\n"))],
-        );
-    }
-    for i in 0..100 {
-        let a = w.run(&format!("each-{i}"), "{}");
-        assert_eq!(
-            (a.status, a.body.clone()),
-            (200, i.to_string()),
-            "lambda {i}"
-        );
-    }
-    assert_eq!(w.stats()["lambdas"].as_array().map(Vec::len), Some(100));
 }
 
 #[test]

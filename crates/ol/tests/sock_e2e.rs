@@ -389,3 +389,47 @@ fn cron_lambda_fires_within_a_second_of_its_minute() {
         at - minute
     );
 }
+
+#[test]
+fn reused_cgroups_keep_no_stale_oom_count() {
+    require_root!();
+    let w = TestWorker::start(
+        &[
+            ("hog", &[("f.py", MEM_HOG)]),
+            (
+                "exits",
+                &[("f.py", "import os\ndef f(event):\n    os._exit(3)\n")],
+            ),
+        ],
+        &[
+            "sandbox=sock",
+            "limits.mem_mb=50",
+            "features.reuse_cgroups=true",
+        ],
+    );
+    let a = w.run("hog", "200");
+    assert_eq!(a.status, 507, "{}", a.body);
+    // The OOM-killed sandbox's cgroup goes back to the pool and serves
+    // later sandboxes; their deaths must not be blamed on that old OOM.
+    for _ in 0..6 {
+        let a = w.run("exits", "{}");
+        assert_eq!(a.status, 502, "{}", a.body);
+        assert!(a.body.contains("exited with status 3"), "{}", a.body);
+    }
+    let a = w.run("hog", "1");
+    assert_eq!((a.status, a.body.as_str()), (200, "1"));
+    // The cgroup that saw the OOM kill still exists: it was reused, not
+    // removed (without reuse_cgroups it would be gone).
+    let memory = Path::new("/sys/fs/cgroup/memory").join(ol_sandbox::sock::worker_id(w.path()));
+    let with_oom = fs::read_dir(&memory)
+        .expect("worker memory cgroup")
+        .flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path().join("memory.oom_control")).is_ok_and(|t| {
+                t.lines()
+                    .any(|l| l.starts_with("oom_kill ") && l != "oom_kill 0")
+            })
+        })
+        .count();
+    assert_eq!(with_oom, 1);
+}

@@ -127,6 +127,7 @@ impl Driver {
             RuntimeCommand {
                 python: setup.python.clone(),
                 script,
+                packages: setup.scratch.path().join("packages"),
             },
             setup.scratch.path().join(variant.name()),
         )
@@ -136,6 +137,8 @@ impl Driver {
             code_dir: setup.code.path().to_path_buf(),
             env,
             limits: Limits::default(),
+            packages: Vec::new(),
+            zygote: Vec::new(),
         };
         let new = pool.create(&spec).expect("start the runtime");
         match variant {
@@ -146,7 +149,7 @@ impl Driver {
                 Driver::Frame { sandbox }
             }
             Variant::HttpRaw | Variant::HttpServer => {
-                let NewSandbox { sandbox, conn } = new;
+                let NewSandbox { sandbox, conn, .. } = new;
                 conn.set_nonblocking(true).expect("nonblocking socket");
                 let _guard = rt.enter();
                 let stream = tokio::net::UnixStream::from_std(conn).expect("register socket");

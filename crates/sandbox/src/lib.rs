@@ -62,6 +62,24 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// Resource limits.
     pub limits: Limits,
+    /// Installed packages the lambda imports, as directory names under the
+    /// packages root (`numpy==2.4.6`), in `sys.path` order.
+    pub packages: Vec<String>,
+    /// The import-cache zygotes to fork from, the root zygote's child
+    /// first, the one to fork from last; empty: the root zygote.
+    pub zygote: Vec<ZygoteNode>,
+}
+
+/// One zygote of the import cache (DESIGN.md §3.4): a zygote with these
+/// packages imported, forked from the node before it in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ZygoteNode {
+    /// Identifies this zygote (the tree node and its package versions).
+    pub key: String,
+    /// Package dirs it adds to `sys.path` (like [`SandboxSpec::packages`]).
+    pub packages: Vec<String>,
+    /// Modules it imports.
+    pub imports: Vec<String>,
 }
 
 /// A freshly created sandbox: the backend's handle plus the worker's end of
@@ -72,6 +90,47 @@ pub struct NewSandbox {
     pub sandbox: Box<dyn Sandbox>,
     /// The worker's end of the connected unix socket.
     pub conn: UnixStream,
+    /// The key of the zygote it was forked from (`""`: the root zygote);
+    /// `None` when it started a fresh interpreter.
+    pub forked_from: Option<String>,
+}
+
+/// A command run to completion in a sandbox of its own (the package
+/// installer, DESIGN.md §3.8).
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    /// Names its scratch dir and cgroup (`install-<n>` is appended).
+    pub name: String,
+    /// Program and arguments; paths are host paths (the sandbox binds
+    /// `writable` and `readable` at the same paths).
+    pub argv: Vec<String>,
+    /// The whole environment.
+    pub env: Vec<(String, String)>,
+    /// Host directories the command may write.
+    pub writable: Vec<PathBuf>,
+    /// Extra host directories it may read.
+    pub readable: Vec<PathBuf>,
+    /// Memory limit and `runtime_sec` (killed after it).
+    pub limits: Limits,
+    /// Keep the host's network (the installer must reach the index).
+    pub network: bool,
+}
+
+/// How a [`CommandSpec`] ended.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    /// Exit status 0.
+    pub success: bool,
+    /// "exited with status 1", "was killed by signal 9 (SIGKILL)", ...
+    pub status: String,
+    /// Whether it ran out of time (then it was killed).
+    pub timed_out: bool,
+    /// Whether the memory limit killed it.
+    pub oom_killed: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
 }
 
 /// One backend's sandbox. Methods block (kernel work); callers on an async
@@ -112,6 +171,12 @@ pub trait SandboxPool: Send + Sync {
     /// left behind (processes, scratch dirs); returns how many sandboxes
     /// were found.
     fn cleanup_leftovers(&self) -> Result<usize, SandboxError>;
+    /// Runs a command to completion in a sandbox of its own. Blocks.
+    fn run_command(&self, cmd: &CommandSpec) -> Result<CommandOutput, SandboxError>;
+    /// Import-cache zygotes alive now (their keys), not counting the root.
+    fn zygotes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Maps an I/O error on `path` to [`SandboxError::Io`] (for `map_err`).

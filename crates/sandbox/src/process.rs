@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::{NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err, sys};
+use crate::{
+    CommandOutput, CommandSpec, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec,
+    io_err, sys,
+};
 
 /// Descriptor number of the runtime connection inside the child.
 pub(crate) const RUNTIME_FD: i32 = 3;
@@ -31,6 +34,8 @@ pub struct RuntimeCommand {
     pub python: PathBuf,
     /// The runtime script (`ol_runtime.py`).
     pub script: PathBuf,
+    /// The installed packages (`DIR/packages`).
+    pub packages: PathBuf,
 }
 
 /// Makes `process` sandboxes.
@@ -60,12 +65,7 @@ impl ProcessPool {
         scratch: &Path,
     ) -> Result<NewSandbox, SandboxError> {
         fs::create_dir_all(scratch).map_err(io_err("cannot create scratch dir", scratch))?;
-        let stdout_path = scratch.join("stdout");
-        let stdout =
-            fs::File::create(&stdout_path).map_err(io_err("cannot create", &stdout_path))?;
-        let stderr_path = scratch.join("stderr");
-        let stderr =
-            fs::File::create(&stderr_path).map_err(io_err("cannot create", &stderr_path))?;
+        let (stdout, stderr) = log_files(scratch)?;
         let (ours, theirs) =
             UnixStream::pair().map_err(io_err("cannot create socket pair for", scratch))?;
 
@@ -78,8 +78,19 @@ impl ProcessPool {
             .arg("--code")
             .arg(&spec.code_dir)
             .arg("--name")
-            .arg(&spec.lambda)
-            .env_clear()
+            .arg(&spec.lambda);
+        if !spec.packages.is_empty() {
+            let dirs: Vec<PathBuf> = spec
+                .packages
+                .iter()
+                .map(|p| self.runtime.packages.join(p))
+                .collect();
+            let joined = std::env::join_paths(&dirs).map_err(|e| {
+                SandboxError::StartFailed(format!("bad package dir in {dirs:?}: {e}"))
+            })?;
+            cmd.arg("--packages").arg(joined);
+        }
+        cmd.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("LANG", "C.UTF-8")
             .env("HOME", scratch)
@@ -106,6 +117,7 @@ impl ProcessPool {
         Ok(NewSandbox {
             sandbox: Box::new(sandbox),
             conn: ours,
+            forked_from: None,
         })
     }
 }
@@ -127,6 +139,107 @@ impl SandboxPool for ProcessPool {
     fn cleanup_leftovers(&self) -> Result<usize, SandboxError> {
         cleanup_scratch(&self.scratch_root)
     }
+
+    /// Runs the command as a plain child process (no isolation, like every
+    /// `process` sandbox), in its own process group.
+    fn run_command(&self, spec: &CommandSpec) -> Result<CommandOutput, SandboxError> {
+        let Some((program, args)) = spec.argv.split_first() else {
+            return Err(SandboxError::StartFailed("empty command".into()));
+        };
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let scratch = self.scratch_root.join(format!("{}-{n}", spec.name));
+        fs::create_dir_all(&scratch).map_err(io_err("cannot create scratch dir", &scratch))?;
+        let (stdout, stderr) = log_files(&scratch)?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        let spawned = cmd.spawn().map_err(|source| SandboxError::Spawn {
+            program: PathBuf::from(program),
+            source,
+        });
+        let output = spawned.and_then(|mut child| {
+            let pid = child.id();
+            let _ = fs::write(scratch.join(PID_FILE), pid_record(pid));
+            let kill = || {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            };
+            finish_command(&mut child, &spec.limits, &scratch, kill, || false)
+        });
+        let _ = fs::remove_dir_all(&scratch);
+        output
+    }
+}
+
+/// Creates a sandbox's `stdout` and `stderr` files in `dir`.
+pub(crate) fn log_files(dir: &Path) -> Result<(fs::File, fs::File), SandboxError> {
+    let open = |name: &str| {
+        let path = dir.join(name);
+        fs::File::create(&path).map_err(io_err("cannot create", &path))
+    };
+    Ok((open("stdout")?, open("stderr")?))
+}
+
+/// Waits for a command's `child` until it exits or its `runtime_sec` is
+/// up (then calls `kill`), and collects its output from `scratch`.
+pub(crate) fn finish_command(
+    child: &mut Child,
+    limits: &crate::Limits,
+    scratch: &Path,
+    kill: impl Fn(),
+    oom_killed: impl Fn() -> bool,
+) -> Result<CommandOutput, SandboxError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limits.runtime_sec);
+    let mut nap = std::time::Duration::from_millis(1);
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                timed_out = true;
+                kill();
+                let _ = child.kill();
+                match child.wait() {
+                    Ok(status) => break status,
+                    Err(source) => {
+                        return Err(SandboxError::Io {
+                            what: "cannot wait for the command in",
+                            path: scratch.to_path_buf(),
+                            source,
+                        });
+                    }
+                }
+            }
+            Ok(None) => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(SandboxError::Io {
+                    what: "cannot wait for the command in",
+                    path: scratch.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    };
+    let read = |name: &str| {
+        fs::read(scratch.join(name))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    Ok(CommandOutput {
+        success: status.success(),
+        status: describe_exit(status),
+        timed_out,
+        oom_killed: oom_killed(),
+        stdout: read("stdout"),
+        stderr: read("stderr"),
+    })
 }
 
 /// Kills every sandbox process recorded under `scratch_root` (checking each

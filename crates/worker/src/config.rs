@@ -147,8 +147,12 @@ pub struct Config {
     pub features: Features,
     /// An idle sandbox is paused after this long; 0 never pauses.
     pub pause_after_idle_ms: u64,
-    /// Package index to install from ("" = pip's default / host settings).
+    /// Package index to install from ("" = pip's default / host settings);
+    /// a local directory of wheels is used with no index.
     pub pip_index_url: String,
+    /// The package installer's download cache ("" = `DIR/cache`); share
+    /// one between workers so each download happens once (ours).
+    pub package_cache_dir: String,
     /// Tracing switches.
     pub trace: Trace,
     /// Python interpreter for the runtime: a name on PATH or a path; `init`
@@ -177,6 +181,7 @@ impl Default for Config {
             features: Features::default(),
             pause_after_idle_ms: 500,
             pip_index_url: String::new(),
+            package_cache_dir: String::new(),
             trace: Trace::default(),
             python: "python3".into(),
         }

@@ -2,17 +2,21 @@
 //! shut down cleanly), [`stop_worker`] (`ol worker down`) and
 //! [`force_cleanup`] (after a crash).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use ol_lambda::{LambdaManager, LambdaSettings};
+use ol_lambda::import_cache::ImportCacheMode;
+use ol_lambda::packages::{PackagePuller, PackageSettings};
+use ol_lambda::{LambdaManager, LambdaSettings, PackageLayer};
 use ol_registry::{DirRegistry, HttpRegistry, Registry, cache_dir_for};
+use ol_sandbox::Limits;
 use ol_sandbox::SandboxPool;
 use ol_sandbox::process::{ProcessPool, RuntimeCommand, process_start_time};
-use ol_sandbox::runtime::{install_runtime, resolve_python};
+use ol_sandbox::runtime::{Python, install_runtime, resolve_python};
 use ol_sandbox::sock::rootfs::build_base;
 use ol_sandbox::sock::{SockConfig, SockPool, worker_id};
 use tokio::net::TcpListener;
@@ -45,7 +49,9 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
             "cleaned up sandboxes an earlier worker left behind"
         );
     }
-    let pool = make_pool(dir, &config)?;
+    let python = resolve_python(&config.python)?;
+    let pool = make_pool(dir, &config, &python)?;
+    let packages = package_layer(dir, &config, &python, &pool)?;
     let threads = std::env::var("OL_WORKER_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -59,7 +65,12 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
             path: dir.root().to_path_buf(),
             source,
         })?;
-    let result = rt.block_on(serve_until_signal(dir, &config, Arc::clone(&pool)));
+    let result = rt.block_on(serve_until_signal(
+        dir,
+        &config,
+        Arc::clone(&pool),
+        packages,
+    ));
     drop(rt);
     drop(pool);
     // Backstop: anything still alive after the graceful shutdown goes now,
@@ -70,8 +81,12 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
     result
 }
 
-fn make_pool(dir: &WorkerDir, config: &Config) -> Result<Arc<dyn SandboxPool>, WorkerError> {
-    let python = resolve_python(&config.python)?;
+fn make_pool(
+    dir: &WorkerDir,
+    config: &Config,
+    python: &Python,
+) -> Result<Arc<dyn SandboxPool>, WorkerError> {
+    let python = python.clone();
     let runtime = install_runtime(&dir.runtime())?;
     match config.sandbox {
         SandboxKind::Process => {
@@ -80,6 +95,7 @@ fn make_pool(dir: &WorkerDir, config: &Config) -> Result<Arc<dyn SandboxPool>, W
                 RuntimeCommand {
                     python: python.executable,
                     script: runtime,
+                    packages: dir.packages(),
                 },
                 dir.scratch(),
             )?))
@@ -107,15 +123,64 @@ fn make_pool(dir: &WorkerDir, config: &Config) -> Result<Arc<dyn SandboxPool>, W
                 seccomp: config.features.enable_seccomp,
                 zygote: config.features.import_cache != ImportCache::Off,
                 downsize_paused_mem: config.features.downsize_paused_mem,
+                reuse_cgroups: config.features.reuse_cgroups,
             })?))
         }
     }
+}
+
+/// The package puller and import cache `config` asks for.
+fn package_layer(
+    dir: &WorkerDir,
+    config: &Config,
+    python: &Python,
+    pool: &Arc<dyn SandboxPool>,
+) -> Result<PackageLayer, WorkerError> {
+    let mode = match config.features.import_cache {
+        ImportCache::Off => None,
+        ImportCache::Tree => Some(ImportCacheMode::Tree),
+        ImportCache::MultiTree => Some(ImportCacheMode::MultiTree),
+    };
+    let import_cache = mode
+        .map(|mode| {
+            ol_lambda::import_cache::ImportCache::from_config(&config.import_cache_tree, mode)
+        })
+        .transpose()
+        .map_err(|e| WorkerError::Usage(e.to_string()))?;
+    let cache_dir = if config.package_cache_dir.is_empty() {
+        dir.root().join("cache")
+    } else {
+        PathBuf::from(&config.package_cache_dir)
+    };
+    let puller = PackagePuller::new(
+        Arc::clone(pool),
+        PackageSettings {
+            packages_dir: dir.packages(),
+            cache_dir,
+            tools_dir: dir.root().join("tools"),
+            python: python.executable.clone(),
+            python_prefix: python.prefix.clone(),
+            index_url: (!config.pip_index_url.is_empty()).then(|| config.pip_index_url.clone()),
+            limits: Limits {
+                mem_mb: config.installer_limits.mem_mb,
+                runtime_sec: config.installer_limits.runtime_sec,
+                // Builds of source distributions run compilers in parallel.
+                procs: 256,
+                ..config.limits.clone()
+            },
+        },
+    );
+    Ok(PackageLayer {
+        puller: Some(Arc::new(puller)),
+        import_cache,
+    })
 }
 
 async fn serve_until_signal(
     dir: &WorkerDir,
     config: &Config,
     pool: Arc<dyn SandboxPool>,
+    packages: PackageLayer,
 ) -> Result<(), WorkerError> {
     let addr = format!("{}:{}", config.worker_host, config.worker_port);
     let listener = TcpListener::bind(&addr)
@@ -159,7 +224,7 @@ async fn serve_until_signal(
             .then(|| Duration::from_millis(config.scaling.idle_timeout_ms)),
         ..LambdaSettings::default()
     };
-    let lambdas = LambdaManager::new(pool, registry, settings);
+    let lambdas = LambdaManager::new(pool, registry, settings, packages);
     lambdas.start_background();
     let state = Arc::new(AppState {
         lambdas: Arc::clone(&lambdas),

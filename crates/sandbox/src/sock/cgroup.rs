@@ -500,6 +500,16 @@ impl Cgroup {
             .unwrap_or(0))
     }
 
+    /// Drops what memory the cgroup still has charged after its processes
+    /// died (v1 `memory.force_empty`; v2 needs nothing: page cache of dead
+    /// processes is reclaimed under pressure like any other).
+    pub fn reclaim_memory(&self) -> Result<(), CgroupError> {
+        match &*self.hierarchy {
+            Hierarchy::V1 { .. } => self.write(self.dir("memory").join("memory.force_empty"), "0"),
+            Hierarchy::V2 { .. } => Ok(()),
+        }
+    }
+
     /// Kills every process in the cgroup: v2 `cgroup.kill` when the kernel
     /// has it, else freeze, SIGKILL each pid, thaw (so none can fork away
     /// in between).

@@ -62,6 +62,9 @@ pub struct InitSpec {
     /// so sandboxes forked from a zygote survive the zygote's death.
     #[serde(default)]
     pub zygote: bool,
+    /// Stay in the host's network namespace (the package installer only).
+    #[serde(default)]
+    pub share_network: bool,
 }
 
 /// Runs the sandbox init and exits if this process was started as one;
@@ -136,12 +139,15 @@ fn outer(spec: &InitSpec) -> Result<Never, StepError> {
             std::fs::write(procs, &me),
         )?;
     }
-    let flags = CloneFlags::CLONE_NEWNS
+    let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWCGROUP;
+    if spec.share_network {
+        flags.remove(CloneFlags::CLONE_NEWNET);
+    }
     step("unshare namespaces", unshare(flags))?;
     match step("fork pid 1", sys::fork())? {
         ForkResult::Parent { child } => pass_on_exit(child),
@@ -163,7 +169,9 @@ fn pid_one(spec: &InitSpec, seccomp: Option<&[sock_filter]>) -> StepError {
 fn pid_one_steps(spec: &InitSpec, seccomp: Option<&[sock_filter]>) -> Result<Never, StepError> {
     make_root(&spec.plan)?;
     step("set hostname", sethostname(&spec.hostname))?;
-    step("bring loopback up", sys::loopback_up())?;
+    if !spec.share_network {
+        step("bring loopback up", sys::loopback_up())?;
+    }
     if !spec.zygote {
         drop_privileges(spec, seccomp)?;
     }
@@ -210,6 +218,14 @@ fn make_root(plan: &MountPlan) -> Result<(), StepError> {
                 target,
                 writable,
             } => {
+                // A command's dirs may need mount points (in the base, or
+                // in the fresh /tmp).
+                if !target.exists() {
+                    step(
+                        format!("make mount point {}", target.display()),
+                        std::fs::create_dir_all(target),
+                    )?;
+                }
                 step(
                     format!("bind {} on {}", source.display(), target.display()),
                     mount(
@@ -395,6 +411,7 @@ mod tests {
             env: vec![("PATH".into(), "/usr/bin".into())],
             cwd: "/handler".into(),
             zygote: false,
+            share_network: false,
         };
         let json = serde_json::to_string(&spec).expect("encode");
         let back: InitSpec = serde_json::from_str(&json).expect("decode");

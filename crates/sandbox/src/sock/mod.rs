@@ -4,20 +4,22 @@
 //! a seccomp allow-list, inside its own cgroup with memory, pids and cpu
 //! limits.
 //!
-//! Today every sandbox starts a fresh interpreter through the sandbox init
-//! ([`init`]); forking from pre-imported zygotes is the next step.
-//! Everything a worker creates is named under its worker id (`ol-<hash of
+//! Sandboxes are forked from zygotes ([`zygote`]): the root zygote has the
+//! runtime imported, and the import cache adds child zygotes with packages
+//! imported, started on first use. When no zygote works, a sandbox starts a
+//! fresh interpreter through the sandbox init ([`init`]). Everything a worker creates is named under its worker id (`ol-<hash of
 //! the worker dir>`): cgroups `ol-<id>/<sandbox>` and scratch dirs, so
 //! [`cleanup`] finds and removes it after any crash. Mounts live only in
 //! the sandboxes' own mount namespaces and die with them.
 
 pub mod cgroup;
+mod cgroup_pool;
 pub mod init;
 pub mod rootfs;
 pub mod seccomp;
 mod zygote;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::os::unix::fs::chown;
 use std::os::unix::net::UnixStream;
@@ -31,13 +33,17 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
+use self::cgroup_pool::CgroupPool;
 use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
-use self::rootfs::{MountPlan, RootSources, SANDBOX_UID, inside};
-use self::zygote::{Assignment, Blank, ForkedSandbox, Zygote};
+use self::rootfs::{CommandSources, MountPlan, RootSources, SANDBOX_UID, inside};
+use self::zygote::{Assignment, Blank, ChildZygote, ForkedSandbox, Zygote};
 use crate::process::{
-    RUNTIME_FD, cleanup_scratch, describe_exit, pid_record, spawn_with_runtime_fd,
+    RUNTIME_FD, cleanup_scratch, describe_exit, finish_command, pid_record, spawn_with_runtime_fd,
 };
-use crate::{Limits, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err};
+use crate::{
+    CommandOutput, CommandSpec, Limits, NewSandbox, Sandbox, SandboxError, SandboxPool,
+    SandboxSpec, ZygoteNode, io_err,
+};
 
 /// Where a `sock` pool finds what it builds sandboxes from.
 #[derive(Debug, Clone)]
@@ -64,6 +70,8 @@ pub struct SockConfig {
     pub zygote: bool,
     /// Lower a paused sandbox's memory limit to what it uses.
     pub downsize_paused_mem: bool,
+    /// Keep dead sandboxes' cgroups for new ones (`features.reuse_cgroups`).
+    pub reuse_cgroups: bool,
 }
 
 /// The worker id of the worker directory `dir`: stable across restarts, so
@@ -78,8 +86,19 @@ pub fn worker_id(dir: &Path) -> String {
     format!("ol-{:08x}", h as u32)
 }
 
-/// Blank sandboxes kept ready (see [`zygote::Blank`]).
+/// Blank sandboxes kept ready by the root zygote (see [`zygote::Blank`]).
 const BLANKS: usize = 2;
+/// Blank sandboxes kept ready by each import-cache zygote.
+const NODE_BLANKS: usize = 1;
+/// Most import-cache zygotes alive at once; beyond it the least recently
+/// used one without live children goes.
+const MAX_ZYGOTES: usize = 32;
+/// How long a zygote that failed to start is not tried again.
+const ZYGOTE_RETRY: Duration = Duration::from_secs(60);
+/// The root zygote's key.
+const ROOT: &str = "";
+/// Most emptied cgroups kept for reuse.
+const REUSED_CGROUPS: usize = 64;
 
 /// Makes `sock` sandboxes. A background thread keeps [`BLANKS`] blank
 /// sandboxes forked from the zygote ready, so a cold start only hands one
@@ -95,8 +114,16 @@ struct PoolInner {
     cfg: SockConfig,
     fs: Arc<dyn CgroupFs>,
     hierarchy: Arc<Hierarchy>,
-    zygote: Mutex<Option<Arc<Zygote>>>,
-    blanks: Mutex<VecDeque<Blank>>,
+    /// Live zygotes by key ([`ROOT`] and import-cache nodes).
+    zygotes: Mutex<HashMap<String, Arc<Zygote>>>,
+    /// Zygotes that failed to start, and when.
+    failed: Mutex<HashMap<String, Instant>>,
+    /// Held while a zygote starts, so one key never starts twice.
+    starting: Mutex<()>,
+    /// Ready blanks by the key of the zygote that forked them.
+    blanks: Mutex<HashMap<String, VecDeque<Blank>>>,
+    /// Emptied cgroups for new blanks (when reused).
+    cgroups: Arc<CgroupPool>,
     /// Wakes the refill thread (a blank was taken, or the pool closes).
     wake: Condvar,
     closing: AtomicBool,
@@ -146,18 +173,22 @@ impl SockPool {
             worker_id = %cfg.worker_id,
             "sock sandboxes"
         );
+        let reused = if cfg.reuse_cgroups { REUSED_CGROUPS } else { 0 };
         let inner = Arc::new(PoolInner {
             cfg,
             fs,
             hierarchy,
-            zygote: Mutex::new(None),
-            blanks: Mutex::new(VecDeque::new()),
+            zygotes: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
+            starting: Mutex::new(()),
+            blanks: Mutex::new(HashMap::new()),
+            cgroups: Arc::new(CgroupPool::new(reused)),
             wake: Condvar::new(),
             closing: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
         });
         // Start the zygote now, so the first call does not wait for it.
-        let refill = if inner.zygote().is_some() {
+        let refill = if inner.zygote(&[]).is_some() {
             let inner = Arc::clone(&inner);
             Some(
                 std::thread::Builder::new()
@@ -175,7 +206,7 @@ impl SockPool {
 
     /// Blank sandboxes ready now.
     pub fn blanks(&self) -> usize {
-        self.inner.lock_blanks().len()
+        self.inner.lock_blanks().values().map(VecDeque::len).sum()
     }
 }
 
@@ -186,44 +217,76 @@ impl Drop for SockPool {
         if let Some(t) = self.refill.take() {
             let _ = t.join();
         }
-        for blank in self.inner.lock_blanks().drain(..) {
-            blank.discard();
+        for (_, blanks) in self.inner.lock_blanks().drain() {
+            blanks.into_iter().for_each(Blank::discard);
         }
-        self.inner.lock_zygote().take();
+        for cg in self.inner.cgroups.drain() {
+            let _ = discard_cgroup(&cg);
+        }
+        // Children first: a child zygote lives in its parent's namespaces.
+        let mut zygotes: Vec<(String, Arc<Zygote>)> = self.inner.lock_zygotes().drain().collect();
+        zygotes.sort_by_key(|(key, _)| std::cmp::Reverse(key.len()));
+        drop(zygotes);
     }
 }
 
 impl PoolInner {
-    fn lock_blanks(&self) -> std::sync::MutexGuard<'_, VecDeque<Blank>> {
+    fn lock_blanks(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Blank>>> {
         self.blanks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_zygote(&self) -> std::sync::MutexGuard<'_, Option<Arc<Zygote>>> {
-        self.zygote.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_zygotes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Zygote>>> {
+        self.zygotes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The refill thread: forks blanks until [`BLANKS`] are ready, sleeps
-    /// until one is taken, until the pool closes.
+    /// A live zygote short of ready blanks, if any: the root wants
+    /// [`BLANKS`], each import-cache zygote [`NODE_BLANKS`].
+    fn short_of_blanks(&self) -> Option<(String, Arc<Zygote>)> {
+        let zygotes = self.lock_zygotes();
+        let blanks = self.lock_blanks();
+        zygotes
+            .iter()
+            .filter(|(_, z)| z.is_alive())
+            .find(|(key, _)| {
+                let want = if key.as_str() == ROOT {
+                    BLANKS
+                } else {
+                    NODE_BLANKS
+                };
+                blanks.get(key.as_str()).map_or(0, VecDeque::len) < want
+            })
+            .map(|(key, z)| (key.clone(), Arc::clone(z)))
+    }
+
+    /// The refill thread: forks blanks until every zygote has its share
+    /// ready, sleeps until one is taken, until the pool closes.
     fn keep_blanks_ready(&self) {
         loop {
-            let mut blanks = self.lock_blanks();
-            while blanks.len() >= BLANKS && !self.closing.load(Ordering::Acquire) {
-                blanks = self
-                    .wake
-                    .wait(blanks)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            drop(blanks);
             if self.closing.load(Ordering::Acquire) {
                 return;
             }
-            let made = self.zygote().map(|z| self.prefork(&z));
-            match made {
-                Some(Ok(blank)) => self.lock_blanks().push_back(blank),
-                failed => {
-                    if let Some(Err(e)) = failed {
-                        tracing::warn!("cannot fork a blank sandbox: {e}");
+            let Some((key, zygote)) = self.short_of_blanks() else {
+                let blanks = self.lock_blanks();
+                if !self.closing.load(Ordering::Acquire) {
+                    let _ = self.wake.wait_timeout(blanks, Duration::from_secs(1));
+                }
+                continue;
+            };
+            match self.prefork(&zygote) {
+                Ok(blank) => {
+                    // The zygote may have been evicted meanwhile.
+                    if self
+                        .lock_zygotes()
+                        .get(&key)
+                        .is_some_and(|z| Arc::ptr_eq(z, &zygote))
+                    {
+                        self.lock_blanks().entry(key).or_default().push_back(blank);
+                    } else {
+                        blank.discard();
                     }
+                }
+                Err(e) => {
+                    tracing::warn!("cannot fork a blank sandbox: {e}");
                     // Back off before trying again; wake early on close.
                     let blanks = self.lock_blanks();
                     let _ = self.wake.wait_timeout(blanks, Duration::from_secs(1));
@@ -232,28 +295,45 @@ impl PoolInner {
         }
     }
 
-    /// Forks one blank sandbox into a new cgroup.
+    /// Forks one blank sandbox into a reused or new cgroup.
     fn prefork(&self, zygote: &Zygote) -> Result<Blank, SandboxError> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("sb-{n}");
-        let cgroup = self.cgroup(&id);
-        cgroup.create().map_err(cgroup_err)?;
+        let (cgroup, oom_baseline) = match self.cgroups.take() {
+            Some(reused) => (reused.cgroup, reused.oom_baseline),
+            None => {
+                let cgroup = self.cgroup(&id);
+                cgroup.create().map_err(cgroup_err)?;
+                (cgroup, 0)
+            }
+        };
         let made = cgroup
             .set_limits(&cgroup_limits(&Limits::default()))
             .map_err(cgroup_err)
             .and_then(|()| zygote.prefork(&id, cgroup.clone()));
-        made.inspect_err(|_| {
-            let _ = discard_cgroup(&cgroup);
-        })
+        match made {
+            Ok(mut blank) => {
+                blank.oom_baseline = oom_baseline;
+                blank.recycle = self.cgroups.enabled().then(|| Arc::clone(&self.cgroups));
+                Ok(blank)
+            }
+            Err(e) => {
+                let _ = discard_cgroup(&cgroup);
+                Err(e)
+            }
+        }
     }
 
-    /// A ready blank, or a new one forked now. `None` without a zygote.
-    fn take_blank(&self) -> Option<Result<Blank, SandboxError>> {
-        let taken = self.lock_blanks().pop_front();
+    /// A ready blank of zygote `key`, or a new one forked now.
+    fn take_blank(&self, key: &str, zygote: &Zygote) -> Result<Blank, SandboxError> {
+        let taken = self
+            .lock_blanks()
+            .get_mut(key)
+            .and_then(VecDeque::pop_front);
         self.wake.notify_all();
         match taken {
-            Some(blank) => Some(Ok(blank)),
-            None => self.zygote().map(|z| self.prefork(&z)),
+            Some(blank) => Ok(blank),
+            None => self.prefork(zygote),
         }
     }
 
@@ -265,20 +345,25 @@ impl PoolInner {
             .then(|| cgroup_limits(limits).mem_bytes)
     }
 
-    /// A new sandbox for `spec`: a blank handed the lambda when zygotes
-    /// work, else a fresh interpreter.
+    /// A new sandbox for `spec`: a blank of the deepest working zygote of
+    /// its chain handed the lambda, else a fresh interpreter.
     fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", spec.lambda);
         // A blank can fail (its zygote died, it was killed): one more try.
         for _ in 0..2 {
-            match self.take_blank() {
-                None => break,
-                Some(Ok(blank)) => match self.assign(blank, spec, &id) {
-                    Ok(made) => return Ok(made),
+            let Some((key, zygote)) = self.zygote(&spec.zygote) else {
+                break;
+            };
+            match self.take_blank(&key, &zygote) {
+                Ok(blank) => match self.assign(blank, spec, &id, &zygote) {
+                    Ok(mut made) => {
+                        made.forked_from = Some(key);
+                        return Ok(made);
+                    }
                     Err(e) => tracing::warn!(sandbox = %id, "blank sandbox failed: {e}"),
                 },
-                Some(Err(e)) => tracing::warn!(sandbox = %id, "cannot fork a blank sandbox: {e}"),
+                Err(e) => tracing::warn!(sandbox = %id, "cannot fork a blank sandbox: {e}"),
             }
         }
         let cgroup = self.cgroup(&id);
@@ -286,6 +371,7 @@ impl PoolInner {
             .map(|(sandbox, conn)| NewSandbox {
                 sandbox: Box::new(sandbox),
                 conn,
+                forked_from: None,
             })
             .inspect_err(|_| {
                 let _ = discard_cgroup(&cgroup);
@@ -299,6 +385,7 @@ impl PoolInner {
         blank: Blank,
         spec: &SandboxSpec,
         id: &str,
+        zygote: &Arc<Zygote>,
     ) -> Result<NewSandbox, SandboxError> {
         let scratch = match Scratch::create(&self.cfg.scratch_root, id) {
             Ok(s) => s,
@@ -324,6 +411,7 @@ impl PoolInner {
                         stderr,
                         uid: SANDBOX_UID,
                         env: &env,
+                        packages: &package_paths(&spec.packages),
                     },
                 )
             });
@@ -332,7 +420,13 @@ impl PoolInner {
             let _ = fs::remove_dir_all(&scratch.dir);
             return Err(e);
         }
-        let Blank { cgroup, conn, exit } = blank;
+        let Blank {
+            cgroup,
+            conn,
+            exit,
+            oom_baseline,
+            recycle,
+        } = blank;
         Ok(NewSandbox {
             sandbox: Box::new(ForkedSandbox {
                 id: id.to_string(),
@@ -341,12 +435,16 @@ impl PoolInner {
                     cgroup,
                     scratch: scratch.dir,
                     downsize: self.downsize(&spec.limits),
+                    oom_baseline,
+                    recycle,
                 },
                 exit,
                 exit_reason: None,
                 destroyed: false,
+                _zygote: Some(Arc::clone(zygote)),
             }),
             conn,
+            forked_from: None,
         })
     }
 
@@ -387,6 +485,8 @@ impl PoolInner {
                     inside::HANDLER.into(),
                     "--name".into(),
                     spec.lambda.clone(),
+                    "--packages".into(),
+                    package_paths(&spec.packages).join(":"),
                 ],
                 spec.env.clone(),
             ),
@@ -424,6 +524,7 @@ impl PoolInner {
                 Program::Zygote => "/".into(),
             },
             zygote: matches!(what, Program::Zygote),
+            share_network: false,
         }
     }
 
@@ -458,6 +559,8 @@ impl PoolInner {
                 cgroup: cgroup.clone(),
                 scratch: scratch.dir.clone(),
                 downsize: self.downsize(limits),
+                oom_baseline: 0,
+                recycle: None,
             },
             destroyed: false,
         };
@@ -465,39 +568,262 @@ impl PoolInner {
         Ok((sandbox, ours))
     }
 
-    /// The zygote, started if there is none or it died. `None` when
-    /// zygotes are off or one cannot be started (then sandboxes start
+    /// The deepest zygote of `chain` (see [`SandboxSpec::zygote`]) that
+    /// works, with its key: each missing one is started from its parent;
+    /// one that fails leaves its parent as the answer. `None` when
+    /// zygotes are off or the root cannot be started (then sandboxes start
     /// fresh interpreters).
-    fn zygote(&self) -> Option<Arc<Zygote>> {
+    fn zygote(&self, chain: &[ZygoteNode]) -> Option<(String, Arc<Zygote>)> {
         if !self.cfg.zygote {
             return None;
         }
-        let mut slot = self
-            .zygote
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(z) = slot.as_ref().filter(|z| z.is_alive()) {
+        let mut found = (
+            ROOT.to_string(),
+            self.live_zygote(ROOT, None, || self.start_root())?,
+        );
+        for node in chain {
+            let parent = Arc::clone(&found.1);
+            match self.live_zygote(&node.key, Some(node), || self.start_child(&parent, node)) {
+                Some(z) => found = (node.key.clone(), z),
+                None => break,
+            }
+        }
+        Some(found)
+    }
+
+    /// Zygote `key`, started with `start` if there is none or it died;
+    /// `None` when it cannot be started (not tried again for
+    /// [`ZYGOTE_RETRY`]).
+    fn live_zygote(
+        &self,
+        key: &str,
+        node: Option<&ZygoteNode>,
+        start: impl FnOnce() -> Result<Zygote, SandboxError>,
+    ) -> Option<Arc<Zygote>> {
+        if let Some(z) = self.lock_zygotes().get(key).filter(|z| z.is_alive()) {
+            z.touch();
             return Some(Arc::clone(z));
         }
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!("zygote-{n}");
-        let cgroup = self.cgroup(&id);
-        let started = self
-            .spawn(&Program::Zygote, &id, &cgroup, &zygote_limits())
-            .and_then(|(sandbox, conn)| Zygote::start(Box::new(sandbox), conn));
-        match started {
+        let _starting = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another thread may have started it while we waited.
+        if let Some(z) = self.lock_zygotes().get(key).filter(|z| z.is_alive()) {
+            return Some(Arc::clone(z));
+        }
+        let failed_at = self
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied();
+        if failed_at.is_some_and(|t| t.elapsed() < ZYGOTE_RETRY) {
+            return None;
+        }
+        self.forget_zygote(key);
+        if node.is_some() {
+            self.evict_zygotes();
+        }
+        match start() {
             Ok(z) => {
                 let z = Arc::new(z);
-                *slot = Some(Arc::clone(&z));
+                self.lock_zygotes().insert(key.to_string(), Arc::clone(&z));
+                self.wake.notify_all();
                 Some(z)
             }
             Err(e) => {
-                tracing::warn!("cannot start a zygote, starting sandboxes from scratch: {e}");
-                let _ = discard_cgroup(&cgroup);
+                let what = node.map_or_else(
+                    || "the root zygote".to_string(),
+                    |n| format!("zygote {}", n.key),
+                );
+                tracing::warn!("cannot start {what}: {e}");
+                self.failed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key.to_string(), Instant::now());
                 None
             }
         }
     }
+
+    /// Drops zygote `key` and its blanks.
+    fn forget_zygote(&self, key: &str) {
+        let gone = self.lock_zygotes().remove(key);
+        if let Some(blanks) = self.lock_blanks().remove(key) {
+            blanks.into_iter().for_each(Blank::discard);
+        }
+        drop(gone);
+    }
+
+    /// Keeps the import cache under [`MAX_ZYGOTES`]: drops the least
+    /// recently used zygotes that no live sandbox was forked from.
+    fn evict_zygotes(&self) {
+        loop {
+            let victim = {
+                let zygotes = self.lock_zygotes();
+                if zygotes.len() <= MAX_ZYGOTES {
+                    return;
+                }
+                zygotes
+                    .iter()
+                    .filter(|(key, z)| key.as_str() != ROOT && Arc::strong_count(z) == 1)
+                    .min_by_key(|(_, z)| z.last_used())
+                    .map(|(key, _)| key.clone())
+            };
+            match victim {
+                Some(key) => {
+                    tracing::info!(zygote = %key, "evicting an idle zygote");
+                    self.forget_zygote(&key);
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Starts the root zygote: the runtime, fresh, in a privileged sandbox.
+    fn start_root(&self) -> Result<Zygote, SandboxError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("zygote-{n}");
+        let cgroup = self.cgroup(&id);
+        self.spawn(&Program::Zygote, &id, &cgroup, &zygote_limits())
+            .and_then(|(sandbox, conn)| Zygote::start(Box::new(sandbox), conn))
+            .inspect_err(|_| {
+                let _ = discard_cgroup(&cgroup);
+            })
+    }
+
+    /// Starts the import-cache zygote `node`, forked from `parent`.
+    fn start_child(&self, parent: &Zygote, node: &ZygoteNode) -> Result<Zygote, SandboxError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("zygote-{n}");
+        let cgroup = self.cgroup(&id);
+        let scratch = Scratch::create(&self.cfg.scratch_root, &id)?;
+        let started = cgroup
+            .create()
+            .and_then(|()| cgroup.set_limits(&cgroup_limits(&zygote_limits())))
+            .map_err(cgroup_err)
+            .and_then(|()| scratch.log_files())
+            .and_then(|(stdout, stderr)| {
+                let began = Instant::now();
+                let z = parent.fork_zygote(ChildZygote {
+                    id: &id,
+                    enclosure: Enclosure {
+                        cgroup: cgroup.clone(),
+                        scratch: scratch.dir.clone(),
+                        downsize: None,
+                        oom_baseline: 0,
+                        recycle: None,
+                    },
+                    stdout,
+                    stderr,
+                    packages: &package_paths(&node.packages),
+                    imports: &node.imports,
+                })?;
+                tracing::info!(
+                    zygote = %node.key,
+                    imports = ?node.imports,
+                    ms = began.elapsed().as_millis() as u64,
+                    "import-cache zygote ready"
+                );
+                Ok(z)
+            });
+        started.inspect_err(|_| {
+            let _ = discard_cgroup(&cgroup);
+            let _ = fs::remove_dir_all(&scratch.dir);
+        })
+    }
+
+    /// Runs `cmd` through the sandbox init: its own cgroup with the
+    /// command's limits, namespaces (the host's network if asked), a root
+    /// of the system dirs plus the command's dirs, as the sandbox user.
+    fn run_command(&self, cmd: &CommandSpec) -> Result<CommandOutput, SandboxError> {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", cmd.name);
+        let cgroup = self.cgroup(&id);
+        let scratch = Scratch::create(&self.cfg.scratch_root, &id)?;
+        let ran = self.run_in(cmd, &cgroup, &scratch);
+        let _ = discard_cgroup(&cgroup);
+        let _ = fs::remove_dir_all(&scratch.dir);
+        ran
+    }
+
+    fn run_in(
+        &self,
+        cmd: &CommandSpec,
+        cgroup: &Cgroup,
+        scratch: &Scratch,
+    ) -> Result<CommandOutput, SandboxError> {
+        cgroup.create().map_err(cgroup_err)?;
+        cgroup
+            .set_limits(&cgroup_limits(&cmd.limits))
+            .map_err(cgroup_err)?;
+        let plan = MountPlan::for_command(&CommandSources {
+            base: &self.cfg.base,
+            python_prefix: &self.cfg.python_prefix,
+            writable: &cmd.writable,
+            readable: &cmd.readable,
+            host_dns: cmd.network,
+        });
+        let init = InitSpec {
+            cgroup_procs: cgroup.procs_files(),
+            plan,
+            hostname: "ol-sandbox".into(),
+            uid: SANDBOX_UID,
+            gid: SANDBOX_UID,
+            seccomp: self
+                .cfg
+                .seccomp
+                .then(|| self.cfg.runtime_dir.join(SECCOMP_FILE)),
+            argv: cmd.argv.clone(),
+            env: cmd.env.clone(),
+            cwd: inside::TMP.into(),
+            zygote: false,
+            share_network: cmd.network,
+        };
+        let init_json = serde_json::to_string(&init)
+            .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
+        let (stdout, stderr) = scratch.log_files()?;
+        let mut child = Command::new(&self.cfg.init_exe)
+            .arg(INIT_ARG)
+            .arg(init_json)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| SandboxError::Spawn {
+                program: self.cfg.init_exe.clone(),
+                source,
+            })?;
+        scratch.record_pid(child.id())?;
+        finish_command(
+            &mut child,
+            &cmd.limits,
+            &scratch.dir,
+            || {
+                let _ = cgroup.kill_all(&kill_pid);
+            },
+            || cgroup.oom_kills().is_ok_and(|n| n > 0),
+        )
+    }
+
+    /// Keys of the live import-cache zygotes.
+    fn zygote_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .lock_zygotes()
+            .iter()
+            .filter(|(key, z)| key.as_str() != ROOT && z.is_alive())
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+/// Package dirs as a sandbox sees them (under [`inside::PACKAGES`]).
+fn package_paths(packages: &[String]) -> Vec<String> {
+    packages
+        .iter()
+        .map(|p| format!("{}/{p}", inside::PACKAGES))
+        .collect()
 }
 
 /// What a sandbox init runs.
@@ -555,11 +881,7 @@ impl Scratch {
     }
 
     fn log_files(&self) -> Result<(fs::File, fs::File), SandboxError> {
-        let open = |name: &str| {
-            let path = self.dir.join(name);
-            fs::File::create(&path).map_err(io_err("cannot create", &path))
-        };
-        Ok((open("stdout")?, open("stderr")?))
+        crate::process::log_files(&self.dir)
     }
 
     fn record_pid(&self, pid: u32) -> Result<(), SandboxError> {
@@ -592,6 +914,14 @@ impl SandboxPool for SockPool {
             &self.inner.cfg.scratch_root,
             false,
         )
+    }
+
+    fn run_command(&self, cmd: &CommandSpec) -> Result<CommandOutput, SandboxError> {
+        self.inner.run_command(cmd)
+    }
+
+    fn zygotes(&self) -> Vec<String> {
+        self.inner.zygote_keys()
     }
 }
 
@@ -691,6 +1021,10 @@ pub(crate) struct Enclosure {
     pub(crate) scratch: PathBuf,
     /// Normal memory limit, when paused sandboxes are downsized.
     pub(crate) downsize: Option<u64>,
+    /// OOM kills its cgroup counted before this sandbox (a reused cgroup).
+    pub(crate) oom_baseline: u64,
+    /// Where its cgroup goes for reuse when it dies (else it is removed).
+    pub(crate) recycle: Option<Arc<CgroupPool>>,
 }
 
 impl Enclosure {
@@ -711,14 +1045,18 @@ impl Enclosure {
     }
 
     pub(crate) fn oom_killed(&self) -> bool {
-        self.cgroup.oom_kills().is_ok_and(|n| n > 0)
+        self.cgroup.oom_kills().is_ok_and(|n| n > self.oom_baseline)
     }
 
     /// Kills every process of the sandbox and removes its cgroup and (when
     /// its logs are empty) its scratch dir.
     pub(crate) fn tear_down(&self) -> Result<(), SandboxError> {
         let _ = fs::remove_file(self.scratch.join("pid"));
-        let removed = discard_cgroup(&self.cgroup).map_err(cgroup_err);
+        let removed = match &self.recycle {
+            Some(pool) => pool.recycle(self.cgroup.clone(), &kill_pid),
+            None => discard_cgroup(&self.cgroup),
+        }
+        .map_err(cgroup_err);
         crate::process::remove_scratch_if_quiet(&self.scratch);
         removed
     }

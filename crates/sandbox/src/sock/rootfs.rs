@@ -155,6 +155,15 @@ pub fn under(root: &Path, path: &Path) -> PathBuf {
     root.join(rel)
 }
 
+/// A read-only bind of host `source` onto `target` inside `root`.
+fn read_only(root: &Path, source: &Path, target: &Path) -> MountOp {
+    MountOp::Bind {
+        source: source.to_path_buf(),
+        target: under(root, target),
+        writable: false,
+    }
+}
+
 fn is_covered_by_system_dirs(path: &Path) -> bool {
     SYSTEM_DIRS.iter().any(|d| path.starts_with(d))
 }
@@ -214,25 +223,40 @@ pub struct RootSources<'a> {
     pub runtime: &'a Path,
 }
 
+/// Host paths a command sandbox (the package installer) is built from.
+#[derive(Debug, Clone)]
+pub struct CommandSources<'a> {
+    /// The base directory.
+    pub base: &'a Path,
+    /// The Python installation prefix.
+    pub python_prefix: &'a Path,
+    /// Host directories bound writable at the same path.
+    pub writable: &'a [PathBuf],
+    /// Host directories bound read-only at the same path.
+    pub readable: &'a [PathBuf],
+    /// Bind the host's /etc/resolv.conf and /etc/hosts (for a command that
+    /// keeps the host's network).
+    pub host_dns: bool,
+}
+
+/// Host files a networked command needs for name lookups.
+const DNS_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hosts"];
+
 impl MountPlan {
-    /// The mounts of a lambda sandbox.
-    pub fn for_lambda(src: &RootSources<'_>) -> Self {
-        let root = src.base.to_path_buf();
+    /// The mounts every sandbox starts with: the system directories, the
+    /// Python installation, device nodes.
+    fn system(base: &Path, python_prefix: &Path) -> Self {
+        let root = base.to_path_buf();
         let mut ops = Vec::new();
-        let ro = |source: &Path, target: &Path| MountOp::Bind {
-            source: source.to_path_buf(),
-            target: under(&root, target),
-            writable: false,
-        };
         for dir in SYSTEM_DIRS {
             let host = Path::new(dir);
             // Symlinks (merged /usr) are already in the base as links.
             if fs::symlink_metadata(host).is_ok_and(|m| m.is_dir()) {
-                ops.push(ro(host, host));
+                ops.push(read_only(&root, host, host));
             }
         }
-        if !is_covered_by_system_dirs(src.python_prefix) {
-            ops.push(ro(src.python_prefix, src.python_prefix));
+        if !is_covered_by_system_dirs(python_prefix) {
+            ops.push(read_only(&root, python_prefix, python_prefix));
         }
         for dev in DEVICES {
             let node = Path::new("/dev").join(dev);
@@ -243,6 +267,46 @@ impl MountPlan {
                 writable: true,
             });
         }
+        Self { root, ops }
+    }
+
+    /// The mounts of a command sandbox: the system, a private /tmp and
+    /// /proc, then the `writable` and `readable` dirs at their host paths
+    /// (after /tmp, so a worker dir under /tmp is not hidden by it; the
+    /// init makes missing mount points).
+    pub fn for_command(src: &CommandSources<'_>) -> Self {
+        let Self { root, mut ops } = Self::system(src.base, src.python_prefix);
+        ops.push(MountOp::Tmpfs {
+            target: under(&root, Path::new(inside::TMP)),
+            options: TMP_SIZE.to_string(),
+        });
+        ops.push(MountOp::Proc {
+            target: under(&root, Path::new("/proc")),
+        });
+        for (dirs, writable) in [(src.readable, false), (src.writable, true)] {
+            for dir in dirs {
+                ops.push(MountOp::Bind {
+                    source: dir.clone(),
+                    target: under(&root, dir),
+                    writable,
+                });
+            }
+        }
+        if src.host_dns {
+            for file in DNS_FILES.iter().map(Path::new) {
+                if file.is_file() && under(&root, file).is_file() {
+                    ops.push(read_only(&root, file, file));
+                }
+            }
+        }
+        ops.push(MountOp::ReadOnlyRoot);
+        Self { root, ops }
+    }
+
+    /// The mounts of a lambda sandbox.
+    pub fn for_lambda(src: &RootSources<'_>) -> Self {
+        let Self { root, mut ops } = Self::system(src.base, src.python_prefix);
+        let ro = |source: &Path, target: &Path| read_only(&root, source, target);
         if let Some(code) = src.code {
             ops.push(ro(code, Path::new(inside::HANDLER)));
         }

@@ -15,14 +15,15 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_json::json;
 
 use super::cgroup::Cgroup;
+use super::cgroup_pool::CgroupPool;
 use super::{Enclosure, discard_cgroup};
 use crate::process::describe_exit;
 use crate::protocol::{encode_frame, read_frame_blocking};
@@ -39,6 +40,8 @@ pub(crate) struct Zygote {
     sandbox: Mutex<Box<dyn Sandbox>>,
     control: Mutex<UnixStream>,
     alive: AtomicBool,
+    /// When a sandbox was last forked from it (for eviction).
+    last_used: Mutex<Instant>,
 }
 
 /// A pre-forked sandbox waiting for its lambda: it already sits in its
@@ -51,12 +54,19 @@ pub(crate) struct Blank {
     pub(crate) conn: UnixStream,
     /// Read end of its exit pipe.
     pub(crate) exit: File,
+    /// OOM kills its cgroup counted before it (a reused cgroup).
+    pub(crate) oom_baseline: u64,
+    /// Where its cgroup goes for reuse (else it is removed).
+    pub(crate) recycle: Option<Arc<CgroupPool>>,
 }
 
 impl Blank {
     /// Kills an unused blank and frees its cgroup.
     pub(crate) fn discard(self) {
-        let _ = discard_cgroup(&self.cgroup);
+        let _ = match &self.recycle {
+            Some(pool) => pool.recycle(self.cgroup, &super::kill_pid),
+            None => discard_cgroup(&self.cgroup),
+        };
     }
 }
 
@@ -68,6 +78,20 @@ pub(crate) struct Assignment<'a> {
     pub(crate) stderr: File,
     pub(crate) uid: u32,
     pub(crate) env: &'a [(String, String)],
+    /// Package dirs for its `sys.path`, as seen inside the sandbox.
+    pub(crate) packages: &'a [String],
+}
+
+/// A child zygote of the import cache, on the host side.
+pub(crate) struct ChildZygote<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) enclosure: Enclosure,
+    pub(crate) stdout: File,
+    pub(crate) stderr: File,
+    /// Package dirs for its `sys.path`, as seen inside the sandbox.
+    pub(crate) packages: &'a [String],
+    /// Modules it imports.
+    pub(crate) imports: &'a [String],
 }
 
 /// Sends `what` to a blank over its own socket, as one frame with the
@@ -93,6 +117,7 @@ pub(crate) fn assign(blank_conn: &UnixStream, what: &Assignment<'_>) -> Result<(
         "uid": what.uid,
         "gid": what.uid,
         "env": what.env,
+        "packages": what.packages,
     }))
     .map_err(|e| start_err("cannot encode the assignment", e))?;
     sendmsg::<()>(
@@ -124,7 +149,8 @@ impl Zygote {
             Ok((meta, _)) if meta.kind.as_deref() == Some("ready") => {}
             Ok((meta, _)) => {
                 let _ = sandbox.destroy();
-                return Err(start_err("unexpected first message", format!("{meta:?}")));
+                let why = meta.error.clone().unwrap_or_else(|| format!("{meta:?}"));
+                return Err(start_err("did not start", why));
             }
             Err(e) => {
                 let why = sandbox.exit_reason().unwrap_or_else(|| e.to_string());
@@ -140,7 +166,24 @@ impl Zygote {
             sandbox: Mutex::new(sandbox),
             control: Mutex::new(control),
             alive: AtomicBool::new(true),
+            last_used: Mutex::new(Instant::now()),
         })
+    }
+
+    /// Records a use, for least-recently-used eviction.
+    pub(crate) fn touch(&self) {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    /// When it was last used.
+    pub(crate) fn last_used(&self) -> Instant {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether the zygote still answers.
@@ -152,31 +195,64 @@ impl Zygote {
     /// failure of the zygote itself marks it dead (the pool starts another).
     pub(crate) fn prefork(&self, id: &str, cgroup: Cgroup) -> Result<Blank, SandboxError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
-        let (exit_r, exit_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(|e| start_err("exit pipe", e))?;
-        let mut cgroup_files = Vec::new();
-        for procs in cgroup.procs_files() {
-            let f = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&procs)
-                .map_err(|source| SandboxError::Io {
-                    what: "cannot open",
-                    path: procs.clone(),
-                    source,
-                })?;
-            cgroup_files.push(f);
-        }
+        let (exit_r, exit_w) = exit_pipe()?;
+        let cgroup_files = open_procs_files(&cgroup)?;
         let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd(), exit_w.as_raw_fd()];
         fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
-        let frame = encode_frame(&json!({ "type": "prefork", "id": id }))
-            .map_err(|e| start_err("cannot encode the request", e))?;
+        self.request_fork(&json!({ "type": "prefork", "id": id }), &fds)?;
+        // `theirs`, the exit pipe's write end and the cgroup files close
+        // when this returns: the child holds its own copies now.
+        Ok(Blank {
+            cgroup,
+            conn: ours,
+            exit: File::from(exit_r),
+            oom_baseline: 0,
+            recycle: None,
+        })
+    }
 
+    /// Forks a child zygote that imports `child.imports` and waits until it
+    /// is ready.
+    pub(crate) fn fork_zygote(&self, child: ChildZygote<'_>) -> Result<Zygote, SandboxError> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
+        let (exit_r, exit_w) = exit_pipe()?;
+        let cgroup_files = open_procs_files(&child.enclosure.cgroup)?;
+        let mut fds: Vec<RawFd> = vec![
+            theirs.as_raw_fd(),
+            exit_w.as_raw_fd(),
+            child.stdout.as_raw_fd(),
+            child.stderr.as_raw_fd(),
+        ];
+        fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
+        let meta = json!({
+            "type": "zygote",
+            "id": child.id,
+            "packages": child.packages,
+            "imports": child.imports,
+        });
+        let sandbox = ForkedSandbox {
+            id: child.id.to_string(),
+            pid: OnceLock::new(),
+            enclosure: child.enclosure,
+            exit: File::from(exit_r),
+            exit_reason: None,
+            destroyed: false,
+            _zygote: None,
+        };
+        // On failure, dropping `sandbox` kills whatever was forked.
+        self.request_fork(&meta, &fds)?;
+        drop(theirs);
+        Zygote::start(Box::new(sandbox), ours)
+    }
+
+    /// Sends one fork request with its descriptors and reads the answer.
+    fn request_fork(&self, meta: &serde_json::Value, fds: &[RawFd]) -> Result<(), SandboxError> {
+        let frame = encode_frame(meta).map_err(|e| start_err("cannot encode the request", e))?;
         let control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
         let sent = sendmsg::<()>(
             control.as_raw_fd(),
             &[IoSlice::new(&frame)],
-            &[ControlMessage::ScmRights(&fds)],
+            &[ControlMessage::ScmRights(fds)],
             MsgFlags::empty(),
             None,
         );
@@ -188,11 +264,7 @@ impl Zygote {
         let reply = read_frame_blocking(&mut reader);
         drop(control);
         match reply {
-            Ok((meta, _)) if meta.kind.as_deref() == Some("forked") => Ok(Blank {
-                cgroup,
-                conn: ours,
-                exit: File::from(exit_r),
-            }),
+            Ok((meta, _)) if meta.kind.as_deref() == Some("forked") => Ok(()),
             Ok((meta, _)) => Err(start_err(
                 "refused the request",
                 meta.error.clone().unwrap_or_else(|| format!("{meta:?}")),
@@ -202,9 +274,32 @@ impl Zygote {
                 Err(start_err("did not answer", e))
             }
         }
-        // `theirs`, the exit pipe's write end and the cgroup files close
-        // here: the child holds its own copies now.
     }
+}
+
+/// A pipe whose write end a forked process keeps until it exits.
+fn exit_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), SandboxError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| start_err("exit pipe", e))
+}
+
+/// `cgroup.procs` of each of `cgroup`'s hierarchies, open for writing: a
+/// forked child joins the cgroup by writing to them.
+fn open_procs_files(cgroup: &Cgroup) -> Result<Vec<File>, SandboxError> {
+    cgroup
+        .procs_files()
+        .into_iter()
+        .map(|procs| {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&procs)
+                .map_err(|source| SandboxError::Io {
+                    what: "cannot open",
+                    path: procs.clone(),
+                    source,
+                })
+        })
+        .collect()
 }
 
 impl Drop for Zygote {
@@ -227,6 +322,9 @@ pub(crate) struct ForkedSandbox {
     pub(crate) exit: File,
     pub(crate) exit_reason: Option<String>,
     pub(crate) destroyed: bool,
+    /// The zygote it was forked from: held so that a zygote with live
+    /// children is never evicted.
+    pub(crate) _zygote: Option<Arc<Zygote>>,
 }
 
 impl ForkedSandbox {

@@ -1,0 +1,989 @@
+//! The package puller (DESIGN.md §3.8): turns a lambda's
+//! `requirements.txt` into exact versions with their dependencies and
+//! installs each distribution once per worker into
+//! `packages/<name>==<version>/`, all in the installer sandbox (the one
+//! sandbox that keeps the host's network).
+//!
+//! Resolution is `uv pip compile` (pip's `--dry-run --report` when uv
+//! cannot be had), installation `uv pip install --no-deps --target`, one
+//! distribution at a time into a staging dir that is renamed into place
+//! when complete, so a crash never leaves half a package. Concurrent asks
+//! for the same resolution or distribution share one run; failures are
+//! remembered for [`FAILURE_TTL`] so a broken requirement does not
+//! re-run the installer on every call. Top-level module names come from
+//! the wheel's metadata (`top_level.txt`, else its `RECORD`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use ol_sandbox::{CommandOutput, CommandSpec, Limits, SandboxPool};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+/// How long a failed resolution or install is answered from memory.
+pub const FAILURE_TTL: Duration = Duration::from_secs(10);
+/// Our metadata file in each installed package dir.
+const META_FILE: &str = ".ol-package.json";
+/// Where, in the packages dir, installs are staged.
+const STAGING: &str = ".staging";
+/// Lines of installer output kept in an error message.
+const ERROR_LINES: usize = 12;
+
+/// Where and how packages are installed.
+#[derive(Debug, Clone)]
+pub struct PackageSettings {
+    /// Installed packages (`DIR/packages`), one dir per distribution.
+    pub packages_dir: PathBuf,
+    /// The installer's download cache (kept across workers).
+    pub cache_dir: PathBuf,
+    /// Where the puller installs uv when the host has none.
+    pub tools_dir: PathBuf,
+    /// The Python interpreter lambdas run (resolution targets it).
+    pub python: PathBuf,
+    /// Its installation prefix (a uv installed by pip lands in its `bin`).
+    pub python_prefix: PathBuf,
+    /// `pip_index_url`: an index URL, or a local directory of wheels
+    /// (used as `--find-links`, with no index).
+    pub index_url: Option<String>,
+    /// The installer sandbox's limits (`installer_limits`).
+    pub limits: Limits,
+}
+
+/// Why a lambda's packages are not available.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PackageError {
+    /// The requirements do not resolve (unknown package, impossible pin,
+    /// syntax, no matching wheel).
+    #[error("cannot resolve requirements [{requirements}]: {message}")]
+    Resolve {
+        /// The requirements, one line each, joined.
+        requirements: String,
+        /// What the resolver said.
+        message: String,
+    },
+    /// One distribution failed to install (download or build failure).
+    #[error("cannot install {package}: {message}")]
+    Install {
+        /// `name==version`.
+        package: String,
+        /// What the installer said.
+        message: String,
+    },
+    /// The installer itself could not run.
+    #[error("package installer: {0}")]
+    Installer(String),
+}
+
+/// One installed distribution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Package {
+    /// Normalized name (PEP 503).
+    pub name: String,
+    /// Exact version.
+    pub version: String,
+    /// Modules it provides at the top level.
+    pub top_level: Vec<String>,
+    /// Normalized names of the distributions it requires (without extras).
+    pub requires: Vec<String>,
+}
+
+impl Package {
+    /// Its directory name under the packages dir: `name==version`.
+    pub fn dir(&self) -> String {
+        format!("{}=={}", self.name, self.version)
+    }
+}
+
+/// A lambda's requirements, resolved and installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Every distribution, dependencies included, sorted by name.
+    pub packages: Vec<Package>,
+}
+
+impl Resolved {
+    /// Package dirs in `sys.path` order.
+    pub fn dirs(&self) -> Vec<String> {
+        self.packages.iter().map(Package::dir).collect()
+    }
+
+    /// The package named `name` (normalized), if resolved.
+    pub fn get(&self, name: &str) -> Option<&Package> {
+        self.packages.iter().find(|p| p.name == name)
+    }
+}
+
+/// Package counters for `/stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PackageStats {
+    /// Distributions installed since start.
+    pub installs: u64,
+    /// Time spent installing, in ms.
+    pub install_ms: u64,
+    /// Resolutions run since start (not answered from cache).
+    pub resolutions: u64,
+    /// Resolutions and installs that failed.
+    pub failures: u64,
+    /// Distributions being installed now.
+    pub installing: Vec<String>,
+    /// The installer in use (`uv x.y.z` or `pip`).
+    pub installer: Option<String>,
+}
+
+/// A cached outcome; errors expire after [`FAILURE_TTL`].
+type Slot<T> = Arc<OnceCell<(Result<T, PackageError>, Instant)>>;
+
+/// The tool that resolves and installs.
+#[derive(Debug, Clone)]
+enum Tool {
+    /// The uv binary at this path.
+    Uv(PathBuf),
+    /// `python -m pip`.
+    Pip,
+}
+
+/// Resolves and installs packages for lambdas; one per worker.
+pub struct PackagePuller {
+    pool: Arc<dyn SandboxPool>,
+    settings: PackageSettings,
+    tool: OnceLock<Tool>,
+    resolutions: Mutex<HashMap<String, Slot<Arc<Resolved>>>>,
+    installs: Mutex<HashMap<String, Slot<Package>>>,
+    installing: Mutex<BTreeSet<String>>,
+    installed: AtomicU64,
+    install_ms: AtomicU64,
+    resolved: AtomicU64,
+    failures: AtomicU64,
+    next_staging: AtomicU64,
+}
+
+impl std::fmt::Debug for PackagePuller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackagePuller")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PackagePuller {
+    /// A puller installing with sandboxes from `pool`.
+    pub fn new(pool: Arc<dyn SandboxPool>, settings: PackageSettings) -> Self {
+        Self {
+            pool,
+            settings,
+            tool: OnceLock::new(),
+            resolutions: Mutex::new(HashMap::new()),
+            installs: Mutex::new(HashMap::new()),
+            installing: Mutex::new(BTreeSet::new()),
+            installed: AtomicU64::new(0),
+            install_ms: AtomicU64::new(0),
+            resolved: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            next_staging: AtomicU64::new(1),
+        }
+    }
+
+    /// Counters for `/stats`.
+    pub fn stats(&self) -> PackageStats {
+        PackageStats {
+            installs: self.installed.load(Ordering::Relaxed),
+            install_ms: self.install_ms.load(Ordering::Relaxed),
+            resolutions: self.resolved.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            installing: lock(&self.installing).iter().cloned().collect(),
+            installer: self.tool.get().map(|t| match t {
+                Tool::Uv(path) => format!("uv ({})", path.display()),
+                Tool::Pip => "pip".to_string(),
+            }),
+        }
+    }
+
+    /// The packages of requirements `text` (a requirements.txt), resolved
+    /// and installed. Concurrent calls with the same text share the work.
+    pub async fn ensure(self: &Arc<Self>, text: &str) -> Result<Arc<Resolved>, PackageError> {
+        let lines = requirement_lines(text);
+        if lines.is_empty() {
+            return Ok(Arc::new(Resolved {
+                packages: Vec::new(),
+            }));
+        }
+        let key = lines.join("\n");
+        let slot = slot(&self.resolutions, &key);
+        let this = Arc::clone(self);
+        let pins = cached(&slot, || async move {
+            this.resolved.fetch_add(1, Ordering::Relaxed);
+            let lines = requirement_lines(&key);
+            let this2 = Arc::clone(&this);
+            let pins = blocking(move || this2.resolve(&lines)).await?;
+            let mut packages = Vec::with_capacity(pins.len());
+            // One at a time: parallel installs fight over 2 vCPUs and the
+            // download link, and uv's cache already makes repeats cheap.
+            for (name, version) in pins {
+                packages.push(this.install(&name, &version).await?);
+            }
+            packages.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(Arc::new(Resolved { packages }))
+        })
+        .await;
+        if pins.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        pins
+    }
+
+    /// Distribution `name==version`, installed once per worker.
+    async fn install(self: &Arc<Self>, name: &str, version: &str) -> Result<Package, PackageError> {
+        let dir = format!("{name}=={version}");
+        let slot = slot(&self.installs, &dir);
+        let this = Arc::clone(self);
+        let (name, version) = (name.to_string(), version.to_string());
+        cached(&slot, || async move {
+            blocking(move || this.install_now(&name, &version)).await
+        })
+        .await
+    }
+
+    /// Installs one distribution unless it already is (by an earlier
+    /// worker in this dir, or just now).
+    fn install_now(&self, name: &str, version: &str) -> Result<Package, PackageError> {
+        let dir = format!("{name}=={version}");
+        let target = self.settings.packages_dir.join(&dir);
+        if let Ok(pkg) = read_meta(&target) {
+            return Ok(pkg);
+        }
+        lock(&self.installing).insert(dir.clone());
+        let started = Instant::now();
+        tracing::info!(package = %dir, "installing");
+        let done = self.install_fresh(name, version, &target);
+        lock(&self.installing).remove(&dir);
+        let ms = started.elapsed().as_millis() as u64;
+        match &done {
+            Ok(_) => {
+                self.installed.fetch_add(1, Ordering::Relaxed);
+                self.install_ms.fetch_add(ms, Ordering::Relaxed);
+                tracing::info!(package = %dir, ms, "installed");
+            }
+            Err(e) => tracing::warn!(package = %dir, ms, "install failed: {e}"),
+        }
+        done
+    }
+
+    fn install_fresh(
+        &self,
+        name: &str,
+        version: &str,
+        target: &Path,
+    ) -> Result<Package, PackageError> {
+        let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
+        let staging_root = self.settings.packages_dir.join(STAGING);
+        let staging = staging_root.join(format!("{name}=={version}-{}-{n}", std::process::id()));
+        let installer_err = |what: &str, e: std::io::Error| {
+            PackageError::Installer(format!("{what} {}: {e}", staging.display()))
+        };
+        fs::create_dir_all(&staging).map_err(|e| installer_err("cannot create", e))?;
+        let result = (|| {
+            make_sandbox_writable(&staging).map_err(|e| installer_err("cannot chown", e))?;
+            let spec = format!("{name}=={version}");
+            let argv = match self.tool() {
+                Tool::Uv(uv) => {
+                    let mut argv = vec![
+                        path_arg(&uv),
+                        "pip".into(),
+                        "install".into(),
+                        "--no-deps".into(),
+                        "--no-config".into(),
+                        "--quiet".into(),
+                        "--link-mode".into(),
+                        "copy".into(),
+                        "--python".into(),
+                        path_arg(&self.settings.python),
+                        "--target".into(),
+                        path_arg(&staging),
+                        "--cache-dir".into(),
+                        path_arg(&self.settings.cache_dir),
+                    ];
+                    argv.extend(self.index_args());
+                    argv.push(spec.clone());
+                    argv
+                }
+                Tool::Pip => {
+                    let mut argv = self.pip_argv();
+                    argv.extend([
+                        "install".into(),
+                        "--no-deps".into(),
+                        "--quiet".into(),
+                        "--target".into(),
+                        path_arg(&staging),
+                    ]);
+                    argv.extend(self.index_args());
+                    argv.push(spec.clone());
+                    argv
+                }
+            };
+            let mut writable = vec![staging.clone()];
+            writable.extend(self.cache_dirs());
+            let out = self.run("install", argv, writable)?;
+            if !out.success {
+                return Err(PackageError::Install {
+                    package: spec,
+                    message: failure_message(&out),
+                });
+            }
+            let pkg =
+                read_installed(&staging, name, version).map_err(|e| PackageError::Install {
+                    package: spec.clone(),
+                    message: e,
+                })?;
+            let meta = serde_json::to_vec_pretty(&pkg).map_err(|e| {
+                PackageError::Installer(format!("cannot encode package metadata: {e}"))
+            })?;
+            fs::write(staging.join(META_FILE), meta)
+                .map_err(|e| installer_err("cannot write in", e))?;
+            match fs::rename(&staging, target) {
+                Ok(()) => Ok(pkg),
+                // Another worker of this dir got there first: theirs is
+                // as good as ours.
+                Err(_) if read_meta(target).is_ok() => read_meta(target),
+                Err(e) => Err(installer_err("cannot move into place", e)),
+            }
+        })();
+        let _ = fs::remove_dir_all(&staging);
+        result
+    }
+
+    /// Resolves requirement `lines` to exact `(name, version)` pins.
+    fn resolve(&self, lines: &[String]) -> Result<Vec<(String, String)>, PackageError> {
+        let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
+        let work = self
+            .settings
+            .packages_dir
+            .join(STAGING)
+            .join(format!("resolve-{}-{n}", std::process::id()));
+        let io = |e: std::io::Error| {
+            PackageError::Installer(format!("cannot write {}: {e}", work.display()))
+        };
+        fs::create_dir_all(&work).map_err(io)?;
+        let input = work.join("requirements.in");
+        let result = fs::write(&input, lines.join("\n") + "\n")
+            .map_err(io)
+            .and_then(|()| self.resolve_file(lines, &input, &work));
+        let _ = fs::remove_dir_all(&work);
+        result
+    }
+
+    fn resolve_file(
+        &self,
+        lines: &[String],
+        input: &Path,
+        work: &Path,
+    ) -> Result<Vec<(String, String)>, PackageError> {
+        let tool = self.tool();
+        let argv = match &tool {
+            Tool::Uv(uv) => {
+                let mut argv = vec![
+                    path_arg(uv),
+                    "pip".into(),
+                    "compile".into(),
+                    "--no-config".into(),
+                    // (--quiet would also silence the output file "-")
+                    "--no-progress".into(),
+                    "--no-header".into(),
+                    "--no-annotate".into(),
+                    "--python".into(),
+                    path_arg(&self.settings.python),
+                    "--cache-dir".into(),
+                    path_arg(&self.settings.cache_dir),
+                    "--output-file".into(),
+                    "-".into(),
+                ];
+                argv.extend(self.index_args());
+                argv.push(path_arg(input));
+                argv
+            }
+            Tool::Pip => {
+                make_sandbox_writable(work)
+                    .map_err(|e| PackageError::Installer(format!("cannot chown: {e}")))?;
+                let mut argv = self.pip_argv();
+                argv.extend([
+                    "install".into(),
+                    "--dry-run".into(),
+                    "--ignore-installed".into(),
+                    "--quiet".into(),
+                    "--report".into(),
+                    "-".into(),
+                    "-r".into(),
+                    path_arg(input),
+                ]);
+                argv.extend(self.index_args());
+                argv
+            }
+        };
+        let mut writable = self.cache_dirs();
+        writable.push(work.to_path_buf());
+        let out = self.run("resolve", argv, writable)?;
+        let requirements = lines.join(", ");
+        if !out.success {
+            return Err(PackageError::Resolve {
+                requirements,
+                message: failure_message(&out),
+            });
+        }
+        let pins = match tool {
+            Tool::Uv(_) => parse_pins(&out.stdout),
+            Tool::Pip => parse_pip_report(&out.stdout),
+        };
+        match pins {
+            Ok(pins) if pins.is_empty() => Err(PackageError::Resolve {
+                requirements,
+                message: "the resolver returned no packages".into(),
+            }),
+            Ok(pins) => Ok(pins),
+            Err(message) => Err(PackageError::Resolve {
+                requirements,
+                message,
+            }),
+        }
+    }
+
+    /// `--index-url` or `--find-links` for `pip_index_url`.
+    fn index_args(&self) -> Vec<String> {
+        match self.settings.index_url.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(url) if url.contains("://") && !url.starts_with("file://") => {
+                vec!["--index-url".into(), url.into()]
+            }
+            Some(dir) => vec![
+                "--no-index".into(),
+                "--find-links".into(),
+                dir.trim_start_matches("file://").into(),
+            ],
+        }
+    }
+
+    /// A local wheel directory `pip_index_url` names, if any.
+    fn local_index(&self) -> Option<PathBuf> {
+        let url = self.settings.index_url.as_deref()?;
+        (!url.is_empty() && (!url.contains("://") || url.starts_with("file://")))
+            .then(|| PathBuf::from(url.trim_start_matches("file://")))
+    }
+
+    fn cache_dirs(&self) -> Vec<PathBuf> {
+        vec![self.settings.cache_dir.clone()]
+    }
+
+    fn pip_argv(&self) -> Vec<String> {
+        vec![
+            path_arg(&self.settings.python),
+            "-I".into(),
+            "-m".into(),
+            "pip".into(),
+            "--disable-pip-version-check".into(),
+            "--no-input".into(),
+            "--cache-dir".into(),
+            path_arg(&self.settings.cache_dir.join("pip")),
+        ]
+    }
+
+    /// Runs `argv` in the installer sandbox with network access.
+    fn run(
+        &self,
+        what: &str,
+        argv: Vec<String>,
+        writable: Vec<PathBuf>,
+    ) -> Result<CommandOutput, PackageError> {
+        for dir in &writable {
+            fs::create_dir_all(dir)
+                .and_then(|()| make_sandbox_writable(dir))
+                .map_err(|e| {
+                    PackageError::Installer(format!("cannot prepare {}: {e}", dir.display()))
+                })?;
+        }
+        let mut readable = vec![self.settings.tools_dir.clone()];
+        readable.extend(self.local_index());
+        readable.retain(|d| d.is_dir());
+        let out = self
+            .pool
+            .run_command(&CommandSpec {
+                name: format!("installer-{what}"),
+                argv,
+                env: installer_env(&self.settings.cache_dir),
+                writable,
+                readable,
+                limits: self.settings.limits.clone(),
+                network: true,
+            })
+            .map_err(|e| PackageError::Installer(e.to_string()))?;
+        if out.timed_out {
+            return Err(PackageError::Installer(format!(
+                "{what} ran past installer_limits.runtime_sec ({} s) and was killed",
+                self.settings.limits.runtime_sec
+            )));
+        }
+        if out.oom_killed {
+            return Err(PackageError::Installer(format!(
+                "{what} ran out of memory (installer_limits.mem_mb = {})",
+                self.settings.limits.mem_mb
+            )));
+        }
+        Ok(out)
+    }
+
+    /// uv, found or installed on first use; pip when uv cannot be had.
+    fn tool(&self) -> Tool {
+        self.tool
+            .get_or_init(|| {
+                let tool = self.find_or_install_uv();
+                match &tool {
+                    Tool::Uv(path) => {
+                        tracing::info!(uv = %path.display(), "packages install with uv")
+                    }
+                    Tool::Pip => tracing::warn!("uv is not available; packages install with pip"),
+                }
+                tool
+            })
+            .clone()
+    }
+
+    fn find_or_install_uv(&self) -> Tool {
+        let ours = self.settings.tools_dir.join("bin/uv");
+        // Places the installer sandbox sees: the Python installation, the
+        // system dirs, our tools dir.
+        let candidates = [
+            self.settings.python_prefix.join("bin/uv"),
+            PathBuf::from("/usr/local/bin/uv"),
+            PathBuf::from("/usr/bin/uv"),
+            ours.clone(),
+        ];
+        if let Some(found) = candidates.into_iter().find(|p| p.is_file()) {
+            return Tool::Uv(found);
+        }
+        // Install it with pip into our tools dir (uv is a wheel on PyPI).
+        let staging = self.settings.tools_dir.with_extension("staging");
+        let _ = fs::remove_dir_all(&staging);
+        let installed = fs::create_dir_all(&staging)
+            .map_err(|e| PackageError::Installer(e.to_string()))
+            .and_then(|()| {
+                let mut argv = self.pip_argv();
+                argv.extend([
+                    "install".into(),
+                    "--quiet".into(),
+                    "--target".into(),
+                    path_arg(&staging),
+                    "uv".into(),
+                ]);
+                let mut writable = self.cache_dirs();
+                writable.push(staging.clone());
+                self.run("uv", argv, writable)
+            });
+        match installed {
+            Ok(out) if out.success && staging.join("bin/uv").is_file() => {
+                let _ = fs::remove_dir_all(&self.settings.tools_dir);
+                if fs::rename(&staging, &self.settings.tools_dir).is_ok() && ours.is_file() {
+                    return Tool::Uv(ours);
+                }
+            }
+            Ok(out) => tracing::warn!("cannot install uv: {}", failure_message(&out)),
+            Err(e) => tracing::warn!("cannot install uv: {e}"),
+        }
+        let _ = fs::remove_dir_all(&staging);
+        Tool::Pip
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The slot for `key`, replacing one holding an expired failure.
+fn slot<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: &str) -> Slot<T> {
+    let mut map = lock(map);
+    let stale = map.get(key).is_some_and(|s| {
+        s.get()
+            .is_some_and(|(r, at)| r.is_err() && at.elapsed() >= FAILURE_TTL)
+    });
+    if stale {
+        map.remove(key);
+    }
+    Arc::clone(map.entry(key.to_string()).or_default())
+}
+
+/// The slot's outcome, computed by `work` if nobody has yet.
+async fn cached<T, F, Fut>(slot: &Slot<T>, work: F) -> Result<T, PackageError>
+where
+    T: Clone,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PackageError>>,
+{
+    slot.get_or_init(|| async { (work().await, Instant::now()) })
+        .await
+        .0
+        .clone()
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, PackageError> + Send + 'static,
+) -> Result<T, PackageError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(PackageError::Installer(format!(
+            "installer task failed: {e}"
+        )))
+    })
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Lets the installer sandbox's user write `dir` (when we are root).
+fn make_sandbox_writable(dir: &Path) -> std::io::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        let uid = ol_sandbox::sock::rootfs::SANDBOX_UID;
+        std::os::unix::fs::chown(dir, Some(uid), Some(uid))?;
+    }
+    Ok(())
+}
+
+/// The installer's environment: a clean one, plus the host's index, proxy
+/// and TLS settings (this machine reaches PyPI through a TLS-re-signing
+/// egress whose CA is only in the host's bundle, which the base carries).
+fn installer_env(cache: &Path) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "PATH".to_string(),
+            "/usr/local/bin:/usr/bin:/bin".to_string(),
+        ),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("HOME".to_string(), "/tmp".to_string()),
+        ("TMPDIR".to_string(), "/tmp".to_string()),
+        ("UV_CACHE_DIR".to_string(), path_arg(cache)),
+        ("UV_NO_PROGRESS".to_string(), "1".to_string()),
+        (
+            "SSL_CERT_FILE".to_string(),
+            "/etc/ssl/certs/ca-certificates.crt".to_string(),
+        ),
+        (
+            "PIP_CERT".to_string(),
+            "/etc/ssl/certs/ca-certificates.crt".to_string(),
+        ),
+    ];
+    for (key, value) in std::env::vars() {
+        let passed = key.starts_with("UV_")
+            || (key.starts_with("PIP_") && !matches!(key.as_str(), "PIP_CERT" | "PIP_FIND_LINKS"))
+            || matches!(
+                key.to_ascii_lowercase().as_str(),
+                "http_proxy" | "https_proxy" | "all_proxy" | "no_proxy"
+            );
+        if passed && !env.iter().any(|(k, _)| *k == key) {
+            env.push((key, value));
+        }
+    }
+    env
+}
+
+/// The meaningful lines of a requirements file: no comments, blanks or
+/// options, trimmed.
+pub fn requirement_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_once(" #").map_or(l, |(req, _)| req).trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('-'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// PEP 503 normalized name.
+pub fn normalize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.trim().chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// `name==version` lines of `uv pip compile` output.
+fn parse_pins(out: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pins = Vec::new();
+    for line in out.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with('-') {
+            continue;
+        }
+        let line = line.split([';', ' ', '\\']).next().unwrap_or(line);
+        let Some((name, version)) = line.split_once("==") else {
+            return Err(format!("unexpected resolver output line {line:?}"));
+        };
+        let name = name.split('[').next().unwrap_or(name);
+        pins.push((normalize(name), version.trim().to_string()));
+    }
+    Ok(pins)
+}
+
+/// Pins from pip's `--report -` JSON.
+fn parse_pip_report(out: &str) -> Result<Vec<(String, String)>, String> {
+    #[derive(Deserialize)]
+    struct Report {
+        install: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        metadata: Meta,
+    }
+    #[derive(Deserialize)]
+    struct Meta {
+        name: String,
+        version: String,
+    }
+    let start = out.find('{').ok_or("pip printed no report")?;
+    let report: Report = serde_json::from_str(&out[start..])
+        .map_err(|e| format!("cannot read pip's report: {e}"))?;
+    Ok(report
+        .install
+        .into_iter()
+        .map(|i| (normalize(&i.metadata.name), i.metadata.version))
+        .collect())
+}
+
+/// The tail of what a failed installer run said.
+fn failure_message(out: &CommandOutput) -> String {
+    let text = if out.stderr.trim().is_empty() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(ERROR_LINES)..].join("\n");
+    if tail.is_empty() {
+        format!("the installer {}", out.status)
+    } else {
+        tail
+    }
+}
+
+/// Our metadata of a package installed earlier.
+fn read_meta(dir: &Path) -> Result<Package, PackageError> {
+    let path = dir.join(META_FILE);
+    let bytes = fs::read(&path)
+        .map_err(|e| PackageError::Installer(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| PackageError::Installer(format!("cannot parse {}: {e}", path.display())))
+}
+
+/// Reads what was just installed into `dir`: its top-level modules and
+/// requirements, from the `.dist-info` of `name`.
+fn read_installed(dir: &Path, name: &str, version: &str) -> Result<Package, String> {
+    let dist_info = fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".dist-info"))
+                .and_then(|n| n.rsplit_once('-'))
+                .is_some_and(|(n, _)| normalize(n) == name)
+        })
+        .ok_or_else(|| format!("no {name} .dist-info was installed"))?;
+    let read = |file: &str| fs::read_to_string(dist_info.join(file)).unwrap_or_default();
+    let top_level = match read("top_level.txt") {
+        listed if !listed.trim().is_empty() => {
+            let mut names: Vec<String> = listed
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.contains('/'))
+                .map(str::to_string)
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        }
+        _ => top_level_from_record(&read("RECORD")),
+    };
+    Ok(Package {
+        name: name.to_string(),
+        version: version.to_string(),
+        top_level,
+        requires: requires_from_metadata(&read("METADATA")),
+    })
+}
+
+/// Top-level importable names from a wheel's RECORD: its top directories
+/// that are identifiers, and its top-level modules.
+pub fn top_level_from_record(record: &str) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for line in record.lines() {
+        let path = line.split(',').next().unwrap_or("").trim();
+        let mut parts = path.split('/');
+        let Some(first) = parts.next() else { continue };
+        let is_dir = parts.next().is_some();
+        let name = if is_dir {
+            if first.ends_with(".dist-info") || first.ends_with(".data") {
+                continue;
+            }
+            first
+        } else if let Some(stem) = first.strip_suffix(".py") {
+            stem
+        } else if first.ends_with(".so") || first.ends_with(".pyd") {
+            first.split('.').next().unwrap_or("")
+        } else {
+            continue;
+        };
+        let identifier = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+            && !matches!(name, "__pycache__" | "bin");
+        if identifier {
+            names.insert(name.to_string());
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// Normalized names a METADATA file's `Requires-Dist` lines name, leaving
+/// out those only wanted for an extra.
+pub fn requires_from_metadata(metadata: &str) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for line in metadata.lines() {
+        let Some(req) = line.strip_prefix("Requires-Dist:") else {
+            if line.is_empty() {
+                break; // the headers end at the first blank line
+            }
+            continue;
+        };
+        let (spec, marker) = req.split_once(';').unwrap_or((req, ""));
+        if marker.contains("extra") {
+            continue;
+        }
+        let name: String = spec
+            .trim()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .collect();
+        if !name.is_empty() {
+            names.insert(normalize(&name));
+        }
+    }
+    names.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirement_lines_drop_comments_options_and_blanks() {
+        let text = "# deps\nnumpy==2.1.0  # pinned\n\n-i https://x\nflask[async]>=2; python_version >= \"3.8\"\n";
+        assert_eq!(
+            requirement_lines(text),
+            vec![
+                "numpy==2.1.0".to_string(),
+                "flask[async]>=2; python_version >= \"3.8\"".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn names_normalize_like_pep_503() {
+        assert_eq!(normalize("Flask"), "flask");
+        assert_eq!(normalize("typing_extensions"), "typing-extensions");
+        assert_eq!(normalize("zope.interface"), "zope-interface");
+        assert_eq!(normalize("A__-.B"), "a-b");
+    }
+
+    #[test]
+    fn uv_output_parses_to_pins() {
+        let out = "blinker==1.9.0\nflask==3.1.3\n    # via foo\nmarkupsafe==3.0.4 ; python_version >= '3.9'\nTyping_Extensions==4.12.2\n";
+        assert_eq!(
+            parse_pins(out).expect("pins"),
+            vec![
+                ("blinker".to_string(), "1.9.0".to_string()),
+                ("flask".to_string(), "3.1.3".to_string()),
+                ("markupsafe".to_string(), "3.0.4".to_string()),
+                ("typing-extensions".to_string(), "4.12.2".to_string()),
+            ]
+        );
+        assert!(parse_pins("flask>=2\n").is_err());
+    }
+
+    #[test]
+    fn pip_report_parses_to_pins() {
+        let out =
+            r#"{"version": "1", "install": [{"metadata": {"name": "Six", "version": "1.16.0"}}]}"#;
+        assert_eq!(
+            parse_pip_report(out).expect("pins"),
+            vec![("six".to_string(), "1.16.0".to_string())]
+        );
+        assert!(parse_pip_report("nothing").is_err());
+    }
+
+    #[test]
+    fn top_level_names_come_from_record() {
+        let record = "numpy/__init__.py,sha256=x,1\nnumpy/core/a.py,,\nnumpy-2.4.6.dist-info/RECORD,,\n\
+                      numpy.libs/libopenblas.so,,\nbin/f2py,,\nbin/sub/x,,\nsix.py,,\n_cffi_backend.cpython-311-x86_64-linux-gnu.so,,\n\
+                      __pycache__/six.cpython-311.pyc,,\nfoo-1.0.data/scripts/x,,\ndistutils-precedence.pth,,\n";
+        assert_eq!(
+            top_level_from_record(record),
+            vec!["_cffi_backend", "numpy", "six"]
+        );
+    }
+
+    #[test]
+    fn requires_leave_out_extras_and_read_only_headers() {
+        let metadata = "Metadata-Version: 2.1\nName: pandas\nRequires-Dist: numpy>=2.0.2; python_version < \"3.14\"\n\
+                        Requires-Dist: python-dateutil>=2.9.0\nRequires-Dist: tzdata; sys_platform == \"win32\"\n\
+                        Requires-Dist: pytest>=8; extra == \"test\"\nRequires-Dist: Jinja2 (>=3)\n\nRequires-Dist: not-a-header\n";
+        assert_eq!(
+            requires_from_metadata(metadata),
+            vec!["jinja2", "numpy", "python-dateutil", "tzdata"]
+        );
+    }
+
+    #[test]
+    fn local_index_becomes_find_links() {
+        let settings = |url: Option<&str>| PackageSettings {
+            packages_dir: "/p".into(),
+            cache_dir: "/c".into(),
+            tools_dir: "/t".into(),
+            python: "/py".into(),
+            python_prefix: "/".into(),
+            index_url: url.map(str::to_string),
+            limits: Limits::default(),
+        };
+        let pool: Arc<dyn SandboxPool> = Arc::new(
+            ol_sandbox::process::ProcessPool::new(
+                ol_sandbox::process::RuntimeCommand {
+                    python: "/py".into(),
+                    script: "/s".into(),
+                    packages: "/p".into(),
+                },
+                tempfile::tempdir().expect("tmp").keep(),
+            )
+            .expect("pool"),
+        );
+        let p = PackagePuller::new(Arc::clone(&pool), settings(Some("https://mirror/simple")));
+        assert_eq!(p.index_args(), vec!["--index-url", "https://mirror/simple"]);
+        assert_eq!(p.local_index(), None);
+        let p = PackagePuller::new(Arc::clone(&pool), settings(Some("/srv/wheels")));
+        assert_eq!(
+            p.index_args(),
+            vec!["--no-index", "--find-links", "/srv/wheels"]
+        );
+        assert_eq!(p.local_index(), Some(PathBuf::from("/srv/wheels")));
+        let p = PackagePuller::new(pool, settings(None));
+        assert!(p.index_args().is_empty());
+    }
+}

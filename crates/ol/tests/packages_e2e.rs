@@ -1,0 +1,320 @@
+//! End-to-end tests of packages and the import cache (root, real PyPI
+//! through the package registry this machine reaches): lambdas with
+//! requirements install them once per worker and fork from zygotes that
+//! have them imported. Downloads go to a cache shared by every run
+//! (`/var/tmp/ol-test-uv-cache`), so reruns do not download again.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{TestWorker, add_lambda};
+
+/// Shared installer cache (DESIGN.md §5: network tests use a local cache).
+const CACHE: &str = "package_cache_dir=/var/tmp/ol-test-uv-cache";
+
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: packages install in the sock installer sandbox, which needs root");
+            return;
+        }
+    };
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/lambdas")
+        .join(name)
+}
+
+/// Copies example lambda `name` into the worker's registry.
+fn add_example(w: &TestWorker, name: &str) {
+    let files: Vec<(String, String)> = fs::read_dir(example(name))
+        .expect("example dir")
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read_to_string(e.path()).expect("example file"),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    add_lambda(w.path(), name, &files);
+}
+
+fn start(overrides: &[&str]) -> TestWorker {
+    let mut all = vec![CACHE];
+    all.extend(overrides);
+    TestWorker::start(&[], &all)
+}
+
+fn installs(w: &TestWorker) -> u64 {
+    w.stats()["packages"]["installs"]
+        .as_u64()
+        .expect("installs")
+}
+
+#[test]
+fn numpy_and_pandas_lambdas_return_versions_and_results() {
+    require_root!();
+    let w = start(&[]);
+    add_example(&w, "numpy");
+    add_example(&w, "pandas");
+    let a = w.run("numpy", r#"{"n": 100}"#);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let numpy = a.json();
+    assert_eq!(numpy["sum"], 4950);
+    let version = numpy["numpy"].as_str().expect("version").to_string();
+    assert!(
+        version.starts_with(|c: char| c.is_ascii_digit()),
+        "{version}"
+    );
+    let a = w.run("pandas", "{}");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let pandas = a.json();
+    assert_eq!(pandas["total"], 66);
+    assert!(pandas["pandas"].as_str().is_some_and(|v| !v.is_empty()));
+    // pandas needs numpy: the numpy install was reused, not repeated.
+    let packages = fs::read_dir(w.path().join("packages"))
+        .expect("packages dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("numpy=="))
+        .count();
+    assert_eq!(packages, 1);
+    // Both forked from import-cache zygotes (numpy, then numpy/pandas).
+    let stats = w.stats();
+    assert_eq!(stats["zygote_hits"], 2, "{stats}");
+    assert!(
+        stats["forked_from"]
+            .as_object()
+            .expect("forked_from")
+            .keys()
+            .any(|k| k.starts_with(&format!("numpy=={version}/")) && k.contains("pandas==")),
+        "{stats}"
+    );
+}
+
+#[test]
+fn flask_and_fastapi_apps_work() {
+    require_root!();
+    let w = start(&[]);
+    add_example(&w, "flask");
+    add_example(&w, "fastapi");
+    let a = w.call("GET", "/run/flask", "");
+    assert_eq!((a.status, a.body.as_str()), (418, "hi\n"));
+    assert!(
+        a.headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("a") && v == "B"),
+        "{:?}",
+        a.headers
+    );
+    let a = w.run("fastapi", r#"{"x": 1}"#);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"got": {"x": 1}, "framework": "fastapi"})
+    );
+    let a = w.call("GET", "/run/fastapi/hello/bob", "");
+    assert_eq!(
+        (a.status, a.json()),
+        (200, serde_json::json!({"hello": "bob"}))
+    );
+}
+
+#[test]
+fn same_requirement_is_installed_once_even_when_asked_at_once() {
+    require_root!();
+    let w = start(&[]);
+    let lambda = |name: &str| {
+        add_lambda(
+            w.path(),
+            name,
+            &[
+                (
+                    "f.py",
+                    "import six\ndef f(event):\n    return six.__version__\n",
+                ),
+                ("requirements.txt", "six\n"),
+            ],
+        );
+    };
+    lambda("six-a");
+    lambda("six-b");
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let calls: Vec<_> = ["six-a", "six-b", "six-a", "six-b"]
+            .iter()
+            .map(|name| {
+                let w = &w;
+                s.spawn(move || {
+                    let a = w.run(name, "{}");
+                    (a.status, a.body)
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().expect("call")).collect()
+    });
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body, &answers[0].1);
+    }
+    assert_eq!(installs(&w), 1);
+    let stats = w.stats();
+    assert_eq!(stats["packages"]["resolutions"], 1, "{stats}");
+}
+
+#[test]
+fn pinned_requirement_forks_from_the_numpy_zygote() {
+    require_root!();
+    let w = start(&[]);
+    // Learn the current numpy version, then pin it exactly.
+    add_example(&w, "numpy");
+    let a = w.run("numpy", "{}");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let version = a.json()["numpy"].as_str().expect("version").to_string();
+    add_lambda(
+        w.path(),
+        "pinned",
+        &[
+            (
+                "f.py",
+                "import numpy\ndef f(event):\n    return numpy.__version__\n",
+            ),
+            ("requirements.txt", &format!("numpy=={version}\n")),
+        ],
+    );
+    let a = w.run("pinned", "{}");
+    assert_eq!((a.status, a.json()), (200, serde_json::json!(version)));
+    let stats = w.stats();
+    let key = format!("numpy=={version}");
+    // Both lambdas forked from the one numpy zygote (OpenLambda's exact
+    // string match would send the pinned one to the root).
+    assert_eq!(stats["forked_from"][&key], 2, "{stats}");
+    assert_eq!(stats["zygote_hits"], 2, "{stats}");
+    assert_eq!(stats["zygotes"], serde_json::json!([key]), "{stats}");
+    assert_eq!(installs(&w), 1);
+}
+
+#[test]
+fn bad_requirement_fails_its_lambda_only_with_a_clear_error() {
+    require_root!();
+    let w = start(&[]);
+    add_lambda(
+        w.path(),
+        "broken",
+        &[
+            ("f.py", "def f(event):\n    return 1\n"),
+            ("requirements.txt", "ol-no-such-package-4c1d9e\n"),
+        ],
+    );
+    add_lambda(
+        w.path(),
+        "impossible",
+        &[
+            ("f.py", "def f(event):\n    return 1\n"),
+            ("requirements.txt", "six==0.0.0.1\n"),
+        ],
+    );
+    for (name, names) in [
+        ("broken", "ol-no-such-package-4c1d9e"),
+        ("impossible", "six==0.0.0.1"),
+    ] {
+        let a = w.run(name, "{}");
+        assert_eq!(a.status, 500, "{}", a.body);
+        let error = a.json()["error"].as_str().expect("error").to_string();
+        assert!(error.contains(names), "{error}");
+        assert!(error.contains(&format!("lambda {name}")), "{error}");
+    }
+    // Other lambdas keep working, and the failure is remembered, not
+    // re-run for every call.
+    let a = w.run("hello", r#"{"name": "ok"}"#);
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, ok!\""));
+    let before = w.stats()["packages"]["resolutions"].as_u64();
+    assert_eq!(w.run("broken", "{}").status, 500);
+    assert_eq!(w.stats()["packages"]["resolutions"].as_u64(), before);
+    assert_eq!(w.stats()["packages"]["failures"], 3);
+}
+
+/// OpenLambda's `call_each_once`: `count` new lambdas, each called once,
+/// each answering its own number; with `numpy`, each imports numpy.
+fn call_each_once(import_cache: &str, count: usize, numpy: bool) {
+    let w = start(&[&format!("features.import_cache={import_cache}")]);
+    for i in 0..count {
+        let mut files = vec![(
+            "f.py".to_string(),
+            if numpy {
+                format!("import numpy\ndef f(event):\n    return int(numpy.int64({i}))\n")
+            } else {
+                format!("def f(event):\n    return {i}\n")
+            },
+        )];
+        if numpy {
+            files.push(("requirements.txt".to_string(), "numpy\n".to_string()));
+        }
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        add_lambda(w.path(), &format!("each-{i}"), &files);
+    }
+    for i in 0..count {
+        let a = w.run(&format!("each-{i}"), "{}");
+        assert_eq!(
+            (a.status, a.body.clone()),
+            (200, i.to_string()),
+            "lambda {i} with import_cache={import_cache:?}"
+        );
+    }
+    let stats = w.stats();
+    assert_eq!(stats["lambdas"].as_array().map(Vec::len), Some(count));
+    let forked = stats["forked_from"].as_object().expect("forked_from");
+    let total: u64 = forked.values().filter_map(|v| v.as_u64()).sum();
+    assert_eq!(total, count as u64, "{stats}");
+    match (import_cache, numpy) {
+        // Zygotes off: every sandbox started a fresh interpreter.
+        ("", _) => assert_eq!(
+            forked.get("none").and_then(|v| v.as_u64()),
+            Some(count as u64)
+        ),
+        (_, false) => assert_eq!(
+            forked.get("root").and_then(|v| v.as_u64()),
+            Some(count as u64)
+        ),
+        (mode, true) => {
+            assert_eq!(stats["zygote_hits"], count as u64, "{stats}");
+            // multitree spreads the forks over two copies of the node.
+            let copies = forked.keys().filter(|k| k.starts_with("numpy==")).count();
+            assert_eq!(copies, if mode == "multitree" { 2 } else { 1 }, "{stats}");
+        }
+    }
+}
+
+#[test]
+fn call_each_once_10_and_100_without_import_cache() {
+    require_root!();
+    call_each_once("", 10, false);
+    call_each_once("", 100, false);
+    call_each_once("", 10, true);
+}
+
+#[test]
+fn call_each_once_10_and_100_with_tree() {
+    require_root!();
+    call_each_once("tree", 10, false);
+    call_each_once("tree", 100, false);
+    call_each_once("tree", 10, true);
+}
+
+#[test]
+fn call_each_once_10_and_100_with_multitree() {
+    require_root!();
+    call_each_once("multitree", 10, false);
+    call_each_once("multitree", 100, false);
+    call_each_once("multitree", 10, true);
+}
