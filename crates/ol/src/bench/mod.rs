@@ -69,7 +69,16 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Hot(a) => (hot::run(&a)?, a.output),
         BenchCommand::Cold(a) => (cold::run(&a)?.rows, a.output),
         BenchCommand::FirstCall(a) => (first_call::run(&a)?, a.output),
-        BenchCommand::Numpy(a) => (packages::run(&a)?, a.output),
+        BenchCommand::Numpy(a) => {
+            let outcome = packages::run(&a)?;
+            if let Some(hits) = outcome.zygote_hits {
+                eprintln!(
+                    "ol bench: {hits} of {} new numpy lambdas forked from a zygote with numpy imported",
+                    a.count
+                );
+            }
+            (outcome.rows, a.output)
+        }
         BenchCommand::Ol(a) => (upstream::run(&a)?, a.output),
         BenchCommand::Init(a) => return upstream::init(&a),
         BenchCommand::Report(a) => return report::run(&a),

@@ -2,6 +2,8 @@
 //! first call on a fresh worker (install included), the first call of new
 //! numpy lambdas once numpy is installed (zygote hit), and hot calls.
 
+use std::time::Duration;
+
 use anyhow::{Result, bail};
 use bytes::Bytes;
 
@@ -9,7 +11,7 @@ use super::OutputArgs;
 use super::hot::measure_connections;
 use super::load::{self, Pick, Plan};
 use super::output::{Row, RowKey};
-use super::target::OwnWorker;
+use super::target::{OwnWorker, Target};
 
 /// A numpy lambda: its answer proves numpy was imported and ran.
 pub const NUMPY_PY: &str = "import numpy as np\n\n\ndef f(event):\n    \
@@ -33,7 +35,14 @@ pub struct NumpyArgs {
     pub output: OutputArgs,
 }
 
-pub fn run(args: &NumpyArgs) -> Result<Vec<Row>> {
+/// The rows, and how many of the new numpy lambdas forked from a zygote
+/// that had numpy imported (the worker's `zygote_hits` during them).
+pub struct NumpyOutcome {
+    pub rows: Vec<Row>,
+    pub zygote_hits: Option<u64>,
+}
+
+pub fn run(args: &NumpyArgs) -> Result<NumpyOutcome> {
     if args.count == 0 || args.connections.is_empty() || args.connections.contains(&0) {
         bail!("--count and --connections need positive values");
     }
@@ -64,9 +73,16 @@ pub fn run(args: &NumpyArgs) -> Result<Vec<Row>> {
     if !installed {
         // Every other call would fail the same way; the first error says why.
         bar.finish_and_clear();
-        return Ok(rows);
+        return Ok(NumpyOutcome {
+            rows,
+            zygote_hits: None,
+        });
     }
+    let hits_before = zygote_hits(&target);
     let cold = rt.block_on(load::call_each(&target, &names, &body, &bar))?;
+    let zygote_hits = zygote_hits(&target)
+        .zip(hits_before)
+        .map(|(after, before)| after.saturating_sub(before));
     bar.finish_and_clear();
     rows.push(Row::new(key("numpy-cold", "np-[0,N)"), cold));
     let plan = Plan {
@@ -83,5 +99,12 @@ pub fn run(args: &NumpyArgs) -> Result<Vec<Row>> {
         &plan,
         &args.connections,
     )?);
-    Ok(rows)
+    Ok(NumpyOutcome { rows, zygote_hits })
+}
+
+/// The worker's `zygote_hits` counter, if its `/stats` has one.
+fn zygote_hits(target: &Target) -> Option<u64> {
+    let a = crate::client::get(&target.url("/stats"), Duration::from_secs(10)).ok()?;
+    let stats: serde_json::Value = serde_json::from_str(&a.body).ok()?;
+    stats["zygote_hits"].as_u64()
 }

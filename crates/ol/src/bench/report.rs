@@ -48,6 +48,8 @@ struct Measured {
     rows: Vec<Row>,
     failures: Vec<String>,
     idle_private_kib: Vec<u64>,
+    /// New numpy lambdas that forked from a numpy zygote.
+    numpy_zygote_hits: Option<u64>,
 }
 
 impl Measured {
@@ -109,7 +111,13 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         options: Vec::new(),
         output: OutputArgs::default(),
     };
-    m.add("numpy", packages::run(&numpy_args));
+    match packages::run(&numpy_args) {
+        Ok(o) => {
+            m.rows.extend(o.rows);
+            m.numpy_zygote_hits = o.zygote_hits;
+        }
+        Err(e) => m.add("numpy", Err(e)),
+    }
     let ol_args = OlArgs {
         names: vec!["py64-seq".into(), "py64-par".into(), "pd64-seq".into()],
         targets: Vec::new(),
@@ -388,6 +396,14 @@ fn render(m: &Measured, args: &ReportArgs, took_s: f64) -> String {
         s,
         "| idle sandbox memory | ≤ 2 MiB beyond the zygote's shared pages | {today} | {met} | | |"
     );
+    if let Some(hits) = m.numpy_zygote_hits {
+        let _ = writeln!(
+            s,
+            "\n{hits} of the {} new numpy lambdas forked from a zygote that had numpy \
+             imported (the worker's `zygote_hits`).",
+            args.numpy_count
+        );
+    }
     if let Some(plot) = &args.output.plot {
         let link = match (plot.parent(), args.out.parent()) {
             (Some(a), Some(b)) if a == b => plot.file_name().map(PathBuf::from),
@@ -586,6 +602,7 @@ mod tests {
             ],
             failures: vec!["first-call: cannot start".into()],
             idle_private_kib: vec![900, 1_100, 3_000],
+            numpy_zygote_hits: Some(2),
         };
         let doc = render(&m, &args(), 12.0);
         let hot1 = cells(&doc, "hot, 1 keep-alive connection");
@@ -616,6 +633,7 @@ mod tests {
         assert!(mem[2].starts_with("median 1.07 MiB private"), "{mem:?}");
         assert_eq!(mem[3], "yes");
         assert!(doc.contains("- first-call: cannot start"));
+        assert!(doc.contains("2 of the 2 new numpy lambdas forked from a zygote"));
         assert!(doc.contains("- numpy-first: /run/np-hot: 500 No module named 'numpy'"));
         assert!(
             doc.contains("| hot | `hello` | seq | 1 | 3 | 3 | 120µs |"),
