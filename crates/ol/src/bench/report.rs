@@ -72,6 +72,7 @@ impl Measured {
 
 pub fn run(args: &ReportArgs) -> Result<()> {
     let started = std::time::Instant::now();
+    let load_at_start = load_average();
     let mut m = Measured::default();
     let hot_args = HotArgs {
         targets: Vec::new(),
@@ -130,7 +131,12 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     };
     m.add("ol py64-seq py64-par pd64-seq", upstream::run(&ol_args));
     emit(&m.rows, &args.output)?;
-    let section = render(&m, args, started.elapsed().as_secs_f64());
+    let conditions = Conditions {
+        took_s: started.elapsed().as_secs_f64(),
+        load_at_start,
+        load_at_end: load_average(),
+    };
+    let section = render(&m, args, &conditions);
     let old = std::fs::read_to_string(&args.out).unwrap_or_else(|_| "# Benchmarks\n".into());
     std::fs::write(&args.out, splice(&old, &section))
         .with_context(|| format!("cannot write {}", args.out.display()))?;
@@ -321,7 +327,23 @@ fn creations_per_core(r: &Row, cpus: usize) -> f64 {
     r.requests as f64 / r.seconds.max(1e-9) / cpus.max(1) as f64
 }
 
-fn render(m: &Measured, args: &ReportArgs, took_s: f64) -> String {
+/// How the run went, apart from its numbers: how long it took and how
+/// busy the machine was (other work inflates latencies).
+struct Conditions {
+    took_s: f64,
+    load_at_start: String,
+    load_at_end: String,
+}
+
+/// The 1-minute load average.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut s = String::new();
@@ -333,7 +355,8 @@ fn render(m: &Measured, args: &ReportArgs, took_s: f64) -> String {
     let _ = writeln!(
         s,
         "Generated {} by `ol bench report {command}` (commit {}, {cpus} CPUs, \
-         Linux {}, {:.0} s in all). Hot: {} s per connection count after 1 s of \
+         Linux {}, {:.0} s in all, 1-minute load average {} at the start and {} \
+         at the end). Hot: {} s per connection count after 1 s of \
          warm-up; cold: {} new lambdas; first call: {} fresh workers; numpy: {} \
          new lambdas; OpenLambda's benches: {} s each after one call of each \
          lambda. One run of each, on a shared 2-vCPU VM: read p99s as \
@@ -342,7 +365,9 @@ fn render(m: &Measured, args: &ReportArgs, took_s: f64) -> String {
         utc_now(),
         git_commit(),
         kernel.trim(),
-        took_s,
+        run.took_s,
+        run.load_at_start,
+        run.load_at_end,
         args.seconds,
         args.cold_count,
         args.first_call_runs,
@@ -604,7 +629,13 @@ mod tests {
             idle_private_kib: vec![900, 1_100, 3_000],
             numpy_zygote_hits: Some(2),
         };
-        let doc = render(&m, &args(), 12.0);
+        let run = Conditions {
+            took_s: 12.0,
+            load_at_start: "0.50".into(),
+            load_at_end: "1.20".into(),
+        };
+        let doc = render(&m, &args(), &run);
+        assert!(doc.contains("load average 0.50 at the start and 1.20 at the end"));
         let hot1 = cells(&doc, "hot, 1 keep-alive connection");
         assert_eq!(hot1[2], "p50 120µs, p99 140µs (3 req/s)");
         assert_eq!(hot1[3], "yes");
