@@ -26,6 +26,11 @@ pub struct ColdArgs {
     /// How many new lambdas to call once each (per target).
     #[arg(long, default_value_t = 200)]
     pub count: usize,
+    /// New lambdas called at the same time (1: one after another, which
+    /// measures latency; more: batches of that many, which measures the
+    /// creation rate).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
     /// Server to measure instead of a worker of the bench's own; the new
     /// lambdas are uploaded to its `POST /registry/<name>` (and deleted
     /// afterwards). Repeat to compare several: calls alternate between
@@ -49,8 +54,8 @@ pub struct ColdOutcome {
 }
 
 pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
-    if args.count == 0 {
-        bail!("--count must be at least 1");
+    if args.count == 0 || args.connections == 0 {
+        bail!("--count and --connections must be at least 1");
     }
     let (targets, own) = targets_or_own(&args.targets, &args.options)?;
     // Names never used before on a long-running target.
@@ -81,15 +86,17 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
     }
     let bar = super::progress((args.count * targets.len()) as u64, "cold");
     let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
-    for i in 0..args.count {
-        let order: Vec<usize> = if i % 2 == 0 {
+    let batches = args.count.div_ceil(args.connections);
+    for b in 0..batches {
+        let batch = b * args.connections..((b + 1) * args.connections).min(args.count);
+        let order: Vec<usize> = if b % 2 == 0 {
             (0..targets.len()).collect()
         } else {
             (0..targets.len()).rev().collect()
         };
         for k in order {
-            let one = &names[k][i..=i];
-            samples[k].merge(rt.block_on(load::call_each(&targets[k], one, &body, &bar))?);
+            let calls = load::call_all_at_once(&targets[k], &names[k][batch.clone()], &body, &bar);
+            samples[k].merge(rt.block_on(calls)?);
         }
     }
     bar.finish_and_clear();
@@ -101,7 +108,7 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
                 bench: "cold",
                 target: &t.name,
                 lambda: "cold-[0,N)",
-                connections: 1,
+                connections: args.connections,
             };
             Row::new(key, s)
         })

@@ -243,6 +243,33 @@ pub async fn call_each(
     Ok(samples)
 }
 
+/// Calls each of `names` once, all at the same time, each on a new
+/// connection of its own; `elapsed` is the wall time until the last answer.
+pub async fn call_all_at_once(
+    target: &Target,
+    names: &[String],
+    body: &Bytes,
+    progress: &ProgressBar,
+) -> Result<Samples> {
+    let started = Instant::now();
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (t, name, body, bar) =
+                (target.clone(), name.clone(), body.clone(), progress.clone());
+            tokio::spawn(
+                async move { call_each(&t, std::slice::from_ref(&name), &body, &bar).await },
+            )
+        })
+        .collect();
+    let mut all = Samples::default();
+    for t in tasks {
+        all.merge(t.await.context("a benchmark call panicked")??);
+    }
+    all.elapsed = started.elapsed();
+    Ok(all)
+}
+
 /// A current-thread runtime for the client side: one thread keeps the
 /// client's own CPU use (and its cross-CPU wake-ups) low.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
