@@ -302,7 +302,17 @@ fn cold_bench_uploads_new_lambdas_to_each_target_and_removes_them() {
     let out = tempfile::tempdir().expect("tempdir");
     let (a, b) = (format!("a={}", w.url("")), format!("b={}", w.url("")));
     let rows = bench_json(
-        &["cold", "--count", "3", "--target", &a, "--target", &b],
+        &[
+            "cold",
+            "--count",
+            "3",
+            "--connections",
+            "2",
+            "--target",
+            &a,
+            "--target",
+            &b,
+        ],
         out.path(),
     );
     let targets: Vec<&str> = rows
@@ -312,6 +322,10 @@ fn cold_bench_uploads_new_lambdas_to_each_target_and_removes_them() {
     assert_eq!(targets, ["a", "b"]);
     for r in &rows {
         assert_eq!((num(r, "requests"), num(r, "errors")), (3.0, 0.0), "{r}");
+        assert_eq!(
+            (num(r, "connections"), r["mode"].as_str()),
+            (2.0, Some("par"))
+        );
     }
     // Every call was a cold start: 3 per target, plus one warm-up each.
     let created = w.stats()["sandboxes_created"].as_u64().expect("created");
