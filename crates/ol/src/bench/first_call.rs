@@ -68,8 +68,8 @@ async fn one_run(options: &[String]) -> Result<(Duration, Option<String>)> {
         addr: format!("127.0.0.1:{port}"),
     };
     std::fs::create_dir_all(dir.path().join("logs"))?;
-    let log = std::fs::File::create(dir.path().join("logs/bench-up.log"))
-        .context("cannot create the worker's log")?;
+    let log_path = dir.path().join("logs/bench-up.log");
+    let log = std::fs::File::create(&log_path).context("cannot create the worker's log")?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["worker", "up", "-p"])
         .arg(dir.path())
@@ -84,12 +84,17 @@ async fn one_run(options: &[String]) -> Result<(Duration, Option<String>)> {
         .stderr(log)
         .spawn()
         .context("cannot start `ol worker up`")?;
-    let outcome = wait_first_success(&target, &mut child, t0).await;
+    let outcome = wait_first_success(&target, &mut child, t0, &log_path).await;
     let stopped = ol(dir.path(), &["worker", "down"]);
     let _ = child.kill();
     let _ = child.wait();
-    stopped?;
-    outcome
+    let outcome = outcome?;
+    // A worker that never came up has nothing to stop: its failure is
+    // the result, not the failed `down`.
+    if outcome.1.is_none() {
+        stopped?;
+    }
+    Ok(outcome)
 }
 
 /// Calls `/run/hello` every millisecond until it answers 200; the time
@@ -98,6 +103,7 @@ async fn wait_first_success(
     target: &Target,
     child: &mut Child,
     t0: Instant,
+    log: &std::path::Path,
 ) -> Result<(Duration, Option<String>)> {
     let body = Bytes::from_static(HELLO_BODY.as_bytes());
     let names = ["hello".to_string()];
@@ -109,9 +115,12 @@ async fn wait_first_success(
         }
         let last = s.first_error.unwrap_or_default();
         if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let said = text.lines().rev().find(|l| !l.trim().is_empty());
+            let why = said.unwrap_or(&last);
             return Ok((
                 t0.elapsed(),
-                Some(format!("the worker exited ({status}): {last}")),
+                Some(format!("the worker exited ({status}): {why}")),
             ));
         }
         if t0.elapsed() > FIRST_CALL_TIMEOUT {
