@@ -71,9 +71,15 @@ fn labels(rows: &[Row]) -> Vec<String> {
 fn cdf_points(sorted: &[u32]) -> Vec<(f64, f64)> {
     let n = sorted.len();
     let step = n.div_ceil(CDF_POINTS).max(1);
-    let mut points: Vec<(f64, f64)> = (step - 1..n)
-        .step_by(step)
-        .map(|i| (f64::from(sorted[i].max(1)), (i + 1) as f64 / n as f64))
+    // Rising from 0 at the fastest call, so even one sample draws a line.
+    let start = sorted.first().map(|&v| (f64::from(v.max(1)), 0.0));
+    let mut points: Vec<(f64, f64)> = start
+        .into_iter()
+        .chain(
+            (step - 1..n)
+                .step_by(step)
+                .map(|i| (f64::from(sorted[i].max(1)), (i + 1) as f64 / n as f64)),
+        )
         .collect();
     let ends_below_one = points.last().is_some_and(|&(_, f)| f < 1.0);
     if let (Some(&last), true) = (sorted.last(), ends_below_one) {
@@ -211,10 +217,15 @@ mod tests {
     fn cdf_is_capped_monotonic_and_ends_at_one() {
         let v: Vec<u32> = (1..=10_000).collect();
         let pts = cdf_points(&v);
-        assert!(pts.len() <= CDF_POINTS + 1, "{}", pts.len());
+        assert!(pts.len() <= CDF_POINTS + 2, "{}", pts.len());
         assert!(pts.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 < w[1].1));
+        assert_eq!(pts.first(), Some(&(1.0, 0.0)));
         assert_eq!(pts.last(), Some(&(10_000.0, 1.0)));
-        assert_eq!(cdf_points(&[5, 9]), vec![(5.0, 0.5), (9.0, 1.0)]);
+        assert_eq!(
+            cdf_points(&[5, 9]),
+            vec![(5.0, 0.0), (5.0, 0.5), (9.0, 1.0)]
+        );
+        assert_eq!(cdf_points(&[7]), vec![(7.0, 0.0), (7.0, 1.0)]);
         assert!(cdf_points(&[]).is_empty());
     }
 }
