@@ -77,6 +77,15 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let load_at_start = load_average();
     let mut m = Measured::default();
+    // First, before any of the report's workers has run: it times worker
+    // start-up, the part most sensitive to other work on the machine.
+    let first_args = FirstCallArgs {
+        runs: args.first_call_runs,
+        options: Vec::new(),
+        output: OutputArgs::default(),
+    };
+    m.add("first-call", first_call::run(&first_args));
+    settle();
     let hot_args = HotArgs {
         targets: Vec::new(),
         lambda: "hello".into(),
@@ -89,6 +98,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         output: OutputArgs::default(),
     };
     m.add("hot", hot::run(&hot_args));
+    settle();
     // One at a time for latency, then CREATION_BATCH at a time for the rate.
     for connections in [1, CREATION_BATCH] {
         let cold_args = ColdArgs {
@@ -107,13 +117,8 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             }
             Err(e) => m.add("cold", Err(e)),
         }
+        settle();
     }
-    let first_args = FirstCallArgs {
-        runs: args.first_call_runs,
-        options: Vec::new(),
-        output: OutputArgs::default(),
-    };
-    m.add("first-call", first_call::run(&first_args));
     let numpy_args = NumpyArgs {
         count: args.numpy_count,
         seconds: args.seconds,
@@ -128,6 +133,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         }
         Err(e) => m.add("numpy", Err(e)),
     }
+    settle();
     let ol_args = OlArgs {
         names: vec!["py64-seq".into(), "py64-par".into(), "pd64-seq".into()],
         targets: Vec::new(),
@@ -336,6 +342,13 @@ fn p50_p99_of_lambdas(r: &Row, _: usize) -> String {
 
 fn creations_per_core(r: &Row, cpus: usize) -> f64 {
     r.requests as f64 / r.seconds.max(1e-9) / cpus.max(1) as f64
+}
+
+/// A pause between benchmarks, so the teardown of the previous one's
+/// worker (hundreds of sandbox processes exiting, namespaces and cgroups
+/// released) does not overlap the next one's measurements.
+fn settle() {
+    std::thread::sleep(std::time::Duration::from_secs(3));
 }
 
 /// How the run went, apart from its numbers: how long it took and how
