@@ -318,3 +318,71 @@ fn call_each_once_10_and_100_with_multitree() {
     call_each_once("multitree", 100, false);
     call_each_once("multitree", 10, true);
 }
+
+/// Writes a pure-Python wheel `name-version-py3-none-any.whl` providing
+/// module `module` (whose `VALUE` is `value`) into `dir`.
+fn write_wheel(dir: &Path, name: &str, version: &str, module: &str, value: &str) {
+    let script = r#"
+import base64, hashlib, sys, zipfile
+dir, name, version, module, value = sys.argv[1:]
+dist = f"{name}-{version}.dist-info"
+files = {
+    f"{module}/__init__.py": f"VALUE = {value!r}\n",
+    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: ol-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(f"{dir}/{name}-{version}-py3-none-any.whl", "w") as z:
+    for path, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+        z.writestr(path, data)
+    record.append(f"{dist}/RECORD,,")
+    z.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .args([name, version, module, value])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn local_wheel_directory_as_the_index() {
+    require_root!();
+    let wheels = tempfile::tempdir().expect("tempdir");
+    write_wheel(wheels.path(), "ol_local_pkg", "1.2.3", "ollocal", "from a local wheel");
+    let w = start(&[&format!("pip_index_url={}", wheels.path().display())]);
+    add_lambda(
+        w.path(),
+        "local",
+        &[
+            ("f.py", "import ollocal\ndef f(event):\n    return ollocal.VALUE\n"),
+            ("requirements.txt", "ol-local-pkg==1.2.3\n"),
+        ],
+    );
+    let a = w.run("local", "{}");
+    assert_eq!((a.status, a.body.as_str()), (200, "\"from a local wheel\""));
+    let meta: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(w.path().join("packages/ol-local-pkg==1.2.3/.ol-package.json"))
+            .expect("package metadata"),
+    )
+    .expect("json");
+    // The top-level module was read from the wheel's RECORD.
+    assert_eq!(meta["top_level"], serde_json::json!(["ollocal"]));
+    // Nothing else is on that index: PyPI was not asked.
+    add_lambda(
+        w.path(),
+        "elsewhere",
+        &[
+            ("f.py", "def f(event):\n    return 1\n"),
+            ("requirements.txt", "six\n"),
+        ],
+    );
+    let a = w.run("elsewhere", "{}");
+    assert_eq!(a.status, 500, "{}", a.body);
+    assert!(a.body.contains("six"), "{}", a.body);
+}
