@@ -32,6 +32,28 @@ const META_FILE: &str = ".ol-package.json";
 const STAGING: &str = ".staging";
 /// Lines of installer output kept in an error message.
 const ERROR_LINES: usize = 12;
+/// Where, in the packages dir, resolutions are kept.
+const RESOLUTIONS: &str = ".resolutions";
+
+/// A resolution kept on disk.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedResolution {
+    requirements: Vec<String>,
+    index_url: Option<String>,
+    pins: Vec<(String, String)>,
+}
+
+impl SavedResolution {
+    /// Its file name: a hash of what it resolves (the content is checked
+    /// on read, so a collision only costs a resolution).
+    fn file_name(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.requirements.hash(&mut h);
+        self.index_url.hash(&mut h);
+        format!("{:016x}.json", h.finish())
+    }
+}
 
 /// Where and how packages are installed.
 #[derive(Debug, Clone)]
@@ -215,7 +237,6 @@ impl PackagePuller {
         let slot = slot(&self.resolutions, &key);
         let this = Arc::clone(self);
         let pins = cached(&slot, || async move {
-            this.resolved.fetch_add(1, Ordering::Relaxed);
             let lines = requirement_lines(&key);
             let this2 = Arc::clone(&this);
             let pins = blocking(move || this2.resolve(&lines)).await?;
@@ -355,8 +376,44 @@ impl PackagePuller {
         result
     }
 
-    /// Resolves requirement `lines` to exact `(name, version)` pins.
+    /// Resolves requirement `lines` to exact `(name, version)` pins, or
+    /// reads the pins an earlier worker of this dir found for them (so a
+    /// restarted worker needs no index for lambdas it already served).
     fn resolve(&self, lines: &[String]) -> Result<Vec<(String, String)>, PackageError> {
+        let record = SavedResolution {
+            requirements: lines.to_vec(),
+            index_url: self.settings.index_url.clone(),
+            pins: Vec::new(),
+        };
+        let file = self
+            .settings
+            .packages_dir
+            .join(RESOLUTIONS)
+            .join(record.file_name());
+        if let Some(saved) = fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SavedResolution>(&b).ok())
+            .filter(|saved| {
+                saved.requirements == record.requirements && saved.index_url == record.index_url
+            })
+        {
+            return Ok(saved.pins);
+        }
+        self.resolved.fetch_add(1, Ordering::Relaxed);
+        let pins = self.resolve_now(lines)?;
+        let saved = SavedResolution {
+            pins: pins.clone(),
+            ..record
+        };
+        // Best effort: without the record, the next worker resolves again.
+        if let Ok(json) = serde_json::to_vec(&saved) {
+            let dir = self.settings.packages_dir.join(RESOLUTIONS);
+            let _ = fs::create_dir_all(dir).and_then(|()| fs::write(&file, json));
+        }
+        Ok(pins)
+    }
+
+    fn resolve_now(&self, lines: &[String]) -> Result<Vec<(String, String)>, PackageError> {
         let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
         let work = self
             .settings

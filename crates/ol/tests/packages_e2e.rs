@@ -170,6 +170,32 @@ fn same_requirement_is_installed_once_even_when_asked_at_once() {
 }
 
 #[test]
+fn restarted_worker_reuses_its_resolutions_and_installs() {
+    require_root!();
+    let mut w = start(&[]);
+    add_lambda(
+        w.path(),
+        "six",
+        &[
+            (
+                "f.py",
+                "import six\ndef f(event):\n    return six.__version__\n",
+            ),
+            ("requirements.txt", "six\n"),
+        ],
+    );
+    let first = w.run("six", "{}");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(w.stats()["packages"]["resolutions"], 1);
+    w.restart(&[CACHE]);
+    let again = w.run("six", "{}");
+    assert_eq!((again.status, again.body), (200, first.body));
+    let stats = w.stats();
+    assert_eq!(stats["packages"]["resolutions"], 0, "{stats}");
+    assert_eq!(stats["packages"]["installs"], 0, "{stats}");
+}
+
+#[test]
 fn pinned_requirement_forks_from_the_numpy_zygote() {
     require_root!();
     let w = start(&[]);
@@ -347,28 +373,44 @@ with zipfile.ZipFile(f"{dir}/{name}-{version}-py3-none-any.whl", "w") as z:
         .args([name, version, module, value])
         .output()
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn local_wheel_directory_as_the_index() {
     require_root!();
     let wheels = tempfile::tempdir().expect("tempdir");
-    write_wheel(wheels.path(), "ol_local_pkg", "1.2.3", "ollocal", "from a local wheel");
+    write_wheel(
+        wheels.path(),
+        "ol_local_pkg",
+        "1.2.3",
+        "ollocal",
+        "from a local wheel",
+    );
     let w = start(&[&format!("pip_index_url={}", wheels.path().display())]);
     add_lambda(
         w.path(),
         "local",
         &[
-            ("f.py", "import ollocal\ndef f(event):\n    return ollocal.VALUE\n"),
+            (
+                "f.py",
+                "import ollocal\ndef f(event):\n    return ollocal.VALUE\n",
+            ),
             ("requirements.txt", "ol-local-pkg==1.2.3\n"),
         ],
     );
     let a = w.run("local", "{}");
     assert_eq!((a.status, a.body.as_str()), (200, "\"from a local wheel\""));
     let meta: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(w.path().join("packages/ol-local-pkg==1.2.3/.ol-package.json"))
-            .expect("package metadata"),
+        &fs::read_to_string(
+            w.path()
+                .join("packages/ol-local-pkg==1.2.3/.ol-package.json"),
+        )
+        .expect("package metadata"),
     )
     .expect("json");
     // The top-level module was read from the wheel's RECORD.

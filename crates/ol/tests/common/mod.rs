@@ -130,6 +130,24 @@ impl TestWorker {
             .expect("pid number")
     }
 
+    /// Stops the worker and starts it again in the same dir (on a new
+    /// free port) with `overrides`.
+    pub fn restart(&mut self, overrides: &[&str]) {
+        self.down();
+        let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
+        for o in overrides {
+            args.extend(["-o", o]);
+        }
+        let out = ol(self.path(), &args);
+        assert!(out.status.success(), "up: {}", stderr(&out));
+        self.stopped = false;
+        self.port = fs::read_to_string(self.path().join("worker/worker.port"))
+            .expect("port file")
+            .trim()
+            .parse()
+            .expect("port");
+    }
+
     /// `ol worker down`, then asserts nothing of the worker is left.
     pub fn down(&mut self) {
         self.stopped = true;
