@@ -124,6 +124,7 @@ fn make_pool(
                 zygote: config.features.import_cache != ImportCache::Off,
                 downsize_paused_mem: config.features.downsize_paused_mem,
                 reuse_cgroups: config.features.reuse_cgroups,
+                blank_limits: config.limits.clone(),
             })?))
         }
     }

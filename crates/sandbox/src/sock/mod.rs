@@ -72,6 +72,9 @@ pub struct SockConfig {
     pub downsize_paused_mem: bool,
     /// Keep dead sandboxes' cgroups for new ones (`features.reuse_cgroups`).
     pub reuse_cgroups: bool,
+    /// The limits blanks are made with: the worker's default lambda
+    /// limits, so most assignments need no cgroup write.
+    pub blank_limits: Limits,
 }
 
 /// The worker id of the worker directory `dir`: stable across restarts, so
@@ -307,14 +310,20 @@ impl PoolInner {
                 (cgroup, 0)
             }
         };
+        let limits = cgroup_limits(&self.cfg.blank_limits);
         let made = cgroup
-            .set_limits(&cgroup_limits(&Limits::default()))
+            .set_limits(&limits)
             .map_err(cgroup_err)
             .and_then(|()| zygote.prefork(&id, cgroup.clone()));
         match made {
             Ok(mut blank) => {
                 blank.oom_baseline = oom_baseline;
                 blank.recycle = self.cgroups.enabled().then(|| Arc::clone(&self.cgroups));
+                blank.limits = Some(limits);
+                // Its scratch dir, ready to be renamed after its sandbox.
+                blank.scratch = Scratch::create(&self.cfg.scratch_root, &id)
+                    .and_then(|s| s.log_files().map(|(out, err)| (s.dir, out, err)))
+                    .ok();
                 Ok(blank)
             }
             Err(e) => {
@@ -387,18 +396,38 @@ impl PoolInner {
         id: &str,
         zygote: &Arc<Zygote>,
     ) -> Result<NewSandbox, SandboxError> {
-        let scratch = match Scratch::create(&self.cfg.scratch_root, id) {
-            Ok(s) => s,
-            Err(e) => {
-                blank.discard();
-                return Err(e);
+        let mut blank = blank;
+        let made_ahead = blank.scratch.take().and_then(|(dir, out, err)| {
+            let named = self.cfg.scratch_root.join(id);
+            match fs::rename(&dir, &named) {
+                Ok(()) => Some((Scratch { dir: named }, out, err)),
+                Err(_) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    None
+                }
             }
+        });
+        let (scratch, logs) = match made_ahead {
+            Some((scratch, out, err)) => (scratch, Some((out, err))),
+            None => match Scratch::create(&self.cfg.scratch_root, id) {
+                Ok(s) => (s, None),
+                Err(e) => {
+                    blank.discard();
+                    return Err(e);
+                }
+            },
         };
-        let handed = blank
-            .cgroup
-            .set_limits(&cgroup_limits(&spec.limits))
-            .map_err(cgroup_err)
-            .and_then(|()| scratch.log_files())
+        let limits = cgroup_limits(&spec.limits);
+        let set_limits = if blank.limits.as_ref() == Some(&limits) {
+            Ok(())
+        } else {
+            blank.cgroup.set_limits(&limits).map_err(cgroup_err)
+        };
+        let handed = set_limits
+            .and_then(|()| match logs {
+                Some(logs) => Ok(logs),
+                None => scratch.log_files(),
+            })
             .and_then(|(stdout, stderr)| {
                 let mut env = base_env();
                 env.extend(spec.env.iter().cloned());
@@ -426,6 +455,7 @@ impl PoolInner {
             exit,
             oom_baseline,
             recycle,
+            ..
         } = blank;
         Ok(NewSandbox {
             sandbox: Box::new(ForkedSandbox {
