@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use ol_obs::{Phase, counters};
 
 use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
 use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
@@ -249,11 +250,18 @@ impl PoolInner {
 
     /// A ready blank, or a new one forked now. `None` without a zygote.
     fn take_blank(&self) -> Option<Result<Blank, SandboxError>> {
+        let _phase = Phase::SockBlank.enter();
         let taken = self.lock_blanks().pop_front();
         self.wake.notify_all();
         match taken {
-            Some(blank) => Some(Ok(blank)),
-            None => self.zygote().map(|z| self.prefork(&z)),
+            Some(blank) => {
+                counters::BLANK_HITS.inc();
+                Some(Ok(blank))
+            }
+            None => self.zygote().map(|z| {
+                counters::BLANK_MISSES.inc();
+                self.prefork(&z)
+            }),
         }
     }
 
@@ -282,6 +290,8 @@ impl PoolInner {
             }
         }
         let cgroup = self.cgroup(&id);
+        let _phase = Phase::SockSpawn.enter();
+        counters::FRESH_STARTS.inc();
         self.spawn(&Program::Lambda(spec), &id, &cgroup, &spec.limits)
             .map(|(sandbox, conn)| NewSandbox {
                 sandbox: Box::new(sandbox),
@@ -307,12 +317,12 @@ impl PoolInner {
                 return Err(e);
             }
         };
-        let handed = blank
-            .cgroup
-            .set_limits(&cgroup_limits(&spec.limits))
+        let handed = Phase::SockCgroup
+            .run(|| blank.cgroup.set_limits(&cgroup_limits(&spec.limits)))
             .map_err(cgroup_err)
             .and_then(|()| scratch.log_files())
             .and_then(|(stdout, stderr)| {
+                let _phase = Phase::SockAssign.enter();
                 let mut env = base_env();
                 env.extend(spec.env.iter().cloned());
                 zygote::assign(
@@ -438,10 +448,13 @@ impl PoolInner {
         let scratch = Scratch::create(&self.cfg.scratch_root, id)?;
         let (ours, theirs) =
             UnixStream::pair().map_err(io_err("cannot create socket pair for", &scratch.dir))?;
+        // A lambda's cold start, not the zygote's own start.
+        let cgroup_phase = matches!(what, Program::Lambda(_)).then(|| Phase::SockCgroup.enter());
         cgroup.create().map_err(cgroup_err)?;
         cgroup
             .set_limits(&cgroup_limits(limits))
             .map_err(cgroup_err)?;
+        drop(cgroup_phase);
         let init = self.init_spec(what, cgroup, &scratch.host_dir());
         let init_json = serde_json::to_string(&init)
             .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
