@@ -111,8 +111,12 @@ pub struct Trace {
     pub evictor: bool,
     /// Log package installs.
     pub package: bool,
-    /// Log per-call latency.
+    /// Log the latency of every phase of every call.
     pub latency: bool,
+    /// Write a Chrome trace-event file (Perfetto, chrome://tracing) of the
+    /// phases of every call here; "" writes none; a relative path is
+    /// taken from the worker directory (ours, not OpenLambda's).
+    pub file: String,
 }
 
 /// Every worker setting. Missing keys take their defaults; unknown keys
@@ -309,6 +313,11 @@ impl Config {
             return bad("python", "must name a Python interpreter");
         }
         Ok(())
+    }
+
+    /// The Chrome trace file to write (`trace.file`), if any.
+    pub fn trace_file(&self, worker_dir: &Path) -> Option<PathBuf> {
+        (!self.trace.file.is_empty()).then(|| worker_dir.join(&self.trace.file))
     }
 
     /// Whether `registry` is an HTTP registry URL.
