@@ -22,6 +22,7 @@ use ol_sandbox::{Invocation, Reply};
 use serde_json::json;
 use std::path::PathBuf;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::metrics::WorkerMetrics;
 
@@ -151,13 +152,11 @@ async fn run(state: &AppState, req: Request<Incoming>, rest: &str) -> Response<B
     };
     let span = Phase::Request.span();
     span.record("lambda", name);
-    let response = Phase::Request
-        .time_in(span, answer(state, req, name, sub_path))
-        .await;
+    let response = answer(state, req, name, sub_path).instrument(span).await;
     let status = response.status().as_u16();
-    state
-        .metrics
-        .record_request(name, status, arrived.elapsed());
+    let took = arrived.elapsed();
+    Phase::Request.record(took);
+    state.metrics.record_request(name, status, took);
     let class = status / 100;
     if class == 4 {
         state.counters.errors_4xx.fetch_add(1, Ordering::Relaxed);
