@@ -513,4 +513,30 @@ mod tests {
         c.registry = "reg2".into();
         assert_eq!(c.registry_dir(wd), PathBuf::from("/w/reg2"));
     }
+
+    #[test]
+    fn trace_takes_openlambda_switches_and_a_file() {
+        let c = Config::from_value(json!({
+            "trace": {"cgroups": true, "memory": false, "evictor": true, "package": true, "latency": true}
+        }))
+        .expect("OpenLambda's trace block");
+        assert!(c.trace.latency && c.trace.cgroups);
+        assert_eq!(c.trace_file(Path::new("/w")), None);
+        let mut v = defaults_value();
+        apply_override(&mut v, "trace.file=traces/t.json").expect("override");
+        let c = Config::from_value(v).expect("config");
+        assert_eq!(
+            c.trace_file(Path::new("/w")),
+            Some(PathBuf::from("/w/traces/t.json"))
+        );
+        let mut v = defaults_value();
+        apply_override(&mut v, "trace.file=/abs/t.json").expect("override");
+        let c = Config::from_value(v).expect("config");
+        assert_eq!(
+            c.trace_file(Path::new("/w")),
+            Some(PathBuf::from("/abs/t.json"))
+        );
+        let err = Config::from_value(json!({"trace": {"flie": "x"}})).expect_err("typo");
+        assert!(err.to_string().contains("trace"), "{err}");
+    }
 }

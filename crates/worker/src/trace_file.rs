@@ -3,9 +3,9 @@
 //! events (JSON array format), which Perfetto and chrome://tracing open.
 //!
 //! Each span becomes one complete (`"ph": "X"`) event when it closes. A
-//! call's spans share one track (`tid`: the id of its outermost span), so
-//! the phases of a call nest on one line and concurrent calls get lines of
-//! their own. The file is finished (its array closed, its buffer flushed)
+//! call's spans share one track (`tid`), so the phases of a call nest on
+//! one line; a track is free again once its call ends, so sequential calls
+//! reuse track 1 and only concurrent calls open more. The file is finished (its array closed, its buffer flushed)
 //! by [`TraceWriter::finish`] when the worker stops.
 
 use std::fs::File;
@@ -33,6 +33,14 @@ pub struct ChromeTraceLayer {
     out: Out,
     epoch: Instant,
     pid: u32,
+    tracks: Mutex<Tracks>,
+}
+
+/// Track numbers: small, reused (span ids are neither).
+#[derive(Debug, Default)]
+struct Tracks {
+    opened: u64,
+    free: Vec<u64>,
 }
 
 /// Finishes the trace file; dropping it finishes it too.
@@ -46,6 +54,8 @@ pub struct TraceWriter {
 struct SpanTiming {
     start: Instant,
     track: u64,
+    /// Outermost span of its track: frees the track when it closes.
+    root: bool,
     args: Map<String, Value>,
 }
 
@@ -79,6 +89,7 @@ where
         out: Arc::clone(&out),
         epoch: Instant::now(),
         pid,
+        tracks: Mutex::new(Tracks::default()),
     };
     let only_phases = Targets::new().with_target(ol_obs::phase::SPAN_TARGET, Level::TRACE);
     Ok((
@@ -125,6 +136,29 @@ impl Drop for TraceWriter {
 }
 
 impl ChromeTraceLayer {
+    /// A free track, naming it in the trace when it is new.
+    fn open_track(&self) -> u64 {
+        let mut tracks = self.tracks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(track) = tracks.free.pop() {
+            return track;
+        }
+        tracks.opened += 1;
+        let track = tracks.opened;
+        drop(tracks);
+        self.write(&json!({
+            "name": "thread_name", "ph": "M", "pid": self.pid, "tid": track,
+            "args": {"name": format!("calls {track}")},
+        }));
+        track
+    }
+
+    fn close_track(&self, track: u64) {
+        let mut tracks = self.tracks.lock().unwrap_or_else(PoisonError::into_inner);
+        tracks.free.push(track);
+        // Lowest first, so a quiet worker keeps to track 1.
+        tracks.free.sort_unstable_by(|a, b| b.cmp(a));
+    }
+
     fn write(&self, event: &Value) {
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(file) = out.as_mut() {
@@ -145,15 +179,17 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let track = span
+        let parent_track = span
             .parent()
-            .and_then(|p| p.extensions().get::<SpanTiming>().map(|t| t.track))
-            .unwrap_or_else(|| id.into_u64());
+            .and_then(|p| p.extensions().get::<SpanTiming>().map(|t| t.track));
+        let root = parent_track.is_none();
+        let track = parent_track.unwrap_or_else(|| self.open_track());
         let mut args = Map::new();
         attrs.record(&mut JsonFields(&mut args));
         span.extensions_mut().insert(SpanTiming {
             start: Instant::now(),
             track,
+            root,
             args,
         });
     }
@@ -182,6 +218,9 @@ where
             "args": t.args,
         });
         self.write(&event);
+        if t.root {
+            self.close_track(t.track);
+        }
     }
 }
 
@@ -216,6 +255,46 @@ mod tests {
     use super::*;
     use ol_obs::Phase;
     use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn concurrent_calls_get_tracks_of_their_own_and_free_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("trace.json");
+        let (layer, writer) = chrome_trace(&path).expect("trace file");
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let a = Phase::Request.span();
+            let b = Phase::Request.span();
+            a.in_scope(|| Phase::Call.run(|| ()));
+            b.in_scope(|| Phase::Call.run(|| ()));
+            drop(a);
+            drop(b);
+            drop(Phase::Request.span());
+        });
+        writer.finish().expect("finish");
+        let text = std::fs::read_to_string(&path).expect("read trace");
+        let events: Vec<Value> = serde_json::from_str(&text).expect("JSON array");
+        let tids: Vec<(&str, u64)> = events
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or(""),
+                    e["tid"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tids,
+            [
+                ("call", 1),
+                ("call", 2),
+                ("web-request", 1),
+                ("web-request", 2),
+                ("web-request", 1)
+            ]
+        );
+    }
 
     #[test]
     fn phase_spans_become_nested_complete_events_on_one_track() {
@@ -267,6 +346,14 @@ mod tests {
             );
         }
         assert!(by_name("queue-wait")["ts"].as_f64() < by_name("create-sandbox")["ts"].as_f64());
+        // Sequential calls share track 1, named once.
+        assert_eq!(request["tid"], 1);
+        assert_eq!(by_name("call")["tid"], 1);
+        let named: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["name"] == "thread_name")
+            .collect();
+        assert_eq!(named.len(), 1, "{named:?}");
         // Finishing twice is harmless; spans after it are not written.
         writer.finish().expect("finish again");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
