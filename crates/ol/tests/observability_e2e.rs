@@ -43,7 +43,11 @@ fn count(stats: &Value, key: &str) -> u64 {
 
 #[test]
 fn stats_and_metrics_count_every_call_exactly() {
-    let w = TestWorker::start(&[("boom", BOOM)], &["pause_after_idle_ms=0"]);
+    // No pauses and no periodic code checks: every count below is exact.
+    let w = TestWorker::start(
+        &[("boom", BOOM)],
+        &["pause_after_idle_ms=0", "registry_cache_ms=600000"],
+    );
     let before = w.stats();
     let metrics_before = w.metrics();
     for i in 0..5 {
