@@ -328,10 +328,10 @@ impl LambdaManager {
         let mut inst = loop {
             let create_cost =
                 Duration::from_micros(self.counters.avg_create_us.load(Ordering::Relaxed));
-            let acquired = Phase::QueueWait
+            let waited = Phase::QueueWait
                 .time(function.acquire(create_cost, self.cores))
-                .await
-                .map_err(|e| match e {
+                .await;
+            let acquired = waited.map_err(|e| match e {
                 NotAcquired::Closed => InvokeError::ShuttingDown,
                 NotAcquired::QueueFull(n) => InvokeError::QueueFull(format!(
                     "lambda {name} has {n} calls waiting already (scaling.max_queue); try again later"

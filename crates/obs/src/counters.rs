@@ -63,10 +63,11 @@ macro_rules! declare_counters {
 }
 
 declare_counters! {
-    /// sock: a cold start took a pre-forked blank sandbox.
-    BLANK_HITS = ("blank_hits", "Cold starts served by a pre-forked blank sandbox");
+    /// sock: a cold start took a pre-forked blank sandbox (a blank that
+    /// then fails is retried once, so a cold start may count twice).
+    BLANK_HITS = ("blank_hits", "Pre-forked blank sandboxes taken by cold starts");
     /// sock: a cold start found no blank ready and forked one itself.
-    BLANK_MISSES = ("blank_misses", "Cold starts that had to fork a blank sandbox on the spot");
+    BLANK_MISSES = ("blank_misses", "Blank sandboxes forked on the spot by cold starts (none was ready)");
     /// sock: a cold start fell back to a fresh interpreter.
     FRESH_STARTS = ("fresh_starts", "Sandboxes started as a fresh interpreter (no zygote)");
 }
