@@ -7,8 +7,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use ol_worker::trace_file::{TraceWriter, chrome_trace};
 use ol_worker::{StopOutcome, WorkerDir};
 use serde::Deserialize;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::client;
 use crate::{DirArg, WorkerCommand};
@@ -26,8 +30,16 @@ pub fn run(cmd: WorkerCommand) -> Result<()> {
         WorkerCommand::Up {
             dir,
             detach,
-            options,
-        } => up(&dir, detach, &options),
+            mut options,
+            trace,
+        } => {
+            if let Some(file) = trace {
+                let file = std::path::absolute(&file)
+                    .with_context(|| format!("bad trace file {}", file.display()))?;
+                options.push(format!("trace.file={}", file.display()));
+            }
+            up(&dir, detach, &options)
+        }
         WorkerCommand::Down { dir } => down(&dir),
         WorkerCommand::Status { dir } => status(&dir),
         WorkerCommand::ForceCleanup { dir } => force_cleanup(&dir),
@@ -55,7 +67,7 @@ fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
     }
     // Check config and a running worker here too, so `-d` fails in the
     // terminal rather than in a log file.
-    ol_worker::Config::load(&wd.config_file(), options)?;
+    let config = ol_worker::Config::load(&wd.config_file(), options)?;
     if let Some(running) = wd.running() {
         bail!(
             "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",
@@ -72,19 +84,38 @@ fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
         // Leave the terminal's session so its hangup never reaches us.
         let _ = nix::unistd::setsid();
     }
-    init_logging(!detached);
-    ol_worker::run_worker(&wd, options)?;
+    let trace = init_logging(!detached, config.trace_file(wd.root()).as_deref())?;
+    let served = ol_worker::run_worker(&wd, options);
+    // The worker has stopped: every call's spans are closed.
+    if let Some(trace) = trace {
+        trace.finish()?;
+        tracing::info!(file = %trace.path().display(), "trace written");
+    }
+    served?;
     Ok(())
 }
 
-fn init_logging(ansi: bool) {
+/// Logs to stderr, filtered by `OL_LOG`; with `trace_file`, also writes
+/// the phase spans there (whatever `OL_LOG` says).
+fn init_logging(ansi: bool, trace_file: Option<&Path>) -> Result<Option<TraceWriter>> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let (trace_layer, writer) = match trace_file {
+        Some(path) => {
+            let (layer, writer) = chrome_trace(path)?;
+            (Some(layer), Some(writer))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(trace_layer)
         .try_init();
+    Ok(writer)
 }
 
 fn start_detached(wd: &WorkerDir, options: &[String]) -> Result<()> {

@@ -111,8 +111,12 @@ pub struct Trace {
     pub evictor: bool,
     /// Log package installs.
     pub package: bool,
-    /// Log per-call latency.
+    /// Log the latency of every phase of every call.
     pub latency: bool,
+    /// Write a Chrome trace-event file (Perfetto, chrome://tracing) of the
+    /// phases of every call here; "" writes none; a relative path is
+    /// taken from the worker directory (ours, not OpenLambda's).
+    pub file: String,
 }
 
 /// Every worker setting. Missing keys take their defaults; unknown keys
@@ -316,6 +320,11 @@ impl Config {
         Ok(())
     }
 
+    /// The Chrome trace file to write (`trace.file`), if any.
+    pub fn trace_file(&self, worker_dir: &Path) -> Option<PathBuf> {
+        (!self.trace.file.is_empty()).then(|| worker_dir.join(&self.trace.file))
+    }
+
     /// Whether `registry` is an HTTP registry URL.
     pub fn registry_is_http(&self) -> bool {
         self.registry.starts_with("http://") || self.registry.starts_with("https://")
@@ -508,5 +517,31 @@ mod tests {
         assert_eq!(c.registry_dir(wd), PathBuf::from("/srv/reg"));
         c.registry = "reg2".into();
         assert_eq!(c.registry_dir(wd), PathBuf::from("/w/reg2"));
+    }
+
+    #[test]
+    fn trace_takes_openlambda_switches_and_a_file() {
+        let c = Config::from_value(json!({
+            "trace": {"cgroups": true, "memory": false, "evictor": true, "package": true, "latency": true}
+        }))
+        .expect("OpenLambda's trace block");
+        assert!(c.trace.latency && c.trace.cgroups);
+        assert_eq!(c.trace_file(Path::new("/w")), None);
+        let mut v = defaults_value();
+        apply_override(&mut v, "trace.file=traces/t.json").expect("override");
+        let c = Config::from_value(v).expect("config");
+        assert_eq!(
+            c.trace_file(Path::new("/w")),
+            Some(PathBuf::from("/w/traces/t.json"))
+        );
+        let mut v = defaults_value();
+        apply_override(&mut v, "trace.file=/abs/t.json").expect("override");
+        let c = Config::from_value(v).expect("config");
+        assert_eq!(
+            c.trace_file(Path::new("/w")),
+            Some(PathBuf::from("/abs/t.json"))
+        );
+        let err = Config::from_value(json!({"trace": {"flie": "x"}})).expect_err("typo");
+        assert!(err.to_string().contains("trace"), "{err}");
     }
 }

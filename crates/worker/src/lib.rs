@@ -3,8 +3,10 @@
 
 pub mod config;
 pub mod lifecycle;
+pub mod metrics;
 pub mod registry_api;
 pub mod server;
+pub mod trace_file;
 pub mod workdir;
 
 use std::path::PathBuf;

@@ -24,6 +24,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::WorkerError;
 use crate::config::{Config, ImportCache, SandboxKind};
+use crate::metrics::WorkerMetrics;
 use crate::server::{self, AppState, HttpCounters};
 use crate::workdir::WorkerDir;
 
@@ -33,6 +34,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Runs a worker in the foreground until SIGTERM or SIGINT. Blocks.
 pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerError> {
     let config = Config::load(&dir.config_file(), overrides)?;
+    ol_obs::phase::set_log_latency(config.trace.latency);
     if let Some(running) = dir.running() {
         return Err(WorkerError::Usage(format!(
             "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",
@@ -234,6 +236,7 @@ async fn serve_until_signal(
         max_body_bytes: usize::try_from(config.limits.max_body_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),
         counters: HttpCounters::default(),
+        metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
     });
     let mut term = signal(SignalKind::terminate()).map_err(signal_err(dir))?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;

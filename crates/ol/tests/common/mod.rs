@@ -51,6 +51,15 @@ impl TestWorker {
     /// Inits a worker dir, adds `lambdas` (name → [(file, source)]) to its
     /// registry and starts it detached on a free port with `overrides`.
     pub fn start(lambdas: &[(&str, &[(&str, &str)])], overrides: &[&str]) -> Self {
+        Self::start_with(lambdas, overrides, &[])
+    }
+
+    /// Like [`Self::start`], with extra arguments to `ol worker up`.
+    pub fn start_with(
+        lambdas: &[(&str, &[(&str, &str)])],
+        overrides: &[&str],
+        up_args: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ol-e2e-")
             .tempdir()
@@ -64,6 +73,7 @@ impl TestWorker {
         for o in overrides {
             args.extend(["-o", o]);
         }
+        args.extend(up_args);
         let out = ol(dir.path(), &args);
         assert!(
             out.status.success(),
@@ -106,6 +116,14 @@ impl TestWorker {
         let a = self.call("GET", "/stats", "");
         assert_eq!(a.status, 200, "{}", a.body);
         a.json()
+    }
+
+    /// `GET /metrics`, parsed by a Prometheus text parser.
+    pub fn metrics(&self) -> prometheus_parse::Scrape {
+        let a = self.call("GET", "/metrics", "");
+        assert_eq!(a.status, 200, "{}", a.body);
+        prometheus_parse::Scrape::parse(a.body.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("/metrics does not parse ({e}):\n{}", a.body))
     }
 
     /// Pids of the live sandboxes of `lambda`.

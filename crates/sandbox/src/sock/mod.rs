@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use ol_obs::{Phase, counters};
 
 use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
 use self::cgroup_pool::CgroupPool;
@@ -335,14 +336,21 @@ impl PoolInner {
 
     /// A ready blank of zygote `key`, or a new one forked now.
     fn take_blank(&self, key: &str, zygote: &Zygote) -> Result<Blank, SandboxError> {
+        let _phase = Phase::SockBlank.enter();
         let taken = self
             .lock_blanks()
             .get_mut(key)
             .and_then(VecDeque::pop_front);
         self.wake.notify_all();
         match taken {
-            Some(blank) => Ok(blank),
-            None => self.prefork(zygote),
+            Some(blank) => {
+                counters::BLANK_HITS.inc();
+                Ok(blank)
+            }
+            None => {
+                counters::BLANK_MISSES.inc();
+                self.prefork(zygote)
+            }
         }
     }
 
@@ -376,6 +384,8 @@ impl PoolInner {
             }
         }
         let cgroup = self.cgroup(&id);
+        let _phase = Phase::SockSpawn.enter();
+        counters::FRESH_STARTS.inc();
         self.spawn(&Program::Lambda(spec), &id, &cgroup, &spec.limits)
             .map(|(sandbox, conn)| NewSandbox {
                 sandbox: Box::new(sandbox),
@@ -418,17 +428,23 @@ impl PoolInner {
             },
         };
         let limits = cgroup_limits(&spec.limits);
-        let set_limits = if blank.limits.as_ref() == Some(&limits) {
-            Ok(())
-        } else {
-            blank.cgroup.set_limits(&limits).map_err(cgroup_err)
-        };
+        // Blanks have the worker's limits already: most lambdas need no write.
+        let set_limits = Phase::SockCgroup
+            .run(|| {
+                if blank.limits.as_ref() == Some(&limits) {
+                    Ok(())
+                } else {
+                    blank.cgroup.set_limits(&limits)
+                }
+            })
+            .map_err(cgroup_err);
         let handed = set_limits
             .and_then(|()| match logs {
                 Some(logs) => Ok(logs),
                 None => scratch.log_files(),
             })
             .and_then(|(stdout, stderr)| {
+                let _phase = Phase::SockAssign.enter();
                 let mut env = base_env();
                 env.extend(spec.env.iter().cloned());
                 zygote::assign(
@@ -569,10 +585,13 @@ impl PoolInner {
         let scratch = Scratch::create(&self.cfg.scratch_root, id)?;
         let (ours, theirs) =
             UnixStream::pair().map_err(io_err("cannot create socket pair for", &scratch.dir))?;
+        // A lambda's cold start, not the zygote's own start.
+        let cgroup_phase = matches!(what, Program::Lambda(_)).then(|| Phase::SockCgroup.enter());
         cgroup.create().map_err(cgroup_err)?;
         cgroup
             .set_limits(&cgroup_limits(limits))
             .map_err(cgroup_err)?;
+        drop(cgroup_phase);
         let init = self.init_spec(what, cgroup, &scratch.host_dir());
         let init_json = serde_json::to_string(&init)
             .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
