@@ -104,11 +104,6 @@ pub struct Stats {
     /// Sandboxes by the zygote they were forked from: `"root"`, an
     /// import-cache key, or `"none"` (a fresh interpreter).
     pub forked_from: std::collections::BTreeMap<String, u64>,
-    /// Sandboxes whose lambda has packages, forked from an import-cache
-    /// zygote (hits) or not (misses).
-    pub zygote_hits: u64,
-    /// See `zygote_hits`.
-    pub zygote_misses: u64,
     /// Import-cache zygotes alive now.
     pub zygotes: Vec<String>,
 }
@@ -142,8 +137,6 @@ struct Counters {
     evictions: AtomicU64,
     /// Sandboxes by the zygote they were forked from.
     forked_from: Mutex<std::collections::BTreeMap<String, u64>>,
-    zygote_hits: AtomicU64,
-    zygote_misses: AtomicU64,
 }
 
 /// The lambda layer: every lambda called so far and its sandboxes.
@@ -731,12 +724,15 @@ impl LambdaManager {
         let (Some(text), Some(puller)) = (&function.requirements, &self.packages.puller) else {
             return Ok(false);
         };
-        let resolved = puller.ensure(text).await.map_err(|e| {
-            InvokeError::Packages(format!(
-                "cannot install the requirements of lambda {}: {e}",
-                function.name
-            ))
-        })?;
+        let resolved = Phase::Packages
+            .time(puller.ensure(text))
+            .await
+            .map_err(|e| {
+                InvokeError::Packages(format!(
+                    "cannot install the requirements of lambda {}: {e}",
+                    function.name
+                ))
+            })?;
         if resolved.packages.is_empty() {
             return Ok(false);
         }
@@ -764,11 +760,11 @@ impl LambdaManager {
         if has_packages {
             let hit = forked_from.is_some_and(|k| !k.is_empty());
             let counter = if hit {
-                &self.counters.zygote_hits
+                &ol_obs::counters::ZYGOTE_HITS
             } else {
-                &self.counters.zygote_misses
+                &ol_obs::counters::ZYGOTE_MISSES
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.inc();
         }
     }
 
@@ -842,8 +838,6 @@ impl LambdaManager {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
-            zygote_hits: self.counters.zygote_hits.load(Ordering::Relaxed),
-            zygote_misses: self.counters.zygote_misses.load(Ordering::Relaxed),
             zygotes: self.pool.zygotes(),
         }
     }

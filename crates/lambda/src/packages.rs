@@ -252,6 +252,7 @@ impl PackagePuller {
         .await;
         if pins.is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            ol_obs::counters::PACKAGE_FAILURES.inc();
         }
         pins
     }
@@ -285,6 +286,7 @@ impl PackagePuller {
         match &done {
             Ok(_) => {
                 self.installed.fetch_add(1, Ordering::Relaxed);
+                ol_obs::counters::PACKAGE_INSTALLS.inc();
                 self.install_ms.fetch_add(ms, Ordering::Relaxed);
                 tracing::info!(package = %dir, ms, "installed");
             }

@@ -70,6 +70,17 @@ declare_counters! {
     BLANK_MISSES = ("blank_misses", "Blank sandboxes forked on the spot by cold starts (none was ready)");
     /// sock: a cold start fell back to a fresh interpreter.
     FRESH_STARTS = ("fresh_starts", "Sandboxes started as a fresh interpreter (no zygote)");
+    /// lambda: a sandbox of a lambda with packages was forked from an
+    /// import-cache zygote.
+    ZYGOTE_HITS = ("zygote_hits", "Sandboxes of lambdas with packages forked from an import-cache zygote");
+    /// lambda: a sandbox of a lambda with packages was not (no node
+    /// matched, or its zygote could not start).
+    ZYGOTE_MISSES = ("zygote_misses", "Sandboxes of lambdas with packages not forked from an import-cache zygote");
+    /// packages: a distribution was installed.
+    PACKAGE_INSTALLS = ("package_installs", "Package distributions installed");
+    /// packages: a call found its lambda's requirements unresolvable or
+    /// uninstallable.
+    PACKAGE_FAILURES = ("package_failures", "Calls failed because their lambda's packages could not be installed");
 }
 
 #[cfg(test)]

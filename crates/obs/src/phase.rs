@@ -39,6 +39,12 @@ pub enum Phase {
     Unpause,
     /// Making a sandbox until its runtime is ready (`create-sandbox`).
     SandboxCreate,
+    /// Resolving and installing a lambda's requirements, or finding them
+    /// done already (`packages`; only for lambdas with requirements).
+    Packages,
+    /// Finding (and, the first time, starting) the import-cache zygote to
+    /// fork from (`zygote-lookup`).
+    ZygoteLookup,
     /// sock: taking a pre-forked blank sandbox, or forking one now
     /// (`sock-blank`).
     SockBlank,
@@ -60,7 +66,7 @@ pub enum Phase {
 }
 
 /// How many phases there are.
-const COUNT: usize = 13;
+const COUNT: usize = 15;
 
 static HISTOGRAMS: [LatencyHistogram; COUNT] = [const { LatencyHistogram::new() }; COUNT];
 
@@ -76,6 +82,8 @@ impl Phase {
         Phase::MemReserve,
         Phase::Unpause,
         Phase::SandboxCreate,
+        Phase::Packages,
+        Phase::ZygoteLookup,
         Phase::SockBlank,
         Phase::SockSpawn,
         Phase::SockCgroup,
@@ -94,6 +102,8 @@ impl Phase {
             Phase::MemReserve => "mem-reserve",
             Phase::Unpause => "unpause",
             Phase::SandboxCreate => "create-sandbox",
+            Phase::Packages => "packages",
+            Phase::ZygoteLookup => "zygote-lookup",
             Phase::SockBlank => "sock-blank",
             Phase::SockSpawn => "sock-spawn",
             Phase::SockCgroup => "sock-cgroup",
@@ -126,6 +136,8 @@ impl Phase {
             Phase::MemReserve => span!("mem-reserve"),
             Phase::Unpause => span!("unpause"),
             Phase::SandboxCreate => span!("create-sandbox", sandbox),
+            Phase::Packages => span!("packages"),
+            Phase::ZygoteLookup => span!("zygote-lookup"),
             Phase::SockBlank => span!("sock-blank"),
             Phase::SockSpawn => span!("sock-spawn"),
             Phase::SockCgroup => span!("sock-cgroup"),

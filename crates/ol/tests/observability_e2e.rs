@@ -155,6 +155,7 @@ const COLD_START: &[&str] = &[
     "queue-wait",
     "mem-reserve",
     "create-sandbox",
+    "zygote-lookup",
     "sock-blank",
     "sock-cgroup",
     "sock-assign",

@@ -345,8 +345,6 @@ fn stats(state: &AppState) -> Response<Body> {
         "mem_pool_used_mb": lambdas.mem_pool_used_mb,
         "mem_pool_total_mb": lambdas.mem_pool_total_mb,
         "packages": lambdas.packages,
-        "zygote_hits": lambdas.zygote_hits,
-        "zygote_misses": lambdas.zygote_misses,
         "forked_from": lambdas.forked_from,
         "zygotes": lambdas.zygotes,
         "lambda_count": lambdas.lambdas.len(),

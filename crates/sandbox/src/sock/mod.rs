@@ -369,7 +369,7 @@ impl PoolInner {
         let id = format!("{}-{n}", spec.lambda);
         // A blank can fail (its zygote died, it was killed): one more try.
         for _ in 0..2 {
-            let Some((key, zygote)) = self.zygote(&spec.zygote) else {
+            let Some((key, zygote)) = Phase::ZygoteLookup.run(|| self.zygote(&spec.zygote)) else {
                 break;
             };
             match self.take_blank(&key, &zygote) {
