@@ -51,11 +51,22 @@ impl TestWorker {
     /// Inits a worker dir, adds `lambdas` (name → [(file, source)]) to its
     /// registry and starts it detached on a free port with `overrides`.
     pub fn start(lambdas: &[(&str, &[(&str, &str)])], overrides: &[&str]) -> Self {
+        Self::start_init(&[], lambdas, overrides)
+    }
+
+    /// Like [`TestWorker::start`], with extra `ol worker init` arguments.
+    pub fn start_init(
+        init_args: &[&str],
+        lambdas: &[(&str, &[(&str, &str)])],
+        overrides: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ol-e2e-")
             .tempdir()
             .expect("tempdir");
-        let out = ol(dir.path(), &["worker", "init"]);
+        let mut args = vec!["worker", "init"];
+        args.extend(init_args);
+        let out = ol(dir.path(), &args);
         assert!(out.status.success(), "init: {}", stderr(&out));
         for (name, files) in lambdas {
             add_lambda(dir.path(), name, files);
