@@ -49,7 +49,11 @@ def f(event):
 
 /// `python -c code` run in a chroot of `base`, trimmed.
 fn in_base(base: &Path, code: &str) -> String {
-    let out = Command::new("chroot")
+    let chroot = ["/usr/sbin/chroot", "/sbin/chroot"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or("chroot");
+    let out = Command::new(chroot)
         .arg(base)
         .args(["/usr/bin/python3", "-I", "-S", "-c", code])
         .output()

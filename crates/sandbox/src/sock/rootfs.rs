@@ -90,7 +90,7 @@ impl BaseKind {
         let marker = base.join(BASE_MARKER);
         match fs::read_to_string(&marker) {
             Ok(text) => Self::from_marker(&text).ok_or_else(|| {
-                SandboxError::Python(format!(
+                SandboxError::Base(format!(
                     "{} names an unknown base kind {:?}; make a new worker directory with `ol worker init`",
                     marker.display(),
                     text.trim()
