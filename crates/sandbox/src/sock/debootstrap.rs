@@ -344,7 +344,8 @@ fn ensure_debootstrap(progress: &mut dyn FnMut(&str)) -> Result<PathBuf, BaseErr
     progress("debootstrap is not installed: apt-get install -y debootstrap");
     let apt = |args: &[&str], progress: &mut dyn FnMut(&str)| {
         let mut cmd = Command::new("apt-get");
-        cmd.args(args);
+        // Wait for another apt (or a concurrent init) instead of failing.
+        cmd.args(["-o", "DPkg::Lock::Timeout=300"]).args(args);
         run_streaming(cmd, progress)
     };
     let install = ["install", "-y", "--no-install-recommends", "debootstrap"];

@@ -116,6 +116,12 @@ impl BaseKind {
     /// for a self-contained one.
     pub fn resolve_python(self, base: &Path, candidate: &str) -> Result<Python, SandboxError> {
         if self.is_self_contained() {
+            if !nix::unistd::geteuid().is_root() {
+                return Err(SandboxError::Base(format!(
+                    "the debootstrap base {} is used only as root (its Python runs in a chroot, its sandboxes are sock sandboxes); run ol as root",
+                    base.display()
+                )));
+            }
             resolve_python_in(base, candidate)
         } else {
             resolve_python(candidate)
