@@ -68,6 +68,10 @@ pub struct PackageSettings {
     pub python: PathBuf,
     /// Its installation prefix (a uv installed by pip lands in its `bin`).
     pub python_prefix: PathBuf,
+    /// Where, on the host, the installer sandbox's system paths (the
+    /// Python prefix, /usr) are found: `/` when the base binds the host's,
+    /// the base itself when it is self-contained.
+    pub system_root: PathBuf,
     /// `pip_index_url`: an index URL, or a local directory of wheels
     /// (used as `--find-links`, with no index).
     pub index_url: Option<String>,
@@ -607,17 +611,24 @@ impl PackagePuller {
             .clone()
     }
 
-    fn find_or_install_uv(&self) -> Tool {
-        let ours = self.settings.tools_dir.join("bin/uv");
-        // Places the installer sandbox sees: the Python installation, the
-        // system dirs, our tools dir.
-        let candidates = [
+    /// A uv the installer sandbox sees, as it sees it: in the Python
+    /// installation or the system dirs (looked for where the sandbox's
+    /// come from), or in our tools dir (bound at its host path).
+    fn visible_uv(&self) -> Option<PathBuf> {
+        let root = &self.settings.system_root;
+        [
             self.settings.python_prefix.join("bin/uv"),
             PathBuf::from("/usr/local/bin/uv"),
             PathBuf::from("/usr/bin/uv"),
-            ours.clone(),
-        ];
-        if let Some(found) = candidates.into_iter().find(|p| p.is_file()) {
+        ]
+        .into_iter()
+        .find(|p| ol_sandbox::sock::rootfs::under(root, p).is_file())
+        .or_else(|| Some(self.settings.tools_dir.join("bin/uv")).filter(|p| p.is_file()))
+    }
+
+    fn find_or_install_uv(&self) -> Tool {
+        let ours = self.settings.tools_dir.join("bin/uv");
+        if let Some(found) = self.visible_uv() {
             return Tool::Uv(found);
         }
         // Install it with pip into our tools dir (uv is a wheel on PyPI).
@@ -1019,6 +1030,7 @@ mod tests {
             tools_dir: "/t".into(),
             python: "/py".into(),
             python_prefix: "/".into(),
+            system_root: "/".into(),
             index_url: url.map(str::to_string),
             limits: Limits::default(),
         };
@@ -1044,5 +1056,51 @@ mod tests {
         assert_eq!(p.local_index(), Some(PathBuf::from("/srv/wheels")));
         let p = PackagePuller::new(pool, settings(None));
         assert!(p.index_args().is_empty());
+    }
+
+    #[test]
+    fn uv_is_looked_for_where_the_installer_sandbox_sees_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let base = tmp.path().join("base");
+        let tools = tmp.path().join("tools");
+        let pool: Arc<dyn SandboxPool> = Arc::new(
+            ol_sandbox::process::ProcessPool::new(
+                ol_sandbox::process::RuntimeCommand {
+                    python: "/py".into(),
+                    script: "/s".into(),
+                    packages: "/p".into(),
+                },
+                tmp.path().join("scratch"),
+            )
+            .expect("pool"),
+        );
+        let puller = |system_root: &Path| {
+            PackagePuller::new(
+                Arc::clone(&pool),
+                PackageSettings {
+                    packages_dir: tmp.path().join("p"),
+                    cache_dir: tmp.path().join("c"),
+                    tools_dir: tools.clone(),
+                    python: "/usr/bin/python3".into(),
+                    python_prefix: "/usr".into(),
+                    system_root: system_root.to_path_buf(),
+                    index_url: None,
+                    limits: Limits::default(),
+                },
+            )
+        };
+        // A self-contained base without uv: none, whatever the host has.
+        fs::create_dir_all(base.join("usr/bin")).expect("base");
+        assert_eq!(puller(&base).visible_uv(), None);
+        // Our tools dir is bound in at its host path.
+        fs::create_dir_all(tools.join("bin")).expect("tools");
+        fs::write(tools.join("bin/uv"), "").expect("uv");
+        assert_eq!(puller(&base).visible_uv(), Some(tools.join("bin/uv")));
+        // A uv in the base is found at its path inside the sandbox.
+        fs::write(base.join("usr/bin/uv"), "").expect("uv");
+        assert_eq!(
+            puller(&base).visible_uv(),
+            Some(PathBuf::from("/usr/bin/uv"))
+        );
     }
 }

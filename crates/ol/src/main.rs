@@ -46,10 +46,13 @@ struct DirArg {
 
 #[derive(Debug, Subcommand)]
 enum WorkerCommand {
-    /// Make a worker directory: config.json, registry with example lambdas.
+    /// Make a worker directory: config.json, registry with example lambdas,
+    /// the sandboxes' base root file system.
     Init {
         #[command(flatten)]
         dir: DirArg,
+        #[command(flatten)]
+        base: worker_cmd::BaseArgs,
     },
     /// Start a worker (in the foreground, or detached with -d).
     Up {

@@ -2,13 +2,16 @@
 //! force-cleanup.
 
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use ol_sandbox::sock::debootstrap::{Debootstrap, Release, default_cache_dir};
 use ol_worker::trace_file::{TraceWriter, chrome_trace};
-use ol_worker::{StopOutcome, WorkerDir};
+use ol_worker::{BaseSource, StopOutcome, WorkerDir};
 use serde::Deserialize;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -26,7 +29,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(cmd: WorkerCommand) -> Result<()> {
     match cmd {
-        WorkerCommand::Init { dir } => init(&dir),
+        WorkerCommand::Init { dir, base } => init(&dir, &base),
         WorkerCommand::Up {
             dir,
             detach,
@@ -46,12 +49,98 @@ pub fn run(cmd: WorkerCommand) -> Result<()> {
     }
 }
 
-fn init(dir: &DirArg) -> Result<()> {
+/// How `init` makes the base.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BaseArgs {
+    /// What sandboxes run on: "host" binds the host's /usr, /lib*, /bin and
+    /// Python into every sandbox (no download); "debootstrap" builds a
+    /// self-contained Debian root file system with its own Python (root,
+    /// network the first time, cached after).
+    #[arg(long, default_value = "host", value_parser = ["host", "debootstrap"])]
+    base: String,
+    /// Debian (or Ubuntu) suite for --base debootstrap [default: the host's,
+    /// from /etc/os-release, else bookworm].
+    #[arg(long, value_name = "SUITE")]
+    suite: Option<String>,
+    /// Archive mirror for --base debootstrap [default: deb.debian.org, or
+    /// archive.ubuntu.com on Ubuntu].
+    #[arg(long, value_name = "URL")]
+    mirror: Option<String>,
+    /// Where downloaded packages and built root file systems are cached
+    /// [default: $XDG_CACHE_HOME/ol, else /var/cache/ol].
+    #[arg(long, value_name = "DIR", env = "OL_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl BaseArgs {
+    fn source(&self) -> Result<BaseSource> {
+        if self.base != "debootstrap" {
+            if self.suite.is_some() || self.mirror.is_some() {
+                bail!("--suite and --mirror only apply to --base debootstrap");
+            }
+            return Ok(BaseSource::Host);
+        }
+        let host = Release::host();
+        Ok(BaseSource::Debootstrap(Debootstrap {
+            release: Release {
+                suite: self.suite.clone().unwrap_or(host.suite),
+                mirror: self.mirror.clone().unwrap_or(host.mirror),
+            },
+            cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        }))
+    }
+}
+
+/// Shows the steps of a long init: a spinner with the current step on a
+/// terminal, one timed line per step otherwise (logs, CI).
+struct Steps {
+    spinner: Option<ProgressBar>,
+    started: Instant,
+}
+
+impl Steps {
+    fn new() -> Self {
+        let spinner = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {wide_msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Self {
+            spinner,
+            started: Instant::now(),
+        }
+    }
+
+    fn step(&self, line: &str) {
+        match &self.spinner {
+            Some(bar) => bar.set_message(line.to_string()),
+            None => eprintln!("[{:5.1}s] {line}", self.started.elapsed().as_secs_f64()),
+        }
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.spinner {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn init(dir: &DirArg, base: &BaseArgs) -> Result<()> {
     let wd = WorkerDir::new(&dir.path);
-    let config = wd.init()?;
+    let source = base.source()?;
+    let config = {
+        let steps = Steps::new();
+        wd.init(&source, &mut |line| steps.step(line))?
+    };
     println!(
-        "initialized worker directory {} (python: {}, sandbox: {:?}, port {})",
+        "initialized worker directory {} (base: {}, python: {}, sandbox: {:?}, port {})",
         wd.root().display(),
+        config.base.name(),
         config.python,
         config.sandbox,
         config.worker_port
@@ -62,12 +151,13 @@ fn init(dir: &DirArg) -> Result<()> {
 fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
     let wd = WorkerDir::new(&dir.path);
     if !wd.is_initialized() {
-        wd.init()?;
+        wd.init(&BaseSource::Host, &mut |_| {})?;
         eprintln!("initialized worker directory {}", wd.root().display());
     }
     // Check config and a running worker here too, so `-d` fails in the
     // terminal rather than in a log file.
     let config = ol_worker::Config::load(&wd.config_file(), options)?;
+    wd.check_base(&config)?;
     if let Some(running) = wd.running() {
         bail!(
             "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",

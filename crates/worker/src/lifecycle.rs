@@ -16,7 +16,7 @@ use ol_registry::{DirRegistry, HttpRegistry, Registry, cache_dir_for};
 use ol_sandbox::Limits;
 use ol_sandbox::SandboxPool;
 use ol_sandbox::process::{ProcessPool, RuntimeCommand, process_start_time};
-use ol_sandbox::runtime::{Python, install_runtime, resolve_python};
+use ol_sandbox::runtime::{Python, install_runtime};
 use ol_sandbox::sock::rootfs::build_base;
 use ol_sandbox::sock::{SockConfig, SockPool, worker_id};
 use tokio::net::TcpListener;
@@ -51,7 +51,8 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
             "cleaned up sandboxes an earlier worker left behind"
         );
     }
-    let python = resolve_python(&config.python)?;
+    dir.check_base(&config)?;
+    let python = config.base.resolve_python(&dir.base(), &config.python)?;
     let pool = make_pool(dir, &config, &python)?;
     let packages = package_layer(dir, &config, &python, &pool)?;
     let threads = std::env::var("OL_WORKER_THREADS")
@@ -103,10 +104,12 @@ fn make_pool(
             )?))
         }
         SandboxKind::Sock => {
-            build_base(&dir.base(), &python.prefix).map_err(|source| WorkerError::Io {
-                what: "cannot build the base root file system in",
-                path: dir.base(),
-                source,
+            build_base(&dir.base(), config.base, &python.prefix).map_err(|source| {
+                WorkerError::Io {
+                    what: "cannot build the base root file system in",
+                    path: dir.base(),
+                    source,
+                }
             })?;
             let init_exe = std::env::current_exe().map_err(|source| WorkerError::Io {
                 what: "cannot find the ol binary for",
@@ -116,6 +119,7 @@ fn make_pool(
             Ok(Arc::new(SockPool::new(SockConfig {
                 worker_id: worker_id(dir.root()),
                 base: dir.base(),
+                base_kind: config.base,
                 packages: dir.packages(),
                 runtime_dir: dir.runtime(),
                 scratch_root: dir.scratch(),
@@ -163,6 +167,12 @@ fn package_layer(
             tools_dir: dir.root().join("tools"),
             python: python.executable.clone(),
             python_prefix: python.prefix.clone(),
+            // Where the installer sandbox's system (and so uv or pip) is.
+            system_root: if config.base.is_self_contained() {
+                dir.base()
+            } else {
+                PathBuf::from("/")
+            },
             index_url: (!config.pip_index_url.is_empty()).then(|| config.pip_index_url.clone()),
             limits: Limits {
                 mem_mb: config.installer_limits.mem_mb,

@@ -51,7 +51,7 @@ impl TestWorker {
     /// Inits a worker dir, adds `lambdas` (name → [(file, source)]) to its
     /// registry and starts it detached on a free port with `overrides`.
     pub fn start(lambdas: &[(&str, &[(&str, &str)])], overrides: &[&str]) -> Self {
-        Self::start_with(lambdas, overrides, &[])
+        Self::start_full(&[], lambdas, overrides, &[])
     }
 
     /// Like [`Self::start`], with extra arguments to `ol worker up`.
@@ -60,11 +60,33 @@ impl TestWorker {
         overrides: &[&str],
         up_args: &[&str],
     ) -> Self {
+        Self::start_full(&[], lambdas, overrides, up_args)
+    }
+
+    /// Like [`Self::start`], with extra `ol worker init` arguments.
+    pub fn start_init(
+        init_args: &[&str],
+        lambdas: &[(&str, &[(&str, &str)])],
+        overrides: &[&str],
+    ) -> Self {
+        Self::start_full(init_args, lambdas, overrides, &[])
+    }
+
+    /// Inits (with `init_args`), adds `lambdas`, starts with `overrides`
+    /// and `up_args`.
+    pub fn start_full(
+        init_args: &[&str],
+        lambdas: &[(&str, &[(&str, &str)])],
+        overrides: &[&str],
+        up_args: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ol-e2e-")
             .tempdir()
             .expect("tempdir");
-        let out = ol(dir.path(), &["worker", "init"]);
+        let mut args = vec!["worker", "init"];
+        args.extend(init_args);
+        let out = ol(dir.path(), &args);
         assert!(out.status.success(), "init: {}", stderr(&out));
         for (name, files) in lambdas {
             add_lambda(dir.path(), name, files);

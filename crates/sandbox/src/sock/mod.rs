@@ -14,6 +14,7 @@
 
 pub mod cgroup;
 mod cgroup_pool;
+pub mod debootstrap;
 pub mod init;
 pub mod rootfs;
 pub mod seccomp;
@@ -36,7 +37,7 @@ use ol_obs::{Phase, counters};
 use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
 use self::cgroup_pool::CgroupPool;
 use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
-use self::rootfs::{CommandSources, MountPlan, RootSources, SANDBOX_UID, inside};
+use self::rootfs::{BaseKind, CommandSources, MountPlan, RootSources, SANDBOX_UID, inside};
 use self::zygote::{Assignment, Blank, ChildZygote, ForkedSandbox, Zygote};
 use crate::process::{
     RUNTIME_FD, cleanup_scratch, describe_exit, finish_command, pid_record, spawn_with_runtime_fd,
@@ -53,6 +54,9 @@ pub struct SockConfig {
     pub worker_id: String,
     /// The base root file system (`DIR/base`).
     pub base: PathBuf,
+    /// What the base is made of: a host base gets the host's system
+    /// directories and Python bound in, a self-contained one does not.
+    pub base_kind: BaseKind,
     /// Installed packages (`DIR/packages`).
     pub packages: PathBuf,
     /// Directory holding `ol_runtime.py`.
@@ -61,7 +65,8 @@ pub struct SockConfig {
     pub scratch_root: PathBuf,
     /// The real Python interpreter.
     pub python: PathBuf,
-    /// Its installation prefix, bound read-only into sandboxes.
+    /// Its installation prefix, bound read-only into sandboxes over a host
+    /// base.
     pub python_prefix: PathBuf,
     /// The `ol` binary, run as the sandbox init.
     pub init_exe: PathBuf,
@@ -509,6 +514,7 @@ impl PoolInner {
         };
         let plan = MountPlan::for_lambda(&RootSources {
             base: &self.cfg.base,
+            base_kind: self.cfg.base_kind,
             python_prefix: &self.cfg.python_prefix,
             code,
             scratch: host_dir,
@@ -806,6 +812,7 @@ impl PoolInner {
             .map_err(cgroup_err)?;
         let plan = MountPlan::for_command(&CommandSources {
             base: &self.cfg.base,
+            base_kind: self.cfg.base_kind,
             python_prefix: &self.cfg.python_prefix,
             writable: &cmd.writable,
             readable: &cmd.readable,
