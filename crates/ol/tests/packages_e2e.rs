@@ -428,3 +428,73 @@ fn local_wheel_directory_as_the_index() {
     assert_eq!(a.status, 500, "{}", a.body);
     assert!(a.body.contains("six"), "{}", a.body);
 }
+
+/// Pids in the worker's cgroups named `zygote-*` other than the root
+/// zygote's (the first one started).
+fn import_cache_zygote_pids(w: &TestWorker) -> Vec<u32> {
+    let parent = Path::new("/sys/fs/cgroup/pids").join(ol_sandbox::sock::worker_id(w.path()));
+    let mut zygotes: Vec<(u64, PathBuf)> = fs::read_dir(&parent)
+        .expect("worker cgroup")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("zygote-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    zygotes.sort();
+    zygotes
+        .iter()
+        .skip(1)
+        .flat_map(|(_, dir)| {
+            fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_import_cache_zygote_is_started_again() {
+    require_root!();
+    let w = start(&[]);
+    let lambda = |name: &str| {
+        add_lambda(
+            w.path(),
+            name,
+            &[
+                (
+                    "f.py",
+                    "import numpy\ndef f(event):\n    return int(numpy.ones(3).sum())\n",
+                ),
+                ("requirements.txt", "numpy\n"),
+            ],
+        );
+    };
+    lambda("np-1");
+    assert_eq!(w.run("np-1", "{}").body, "3");
+    let pids = import_cache_zygote_pids(&w);
+    assert_eq!(pids.len(), 1, "one numpy zygote process: {pids:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // Its sandbox lives on (it sits in its own cgroup and namespaces).
+    assert_eq!(w.run("np-1", "{}").body, "3");
+    // New lambdas still fork from a numpy zygote: the first may take the
+    // blank the dead one left ready; its death is then noticed and a new
+    // numpy zygote started, not the root used.
+    for name in ["np-2", "np-3"] {
+        lambda(name);
+        assert_eq!(w.run(name, "{}").body, "3");
+    }
+    let stats = w.stats();
+    assert_eq!(stats["zygote_hits"], 3, "{stats}");
+    assert_eq!(stats["zygote_misses"], 0, "{stats}");
+    let again = import_cache_zygote_pids(&w);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0], pids[0]);
+}
