@@ -632,7 +632,12 @@ impl PackagePuller {
             return Tool::Uv(found);
         }
         // Install it with pip into our tools dir (uv is a wheel on PyPI).
-        let staging = self.settings.tools_dir.with_extension("staging");
+        // The tools dir may be shared by workers (it lives in the package
+        // cache): stage privately, never replace a working one.
+        let staging = self
+            .settings
+            .tools_dir
+            .with_extension(format!("staging-{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
         let installed = fs::create_dir_all(&staging)
             .map_err(|e| PackageError::Installer(e.to_string()))
@@ -651,8 +656,14 @@ impl PackagePuller {
             });
         match installed {
             Ok(out) if out.success && staging.join("bin/uv").is_file() => {
-                let _ = fs::remove_dir_all(&self.settings.tools_dir);
-                if fs::rename(&staging, &self.settings.tools_dir).is_ok() && ours.is_file() {
+                if !ours.is_file() {
+                    // An empty or broken leftover goes; a complete one
+                    // (another worker's, just now) stays.
+                    let _ = fs::remove_dir_all(&self.settings.tools_dir);
+                    let _ = fs::rename(&staging, &self.settings.tools_dir);
+                }
+                let _ = fs::remove_dir_all(&staging);
+                if ours.is_file() {
                     return Tool::Uv(ours);
                 }
             }

@@ -163,8 +163,9 @@ fn package_layer(
         Arc::clone(pool),
         PackageSettings {
             packages_dir: dir.packages(),
-            cache_dir,
-            tools_dir: dir.root().join("tools"),
+            cache_dir: cache_dir.clone(),
+            // In the cache: workers sharing one install uv once.
+            tools_dir: cache_dir.join("tools"),
             python: python.executable.clone(),
             python_prefix: python.prefix.clone(),
             // Where the installer sandbox's system (and so uv or pip) is.
