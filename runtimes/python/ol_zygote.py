@@ -167,7 +167,7 @@ def drop_privileges(uid: int, gid: int, seccomp: bytes | None) -> None:
         _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
 
 
-def prepare_blank(fds: list[int]) -> socket.socket:
+def prepare_blank(fds: list[int], warm: bool = True) -> socket.socket:
     """In the forked child: everything that does not depend on the lambda.
 
     Joins the cgroups, unshares the namespaces, forks pid 1 of the new pid
@@ -201,7 +201,12 @@ def prepare_blank(fds: list[int]) -> socket.socket:
     sock = socket.socket(fileno=conn)
     sock.set_inheritable(False)
     drop_bounding_set()
-    warm_up()
+    if warm:
+        warm_up()
+    else:
+        # Wanted at once: only what warm_up does that the lambda needs.
+        os.environ.clear()
+        ol_runtime.setup_stdio()
     return sock
 
 
@@ -357,7 +362,7 @@ def fork_child(meta: dict, fds: list[int], seccomp: bytes | None, sock: socket.s
             if kind == "zygote":
                 status = become_zygote(meta, fds, seccomp)
             else:
-                run_assigned(prepare_blank(fds), seccomp)
+                run_assigned(prepare_blank(fds, bool(meta.get("warm", True))), seccomp)
         except BaseException:  # noqa: BLE001 - report anything, then die
             traceback.print_exc()
             sys.stderr.flush()

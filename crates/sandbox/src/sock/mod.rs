@@ -281,7 +281,7 @@ impl PoolInner {
                 }
                 continue;
             };
-            match self.prefork(&zygote) {
+            match self.prefork(&zygote, true) {
                 Ok(blank) => {
                     // The zygote may have been evicted meanwhile.
                     if self
@@ -305,7 +305,7 @@ impl PoolInner {
     }
 
     /// Forks one blank sandbox into a reused or new cgroup.
-    fn prefork(&self, zygote: &Zygote) -> Result<Blank, SandboxError> {
+    fn prefork(&self, zygote: &Zygote, warm: bool) -> Result<Blank, SandboxError> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("sb-{n}");
         let (cgroup, oom_baseline) = match self.cgroups.take() {
@@ -320,7 +320,7 @@ impl PoolInner {
         let made = cgroup
             .set_limits(&limits)
             .map_err(cgroup_err)
-            .and_then(|()| zygote.prefork(&id, cgroup.clone()));
+            .and_then(|()| zygote.prefork(&id, cgroup.clone(), warm));
         match made {
             Ok(mut blank) => {
                 blank.oom_baseline = oom_baseline;
@@ -354,7 +354,7 @@ impl PoolInner {
             }
             None => {
                 counters::BLANK_MISSES.inc();
-                self.prefork(zygote)
+                self.prefork(zygote, false)
             }
         }
     }

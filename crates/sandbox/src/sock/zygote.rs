@@ -199,15 +199,22 @@ impl Zygote {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Forks a blank sandbox into `cgroup` (created by the caller). Any
+    /// Forks a blank sandbox into `cgroup` (created by the caller); a
+    /// `warm` one also does ahead what every lambda's start does (worth it
+    /// for a blank made ahead, not for one a cold start waits for). Any
     /// failure of the zygote itself marks it dead (the pool starts another).
-    pub(crate) fn prefork(&self, id: &str, cgroup: Cgroup) -> Result<Blank, SandboxError> {
+    pub(crate) fn prefork(
+        &self,
+        id: &str,
+        cgroup: Cgroup,
+        warm: bool,
+    ) -> Result<Blank, SandboxError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
         let (exit_r, exit_w) = exit_pipe()?;
         let cgroup_files = open_procs_files(&cgroup)?;
         let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd(), exit_w.as_raw_fd()];
         fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
-        self.request_fork(&json!({ "type": "prefork", "id": id }), &fds)?;
+        self.request_fork(&json!({ "type": "prefork", "id": id, "warm": warm }), &fds)?;
         // `theirs`, the exit pipe's write end and the cgroup files close
         // when this returns: the child holds its own copies now.
         Ok(Blank {
