@@ -98,6 +98,14 @@ fn numpy_and_pandas_lambdas_return_versions_and_results() {
             .any(|k| k.starts_with(&format!("numpy=={version}/")) && k.contains("pandas==")),
         "{stats}"
     );
+    // `down` leaves nothing: no process (zygotes included), no cgroup.
+    let mut w = w;
+    let id = ol_sandbox::sock::worker_id(w.path());
+    w.down();
+    for controller in ["memory", "pids", "cpu", "freezer"] {
+        let dir = Path::new("/sys/fs/cgroup").join(controller).join(&id);
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
 }
 
 #[test]
