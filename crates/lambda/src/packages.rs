@@ -965,6 +965,21 @@ pub fn requires_from_metadata(metadata: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// A pool that never starts anything (the puller only needs one).
+    fn process_pool(scratch: &Path) -> Arc<dyn SandboxPool> {
+        Arc::new(
+            ol_sandbox::process::ProcessPool::new(
+                ol_sandbox::process::RuntimeCommand {
+                    python: "/py".into(),
+                    script: "/s".into(),
+                    packages: "/p".into(),
+                },
+                scratch.to_path_buf(),
+            )
+            .expect("pool"),
+        )
+    }
+
     #[test]
     fn requirement_lines_drop_comments_options_and_blanks() {
         let text = "# deps\nnumpy==2.1.0  # pinned\n\n-i https://x\nflask[async]>=2; python_version >= \"3.8\"\n";
@@ -1045,17 +1060,8 @@ mod tests {
             index_url: url.map(str::to_string),
             limits: Limits::default(),
         };
-        let pool: Arc<dyn SandboxPool> = Arc::new(
-            ol_sandbox::process::ProcessPool::new(
-                ol_sandbox::process::RuntimeCommand {
-                    python: "/py".into(),
-                    script: "/s".into(),
-                    packages: "/p".into(),
-                },
-                tempfile::tempdir().expect("tmp").keep(),
-            )
-            .expect("pool"),
-        );
+        let scratch = tempfile::tempdir().expect("tmp");
+        let pool = process_pool(scratch.path());
         let p = PackagePuller::new(Arc::clone(&pool), settings(Some("https://mirror/simple")));
         assert_eq!(p.index_args(), vec!["--index-url", "https://mirror/simple"]);
         assert_eq!(p.local_index(), None);
@@ -1074,17 +1080,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let base = tmp.path().join("base");
         let tools = tmp.path().join("tools");
-        let pool: Arc<dyn SandboxPool> = Arc::new(
-            ol_sandbox::process::ProcessPool::new(
-                ol_sandbox::process::RuntimeCommand {
-                    python: "/py".into(),
-                    script: "/s".into(),
-                    packages: "/p".into(),
-                },
-                tmp.path().join("scratch"),
-            )
-            .expect("pool"),
-        );
+        let pool = process_pool(&tmp.path().join("scratch"));
         let puller = |system_root: &Path| {
             PackagePuller::new(
                 Arc::clone(&pool),

@@ -559,6 +559,27 @@ impl PoolInner {
         };
         let mut env = base_env();
         env.extend(extra_env);
+        let cwd = match what {
+            Program::Lambda(_) => inside::HANDLER,
+            Program::Zygote => "/",
+        };
+        InitSpec {
+            zygote: matches!(what, Program::Zygote),
+            ..self.sandbox_init(cgroup, plan, argv, env, cwd)
+        }
+    }
+
+    /// What every sandbox init gets: `cgroup`, `plan`, the sandbox user,
+    /// the seccomp filter (when on), the program; no zygote privileges
+    /// and no host network unless the caller says otherwise.
+    fn sandbox_init(
+        &self,
+        cgroup: &Cgroup,
+        plan: MountPlan,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: &str,
+    ) -> InitSpec {
         InitSpec {
             cgroup_procs: cgroup.procs_files(),
             plan,
@@ -571,11 +592,8 @@ impl PoolInner {
                 .then(|| self.cfg.runtime_dir.join(SECCOMP_FILE)),
             argv,
             env,
-            cwd: match what {
-                Program::Lambda(_) => inside::HANDLER.into(),
-                Program::Zygote => "/".into(),
-            },
-            zygote: matches!(what, Program::Zygote),
+            cwd: cwd.into(),
+            zygote: false,
             share_network: false,
         }
     }
@@ -819,20 +837,8 @@ impl PoolInner {
             host_dns: cmd.network,
         });
         let init = InitSpec {
-            cgroup_procs: cgroup.procs_files(),
-            plan,
-            hostname: "ol-sandbox".into(),
-            uid: SANDBOX_UID,
-            gid: SANDBOX_UID,
-            seccomp: self
-                .cfg
-                .seccomp
-                .then(|| self.cfg.runtime_dir.join(SECCOMP_FILE)),
-            argv: cmd.argv.clone(),
-            env: cmd.env.clone(),
-            cwd: inside::TMP.into(),
-            zygote: false,
             share_network: cmd.network,
+            ..self.sandbox_init(cgroup, plan, cmd.argv.clone(), cmd.env.clone(), inside::TMP)
         };
         let init_json = serde_json::to_string(&init)
             .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
