@@ -19,6 +19,8 @@ pub(crate) struct Instance {
     pub(crate) sandbox: SafeSandbox,
     /// When it last finished a call.
     pub(crate) idle_since: Instant,
+    /// Whether it has not served a call yet.
+    pub(crate) fresh: bool,
     _slot: OwnedSemaphorePermit,
     _memory: Reservation,
 }
@@ -32,6 +34,7 @@ impl Instance {
         Self {
             sandbox,
             idle_since: Instant::now(),
+            fresh: true,
             _slot: slot,
             _memory: memory,
         }
@@ -262,6 +265,13 @@ impl LambdaFunction {
     /// Number of idle instances.
     pub(crate) fn idle_count(&self) -> usize {
         self.idle_ready.available_permits()
+    }
+
+    /// Idle instances by state: (running, paused).
+    pub(crate) fn idle_by_state(&self) -> (usize, usize) {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let paused = idle.iter().filter(|i| i.sandbox.is_paused()).count();
+        (idle.len() - paused, paused)
     }
 
     /// Stops handing out instances and returns the idle ones (to destroy).

@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use ol_obs::Phase;
 use ol_registry::{Registry, RegistryError};
 use ol_sandbox::mem_pool::{MemPool, Reservation};
 use ol_sandbox::{
     CallError, Invocation, Limits, Reply, SafeSandbox, SandboxError, SandboxPool, SandboxSpec,
 };
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::function::{Acquired, Instance, LambdaFunction, NotAcquired};
 use crate::import_cache::ImportCache;
@@ -79,6 +81,12 @@ pub struct Stats {
     pub lambdas: Vec<LambdaStats>,
     /// Every live sandbox.
     pub sandboxes: Vec<SandboxInfo>,
+    /// Live sandboxes serving a call (or between calls for a moment).
+    pub sandboxes_busy: usize,
+    /// Live sandboxes idle and running (warm).
+    pub sandboxes_idle: usize,
+    /// Live sandboxes idle and paused.
+    pub sandboxes_paused: usize,
     /// Sandboxes created since start.
     pub sandboxes_created: u64,
     /// Sandboxes destroyed since start.
@@ -96,11 +104,6 @@ pub struct Stats {
     /// Sandboxes by the zygote they were forked from: `"root"`, an
     /// import-cache key, or `"none"` (a fresh interpreter).
     pub forked_from: std::collections::BTreeMap<String, u64>,
-    /// Sandboxes whose lambda has packages, forked from an import-cache
-    /// zygote (hits) or not (misses).
-    pub zygote_hits: u64,
-    /// See `zygote_hits`.
-    pub zygote_misses: u64,
     /// Import-cache zygotes alive now.
     pub zygotes: Vec<String>,
 }
@@ -134,8 +137,6 @@ struct Counters {
     evictions: AtomicU64,
     /// Sandboxes by the zygote they were forked from.
     forked_from: Mutex<std::collections::BTreeMap<String, u64>>,
-    zygote_hits: AtomicU64,
-    zygote_misses: AtomicU64,
 }
 
 /// The lambda layer: every lambda called so far and its sandboxes.
@@ -288,7 +289,9 @@ impl LambdaManager {
     ) -> Result<Reply, InvokeError> {
         let this = Arc::clone(self);
         let name = name.to_string();
-        tokio::spawn(async move { this.invoke_here(&name, inv, trigger).await })
+        // The call's phases belong to the caller's span (its request).
+        let call = async move { this.invoke_here(&name, inv, trigger).await };
+        tokio::spawn(call.instrument(tracing::Span::current()))
             .await
             .unwrap_or_else(|e| Err(InvokeError::Internal(format!("call task failed: {e}"))))
     }
@@ -349,7 +352,10 @@ impl LambdaManager {
         let mut inst = loop {
             let create_cost =
                 Duration::from_micros(self.counters.avg_create_us.load(Ordering::Relaxed));
-            let acquired = function.acquire(create_cost, self.cores).await.map_err(|e| match e {
+            let waited = Phase::QueueWait
+                .time(function.acquire(create_cost, self.cores))
+                .await;
+            let acquired = waited.map_err(|e| match e {
                 NotAcquired::Closed => InvokeError::ShuttingDown,
                 NotAcquired::QueueFull(n) => InvokeError::QueueFull(format!(
                     "lambda {name} has {n} calls waiting already (scaling.max_queue); try again later"
@@ -363,7 +369,9 @@ impl LambdaManager {
                 }
                 Acquired::Idle(inst) => break inst,
                 Acquired::NewSlot(slot) => {
-                    let memory = self.reserve_memory(function.limits.mem_mb).await?;
+                    let memory = Phase::MemReserve
+                        .time(self.reserve_memory(function.limits.mem_mb))
+                        .await?;
                     let sandbox = self.create_sandbox(function).await?;
                     break Instance::new(sandbox, slot, memory);
                 }
@@ -371,7 +379,13 @@ impl LambdaManager {
         };
         let limit = Duration::from_secs(function.limits.runtime_sec);
         let started = Instant::now();
-        let result = inst.sandbox.call(inv, limit).await;
+        let phase = if inst.fresh {
+            Phase::FirstCall
+        } else {
+            Phase::Call
+        };
+        inst.fresh = false;
+        let result = phase.time(inst.sandbox.call(inv, limit)).await;
         function.record_call(started.elapsed());
         match result {
             Ok(reply) => {
@@ -410,12 +424,11 @@ impl LambdaManager {
     /// Thaws a paused instance; `None` (and the instance retired) if that
     /// fails.
     async fn unpause(&self, mut inst: Instance) -> Option<Instance> {
-        let thawed = tokio::task::spawn_blocking(move || {
+        let thaw = tokio::task::spawn_blocking(move || {
             let ok = inst.sandbox.unpause().is_ok();
             (inst, ok)
-        })
-        .await
-        .ok()?;
+        });
+        let thawed = Phase::Unpause.time(thaw).await.ok()?;
         match thawed {
             (inst, true) => Some(inst),
             (inst, false) => {
@@ -581,7 +594,7 @@ impl LambdaManager {
         let registry = Arc::clone(&self.registry);
         let lookup = name.to_string();
         let known = known.map(str::to_string);
-        let found = tokio::task::spawn_blocking(move || {
+        let pull = tokio::task::spawn_blocking(move || {
             let code = registry.fetch(&lookup)?;
             Ok::<_, RegistryError>(code.map(|code| {
                 if known.as_deref() == Some(code.version.as_str()) {
@@ -591,13 +604,15 @@ impl LambdaManager {
                 let requirements = read_requirements(&code.dir);
                 Some((code, config, requirements))
             }))
-        })
-        .await
-        .map_err(|e| InvokeError::Internal(format!("registry task failed: {e}")))?
-        .map_err(|e| match e {
-            RegistryError::InvalidName(_) => InvokeError::BadName(e.to_string()),
-            other => InvokeError::Internal(other.to_string()),
-        })?;
+        });
+        let found = Phase::CodePull
+            .time(pull)
+            .await
+            .map_err(|e| InvokeError::Internal(format!("registry task failed: {e}")))?
+            .map_err(|e| match e {
+                RegistryError::InvalidName(_) => InvokeError::BadName(e.to_string()),
+                other => InvokeError::Internal(other.to_string()),
+            })?;
         let Some((code, config, requirements)) =
             found.ok_or_else(|| InvokeError::NotFound(name.to_string()))?
         else {
@@ -640,6 +655,17 @@ impl LambdaManager {
     }
 
     async fn create_sandbox(&self, function: &LambdaFunction) -> Result<SafeSandbox, InvokeError> {
+        let span = Phase::SandboxCreate.span();
+        Phase::SandboxCreate
+            .time_in(span.clone(), self.create_sandbox_in(function, span))
+            .await
+    }
+
+    async fn create_sandbox_in(
+        &self,
+        function: &LambdaFunction,
+        span: tracing::Span,
+    ) -> Result<SafeSandbox, InvokeError> {
         let started = Instant::now();
         let mut spec = SandboxSpec {
             lambda: function.name.clone(),
@@ -651,7 +677,9 @@ impl LambdaManager {
         };
         let has_packages = self.add_packages(function, &mut spec).await?;
         let pool = Arc::clone(&self.pool);
-        let new = tokio::task::spawn_blocking(move || pool.create(&spec))
+        // The backend's own phases nest under this one.
+        let parent = span.clone();
+        let new = tokio::task::spawn_blocking(move || parent.in_scope(|| pool.create(&spec)))
             .await
             .map_err(|e| InvokeError::Internal(format!("sandbox task failed: {e}")))?
             .map_err(|e| self.creation_error(&function.name, e))?;
@@ -660,6 +688,7 @@ impl LambdaManager {
             .await
             .map_err(|e| self.creation_error(&function.name, e))?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
+        span.record("sandbox", sandbox.id());
         let us = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
         let old = self.counters.avg_create_us.load(Ordering::Relaxed);
         let avg = if old == 0 { us } else { old - old / 8 + us / 8 };
@@ -695,12 +724,15 @@ impl LambdaManager {
         let (Some(text), Some(puller)) = (&function.requirements, &self.packages.puller) else {
             return Ok(false);
         };
-        let resolved = puller.ensure(text).await.map_err(|e| {
-            InvokeError::Packages(format!(
-                "cannot install the requirements of lambda {}: {e}",
-                function.name
-            ))
-        })?;
+        let resolved = Phase::Packages
+            .time(puller.ensure(text))
+            .await
+            .map_err(|e| {
+                InvokeError::Packages(format!(
+                    "cannot install the requirements of lambda {}: {e}",
+                    function.name
+                ))
+            })?;
         if resolved.packages.is_empty() {
             return Ok(false);
         }
@@ -728,11 +760,11 @@ impl LambdaManager {
         if has_packages {
             let hit = forked_from.is_some_and(|k| !k.is_empty());
             let counter = if hit {
-                &self.counters.zygote_hits
+                &ol_obs::counters::ZYGOTE_HITS
             } else {
-                &self.counters.zygote_misses
+                &ol_obs::counters::ZYGOTE_MISSES
             };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.inc();
         }
     }
 
@@ -770,12 +802,18 @@ impl LambdaManager {
 
     /// A snapshot for `/stats` and `ol worker status`.
     pub fn stats(&self) -> Stats {
+        let (mut idle, mut paused) = (0, 0);
         let mut lambdas: Vec<LambdaStats> = self
             .read_functions()
             .values()
-            .map(|f| LambdaStats {
-                name: f.name.clone(),
-                idle: f.idle_count(),
+            .map(|f| {
+                let (running, frozen) = f.idle_by_state();
+                idle += running;
+                paused += frozen;
+                LambdaStats {
+                    name: f.name.clone(),
+                    idle: f.idle_count(),
+                }
             })
             .collect();
         lambdas.sort_by(|a, b| a.name.cmp(&b.name));
@@ -783,6 +821,9 @@ impl LambdaManager {
         sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
         Stats {
             lambdas,
+            sandboxes_busy: sandboxes.len().saturating_sub(idle + paused),
+            sandboxes_idle: idle,
+            sandboxes_paused: paused,
             sandboxes,
             sandboxes_created: self.counters.created.load(Ordering::Relaxed),
             sandboxes_destroyed: self.counters.destroyed.load(Ordering::Relaxed),
@@ -797,8 +838,6 @@ impl LambdaManager {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
-            zygote_hits: self.counters.zygote_hits.load(Ordering::Relaxed),
-            zygote_misses: self.counters.zygote_misses.load(Ordering::Relaxed),
             zygotes: self.pool.zygotes(),
         }
     }

@@ -32,6 +32,28 @@ const META_FILE: &str = ".ol-package.json";
 const STAGING: &str = ".staging";
 /// Lines of installer output kept in an error message.
 const ERROR_LINES: usize = 12;
+/// Where, in the packages dir, resolutions are kept.
+const RESOLUTIONS: &str = ".resolutions";
+
+/// A resolution kept on disk.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedResolution {
+    requirements: Vec<String>,
+    index_url: Option<String>,
+    pins: Vec<(String, String)>,
+}
+
+impl SavedResolution {
+    /// Its file name: a hash of what it resolves (the content is checked
+    /// on read, so a collision only costs a resolution).
+    fn file_name(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.requirements.hash(&mut h);
+        self.index_url.hash(&mut h);
+        format!("{:016x}.json", h.finish())
+    }
+}
 
 /// Where and how packages are installed.
 #[derive(Debug, Clone)]
@@ -46,6 +68,10 @@ pub struct PackageSettings {
     pub python: PathBuf,
     /// Its installation prefix (a uv installed by pip lands in its `bin`).
     pub python_prefix: PathBuf,
+    /// Where, on the host, the installer sandbox's system paths (the
+    /// Python prefix, /usr) are found: `/` when the base binds the host's,
+    /// the base itself when it is self-contained.
+    pub system_root: PathBuf,
     /// `pip_index_url`: an index URL, or a local directory of wheels
     /// (used as `--find-links`, with no index).
     pub index_url: Option<String>,
@@ -215,7 +241,6 @@ impl PackagePuller {
         let slot = slot(&self.resolutions, &key);
         let this = Arc::clone(self);
         let pins = cached(&slot, || async move {
-            this.resolved.fetch_add(1, Ordering::Relaxed);
             let lines = requirement_lines(&key);
             let this2 = Arc::clone(&this);
             let pins = blocking(move || this2.resolve(&lines)).await?;
@@ -231,6 +256,7 @@ impl PackagePuller {
         .await;
         if pins.is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            ol_obs::counters::PACKAGE_FAILURES.inc();
         }
         pins
     }
@@ -264,6 +290,7 @@ impl PackagePuller {
         match &done {
             Ok(_) => {
                 self.installed.fetch_add(1, Ordering::Relaxed);
+                ol_obs::counters::PACKAGE_INSTALLS.inc();
                 self.install_ms.fetch_add(ms, Ordering::Relaxed);
                 tracing::info!(package = %dir, ms, "installed");
             }
@@ -355,8 +382,44 @@ impl PackagePuller {
         result
     }
 
-    /// Resolves requirement `lines` to exact `(name, version)` pins.
+    /// Resolves requirement `lines` to exact `(name, version)` pins, or
+    /// reads the pins an earlier worker of this dir found for them (so a
+    /// restarted worker needs no index for lambdas it already served).
     fn resolve(&self, lines: &[String]) -> Result<Vec<(String, String)>, PackageError> {
+        let record = SavedResolution {
+            requirements: lines.to_vec(),
+            index_url: self.settings.index_url.clone(),
+            pins: Vec::new(),
+        };
+        let file = self
+            .settings
+            .packages_dir
+            .join(RESOLUTIONS)
+            .join(record.file_name());
+        if let Some(saved) = fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SavedResolution>(&b).ok())
+            .filter(|saved| {
+                saved.requirements == record.requirements && saved.index_url == record.index_url
+            })
+        {
+            return Ok(saved.pins);
+        }
+        self.resolved.fetch_add(1, Ordering::Relaxed);
+        let pins = self.resolve_now(lines)?;
+        let saved = SavedResolution {
+            pins: pins.clone(),
+            ..record
+        };
+        // Best effort: without the record, the next worker resolves again.
+        if let Ok(json) = serde_json::to_vec(&saved) {
+            let dir = self.settings.packages_dir.join(RESOLUTIONS);
+            let _ = fs::create_dir_all(dir).and_then(|()| fs::write(&file, json));
+        }
+        Ok(pins)
+    }
+
+    fn resolve_now(&self, lines: &[String]) -> Result<Vec<(String, String)>, PackageError> {
         let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
         let work = self
             .settings
@@ -548,21 +611,33 @@ impl PackagePuller {
             .clone()
     }
 
-    fn find_or_install_uv(&self) -> Tool {
-        let ours = self.settings.tools_dir.join("bin/uv");
-        // Places the installer sandbox sees: the Python installation, the
-        // system dirs, our tools dir.
-        let candidates = [
+    /// A uv the installer sandbox sees, as it sees it: in the Python
+    /// installation or the system dirs (looked for where the sandbox's
+    /// come from), or in our tools dir (bound at its host path).
+    fn visible_uv(&self) -> Option<PathBuf> {
+        let root = &self.settings.system_root;
+        [
             self.settings.python_prefix.join("bin/uv"),
             PathBuf::from("/usr/local/bin/uv"),
             PathBuf::from("/usr/bin/uv"),
-            ours.clone(),
-        ];
-        if let Some(found) = candidates.into_iter().find(|p| p.is_file()) {
+        ]
+        .into_iter()
+        .find(|p| ol_sandbox::sock::rootfs::under(root, p).is_file())
+        .or_else(|| Some(self.settings.tools_dir.join("bin/uv")).filter(|p| p.is_file()))
+    }
+
+    fn find_or_install_uv(&self) -> Tool {
+        let ours = self.settings.tools_dir.join("bin/uv");
+        if let Some(found) = self.visible_uv() {
             return Tool::Uv(found);
         }
         // Install it with pip into our tools dir (uv is a wheel on PyPI).
-        let staging = self.settings.tools_dir.with_extension("staging");
+        // The tools dir may be shared by workers (it lives in the package
+        // cache): stage privately, never replace a working one.
+        let staging = self
+            .settings
+            .tools_dir
+            .with_extension(format!("staging-{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
         let installed = fs::create_dir_all(&staging)
             .map_err(|e| PackageError::Installer(e.to_string()))
@@ -581,8 +656,14 @@ impl PackagePuller {
             });
         match installed {
             Ok(out) if out.success && staging.join("bin/uv").is_file() => {
-                let _ = fs::remove_dir_all(&self.settings.tools_dir);
-                if fs::rename(&staging, &self.settings.tools_dir).is_ok() && ours.is_file() {
+                if !ours.is_file() {
+                    // An empty or broken leftover goes; a complete one
+                    // (another worker's, just now) stays.
+                    let _ = fs::remove_dir_all(&self.settings.tools_dir);
+                    let _ = fs::rename(&staging, &self.settings.tools_dir);
+                }
+                let _ = fs::remove_dir_all(&staging);
+                if ours.is_file() {
                     return Tool::Uv(ours);
                 }
             }
@@ -884,6 +965,21 @@ pub fn requires_from_metadata(metadata: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// A pool that never starts anything (the puller only needs one).
+    fn process_pool(scratch: &Path) -> Arc<dyn SandboxPool> {
+        Arc::new(
+            ol_sandbox::process::ProcessPool::new(
+                ol_sandbox::process::RuntimeCommand {
+                    python: "/py".into(),
+                    script: "/s".into(),
+                    packages: "/p".into(),
+                },
+                scratch.to_path_buf(),
+            )
+            .expect("pool"),
+        )
+    }
+
     #[test]
     fn requirement_lines_drop_comments_options_and_blanks() {
         let text = "# deps\nnumpy==2.1.0  # pinned\n\n-i https://x\nflask[async]>=2; python_version >= \"3.8\"\n";
@@ -960,20 +1056,12 @@ mod tests {
             tools_dir: "/t".into(),
             python: "/py".into(),
             python_prefix: "/".into(),
+            system_root: "/".into(),
             index_url: url.map(str::to_string),
             limits: Limits::default(),
         };
-        let pool: Arc<dyn SandboxPool> = Arc::new(
-            ol_sandbox::process::ProcessPool::new(
-                ol_sandbox::process::RuntimeCommand {
-                    python: "/py".into(),
-                    script: "/s".into(),
-                    packages: "/p".into(),
-                },
-                tempfile::tempdir().expect("tmp").keep(),
-            )
-            .expect("pool"),
-        );
+        let scratch = tempfile::tempdir().expect("tmp");
+        let pool = process_pool(scratch.path());
         let p = PackagePuller::new(Arc::clone(&pool), settings(Some("https://mirror/simple")));
         assert_eq!(p.index_args(), vec!["--index-url", "https://mirror/simple"]);
         assert_eq!(p.local_index(), None);
@@ -985,5 +1073,41 @@ mod tests {
         assert_eq!(p.local_index(), Some(PathBuf::from("/srv/wheels")));
         let p = PackagePuller::new(pool, settings(None));
         assert!(p.index_args().is_empty());
+    }
+
+    #[test]
+    fn uv_is_looked_for_where_the_installer_sandbox_sees_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let base = tmp.path().join("base");
+        let tools = tmp.path().join("tools");
+        let pool = process_pool(&tmp.path().join("scratch"));
+        let puller = |system_root: &Path| {
+            PackagePuller::new(
+                Arc::clone(&pool),
+                PackageSettings {
+                    packages_dir: tmp.path().join("p"),
+                    cache_dir: tmp.path().join("c"),
+                    tools_dir: tools.clone(),
+                    python: "/usr/bin/python3".into(),
+                    python_prefix: "/usr".into(),
+                    system_root: system_root.to_path_buf(),
+                    index_url: None,
+                    limits: Limits::default(),
+                },
+            )
+        };
+        // A self-contained base without uv: none, whatever the host has.
+        fs::create_dir_all(base.join("usr/bin")).expect("base");
+        assert_eq!(puller(&base).visible_uv(), None);
+        // Our tools dir is bound in at its host path.
+        fs::create_dir_all(tools.join("bin")).expect("tools");
+        fs::write(tools.join("bin/uv"), "").expect("uv");
+        assert_eq!(puller(&base).visible_uv(), Some(tools.join("bin/uv")));
+        // A uv in the base is found at its path inside the sandbox.
+        fs::write(base.join("usr/bin/uv"), "").expect("uv");
+        assert_eq!(
+            puller(&base).visible_uv(),
+            Some(PathBuf::from("/usr/bin/uv"))
+        );
     }
 }

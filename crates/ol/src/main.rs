@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod client;
+mod trace_cmd;
 mod worker_cmd;
 
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ enum Command {
     /// Built-in benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Read trace files written by `ol worker up --trace FILE`.
+    #[command(subcommand)]
+    Trace(trace_cmd::TraceCommand),
 }
 
 /// The worker directory option every worker command takes.
@@ -42,10 +46,13 @@ struct DirArg {
 
 #[derive(Debug, Subcommand)]
 enum WorkerCommand {
-    /// Make a worker directory: config.json, registry with example lambdas.
+    /// Make a worker directory: config.json, registry with example lambdas,
+    /// the sandboxes' base root file system.
     Init {
         #[command(flatten)]
         dir: DirArg,
+        #[command(flatten)]
+        base: worker_cmd::BaseArgs,
     },
     /// Start a worker (in the foreground, or detached with -d).
     Up {
@@ -58,6 +65,11 @@ enum WorkerCommand {
         /// -o limits.mem_mb=128). Repeatable.
         #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
         options: Vec<String>,
+        /// Write a Chrome trace (Perfetto, chrome://tracing) of every
+        /// call's phases to FILE, finished on `ol worker down`; same as
+        /// -o trace.file=FILE.
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
     },
     /// Stop the worker and remove every sandbox it made.
     Down {
@@ -85,6 +97,7 @@ fn main() -> ExitCode {
         Command::Worker(cmd) => worker_cmd::run(cmd),
         Command::Admin(cmd) => admin::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Trace(cmd) => trace_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,13 +2,20 @@
 //! force-cleanup.
 
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ol_worker::{StopOutcome, WorkerDir};
+use indicatif::{ProgressBar, ProgressStyle};
+use ol_sandbox::sock::debootstrap::{Debootstrap, Release, default_cache_dir};
+use ol_worker::trace_file::{TraceWriter, chrome_trace};
+use ol_worker::{BaseSource, StopOutcome, WorkerDir};
 use serde::Deserialize;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::client;
 use crate::{DirArg, WorkerCommand};
@@ -22,24 +29,118 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(cmd: WorkerCommand) -> Result<()> {
     match cmd {
-        WorkerCommand::Init { dir } => init(&dir),
+        WorkerCommand::Init { dir, base } => init(&dir, &base),
         WorkerCommand::Up {
             dir,
             detach,
-            options,
-        } => up(&dir, detach, &options),
+            mut options,
+            trace,
+        } => {
+            if let Some(file) = trace {
+                let file = std::path::absolute(&file)
+                    .with_context(|| format!("bad trace file {}", file.display()))?;
+                options.push(format!("trace.file={}", file.display()));
+            }
+            up(&dir, detach, &options)
+        }
         WorkerCommand::Down { dir } => down(&dir),
         WorkerCommand::Status { dir } => status(&dir),
         WorkerCommand::ForceCleanup { dir } => force_cleanup(&dir),
     }
 }
 
-fn init(dir: &DirArg) -> Result<()> {
+/// How `init` makes the base.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BaseArgs {
+    /// What sandboxes run on: "host" binds the host's /usr, /lib*, /bin and
+    /// Python into every sandbox (no download); "debootstrap" builds a
+    /// self-contained Debian root file system with its own Python (root,
+    /// network the first time, cached after).
+    #[arg(long, default_value = "host", value_parser = ["host", "debootstrap"])]
+    base: String,
+    /// Debian (or Ubuntu) suite for --base debootstrap [default: the host's,
+    /// from /etc/os-release, else bookworm].
+    #[arg(long, value_name = "SUITE")]
+    suite: Option<String>,
+    /// Archive mirror for --base debootstrap [default: deb.debian.org, or
+    /// archive.ubuntu.com on Ubuntu].
+    #[arg(long, value_name = "URL")]
+    mirror: Option<String>,
+    /// Where downloaded packages and built root file systems are cached
+    /// [default: $XDG_CACHE_HOME/ol, else /var/cache/ol].
+    #[arg(long, value_name = "DIR", env = "OL_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl BaseArgs {
+    fn source(&self) -> Result<BaseSource> {
+        if self.base != "debootstrap" {
+            if self.suite.is_some() || self.mirror.is_some() {
+                bail!("--suite and --mirror only apply to --base debootstrap");
+            }
+            return Ok(BaseSource::Host);
+        }
+        let host = Release::host();
+        Ok(BaseSource::Debootstrap(Debootstrap {
+            release: Release {
+                suite: self.suite.clone().unwrap_or(host.suite),
+                mirror: self.mirror.clone().unwrap_or(host.mirror),
+            },
+            cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        }))
+    }
+}
+
+/// Shows the steps of a long init: a spinner with the current step on a
+/// terminal, one timed line per step otherwise (logs, CI).
+struct Steps {
+    spinner: Option<ProgressBar>,
+    started: Instant,
+}
+
+impl Steps {
+    fn new() -> Self {
+        let spinner = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {wide_msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Self {
+            spinner,
+            started: Instant::now(),
+        }
+    }
+
+    fn step(&self, line: &str) {
+        match &self.spinner {
+            Some(bar) => bar.set_message(line.to_string()),
+            None => eprintln!("[{:5.1}s] {line}", self.started.elapsed().as_secs_f64()),
+        }
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.spinner {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn init(dir: &DirArg, base: &BaseArgs) -> Result<()> {
     let wd = WorkerDir::new(&dir.path);
-    let config = wd.init()?;
+    let source = base.source()?;
+    let config = {
+        let steps = Steps::new();
+        wd.init(&source, &mut |line| steps.step(line))?
+    };
     println!(
-        "initialized worker directory {} (python: {}, sandbox: {:?}, port {})",
+        "initialized worker directory {} (base: {}, python: {}, sandbox: {:?}, port {})",
         wd.root().display(),
+        config.base.name(),
         config.python,
         config.sandbox,
         config.worker_port
@@ -50,12 +151,13 @@ fn init(dir: &DirArg) -> Result<()> {
 fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
     let wd = WorkerDir::new(&dir.path);
     if !wd.is_initialized() {
-        wd.init()?;
+        wd.init(&BaseSource::Host, &mut |_| {})?;
         eprintln!("initialized worker directory {}", wd.root().display());
     }
     // Check config and a running worker here too, so `-d` fails in the
     // terminal rather than in a log file.
-    ol_worker::Config::load(&wd.config_file(), options)?;
+    let config = ol_worker::Config::load(&wd.config_file(), options)?;
+    wd.check_base(&config)?;
     if let Some(running) = wd.running() {
         bail!(
             "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",
@@ -72,19 +174,38 @@ fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
         // Leave the terminal's session so its hangup never reaches us.
         let _ = nix::unistd::setsid();
     }
-    init_logging(!detached);
-    ol_worker::run_worker(&wd, options)?;
+    let trace = init_logging(!detached, config.trace_file(wd.root()).as_deref())?;
+    let served = ol_worker::run_worker(&wd, options);
+    // The worker has stopped: every call's spans are closed.
+    if let Some(trace) = trace {
+        trace.finish()?;
+        tracing::info!(file = %trace.path().display(), "trace written");
+    }
+    served?;
     Ok(())
 }
 
-fn init_logging(ansi: bool) {
+/// Logs to stderr, filtered by `OL_LOG`; with `trace_file`, also writes
+/// the phase spans there (whatever `OL_LOG` says).
+fn init_logging(ansi: bool, trace_file: Option<&Path>) -> Result<Option<TraceWriter>> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let (trace_layer, writer) = match trace_file {
+        Some(path) => {
+            let (layer, writer) = chrome_trace(path)?;
+            (Some(layer), Some(writer))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(trace_layer)
         .try_init();
+    Ok(writer)
 }
 
 fn start_detached(wd: &WorkerDir, options: &[String]) -> Result<()> {

@@ -98,6 +98,14 @@ fn numpy_and_pandas_lambdas_return_versions_and_results() {
             .any(|k| k.starts_with(&format!("numpy=={version}/")) && k.contains("pandas==")),
         "{stats}"
     );
+    // `down` leaves nothing: no process (zygotes included), no cgroup.
+    let mut w = w;
+    let id = ol_sandbox::sock::worker_id(w.path());
+    w.down();
+    for controller in ["memory", "pids", "cpu", "freezer"] {
+        let dir = Path::new("/sys/fs/cgroup").join(controller).join(&id);
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
 }
 
 #[test]
@@ -167,6 +175,32 @@ fn same_requirement_is_installed_once_even_when_asked_at_once() {
     assert_eq!(installs(&w), 1);
     let stats = w.stats();
     assert_eq!(stats["packages"]["resolutions"], 1, "{stats}");
+}
+
+#[test]
+fn restarted_worker_reuses_its_resolutions_and_installs() {
+    require_root!();
+    let mut w = start(&[]);
+    add_lambda(
+        w.path(),
+        "six",
+        &[
+            (
+                "f.py",
+                "import six\ndef f(event):\n    return six.__version__\n",
+            ),
+            ("requirements.txt", "six\n"),
+        ],
+    );
+    let first = w.run("six", "{}");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(w.stats()["packages"]["resolutions"], 1);
+    w.restart(&[CACHE]);
+    let again = w.run("six", "{}");
+    assert_eq!((again.status, again.body), (200, first.body));
+    let stats = w.stats();
+    assert_eq!(stats["packages"]["resolutions"], 0, "{stats}");
+    assert_eq!(stats["packages"]["installs"], 0, "{stats}");
 }
 
 #[test]
@@ -317,4 +351,158 @@ fn call_each_once_10_and_100_with_multitree() {
     call_each_once("multitree", 10, false);
     call_each_once("multitree", 100, false);
     call_each_once("multitree", 10, true);
+}
+
+/// Writes a pure-Python wheel `name-version-py3-none-any.whl` providing
+/// module `module` (whose `VALUE` is `value`) into `dir`.
+fn write_wheel(dir: &Path, name: &str, version: &str, module: &str, value: &str) {
+    let script = r#"
+import base64, hashlib, sys, zipfile
+dir, name, version, module, value = sys.argv[1:]
+dist = f"{name}-{version}.dist-info"
+files = {
+    f"{module}/__init__.py": f"VALUE = {value!r}\n",
+    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: ol-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(f"{dir}/{name}-{version}-py3-none-any.whl", "w") as z:
+    for path, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+        z.writestr(path, data)
+    record.append(f"{dist}/RECORD,,")
+    z.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .args([name, version, module, value])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn local_wheel_directory_as_the_index() {
+    require_root!();
+    let wheels = tempfile::tempdir().expect("tempdir");
+    write_wheel(
+        wheels.path(),
+        "ol_local_pkg",
+        "1.2.3",
+        "ollocal",
+        "from a local wheel",
+    );
+    let w = start(&[&format!("pip_index_url={}", wheels.path().display())]);
+    add_lambda(
+        w.path(),
+        "local",
+        &[
+            (
+                "f.py",
+                "import ollocal\ndef f(event):\n    return ollocal.VALUE\n",
+            ),
+            ("requirements.txt", "ol-local-pkg==1.2.3\n"),
+        ],
+    );
+    let a = w.run("local", "{}");
+    assert_eq!((a.status, a.body.as_str()), (200, "\"from a local wheel\""));
+    let meta: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            w.path()
+                .join("packages/ol-local-pkg==1.2.3/.ol-package.json"),
+        )
+        .expect("package metadata"),
+    )
+    .expect("json");
+    // The top-level module was read from the wheel's RECORD.
+    assert_eq!(meta["top_level"], serde_json::json!(["ollocal"]));
+    // Nothing else is on that index: PyPI was not asked.
+    add_lambda(
+        w.path(),
+        "elsewhere",
+        &[
+            ("f.py", "def f(event):\n    return 1\n"),
+            ("requirements.txt", "six\n"),
+        ],
+    );
+    let a = w.run("elsewhere", "{}");
+    assert_eq!(a.status, 500, "{}", a.body);
+    assert!(a.body.contains("six"), "{}", a.body);
+}
+
+/// Pids in the worker's cgroups named `zygote-*` other than the root
+/// zygote's (the first one started).
+fn import_cache_zygote_pids(w: &TestWorker) -> Vec<u32> {
+    let parent = Path::new("/sys/fs/cgroup/pids").join(ol_sandbox::sock::worker_id(w.path()));
+    let mut zygotes: Vec<(u64, PathBuf)> = fs::read_dir(&parent)
+        .expect("worker cgroup")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("zygote-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    zygotes.sort();
+    zygotes
+        .iter()
+        .skip(1)
+        .flat_map(|(_, dir)| {
+            fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_import_cache_zygote_is_started_again() {
+    require_root!();
+    let w = start(&[]);
+    let lambda = |name: &str| {
+        add_lambda(
+            w.path(),
+            name,
+            &[
+                (
+                    "f.py",
+                    "import numpy\ndef f(event):\n    return int(numpy.ones(3).sum())\n",
+                ),
+                ("requirements.txt", "numpy\n"),
+            ],
+        );
+    };
+    lambda("np-1");
+    assert_eq!(w.run("np-1", "{}").body, "3");
+    let pids = import_cache_zygote_pids(&w);
+    assert_eq!(pids.len(), 1, "one numpy zygote process: {pids:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // Its sandbox lives on (it sits in its own cgroup and namespaces).
+    assert_eq!(w.run("np-1", "{}").body, "3");
+    // New lambdas still fork from a numpy zygote: the first may take the
+    // blank the dead one left ready; its death is then noticed and a new
+    // numpy zygote started, not the root used.
+    for name in ["np-2", "np-3"] {
+        lambda(name);
+        assert_eq!(w.run(name, "{}").body, "3");
+    }
+    let stats = w.stats();
+    assert_eq!(stats["zygote_hits"], 3, "{stats}");
+    assert_eq!(stats["zygote_misses"], 0, "{stats}");
+    let again = import_cache_zygote_pids(&w);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0], pids[0]);
 }

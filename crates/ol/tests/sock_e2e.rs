@@ -52,7 +52,10 @@ def f(event):
         "mount": attempt(lambda: libc_call("mount", b"none", b"/tmp", b"tmpfs", 0, None)),
         "ptrace": attempt(lambda: libc_call("ptrace", 16, 1, None, None)),
         "init_module": attempt(lambda: libc_call("syscall", 175, None, 0, b"")),
-        "capabilities": open("/proc/self/status").read().split("CapEff:")[1].split()[0],
+        "capabilities": {
+            field: open("/proc/self/status").read().split(field + ":")[1].split()[0]
+            for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+        },
     }
 "#;
 
@@ -128,7 +131,10 @@ fn check_isolation(overrides: &[&str]) {
     assert_eq!(j["mount"], "EPERM");
     assert_eq!(j["ptrace"], "EPERM");
     assert_eq!(j["init_module"], "EPERM");
-    assert_eq!(j["capabilities"], "0000000000000000");
+    // No capability in any set, the bounding set included.
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(j["capabilities"][set], "0000000000000000", "{set}");
+    }
     // The lambda's /host is the worker's scratch dir for it.
     let scratch = w.path().join("worker/scratch");
     let wrote: Vec<PathBuf> = fs::read_dir(&scratch)

@@ -231,6 +231,9 @@ pub enum SandboxError {
     /// No usable Python interpreter.
     #[error("{0}")]
     Python(String),
+    /// The base root file system is not what it should be.
+    #[error("{0}")]
+    Base(String),
     /// A cgroup operation failed.
     #[error("cgroup: {0}")]
     Cgroup(String),

@@ -50,24 +50,52 @@ pub struct Python {
     pub prefix: PathBuf,
 }
 
+/// What the interpreter is asked: its real binary, version and prefix.
+const PROBE: &str = "import sys; sys.stdout.write('\\n'.join([sys.executable, '%d.%d' % sys.version_info[:2], sys.base_prefix]))";
+
 /// Runs `candidate` (a name on PATH or a path, possibly a shim) once and
 /// asks it for the real interpreter behind it.
 pub fn resolve_python(candidate: &str) -> Result<Python, SandboxError> {
-    let probe = "import sys; sys.stdout.write('\\n'.join([sys.executable, '%d.%d' % sys.version_info[:2], sys.base_prefix]))";
-    let out = Command::new(candidate)
-        .args(["-I", "-S", "-c", probe])
-        .output()
-        .map_err(|e| {
-            SandboxError::Python(format!(
-                "cannot run Python interpreter `{candidate}`: {e}; set \"python\" in config.json to a Python {}.{}+ interpreter",
-                MIN_PYTHON.0, MIN_PYTHON.1
-            ))
-        })?;
+    let mut cmd = Command::new(candidate);
+    cmd.args(["-I", "-S", "-c", PROBE]);
+    probe(candidate, cmd, "")
+}
+
+/// Like [`resolve_python`], for the interpreter `candidate` of the root
+/// file system `root` (a self-contained base), run in a chroot of it so
+/// its paths and version are the ones a sandbox over `root` sees.
+pub fn resolve_python_in(root: &Path, candidate: &str) -> Result<Python, SandboxError> {
+    // coreutils' chroot, where Debian keeps it even when sbin is not on PATH.
+    let chroot = ["/usr/sbin/chroot", "/sbin/chroot"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or("chroot");
+    let mut cmd = Command::new(chroot);
+    cmd.arg(root)
+        .arg(candidate)
+        .args(["-I", "-S", "-c", PROBE])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C.UTF-8");
+    probe(candidate, cmd, &format!(" in {}", root.display()))
+}
+
+/// Runs `cmd` (an interpreter with [`PROBE`]) and reads its answer; `place`
+/// says where `candidate` was looked for.
+fn probe(candidate: &str, mut cmd: Command, place: &str) -> Result<Python, SandboxError> {
+    let out = cmd.output().map_err(|e| {
+        SandboxError::Python(format!(
+            "cannot run Python interpreter `{candidate}`{place}: {e}; set \"python\" in config.json to a Python {}.{}+ interpreter",
+            MIN_PYTHON.0, MIN_PYTHON.1
+        ))
+    })?;
     if !out.status.success() {
         return Err(SandboxError::Python(format!(
-            "`{candidate}` failed ({}): {}",
+            "`{candidate}`{place} failed ({}): {}; set \"python\" in config.json to a Python {}.{}+ interpreter",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim(),
+            MIN_PYTHON.0,
+            MIN_PYTHON.1
         )));
     }
     parse_probe(candidate, &String::from_utf8_lossy(&out.stdout))

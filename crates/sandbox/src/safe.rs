@@ -78,11 +78,11 @@ impl SafeSandbox {
             write_buf: Vec::with_capacity(4096),
             read_buf: bytes::BytesMut::with_capacity(16 * 1024),
         };
-        let first = tokio::time::timeout(
+        let ready = tokio::time::timeout(
             ready_timeout,
             protocol::read_frame(&mut sb.conn, &mut sb.read_buf),
-        )
-        .await;
+        );
+        let first = ol_obs::Phase::SandboxReady.time(ready).await;
         let err = match first {
             Ok(Ok((meta, _))) if meta.kind.as_deref() == Some("ready") => return Ok(sb),
             Ok(Ok((meta, _))) if meta.kind.as_deref() == Some("load_error") => {

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ol_sandbox::Limits;
+use ol_sandbox::sock::rootfs::BaseKind;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -111,8 +112,12 @@ pub struct Trace {
     pub evictor: bool,
     /// Log package installs.
     pub package: bool,
-    /// Log per-call latency.
+    /// Log the latency of every phase of every call.
     pub latency: bool,
+    /// Write a Chrome trace-event file (Perfetto, chrome://tracing) of the
+    /// phases of every call here; "" writes none; a relative path is
+    /// taken from the worker directory (ours, not OpenLambda's).
+    pub file: String,
 }
 
 /// Every worker setting. Missing keys take their defaults; unknown keys
@@ -156,8 +161,14 @@ pub struct Config {
     /// Tracing switches.
     pub trace: Trace,
     /// Python interpreter for the runtime: a name on PATH or a path; `init`
-    /// writes the real binary behind it (ours, not OpenLambda's).
+    /// writes the real binary behind it (ours, not OpenLambda's). With a
+    /// self-contained base, a path inside the base.
     pub python: String,
+    /// What `DIR/base` is made of: "host" (sandboxes bind the host's system
+    /// and Python) or "debootstrap" (a self-contained Debian root file
+    /// system with its own Python); set by `ol worker init --base` and
+    /// checked against the base's marker at start (ours).
+    pub base: BaseKind,
 }
 
 impl Default for Config {
@@ -184,6 +195,7 @@ impl Default for Config {
             package_cache_dir: String::new(),
             trace: Trace::default(),
             python: "python3".into(),
+            base: BaseKind::Host,
         }
     }
 }
@@ -313,7 +325,18 @@ impl Config {
         if self.python.is_empty() {
             return bad("python", "must name a Python interpreter");
         }
+        if self.base.is_self_contained() && self.sandbox == SandboxKind::Process {
+            return bad(
+                "base",
+                "a debootstrap base needs sandbox \"sock\" (process sandboxes run the host's Python); use -o sandbox=sock as root",
+            );
+        }
         Ok(())
+    }
+
+    /// The Chrome trace file to write (`trace.file`), if any.
+    pub fn trace_file(&self, worker_dir: &Path) -> Option<PathBuf> {
+        (!self.trace.file.is_empty()).then(|| worker_dir.join(&self.trace.file))
     }
 
     /// Whether `registry` is an HTTP registry URL.
@@ -400,6 +423,19 @@ mod tests {
         assert!(!c.features.reuse_cgroups);
         assert_eq!(c.pause_after_idle_ms, 500);
         assert!(c.mem_pool_mb >= 512);
+        assert_eq!(c.base, BaseKind::Host);
+    }
+
+    #[test]
+    fn base_is_host_or_debootstrap_and_needs_sock_when_self_contained() {
+        let c =
+            Config::from_value(json!({"base": "debootstrap", "sandbox": "sock"})).expect("parse");
+        assert_eq!(c.base, BaseKind::Debootstrap);
+        let err = Config::from_value(json!({"base": "docker"})).expect_err("variant");
+        assert!(err.to_string().starts_with("config key `base`"), "{err}");
+        let err = Config::from_value(json!({"base": "debootstrap", "sandbox": "process"}))
+            .expect_err("process");
+        assert!(err.to_string().contains("sandbox"), "{err}");
     }
 
     #[test]
@@ -508,5 +544,31 @@ mod tests {
         assert_eq!(c.registry_dir(wd), PathBuf::from("/srv/reg"));
         c.registry = "reg2".into();
         assert_eq!(c.registry_dir(wd), PathBuf::from("/w/reg2"));
+    }
+
+    #[test]
+    fn trace_takes_openlambda_switches_and_a_file() {
+        let c = Config::from_value(json!({
+            "trace": {"cgroups": true, "memory": false, "evictor": true, "package": true, "latency": true}
+        }))
+        .expect("OpenLambda's trace block");
+        assert!(c.trace.latency && c.trace.cgroups);
+        assert_eq!(c.trace_file(Path::new("/w")), None);
+        let mut v = defaults_value();
+        apply_override(&mut v, "trace.file=traces/t.json").expect("override");
+        let c = Config::from_value(v).expect("config");
+        assert_eq!(
+            c.trace_file(Path::new("/w")),
+            Some(PathBuf::from("/w/traces/t.json"))
+        );
+        let mut v = defaults_value();
+        apply_override(&mut v, "trace.file=/abs/t.json").expect("override");
+        let c = Config::from_value(v).expect("config");
+        assert_eq!(
+            c.trace_file(Path::new("/w")),
+            Some(PathBuf::from("/abs/t.json"))
+        );
+        let err = Config::from_value(json!({"trace": {"flie": "x"}})).expect_err("typo");
+        assert!(err.to_string().contains("trace"), "{err}");
     }
 }

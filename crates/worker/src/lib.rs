@@ -3,15 +3,17 @@
 
 pub mod config;
 pub mod lifecycle;
+pub mod metrics;
 pub mod registry_api;
 pub mod server;
+pub mod trace_file;
 pub mod workdir;
 
 use std::path::PathBuf;
 
 pub use config::Config;
 pub use lifecycle::{StopOutcome, force_cleanup, run_worker, stop_worker};
-pub use workdir::{Running, WorkerDir};
+pub use workdir::{BaseSource, Running, WorkerDir};
 
 /// Errors of the event layer; each says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,9 @@ pub enum WorkerError {
     /// The sandbox layer failed to start or clean up.
     #[error(transparent)]
     Sandbox(#[from] ol_sandbox::SandboxError),
+    /// A debootstrap base could not be built.
+    #[error(transparent)]
+    Base(#[from] ol_sandbox::sock::debootstrap::BaseError),
     /// The port cannot be bound.
     #[error("cannot listen on {addr}: {source}{hint}")]
     Bind {

@@ -16,7 +16,7 @@ use ol_registry::{DirRegistry, HttpRegistry, Registry, cache_dir_for};
 use ol_sandbox::Limits;
 use ol_sandbox::SandboxPool;
 use ol_sandbox::process::{ProcessPool, RuntimeCommand, process_start_time};
-use ol_sandbox::runtime::{Python, install_runtime, resolve_python};
+use ol_sandbox::runtime::{Python, install_runtime};
 use ol_sandbox::sock::rootfs::build_base;
 use ol_sandbox::sock::{SockConfig, SockPool, worker_id};
 use tokio::net::TcpListener;
@@ -24,6 +24,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::WorkerError;
 use crate::config::{Config, ImportCache, SandboxKind};
+use crate::metrics::WorkerMetrics;
 use crate::server::{self, AppState, HttpCounters};
 use crate::workdir::WorkerDir;
 
@@ -33,6 +34,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Runs a worker in the foreground until SIGTERM or SIGINT. Blocks.
 pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerError> {
     let config = Config::load(&dir.config_file(), overrides)?;
+    ol_obs::phase::set_log_latency(config.trace.latency);
     if let Some(running) = dir.running() {
         return Err(WorkerError::Usage(format!(
             "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",
@@ -49,7 +51,8 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
             "cleaned up sandboxes an earlier worker left behind"
         );
     }
-    let python = resolve_python(&config.python)?;
+    dir.check_base(&config)?;
+    let python = config.base.resolve_python(&dir.base(), &config.python)?;
     let pool = make_pool(dir, &config, &python)?;
     let packages = package_layer(dir, &config, &python, &pool)?;
     let threads = std::env::var("OL_WORKER_THREADS")
@@ -101,10 +104,12 @@ fn make_pool(
             )?))
         }
         SandboxKind::Sock => {
-            build_base(&dir.base(), &python.prefix).map_err(|source| WorkerError::Io {
-                what: "cannot build the base root file system in",
-                path: dir.base(),
-                source,
+            build_base(&dir.base(), config.base, &python.prefix).map_err(|source| {
+                WorkerError::Io {
+                    what: "cannot build the base root file system in",
+                    path: dir.base(),
+                    source,
+                }
             })?;
             let init_exe = std::env::current_exe().map_err(|source| WorkerError::Io {
                 what: "cannot find the ol binary for",
@@ -114,6 +119,7 @@ fn make_pool(
             Ok(Arc::new(SockPool::new(SockConfig {
                 worker_id: worker_id(dir.root()),
                 base: dir.base(),
+                base_kind: config.base,
                 packages: dir.packages(),
                 runtime_dir: dir.runtime(),
                 scratch_root: dir.scratch(),
@@ -124,6 +130,7 @@ fn make_pool(
                 zygote: config.features.import_cache != ImportCache::Off,
                 downsize_paused_mem: config.features.downsize_paused_mem,
                 reuse_cgroups: config.features.reuse_cgroups,
+                blank_limits: config.limits.clone(),
             })?))
         }
     }
@@ -156,10 +163,17 @@ fn package_layer(
         Arc::clone(pool),
         PackageSettings {
             packages_dir: dir.packages(),
-            cache_dir,
-            tools_dir: dir.root().join("tools"),
+            cache_dir: cache_dir.clone(),
+            // In the cache: workers sharing one install uv once.
+            tools_dir: cache_dir.join("tools"),
             python: python.executable.clone(),
             python_prefix: python.prefix.clone(),
+            // Where the installer sandbox's system (and so uv or pip) is.
+            system_root: if config.base.is_self_contained() {
+                dir.base()
+            } else {
+                PathBuf::from("/")
+            },
             index_url: (!config.pip_index_url.is_empty()).then(|| config.pip_index_url.clone()),
             limits: Limits {
                 mem_mb: config.installer_limits.mem_mb,
@@ -233,6 +247,7 @@ async fn serve_until_signal(
         max_body_bytes: usize::try_from(config.limits.max_body_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),
         counters: HttpCounters::default(),
+        metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
     });
     let mut term = signal(SignalKind::terminate()).map_err(signal_err(dir))?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;

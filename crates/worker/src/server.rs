@@ -16,11 +16,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use ol_lambda::{InvokeError, LambdaManager};
+use ol_obs::Phase;
 use ol_registry::DirRegistry;
 use ol_sandbox::{Invocation, Reply};
 use serde_json::json;
 use std::path::PathBuf;
 use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::metrics::WorkerMetrics;
 
 /// Counters the HTTP layer keeps.
 #[derive(Debug, Default)]
@@ -46,6 +50,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Counters.
     pub counters: HttpCounters,
+    /// Latency and per-lambda metrics (`/metrics`, part of `/stats`).
+    pub metrics: WorkerMetrics,
 }
 
 pub(crate) type Body = Full<Bytes>;
@@ -121,7 +127,8 @@ async fn handle(
         match (req.method(), path) {
             (&Method::GET, "/status") => text(StatusCode::OK, "ready"),
             (&Method::GET, "/stats") => stats(&state),
-            (_, "/status" | "/stats") => {
+            (&Method::GET, "/metrics") => metrics(&state),
+            (_, "/status" | "/stats" | "/metrics") => {
                 error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET", None, None)
             }
             _ => error_response(
@@ -137,12 +144,36 @@ async fn handle(
 
 /// `/run/<name>[/<path>]`: `rest` is what follows `/run/`.
 async fn run(state: &AppState, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let arrived = std::time::Instant::now();
     state.counters.invocations.fetch_add(1, Ordering::Relaxed);
     let (name, sub_path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let response = match read_invocation(req, sub_path, state.max_body_bytes).await {
+    let span = Phase::Request.span();
+    span.record("lambda", name);
+    let response = answer(state, req, name, sub_path).instrument(span).await;
+    let status = response.status().as_u16();
+    let took = arrived.elapsed();
+    Phase::Request.record(took);
+    state.metrics.record_request(name, status, took);
+    let class = status / 100;
+    if class == 4 {
+        state.counters.errors_4xx.fetch_add(1, Ordering::Relaxed);
+    } else if class == 5 {
+        state.counters.errors_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+/// The response to a call of lambda `name`.
+async fn answer(
+    state: &AppState,
+    req: Request<Incoming>,
+    name: &str,
+    sub_path: &str,
+) -> Response<Body> {
+    match read_invocation(req, sub_path, state.max_body_bytes).await {
         Ok(inv) => match state.lambdas.invoke(name, inv).await {
             Ok(reply) => reply_response(reply),
             Err(e) => {
@@ -153,14 +184,7 @@ async fn run(state: &AppState, req: Request<Incoming>, rest: &str) -> Response<B
             }
         },
         Err(resp) => resp,
-    };
-    let class = response.status().as_u16() / 100;
-    if class == 4 {
-        state.counters.errors_4xx.fetch_add(1, Ordering::Relaxed);
-    } else if class == 5 {
-        state.counters.errors_5xx.fetch_add(1, Ordering::Relaxed);
     }
-    response
 }
 
 fn log_invoke_error(name: &str, status: StatusCode, e: &InvokeError) {
@@ -308,7 +332,7 @@ pub(crate) fn error_response(
 fn stats(state: &AppState) -> Response<Body> {
     let c = &state.counters;
     let lambdas = state.lambdas.stats();
-    let body = json!({
+    let mut body = json!({
         "invocations": c.invocations.load(Ordering::Relaxed),
         "errors_4xx": c.errors_4xx.load(Ordering::Relaxed),
         "errors_5xx": c.errors_5xx.load(Ordering::Relaxed),
@@ -321,10 +345,38 @@ fn stats(state: &AppState) -> Response<Body> {
         "mem_pool_used_mb": lambdas.mem_pool_used_mb,
         "mem_pool_total_mb": lambdas.mem_pool_total_mb,
         "packages": lambdas.packages,
-        "zygote_hits": lambdas.zygote_hits,
-        "zygote_misses": lambdas.zygote_misses,
         "forked_from": lambdas.forked_from,
         "zygotes": lambdas.zygotes,
+        "lambda_count": lambdas.lambdas.len(),
+        "sandboxes_by_state": {
+            "busy": lambdas.sandboxes_busy,
+            "idle": lambdas.sandboxes_idle,
+            "paused": lambdas.sandboxes_paused,
+        },
     });
+    if let Some(map) = body.as_object_mut() {
+        state.metrics.stats_into(map);
+    }
     json_response(StatusCode::OK, &body)
+}
+
+fn metrics(state: &AppState) -> Response<Body> {
+    match state.metrics.encode() {
+        Ok(text) => {
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics",
+            None,
+            None,
+        ),
+    }
 }

@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ol_sandbox::process::{pid_record, process_start_time, read_pid_record};
-use ol_sandbox::runtime::resolve_python;
-use ol_sandbox::sock::rootfs::build_base;
+use ol_sandbox::sock::debootstrap::{self, Debootstrap};
+use ol_sandbox::sock::rootfs::{BaseKind, build_base};
 
 use crate::WorkerError;
 use crate::config::Config;
@@ -30,6 +30,25 @@ const EXAMPLES: &[(&str, &str, &str)] = &[
         include_str!("../../../examples/lambdas/echo/f.py"),
     ),
 ];
+
+/// How `init` makes the base root file system.
+#[derive(Debug, Clone)]
+pub enum BaseSource {
+    /// Mount points for the host's system (no download).
+    Host,
+    /// A Debian root file system made by debootstrap (cached).
+    Debootstrap(Debootstrap),
+}
+
+impl BaseSource {
+    /// The kind of base it makes.
+    pub fn kind(&self) -> BaseKind {
+        match self {
+            Self::Host => BaseKind::Host,
+            Self::Debootstrap(_) => BaseKind::Debootstrap,
+        }
+    }
+}
 
 /// Paths inside a worker directory.
 #[derive(Debug, Clone)]
@@ -107,10 +126,15 @@ impl WorkerDir {
         self.config_file().is_file()
     }
 
-    /// `ol worker init`: creates the layout, writes config.json with every
-    /// default, and puts the example lambdas in the registry. Refuses a
-    /// directory that already has a config.
-    pub fn init(&self) -> Result<Config, WorkerError> {
+    /// `ol worker init`: creates the layout, builds the base from `base`
+    /// (`progress` gets a line per step of a long build), writes
+    /// config.json with every default, and puts the example lambdas in the
+    /// registry. Refuses a directory that already has a config.
+    pub fn init(
+        &self,
+        base: &BaseSource,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Config, WorkerError> {
         if self.is_initialized() {
             return Err(WorkerError::Usage(format!(
                 "{} is already a worker directory (config.json exists); use another -p DIR or delete it first",
@@ -129,18 +153,31 @@ impl WorkerDir {
         }
         let mut config = Config {
             registry: self.registry().display().to_string(),
+            base: base.kind(),
             ..Config::default()
         };
+        if let BaseSource::Debootstrap(debootstrap) = base {
+            debootstrap.build(&self.base(), progress)?;
+            config.python = debootstrap::PYTHON.into();
+            config.sandbox = crate::config::SandboxKind::Sock;
+        }
         // Record the real interpreter once so no worker start pays for the
-        // pyenv shim (~45 ms per run, FLOORS.md), and build the sandboxes'
-        // root from the host (no download).
-        if let Ok(py) = resolve_python(&config.python) {
-            config.python = py.executable.display().to_string();
-            build_base(&self.base(), &py.prefix).map_err(|source| WorkerError::Io {
-                what: "cannot build the base root file system in",
-                path: self.base(),
-                source,
-            })?;
+        // pyenv shim (~45 ms per run, FLOORS.md), and finish the sandboxes'
+        // root. A host base tolerates a missing Python until `up`; a
+        // self-contained one brings its own, so it must be there.
+        match config.base.resolve_python(&self.base(), &config.python) {
+            Ok(py) => {
+                config.python = py.executable.display().to_string();
+                build_base(&self.base(), config.base, &py.prefix).map_err(|source| {
+                    WorkerError::Io {
+                        what: "cannot build the base root file system in",
+                        path: self.base(),
+                        source,
+                    }
+                })?;
+            }
+            Err(e) if config.base.is_self_contained() => return Err(e.into()),
+            Err(_) => {}
         }
         for (lambda, file, source) in EXAMPLES {
             let dir = self.registry().join(lambda);
@@ -152,6 +189,24 @@ impl WorkerDir {
         text.push('\n');
         write_file(&self.config_file(), &text)?;
         Ok(config)
+    }
+
+    /// Fails unless the base is of the kind `config` says (its marker and
+    /// config.json `base` agree).
+    pub fn check_base(&self, config: &Config) -> Result<(), WorkerError> {
+        let found = BaseKind::detect(&self.base())?;
+        if found == config.base {
+            return Ok(());
+        }
+        Err(WorkerError::Usage(format!(
+            "{} is a {} base but config.json says \"base\": \"{}\"; set \"base\" to \"{}\" in {} or make a new worker directory with `ol worker init --base {}`",
+            self.base().display(),
+            found.name(),
+            config.base.name(),
+            found.name(),
+            self.config_file().display(),
+            config.base.name()
+        )))
     }
 
     /// The worker running in this directory, if its pid file names a live
@@ -214,7 +269,7 @@ mod tests {
     fn init_makes_layout_config_and_examples_once() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let wd = WorkerDir::new(&tmp.path().join("ol"));
-        let config = wd.init().expect("init");
+        let config = wd.init(&BaseSource::Host, &mut |_| {}).expect("init");
         for sub in ["registry", "base", "packages", "worker", "logs"] {
             assert!(wd.root().join(sub).is_dir(), "{sub}");
         }
@@ -226,7 +281,21 @@ mod tests {
         let loaded = Config::load(&wd.config_file(), &[]).expect("load");
         assert_eq!(loaded, config);
         assert_eq!(config.registry_dir(wd.root()), wd.registry());
-        let again = wd.init().expect_err("second init");
+        assert_eq!(config.base, BaseKind::Host);
+        wd.check_base(&config).expect("host base, host config");
+        let other = Config {
+            base: BaseKind::Debootstrap,
+            ..config.clone()
+        };
+        let err = wd.check_base(&other).expect_err("mismatch");
+        assert!(
+            err.to_string()
+                .contains("is a host base but config.json says \"base\": \"debootstrap\""),
+            "{err}"
+        );
+        let again = wd
+            .init(&BaseSource::Host, &mut |_| {})
+            .expect_err("second init");
         assert!(
             again.to_string().contains("already a worker directory"),
             "{again}"

@@ -51,11 +51,42 @@ impl TestWorker {
     /// Inits a worker dir, adds `lambdas` (name → [(file, source)]) to its
     /// registry and starts it detached on a free port with `overrides`.
     pub fn start(lambdas: &[(&str, &[(&str, &str)])], overrides: &[&str]) -> Self {
+        Self::start_full(&[], lambdas, overrides, &[])
+    }
+
+    /// Like [`Self::start`], with extra arguments to `ol worker up`.
+    pub fn start_with(
+        lambdas: &[(&str, &[(&str, &str)])],
+        overrides: &[&str],
+        up_args: &[&str],
+    ) -> Self {
+        Self::start_full(&[], lambdas, overrides, up_args)
+    }
+
+    /// Like [`Self::start`], with extra `ol worker init` arguments.
+    pub fn start_init(
+        init_args: &[&str],
+        lambdas: &[(&str, &[(&str, &str)])],
+        overrides: &[&str],
+    ) -> Self {
+        Self::start_full(init_args, lambdas, overrides, &[])
+    }
+
+    /// Inits (with `init_args`), adds `lambdas`, starts with `overrides`
+    /// and `up_args`.
+    pub fn start_full(
+        init_args: &[&str],
+        lambdas: &[(&str, &[(&str, &str)])],
+        overrides: &[&str],
+        up_args: &[&str],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ol-e2e-")
             .tempdir()
             .expect("tempdir");
-        let out = ol(dir.path(), &["worker", "init"]);
+        let mut args = vec!["worker", "init"];
+        args.extend(init_args);
+        let out = ol(dir.path(), &args);
         assert!(out.status.success(), "init: {}", stderr(&out));
         for (name, files) in lambdas {
             add_lambda(dir.path(), name, files);
@@ -64,6 +95,7 @@ impl TestWorker {
         for o in overrides {
             args.extend(["-o", o]);
         }
+        args.extend(up_args);
         let out = ol(dir.path(), &args);
         assert!(
             out.status.success(),
@@ -108,6 +140,14 @@ impl TestWorker {
         a.json()
     }
 
+    /// `GET /metrics`, parsed by a Prometheus text parser.
+    pub fn metrics(&self) -> prometheus_parse::Scrape {
+        let a = self.call("GET", "/metrics", "");
+        assert_eq!(a.status, 200, "{}", a.body);
+        prometheus_parse::Scrape::parse(a.body.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("/metrics does not parse ({e}):\n{}", a.body))
+    }
+
     /// Pids of the live sandboxes of `lambda`.
     pub fn sandbox_pids(&self, lambda: &str) -> Vec<u32> {
         self.stats()["sandboxes"]
@@ -128,6 +168,24 @@ impl TestWorker {
             .expect("pid")
             .parse()
             .expect("pid number")
+    }
+
+    /// Stops the worker and starts it again in the same dir (on a new
+    /// free port) with `overrides`.
+    pub fn restart(&mut self, overrides: &[&str]) {
+        self.down();
+        let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
+        for o in overrides {
+            args.extend(["-o", o]);
+        }
+        let out = ol(self.path(), &args);
+        assert!(out.status.success(), "up: {}", stderr(&out));
+        self.stopped = false;
+        self.port = fs::read_to_string(self.path().join("worker/worker.port"))
+            .expect("port file")
+            .trim()
+            .parse()
+            .expect("port");
     }
 
     /// `ol worker down`, then asserts nothing of the worker is left.

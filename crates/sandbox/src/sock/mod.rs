@@ -14,6 +14,7 @@
 
 pub mod cgroup;
 mod cgroup_pool;
+pub mod debootstrap;
 pub mod init;
 pub mod rootfs;
 pub mod seccomp;
@@ -31,11 +32,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use ol_obs::{Phase, counters};
 
 use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
 use self::cgroup_pool::CgroupPool;
 use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
-use self::rootfs::{CommandSources, MountPlan, RootSources, SANDBOX_UID, inside};
+use self::rootfs::{BaseKind, CommandSources, MountPlan, RootSources, SANDBOX_UID, inside};
 use self::zygote::{Assignment, Blank, ChildZygote, ForkedSandbox, Zygote};
 use crate::process::{
     RUNTIME_FD, cleanup_scratch, describe_exit, finish_command, pid_record, spawn_with_runtime_fd,
@@ -52,6 +54,9 @@ pub struct SockConfig {
     pub worker_id: String,
     /// The base root file system (`DIR/base`).
     pub base: PathBuf,
+    /// What the base is made of: a host base gets the host's system
+    /// directories and Python bound in, a self-contained one does not.
+    pub base_kind: BaseKind,
     /// Installed packages (`DIR/packages`).
     pub packages: PathBuf,
     /// Directory holding `ol_runtime.py`.
@@ -60,7 +65,8 @@ pub struct SockConfig {
     pub scratch_root: PathBuf,
     /// The real Python interpreter.
     pub python: PathBuf,
-    /// Its installation prefix, bound read-only into sandboxes.
+    /// Its installation prefix, bound read-only into sandboxes over a host
+    /// base.
     pub python_prefix: PathBuf,
     /// The `ol` binary, run as the sandbox init.
     pub init_exe: PathBuf,
@@ -72,6 +78,9 @@ pub struct SockConfig {
     pub downsize_paused_mem: bool,
     /// Keep dead sandboxes' cgroups for new ones (`features.reuse_cgroups`).
     pub reuse_cgroups: bool,
+    /// The limits blanks are made with: the worker's default lambda
+    /// limits, so most assignments need no cgroup write.
+    pub blank_limits: Limits,
 }
 
 /// The worker id of the worker directory `dir`: stable across restarts, so
@@ -272,7 +281,7 @@ impl PoolInner {
                 }
                 continue;
             };
-            match self.prefork(&zygote) {
+            match self.prefork(&zygote, true) {
                 Ok(blank) => {
                     // The zygote may have been evicted meanwhile.
                     if self
@@ -296,7 +305,7 @@ impl PoolInner {
     }
 
     /// Forks one blank sandbox into a reused or new cgroup.
-    fn prefork(&self, zygote: &Zygote) -> Result<Blank, SandboxError> {
+    fn prefork(&self, zygote: &Zygote, warm: bool) -> Result<Blank, SandboxError> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("sb-{n}");
         let (cgroup, oom_baseline) = match self.cgroups.take() {
@@ -307,14 +316,20 @@ impl PoolInner {
                 (cgroup, 0)
             }
         };
+        let limits = cgroup_limits(&self.cfg.blank_limits);
         let made = cgroup
-            .set_limits(&cgroup_limits(&Limits::default()))
+            .set_limits(&limits)
             .map_err(cgroup_err)
-            .and_then(|()| zygote.prefork(&id, cgroup.clone()));
+            .and_then(|()| zygote.prefork(&id, cgroup.clone(), warm));
         match made {
             Ok(mut blank) => {
                 blank.oom_baseline = oom_baseline;
                 blank.recycle = self.cgroups.enabled().then(|| Arc::clone(&self.cgroups));
+                blank.limits = Some(limits);
+                // Its scratch dir, ready to be renamed after its sandbox.
+                blank.scratch = Scratch::create(&self.cfg.scratch_root, &id)
+                    .and_then(|s| s.log_files().map(|(out, err)| (s.dir, out, err)))
+                    .ok();
                 Ok(blank)
             }
             Err(e) => {
@@ -326,14 +341,21 @@ impl PoolInner {
 
     /// A ready blank of zygote `key`, or a new one forked now.
     fn take_blank(&self, key: &str, zygote: &Zygote) -> Result<Blank, SandboxError> {
+        let _phase = Phase::SockBlank.enter();
         let taken = self
             .lock_blanks()
             .get_mut(key)
             .and_then(VecDeque::pop_front);
         self.wake.notify_all();
         match taken {
-            Some(blank) => Ok(blank),
-            None => self.prefork(zygote),
+            Some(blank) => {
+                counters::BLANK_HITS.inc();
+                Ok(blank)
+            }
+            None => {
+                counters::BLANK_MISSES.inc();
+                self.prefork(zygote, false)
+            }
         }
     }
 
@@ -352,7 +374,7 @@ impl PoolInner {
         let id = format!("{}-{n}", spec.lambda);
         // A blank can fail (its zygote died, it was killed): one more try.
         for _ in 0..2 {
-            let Some((key, zygote)) = self.zygote(&spec.zygote) else {
+            let Some((key, zygote)) = Phase::ZygoteLookup.run(|| self.zygote(&spec.zygote)) else {
                 break;
             };
             match self.take_blank(&key, &zygote) {
@@ -367,6 +389,8 @@ impl PoolInner {
             }
         }
         let cgroup = self.cgroup(&id);
+        let _phase = Phase::SockSpawn.enter();
+        counters::FRESH_STARTS.inc();
         self.spawn(&Program::Lambda(spec), &id, &cgroup, &spec.limits)
             .map(|(sandbox, conn)| NewSandbox {
                 sandbox: Box::new(sandbox),
@@ -387,19 +411,45 @@ impl PoolInner {
         id: &str,
         zygote: &Arc<Zygote>,
     ) -> Result<NewSandbox, SandboxError> {
-        let scratch = match Scratch::create(&self.cfg.scratch_root, id) {
-            Ok(s) => s,
-            Err(e) => {
-                blank.discard();
-                return Err(e);
+        let mut blank = blank;
+        let made_ahead = blank.scratch.take().and_then(|(dir, out, err)| {
+            let named = self.cfg.scratch_root.join(id);
+            match fs::rename(&dir, &named) {
+                Ok(()) => Some((Scratch { dir: named }, out, err)),
+                Err(_) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    None
+                }
             }
+        });
+        let (scratch, logs) = match made_ahead {
+            Some((scratch, out, err)) => (scratch, Some((out, err))),
+            None => match Scratch::create(&self.cfg.scratch_root, id) {
+                Ok(s) => (s, None),
+                Err(e) => {
+                    blank.discard();
+                    return Err(e);
+                }
+            },
         };
-        let handed = blank
-            .cgroup
-            .set_limits(&cgroup_limits(&spec.limits))
-            .map_err(cgroup_err)
-            .and_then(|()| scratch.log_files())
+        let limits = cgroup_limits(&spec.limits);
+        // Blanks have the worker's limits already: most lambdas need no write.
+        let set_limits = Phase::SockCgroup
+            .run(|| {
+                if blank.limits.as_ref() == Some(&limits) {
+                    Ok(())
+                } else {
+                    blank.cgroup.set_limits(&limits)
+                }
+            })
+            .map_err(cgroup_err);
+        let handed = set_limits
+            .and_then(|()| match logs {
+                Some(logs) => Ok(logs),
+                None => scratch.log_files(),
+            })
             .and_then(|(stdout, stderr)| {
+                let _phase = Phase::SockAssign.enter();
                 let mut env = base_env();
                 env.extend(spec.env.iter().cloned());
                 zygote::assign(
@@ -426,6 +476,7 @@ impl PoolInner {
             exit,
             oom_baseline,
             recycle,
+            ..
         } = blank;
         Ok(NewSandbox {
             sandbox: Box::new(ForkedSandbox {
@@ -463,6 +514,7 @@ impl PoolInner {
         };
         let plan = MountPlan::for_lambda(&RootSources {
             base: &self.cfg.base,
+            base_kind: self.cfg.base_kind,
             python_prefix: &self.cfg.python_prefix,
             code,
             scratch: host_dir,
@@ -507,6 +559,27 @@ impl PoolInner {
         };
         let mut env = base_env();
         env.extend(extra_env);
+        let cwd = match what {
+            Program::Lambda(_) => inside::HANDLER,
+            Program::Zygote => "/",
+        };
+        InitSpec {
+            zygote: matches!(what, Program::Zygote),
+            ..self.sandbox_init(cgroup, plan, argv, env, cwd)
+        }
+    }
+
+    /// What every sandbox init gets: `cgroup`, `plan`, the sandbox user,
+    /// the seccomp filter (when on), the program; no zygote privileges
+    /// and no host network unless the caller says otherwise.
+    fn sandbox_init(
+        &self,
+        cgroup: &Cgroup,
+        plan: MountPlan,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: &str,
+    ) -> InitSpec {
         InitSpec {
             cgroup_procs: cgroup.procs_files(),
             plan,
@@ -519,11 +592,8 @@ impl PoolInner {
                 .then(|| self.cfg.runtime_dir.join(SECCOMP_FILE)),
             argv,
             env,
-            cwd: match what {
-                Program::Lambda(_) => inside::HANDLER.into(),
-                Program::Zygote => "/".into(),
-            },
-            zygote: matches!(what, Program::Zygote),
+            cwd: cwd.into(),
+            zygote: false,
             share_network: false,
         }
     }
@@ -539,10 +609,13 @@ impl PoolInner {
         let scratch = Scratch::create(&self.cfg.scratch_root, id)?;
         let (ours, theirs) =
             UnixStream::pair().map_err(io_err("cannot create socket pair for", &scratch.dir))?;
+        // A lambda's cold start, not the zygote's own start.
+        let cgroup_phase = matches!(what, Program::Lambda(_)).then(|| Phase::SockCgroup.enter());
         cgroup.create().map_err(cgroup_err)?;
         cgroup
             .set_limits(&cgroup_limits(limits))
             .map_err(cgroup_err)?;
+        drop(cgroup_phase);
         let init = self.init_spec(what, cgroup, &scratch.host_dir());
         let init_json = serde_json::to_string(&init)
             .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
@@ -757,26 +830,15 @@ impl PoolInner {
             .map_err(cgroup_err)?;
         let plan = MountPlan::for_command(&CommandSources {
             base: &self.cfg.base,
+            base_kind: self.cfg.base_kind,
             python_prefix: &self.cfg.python_prefix,
             writable: &cmd.writable,
             readable: &cmd.readable,
             host_dns: cmd.network,
         });
         let init = InitSpec {
-            cgroup_procs: cgroup.procs_files(),
-            plan,
-            hostname: "ol-sandbox".into(),
-            uid: SANDBOX_UID,
-            gid: SANDBOX_UID,
-            seccomp: self
-                .cfg
-                .seccomp
-                .then(|| self.cfg.runtime_dir.join(SECCOMP_FILE)),
-            argv: cmd.argv.clone(),
-            env: cmd.env.clone(),
-            cwd: inside::TMP.into(),
-            zygote: false,
             share_network: cmd.network,
+            ..self.sandbox_init(cgroup, plan, cmd.argv.clone(), cmd.env.clone(), inside::TMP)
         };
         let init_json = serde_json::to_string(&init)
             .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;

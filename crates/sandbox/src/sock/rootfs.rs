@@ -1,16 +1,26 @@
 //! The sandbox root file system (DESIGN.md §1.2, §3.2).
 //!
-//! [`build_base`] assembles `DIR/base` once, at `ol worker init`, from the
-//! host without any download: mount points for the host's read-only system
-//! directories, a minimal synthesized `/etc`, empty files to bind device
-//! nodes onto. [`MountPlan`] lists, as data, every mount a new sandbox makes
-//! in its private mount namespace before it pivots into the base; the data
-//! is unit-tested here and carried out by the sandbox init (`sys`).
+//! A base is of one [`BaseKind`], recorded in its [`BASE_MARKER`] file. A
+//! host base is assembled by [`build_base`] at `ol worker init` without any
+//! download: mount points for the host's read-only system directories and
+//! Python, which every sandbox binds from the host. A self-contained base
+//! (a Debian root file system made by `debootstrap`, see
+//! [`super::debootstrap`]) has its own system and Python, so sandboxes bind
+//! nothing of the host's. Both get the same minimal synthesized `/etc`,
+//! mount points and empty files to bind device nodes onto.
+//! [`MountPlan`] lists, as data, every mount a new sandbox makes in its
+//! private mount namespace before it pivots into the base; the data is
+//! unit-tested here and carried out by the sandbox init (`sys`).
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::SandboxError;
+use crate::runtime::{Python, resolve_python, resolve_python_in};
 
 /// Host directories a sandbox sees read-only, at the same path.
 const SYSTEM_DIRS: &[&str] = &[
@@ -43,12 +53,134 @@ pub const SANDBOX_UID: u32 = 65534;
 /// sandbox's memory limit).
 pub const TMP_SIZE: &str = "size=64m,mode=1777";
 
-/// Builds `base` from the host: mount points for the system directories
-/// and the Python installation at `python_prefix`, a synthesized `/etc`,
-/// `/dev` stubs. Idempotent: running it again refreshes the synthesized
+/// File at the top of a base naming its [`BaseKind`]; written last, so a
+/// base that has it is complete. A base without it (made before the file
+/// existed) is a host base.
+pub const BASE_MARKER: &str = ".ol-base";
+
+/// What a base root file system is made of (config.json `base`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseKind {
+    /// Mount points only: every sandbox binds the host's /usr, /lib*,
+    /// /bin, /sbin and Python installation read-only (no download).
+    #[default]
+    Host,
+    /// A Debian root file system made by `debootstrap`, with its own
+    /// system and Python: sandboxes bind nothing of the host's system.
+    Debootstrap,
+}
+
+impl BaseKind {
+    /// Its name in config.json, on the command line and in the marker.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Debootstrap => "debootstrap",
+        }
+    }
+
+    /// Whether the base has its own system directories and Python.
+    pub fn is_self_contained(self) -> bool {
+        self == Self::Debootstrap
+    }
+
+    /// The kind `base` was built as, from its marker (none: a host base).
+    pub fn detect(base: &Path) -> Result<Self, SandboxError> {
+        let marker = base.join(BASE_MARKER);
+        match fs::read_to_string(&marker) {
+            Ok(text) => Self::from_marker(&text).ok_or_else(|| {
+                SandboxError::Base(format!(
+                    "{} names an unknown base kind {:?}; make a new worker directory with `ol worker init`",
+                    marker.display(),
+                    text.trim()
+                ))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::Host),
+            Err(source) => Err(SandboxError::Io {
+                what: "cannot read",
+                path: marker,
+                source,
+            }),
+        }
+    }
+
+    fn from_marker(text: &str) -> Option<Self> {
+        [Self::Host, Self::Debootstrap]
+            .into_iter()
+            .find(|k| k.name() == text.trim())
+    }
+
+    /// The interpreter `candidate` names, as sandboxes over `base` run it:
+    /// the host's for a host base, the base's own (run in a chroot of it)
+    /// for a self-contained one.
+    pub fn resolve_python(self, base: &Path, candidate: &str) -> Result<Python, SandboxError> {
+        if self.is_self_contained() {
+            if !nix::unistd::geteuid().is_root() {
+                return Err(SandboxError::Base(format!(
+                    "the debootstrap base {} is used only as root (its Python runs in a chroot, its sandboxes are sock sandboxes); run ol as root",
+                    base.display()
+                )));
+            }
+            resolve_python_in(base, candidate)
+        } else {
+            resolve_python(candidate)
+        }
+    }
+}
+
+/// Makes `base` a sandbox base of `kind`. For a host base: mount points for
+/// the system directories and the Python installation at `python_prefix`;
+/// a self-contained base (already holding its system) keeps its own. Both
+/// get the sandbox mount points, a synthesized `/etc`, `/dev` stubs and
+/// the marker. Idempotent: running it again refreshes the synthesized
 /// files.
-pub fn build_base(base: &Path, python_prefix: &Path) -> io::Result<()> {
+pub fn build_base(base: &Path, kind: BaseKind, python_prefix: &Path) -> io::Result<()> {
     fs::create_dir_all(base)?;
+    if !kind.is_self_contained() {
+        host_mount_points(base, python_prefix)?;
+    }
+    for dir in [
+        inside::HANDLER,
+        inside::HOST,
+        inside::PACKAGES,
+        inside::RUNTIME,
+        inside::TMP,
+        "/proc",
+        "/dev",
+        "/etc/ssl/certs",
+        "/root",
+    ] {
+        fs::create_dir_all(under(base, Path::new(dir)))?;
+    }
+    fs::set_permissions(
+        under(base, Path::new(inside::TMP)),
+        fs::Permissions::from_mode(0o1777),
+    )?;
+    for dev in DEVICES {
+        let stub = base.join("dev").join(dev);
+        if fs::symlink_metadata(&stub).is_err() {
+            fs::write(&stub, "")?;
+        }
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let path = base.join("dev").join(link);
+        if fs::symlink_metadata(&path).is_err() {
+            symlink(target, &path)?;
+        }
+    }
+    write_etc(base)?;
+    fs::write(base.join(BASE_MARKER), format!("{}\n", kind.name()))
+}
+
+/// Mount points for the host's system directories (symlinks copied as
+/// links) and its Python installation.
+fn host_mount_points(base: &Path, python_prefix: &Path) -> io::Result<()> {
     for dir in SYSTEM_DIRS {
         let host = Path::new(dir);
         let inner = under(base, host);
@@ -65,19 +197,7 @@ pub fn build_base(base: &Path, python_prefix: &Path) -> io::Result<()> {
             _ => {}
         }
     }
-    for dir in [
-        inside::HANDLER,
-        inside::HOST,
-        inside::PACKAGES,
-        inside::RUNTIME,
-        inside::TMP,
-        "/proc",
-        "/dev",
-        "/etc/ssl/certs",
-        "/root",
-    ] {
-        fs::create_dir_all(under(base, Path::new(dir)))?;
-    }
+    fs::create_dir_all(base.join("root"))?;
     if !is_covered_by_system_dirs(python_prefix) {
         fs::create_dir_all(under(base, python_prefix))?;
     }
@@ -93,28 +213,7 @@ pub fn build_base(base: &Path, python_prefix: &Path) -> io::Result<()> {
             fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
         }
     }
-    fs::set_permissions(
-        under(base, Path::new(inside::TMP)),
-        fs::Permissions::from_mode(0o1777),
-    )?;
-    for dev in DEVICES {
-        let stub = base.join("dev").join(dev);
-        if !stub.exists() {
-            fs::write(&stub, "")?;
-        }
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        let path = base.join("dev").join(link);
-        if fs::symlink_metadata(&path).is_err() {
-            symlink(target, &path)?;
-        }
-    }
-    write_etc(base)
+    Ok(())
 }
 
 fn write_etc(base: &Path) -> io::Result<()> {
@@ -137,11 +236,19 @@ fn write_etc(base: &Path) -> io::Result<()> {
             "passwd: files\ngroup: files\nhosts: files dns\n".to_string(),
         ),
     ];
+    // Replace, never write through: a link in a self-contained base could
+    // point anywhere on the host.
+    let replace = |path: PathBuf| -> io::Result<PathBuf> {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(path),
+        }
+    };
     for (name, text) in files {
-        fs::write(etc.join(name), text)?;
+        fs::write(replace(etc.join(name))?, text)?;
     }
     if let Some(bundle) = CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
-        fs::copy(bundle, etc.join("ssl/certs/ca-certificates.crt"))?;
+        fs::copy(bundle, replace(etc.join("ssl/certs/ca-certificates.crt"))?)?;
     }
     Ok(())
 }
@@ -211,6 +318,8 @@ pub struct MountPlan {
 pub struct RootSources<'a> {
     /// The base directory.
     pub base: &'a Path,
+    /// What the base is made of.
+    pub base_kind: BaseKind,
     /// The Python installation prefix.
     pub python_prefix: &'a Path,
     /// The lambda's code; none for a zygote (its children mount their own).
@@ -228,6 +337,8 @@ pub struct RootSources<'a> {
 pub struct CommandSources<'a> {
     /// The base directory.
     pub base: &'a Path,
+    /// What the base is made of.
+    pub base_kind: BaseKind,
     /// The Python installation prefix.
     pub python_prefix: &'a Path,
     /// Host directories bound writable at the same path.
@@ -243,20 +354,22 @@ pub struct CommandSources<'a> {
 const DNS_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hosts"];
 
 impl MountPlan {
-    /// The mounts every sandbox starts with: the system directories, the
-    /// Python installation, device nodes.
-    fn system(base: &Path, python_prefix: &Path) -> Self {
+    /// The mounts every sandbox starts with: the host's system directories
+    /// and Python installation (unless the base has its own), device nodes.
+    fn system(base: &Path, kind: BaseKind, python_prefix: &Path) -> Self {
         let root = base.to_path_buf();
         let mut ops = Vec::new();
-        for dir in SYSTEM_DIRS {
-            let host = Path::new(dir);
-            // Symlinks (merged /usr) are already in the base as links.
-            if fs::symlink_metadata(host).is_ok_and(|m| m.is_dir()) {
-                ops.push(read_only(&root, host, host));
+        if !kind.is_self_contained() {
+            for dir in SYSTEM_DIRS {
+                let host = Path::new(dir);
+                // Symlinks (merged /usr) are already in the base as links.
+                if fs::symlink_metadata(host).is_ok_and(|m| m.is_dir()) {
+                    ops.push(read_only(&root, host, host));
+                }
             }
-        }
-        if !is_covered_by_system_dirs(python_prefix) {
-            ops.push(read_only(&root, python_prefix, python_prefix));
+            if !is_covered_by_system_dirs(python_prefix) {
+                ops.push(read_only(&root, python_prefix, python_prefix));
+            }
         }
         for dev in DEVICES {
             let node = Path::new("/dev").join(dev);
@@ -275,7 +388,7 @@ impl MountPlan {
     /// (after /tmp, so a worker dir under /tmp is not hidden by it; the
     /// init makes missing mount points).
     pub fn for_command(src: &CommandSources<'_>) -> Self {
-        let Self { root, mut ops } = Self::system(src.base, src.python_prefix);
+        let Self { root, mut ops } = Self::system(src.base, src.base_kind, src.python_prefix);
         ops.push(MountOp::Tmpfs {
             target: under(&root, Path::new(inside::TMP)),
             options: TMP_SIZE.to_string(),
@@ -305,7 +418,7 @@ impl MountPlan {
 
     /// The mounts of a lambda sandbox.
     pub fn for_lambda(src: &RootSources<'_>) -> Self {
-        let Self { root, mut ops } = Self::system(src.base, src.python_prefix);
+        let Self { root, mut ops } = Self::system(src.base, src.base_kind, src.python_prefix);
         let ro = |source: &Path, target: &Path| read_only(&root, source, target);
         if let Some(code) = src.code {
             ops.push(ro(code, Path::new(inside::HANDLER)));
@@ -352,7 +465,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let base = tmp.path().join("base");
         let prefix = Path::new("/root/.pyenv/versions/3.11.7");
-        build_base(&base, prefix).expect("build");
+        build_base(&base, BaseKind::Host, prefix).expect("build");
         for d in [
             "handler",
             "host",
@@ -406,13 +519,144 @@ mod tests {
                 _ => assert!(fs::symlink_metadata(&inner).is_err(), "{dir}"),
             }
         }
-        build_base(&base, prefix).expect("second build is fine");
+        build_base(&base, BaseKind::Host, prefix).expect("second build is fine");
+        assert_eq!(BaseKind::detect(&base).expect("detect"), BaseKind::Host);
+    }
+
+    #[test]
+    fn self_contained_base_keeps_its_system_and_gets_etc_and_marker() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = tmp.path().join("base");
+        // What debootstrap leaves: merged /usr, its own /etc files.
+        fs::create_dir_all(base.join("usr/bin")).expect("usr");
+        fs::create_dir_all(base.join("etc/ssl/certs")).expect("etc");
+        symlink("usr/bin", base.join("bin")).expect("bin link");
+        fs::write(base.join("etc/passwd"), "root:x:0:0::/root:/bin/bash\n").expect("passwd");
+        // A link in the base must be replaced, never written through.
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, "host file").expect("outside");
+        symlink(&outside, base.join("etc/hosts")).expect("hosts link");
+        assert_eq!(BaseKind::detect(&base).expect("detect"), BaseKind::Host);
+        let prefix = Path::new("/opt/hostpy");
+        build_base(&base, BaseKind::Debootstrap, prefix).expect("build");
+        assert_eq!(
+            BaseKind::detect(&base).expect("detect"),
+            BaseKind::Debootstrap
+        );
+        assert_eq!(
+            fs::read_link(base.join("bin")).expect("bin"),
+            PathBuf::from("usr/bin")
+        );
+        assert!(!base.join("opt").exists(), "no mount point for host Python");
+        let passwd = fs::read_to_string(base.join("etc/passwd")).expect("passwd");
+        assert!(passwd.contains("nobody:x:65534:65534"), "{passwd}");
+        assert_eq!(fs::read_to_string(&outside).expect("outside"), "host file");
+        assert!(base.join("etc/hosts").is_file());
+        for d in ["handler", "host", "packages", "ol", "tmp", "proc"] {
+            assert!(base.join(d).is_dir(), "{d}");
+        }
+        for dev in DEVICES {
+            assert!(base.join("dev").join(dev).exists(), "{dev}");
+        }
+    }
+
+    #[test]
+    fn marker_is_detected_and_unknown_kinds_are_errors() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert_eq!(BaseKind::detect(tmp.path()).expect("none"), BaseKind::Host);
+        for (text, kind) in [
+            ("host\n", BaseKind::Host),
+            ("debootstrap\n", BaseKind::Debootstrap),
+            ("debootstrap", BaseKind::Debootstrap),
+        ] {
+            fs::write(tmp.path().join(BASE_MARKER), text).expect("marker");
+            assert_eq!(BaseKind::detect(tmp.path()).expect(text), kind);
+        }
+        fs::write(tmp.path().join(BASE_MARKER), "docker\n").expect("marker");
+        let err = BaseKind::detect(tmp.path()).expect_err("unknown");
+        assert!(err.to_string().contains("unknown base kind"), "{err}");
+        assert_eq!(
+            serde_json::to_value(BaseKind::Debootstrap).expect("json"),
+            serde_json::json!("debootstrap")
+        );
+    }
+
+    /// Host-side sources of every bind in `plan`.
+    fn bind_sources(plan: &MountPlan) -> Vec<&Path> {
+        plan.ops
+            .iter()
+            .filter_map(|op| match op {
+                MountOp::Bind { source, .. } => Some(source.as_path()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn self_contained_plans_bind_nothing_of_the_host_system() {
+        let prefix = Path::new("/opt/py");
+        let lambda = |base_kind| {
+            MountPlan::for_lambda(&RootSources {
+                base: Path::new("/w/base"),
+                base_kind,
+                python_prefix: prefix,
+                code: Some(Path::new("/w/registry/hello")),
+                scratch: Path::new("/w/scratch/host"),
+                packages: Path::new("/nonexistent/packages"),
+                runtime: Path::new("/w/runtime"),
+            })
+        };
+        let command = |base_kind| {
+            MountPlan::for_command(&CommandSources {
+                base: Path::new("/w/base"),
+                base_kind,
+                python_prefix: prefix,
+                writable: &[PathBuf::from("/w/cache")],
+                readable: &[PathBuf::from("/w/tools")],
+                host_dns: false,
+            })
+        };
+        let is_host_system =
+            |p: &&Path| *p == prefix || SYSTEM_DIRS.iter().any(|d| p.starts_with(d));
+        for plan in [lambda(BaseKind::Host), command(BaseKind::Host)] {
+            assert!(
+                bind_sources(&plan).iter().any(is_host_system),
+                "a host base binds the host's system: {plan:?}"
+            );
+        }
+        for plan in [
+            lambda(BaseKind::Debootstrap),
+            command(BaseKind::Debootstrap),
+        ] {
+            let sources = bind_sources(&plan);
+            assert!(!sources.iter().any(is_host_system), "{plan:?}");
+            // Device nodes, /tmp, /proc and the read-only root stay.
+            for dev in DEVICES {
+                assert!(sources.contains(&Path::new("/dev").join(dev).as_path()));
+            }
+            assert!(plan.ops.contains(&MountOp::Proc {
+                target: "/w/base/proc".into()
+            }));
+            assert!(
+                plan.ops
+                    .iter()
+                    .any(|op| matches!(op, MountOp::Tmpfs { .. }))
+            );
+            assert_eq!(plan.ops.last(), Some(&MountOp::ReadOnlyRoot));
+        }
+        let sources = bind_sources(&lambda(BaseKind::Debootstrap)).len();
+        // Code, runtime, scratch besides the device nodes.
+        assert_eq!(sources, DEVICES.len() + 3);
+        let cmd = command(BaseKind::Debootstrap);
+        assert!(bind_sources(&cmd).contains(&Path::new("/w/tools")));
+        assert!(bind_sources(&cmd).contains(&Path::new("/w/cache")));
     }
 
     #[test]
     fn lambda_plan_binds_code_ro_scratch_rw_and_ends_read_only() {
         let src = RootSources {
             base: Path::new("/w/base"),
+            base_kind: BaseKind::Host,
             python_prefix: Path::new("/opt/py"),
             code: Some(Path::new("/w/registry/hello")),
             scratch: Path::new("/w/worker/scratch/hello-1/host"),

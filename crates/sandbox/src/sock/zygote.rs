@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -22,7 +22,7 @@ use nix::fcntl::OFlag;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_json::json;
 
-use super::cgroup::Cgroup;
+use super::cgroup::{Cgroup, CgroupLimits};
 use super::cgroup_pool::CgroupPool;
 use super::{Enclosure, discard_cgroup};
 use crate::process::describe_exit;
@@ -58,15 +58,23 @@ pub(crate) struct Blank {
     pub(crate) oom_baseline: u64,
     /// Where its cgroup goes for reuse (else it is removed).
     pub(crate) recycle: Option<Arc<CgroupPool>>,
+    /// Its scratch dir and log files, made ahead (renamed after the
+    /// sandbox when it is assigned).
+    pub(crate) scratch: Option<(PathBuf, File, File)>,
+    /// The limits its cgroup has now.
+    pub(crate) limits: Option<CgroupLimits>,
 }
 
 impl Blank {
-    /// Kills an unused blank and frees its cgroup.
+    /// Kills an unused blank and frees its cgroup and scratch dir.
     pub(crate) fn discard(self) {
         let _ = match &self.recycle {
             Some(pool) => pool.recycle(self.cgroup, &super::kill_pid),
             None => discard_cgroup(&self.cgroup),
         };
+        if let Some((dir, _, _)) = self.scratch {
+            let _ = fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -191,15 +199,22 @@ impl Zygote {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Forks a blank sandbox into `cgroup` (created by the caller). Any
+    /// Forks a blank sandbox into `cgroup` (created by the caller); a
+    /// `warm` one also does ahead what every lambda's start does (worth it
+    /// for a blank made ahead, not for one a cold start waits for). Any
     /// failure of the zygote itself marks it dead (the pool starts another).
-    pub(crate) fn prefork(&self, id: &str, cgroup: Cgroup) -> Result<Blank, SandboxError> {
+    pub(crate) fn prefork(
+        &self,
+        id: &str,
+        cgroup: Cgroup,
+        warm: bool,
+    ) -> Result<Blank, SandboxError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
         let (exit_r, exit_w) = exit_pipe()?;
         let cgroup_files = open_procs_files(&cgroup)?;
         let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd(), exit_w.as_raw_fd()];
         fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
-        self.request_fork(&json!({ "type": "prefork", "id": id }), &fds)?;
+        self.request_fork(&json!({ "type": "prefork", "id": id, "warm": warm }), &fds)?;
         // `theirs`, the exit pipe's write end and the cgroup files close
         // when this returns: the child holds its own copies now.
         Ok(Blank {
@@ -208,6 +223,8 @@ impl Zygote {
             exit: File::from(exit_r),
             oom_baseline: 0,
             recycle: None,
+            scratch: None,
+            limits: None,
         })
     }
 
