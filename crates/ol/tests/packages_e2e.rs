@@ -506,3 +506,28 @@ fn a_killed_import_cache_zygote_is_started_again() {
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0], pids[0]);
 }
+
+#[test]
+fn process_backend_installs_and_imports_packages_too() {
+    // The process backend needs no root; as root the test still runs it.
+    let w = TestWorker::start(&[], &[CACHE, "sandbox=process"]);
+    add_lambda(
+        w.path(),
+        "six",
+        &[
+            (
+                "f.py",
+                "import six, sys\ndef f(event):\n    return [six.__version__, [p for p in sys.path if 'six==' in p] != []]\n",
+            ),
+            ("requirements.txt", "six\n"),
+        ],
+    );
+    let a = w.run("six", "{}");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let got = a.json();
+    assert_eq!(
+        got[1], true,
+        "six came from the worker's packages dir: {got}"
+    );
+    assert_eq!(installs(&w), 1);
+}
