@@ -1053,6 +1053,15 @@ fn kill_pid(pid: u32) {
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
 
+/// Frees a dead sandbox's cgroup: back to `recycle` for reuse, if given,
+/// else killed and removed.
+fn release_cgroup(cg: &Cgroup, recycle: Option<&CgroupPool>) -> Result<(), CgroupError> {
+    match recycle {
+        Some(pool) => pool.recycle(cg.clone(), &kill_pid),
+        None => discard_cgroup(cg),
+    }
+}
+
 /// Kills every process of a cgroup and removes it.
 fn discard_cgroup(cg: &Cgroup) -> Result<(), CgroupError> {
     let _ = cg.kill_all(&kill_pid);
@@ -1114,11 +1123,7 @@ impl Enclosure {
     /// its logs are empty) its scratch dir.
     pub(crate) fn tear_down(&self) -> Result<(), SandboxError> {
         let _ = fs::remove_file(self.scratch.join("pid"));
-        let removed = match &self.recycle {
-            Some(pool) => pool.recycle(self.cgroup.clone(), &kill_pid),
-            None => discard_cgroup(&self.cgroup),
-        }
-        .map_err(cgroup_err);
+        let removed = release_cgroup(&self.cgroup, self.recycle.as_deref()).map_err(cgroup_err);
         crate::process::remove_scratch_if_quiet(&self.scratch);
         removed
     }

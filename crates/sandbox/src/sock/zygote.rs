@@ -24,7 +24,7 @@ use serde_json::json;
 
 use super::cgroup::{Cgroup, CgroupLimits};
 use super::cgroup_pool::CgroupPool;
-use super::{Enclosure, discard_cgroup};
+use super::{Enclosure, release_cgroup};
 use crate::process::describe_exit;
 use crate::protocol::{encode_frame, read_frame_blocking};
 use crate::{Sandbox, SandboxError, sys};
@@ -68,10 +68,7 @@ pub(crate) struct Blank {
 impl Blank {
     /// Kills an unused blank and frees its cgroup and scratch dir.
     pub(crate) fn discard(self) {
-        let _ = match &self.recycle {
-            Some(pool) => pool.recycle(self.cgroup, &super::kill_pid),
-            None => discard_cgroup(&self.cgroup),
-        };
+        let _ = release_cgroup(&self.cgroup, self.recycle.as_deref());
         if let Some((dir, _, _)) = self.scratch {
             let _ = fs::remove_dir_all(dir);
         }
