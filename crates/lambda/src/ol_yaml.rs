@@ -381,6 +381,12 @@ pub struct LimitOverrides {
     pub runtime_sec: Option<u64>,
     /// Largest request body accepted, in MiB.
     pub max_body_mb: Option<u64>,
+    /// Largest response returned, in MiB.
+    pub max_response_mb: Option<u64>,
+    /// Size of `/host` and of `/tmp`, in MiB.
+    pub disk_mb: Option<u64>,
+    /// Output kept per stream, in KiB.
+    pub log_kb: Option<u64>,
 }
 
 /// Largest valid swappiness (the kernel's bound).
@@ -388,7 +394,7 @@ const MAX_SWAPPINESS: u64 = 100;
 
 impl LimitOverrides {
     /// Every override with its key, in the order the docs list them.
-    fn requested(&self) -> [(&'static str, Option<u64>); 6] {
+    fn requested(&self) -> [(&'static str, Option<u64>); 9] {
         [
             ("mem_mb", self.mem_mb),
             ("runtime_sec", self.runtime_sec),
@@ -396,6 +402,9 @@ impl LimitOverrides {
             ("cpu_percent", self.cpu_percent.map(u64::from)),
             ("swappiness", self.swappiness.map(u64::from)),
             ("max_body_mb", self.max_body_mb),
+            ("max_response_mb", self.max_response_mb),
+            ("disk_mb", self.disk_mb),
+            ("log_kb", self.log_kb),
         ]
     }
 
@@ -432,6 +441,13 @@ impl LimitOverrides {
             swappiness: at_most("swappiness", self.swappiness, worker.swappiness)?,
             runtime_sec: at_most("runtime_sec", self.runtime_sec, worker.runtime_sec)?,
             max_body_mb: at_most("max_body_mb", self.max_body_mb, worker.max_body_mb)?,
+            max_response_mb: at_most(
+                "max_response_mb",
+                self.max_response_mb,
+                worker.max_response_mb,
+            )?,
+            disk_mb: at_most("disk_mb", self.disk_mb, worker.disk_mb)?,
+            log_kb: at_most("log_kb", self.log_kb, worker.log_kb)?,
         })
     }
 }
@@ -911,6 +927,9 @@ limits: {mem_mb: 128, runtime_sec: 10, procs: 16, cpu_percent: 100}
                     swappiness: None,
                     runtime_sec: Some(10),
                     max_body_mb: None,
+                    max_response_mb: None,
+                    disk_mb: None,
+                    log_kb: None,
                 },
             }
         );
@@ -1201,6 +1220,9 @@ environment:
             swappiness: 10,
             runtime_sec: 30,
             max_body_mb: 6,
+            max_response_mb: 6,
+            disk_mb: 64,
+            log_kb: 1024,
         }
     }
 
@@ -1218,6 +1240,9 @@ environment:
                 swappiness: 0,
                 runtime_sec: 10,
                 max_body_mb: 1,
+                max_response_mb: 6,
+                disk_mb: 64,
+                log_kb: 1024,
             }
         );
         assert_eq!(
@@ -1266,6 +1291,9 @@ environment:
             "procs",
             "cpu_percent",
             "max_body_mb",
+            "max_response_mb",
+            "disk_mb",
+            "log_kb",
         ] {
             let text = format!("limits: {{{key}: 0}}");
             assert_eq!(

@@ -36,6 +36,15 @@ pub struct Limits {
     pub runtime_sec: u64,
     /// Largest request body accepted (413 above it).
     pub max_body_mb: u64,
+    /// Largest response a call may return; the worker stops reading a
+    /// bigger one and answers with an error instead.
+    pub max_response_mb: u64,
+    /// Size of each of the sandbox's writable file systems (`/host` and
+    /// `/tmp`); their pages also count against `mem_mb`.
+    pub disk_mb: u64,
+    /// Output kept per sandbox and stream (stdout, stderr), in KiB; older
+    /// output is dropped first.
+    pub log_kb: u64,
 }
 
 impl Default for Limits {
@@ -47,6 +56,9 @@ impl Default for Limits {
             swappiness: 0,
             runtime_sec: 30,
             max_body_mb: 6,
+            max_response_mb: 6,
+            disk_mb: 64,
+            log_kb: 1024,
         }
     }
 }

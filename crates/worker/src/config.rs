@@ -413,7 +413,10 @@ mod tests {
                 cpu_percent: 100,
                 swappiness: 0,
                 runtime_sec: 30,
-                max_body_mb: 6
+                max_body_mb: 6,
+                max_response_mb: 6,
+                disk_mb: 64,
+                log_kb: 1024,
             }
         );
         assert_eq!(c.installer_limits.mem_mb, 250);

@@ -262,6 +262,9 @@ fn config_json(name: &str, config: &LambdaConfig) -> serde_json::Value {
             "swappiness": l.swappiness,
             "runtime_sec": l.runtime_sec,
             "max_body_mb": l.max_body_mb,
+            "max_response_mb": l.max_response_mb,
+            "disk_mb": l.disk_mb,
+            "log_kb": l.log_kb,
         },
     })
 }
