@@ -459,8 +459,8 @@ impl PackagePuller {
                 argv
             }
             Tool::Pip => {
-                let mut argv = self.pip_argv();
-                argv.extend(["install".into(), "--quiet".into()]);
+                let mut argv = self.pip_install();
+                argv.push("--quiet".into());
                 argv
             }
         };
@@ -579,9 +579,8 @@ impl PackagePuller {
                 argv
             }
             Tool::Pip => {
-                let mut argv = self.pip_argv();
+                let mut argv = self.pip_install();
                 argv.extend([
-                    "install".into(),
                     "--dry-run".into(),
                     "--ignore-installed".into(),
                     "--quiet".into(),
@@ -699,7 +698,8 @@ impl PackagePuller {
             .then(|| PathBuf::from(url.trim_start_matches("file://")))
     }
 
-    fn pip_argv(&self) -> Vec<String> {
+    /// `pip install` with our cache, wheels only.
+    fn pip_install(&self) -> Vec<String> {
         vec![
             path_arg(&self.settings.python),
             "-I".into(),
@@ -709,6 +709,7 @@ impl PackagePuller {
             "--no-input".into(),
             "--cache-dir".into(),
             path_arg(&self.settings.cache_dir.join("pip")),
+            "install".into(),
             "--only-binary".into(),
             ":all:".into(),
         ]
@@ -833,9 +834,8 @@ impl PackagePuller {
             .tools_dir
             .with_extension(format!("staging-{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
-        let mut argv = self.pip_argv();
+        let mut argv = self.pip_install();
         argv.extend([
-            "install".into(),
             "--quiet".into(),
             "--target".into(),
             path_arg(&staging),
