@@ -9,10 +9,14 @@
 mod common;
 
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use common::{TestWorker, add_lambda, write_wheel};
 
@@ -385,4 +389,146 @@ fn assert_store_is_the_workers(packages: &Path) {
             );
         }
     }
+}
+
+/// A static HTTP server on loopback serving the files under a dir (a
+/// PEP 503 index: `simple/NAME/index.html`); stopped when dropped.
+struct StaticServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StaticServer {
+    fn start(root: PathBuf) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => serve_one(&root, conn),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers one request on `conn` with the file its path names under
+/// `root` (`index.html` for a dir), or 404.
+fn serve_one(root: &Path, conn: std::net::TcpStream) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(&conn);
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    // Skip the headers.
+    let mut line = String::new();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+        line.clear();
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let path = path.split(['?', '#']).next().unwrap_or("/");
+    let mut file = root.join(path.trim_start_matches('/'));
+    if path.contains("..") {
+        file = root.join("missing");
+    } else if path.ends_with('/') {
+        file = file.join("index.html");
+    }
+    let (status, kind, body) = match fs::read(&file) {
+        Ok(body) if path.ends_with('/') => ("200 OK", "text/html", body),
+        Ok(body) => ("200 OK", "application/octet-stream", body),
+        Err(_) => ("404 Not Found", "text/plain", b"not found".to_vec()),
+    };
+    let mut conn = &conn;
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(&body);
+}
+
+/// Writes `simple/hostile/index.html` under `root`, linking
+/// `files/hostile-1.0.tar.gz` with `sha256`.
+fn write_index_page(root: &Path, sha256: &str) {
+    let dir = root.join("simple/hostile");
+    fs::create_dir_all(&dir).expect("index dir");
+    fs::write(
+        dir.join("index.html"),
+        format!(
+            "<!DOCTYPE html><html><body><a href=\"/files/hostile-1.0.tar.gz#sha256={sha256}\">hostile-1.0.tar.gz</a></body></html>\n"
+        ),
+    )
+    .expect("index page");
+}
+
+fn sha256_of(file: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(file)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_string()
+}
+
+#[test]
+fn sdists_come_from_the_index_only_with_the_index_sha256() {
+    require_root!();
+    let root = tempfile::tempdir().expect("index root");
+    let files = root.path().join("files");
+    fs::create_dir_all(&files).expect("files dir");
+    let server = StaticServer::start(root.path().to_path_buf());
+    let index = format!("http://127.0.0.1:{}/simple", server.port);
+    let canary = Canary::new();
+    let run = |sha256: Option<&str>| {
+        let w = start(Path::new(&index), &["features.source_builds=true"]);
+        let planted = Planted::new(&w, "http");
+        write_hostile_sdist(&files, w.port, canary.port(), &planted);
+        let sdist = files.join("hostile-1.0.tar.gz");
+        write_index_page(root.path(), sha256.unwrap_or(&sha256_of(&sdist)));
+        let a = w.run("hostile", "{}");
+        assert_victim_unchanged(&w);
+        assert!(planted.existing().is_empty(), "{:?}", planted.existing());
+        a
+    };
+    // A file whose digest is not the index's is refused before it is
+    // unpacked.
+    let a = run(Some(&"0".repeat(64)));
+    assert_eq!(a.status, 500, "{}", a.body);
+    assert!(a.body.contains("is not the index's"), "{}", a.body);
+    // With the index's digest, it is built offline and installed.
+    let a = run(None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let results = a.json();
+    for (attempt, got) in results.as_object().expect("results") {
+        let got = got.as_str().expect("result");
+        assert!(got.starts_with("failed"), "{attempt}: {got}");
+    }
+    assert!(!canary.reached(), "build code reached loopback");
 }

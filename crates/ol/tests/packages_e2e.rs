@@ -475,7 +475,16 @@ fn a_killed_import_cache_zygote_is_started_again() {
 #[test]
 fn process_backend_installs_and_imports_packages_too() {
     // The process backend needs no root; as root the test still runs it.
-    let w = TestWorker::start(&[], &[CACHE, "sandbox=process"]);
+    // Its installer runs as the worker's user, so it has a cache of its
+    // own: files it writes as root in the shared one would be unwritable
+    // for the sock installer sandbox (`nobody`).
+    let w = TestWorker::start(
+        &[],
+        &[
+            "package_cache_dir=/var/tmp/ol-test-uv-cache-process",
+            "sandbox=process",
+        ],
+    );
     add_lambda(
         w.path(),
         "six",
