@@ -411,7 +411,7 @@ impl PackagePuller {
         let spec = format!("{name}=={version}");
         let staging = self.staging(&spec)?;
         let dir = staging.path().join("target");
-        let argv = self.install_argv(&dir, &[spec.clone()], true);
+        let argv = self.install_argv(&dir, std::slice::from_ref(&spec), true);
         let out = self.run(
             "install",
             argv,
