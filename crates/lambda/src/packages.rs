@@ -36,7 +36,7 @@ pub mod store;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -380,7 +380,20 @@ impl PackagePuller {
         let dir = format!("{name}=={version}");
         let target = self.settings.packages_dir.join(&dir);
         if let Ok(pkg) = read_meta(&target) {
-            return Ok(pkg);
+            let ours = fs::symlink_metadata(&target)
+                .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw());
+            if ours {
+                return Ok(pkg);
+            }
+            // Installed by an older worker, owned by the sandbox uid: make
+            // it ours, or install it again if it cannot be.
+            match store::seal(&target) {
+                Ok(()) => return Ok(pkg),
+                Err(e) => {
+                    tracing::warn!(package = %dir, "reinstalling: {e}");
+                    let _ = fs::remove_dir_all(&target);
+                }
+            }
         }
         lock(&self.installing).insert(dir.clone());
         let started = Instant::now();

@@ -173,9 +173,8 @@ with tarfile.open(f"{dir}/hostile-1.0.tar.gz", "w:gz") as t:
 /// and lambda `victim` next to lambda `hostile` (which requires the
 /// hostile package).
 fn start(index: &Path, overrides: &[&str]) -> TestWorker {
-    let cache = format!("package_cache_dir={CACHE_DIR}");
-    let index = format!("pip_index_url={}", index.display());
-    let mut all = vec![cache.as_str(), index.as_str()];
+    let base = base_overrides(index);
+    let mut all: Vec<&str> = base.iter().map(String::as_str).collect();
     all.extend(overrides);
     let w = TestWorker::start(&[], &all);
     add_lambda(
@@ -195,6 +194,14 @@ fn start(index: &Path, overrides: &[&str]) -> TestWorker {
         ],
     );
     w
+}
+
+/// The shared cache and `index` as the package index.
+fn base_overrides(index: &Path) -> [String; 2] {
+    [
+        format!("package_cache_dir={CACHE_DIR}"),
+        format!("pip_index_url={}", index.display()),
+    ]
 }
 
 /// The victim answers with its own code.
@@ -330,7 +337,7 @@ fn installed_packages_are_owned_by_root_and_not_writable_by_sandboxes() {
     require_root!();
     let wheels = tempfile::tempdir().expect("wheel dir");
     write_wheel(wheels.path(), "ol_owned", "1.0", "olowned", "mine");
-    let w = start(wheels.path(), &[]);
+    let mut w = start(wheels.path(), &[]);
     add_lambda(
         w.path(),
         "owned",
@@ -356,6 +363,19 @@ fn installed_packages_are_owned_by_root_and_not_writable_by_sandboxes() {
             .count(),
         0
     );
+    // A package dir an older worker left owned by the sandbox uid is made
+    // the worker's when next used.
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(packages.join("ol-owned==1.0"))
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let base = base_overrides(wheels.path());
+    w.restart(&base.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = w.run("owned", "{}");
+    assert_eq!((a.status, a.body.as_str()), (200, "\"mine\""));
+    assert_store_is_the_workers(&packages);
 }
 
 /// Every entry of every installed package dir (and the resolutions) is
