@@ -402,8 +402,10 @@ fn local_wheel_directory_as_the_index() {
     assert!(a.body.contains("six"), "{}", a.body);
 }
 
-/// Pids in the worker's cgroups named `zygote-*` other than the root
-/// zygote's (the first one started).
+/// Pids of the import-cache zygotes: in the worker's cgroups named
+/// `zygote-*` other than the root zygote's (the first one started), the
+/// process that is pid 2 of its own pid namespace (pid 1 there only reaps,
+/// and the process that forked it stays outside to report its exit).
 fn import_cache_zygote_pids(w: &TestWorker) -> Vec<u32> {
     let parent = Path::new("/sys/fs/cgroup/pids").join(ol_sandbox::sock::worker_id(w.path()));
     let mut zygotes: Vec<(u64, PathBuf)> = fs::read_dir(&parent)
@@ -426,6 +428,7 @@ fn import_cache_zygote_pids(w: &TestWorker) -> Vec<u32> {
                 .filter_map(|p| p.parse().ok())
                 .collect::<Vec<u32>>()
         })
+        .filter(|pid| common::is_pid_of_its_namespace(*pid, 2))
         .collect()
 }
 

@@ -56,7 +56,21 @@ def f(event):
             field: open("/proc/self/status").read().split(field + ":")[1].split()[0]
             for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
         },
+        "cgroups": [line.split(":")[2] for line in open("/proc/self/cgroup").read().split()],
+        "clone_user_net": attempt(lambda: clone(0x10000000 | 0x40000000)),
+        "clone3": attempt(lambda: libc_call("syscall", 435, None, 0)),
+        "unshare_user": attempt(lambda: libc_call("unshare", 0x10000000)),
+        "setns": attempt(lambda: libc_call("setns", 0, 0)),
     }
+
+def clone(flags):
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = libc.syscall(56, flags | 17, 0, 0, 0, 0)
+    if pid == 0:
+        os._exit(0)
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 "#;
 
 const FORK_BOMB: &str = r#"
@@ -135,6 +149,19 @@ fn check_isolation(overrides: &[&str]) {
     for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert_eq!(j["capabilities"][set], "0000000000000000", "{set}");
     }
+    // A cgroup namespace of its own: its cgroup is the root of every
+    // hierarchy it sees, no sibling is named.
+    let cgroups = j["cgroups"].as_array().expect("cgroups");
+    assert!(
+        !cgroups.is_empty() && cgroups.iter().all(|c| c == "/"),
+        "{j}"
+    );
+    // No user namespace (so no capabilities anywhere, no nf_tables): not
+    // through clone, clone3 or unshare; no other namespace to join.
+    assert_eq!(j["clone_user_net"], "EPERM");
+    assert_eq!(j["clone3"], "ENOSYS", "libc falls back to clone");
+    assert_eq!(j["unshare_user"], "EPERM");
+    assert_eq!(j["setns"], "EPERM");
     // The lambda's /host and /tmp are its own file systems: nothing it
     // wrote is on the host's disk.
     let scratch = w.path().join("worker/scratch");

@@ -57,7 +57,7 @@ impl Default for Limits {
             runtime_sec: 30,
             max_body_mb: 6,
             max_response_mb: 6,
-            disk_mb: 64,
+            disk_mb: 32,
             log_kb: 1024,
         }
     }

@@ -142,6 +142,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_zygote_holds_no_syscall_numbers_or_kernel_constants() {
+        // One jail, in Rust: the zygote only calls the jail's library.
+        for needle in [
+            "syscall(",
+            "prctl(",
+            "unshare(",
+            "CLONE_",
+            "MS_",
+            "PR_",
+            "SIOC",
+            "ioctl(",
+            "mount(",
+            "setresuid(",
+            "0x",
+        ] {
+            assert!(
+                !PYTHON_ZYGOTE.contains(needle),
+                "ol_zygote.py holds {needle:?}: every step of entering a sandbox belongs to the jail"
+            );
+        }
+        assert!(PYTHON_ZYGOTE.contains("ol_jail_blank"));
+    }
+
+    #[test]
     fn probe_answer_is_parsed_and_checked() {
         let py = parse_probe("python3", "/usr/bin/python3.11\n3.11\n/usr").expect("ok");
         assert_eq!(py.executable, PathBuf::from("/usr/bin/python3.11"));

@@ -429,7 +429,7 @@ mod tests {
                 runtime_sec: 30,
                 max_body_mb: 6,
                 max_response_mb: 6,
-                disk_mb: 64,
+                disk_mb: 32,
                 log_kb: 1024,
             }
         );

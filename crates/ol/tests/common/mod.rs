@@ -80,17 +80,7 @@ impl TestWorker {
         overrides: &[&str],
         up_args: &[&str],
     ) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ol-e2e-")
-            .tempdir()
-            .expect("tempdir");
-        let mut args = vec!["worker", "init"];
-        args.extend(init_args);
-        let out = ol(dir.path(), &args);
-        assert!(out.status.success(), "init: {}", stderr(&out));
-        for (name, files) in lambdas {
-            add_lambda(dir.path(), name, files);
-        }
+        let dir = init_dir(init_args, lambdas);
         let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
         for o in overrides {
             args.extend(["-o", o]);
@@ -103,14 +93,22 @@ impl TestWorker {
             stderr(&out),
             String::from_utf8_lossy(&out.stdout)
         );
-        let port = fs::read_to_string(dir.path().join("worker/worker.port"))
-            .expect("port file")
-            .trim()
-            .parse()
-            .expect("port");
+        Self::adopt(dir)
+    }
+
+    /// The worker a test started itself in `dir`, found by its port file
+    /// (waited for); stopped and checked like any other when dropped.
+    pub fn adopt(dir: tempfile::TempDir) -> Self {
+        let port_file = dir.path().join("worker/worker.port");
+        let port = || fs::read_to_string(&port_file).ok()?.trim().parse().ok();
+        assert!(
+            eventually(Duration::from_secs(30), || port().is_some()),
+            "the worker in {} never wrote its port",
+            dir.path().display()
+        );
         Self {
+            port: port().unwrap_or_default(),
             dir,
-            port,
             stopped: false,
         }
     }
@@ -205,6 +203,23 @@ impl Drop for TestWorker {
             let _ = ol(self.path(), &["worker", "force-cleanup"]);
         }
     }
+}
+
+/// A new worker dir made by `ol worker init` (with `init_args`) holding
+/// `lambdas` (name → [(file, source)]) in its registry.
+pub fn init_dir(init_args: &[&str], lambdas: &[(&str, &[(&str, &str)])]) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("ol-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let mut args = vec!["worker", "init"];
+    args.extend(init_args);
+    let out = ol(dir.path(), &args);
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    for (name, files) in lambdas {
+        add_lambda(dir.path(), name, files);
+    }
+    dir
 }
 
 /// Writes lambda `name` into the registry of the worker dir `dir`.
@@ -321,15 +336,24 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Writes a pure-Python wheel `name-version-py3-none-any.whl` providing
 /// module `module` (whose `VALUE` is `value`) into `dir`.
 pub fn write_wheel(dir: &Path, name: &str, version: &str, module: &str, value: &str) {
-    let script = r#"
-import base64, hashlib, sys, zipfile
-dir, name, version, module, value = sys.argv[1:]
-dist = f"{name}-{version}.dist-info"
-files = {
-    f"{module}/__init__.py": f"VALUE = {value!r}\n",
-    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-    f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: ol-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    let init = format!("VALUE = {value:?}\n");
+    write_wheel_files(
+        dir,
+        name,
+        version,
+        &[(&format!("{module}/__init__.py"), &init)],
+    );
 }
+
+/// Writes a pure-Python wheel `name-version-py3-none-any.whl` holding
+/// `files` (path in the wheel, content) into `dir`.
+pub fn write_wheel_files(dir: &Path, name: &str, version: &str, files: &[(&str, &str)]) {
+    let script = r#"
+import base64, hashlib, json, sys, zipfile
+dir, name, version, files = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+dist = f"{name}-{version}.dist-info"
+files[f"{dist}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+files[f"{dist}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: ol-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
 record = []
 with zipfile.ZipFile(f"{dir}/{name}-{version}-py3-none-any.whl", "w") as z:
     for path, text in files.items():
@@ -340,10 +364,15 @@ with zipfile.ZipFile(f"{dir}/{name}-{version}-py3-none-any.whl", "w") as z:
     record.append(f"{dist}/RECORD,,")
     z.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
 "#;
-    let out = std::process::Command::new("python3")
+    let files: serde_json::Map<String, serde_json::Value> = files
+        .iter()
+        .map(|(path, text)| (path.to_string(), serde_json::Value::from(*text)))
+        .collect();
+    let out = Command::new("python3")
         .args(["-c", script])
         .arg(dir)
-        .args([name, version, module, value])
+        .args([name, version])
+        .arg(serde_json::Value::Object(files).to_string())
         .output()
         .expect("python3");
     assert!(
@@ -351,4 +380,29 @@ with zipfile.ZipFile(f"{dir}/{name}-{version}-py3-none-any.whl", "w") as z:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The pids of process `pid` in each pid namespace it is in, the host's
+/// first (`NSpid`); empty when it is gone.
+pub fn ns_pids(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| {
+                l.strip_prefix("NSpid:").map(|ns| {
+                    ns.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` is pid `inner` of its innermost pid namespace,
+/// nested at least two levels below the host's (a sandbox's, or a
+/// zygote's).
+pub fn is_pid_of_its_namespace(pid: u32, inner: u32) -> bool {
+    let levels = ns_pids(pid);
+    levels.len() >= 3 && levels.last() == Some(&inner)
 }
