@@ -54,6 +54,10 @@ pub enum InvokeError {
     /// The sandbox died mid-call (502); the next call gets a fresh one.
     #[error("{0}")]
     Died(String),
+    /// The response was over `limits.max_response_mb`; the sandbox was
+    /// destroyed (502).
+    #[error("{0}")]
+    ResponseTooLarge(String),
     /// The sandbox was dead before the request reached it (retried once,
     /// then 502).
     #[error("{0}")]
@@ -101,7 +105,7 @@ impl InvokeError {
             | Self::Raised { .. }
             | Self::Internal(_)
             | Self::Packages(_) => 500,
-            Self::Died(_) | Self::NotDelivered(_) => 502,
+            Self::Died(_) | Self::NotDelivered(_) | Self::ResponseTooLarge(_) => 502,
             Self::ShuttingDown | Self::NoMemory(_) => 503,
             Self::Timeout(_) => 504,
             Self::OutOfMemory(_) => 507,

@@ -4,6 +4,12 @@
 //! A frame is `meta_len: u32 BE`, `body_len: u32 BE`, the meta as a JSON
 //! object, then the raw body. Encoding reuses one buffer per sandbox so the
 //! hot path allocates nothing but the response body.
+//!
+//! The runtime runs hostile code, which can write anything onto its end of
+//! the socket: every reader takes the most bytes a frame may hold
+//! (`max_frame`, meta and body together) and checks the lengths in the
+//! header against it before it reserves or reads anything, so a header
+//! claiming 4 GiB costs the worker nothing.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -19,6 +25,9 @@ const INLINE_BODY_BYTES: usize = 64 * 1024;
 const HEADER_BYTES: usize = 8;
 /// Least room made in a read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Most bytes (meta and body) of a frame on a control socket or of a
+/// runtime's first frame (ready or load error): these carry no user data.
+pub const MAX_CONTROL_FRAME_BYTES: usize = MAX_META_BYTES;
 
 /// One HTTP call of a lambda, as the event layer hands it down.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,6 +96,15 @@ pub enum ProtocolError {
     /// The runtime sent something that is not a valid frame.
     #[error("the runtime sent a malformed frame: {0}")]
     Malformed(String),
+    /// The frame header claims more bytes than the reader accepts; nothing
+    /// of it was read (the stream is out of step from here on).
+    #[error("the runtime sent a frame of {claimed} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Meta and body bytes the header claims.
+        claimed: u64,
+        /// Most bytes the reader accepts.
+        limit: usize,
+    },
 }
 
 /// Writes `inv` as one request frame, using `buf` as scratch space.
@@ -140,17 +158,20 @@ fn encode_request_head(inv: &Invocation, buf: &mut Vec<u8>) -> Result<(), Protoc
 /// Reads one frame from the runtime through `buf`, a read buffer kept per
 /// connection: a whole small frame costs one `recv`, not one per part, and
 /// the body is handed out without a copy. `Closed` means EOF (before or in
-/// the middle of a frame).
+/// the middle of a frame). A frame of more than `max_frame` bytes (meta and
+/// body) is [`ProtocolError::TooLarge`], found from its header alone: `buf`
+/// never grows past `max_frame` plus one read's worth.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
+    max_frame: usize,
 ) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
     loop {
         let wanted = if buf.len() >= HEADER_BYTES {
             let header: [u8; HEADER_BYTES] = buf[..HEADER_BYTES]
                 .try_into()
                 .map_err(|_| ProtocolError::Malformed("short header".into()))?;
-            let (meta_len, body_len) = parse_header(&header)?;
+            let (meta_len, body_len) = parse_header(&header, max_frame)?;
             let total = HEADER_BYTES + meta_len + body_len;
             if buf.len() >= total {
                 let mut frame = buf.split_to(total);
@@ -169,10 +190,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Blocking twin of [`read_frame`], for control sockets driven from plain
-/// threads (the zygote's).
+/// Blocking twin of [`read_frame`] for control sockets driven from plain
+/// threads (the zygote's): frames of at most [`MAX_CONTROL_FRAME_BYTES`].
 pub fn read_frame_blocking<R: std::io::Read>(
     r: &mut R,
+) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
+    read_frame_blocking_limited(r, MAX_CONTROL_FRAME_BYTES)
+}
+
+/// [`read_frame_blocking`] with frames of at most `max_frame` bytes (meta
+/// and body), checked from the header before anything is allocated.
+pub fn read_frame_blocking_limited<R: std::io::Read>(
+    r: &mut R,
+    max_frame: usize,
 ) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
     let closed = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => ProtocolError::Closed,
@@ -180,7 +210,7 @@ pub fn read_frame_blocking<R: std::io::Read>(
     };
     let mut header = [0u8; HEADER_BYTES];
     r.read_exact(&mut header).map_err(closed)?;
-    let (meta_len, body_len) = parse_header(&header)?;
+    let (meta_len, body_len) = parse_header(&header, max_frame)?;
     let mut meta = vec![0u8; meta_len];
     r.read_exact(&mut meta).map_err(closed)?;
     let meta = parse_meta(&meta)?;
@@ -199,9 +229,22 @@ pub fn encode_frame<T: Serialize>(meta: &T) -> Result<Vec<u8>, ProtocolError> {
     Ok(out)
 }
 
-fn parse_header(header: &[u8; HEADER_BYTES]) -> Result<(usize, usize), ProtocolError> {
-    let meta_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let body_len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+/// The meta and body lengths of a frame header, checked against the
+/// protocol's limits and against `max_frame` (both lengths together).
+fn parse_header(
+    header: &[u8; HEADER_BYTES],
+    max_frame: usize,
+) -> Result<(usize, usize), ProtocolError> {
+    let meta_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let body_len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    // In u64: the sum of two u32 cannot overflow, whatever usize is.
+    let claimed = u64::from(meta_len) + u64::from(body_len);
+    let limit = max_frame.min(MAX_META_BYTES + MAX_BODY_BYTES);
+    if claimed > limit as u64 {
+        return Err(ProtocolError::TooLarge { claimed, limit });
+    }
+    // Both fit in usize now: their sum is at most `max_frame`.
+    let (meta_len, body_len) = (meta_len as usize, body_len as usize);
     if meta_len > MAX_META_BYTES {
         return Err(ProtocolError::Malformed(format!(
             "meta of {meta_len} bytes is over the {MAX_META_BYTES}-byte limit"
@@ -223,6 +266,9 @@ fn parse_meta(raw: &[u8]) -> Result<RuntimeMeta, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A response limit like the default `limits.max_response_mb`.
+    const LIMIT: usize = 6 << 20;
 
     fn frame(meta: &str, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -282,17 +328,21 @@ mod tests {
         let mut r = input.as_slice();
         let mut meta_buf = BytesMut::new();
 
-        let (ready, body) = read_frame(&mut r, &mut meta_buf).await.expect("ready");
+        let (ready, body) = read_frame(&mut r, &mut meta_buf, LIMIT)
+            .await
+            .expect("ready");
         assert_eq!(ready.kind.as_deref(), Some("ready"));
         assert_eq!(ready.pid, Some(42));
         assert!(body.is_empty());
 
-        let (resp, body) = read_frame(&mut r, &mut meta_buf).await.expect("resp");
+        let (resp, body) = read_frame(&mut r, &mut meta_buf, LIMIT)
+            .await
+            .expect("resp");
         assert_eq!(resp.status, Some(418));
         assert_eq!(resp.headers, vec![("A".to_string(), "B".to_string())]);
         assert_eq!(&body[..], b"hi\n\x00\xff");
 
-        let (err, _) = read_frame(&mut r, &mut meta_buf).await.expect("err");
+        let (err, _) = read_frame(&mut r, &mut meta_buf, LIMIT).await.expect("err");
         assert_eq!(
             err.error.as_deref(),
             Some("ZeroDivisionError: division by zero")
@@ -300,7 +350,7 @@ mod tests {
         assert_eq!(err.traceback, "f.py:2");
 
         assert!(matches!(
-            read_frame(&mut r, &mut meta_buf).await,
+            read_frame(&mut r, &mut meta_buf, LIMIT).await,
             Err(ProtocolError::Closed)
         ));
     }
@@ -310,7 +360,7 @@ mod tests {
         let full = frame(r#"{"status":200}"#, b"abcdef");
         for cut in [3, 8, 12, full.len() - 1] {
             let mut r = &full[..cut];
-            let got = read_frame(&mut r, &mut BytesMut::new()).await;
+            let got = read_frame(&mut r, &mut BytesMut::new(), LIMIT).await;
             assert!(
                 matches!(got, Err(ProtocolError::Closed)),
                 "cut at {cut}: {got:?}"
@@ -335,11 +385,79 @@ mod tests {
         let mut huge = Vec::new();
         huge.extend_from_slice(&((MAX_META_BYTES + 1) as u32).to_be_bytes());
         huge.extend_from_slice(&0u32.to_be_bytes());
-        let got = read_frame(&mut huge.as_slice(), &mut BytesMut::new()).await;
+        let got = read_frame(
+            &mut huge.as_slice(),
+            &mut BytesMut::new(),
+            2 * MAX_META_BYTES,
+        )
+        .await;
         assert!(matches!(got, Err(ProtocolError::Malformed(_))), "{got:?}");
 
         let bad = frame("not json", b"");
-        let got = read_frame(&mut bad.as_slice(), &mut BytesMut::new()).await;
+        let got = read_frame(&mut bad.as_slice(), &mut BytesMut::new(), LIMIT).await;
         assert!(matches!(got, Err(ProtocolError::Malformed(_))), "{got:?}");
+    }
+
+    /// A frame header claiming `meta_len` and `body_len` bytes.
+    fn header(meta_len: u32, body_len: u32) -> Vec<u8> {
+        let mut out = meta_len.to_be_bytes().to_vec();
+        out.extend_from_slice(&body_len.to_be_bytes());
+        out
+    }
+
+    #[tokio::test]
+    async fn frame_over_the_limit_is_refused_from_its_header() {
+        // A runtime claiming 400 MiB and then sending it, endlessly: the
+        // reader must stop at the header, with next to nothing buffered.
+        let claim = header(2, 400 << 20);
+        let mut endless = tokio::io::AsyncReadExt::chain(claim.as_slice(), tokio::io::repeat(b'x'));
+        let mut buf = BytesMut::new();
+        let got = read_frame(&mut endless, &mut buf, LIMIT).await;
+        match got {
+            Err(ProtocolError::TooLarge { claimed, limit }) => {
+                assert_eq!((claimed, limit), ((400 << 20) + 2, LIMIT));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.capacity() <= 2 * READ_CHUNK, "{}", buf.capacity());
+
+        // Meta and body count together; exactly the limit is fine.
+        let meta = r#"{"status":200}"#;
+        let body = vec![b'y'; LIMIT - meta.len()];
+        let ok = frame(meta, &body);
+        let (_, got) = read_frame(&mut ok.as_slice(), &mut BytesMut::new(), LIMIT)
+            .await
+            .expect("at the limit");
+        assert_eq!(got.len(), body.len());
+        let over = frame(meta, &[body.as_slice(), b"z"].concat());
+        let got = read_frame(&mut over.as_slice(), &mut BytesMut::new(), LIMIT).await;
+        assert!(
+            matches!(got, Err(ProtocolError::TooLarge { .. })),
+            "{got:?}"
+        );
+
+        // The largest header there is: no overflow, no allocation.
+        let max = header(u32::MAX, u32::MAX);
+        let got = read_frame(&mut max.as_slice(), &mut BytesMut::new(), usize::MAX).await;
+        assert!(
+            matches!(got, Err(ProtocolError::TooLarge { .. })),
+            "{got:?}"
+        );
+        let got = read_frame_blocking_limited(&mut max.as_slice(), usize::MAX);
+        assert!(
+            matches!(got, Err(ProtocolError::TooLarge { .. })),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn blocking_reader_keeps_control_frames_small() {
+        let claim = header(16, (MAX_CONTROL_FRAME_BYTES) as u32);
+        let mut endless = std::io::Read::chain(claim.as_slice(), std::io::repeat(b'x'));
+        let got = read_frame_blocking(&mut endless);
+        assert!(
+            matches!(got, Err(ProtocolError::TooLarge { limit, .. }) if limit == MAX_CONTROL_FRAME_BYTES),
+            "{got:?}"
+        );
     }
 }
