@@ -5,8 +5,11 @@
 mod common;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
-use common::{TestWorker, add_lambda};
+use common::{TestWorker, add_lambda, ol, stderr};
 
 /// A lambda that, asked to `flood`, writes a frame header claiming a
 /// 400 MiB response straight onto the runtime's socket (the only socket a
@@ -116,4 +119,101 @@ fn result_over_max_response_mb_is_an_error_and_the_sandbox_stays() {
     assert!(a.body.contains("1 MiB"), "{}", a.body);
     assert_eq!(w.run("small", "1000").status, 200);
     w.down();
+}
+
+/// Descriptors the worker holds.
+fn worker_fds(w: &TestWorker) -> usize {
+    fs::read_dir(format!("/proc/{}/fd", w.worker_pid()))
+        .expect("fd dir")
+        .count()
+}
+
+/// Whether the worker closes `conn` (EOF or reset) within 30 s.
+fn closed_by_worker(conn: &mut TcpStream) -> bool {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 before the close is fine too: keep reading to the end.
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn stalled_clients_cannot_exhaust_descriptors_or_lock_others_out() {
+    const CAP: usize = 32;
+    let w = TestWorker::start(
+        &[],
+        &[
+            "http.header_timeout_ms=500",
+            &format!("http.max_connections={CAP}"),
+        ],
+    );
+    assert_eq!(w.run("hello", r#"{"name": "A"}"#).status, 200);
+    let fds_before = worker_fds(&w);
+    // Ten times the cap, each with half a header line and then nothing.
+    let mut stalled: Vec<TcpStream> = (0..10 * CAP)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", w.port)).expect("connect");
+            c.write_all(b"POST /run/hello HTTP/1.1\r\nHost: x\r\nContent-Ty")
+                .expect("write");
+            c
+        })
+        .collect();
+    // The worker holds at most the cap; the rest wait in the kernel.
+    let held = worker_fds(&w).saturating_sub(fds_before);
+    assert!(held <= CAP + 8, "the worker holds {held} more descriptors");
+    // A normal client is served once slow ones are cut off.
+    let a = w.run("hello", r#"{"name": "Bob"}"#);
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, Bob!\""));
+    for (i, c) in stalled.iter_mut().enumerate() {
+        assert!(closed_by_worker(c), "stalled connection {i} is still open");
+    }
+    assert!(worker_fds(&w) <= fds_before + 8, "descriptors leaked");
+    assert_eq!(w.run("hello", r#"{"name": "C"}"#).status, 200);
+}
+
+#[test]
+fn worker_up_refuses_config_that_can_never_work_naming_the_key() {
+    let dir = tempfile::Builder::new()
+        .prefix("ol-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let out = ol(dir.path(), &["worker", "init"]);
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    for (setting, key) in [
+        ("mem_pool_mb=0", "mem_pool_mb"),
+        ("limits.mem_mb=100000000", "mem_pool_mb"),
+        ("limits.procs=4294967295", "limits.procs"),
+        ("limits.runtime_sec=1000000", "limits.runtime_sec"),
+        ("limits.max_response_mb=0", "limits.max_response_mb"),
+        ("limits.disk_mb=0", "limits.disk_mb"),
+        ("http.max_connections=0", "http.max_connections"),
+        ("http.header_timeout_ms=0", "http.header_timeout_ms"),
+        ("scaling.max_instances=0", "scaling.max_instances"),
+        (
+            "installer_limits.runtime_sec=0",
+            "installer_limits.runtime_sec",
+        ),
+    ] {
+        let out = ol(dir.path(), &["worker", "up", "-d", "-o", setting]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{setting}: started");
+        let lines: Vec<&str> = err.trim().lines().collect();
+        assert_eq!(lines.len(), 1, "{setting}: {err}");
+        assert!(lines[0].contains(&format!("`{key}`")), "{setting}: {err}");
+        assert!(!dir.path().join("worker/worker.pid").exists(), "{setting}");
+    }
 }
