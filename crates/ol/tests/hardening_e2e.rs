@@ -217,3 +217,65 @@ fn worker_up_refuses_config_that_can_never_work_naming_the_key() {
         assert!(!dir.path().join("worker/worker.pid").exists(), "{setting}");
     }
 }
+
+/// A lambda packed as a tar.gz, with `ol_yaml` as its ol.yaml.
+fn packed_with_ol_yaml(ol_yaml: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("f.py"), "def f(event):\n    return 1\n").expect("f.py");
+    fs::write(dir.path().join("ol.yaml"), ol_yaml).expect("ol.yaml");
+    ol_registry::pack_lambda(dir.path()).expect("pack")
+}
+
+#[test]
+fn uploads_with_hostile_ol_yaml_are_refused_with_400() {
+    let w = TestWorker::start(&[], &[]);
+    let block: String = (0..300).map(|i| format!("{}a:\n", " ".repeat(i))).collect();
+    let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for (n, prev) in ["b", "c", "d", "e", "f", "g", "h", "i", "j"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h", "i"])
+    {
+        bomb.push_str(&format!(
+            "{n}: &{n} [{}]\n",
+            vec![format!("*{prev}"); 10].join(", ")
+        ));
+    }
+    for (what, text, says) in [
+        // A megabyte of `{a: ` packs into about a kilobyte and cost minutes.
+        (
+            "1 MiB of {a: ",
+            "{a: ".repeat(1 << 18),
+            "over the limit of 65536 bytes",
+        ),
+        (
+            "deep flow maps",
+            "{a: ".repeat(16_000),
+            "nesting is deeper than 32",
+        ),
+        (
+            "deep flow sequences",
+            "[".repeat(65_000),
+            "nesting is deeper than 32",
+        ),
+        ("deep block maps", block, "nesting is deeper than 32"),
+        ("alias bomb", bomb, "aliases"),
+    ] {
+        let upload = packed_with_ol_yaml(&text);
+        assert!(upload.len() < 8192, "{what}: {} bytes", upload.len());
+        let a = common::request("POST", &w.url("/registry/hostile"), &upload);
+        assert_eq!(a.status, 400, "{what}: {}", a.body);
+        let error = a.json()["error"].as_str().expect("error").to_string();
+        assert!(
+            error.starts_with("ol.yaml: ") && error.contains(says),
+            "{what}: {error}"
+        );
+    }
+    assert_eq!(w.run("hostile", "1").status, 404, "nothing was installed");
+    let a = common::request(
+        "POST",
+        &w.url("/registry/fine"),
+        &packed_with_ol_yaml("limits: {mem_mb: 32}\n"),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(w.run("fine", "1").status, 200);
+}
