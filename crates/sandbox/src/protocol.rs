@@ -461,3 +461,143 @@ mod tests {
         );
     }
 }
+
+/// The frame decoders under random input (proptest).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// Cases per property: thousands, yet the whole module runs in about a
+    /// second.
+    const CASES: u32 = 2000;
+
+    /// Reads `data` in the chunk sizes given (cycling), as a socket might
+    /// deliver it.
+    struct Chunked {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let size = self.sizes[self.turn % self.sizes.len()];
+            self.turn += 1;
+            let n = size.min(buf.remaining()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    }
+
+    /// A response meta as the runtime writes it.
+    fn meta() -> impl Strategy<Value = serde_json::Value> {
+        (
+            100u16..600,
+            prop::collection::vec(("[a-z-]{1,12}", "\\PC{0,20}"), 0..4),
+            prop::option::of("\\PC{0,40}"),
+        )
+            .prop_map(|(status, headers, error)| {
+                let mut meta = serde_json::json!({"status": status, "headers": headers});
+                if let Some(error) = error {
+                    meta["error"] = serde_json::json!(error);
+                }
+                meta
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_overallocate(
+            data in prop::collection::vec(any::<u8>(), 0..256),
+            header in prop::option::of((any::<u32>(), any::<u32>())),
+            max_frame in 0usize..(64 << 10),
+            sizes in prop::collection::vec(1usize..64, 1..4),
+        ) {
+            // Random bytes, sometimes behind a header of random lengths.
+            let mut input = Vec::new();
+            if let Some((meta_len, body_len)) = header {
+                input.extend_from_slice(&meta_len.to_be_bytes());
+                input.extend_from_slice(&body_len.to_be_bytes());
+            }
+            input.extend_from_slice(&data);
+            let mut reader = Chunked { data: input.clone(), at: 0, sizes, turn: 0 };
+            let mut buf = BytesMut::new();
+            let got = runtime().block_on(read_frame(&mut reader, &mut buf, max_frame));
+            prop_assert!(buf.capacity() <= HEADER_BYTES + max_frame + 2 * READ_CHUNK);
+            if let Ok((_, body)) = &got {
+                prop_assert!(body.len() <= max_frame);
+            }
+            let blocking = read_frame_blocking_limited(&mut input.as_slice(), max_frame);
+            prop_assert_eq!(got.is_ok(), blocking.is_ok(), "{:?} / {:?}", got, blocking);
+        }
+
+        #[test]
+        fn valid_frames_round_trip_in_any_chunking(
+            metas in prop::collection::vec(meta(), 1..4),
+            bodies in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..512), 4),
+            sizes in prop::collection::vec(1usize..300, 1..4),
+        ) {
+            let mut stream = Vec::new();
+            for (meta, body) in metas.iter().zip(&bodies) {
+                let mut frame = encode_frame(meta).expect("encode");
+                let body_len = u32::try_from(body.len()).expect("small body");
+                frame[4..8].copy_from_slice(&body_len.to_be_bytes());
+                frame.extend_from_slice(body);
+                stream.extend_from_slice(&frame);
+            }
+            let mut reader = Chunked { data: stream.clone(), at: 0, sizes, turn: 0 };
+            let mut buf = BytesMut::new();
+            let rt = runtime();
+            let mut blocking = stream.as_slice();
+            for (meta, body) in metas.iter().zip(&bodies) {
+                let (got, got_body) = rt
+                    .block_on(read_frame(&mut reader, &mut buf, 1 << 20))
+                    .expect("valid frame");
+                prop_assert_eq!(got.status, meta["status"].as_u64().and_then(|s| u16::try_from(s).ok()));
+                prop_assert_eq!(got.error.as_deref(), meta["error"].as_str());
+                prop_assert_eq!(got.headers.len(), meta["headers"].as_array().map_or(0, Vec::len));
+                prop_assert_eq!(&got_body[..], &body[..]);
+                let (again, again_body) =
+                    read_frame_blocking_limited(&mut blocking, 1 << 20).expect("valid frame");
+                prop_assert_eq!(again, got);
+                prop_assert_eq!(again_body, got_body);
+            }
+            let end = rt.block_on(read_frame(&mut reader, &mut buf, 1 << 20));
+            prop_assert!(matches!(end, Err(ProtocolError::Closed)), "{:?}", end);
+        }
+
+        #[test]
+        fn any_cut_of_a_valid_frame_is_closed(
+            meta in meta(),
+            body in prop::collection::vec(any::<u8>(), 0..256),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut frame = encode_frame(&meta).expect("encode");
+            let body_len = u32::try_from(body.len()).expect("small body");
+            frame[4..8].copy_from_slice(&body_len.to_be_bytes());
+            frame.extend_from_slice(&body);
+            let cut = cut.index(frame.len());
+            let got = runtime().block_on(read_frame(&mut &frame[..cut], &mut BytesMut::new(), 1 << 20));
+            prop_assert!(matches!(got, Err(ProtocolError::Closed)), "{:?}", got);
+        }
+    }
+}
