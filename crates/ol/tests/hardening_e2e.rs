@@ -79,7 +79,9 @@ fn response_frame_claiming_400_mib_is_refused_without_buffering_it() {
         assert_eq!(next.status, 200, "{}", next.body);
         assert_ne!(next.body, first.body, "the flooding sandbox was reused");
     }
-    let grown_mb = worker_rss_kb(&w).saturating_sub(rss_before) / 1024;
+    let rss_after = worker_rss_kb(&w);
+    eprintln!("worker VmRSS: {rss_before} KiB before, {rss_after} KiB after 4 floods");
+    let grown_mb = rss_after.saturating_sub(rss_before) / 1024;
     assert!(grown_mb < 64, "the worker grew by {grown_mb} MiB");
 }
 
@@ -174,6 +176,10 @@ fn stalled_clients_cannot_exhaust_descriptors_or_lock_others_out() {
         .collect();
     // The worker holds at most the cap; the rest wait in the kernel.
     let held = worker_fds(&w).saturating_sub(fds_before);
+    eprintln!(
+        "{} stalled clients: the worker holds {held} more descriptors (cap {CAP})",
+        stalled.len()
+    );
     assert!(held <= CAP + 8, "the worker holds {held} more descriptors");
     // A normal client is served once slow ones are cut off.
     let a = w.run("hello", r#"{"name": "Bob"}"#);

@@ -431,16 +431,29 @@ impl Config {
     pub fn validate_on(&self, host: &Host) -> Result<(), ConfigError> {
         let l = &self.limits;
         let il = &self.installer_limits;
-        let pids = format!("the kernel's pid_max, {}", host.pid_max);
+        let pids = "the kernel's pid_max";
         let cpus = format!("100 per CPU of the {} this machine has", host.cpus);
         let fds = format!(
-            "half the worker's descriptor limit of {} (raise `ulimit -Hn` for more)",
+            "half the worker's descriptor limit of {}; raise `ulimit -Hn` for more",
             host.fd_limit
         );
         let frame = "the largest frame the runtime protocol carries";
         // (key, value, least, most, why the most).
+        // A sock sandbox is a supervisor (pid 1 of its namespace, which
+        // reports the runtime's exit) and the runtime: one process cannot
+        // start (measured: "fork pid 1: Resource temporarily unavailable").
+        let least_procs = match self.sandbox {
+            SandboxKind::Sock => 2,
+            SandboxKind::Process => 1,
+        };
         let ranges: [(&str, u64, u64, u64, &str); 16] = [
-            ("limits.procs", l.procs.into(), 1, host.pid_max, &pids),
+            (
+                "limits.procs",
+                l.procs.into(),
+                least_procs,
+                host.pid_max,
+                pids,
+            ),
             ("limits.mem_mb", l.mem_mb, 1, MAX_MB, MAX_MB_WHY),
             (
                 "limits.cpu_percent",
@@ -522,7 +535,7 @@ impl Config {
             return Err(bad(
                 "mem_pool_mb",
                 format!(
-                    "{} MiB is less than limits.mem_mb ({} MiB): no lambda sandbox could ever start; use at least {}",
+                    "{} MiB is less than limits.mem_mb ({} MiB): no lambda sandbox could ever start; raise mem_pool_mb to at least {} or lower limits.mem_mb",
                     self.mem_pool_mb, l.mem_mb, l.mem_mb
                 ),
             ));
@@ -849,11 +862,16 @@ mod tests {
                 "limits.mem_mb",
                 "63 bits",
             ),
-            (&["limits.procs=0"], "limits.procs", "at least 1"),
+            (&["limits.procs=0"], "limits.procs", "at least"),
+            (
+                &["sandbox=sock", "limits.procs=1"],
+                "limits.procs",
+                "at least 2",
+            ),
             (
                 &[&format!("limits.procs={u32_max}")],
                 "limits.procs",
-                "pid_max, 32768",
+                "at most 32768 (the kernel's pid_max)",
             ),
             (&["limits.procs=32769"], "limits.procs", "pid_max"),
             (
@@ -988,6 +1006,7 @@ mod tests {
         let mut v = defaults_value();
         for o in [
             "limits.procs=32768",
+            "sandbox=process",
             "limits.cpu_percent=200",
             "limits.runtime_sec=86400",
             "limits.max_body_mb=1024",

@@ -121,7 +121,7 @@ proptest! {
 
     #[test]
     fn valid_configs_round_trip(
-        procs in 1u32..1000,
+        procs in 2u32..1000,
         mem_mb in 1u64..512,
         pool_extra in 0u64..4096,
         runtime_sec in 1u64..86_400,
