@@ -1,49 +1,61 @@
 """Zygote of ol: a Python process with the runtime (and later packages)
-already imported that forks new lambda sandboxes (DESIGN.md sections 3.4, 7).
+already imported that forks new lambda sandboxes (DESIGN.md sections 3.4,
+3.13, 7).
 
-The worker starts it inside a privileged sandbox (its own mount namespace,
-root, no seccomp) as
+The worker starts it through the sandbox init, confined: root only of a
+user namespace of its own whose root is an unprivileged host uid, with a
+few capabilities there, no_new_privs and the zygote seccomp filter. It runs
 
-    <python> -I -S ol_zygote.py --fd N [--seccomp FILE]
+    <python> -I -S ol_zygote.py --fd N --jail LIB [--seccomp FILE]
 
-and speaks the frame protocol of docs/protocol.md on fd N. After a
-``ready`` frame the zygote answers ``prefork`` requests, which carry as
-SCM_RIGHTS descriptors the new runtime's socket, the write end of its exit
-pipe and one ``cgroup.procs`` file per cgroup hierarchy. The zygote forks a
-*blank*: the child joins the cgroups, unshares mount, pid, ipc, uts and
-network namespaces and forks again. That middle process waits and writes
-the runtime's raw wait status to the exit pipe; the grandchild, pid 1 of
-the new pid namespace, mounts a private /tmp and /proc, then waits on its
-socket for an ``assign`` frame with the lambda (descriptors: a detached
-read-only mount of its code, a detached writable mount of its scratch dir,
-its stdout and stderr). It mounts them at /handler and /host, drops every
-privilege, installs the seccomp filter, loads the lambda, says ``ready`` and
-serves it. Blanks are made ahead of time, so the expensive part (above all
-the cgroup migration, which waits for an RCU grace period) is off the
-critical path of a cold start. The zygote answers ``{"type": "forked",
-"id": ..., "pid": ...}``.
+and speaks the frame protocol of docs/protocol.md on fd N. LIB is the
+jail's shared library (crates/jail): every step of entering a sandbox is
+one call into it, the same Rust code the sandbox init runs, so no syscall
+number or kernel constant lives here. FILE is the seccomp filter lambdas
+get. Before anything else the zygote asks the jail to check that it is
+confined as a zygote must be (it imports packages later: none may run with
+host privilege).
+
+After a ``ready`` frame the zygote answers ``prefork`` requests, whose
+SCM_RIGHTS descriptors are the new runtime's socket, the write end of its
+exit pipe, a detached tmpfs for its /tmp and one ``cgroup.procs`` file per
+cgroup hierarchy. The zygote forks a *blank*; the child calls the jail,
+which joins the cgroups, unshares every namespace and forks pid 1 of the
+new pid namespace (the forking process stays behind, reports pid 1's raw
+wait status on the exit pipe and exits). Pid 1 starts a session, attaches
+/tmp, and sends the worker its pid namespace and a socket of its network
+namespace on its socket (the worker brings its loopback up and makes its
+proc). Back in Python it does ahead what every lambda's start does, then
+waits on its socket for an ``assign`` frame with the lambda (descriptors:
+detached mounts of its code, of its /host tmpfs and of its proc, and its
+stdout and stderr log pipes). The jail attaches them, keeps only the socket
+and stdio, makes it the sandbox user with no capability, sets
+no_new_privs and installs the lambda filter; then it loads the lambda, says
+``ready`` and serves it. Blanks are made ahead of time, so the expensive
+part (above all the cgroup migration, which waits for an RCU grace period)
+is off the critical path of a cold start. The zygote answers ``{"type":
+"forked", "id": ..., "pid": ...}``.
 
 A ``zygote`` request (the import cache, DESIGN.md section 3.4) forks a
 child zygote instead: descriptors are its control socket, the write end of
-its exit pipe, its stdout and stderr, then its ``cgroup.procs`` files; the
-meta names the package dirs to put on sys.path and the modules to import.
-The child stays in this zygote's namespaces and privileges, imports the
+its exit pipe, its stdout and stderr, a tmpfs for its /tmp, then its
+``cgroup.procs`` files; the meta names the package dirs to put on sys.path
+and the modules to import. The jail puts the child in namespaces of its own
+like a blank (under a pid 1 that only reaps, so sandboxes forked from it
+outlive it), with the privileges and filter of this zygote; it sends the
+worker its namespaces and waits for its proc. Then the child imports the
 modules, says ``ready`` (or ``error``) on its own socket and serves
-``prefork`` and ``zygote`` requests there like this one. The parent writes
-its raw wait status to the exit pipe when it reaps it.
+``prefork`` and ``zygote`` requests there like this one.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
-import fcntl
 import gc
 import json
 import os
 import signal
 import socket
-import struct
 import sys
 import traceback
 
@@ -51,156 +63,79 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ol_runtime  # noqa: E402  (needs the path above)
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
-SANDBOX_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
-
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-AT_FDCWD = -100
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-SYS_MOVE_MOUNT = 429  # the same on every architecture (new syscall table)
-
-PR_SET_PDEATHSIG = 1
-PR_SET_SECCOMP = 22
-PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-SECCOMP_MODE_FILTER = 2
-
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
-IFF_RUNNING = 0x40
-
 # Paths inside a sandbox (crates/sandbox/src/sock/rootfs.rs `inside`).
 HANDLER_DIR = "/handler"
-HOST_DIR = "/host"
 
-BLANK_FDS = 2  # runtime socket, exit pipe; then one cgroup.procs per hierarchy
-ZYGOTE_FDS = 4  # control socket, exit pipe, stdout, stderr; then cgroup.procs files
-ASSIGN_FDS = 4  # code mount, scratch mount, stdout, stderr
+BLANK_FDS = 3  # runtime socket, exit pipe, /tmp; then one cgroup.procs per hierarchy
+ZYGOTE_FDS = 5  # control socket, exit pipe, stdout, stderr, /tmp; then cgroup.procs files
+ASSIGN_FDS = 5  # code, /host and proc mounts, stdout, stderr
 MAX_FDS = 16
 CHILD_FAILED = 125
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.syscall.restype = ctypes.c_long
+ERROR_LEN = 512
 
 
-class SockFprog(ctypes.Structure):
-    """struct sock_fprog for PR_SET_SECCOMP."""
+class Jail:
+    """The jail's shared library: each method is one native call that
+    enters a stage of a child's sandbox, or raises OSError naming the step
+    that failed. Descriptors passed are taken over by the jail (closed when
+    no longer needed), except the socket, which the caller keeps."""
 
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    def __init__(self, path: str) -> None:
+        lib = ctypes.CDLL(path, use_errno=True)
+        c_int, c_size, c_buf = ctypes.c_int, ctypes.c_size_t, ctypes.c_char_p
+        fds = ctypes.POINTER(ctypes.c_int)
+        lib.ol_jail_blank.argtypes = [c_int, c_int, c_int, fds, c_size, c_buf, c_size]
+        lib.ol_jail_zygote.argtypes = [c_int, c_int, c_int, c_int, c_int, fds, c_size, c_buf, c_size]
+        lib.ol_jail_assign.argtypes = [
+            c_int,
+            c_int,
+            c_int,
+            c_int,
+            c_int,
+            c_int,
+            ctypes.c_char_p,
+            c_size,
+            c_buf,
+            c_size,
+        ]
+        lib.ol_jail_check_zygote.argtypes = [c_int, c_buf, c_size]
+        for fn in (lib.ol_jail_blank, lib.ol_jail_zygote, lib.ol_jail_assign, lib.ol_jail_check_zygote):
+            fn.restype = c_int
+        self._lib = lib
 
+    @staticmethod
+    def _call(fn, *args) -> None:  # noqa: ANN001 - a ctypes function
+        err = ctypes.create_string_buffer(ERROR_LEN)
+        if fn(*args, err, ERROR_LEN) != 0:
+            raise OSError(f"jail: {err.value.decode(errors='replace')}")
 
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+    @staticmethod
+    def _ints(values: list[int]):  # noqa: ANN205 - a ctypes array
+        return (ctypes.c_int * max(len(values), 1))(*values)
 
+    def check_zygote(self, seccomp: bool) -> None:
+        self._call(self._lib.ol_jail_check_zygote, int(seccomp))
 
-def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
+    def blank(self, conn: int, exit_w: int, tmp: int, cgroups: list[int]) -> None:
+        self._call(self._lib.ol_jail_blank, conn, exit_w, tmp, self._ints(cgroups), len(cgroups))
 
+    def zygote(self, conn: int, exit_w: int, stdout: int, stderr: int, tmp: int, cgroups: list[int]) -> None:
+        self._call(self._lib.ol_jail_zygote, conn, exit_w, stdout, stderr, tmp, self._ints(cgroups), len(cgroups))
 
-def mount(source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: bytes | None = None) -> None:
-    _check(_libc.mount(source, target, fstype, flags, data), f"mount {target.decode()}")
-
-
-def move_mount(fd: int, target: str) -> None:
-    ret = _libc.syscall(
-        ctypes.c_long(SYS_MOVE_MOUNT),
-        ctypes.c_int(fd),
-        ctypes.c_char_p(b""),
-        ctypes.c_int(AT_FDCWD),
-        ctypes.c_char_p(target.encode()),
-        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
-    )
-    _check(int(ret), f"move_mount onto {target}")
-
-
-def prctl(option: int, arg2: int = 0) -> None:
-    _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option})")
-
-
-def loopback_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))
-
-
-def drop_bounding_set() -> None:
-    """Empties the capability bounding set. It only limits what an exec
-    could gain, so a blank does it ahead of time and keeps, until its
-    lambda arrives, the capabilities it holds now (to mount)."""
-    for cap in range(64):
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            if ctypes.get_errno() == errno.EINVAL:
-                break
-            _check(-1, "drop capability")
-
-
-def drop_privileges(uid: int, gid: int, seccomp: bytes | None) -> None:
-    """Becomes uid/gid with no capabilities (the uid change clears them;
-    the bounding set is already empty) and installs the seccomp filter."""
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    # The uid change cleared the parent-death signal: set it now, so the
-    # sandbox dies with its middle process (the worker's handle).
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if seccomp:
-        buf = ctypes.create_string_buffer(seccomp, len(seccomp))
-        prog = SockFprog(len(seccomp) // 8, ctypes.cast(buf, ctypes.c_void_p))
-        _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp")
+    def assign(self, conn: int, mounts: list[int], logs: list[int], seccomp: bytes) -> None:
+        code, host, proc = mounts
+        stdout, stderr = logs
+        self._call(self._lib.ol_jail_assign, conn, code, host, proc, stdout, stderr, seccomp, len(seccomp))
 
 
-def prepare_blank(fds: list[int], warm: bool = True) -> socket.socket:
+def prepare_blank(jail: Jail, fds: list[int], warm: bool = True) -> socket.socket:
     """In the forked child: everything that does not depend on the lambda.
-
-    Joins the cgroups, unshares the namespaces, forks pid 1 of the new pid
-    namespace (this process stays as the middle one and reports its exit),
-    gives it a private /tmp and /proc, a host name and loopback. Returns
-    the runtime's socket, in the grandchild only.
-    """
-    conn, exit_w = fds[:BLANK_FDS]
-    for fd in fds[BLANK_FDS:]:
-        os.write(fd, b"0")
-        os.close(fd)
-    unshare(SANDBOX_NAMESPACES)
-    runtime = os.fork()
-    if runtime:
-        # The middle process: report how the runtime ended, then go.
-        os.close(conn)
-        try:
-            _, status = os.waitpid(runtime, 0)
-        except ChildProcessError:
-            status = -1
-        try:
-            os.write(exit_w, b"%d\n" % status)
-        finally:
-            os._exit(0)
-    os.close(exit_w)
-    mount(None, b"/", None, MS_REC | MS_PRIVATE)
-    mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, b"size=64m,mode=1777")
-    mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    socket.sethostname("ol-sandbox")
-    loopback_up()
+    Returns the runtime's socket, in the blank's pid 1 only (the forking
+    process becomes the middle process inside the jail and never returns)."""
+    conn, exit_w, tmp = fds[:BLANK_FDS]
+    jail.blank(conn, exit_w, tmp, fds[BLANK_FDS:])
     sock = socket.socket(fileno=conn)
     sock.set_inheritable(False)
-    drop_bounding_set()
     if warm:
         warm_up()
     else:
@@ -238,7 +173,7 @@ def warm_up() -> None:
             os.rmdir(stand_in)
 
 
-def run_assigned(sock: socket.socket, seccomp: bytes | None) -> None:
+def run_assigned(jail: Jail, sock: socket.socket, seccomp: bytes) -> None:
     """In a blank: waits for its lambda, becomes its sandbox and serves it.
     Never returns."""
     meta, fds = recv_request(sock)
@@ -246,17 +181,8 @@ def run_assigned(sock: socket.socket, seccomp: bytes | None) -> None:
         os._exit(0)  # the worker dropped the blank
     if meta.get("type") != "assign" or len(fds) != ASSIGN_FDS:
         raise ValueError(f"bad assignment {meta!r} with {len(fds)} fds")
-    code_mnt, host_mnt, stdout, stderr = fds
-    os.dup2(stdout, 1)
-    os.dup2(stderr, 2)
-    os.close(stdout)
-    os.close(stderr)
-    move_mount(code_mnt, HANDLER_DIR)
-    move_mount(host_mnt, HOST_DIR)
-    os.close(code_mnt)
-    os.close(host_mnt)
+    jail.assign(sock.fileno(), fds[:3], fds[3:], seccomp)
     os.chdir(HANDLER_DIR)
-    drop_privileges(int(meta["uid"]), int(meta["gid"]), seccomp)
     os.environ.update(dict(meta.get("env", [])))
     try:
         handler = ol_runtime.load_lambda(HANDLER_DIR, list(meta.get("packages", [])))
@@ -295,43 +221,24 @@ def recv_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
     return json.loads(data[8 : 8 + meta_len]), fds
 
 
-# Exit pipes of child zygotes, by pid: written when they are reaped.
-_zygote_exits: dict[int, int] = {}
-
-
 def reap(_signum: int = 0, _frame: object = None) -> None:
-    """Collects every exited child (middle processes and child zygotes)."""
+    """Collects every exited child (the middle processes of sandboxes and
+    child zygotes, which report their sandbox's end themselves)."""
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, _status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        exit_w = _zygote_exits.pop(pid, None)
-        if exit_w is not None:
-            try:
-                os.write(exit_w, b"%d\n" % status)
-            except OSError:
-                pass
-            os.close(exit_w)
 
 
-def become_zygote(meta: dict, fds: list[int], seccomp: bytes | None) -> int:
-    """In a forked child: joins its cgroups, imports the node's packages and
-    serves fork requests on its own socket. Returns the exit status."""
-    conn, exit_w, stdout, stderr = fds[:ZYGOTE_FDS]
-    os.close(exit_w)  # the parent reports our exit
-    for fd in fds[ZYGOTE_FDS:]:
-        os.write(fd, b"0")
-        os.close(fd)
-    os.dup2(stdout, 1)
-    os.dup2(stderr, 2)
-    os.close(stdout)
-    os.close(stderr)
-    for fd in list(_zygote_exits.values()):
-        os.close(fd)  # our siblings' pipes belong to the parent
-    _zygote_exits.clear()
+def become_zygote(jail: Jail, meta: dict, fds: list[int], seccomp: bytes) -> int:
+    """In a forked child: enters namespaces of its own, imports the node's
+    packages and serves fork requests on its own socket. Returns the exit
+    status."""
+    conn, exit_w, stdout, stderr, tmp = fds[:ZYGOTE_FDS]
+    jail.zygote(conn, exit_w, stdout, stderr, tmp, fds[ZYGOTE_FDS:])
     sock = socket.socket(fileno=conn)
     sock.set_inheritable(False)
     ol_runtime.add_package_paths(list(meta.get("packages", [])))
@@ -345,10 +252,10 @@ def become_zygote(meta: dict, fds: list[int], seccomp: bytes | None) -> int:
             )
             return 1
     gc.freeze()
-    return serve_forks(sock, seccomp)
+    return serve_forks(jail, sock, seccomp)
 
 
-def fork_child(meta: dict, fds: list[int], seccomp: bytes | None, sock: socket.socket) -> int:
+def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: socket.socket) -> int:
     """Forks a blank (``prefork``) or a child zygote (``zygote``); returns
     its pid in the parent."""
     kind = meta.get("type")
@@ -360,20 +267,18 @@ def fork_child(meta: dict, fds: list[int], seccomp: bytes | None, sock: socket.s
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             sock.close()
             if kind == "zygote":
-                status = become_zygote(meta, fds, seccomp)
+                status = become_zygote(jail, meta, fds, seccomp)
             else:
-                run_assigned(prepare_blank(fds, bool(meta.get("warm", True))), seccomp)
+                run_assigned(jail, prepare_blank(jail, fds, bool(meta.get("warm", True))), seccomp)
         except BaseException:  # noqa: BLE001 - report anything, then die
             traceback.print_exc()
             sys.stderr.flush()
         finally:
             os._exit(status)
-    if kind == "zygote":
-        _zygote_exits[pid] = os.dup(fds[1])
     return pid
 
 
-def serve_forks(sock: socket.socket, seccomp: bytes | None) -> int:
+def serve_forks(jail: Jail, sock: socket.socket, seccomp: bytes) -> int:
     signal.signal(signal.SIGCHLD, reap)
     ol_runtime.send_frame(sock, {"type": "ready", "pid": os.getpid()})
     while True:
@@ -387,13 +292,7 @@ def serve_forks(sock: socket.socket, seccomp: bytes | None) -> int:
                 os.close(fd)
             ol_runtime.send_frame(sock, {"type": "error", "error": f"bad request {meta!r} with {len(fds)} fds"})
             continue
-        # Block SIGCHLD while forking: a child reaped between fork and the
-        # bookkeeping of its exit pipe would be reported to no one.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-        try:
-            pid = fork_child(meta, fds, seccomp, sock)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        pid = fork_child(jail, meta, fds, seccomp, sock)
         for fd in fds:
             os.close(fd)
         ol_runtime.send_frame(sock, {"type": "forked", "id": meta.get("id"), "pid": pid})
@@ -404,19 +303,25 @@ def main(argv: list[str] | None = None) -> int:
     opts = dict(zip(args[::2], args[1::2]))
     try:
         sock = socket.socket(fileno=int(opts["--fd"]))
+        jail = Jail(opts["--jail"])
     except (KeyError, ValueError, OSError) as exc:
-        print(f"usage: ol_zygote.py --fd N [--seccomp FILE] ({exc})", file=sys.stderr)
+        print(f"usage: ol_zygote.py --fd N --jail LIB [--seccomp FILE] ({exc})", file=sys.stderr)
         return 2
     sock.set_inheritable(False)
-    seccomp = None
+    seccomp = b""
     if "--seccomp" in opts:
         with open(opts["--seccomp"], "rb") as f:
             seccomp = f.read()
+    try:
+        jail.check_zygote(bool(seccomp))
+    except OSError as exc:
+        ol_runtime.send_frame(sock, {"type": "error", "error": f"refusing to run unconfined: {exc}"})
+        return 1
     ol_runtime.setup_stdio()
     # Everything imported so far lives on, shared, in every child: keep the
     # collector from walking (and so copying) those pages after each fork.
     gc.freeze()
-    return serve_forks(sock, seccomp)
+    return serve_forks(jail, sock, seccomp)
 
 
 if __name__ == "__main__":

@@ -889,5 +889,5 @@ fn read_requirements(code_dir: &std::path::Path) -> Option<String> {
     ["requirements.txt", "packages.txt"]
         .iter()
         .find_map(|f| std::fs::read_to_string(code_dir.join(f)).ok())
-        .filter(|text| !crate::packages::requirement_lines(text).is_empty())
+        .filter(|text| crate::packages::has_requirements(text))
 }

@@ -1,20 +1,42 @@
 //! The package puller (DESIGN.md §3.8): turns a lambda's
 //! `requirements.txt` into exact versions with their dependencies and
 //! installs each distribution once per worker into
-//! `packages/<name>==<version>/`, all in the installer sandbox (the one
-//! sandbox that keeps the host's network).
+//! `packages/<name>==<version>/`.
 //!
-//! Resolution is `uv pip compile` (pip's `--dry-run --report` when uv
-//! cannot be had), installation `uv pip install --no-deps --target`, one
-//! distribution at a time into a staging dir that is renamed into place
-//! when complete, so a crash never leaves half a package. Concurrent asks
-//! for the same resolution or distribution share one run; failures are
-//! remembered for [`FAILURE_TTL`] so a broken requirement does not
-//! re-run the installer on every call. Top-level module names come from
-//! the wheel's metadata (`top_level.txt`, else its `RECORD`).
+//! What a tenant controls (its requirements, the packages it names, their
+//! sources) is handled as hostile:
+//! - the requirements pass [`requirements::parse_requirements`] first:
+//!   requirements by name only, no options, URLs, VCS or paths;
+//! - resolution (`uv pip compile`, pip's `--dry-run --report` when uv
+//!   cannot be had) and installation (`uv pip install --no-deps --target`)
+//!   use wheels only (`--no-build`, pip's `--only-binary :all:`), so no
+//!   package code runs in the installer sandbox, the one sandbox that
+//!   keeps the host's network and writes the shared download cache;
+//! - a distribution that has only a source distribution fails with an
+//!   error naming it and `features.source_builds`; with that key on, the
+//!   sdist and its build requirements are fetched by trusted code, and
+//!   the build runs in a sandbox with no network that writes nothing but
+//!   its own staging dir (`build.rs`);
+//! - every install is staged privately and joins the store only once the
+//!   worker has made it its own ([`store::seal`]): root-owned, not
+//!   writable by others, no links out, no device or setuid files.
+//!
+//! One distribution is installed at a time into a staging dir that is
+//! renamed into place when complete, so a crash never leaves half a
+//! package. Concurrent asks for the same resolution or distribution share
+//! one run; failures are remembered for [`FAILURE_TTL`] so a broken
+//! requirement does not re-run the installer on every call. Top-level
+//! module names come from the wheel's metadata (`top_level.txt`, else its
+//! `RECORD`).
+
+mod build;
+pub mod requirements;
+mod scripts;
+pub mod store;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -24,16 +46,24 @@ use ol_sandbox::{CommandOutput, CommandSpec, Limits, SandboxPool};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+pub use requirements::{Requirement, RequirementError, has_requirements, parse_requirements};
+
 /// How long a failed resolution or install is answered from memory.
 pub const FAILURE_TTL: Duration = Duration::from_secs(10);
+/// The config key that lets the worker build source distributions.
+pub const SOURCE_BUILDS_KEY: &str = "features.source_builds";
 /// Our metadata file in each installed package dir.
 const META_FILE: &str = ".ol-package.json";
-/// Where, in the packages dir, installs are staged.
+/// Where, in the packages dir, installs and builds are staged (only the
+/// worker may enter it; each run gets a private dir inside).
 const STAGING: &str = ".staging";
 /// Lines of installer output kept in an error message.
 const ERROR_LINES: usize = 12;
 /// Where, in the packages dir, resolutions are kept.
 const RESOLUTIONS: &str = ".resolutions";
+/// Where, in the packages dir, wheels built from source are kept (the
+/// resolver and installer find them there with `--find-links`).
+const BUILT_WHEELS: &str = ".wheels";
 
 /// A resolution kept on disk.
 #[derive(Debug, Serialize, Deserialize)]
@@ -77,13 +107,19 @@ pub struct PackageSettings {
     pub index_url: Option<String>,
     /// The installer sandbox's limits (`installer_limits`).
     pub limits: Limits,
+    /// `features.source_builds`: build distributions that have no wheel
+    /// (fetched by trusted code, built offline); off, only wheels install.
+    pub source_builds: bool,
 }
 
 /// Why a lambda's packages are not available.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PackageError {
+    /// A line of the requirements is not a requirement by name.
+    #[error(transparent)]
+    Requirements(#[from] RequirementError),
     /// The requirements do not resolve (unknown package, impossible pin,
-    /// syntax, no matching wheel).
+    /// no matching wheel).
     #[error("cannot resolve requirements [{requirements}]: {message}")]
     Resolve {
         /// The requirements, one line each, joined.
@@ -91,12 +127,30 @@ pub enum PackageError {
         /// What the resolver said.
         message: String,
     },
-    /// One distribution failed to install (download or build failure).
+    /// Distributions with no usable wheel, while source builds are off.
+    #[error(
+        "{packages}: no usable wheel, only a source distribution, and this worker does not build source distributions (the operator can allow it with {SOURCE_BUILDS_KEY}); the resolver said: {message}"
+    )]
+    SourceOnly {
+        /// The distributions, comma-separated.
+        packages: String,
+        /// What the resolver or installer said.
+        message: String,
+    },
+    /// One distribution failed to install.
     #[error("cannot install {package}: {message}")]
     Install {
         /// `name==version`.
         package: String,
         /// What the installer said.
+        message: String,
+    },
+    /// A source distribution could not be fetched or built.
+    #[error("cannot build {package} from source: {message}")]
+    Build {
+        /// The distribution (`name`, or `name==version`).
+        package: String,
+        /// What went wrong.
         message: String,
     },
     /// The installer itself could not run.
@@ -152,6 +206,8 @@ pub struct PackageStats {
     pub install_ms: u64,
     /// Resolutions run since start (not answered from cache).
     pub resolutions: u64,
+    /// Source distributions built since start.
+    pub source_builds: u64,
     /// Resolutions and installs that failed.
     pub failures: u64,
     /// Distributions being installed now.
@@ -172,6 +228,34 @@ enum Tool {
     Pip,
 }
 
+/// What a sandboxed run may reach.
+#[derive(Debug, Default)]
+struct Access {
+    /// Dirs it may write (made the sandbox uid's first).
+    writable: Vec<PathBuf>,
+    /// Extra dirs it may read.
+    readable: Vec<PathBuf>,
+    /// Keep the host's network (only runs of trusted code: uv, pip, the
+    /// fetch script), with the host's index, proxy and TLS settings.
+    network: bool,
+}
+
+/// A private dir under the packages dir's `.staging`, removed when
+/// dropped (also when the run in it failed).
+struct Staging(PathBuf);
+
+impl Staging {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Resolves and installs packages for lambdas; one per worker.
 pub struct PackagePuller {
     pool: Arc<dyn SandboxPool>,
@@ -183,6 +267,7 @@ pub struct PackagePuller {
     installed: AtomicU64,
     install_ms: AtomicU64,
     resolved: AtomicU64,
+    built: AtomicU64,
     failures: AtomicU64,
     next_staging: AtomicU64,
 }
@@ -208,6 +293,7 @@ impl PackagePuller {
             installed: AtomicU64::new(0),
             install_ms: AtomicU64::new(0),
             resolved: AtomicU64::new(0),
+            built: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             next_staging: AtomicU64::new(1),
         }
@@ -219,6 +305,7 @@ impl PackagePuller {
             installs: self.installed.load(Ordering::Relaxed),
             install_ms: self.install_ms.load(Ordering::Relaxed),
             resolutions: self.resolved.load(Ordering::Relaxed),
+            source_builds: self.built.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             installing: lock(&self.installing).iter().cloned().collect(),
             installer: self.tool.get().map(|t| match t {
@@ -228,22 +315,32 @@ impl PackagePuller {
         }
     }
 
-    /// The packages of requirements `text` (a requirements.txt), resolved
-    /// and installed. Concurrent calls with the same text share the work.
+    /// The packages of requirements `text` (a requirements.txt), checked,
+    /// resolved and installed. Concurrent calls with the same
+    /// requirements share the work.
     pub async fn ensure(self: &Arc<Self>, text: &str) -> Result<Arc<Resolved>, PackageError> {
-        let lines = requirement_lines(text);
-        if lines.is_empty() {
+        let requirements = match parse_requirements(text) {
+            Ok(r) => r,
+            Err(e) => {
+                self.count_failure();
+                return Err(e.into());
+            }
+        };
+        if requirements.is_empty() {
             return Ok(Arc::new(Resolved {
                 packages: Vec::new(),
             }));
         }
-        let key = lines.join("\n");
+        let key = requirements
+            .iter()
+            .map(Requirement::line)
+            .collect::<Vec<_>>()
+            .join("\n");
         let slot = slot(&self.resolutions, &key);
         let this = Arc::clone(self);
-        let pins = cached(&slot, || async move {
-            let lines = requirement_lines(&key);
+        let resolved = cached(&slot, || async move {
             let this2 = Arc::clone(&this);
-            let pins = blocking(move || this2.resolve(&lines)).await?;
+            let pins = blocking(move || this2.resolve(&requirements)).await?;
             let mut packages = Vec::with_capacity(pins.len());
             // One at a time: parallel installs fight over 2 vCPUs and the
             // download link, and uv's cache already makes repeats cheap.
@@ -254,11 +351,15 @@ impl PackagePuller {
             Ok(Arc::new(Resolved { packages }))
         })
         .await;
-        if pins.is_err() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            ol_obs::counters::PACKAGE_FAILURES.inc();
+        if resolved.is_err() {
+            self.count_failure();
         }
-        pins
+        resolved
+    }
+
+    fn count_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        ol_obs::counters::PACKAGE_FAILURES.inc();
     }
 
     /// Distribution `name==version`, installed once per worker.
@@ -279,7 +380,20 @@ impl PackagePuller {
         let dir = format!("{name}=={version}");
         let target = self.settings.packages_dir.join(&dir);
         if let Ok(pkg) = read_meta(&target) {
-            return Ok(pkg);
+            let ours = fs::symlink_metadata(&target)
+                .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw());
+            if ours {
+                return Ok(pkg);
+            }
+            // Installed by an older worker, owned by the sandbox uid: make
+            // it ours, or install it again if it cannot be.
+            match store::seal(&target) {
+                Ok(()) => return Ok(pkg),
+                Err(e) => {
+                    tracing::warn!(package = %dir, "reinstalling: {e}");
+                    let _ = fs::remove_dir_all(&target);
+                }
+            }
         }
         lock(&self.installing).insert(dir.clone());
         let started = Instant::now();
@@ -299,103 +413,90 @@ impl PackagePuller {
         done
     }
 
+    /// Installs `name==version` (wheels only) into a private staging dir,
+    /// makes it the worker's and moves it to `target`.
     fn install_fresh(
         &self,
         name: &str,
         version: &str,
         target: &Path,
     ) -> Result<Package, PackageError> {
-        let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
-        let staging_root = self.settings.packages_dir.join(STAGING);
-        let staging = staging_root.join(format!("{name}=={version}-{}-{n}", std::process::id()));
-        let installer_err = |what: &str, e: std::io::Error| {
-            PackageError::Installer(format!("{what} {}: {e}", staging.display()))
+        let spec = format!("{name}=={version}");
+        let staging = self.staging(&spec)?;
+        let dir = staging.path().join("target");
+        let argv = self.install_argv(&dir, std::slice::from_ref(&spec), true);
+        let out = self.run(
+            "install",
+            argv,
+            Access {
+                writable: vec![dir.clone(), self.settings.cache_dir.clone()],
+                network: true,
+                ..Access::default()
+            },
+        )?;
+        if !out.success {
+            return Err(self.run_error(&out, |message| PackageError::Install {
+                package: spec.clone(),
+                message,
+            }));
+        }
+        let installer_err = |e: String| PackageError::Install {
+            package: spec.clone(),
+            message: e,
         };
-        fs::create_dir_all(&staging).map_err(|e| installer_err("cannot create", e))?;
-        let result = (|| {
-            make_sandbox_writable(&staging).map_err(|e| installer_err("cannot chown", e))?;
-            let spec = format!("{name}=={version}");
-            let argv = match self.tool() {
-                Tool::Uv(uv) => {
-                    let mut argv = vec![
-                        path_arg(&uv),
-                        "pip".into(),
-                        "install".into(),
-                        "--no-deps".into(),
-                        "--no-config".into(),
-                        "--quiet".into(),
-                        "--link-mode".into(),
-                        "copy".into(),
-                        "--python".into(),
-                        path_arg(&self.settings.python),
-                        "--target".into(),
-                        path_arg(&staging),
-                        "--cache-dir".into(),
-                        path_arg(&self.settings.cache_dir),
-                    ];
-                    argv.extend(self.index_args());
-                    argv.push(spec.clone());
-                    argv
-                }
-                Tool::Pip => {
-                    let mut argv = self.pip_argv();
-                    argv.extend([
-                        "install".into(),
-                        "--no-deps".into(),
-                        "--quiet".into(),
-                        "--target".into(),
-                        path_arg(&staging),
-                    ]);
-                    argv.extend(self.index_args());
-                    argv.push(spec.clone());
-                    argv
-                }
-            };
-            let mut writable = vec![staging.clone()];
-            writable.extend(self.cache_dirs());
-            let out = self.run("install", argv, writable)?;
-            if !out.success {
-                return Err(PackageError::Install {
-                    package: spec,
-                    message: failure_message(&out),
-                });
-            }
-            let pkg =
-                read_installed(&staging, name, version).map_err(|e| PackageError::Install {
-                    package: spec.clone(),
-                    message: e,
-                })?;
-            let meta = serde_json::to_vec_pretty(&pkg).map_err(|e| {
-                PackageError::Installer(format!("cannot encode package metadata: {e}"))
-            })?;
-            fs::write(staging.join(META_FILE), meta)
-                .map_err(|e| installer_err("cannot write in", e))?;
-            match fs::rename(&staging, target) {
-                Ok(()) => Ok(pkg),
-                // Another worker of this dir got there first: theirs is
-                // as good as ours.
-                Err(_) if read_meta(target).is_ok() => read_meta(target),
-                Err(e) => Err(installer_err("cannot move into place", e)),
-            }
-        })();
-        let _ = fs::remove_dir_all(&staging);
-        result
+        store::seal(&dir).map_err(|e| installer_err(e.to_string()))?;
+        let pkg = read_installed(&dir, name, version).map_err(installer_err)?;
+        let meta = serde_json::to_vec_pretty(&pkg)
+            .map_err(|e| PackageError::Installer(format!("cannot encode package metadata: {e}")))?;
+        write_file(&dir.join(META_FILE), &meta)?;
+        match fs::rename(&dir, target) {
+            Ok(()) => Ok(pkg),
+            // Another worker of this dir got there first: theirs is
+            // as good as ours.
+            Err(_) if read_meta(target).is_ok() => read_meta(target),
+            Err(e) => Err(PackageError::Installer(format!(
+                "cannot move {} into place: {e}",
+                dir.display()
+            ))),
+        }
     }
 
-    /// Resolves requirement `lines` to exact `(name, version)` pins, or
-    /// reads the pins an earlier worker of this dir found for them (so a
+    /// The command that installs `specs` into `target` (without their
+    /// dependencies when `no_deps`), wheels only.
+    fn install_argv(&self, target: &Path, specs: &[String], no_deps: bool) -> Vec<String> {
+        let mut argv = match self.tool() {
+            Tool::Uv(uv) => {
+                let mut argv = vec![path_arg(&uv), "pip".into(), "install".into()];
+                argv.extend(self.uv_args());
+                argv.extend(["--quiet".into(), "--link-mode".into(), "copy".into()]);
+                argv
+            }
+            Tool::Pip => {
+                let mut argv = self.pip_install();
+                argv.push("--quiet".into());
+                argv
+            }
+        };
+        if no_deps {
+            argv.push("--no-deps".into());
+        }
+        argv.extend(["--target".into(), path_arg(target)]);
+        argv.extend(self.index_args());
+        argv.extend(specs.iter().cloned());
+        argv
+    }
+
+    /// Resolves `requirements` to exact `(name, version)` pins, or reads
+    /// the pins an earlier worker of this dir found for them (so a
     /// restarted worker needs no index for lambdas it already served).
-    fn resolve(&self, lines: &[String]) -> Result<Vec<(String, String)>, PackageError> {
+    fn resolve(&self, requirements: &[Requirement]) -> Result<Vec<(String, String)>, PackageError> {
         let record = SavedResolution {
-            requirements: lines.to_vec(),
+            requirements: requirements.iter().map(Requirement::line).collect(),
             index_url: self.settings.index_url.clone(),
             pins: Vec::new(),
         };
-        let file = self
-            .settings
-            .packages_dir
-            .join(RESOLUTIONS)
-            .join(record.file_name());
+        let dir = self.settings.packages_dir.join(RESOLUTIONS);
+        let file = dir.join(record.file_name());
         if let Some(saved) = fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice::<SavedResolution>(&b).ok())
@@ -406,94 +507,120 @@ impl PackagePuller {
             return Ok(saved.pins);
         }
         self.resolved.fetch_add(1, Ordering::Relaxed);
-        let pins = self.resolve_now(lines)?;
+        let pins = self.resolve_building(requirements)?;
         let saved = SavedResolution {
             pins: pins.clone(),
             ..record
         };
         // Best effort: without the record, the next worker resolves again.
+        // (Only the worker reads it: nothing in it is for lambdas.)
         if let Ok(json) = serde_json::to_vec(&saved) {
-            let dir = self.settings.packages_dir.join(RESOLUTIONS);
-            let _ = fs::create_dir_all(dir).and_then(|()| fs::write(&file, json));
+            if private_dir(&dir).is_ok() {
+                let _ = write_file(&file, &json);
+            }
         }
         Ok(pins)
     }
 
-    fn resolve_now(&self, lines: &[String]) -> Result<Vec<(String, String)>, PackageError> {
-        let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
-        let work = self
-            .settings
-            .packages_dir
-            .join(STAGING)
-            .join(format!("resolve-{}-{n}", std::process::id()));
-        let io = |e: std::io::Error| {
-            PackageError::Installer(format!("cannot write {}: {e}", work.display()))
-        };
-        fs::create_dir_all(&work).map_err(io)?;
-        let input = work.join("requirements.in");
-        let result = fs::write(&input, lines.join("\n") + "\n")
-            .map_err(io)
-            .and_then(|()| self.resolve_file(lines, &input, &work));
-        let _ = fs::remove_dir_all(&work);
-        result
+    /// Resolves; with source builds on, builds what has only a source
+    /// distribution and resolves again, until it resolves or a round
+    /// builds nothing new.
+    fn resolve_building(
+        &self,
+        requirements: &[Requirement],
+    ) -> Result<Vec<(String, String)>, PackageError> {
+        let mut built = BTreeSet::new();
+        loop {
+            let err = match self.resolve_now(requirements) {
+                Ok(pins) => return Ok(pins),
+                Err(e) => e,
+            };
+            // (Off, a want of wheels is already a SourceOnly error.)
+            if !self.settings.source_builds {
+                return Err(err);
+            }
+            let PackageError::Resolve { message, .. } = &err else {
+                return Err(err);
+            };
+            let wanted: Vec<(String, Option<String>)> = source_only(message)
+                .into_iter()
+                .filter(|(name, _)| !built.contains(name))
+                .collect();
+            if wanted.is_empty() || built.len() + wanted.len() > build::MAX_BUILDS {
+                return Err(err);
+            }
+            for (name, version) in wanted {
+                let specifiers = requirements
+                    .iter()
+                    .filter(|r| r.name == name)
+                    .flat_map(|r| r.specifiers.iter().map(|(op, v)| format!("{op}{v}")))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                self.build_sdist(&name, version.as_deref(), &specifiers)?;
+                built.insert(name);
+            }
+        }
     }
 
-    fn resolve_file(
+    fn resolve_now(
         &self,
-        lines: &[String],
-        input: &Path,
-        work: &Path,
+        requirements: &[Requirement],
     ) -> Result<Vec<(String, String)>, PackageError> {
+        let staging = self.staging("resolve")?;
+        let work = staging.path().join("work");
+        let input = work.join("requirements.in");
+        let lines: Vec<String> = requirements.iter().map(Requirement::line).collect();
+        fs::create_dir_all(&work).map_err(|e| {
+            PackageError::Installer(format!("cannot create {}: {e}", work.display()))
+        })?;
+        write_file(&input, (lines.join("\n") + "\n").as_bytes())?;
         let tool = self.tool();
         let argv = match &tool {
             Tool::Uv(uv) => {
-                let mut argv = vec![
-                    path_arg(uv),
-                    "pip".into(),
-                    "compile".into(),
-                    "--no-config".into(),
+                let mut argv = vec![path_arg(uv), "pip".into(), "compile".into()];
+                argv.extend(self.uv_args());
+                argv.extend([
                     // (--quiet would also silence the output file "-")
                     "--no-progress".into(),
                     "--no-header".into(),
                     "--no-annotate".into(),
-                    "--python".into(),
-                    path_arg(&self.settings.python),
-                    "--cache-dir".into(),
-                    path_arg(&self.settings.cache_dir),
                     "--output-file".into(),
                     "-".into(),
-                ];
+                ]);
                 argv.extend(self.index_args());
-                argv.push(path_arg(input));
+                argv.push(path_arg(&input));
                 argv
             }
             Tool::Pip => {
-                make_sandbox_writable(work)
-                    .map_err(|e| PackageError::Installer(format!("cannot chown: {e}")))?;
-                let mut argv = self.pip_argv();
+                let mut argv = self.pip_install();
                 argv.extend([
-                    "install".into(),
                     "--dry-run".into(),
                     "--ignore-installed".into(),
                     "--quiet".into(),
                     "--report".into(),
                     "-".into(),
                     "-r".into(),
-                    path_arg(input),
+                    path_arg(&input),
                 ]);
                 argv.extend(self.index_args());
                 argv
             }
         };
-        let mut writable = self.cache_dirs();
-        writable.push(work.to_path_buf());
-        let out = self.run("resolve", argv, writable)?;
+        let out = self.run(
+            "resolve",
+            argv,
+            Access {
+                writable: vec![work.clone(), self.settings.cache_dir.clone()],
+                network: true,
+                ..Access::default()
+            },
+        )?;
         let requirements = lines.join(", ");
         if !out.success {
-            return Err(PackageError::Resolve {
+            return Err(self.run_error(&out, |message| PackageError::Resolve {
                 requirements,
-                message: failure_message(&out),
-            });
+                message,
+            }));
         }
         let pins = match tool {
             Tool::Uv(_) => parse_pins(&out.stdout),
@@ -512,9 +639,48 @@ impl PackagePuller {
         }
     }
 
-    /// `--index-url` or `--find-links` for `pip_index_url`.
+    /// The error of a failed resolver or installer run: [`PackageError::
+    /// SourceOnly`] when it failed for want of wheels, else `otherwise`.
+    fn run_error(
+        &self,
+        out: &CommandOutput,
+        otherwise: impl FnOnce(String) -> PackageError,
+    ) -> PackageError {
+        let mut message = failure_message(out);
+        let wanted = source_only(&message);
+        if !wanted.is_empty() && !self.settings.source_builds {
+            let packages: Vec<String> = wanted.into_iter().map(|(name, _)| name).collect();
+            return PackageError::SourceOnly {
+                packages: packages.join(", "),
+                message,
+            };
+        }
+        if matches!(self.tool(), Tool::Pip) && !self.settings.source_builds {
+            // pip does not say whether an sdist was passed over.
+            message.push_str(&format!(
+                " (only wheels are considered; a package with only a source distribution needs {SOURCE_BUILDS_KEY}, and uv)"
+            ));
+        }
+        otherwise(message)
+    }
+
+    /// Arguments of every uv resolve and install: no config files, wheels
+    /// only, for the lambdas' interpreter, with our cache.
+    fn uv_args(&self) -> Vec<String> {
+        vec![
+            "--no-config".into(),
+            "--no-build".into(),
+            "--python".into(),
+            path_arg(&self.settings.python),
+            "--cache-dir".into(),
+            path_arg(&self.settings.cache_dir),
+        ]
+    }
+
+    /// `--index-url` or `--find-links` for `pip_index_url`, and the wheels
+    /// built here when source builds are on.
     fn index_args(&self) -> Vec<String> {
-        match self.settings.index_url.as_deref() {
+        let mut args = match self.settings.index_url.as_deref() {
             None | Some("") => Vec::new(),
             Some(url) if url.contains("://") && !url.starts_with("file://") => {
                 vec!["--index-url".into(), url.into()]
@@ -524,7 +690,18 @@ impl PackagePuller {
                 "--find-links".into(),
                 dir.trim_start_matches("file://").into(),
             ],
+        };
+        if let Some(built) = self.built_wheels() {
+            args.extend(["--find-links".into(), path_arg(&built)]);
         }
+        args
+    }
+
+    /// The dir of wheels built from source, when source builds are on.
+    fn built_wheels(&self) -> Option<PathBuf> {
+        self.settings
+            .source_builds
+            .then(|| self.settings.packages_dir.join(BUILT_WHEELS))
     }
 
     /// A local wheel directory `pip_index_url` names, if any.
@@ -534,11 +711,8 @@ impl PackagePuller {
             .then(|| PathBuf::from(url.trim_start_matches("file://")))
     }
 
-    fn cache_dirs(&self) -> Vec<PathBuf> {
-        vec![self.settings.cache_dir.clone()]
-    }
-
-    fn pip_argv(&self) -> Vec<String> {
+    /// `pip install` with our cache, wheels only.
+    fn pip_install(&self) -> Vec<String> {
         vec![
             path_arg(&self.settings.python),
             "-I".into(),
@@ -548,36 +722,70 @@ impl PackagePuller {
             "--no-input".into(),
             "--cache-dir".into(),
             path_arg(&self.settings.cache_dir.join("pip")),
+            "install".into(),
+            "--only-binary".into(),
+            ":all:".into(),
         ]
     }
 
-    /// Runs `argv` in the installer sandbox with network access.
+    /// A new private staging dir (only the worker can enter `.staging`;
+    /// what a run writes inside is given to it by [`Self::run`]).
+    fn staging(&self, label: &str) -> Result<Staging, PackageError> {
+        let root = self.settings.packages_dir.join(STAGING);
+        let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
+        let dir = root.join(format!("{label}-{}-{n}", std::process::id()));
+        private_dir(&root)
+            .and_then(|()| fs::create_dir(&dir))
+            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| {
+                PackageError::Installer(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        Ok(Staging(dir))
+    }
+
+    /// Runs `argv` in an installer sandbox of its own with `access`.
     fn run(
         &self,
         what: &str,
         argv: Vec<String>,
-        writable: Vec<PathBuf>,
+        access: Access,
     ) -> Result<CommandOutput, PackageError> {
-        for dir in &writable {
+        for dir in &access.writable {
             fs::create_dir_all(dir)
                 .and_then(|()| make_sandbox_writable(dir))
                 .map_err(|e| {
                     PackageError::Installer(format!("cannot prepare {}: {e}", dir.display()))
                 })?;
         }
-        let mut readable = vec![self.settings.tools_dir.clone()];
-        readable.extend(self.local_index());
+        let mut readable = access.readable;
+        if access.network {
+            // What uv and pip may be asked to read: uv itself, the local
+            // index, the wheels built here.
+            readable.push(self.settings.tools_dir.clone());
+            readable.extend(self.local_index());
+            if let Some(built) = self.built_wheels() {
+                shared_dir(&built).map_err(|e| {
+                    PackageError::Installer(format!("cannot create {}: {e}", built.display()))
+                })?;
+                readable.push(built);
+            }
+        }
         readable.retain(|d| d.is_dir());
+        let env = if access.network {
+            installer_env(&self.settings.cache_dir)
+        } else {
+            offline_env()
+        };
         let out = self
             .pool
             .run_command(&CommandSpec {
                 name: format!("installer-{what}"),
                 argv,
-                env: installer_env(&self.settings.cache_dir),
-                writable,
+                env,
+                writable: access.writable,
                 readable,
                 limits: self.settings.limits.clone(),
-                network: true,
+                network: access.network,
             })
             .map_err(|e| PackageError::Installer(e.to_string()))?;
         if out.timed_out {
@@ -639,28 +847,33 @@ impl PackagePuller {
             .tools_dir
             .with_extension(format!("staging-{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
-        let installed = fs::create_dir_all(&staging)
-            .map_err(|e| PackageError::Installer(e.to_string()))
-            .and_then(|()| {
-                let mut argv = self.pip_argv();
-                argv.extend([
-                    "install".into(),
-                    "--quiet".into(),
-                    "--target".into(),
-                    path_arg(&staging),
-                    "uv".into(),
-                ]);
-                let mut writable = self.cache_dirs();
-                writable.push(staging.clone());
-                self.run("uv", argv, writable)
-            });
+        let mut argv = self.pip_install();
+        argv.extend([
+            "--quiet".into(),
+            "--target".into(),
+            path_arg(&staging),
+            "uv".into(),
+        ]);
+        let installed = self.run(
+            "uv",
+            argv,
+            Access {
+                writable: vec![staging.clone(), self.settings.cache_dir.clone()],
+                network: true,
+                ..Access::default()
+            },
+        );
         match installed {
             Ok(out) if out.success && staging.join("bin/uv").is_file() => {
-                if !ours.is_file() {
-                    // An empty or broken leftover goes; a complete one
-                    // (another worker's, just now) stays.
-                    let _ = fs::remove_dir_all(&self.settings.tools_dir);
-                    let _ = fs::rename(&staging, &self.settings.tools_dir);
+                match store::seal(&staging) {
+                    Ok(()) if !ours.is_file() => {
+                        // An empty or broken leftover goes; a complete one
+                        // (another worker's, just now) stays.
+                        let _ = fs::remove_dir_all(&self.settings.tools_dir);
+                        let _ = fs::rename(&staging, &self.settings.tools_dir);
+                    }
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!("cannot install uv: {e}"),
                 }
                 let _ = fs::remove_dir_all(&staging);
                 if ours.is_file() {
@@ -673,6 +886,60 @@ impl PackagePuller {
         let _ = fs::remove_dir_all(&staging);
         Tool::Pip
     }
+}
+
+/// Distributions a resolver or installer message says have no usable
+/// wheel (uv: "Wheels are required for `NAME`"), each with the version
+/// it names ("NAME==VERSION has no usable wheels"), if any.
+fn source_only(message: &str) -> Vec<(String, Option<String>)> {
+    let mut found: Vec<(String, Option<String>)> = Vec::new();
+    // The text before each "has no usable wheels" ends with the pin.
+    let mut before_each: Vec<&str> = message.split(" has no usable wheels").collect();
+    before_each.pop();
+    for part in message.split("Wheels are required for `").skip(1) {
+        let Some((name, _)) = part.split_once('`') else {
+            continue;
+        };
+        let name = normalize(name);
+        if name.is_empty() || found.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let version = before_each
+            .iter()
+            .filter_map(|before| before.rsplit([' ', '`', '(']).next())
+            .filter_map(|pin| pin.split_once("=="))
+            .find(|(n, _)| normalize(n) == name)
+            .map(|(_, v)| v.to_string())
+            .filter(|v| !v.is_empty() && v.chars().all(requirements::is_version_char));
+        found.push((name, version));
+    }
+    found
+}
+
+/// Creates `dir` (if missing) for the worker alone: root's, mode 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Creates `dir` (if missing) readable by sandboxes, writable by the
+/// worker alone.
+fn shared_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+}
+
+/// Writes a file the worker owns (a new one, renamed over the old, so a
+/// reader never sees half of it).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    fs::write(&tmp, bytes)
+        .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            PackageError::Installer(format!("cannot write {}: {e}", path.display()))
+        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -765,14 +1032,19 @@ fn installer_env(cache: &Path) -> Vec<(String, String)> {
     env
 }
 
-/// The meaningful lines of a requirements file: no comments, blanks or
-/// options, trimmed.
-pub fn requirement_lines(text: &str) -> Vec<String> {
-    text.lines()
-        .map(|l| l.split_once(" #").map_or(l, |(req, _)| req).trim())
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('-'))
-        .map(str::to_string)
-        .collect()
+/// The environment of an offline build: nothing of the host's (no index,
+/// proxy or credentials: there is no network to use them on anyway).
+fn offline_env() -> Vec<(String, String)> {
+    [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LANG", "C.UTF-8"),
+        ("HOME", "/tmp"),
+        ("TMPDIR", "/tmp"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// PEP 503 normalized name.
@@ -981,15 +1253,18 @@ mod tests {
     }
 
     #[test]
-    fn requirement_lines_drop_comments_options_and_blanks() {
-        let text = "# deps\nnumpy==2.1.0  # pinned\n\n-i https://x\nflask[async]>=2; python_version >= \"3.8\"\n";
+    fn uv_messages_name_what_has_no_wheel() {
+        let message = "error: No solution found when resolving dependencies\n  cause: Because hostile==1.0 has no usable wheels and only hostile==1.0 is available, we can conclude that all versions of hostile cannot be used.\n         And because you require hostile, we can conclude that your requirements are unsatisfiable.\n\nhint: Wheels are required for `hostile` because building from source is disabled for all packages (i.e., with `--no-build`)";
         assert_eq!(
-            requirement_lines(text),
-            vec![
-                "numpy==2.1.0".to_string(),
-                "flask[async]>=2; python_version >= \"3.8\"".to_string()
-            ]
+            source_only(message),
+            vec![("hostile".to_string(), Some("1.0".to_string()))]
         );
+        let message = "Because all versions of Ol_Thing have no usable wheels ...\nhint: Wheels are required for `Ol_Thing` because building from source is disabled\nhint: Wheels are required for `other` because";
+        assert_eq!(
+            source_only(message),
+            vec![("ol-thing".to_string(), None), ("other".to_string(), None)]
+        );
+        assert!(source_only("No solution found: six==0.0.0.1 does not exist").is_empty());
     }
 
     #[test]
@@ -1059,6 +1334,7 @@ mod tests {
             system_root: "/".into(),
             index_url: url.map(str::to_string),
             limits: Limits::default(),
+            source_builds: false,
         };
         let scratch = tempfile::tempdir().expect("tmp");
         let pool = process_pool(scratch.path());
@@ -1093,6 +1369,7 @@ mod tests {
                     system_root: system_root.to_path_buf(),
                     index_url: None,
                     limits: Limits::default(),
+                    source_builds: false,
                 },
             )
         };

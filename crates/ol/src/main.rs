@@ -92,6 +92,10 @@ fn main() -> ExitCode {
     // A sandbox init is this same binary; it must run before anything else
     // (no threads, no allocation-heavy setup).
     ol_sandbox::sock::init::run_if_init();
+    if let Err(e) = ol_sandbox::seal_inherited_descriptors() {
+        eprintln!("ol: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Worker(cmd) => worker_cmd::run(cmd),

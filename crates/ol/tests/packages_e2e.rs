@@ -9,7 +9,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{TestWorker, add_lambda};
+use common::{TestWorker, add_lambda, write_wheel};
 
 /// Shared installer cache (DESIGN.md §5: network tests use a local cache).
 const CACHE: &str = "package_cache_dir=/var/tmp/ol-test-uv-cache";
@@ -353,41 +353,6 @@ fn call_each_once_10_and_100_with_multitree() {
     call_each_once("multitree", 10, true);
 }
 
-/// Writes a pure-Python wheel `name-version-py3-none-any.whl` providing
-/// module `module` (whose `VALUE` is `value`) into `dir`.
-fn write_wheel(dir: &Path, name: &str, version: &str, module: &str, value: &str) {
-    let script = r#"
-import base64, hashlib, sys, zipfile
-dir, name, version, module, value = sys.argv[1:]
-dist = f"{name}-{version}.dist-info"
-files = {
-    f"{module}/__init__.py": f"VALUE = {value!r}\n",
-    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-    f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: ol-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-record = []
-with zipfile.ZipFile(f"{dir}/{name}-{version}-py3-none-any.whl", "w") as z:
-    for path, text in files.items():
-        data = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-        z.writestr(path, data)
-    record.append(f"{dist}/RECORD,,")
-    z.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
-"#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(dir)
-        .args([name, version, module, value])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn local_wheel_directory_as_the_index() {
     require_root!();
@@ -510,7 +475,16 @@ fn a_killed_import_cache_zygote_is_started_again() {
 #[test]
 fn process_backend_installs_and_imports_packages_too() {
     // The process backend needs no root; as root the test still runs it.
-    let w = TestWorker::start(&[], &[CACHE, "sandbox=process"]);
+    // Its installer runs as the worker's user, so it has a cache of its
+    // own: files it writes as root in the shared one would be unwritable
+    // for the sock installer sandbox (`nobody`).
+    let w = TestWorker::start(
+        &[],
+        &[
+            "package_cache_dir=/var/tmp/ol-test-uv-cache-process",
+            "sandbox=process",
+        ],
+    );
     add_lambda(
         w.path(),
         "six",

@@ -3,13 +3,13 @@
 //! wrapper that talks the runtime protocol and turns every failure into an
 //! error (never a panic), and the backends themselves.
 
+pub mod logs;
 pub mod mem_pool;
 pub mod process;
 pub mod protocol;
 pub mod runtime;
 mod safe;
 pub mod sock;
-mod sys;
 
 use std::fmt::Debug;
 use std::os::unix::net::UnixStream;
@@ -203,6 +203,14 @@ pub trait SandboxPool: Send + Sync {
     fn zygotes(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// Marks every descriptor this process inherited (from 3 up)
+/// close-on-exec, so nothing that whoever started `ol` left open (a
+/// root-only file, a terminal, a socket) reaches a sandbox or any program
+/// `ol` starts. Call it first thing.
+pub fn seal_inherited_descriptors() -> Result<(), SandboxError> {
+    ol_jail::fds::cloexec_inherited().map_err(|e| SandboxError::StartFailed(e.to_string()))
 }
 
 /// Maps an I/O error on `path` to [`SandboxError::Io`] (for `map_err`).

@@ -3,9 +3,9 @@
 //! development without root; `sock` is the isolated backend.
 //!
 //! Each sandbox gets a scratch dir `<scratch_root>/<id>/` with its `stdout`,
-//! `stderr` and a `pid` file (`<pid> <start time>`), so a later worker can
-//! find and kill what a crashed one left behind without hitting a recycled
-//! pid.
+//! `stderr` (see [`crate::logs`]) and a `pid` file (`<pid> <start time>`),
+//! so a later worker can find and kill what a crashed one left behind
+//! without hitting a recycled pid. The dir goes with the sandbox.
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -18,13 +18,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use crate::logs::{self, LogPipes};
 use crate::{
-    CommandOutput, CommandSpec, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec,
-    io_err, sys,
+    CommandOutput, CommandSpec, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err,
 };
 
 /// Descriptor number of the runtime connection inside the child.
-pub(crate) const RUNTIME_FD: i32 = 3;
+pub(crate) const RUNTIME_FD: i32 = crate::sock::init::RUNTIME_FD;
+/// How long, after a command exits, its output may take to be drained.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const PID_FILE: &str = "pid";
 
 /// Where the runtime lives and how to start it.
@@ -65,7 +67,7 @@ impl ProcessPool {
         scratch: &Path,
     ) -> Result<NewSandbox, SandboxError> {
         fs::create_dir_all(scratch).map_err(io_err("cannot create scratch dir", scratch))?;
-        let (stdout, stderr) = log_files(scratch)?;
+        let logs = logs::pipes(scratch, spec.limits.log_kb)?;
         let (ours, theirs) =
             UnixStream::pair().map_err(io_err("cannot create socket pair for", scratch))?;
 
@@ -97,7 +99,7 @@ impl ProcessPool {
             .env("TMPDIR", scratch)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&spec.code_dir);
-        let child = spawn_with_runtime_fd(&mut cmd, stdout, stderr, theirs)?;
+        let child = spawn_with_runtime_fd(&mut cmd, logs.stdout, logs.stderr, theirs)?;
         let mut sandbox = ProcessSandbox {
             id: id.to_string(),
             pid: child.id(),
@@ -149,7 +151,11 @@ impl SandboxPool for ProcessPool {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let scratch = self.scratch_root.join(format!("{}-{n}", spec.name));
         fs::create_dir_all(&scratch).map_err(io_err("cannot create scratch dir", &scratch))?;
-        let (stdout, stderr) = log_files(&scratch)?;
+        let LogPipes {
+            stdout,
+            stderr,
+            drained,
+        } = logs::pipes(&scratch, spec.limits.log_kb)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
@@ -168,28 +174,21 @@ impl SandboxPool for ProcessPool {
             let kill = || {
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             };
-            finish_command(&mut child, &spec.limits, &scratch, kill, || false)
+            finish_command(&mut child, &spec.limits, &scratch, &drained, kill, || false)
         });
         let _ = fs::remove_dir_all(&scratch);
         output
     }
 }
 
-/// Creates a sandbox's `stdout` and `stderr` files in `dir`.
-pub(crate) fn log_files(dir: &Path) -> Result<(fs::File, fs::File), SandboxError> {
-    let open = |name: &str| {
-        let path = dir.join(name);
-        fs::File::create(&path).map_err(io_err("cannot create", &path))
-    };
-    Ok((open("stdout")?, open("stderr")?))
-}
-
 /// Waits for a command's `child` until it exits or its `runtime_sec` is
-/// up (then calls `kill`), and collects its output from `scratch`.
+/// up (then calls `kill`), and collects its output from `scratch` once
+/// it is `drained`.
 pub(crate) fn finish_command(
     child: &mut Child,
     limits: &crate::Limits,
     scratch: &Path,
+    drained: &logs::Drained,
     kill: impl Fn(),
     oom_killed: impl Fn() -> bool,
 ) -> Result<CommandOutput, SandboxError> {
@@ -227,10 +226,16 @@ pub(crate) fn finish_command(
             }
         }
     };
+    // Processes the command left behind may hold its pipes: they were
+    // killed with it (its cgroup or process group), and the pipes end soon.
+    if !drained.wait(DRAIN_TIMEOUT) {
+        kill();
+        drained.wait(DRAIN_TIMEOUT);
+    }
     let read = |name: &str| {
-        fs::read(scratch.join(name))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        let rotated = fs::read(scratch.join(format!("{name}.1"))).unwrap_or_default();
+        let newest = fs::read(scratch.join(name)).unwrap_or_default();
+        String::from_utf8_lossy(&[rotated, newest].concat()).into_owned()
     };
     Ok(CommandOutput {
         success: status.success(),
@@ -278,19 +283,19 @@ pub fn cleanup_scratch(scratch_root: &Path) -> Result<usize, SandboxError> {
 }
 
 /// Starts `cmd` in its own process group with no stdin, `stdout` and
-/// `stderr` as its output and `theirs` (the runtime's end of its socket)
-/// as descriptor [`RUNTIME_FD`].
+/// `stderr` (log pipes) as its output and `theirs` (the runtime's end of
+/// its socket) as descriptor [`RUNTIME_FD`].
 pub(crate) fn spawn_with_runtime_fd(
     cmd: &mut Command,
-    stdout: fs::File,
-    stderr: fs::File,
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
     theirs: UnixStream,
 ) -> Result<Child, SandboxError> {
     cmd.stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    sys::inherit_fd_as(cmd, theirs.as_raw_fd(), RUNTIME_FD);
+    ol_jail::inherit_fd_as(cmd, theirs.as_raw_fd(), RUNTIME_FD);
     let child = cmd.spawn().map_err(|source| SandboxError::Spawn {
         program: PathBuf::from(cmd.get_program()),
         source,
@@ -353,8 +358,7 @@ impl Sandbox for ProcessSandbox {
             }
         }
         let _ = self.child.wait();
-        let _ = fs::remove_file(self.scratch.join(PID_FILE));
-        remove_scratch_if_quiet(&self.scratch);
+        let _ = fs::remove_dir_all(&self.scratch);
         Ok(())
     }
 
@@ -388,19 +392,6 @@ pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
             Err(_) => format!("was killed by signal {sig}"),
         },
         (None, None) => "exited".to_string(),
-    }
-}
-
-/// Keeps a dead sandbox's scratch dir only when its logs have something in
-/// them, so thousands of quiet sandboxes leave nothing behind.
-pub(crate) fn remove_scratch_if_quiet(scratch: &Path) {
-    let is_empty = |name: &str| {
-        fs::metadata(scratch.join(name))
-            .map(|m| m.len() == 0)
-            .unwrap_or(true)
-    };
-    if is_empty("stdout") && is_empty("stderr") {
-        let _ = fs::remove_dir_all(scratch);
     }
 }
 
@@ -461,22 +452,5 @@ mod tests {
         fs::write(&p, "nonsense").expect("write");
         assert_eq!(read_pid_record(&p), None);
         assert_eq!(read_pid_record(&dir.path().join("missing")), None);
-    }
-
-    #[test]
-    fn quiet_scratch_is_removed_and_noisy_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let quiet = dir.path().join("quiet");
-        let noisy = dir.path().join("noisy");
-        for d in [&quiet, &noisy] {
-            fs::create_dir(d).expect("mkdir");
-            fs::write(d.join("stdout"), "").expect("write");
-            fs::write(d.join("stderr"), "").expect("write");
-        }
-        fs::write(noisy.join("stderr"), "Traceback").expect("write");
-        remove_scratch_if_quiet(&quiet);
-        remove_scratch_if_quiet(&noisy);
-        assert!(!quiet.exists());
-        assert!(noisy.exists());
     }
 }

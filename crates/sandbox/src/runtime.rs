@@ -16,14 +16,20 @@ pub const RUNTIME_FILE: &str = "ol_runtime.py";
 pub const PYTHON_ZYGOTE: &str = include_str!("../../../runtimes/python/ol_zygote.py");
 /// File name the zygote is installed under.
 pub const ZYGOTE_FILE: &str = "ol_zygote.py";
+/// The jail's shared library (crates/jail, built by this crate's build
+/// script), which zygotes load to enter their children's sandboxes.
+pub const JAIL_LIBRARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libol_jail.so"));
+/// File name the jail library is installed under.
+pub const JAIL_FILE: &str = "libol_jail.so";
 /// Oldest Python the runtime supports.
 const MIN_PYTHON: (u32, u32) = (3, 9);
 
-/// Writes the embedded runtime and zygote into `dir` (replacing older
-/// copies atomically) and returns the runtime's path.
+/// Writes the embedded runtime, zygote and jail library into `dir`
+/// (replacing older copies atomically) and returns the runtime's path.
 pub fn install_runtime(dir: &Path) -> Result<PathBuf, SandboxError> {
     fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
     install_file(dir, ZYGOTE_FILE, PYTHON_ZYGOTE.as_bytes())?;
+    install_file(dir, JAIL_FILE, JAIL_LIBRARY)?;
     install_file(dir, RUNTIME_FILE, PYTHON_RUNTIME.as_bytes())
 }
 
@@ -159,8 +165,12 @@ mod tests {
             fs::read_to_string(dir.path().join(ZYGOTE_FILE)).expect("read"),
             PYTHON_ZYGOTE
         );
+        assert_eq!(
+            fs::read(dir.path().join(JAIL_FILE)).expect("read"),
+            JAIL_LIBRARY
+        );
         let leftovers: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
-        assert_eq!(leftovers.len(), 2, "no temp files left");
+        assert_eq!(leftovers.len(), 3, "no temp files left");
     }
 
     #[test]

@@ -160,6 +160,13 @@ pub struct Features {
     pub enable_seccomp: bool,
     /// Reuse cgroups from a pool.
     pub reuse_cgroups: bool,
+    /// Build packages that have no usable wheel from their source
+    /// distribution (ours). Off by default: then only wheels install and
+    /// no package code runs at install time. On, the sdist and its build
+    /// requirements are fetched by the worker's own code and the build
+    /// runs in a sandbox with no network that writes only its staging dir.
+    /// Needs the `sock` backend.
+    pub source_builds: bool,
 }
 
 impl Default for Features {
@@ -169,6 +176,7 @@ impl Default for Features {
             downsize_paused_mem: true,
             enable_seccomp: true,
             reuse_cgroups: false,
+            source_builds: false,
         }
     }
 }
@@ -549,6 +557,13 @@ impl Config {
         if self.python.is_empty() {
             return Err(bad("python", "must name a Python interpreter".into()));
         }
+        if self.features.source_builds && self.sandbox == SandboxKind::Process {
+            return Err(bad(
+                "features.source_builds",
+                "needs sandbox \"sock\": process sandboxes cannot keep build code off the network"
+                    .into(),
+            ));
+        }
         if self.base.is_self_contained() && self.sandbox == SandboxKind::Process {
             return Err(bad(
                 "base",
@@ -648,6 +663,7 @@ mod tests {
         assert_eq!(c.features.import_cache, ImportCache::Tree);
         assert!(c.features.downsize_paused_mem && c.features.enable_seccomp);
         assert!(!c.features.reuse_cgroups);
+        assert!(!c.features.source_builds, "only wheels install by default");
         assert_eq!(c.pause_after_idle_ms, 500);
         assert!(c.mem_pool_mb >= 512);
         assert_eq!(c.base, BaseKind::Host);
@@ -663,6 +679,24 @@ mod tests {
         let err = Config::from_value(json!({"base": "debootstrap", "sandbox": "process"}))
             .expect_err("process");
         assert!(err.to_string().contains("sandbox"), "{err}");
+    }
+
+    #[test]
+    fn source_builds_are_a_strict_switch_that_needs_sock() {
+        let c = Config::from_value(json!({"features": {"source_builds": true}, "sandbox": "sock"}))
+            .expect("parse");
+        assert!(c.features.source_builds);
+        let err =
+            Config::from_value(json!({"features": {"source_builds": "yes"}})).expect_err("type");
+        assert!(
+            err.to_string()
+                .starts_with("config key `features.source_builds`"),
+            "{err}"
+        );
+        let err =
+            Config::from_value(json!({"features": {"source_builds": true}, "sandbox": "process"}))
+                .expect_err("process");
+        assert!(err.to_string().contains("features.source_builds"), "{err}");
     }
 
     #[test]

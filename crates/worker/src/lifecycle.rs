@@ -187,6 +187,7 @@ fn package_layer(
                 procs: 256,
                 ..config.limits.clone()
             },
+            source_builds: config.features.source_builds,
         },
     );
     Ok(PackageLayer {

@@ -317,3 +317,38 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Writes a pure-Python wheel `name-version-py3-none-any.whl` providing
+/// module `module` (whose `VALUE` is `value`) into `dir`.
+pub fn write_wheel(dir: &Path, name: &str, version: &str, module: &str, value: &str) {
+    let script = r#"
+import base64, hashlib, sys, zipfile
+dir, name, version, module, value = sys.argv[1:]
+dist = f"{name}-{version}.dist-info"
+files = {
+    f"{module}/__init__.py": f"VALUE = {value!r}\n",
+    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: ol-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(f"{dir}/{name}-{version}-py3-none-any.whl", "w") as z:
+    for path, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+        z.writestr(path, data)
+    record.append(f"{dist}/RECORD,,")
+    z.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .args([name, version, module, value])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,16 +1,20 @@
-//! The `sock` backend (DESIGN.md §3.2–3.7): each lambda runs in new mount,
-//! pid, ipc, uts, network and cgroup namespaces, pivot_root'ed into a root
-//! of read-only binds, as an unprivileged user with no capabilities, under
-//! a seccomp allow-list, inside its own cgroup with memory, pids and cpu
-//! limits.
+//! The `sock` backend (DESIGN.md §3.2–3.7, §3.13): each lambda runs in new
+//! mount, pid, ipc, uts, network and cgroup namespaces, pivot_root'ed into
+//! a root of read-only binds with size-bounded tmpfs scratch (`/host`,
+//! `/tmp`), in a session of its own, as an unprivileged user with no
+//! capabilities, under no_new_privs and a seccomp allow-list, inside its
+//! own cgroup with memory, pids and cpu limits; its stdout and stderr are
+//! pipes the worker drains into capped logs ([`crate::logs`]).
 //!
 //! Sandboxes are forked from zygotes ([`zygote`]): the root zygote has the
 //! runtime imported, and the import cache adds child zygotes with packages
 //! imported, started on first use. When no zygote works, a sandbox starts a
-//! fresh interpreter through the sandbox init ([`init`]). Everything a worker creates is named under its worker id (`ol-<hash of
-//! the worker dir>`): cgroups `ol-<id>/<sandbox>` and scratch dirs, so
-//! [`cleanup`] finds and removes it after any crash. Mounts live only in
-//! the sandboxes' own mount namespaces and die with them.
+//! fresh interpreter through the sandbox init ([`init`]). Both enter their
+//! sandboxes through the same jail (crates/jail). Everything a worker
+//! creates is named under its worker id (`ol-<hash of the worker dir>`):
+//! cgroups `ol-<id>/<sandbox>` and scratch dirs, so [`cleanup`] finds and
+//! removes it after any crash. Mounts live only in the sandboxes' own
+//! mount namespaces and die with them.
 
 pub mod cgroup;
 mod cgroup_pool;
@@ -22,7 +26,6 @@ mod zygote;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
-use std::os::unix::fs::chown;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -37,8 +40,10 @@ use ol_obs::{Phase, counters};
 use self::cgroup::{Cgroup, CgroupError, CgroupFs, CgroupLimits, Hierarchy, RealFs};
 use self::cgroup_pool::CgroupPool;
 use self::init::{INIT_ARG, INIT_FAILED, InitSpec};
-use self::rootfs::{BaseKind, CommandSources, MountPlan, RootSources, SANDBOX_UID, inside};
+use self::rootfs::{BaseKind, CommandSources, MountPlan, RootSources, inside};
+use self::seccomp::Profile;
 use self::zygote::{Assignment, Blank, ChildZygote, ForkedSandbox, Zygote};
+use crate::logs::{self, Drained, LogPipes};
 use crate::process::{
     RUNTIME_FD, cleanup_scratch, describe_exit, finish_command, pid_record, spawn_with_runtime_fd,
 };
@@ -70,7 +75,7 @@ pub struct SockConfig {
     pub python_prefix: PathBuf,
     /// The `ol` binary, run as the sandbox init.
     pub init_exe: PathBuf,
-    /// Apply the seccomp allow-list.
+    /// Apply the seccomp filters (lambda and zygote profiles).
     pub seccomp: bool,
     /// Fork sandboxes from a zygote (else each starts a fresh interpreter).
     pub zygote: bool,
@@ -168,13 +173,16 @@ impl SockPool {
         fs::create_dir_all(&cfg.scratch_root)
             .map_err(io_err("cannot create", &cfg.scratch_root))?;
         if cfg.seccomp {
-            // Compiled once per worker; sandboxes only install it.
-            let prog = seccomp::compile().map_err(|e| SandboxError::StartFailed(e.to_string()))?;
-            crate::runtime::install_file(
-                &cfg.runtime_dir,
-                SECCOMP_FILE,
-                &seccomp::to_bytes(&prog),
-            )?;
+            // Compiled once per worker; sandboxes only install them.
+            for profile in [Profile::Lambda, Profile::Zygote] {
+                let prog = seccomp::compile(profile)
+                    .map_err(|e| SandboxError::StartFailed(e.to_string()))?;
+                crate::runtime::install_file(
+                    &cfg.runtime_dir,
+                    profile.file_name(),
+                    &seccomp::to_bytes(&prog),
+                )?;
+            }
         }
         tracing::info!(
             cgroups = hierarchy.version(),
@@ -320,15 +328,21 @@ impl PoolInner {
         let made = cgroup
             .set_limits(&limits)
             .map_err(cgroup_err)
-            .and_then(|()| zygote.prefork(&id, cgroup.clone(), warm));
+            .and_then(|()| {
+                zygote.prefork(&id, cgroup.clone(), self.cfg.blank_limits.disk_mb, warm)
+            });
         match made {
             Ok(mut blank) => {
                 blank.oom_baseline = oom_baseline;
                 blank.recycle = self.cgroups.enabled().then(|| Arc::clone(&self.cgroups));
                 blank.limits = Some(limits);
-                // Its scratch dir, ready to be renamed after its sandbox.
+                // Its scratch dir and logs, ready to be renamed after its
+                // sandbox.
                 blank.scratch = Scratch::create(&self.cfg.scratch_root, &id)
-                    .and_then(|s| s.log_files().map(|(out, err)| (s.dir, out, err)))
+                    .and_then(|s| {
+                        s.log_pipes(self.cfg.blank_limits.log_kb)
+                            .map(|logs| (s.dir, logs))
+                    })
                     .ok();
                 Ok(blank)
             }
@@ -412,18 +426,23 @@ impl PoolInner {
         zygote: &Arc<Zygote>,
     ) -> Result<NewSandbox, SandboxError> {
         let mut blank = blank;
-        let made_ahead = blank.scratch.take().and_then(|(dir, out, err)| {
+        let made_ahead = blank.scratch.take().and_then(|(dir, logs)| {
             let named = self.cfg.scratch_root.join(id);
             match fs::rename(&dir, &named) {
-                Ok(()) => Some((Scratch { dir: named }, out, err)),
+                Ok(()) => Some((Scratch { dir: named }, logs)),
                 Err(_) => {
                     let _ = fs::remove_dir_all(&dir);
                     None
                 }
             }
         });
+        // Made ahead with the worker's log cap: a lambda's own cap may be
+        // lower.
         let (scratch, logs) = match made_ahead {
-            Some((scratch, out, err)) => (scratch, Some((out, err))),
+            Some((scratch, logs)) if spec.limits.log_kb == self.cfg.blank_limits.log_kb => {
+                (scratch, Some(logs))
+            }
+            Some((scratch, _)) => (scratch, None),
             None => match Scratch::create(&self.cfg.scratch_root, id) {
                 Ok(s) => (s, None),
                 Err(e) => {
@@ -443,28 +462,28 @@ impl PoolInner {
                 }
             })
             .map_err(cgroup_err);
-        let handed = set_limits
-            .and_then(|()| match logs {
-                Some(logs) => Ok(logs),
-                None => scratch.log_files(),
-            })
-            .and_then(|(stdout, stderr)| {
+        let logs = set_limits.and_then(|()| match logs {
+            Some(logs) => Ok(logs),
+            None => scratch.log_pipes(spec.limits.log_kb),
+        });
+        let handed = match logs {
+            Ok(logs) => {
                 let _phase = Phase::SockAssign.enter();
                 let mut env = base_env();
                 env.extend(spec.env.iter().cloned());
                 zygote::assign(
-                    &blank.conn,
-                    &Assignment {
+                    &blank,
+                    Assignment {
                         code_dir: &spec.code_dir,
-                        host_dir: &scratch.host_dir(),
-                        stdout,
-                        stderr,
-                        uid: SANDBOX_UID,
+                        disk_mb: spec.limits.disk_mb,
+                        logs,
                         env: &env,
                         packages: &package_paths(&spec.packages),
                     },
                 )
-            });
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = handed {
             blank.discard();
             let _ = fs::remove_dir_all(&scratch.dir);
@@ -507,17 +526,17 @@ impl PoolInner {
         )
     }
 
-    fn init_spec(&self, what: &Program<'_>, cgroup: &Cgroup, host_dir: &Path) -> InitSpec {
+    fn init_spec(&self, what: &Program<'_>, cgroup: &Cgroup, limits: &Limits) -> InitSpec {
         let code = match what {
             Program::Lambda(spec) => Some(spec.code_dir.as_path()),
             Program::Zygote => None,
         };
-        let plan = MountPlan::for_lambda(&RootSources {
+        let plan = rootfs::lambda_plan(&RootSources {
             base: &self.cfg.base,
             base_kind: self.cfg.base_kind,
             python_prefix: &self.cfg.python_prefix,
             code,
-            scratch: host_dir,
+            disk_mb: limits.disk_mb,
             packages: &self.cfg.packages,
             runtime: &self.cfg.runtime_dir,
         });
@@ -550,9 +569,15 @@ impl PoolInner {
                     in_runtime_dir(crate::runtime::ZYGOTE_FILE),
                     "--fd".into(),
                     fd,
+                    "--jail".into(),
+                    in_runtime_dir(crate::runtime::JAIL_FILE),
                 ];
                 if self.cfg.seccomp {
-                    argv.extend(["--seccomp".into(), in_runtime_dir(SECCOMP_FILE)]);
+                    // The filter its children's lambdas get.
+                    argv.extend([
+                        "--seccomp".into(),
+                        in_runtime_dir(Profile::Lambda.file_name()),
+                    ]);
                 }
                 (argv, Vec::new())
             }
@@ -563,15 +588,29 @@ impl PoolInner {
             Program::Lambda(_) => inside::HANDLER,
             Program::Zygote => "/",
         };
+        let zygote = matches!(what, Program::Zygote);
         InitSpec {
-            zygote: matches!(what, Program::Zygote),
+            zygote,
+            runtime_fd: true,
+            seccomp: self.seccomp_file(if zygote {
+                Profile::Zygote
+            } else {
+                Profile::Lambda
+            }),
             ..self.sandbox_init(cgroup, plan, argv, env, cwd)
         }
     }
 
-    /// What every sandbox init gets: `cgroup`, `plan`, the sandbox user,
-    /// the seccomp filter (when on), the program; no zygote privileges
-    /// and no host network unless the caller says otherwise.
+    /// The compiled filter of `profile`, when seccomp is on.
+    fn seccomp_file(&self, profile: Profile) -> Option<PathBuf> {
+        self.cfg
+            .seccomp
+            .then(|| self.cfg.runtime_dir.join(profile.file_name()))
+    }
+
+    /// What every sandbox init gets: `cgroup`, `plan`, the lambda seccomp
+    /// filter (when on), the program; no zygote privileges, no runtime
+    /// socket and no host network unless the caller says otherwise.
     fn sandbox_init(
         &self,
         cgroup: &Cgroup,
@@ -583,17 +622,13 @@ impl PoolInner {
         InitSpec {
             cgroup_procs: cgroup.procs_files(),
             plan,
-            hostname: "ol-sandbox".into(),
-            uid: SANDBOX_UID,
-            gid: SANDBOX_UID,
-            seccomp: self
-                .cfg
-                .seccomp
-                .then(|| self.cfg.runtime_dir.join(SECCOMP_FILE)),
+            hostname: ol_jail::child::HOSTNAME.into(),
+            seccomp: self.seccomp_file(Profile::Lambda),
             argv,
             env,
             cwd: cwd.into(),
             zygote: false,
+            runtime_fd: false,
             share_network: false,
         }
     }
@@ -616,10 +651,14 @@ impl PoolInner {
             .set_limits(&cgroup_limits(limits))
             .map_err(cgroup_err)?;
         drop(cgroup_phase);
-        let init = self.init_spec(what, cgroup, &scratch.host_dir());
+        let init = self.init_spec(what, cgroup, limits);
         let init_json = serde_json::to_string(&init)
             .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
-        let (stdout, stderr) = scratch.log_files()?;
+        let LogPipes {
+            stdout,
+            stderr,
+            drained,
+        } = scratch.log_pipes(limits.log_kb)?;
         let mut cmd = Command::new(&self.cfg.init_exe);
         cmd.arg(INIT_ARG).arg(init_json).env_clear();
         let child = spawn_with_runtime_fd(&mut cmd, stdout, stderr, theirs)?;
@@ -628,6 +667,7 @@ impl PoolInner {
             id: id.to_string(),
             pid,
             child,
+            drained,
             enclosure: Enclosure {
                 cgroup: cgroup.clone(),
                 scratch: scratch.dir.clone(),
@@ -769,12 +809,13 @@ impl PoolInner {
         let id = format!("zygote-{n}");
         let cgroup = self.cgroup(&id);
         let scratch = Scratch::create(&self.cfg.scratch_root, &id)?;
+        let limits = zygote_limits();
         let started = cgroup
             .create()
-            .and_then(|()| cgroup.set_limits(&cgroup_limits(&zygote_limits())))
+            .and_then(|()| cgroup.set_limits(&cgroup_limits(&limits)))
             .map_err(cgroup_err)
-            .and_then(|()| scratch.log_files())
-            .and_then(|(stdout, stderr)| {
+            .and_then(|()| scratch.log_pipes(limits.log_kb))
+            .and_then(|logs| {
                 let began = Instant::now();
                 let z = parent.fork_zygote(ChildZygote {
                     id: &id,
@@ -785,8 +826,8 @@ impl PoolInner {
                         oom_baseline: 0,
                         recycle: None,
                     },
-                    stdout,
-                    stderr,
+                    logs,
+                    disk_mb: limits.disk_mb,
                     packages: &package_paths(&node.packages),
                     imports: &node.imports,
                 })?;
@@ -828,13 +869,14 @@ impl PoolInner {
         cgroup
             .set_limits(&cgroup_limits(&cmd.limits))
             .map_err(cgroup_err)?;
-        let plan = MountPlan::for_command(&CommandSources {
+        let plan = rootfs::command_plan(&CommandSources {
             base: &self.cfg.base,
             base_kind: self.cfg.base_kind,
             python_prefix: &self.cfg.python_prefix,
             writable: &cmd.writable,
             readable: &cmd.readable,
             host_dns: cmd.network,
+            disk_mb: cmd.limits.disk_mb,
         });
         let init = InitSpec {
             share_network: cmd.network,
@@ -842,7 +884,11 @@ impl PoolInner {
         };
         let init_json = serde_json::to_string(&init)
             .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
-        let (stdout, stderr) = scratch.log_files()?;
+        let LogPipes {
+            stdout,
+            stderr,
+            drained,
+        } = scratch.log_pipes(cmd.limits.log_kb)?;
         let mut child = Command::new(&self.cfg.init_exe)
             .arg(INIT_ARG)
             .arg(init_json)
@@ -860,6 +906,7 @@ impl PoolInner {
             &mut child,
             &cmd.limits,
             &scratch.dir,
+            &drained,
             || {
                 let _ = cgroup.kill_all(&kill_pid);
             },
@@ -896,9 +943,6 @@ enum Program<'a> {
     Zygote,
 }
 
-/// Seccomp program file in the runtime dir (visible to zygotes at /ol).
-const SECCOMP_FILE: &str = "seccomp.bpf";
-
 /// Limits of a zygote's own cgroup: its forked children pass through it
 /// for a moment before they join theirs, so it needs room for several.
 fn zygote_limits() -> Limits {
@@ -922,8 +966,9 @@ fn base_env() -> Vec<(String, String)> {
     ]
 }
 
-/// A sandbox's scratch dir on the host: `host/` (its /host), `stdout`,
-/// `stderr` and `pid`.
+/// A sandbox's scratch dir on the host: its logs (`stdout`, `stderr`) and
+/// `pid`. Nothing in it is visible to the sandbox, which writes only to
+/// its log pipes and its tmpfs scratch.
 struct Scratch {
     dir: PathBuf,
 }
@@ -931,19 +976,12 @@ struct Scratch {
 impl Scratch {
     fn create(root: &Path, id: &str) -> Result<Self, SandboxError> {
         let dir = root.join(id);
-        let host = dir.join("host");
-        fs::create_dir_all(&host).map_err(io_err("cannot create", &host))?;
-        chown(&host, Some(SANDBOX_UID), Some(SANDBOX_UID))
-            .map_err(io_err("cannot chown", &host))?;
+        fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         Ok(Self { dir })
     }
 
-    fn host_dir(&self) -> PathBuf {
-        self.dir.join("host")
-    }
-
-    fn log_files(&self) -> Result<(fs::File, fs::File), SandboxError> {
-        crate::process::log_files(&self.dir)
+    fn log_pipes(&self, cap_kb: u64) -> Result<LogPipes, SandboxError> {
+        logs::pipes(&self.dir, cap_kb)
     }
 
     fn record_pid(&self, pid: u32) -> Result<(), SandboxError> {
@@ -1119,12 +1157,11 @@ impl Enclosure {
         self.cgroup.oom_kills().is_ok_and(|n| n > self.oom_baseline)
     }
 
-    /// Kills every process of the sandbox and removes its cgroup and (when
-    /// its logs are empty) its scratch dir.
+    /// Kills every process of the sandbox and removes its cgroup and its
+    /// scratch dir.
     pub(crate) fn tear_down(&self) -> Result<(), SandboxError> {
-        let _ = fs::remove_file(self.scratch.join("pid"));
         let removed = release_cgroup(&self.cgroup, self.recycle.as_deref()).map_err(cgroup_err);
-        crate::process::remove_scratch_if_quiet(&self.scratch);
+        let _ = fs::remove_dir_all(&self.scratch);
         removed
     }
 }
@@ -1136,6 +1173,8 @@ struct SockSandbox {
     id: String,
     pid: u32,
     child: Child,
+    /// When its logs are all written out.
+    drained: Drained,
     enclosure: Enclosure,
     destroyed: bool,
 }
@@ -1175,6 +1214,7 @@ impl Sandbox for SockSandbox {
     fn exit_reason(&mut self) -> Option<String> {
         let status = self.child.try_wait().ok().flatten()?;
         if status.code() == Some(INIT_FAILED) {
+            self.drained.wait(Duration::from_millis(200));
             let stderr =
                 fs::read_to_string(self.enclosure.scratch.join("stderr")).unwrap_or_default();
             let last = stderr

@@ -10,7 +10,7 @@
 //! mount points and empty files to bind device nodes onto.
 //! [`MountPlan`] lists, as data, every mount a new sandbox makes in its
 //! private mount namespace before it pivots into the base; the data is
-//! unit-tested here and carried out by the sandbox init (`sys`).
+//! unit-tested here and carried out by the jail (`ol_jail::mounts`).
 
 use std::fs;
 use std::io;
@@ -26,8 +26,9 @@ use crate::runtime::{Python, resolve_python, resolve_python_in};
 const SYSTEM_DIRS: &[&str] = &[
     "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin",
 ];
-/// Device nodes bound into the sandbox's `/dev`.
-pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Device nodes bound into the sandbox's `/dev`. No terminal: a sandbox
+/// never reaches the terminal of whoever started the worker.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 /// CA bundles tried, in order, for the sandbox's `/etc/ssl/certs`.
 const CA_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",
@@ -38,7 +39,7 @@ const CA_BUNDLES: &[&str] = &[
 pub mod inside {
     /// The lambda's code (read-only).
     pub const HANDLER: &str = "/handler";
-    /// Writable scratch, shared with the worker (logs, files for the user).
+    /// Writable scratch of the lambda (a size-bounded tmpfs).
     pub const HOST: &str = "/host";
     /// Installed packages (read-only).
     pub const PACKAGES: &str = "/packages";
@@ -48,10 +49,39 @@ pub mod inside {
     pub const TMP: &str = "/tmp";
 }
 /// The uid and gid lambdas run as (`nobody`).
-pub const SANDBOX_UID: u32 = 65534;
-/// Size of each sandbox's private `/tmp` (a tmpfs; pages count against the
-/// sandbox's memory limit).
-pub const TMP_SIZE: &str = "size=64m,mode=1777";
+pub const SANDBOX_UID: u32 = ol_jail::SANDBOX_ID;
+
+/// A sandbox's private `/tmp`: world-writable and sticky.
+pub fn tmp_scratch(disk_mb: u64) -> ol_jail::outside::Scratch {
+    ol_jail::outside::Scratch {
+        size_mb: disk_mb,
+        mode: 0o1777,
+        owner: 0,
+    }
+}
+
+/// A lambda's `/host`: the sandbox user's.
+pub fn host_scratch(disk_mb: u64) -> ol_jail::outside::Scratch {
+    ol_jail::outside::Scratch {
+        size_mb: disk_mb,
+        mode: 0o755,
+        owner: SANDBOX_UID,
+    }
+}
+
+/// A scratch file system as a tmpfs mount of the sandbox init's plan.
+fn scratch_op(root: &Path, target: &str, s: ol_jail::outside::Scratch) -> MountOp {
+    MountOp::Tmpfs {
+        target: under(root, Path::new(target)),
+        options: format!(
+            "size={}m,nr_inodes={},mode={:o},uid={owner},gid={owner}",
+            s.size_mb,
+            ol_jail::outside::inodes_for(s.size_mb),
+            s.mode,
+            owner = s.owner
+        ),
+    }
+}
 
 /// File at the top of a base naming its [`BaseKind`]; written last, so a
 /// base that has it is complete. A base without it (made before the file
@@ -275,43 +305,7 @@ fn is_covered_by_system_dirs(path: &Path) -> bool {
     SYSTEM_DIRS.iter().any(|d| path.starts_with(d))
 }
 
-/// One mount a sandbox makes, in order, inside its own mount namespace.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum MountOp {
-    /// Bind `source` onto `target` (recursively), read-only unless
-    /// `writable`.
-    Bind {
-        /// Host path.
-        source: PathBuf,
-        /// Path under the new root.
-        target: PathBuf,
-        /// Leave it writable.
-        writable: bool,
-    },
-    /// A fresh tmpfs.
-    Tmpfs {
-        /// Path under the new root.
-        target: PathBuf,
-        /// Mount options (`size=...,mode=...`).
-        options: String,
-    },
-    /// A proc file system for the sandbox's pid namespace.
-    Proc {
-        /// Path under the new root.
-        target: PathBuf,
-    },
-    /// Make the root itself read-only once everything is mounted.
-    ReadOnlyRoot,
-}
-
-/// Everything a sandbox mounts before it pivots into `root`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MountPlan {
-    /// The new root (the base directory, bound onto itself first).
-    pub root: PathBuf,
-    /// Mounts in order.
-    pub ops: Vec<MountOp>,
-}
+pub use ol_jail::mounts::{MountOp, MountPlan};
 
 /// Host paths a sandbox is built from.
 #[derive(Debug, Clone)]
@@ -322,10 +316,11 @@ pub struct RootSources<'a> {
     pub base_kind: BaseKind,
     /// The Python installation prefix.
     pub python_prefix: &'a Path,
-    /// The lambda's code; none for a zygote (its children mount their own).
+    /// The lambda's code; none for a zygote (its children mount their own,
+    /// and their `/host`).
     pub code: Option<&'a Path>,
-    /// The sandbox's writable scratch directory.
-    pub scratch: &'a Path,
+    /// Size of `/host` and `/tmp` in MiB (`limits.disk_mb`).
+    pub disk_mb: u64,
     /// The installed packages (may not exist yet).
     pub packages: &'a Path,
     /// Directory holding the ol runtime.
@@ -348,100 +343,92 @@ pub struct CommandSources<'a> {
     /// Bind the host's /etc/resolv.conf and /etc/hosts (for a command that
     /// keeps the host's network).
     pub host_dns: bool,
+    /// Size of its `/tmp` in MiB.
+    pub disk_mb: u64,
 }
 
 /// Host files a networked command needs for name lookups.
 const DNS_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hosts"];
 
-impl MountPlan {
-    /// The mounts every sandbox starts with: the host's system directories
-    /// and Python installation (unless the base has its own), device nodes.
-    fn system(base: &Path, kind: BaseKind, python_prefix: &Path) -> Self {
-        let root = base.to_path_buf();
-        let mut ops = Vec::new();
-        if !kind.is_self_contained() {
-            for dir in SYSTEM_DIRS {
-                let host = Path::new(dir);
-                // Symlinks (merged /usr) are already in the base as links.
-                if fs::symlink_metadata(host).is_ok_and(|m| m.is_dir()) {
-                    ops.push(read_only(&root, host, host));
-                }
-            }
-            if !is_covered_by_system_dirs(python_prefix) {
-                ops.push(read_only(&root, python_prefix, python_prefix));
+/// The mounts every sandbox starts with: the host's system directories
+/// and Python installation (unless the base has its own), device nodes.
+fn system_plan(base: &Path, kind: BaseKind, python_prefix: &Path) -> MountPlan {
+    let root = base.to_path_buf();
+    let mut ops = Vec::new();
+    if !kind.is_self_contained() {
+        for dir in SYSTEM_DIRS {
+            let host = Path::new(dir);
+            // Symlinks (merged /usr) are already in the base as links.
+            if fs::symlink_metadata(host).is_ok_and(|m| m.is_dir()) {
+                ops.push(read_only(&root, host, host));
             }
         }
-        for dev in DEVICES {
-            let node = Path::new("/dev").join(dev);
-            ops.push(MountOp::Bind {
-                source: node.clone(),
-                target: under(&root, &node),
-                // Device nodes must stay writable (/dev/null).
-                writable: true,
-            });
+        if !is_covered_by_system_dirs(python_prefix) {
+            ops.push(read_only(&root, python_prefix, python_prefix));
         }
-        Self { root, ops }
     }
-
-    /// The mounts of a command sandbox: the system, a private /tmp and
-    /// /proc, then the `writable` and `readable` dirs at their host paths
-    /// (after /tmp, so a worker dir under /tmp is not hidden by it; the
-    /// init makes missing mount points).
-    pub fn for_command(src: &CommandSources<'_>) -> Self {
-        let Self { root, mut ops } = Self::system(src.base, src.base_kind, src.python_prefix);
-        ops.push(MountOp::Tmpfs {
-            target: under(&root, Path::new(inside::TMP)),
-            options: TMP_SIZE.to_string(),
-        });
-        ops.push(MountOp::Proc {
-            target: under(&root, Path::new("/proc")),
-        });
-        for (dirs, writable) in [(src.readable, false), (src.writable, true)] {
-            for dir in dirs {
-                ops.push(MountOp::Bind {
-                    source: dir.clone(),
-                    target: under(&root, dir),
-                    writable,
-                });
-            }
-        }
-        if src.host_dns {
-            for file in DNS_FILES.iter().map(Path::new) {
-                if file.is_file() && under(&root, file).is_file() {
-                    ops.push(read_only(&root, file, file));
-                }
-            }
-        }
-        ops.push(MountOp::ReadOnlyRoot);
-        Self { root, ops }
-    }
-
-    /// The mounts of a lambda sandbox.
-    pub fn for_lambda(src: &RootSources<'_>) -> Self {
-        let Self { root, mut ops } = Self::system(src.base, src.base_kind, src.python_prefix);
-        let ro = |source: &Path, target: &Path| read_only(&root, source, target);
-        if let Some(code) = src.code {
-            ops.push(ro(code, Path::new(inside::HANDLER)));
-        }
-        ops.push(ro(src.runtime, Path::new(inside::RUNTIME)));
-        if src.packages.is_dir() {
-            ops.push(ro(src.packages, Path::new(inside::PACKAGES)));
-        }
+    for dev in DEVICES {
+        let node = Path::new("/dev").join(dev);
         ops.push(MountOp::Bind {
-            source: src.scratch.to_path_buf(),
-            target: under(&root, Path::new(inside::HOST)),
+            source: node.clone(),
+            target: under(&root, &node),
+            // Device nodes must stay writable (/dev/null).
             writable: true,
         });
-        ops.push(MountOp::Tmpfs {
-            target: under(&root, Path::new(inside::TMP)),
-            options: TMP_SIZE.to_string(),
-        });
-        ops.push(MountOp::Proc {
-            target: under(&root, Path::new("/proc")),
-        });
-        ops.push(MountOp::ReadOnlyRoot);
-        Self { root, ops }
     }
+    MountPlan { root, ops }
+}
+
+/// The mounts of a command sandbox: the system, a private /tmp and
+/// /proc, then the `writable` and `readable` dirs at their host paths
+/// (after /tmp, so a worker dir under /tmp is not hidden by it; the
+/// init makes missing mount points).
+pub fn command_plan(src: &CommandSources<'_>) -> MountPlan {
+    let MountPlan { root, mut ops } = system_plan(src.base, src.base_kind, src.python_prefix);
+    ops.push(scratch_op(&root, inside::TMP, tmp_scratch(src.disk_mb)));
+    ops.push(MountOp::Proc {
+        target: under(&root, Path::new("/proc")),
+    });
+    for (dirs, writable) in [(src.readable, false), (src.writable, true)] {
+        for dir in dirs {
+            ops.push(MountOp::Bind {
+                source: dir.clone(),
+                target: under(&root, dir),
+                writable,
+            });
+        }
+    }
+    if src.host_dns {
+        for file in DNS_FILES.iter().map(Path::new) {
+            if file.is_file() && under(&root, file).is_file() {
+                ops.push(read_only(&root, file, file));
+            }
+        }
+    }
+    ops.push(MountOp::ReadOnlyRoot);
+    MountPlan { root, ops }
+}
+
+/// The mounts of a lambda sandbox.
+pub fn lambda_plan(src: &RootSources<'_>) -> MountPlan {
+    let MountPlan { root, mut ops } = system_plan(src.base, src.base_kind, src.python_prefix);
+    let ro = |source: &Path, target: &Path| read_only(&root, source, target);
+    if let Some(code) = src.code {
+        ops.push(ro(code, Path::new(inside::HANDLER)));
+    }
+    ops.push(ro(src.runtime, Path::new(inside::RUNTIME)));
+    if src.packages.is_dir() {
+        ops.push(ro(src.packages, Path::new(inside::PACKAGES)));
+    }
+    if src.code.is_some() {
+        ops.push(scratch_op(&root, inside::HOST, host_scratch(src.disk_mb)));
+    }
+    ops.push(scratch_op(&root, inside::TMP, tmp_scratch(src.disk_mb)));
+    ops.push(MountOp::Proc {
+        target: under(&root, Path::new("/proc")),
+    });
+    ops.push(MountOp::ReadOnlyRoot);
+    MountPlan { root, ops }
 }
 
 #[cfg(test)]
@@ -596,24 +583,25 @@ mod tests {
     fn self_contained_plans_bind_nothing_of_the_host_system() {
         let prefix = Path::new("/opt/py");
         let lambda = |base_kind| {
-            MountPlan::for_lambda(&RootSources {
+            lambda_plan(&RootSources {
                 base: Path::new("/w/base"),
                 base_kind,
                 python_prefix: prefix,
                 code: Some(Path::new("/w/registry/hello")),
-                scratch: Path::new("/w/scratch/host"),
+                disk_mb: 64,
                 packages: Path::new("/nonexistent/packages"),
                 runtime: Path::new("/w/runtime"),
             })
         };
         let command = |base_kind| {
-            MountPlan::for_command(&CommandSources {
+            command_plan(&CommandSources {
                 base: Path::new("/w/base"),
                 base_kind,
                 python_prefix: prefix,
                 writable: &[PathBuf::from("/w/cache")],
                 readable: &[PathBuf::from("/w/tools")],
                 host_dns: false,
+                disk_mb: 64,
             })
         };
         let is_host_system =
@@ -645,25 +633,25 @@ mod tests {
             assert_eq!(plan.ops.last(), Some(&MountOp::ReadOnlyRoot));
         }
         let sources = bind_sources(&lambda(BaseKind::Debootstrap)).len();
-        // Code, runtime, scratch besides the device nodes.
-        assert_eq!(sources, DEVICES.len() + 3);
+        // Code and runtime besides the device nodes.
+        assert_eq!(sources, DEVICES.len() + 2);
         let cmd = command(BaseKind::Debootstrap);
         assert!(bind_sources(&cmd).contains(&Path::new("/w/tools")));
         assert!(bind_sources(&cmd).contains(&Path::new("/w/cache")));
     }
 
     #[test]
-    fn lambda_plan_binds_code_ro_scratch_rw_and_ends_read_only() {
+    fn lambda_plan_binds_code_ro_bounds_scratch_and_ends_read_only() {
         let src = RootSources {
             base: Path::new("/w/base"),
             base_kind: BaseKind::Host,
             python_prefix: Path::new("/opt/py"),
             code: Some(Path::new("/w/registry/hello")),
-            scratch: Path::new("/w/worker/scratch/hello-1/host"),
+            disk_mb: 32,
             packages: Path::new("/nonexistent/packages"),
             runtime: Path::new("/w/worker/runtime"),
         };
-        let plan = MountPlan::for_lambda(&src);
+        let plan = lambda_plan(&src);
         assert_eq!(plan.root, PathBuf::from("/w/base"));
         assert!(plan.ops.contains(&MountOp::Bind {
             source: "/w/registry/hello".into(),
@@ -675,11 +663,26 @@ mod tests {
             target: "/w/base/opt/py".into(),
             writable: false
         }));
-        assert!(plan.ops.contains(&MountOp::Bind {
-            source: "/w/worker/scratch/hello-1/host".into(),
-            target: "/w/base/host".into(),
-            writable: true
-        }));
+        // /host and /tmp are tmpfs of the lambda's disk size: the host's
+        // disk is never written by a lambda.
+        let tmpfs = |target: &str| {
+            plan.ops.iter().find_map(|op| match op {
+                MountOp::Tmpfs { target: t, options } if t == Path::new(target) => {
+                    Some(options.clone())
+                }
+                _ => None,
+            })
+        };
+        let host = tmpfs("/w/base/host").expect("/host tmpfs");
+        assert!(
+            host.starts_with("size=32m,") && host.contains("uid=65534"),
+            "{host}"
+        );
+        let tmp = tmpfs("/w/base/tmp").expect("/tmp tmpfs");
+        assert!(
+            tmp.starts_with("size=32m,") && tmp.contains("mode=1777"),
+            "{tmp}"
+        );
         assert!(plan.ops.contains(&MountOp::Bind {
             source: "/usr".into(),
             target: "/w/base/usr".into(),
@@ -695,7 +698,7 @@ mod tests {
             target: "/w/base/proc".into()
         }));
         assert_eq!(plan.ops.last(), Some(&MountOp::ReadOnlyRoot));
-        // Only device nodes and the scratch dir are writable binds.
+        // Only device nodes are writable binds.
         let writable: Vec<&PathBuf> = plan
             .ops
             .iter()
@@ -708,6 +711,6 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(writable.len(), DEVICES.len() + 1);
+        assert_eq!(writable.len(), DEVICES.len());
     }
 }

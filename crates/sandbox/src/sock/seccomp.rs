@@ -1,10 +1,23 @@
-//! The seccomp allow-list every lambda runs under (DESIGN.md §3.2).
+//! The seccomp filters of sandboxes (DESIGN.md §3.2, §3.13).
 //!
-//! Compiled to BPF once per worker ([`compile`]) and handed to each new
-//! sandbox as bytes ([`to_bytes`] / [`from_bytes`]): FLOORS.md measures a
-//! per-sandbox libseccomp compile at ~1.2 ms against ~87 µs to install a
-//! ready program. A syscall not on the list fails with `EPERM` rather than
-//! killing the process, so a lambda gets an error it can report.
+//! Two profiles, compiled to BPF once per worker ([`compile`]) and handed
+//! to each new sandbox as bytes ([`to_bytes`] / [`from_bytes`]): a
+//! per-sandbox libseccomp compile costs ~1.2 ms against ~87 µs to install a
+//! ready program.
+//! - [`Profile::Lambda`]: every lambda (and the package installer). An
+//!   allow-list; a syscall not on it fails with `EPERM` rather than
+//!   killing the process, so a lambda gets an error it can report. `clone`
+//!   with any namespace flag is refused (no user namespace, so no
+//!   capabilities anywhere, so no nf_tables and friends), `clone3` answers
+//!   `ENOSYS` (its flags are out of a filter's reach; libc then falls back
+//!   to `clone`), and the terminal ioctls `TIOCSTI` and `TIOCLINUX` are
+//!   refused.
+//! - [`Profile::Zygote`]: zygotes, which import packages. The lambda list
+//!   plus what making a child sandbox takes: `unshare` without a user or
+//!   time namespace, `move_mount` (of mounts the worker made) and
+//!   `sethostname`. No `mount`, `umount2`, `open_tree`, `fsopen`,
+//!   `pivot_root`, `setns` or `ptrace`. A lambda forked from a zygote runs
+//!   under both filters, so the lambda list is what it gets.
 
 use seccompiler::{BpfProgram, sock_filter};
 
@@ -19,7 +32,8 @@ pub enum SeccompError {
     UnsupportedArch,
 }
 
-/// Syscalls a Python lambda may make. Left out on purpose, among others:
+/// Syscalls a Python lambda may make (`clone` and `ioctl` with the argument
+/// checks of [`lambda_rules`]). Left out on purpose, among others:
 /// mount/umount2/pivot_root/chroot, ptrace/process_vm_*, init_module and
 /// friends, kexec_*, reboot, swapon/swapoff, syslog, bpf, perf_event_open,
 /// keyctl/add_key/request_key, setns/unshare, open_by_handle_at,
@@ -297,7 +311,6 @@ const ALLOWED: &[i64] = &[
     libc::SYS_rseq,
     libc::SYS_pidfd_send_signal,
     libc::SYS_pidfd_open,
-    libc::SYS_clone3,
     libc::SYS_close_range,
     libc::SYS_faccessat2,
     libc::SYS_epoll_pwait2,
@@ -307,10 +320,15 @@ const ALLOWED: &[i64] = &[
 /// `seccomp_data` offsets and BPF opcodes (linux/filter.h, linux/seccomp.h).
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
+/// The low 32 bits of syscall argument `i` (little-endian `u64 args[6]`).
+const fn data_arg_low(i: u32) -> u32 {
+    16 + 8 * i
+}
 const LD_W_ABS: u16 = 0x20;
 const JEQ_K: u16 = 0x15;
 const JGE_K: u16 = 0x35;
 const JGT_K: u16 = 0x25;
+const JSET_K: u16 = 0x45;
 const JA: u16 = 0x05;
 const RET_K: u16 = 0x06;
 const RET_ALLOW: u32 = 0x7fff_0000;
@@ -323,32 +341,137 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// Leaves of the search tree test at most this many ranges in a row.
 const LEAF: usize = 4;
 
+/// Namespace flags of `clone` (linux/sched.h): a lambda gets none.
+const CLONE_NAMESPACES: u32 = 0x0002_0000 // CLONE_NEWNS
+    | 0x0200_0000 // CLONE_NEWCGROUP
+    | 0x0400_0000 // CLONE_NEWUTS
+    | 0x0800_0000 // CLONE_NEWIPC
+    | 0x1000_0000 // CLONE_NEWUSER
+    | 0x2000_0000 // CLONE_NEWPID
+    | 0x4000_0000; // CLONE_NEWNET
+/// What a zygote may not unshare: a user namespace (capabilities over new
+/// network namespaces, the way into nf_tables) or a time namespace.
+const UNSHARE_FORBIDDEN: u32 = 0x1000_0000 /* CLONE_NEWUSER */ | 0x80 /* CLONE_NEWTIME */;
+/// Terminal ioctls that push input into a terminal (linux/ioctls.h).
+const TIOCSTI: u32 = 0x5412;
+const TIOCLINUX: u32 = 0x541c;
+
+/// Which sandboxes a filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Lambdas and the package installer.
+    Lambda,
+    /// Zygotes.
+    Zygote,
+}
+
+impl Profile {
+    /// File name of its compiled program in the runtime dir.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Lambda => "seccomp-lambda.bpf",
+            Self::Zygote => "seccomp-zygote.bpf",
+        }
+    }
+}
+
+/// What the filter does with one syscall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Allow it.
+    Allow,
+    /// Fail it with this errno.
+    Errno(u32),
+    /// `EPERM` when argument `arg` has any bit of `mask` set, else allow.
+    DenyBits { arg: u32, mask: u32 },
+    /// `EPERM` when argument `arg` (its low 32 bits, all the kernel reads
+    /// of an ioctl request) is one of `values`, else allow.
+    DenyValues { arg: u32, values: &'static [u32] },
+}
+
+/// The lambda profile: the allow-list with its argument checks.
+#[cfg(target_arch = "x86_64")]
+fn lambda_rules() -> Vec<(u32, Action)> {
+    let mut rules: Vec<(u32, Action)> =
+        ALLOWED.iter().map(|&n| (n as u32, Action::Allow)).collect();
+    set_rule(
+        &mut rules,
+        libc::SYS_clone,
+        Action::DenyBits {
+            arg: 0,
+            mask: CLONE_NAMESPACES,
+        },
+    );
+    set_rule(
+        &mut rules,
+        libc::SYS_clone3,
+        Action::Errno(libc::ENOSYS as u32),
+    );
+    set_rule(
+        &mut rules,
+        libc::SYS_ioctl,
+        Action::DenyValues {
+            arg: 1,
+            values: &[TIOCSTI, TIOCLINUX],
+        },
+    );
+    rules
+}
+
+/// The zygote profile: the lambda's, plus making child sandboxes.
+#[cfg(target_arch = "x86_64")]
+fn zygote_rules() -> Vec<(u32, Action)> {
+    let mut rules = lambda_rules();
+    set_rule(
+        &mut rules,
+        libc::SYS_unshare,
+        Action::DenyBits {
+            arg: 0,
+            mask: UNSHARE_FORBIDDEN,
+        },
+    );
+    set_rule(&mut rules, libc::SYS_move_mount, Action::Allow);
+    set_rule(&mut rules, libc::SYS_sethostname, Action::Allow);
+    rules
+}
+
+/// Sets (or replaces) the action of syscall `nr`.
+fn set_rule(rules: &mut Vec<(u32, Action)>, nr: i64, action: Action) {
+    let nr = nr as u32;
+    rules.retain(|(n, _)| *n != nr);
+    rules.push((nr, action));
+}
+
 fn ins(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
-/// Compiles the allow-list for the machine's architecture into a balanced
+/// Compiles `profile` for the machine's architecture into a balanced
 /// binary search over the syscall numbers: every syscall is decided in
 /// about 2·log2(n) instructions. (A linear chain, as libseccomp and
 /// seccompiler emit, costs ~1 ms to install because the kernel emulates the
 /// filter for every syscall number to build its action cache.)
-pub fn compile() -> Result<BpfProgram, SeccompError> {
+pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
     #[cfg(target_arch = "x86_64")]
     {
-        let mut nrs: Vec<u32> = ALLOWED.iter().map(|&n| n as u32).collect();
-        nrs.sort_unstable();
-        nrs.dedup();
-        Ok(compile_tree(AUDIT_ARCH, &nrs, libc::EPERM as u32))
+        let rules = match profile {
+            Profile::Lambda => lambda_rules(),
+            Profile::Zygote => zygote_rules(),
+        };
+        Ok(compile_tree(AUDIT_ARCH, rules, libc::EPERM as u32))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = profile;
         Err(SeccompError::UnsupportedArch)
     }
 }
 
-/// The filter for `arch` allowing exactly the sorted `allowed` numbers;
-/// any other syscall fails with `errno`, any other architecture is killed.
-fn compile_tree(arch: u32, allowed: &[u32], errno: u32) -> BpfProgram {
+/// The filter for `arch` applying `rules`; any other syscall fails with
+/// `errno`, any other architecture is killed.
+fn compile_tree(arch: u32, mut rules: Vec<(u32, Action)>, errno: u32) -> BpfProgram {
+    rules.sort_unstable_by_key(|(nr, _)| *nr);
+    rules.dedup_by_key(|(nr, _)| *nr);
     let mut prog = vec![
         ins(LD_W_ABS, 0, 0, DATA_ARCH),
         ins(JEQ_K, 1, 0, arch),
@@ -357,30 +480,61 @@ fn compile_tree(arch: u32, allowed: &[u32], errno: u32) -> BpfProgram {
         ins(JGE_K, 0, 1, X32_SYSCALL_BIT),
         ins(RET_K, 0, 0, RET_ERRNO | errno),
     ];
-    emit_tree(&ranges(allowed), errno, &mut prog);
+    emit_tree(&ranges(&rules), errno, &mut prog);
     prog
 }
 
-/// Sorted numbers as inclusive ranges of consecutive ones: syscall tables
-/// allow long runs, and a run costs the same two compares as one number.
-fn ranges(sorted: &[u32]) -> Vec<(u32, u32)> {
-    let mut out: Vec<(u32, u32)> = Vec::new();
-    for &n in sorted {
+/// Sorted rules as inclusive ranges of consecutive numbers with the same
+/// action (only plain allows merge): syscall tables allow long runs, and a
+/// run costs the same two compares as one number.
+fn ranges(sorted: &[(u32, Action)]) -> Vec<(u32, u32, Action)> {
+    let mut out: Vec<(u32, u32, Action)> = Vec::new();
+    for &(n, action) in sorted {
         match out.last_mut() {
-            Some((_, hi)) if *hi + 1 == n => *hi = n,
-            _ => out.push((n, n)),
+            Some((_, hi, Action::Allow)) if action == Action::Allow && *hi + 1 == n => *hi = n,
+            _ => out.push((n, n, action)),
         }
     }
     out
 }
 
-fn emit_tree(ranges: &[(u32, u32)], errno: u32, out: &mut BpfProgram) {
+/// The instructions deciding a syscall already known to be in a range with
+/// `action`; each path ends in a return.
+fn action_body(action: Action) -> Vec<sock_filter> {
+    let deny = RET_ERRNO | libc::EPERM as u32;
+    match action {
+        Action::Allow => vec![ins(RET_K, 0, 0, RET_ALLOW)],
+        Action::Errno(e) => vec![ins(RET_K, 0, 0, RET_ERRNO | e)],
+        Action::DenyBits { arg, mask } => vec![
+            ins(LD_W_ABS, 0, 0, data_arg_low(arg)),
+            ins(JSET_K, 0, 1, mask),
+            ins(RET_K, 0, 0, deny),
+            ins(RET_K, 0, 0, RET_ALLOW),
+        ],
+        Action::DenyValues { arg, values } => {
+            let mut body = vec![ins(LD_W_ABS, 0, 0, data_arg_low(arg))];
+            let n = values.len();
+            for (i, &v) in values.iter().enumerate() {
+                // On a match, jump over the remaining compares and the
+                // allow, onto the deny.
+                body.push(ins(JEQ_K, (n - i) as u8, 0, v));
+            }
+            body.push(ins(RET_K, 0, 0, RET_ALLOW));
+            body.push(ins(RET_K, 0, 0, deny));
+            body
+        }
+    }
+}
+
+fn emit_tree(ranges: &[(u32, u32, Action)], errno: u32, out: &mut BpfProgram) {
     if ranges.len() <= LEAF {
-        for &(lo, hi) in ranges {
-            // lo <= nr <= hi: allow; else on to the next range.
-            out.push(ins(JGE_K, 0, 2, lo));
-            out.push(ins(JGT_K, 1, 0, hi));
-            out.push(ins(RET_K, 0, 0, RET_ALLOW));
+        for &(lo, hi, action) in ranges {
+            // lo <= nr <= hi: decide by the action; else on to the next.
+            let body = action_body(action);
+            let skip = body.len() as u8;
+            out.push(ins(JGE_K, 0, skip + 1, lo));
+            out.push(ins(JGT_K, skip, 0, hi));
+            out.extend(body);
         }
         out.push(ins(RET_K, 0, 0, RET_ERRNO | errno));
         return;
@@ -436,7 +590,7 @@ mod tests {
             libc::SYS_read,
             libc::SYS_openat,
             libc::SYS_mmap,
-            libc::SYS_clone3,
+            libc::SYS_clone,
             libc::SYS_execve,
         ] {
             assert!(ALLOWED.contains(&needed), "{needed}");
@@ -455,6 +609,11 @@ mod tests {
             libc::SYS_reboot,
             libc::SYS_chroot,
             libc::SYS_pivot_root,
+            libc::SYS_clone3,
+            libc::SYS_move_mount,
+            libc::SYS_open_tree,
+            libc::SYS_fsopen,
+            libc::SYS_sethostname,
         ] {
             assert!(!ALLOWED.contains(&denied), "{denied} must be denied");
         }
@@ -464,18 +623,26 @@ mod tests {
         assert_eq!(sorted.len(), ALLOWED.len(), "no duplicates");
     }
 
-    /// A classic-BPF interpreter for the instructions `compile_tree` emits.
-    fn run(prog: &[sock_filter], arch: u32, nr: u32) -> u32 {
+    /// A classic-BPF interpreter for the instructions `compile_tree` emits,
+    /// for syscall `nr` with arguments `args` (their low 32 bits).
+    fn run(prog: &[sock_filter], arch: u32, nr: u32, args: [u32; 6]) -> u32 {
         let (mut pc, mut acc, mut steps) = (0usize, 0u32, 0);
         loop {
             steps += 1;
             assert!(steps < 100, "path too long for nr {nr}");
             let i = &prog[pc];
             match i.code {
-                LD_W_ABS => acc = if i.k == DATA_ARCH { arch } else { nr },
+                LD_W_ABS => {
+                    acc = match i.k {
+                        DATA_ARCH => arch,
+                        DATA_NR => nr,
+                        k => args[((k - 16) / 8) as usize],
+                    }
+                }
                 JEQ_K => pc += if acc == i.k { i.jt } else { i.jf } as usize,
                 JGE_K => pc += if acc >= i.k { i.jt } else { i.jf } as usize,
                 JGT_K => pc += if acc > i.k { i.jt } else { i.jf } as usize,
+                JSET_K => pc += if acc & i.k != 0 { i.jt } else { i.jf } as usize,
                 JA => pc += i.k as usize,
                 RET_K => return i.k,
                 other => panic!("unexpected opcode {other:#x}"),
@@ -484,55 +651,149 @@ mod tests {
         }
     }
 
+    fn plain(nr: u32) -> u32 {
+        run_on(&compile(Profile::Lambda).expect("compile"), nr, [0; 6])
+    }
+
+    fn run_on(prog: &[sock_filter], nr: u32, args: [u32; 6]) -> u32 {
+        run(prog, AUDIT_ARCH, nr, args)
+    }
+
     #[test]
-    fn consecutive_numbers_merge_into_ranges() {
-        assert_eq!(ranges(&[1, 2, 3, 5, 7, 8]), vec![(1, 3), (5, 5), (7, 8)]);
-        assert_eq!(ranges(&[]), Vec::<(u32, u32)>::new());
+    fn consecutive_allows_merge_into_ranges_and_rules_stand_alone() {
+        let a = Action::Allow;
+        let e = Action::Errno(38);
+        assert_eq!(
+            ranges(&[(1, a), (2, a), (3, a), (5, a), (7, a), (8, e), (9, a)]),
+            vec![(1, 3, a), (5, 5, a), (7, 7, a), (8, 8, e), (9, 9, a)]
+        );
+        assert_eq!(ranges(&[]), Vec::<(u32, u32, Action)>::new());
     }
 
     #[test]
     fn tree_allows_exactly_the_list_in_few_steps() {
-        let allowed: Vec<u32> = (0..300)
+        let allowed: Vec<(u32, Action)> = (0..300)
             .filter(|n| n % 3 != 1)
             .chain([1000, 0x4000_0001])
+            .map(|n| (n, Action::Allow))
             .collect();
-        let prog = compile_tree(0xc000_003e, &allowed, 1);
+        let prog = compile_tree(0xc000_003e, allowed.clone(), 1);
         for nr in 0..1100 {
-            let want = if allowed.contains(&nr) {
+            let want = if allowed.iter().any(|(n, _)| *n == nr) {
                 RET_ALLOW
             } else {
                 RET_ERRNO | 1
             };
-            assert_eq!(run(&prog, 0xc000_003e, nr), want, "nr {nr}");
+            assert_eq!(run(&prog, 0xc000_003e, nr, [0; 6]), want, "nr {nr}");
         }
         assert_eq!(
-            run(&prog, 0xc000_003e, 0x4000_0001),
+            run(&prog, 0xc000_003e, 0x4000_0001, [0; 6]),
             RET_ERRNO | 1,
             "x32 is refused"
         );
-        assert_eq!(run(&prog, 0x4000_0028, 0), RET_KILL_PROCESS, "other arch");
+        assert_eq!(
+            run(&prog, 0x4000_0028, 0, [0; 6]),
+            RET_KILL_PROCESS,
+            "other arch"
+        );
+    }
+
+    #[test]
+    fn lambdas_get_no_namespaces_no_clone3_and_no_terminal_injection() {
+        let prog = compile(Profile::Lambda).expect("compile");
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        let clone = libc::SYS_clone as u32;
+        // fork() as glibc does it, and a thread.
+        assert_eq!(
+            run_on(&prog, clone, [0x0120_0011, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
+        assert_eq!(
+            run_on(&prog, clone, [0x003d_0f00, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
+        for flag in [0x1000_0000, 0x4000_0000, 0x2000_0000, 0x0002_0000] {
+            assert_eq!(
+                run_on(&prog, clone, [flag | 17, 0, 0, 0, 0, 0]),
+                eperm,
+                "{flag:#x}"
+            );
+        }
+        assert_eq!(
+            run_on(&prog, libc::SYS_clone3 as u32, [0; 6]),
+            RET_ERRNO | libc::ENOSYS as u32
+        );
+        let ioctl = libc::SYS_ioctl as u32;
+        assert_eq!(run_on(&prog, ioctl, [1, TIOCSTI, 0, 0, 0, 0]), eperm);
+        assert_eq!(run_on(&prog, ioctl, [1, TIOCLINUX, 0, 0, 0, 0]), eperm);
+        // FIONREAD, TCGETS
+        assert_eq!(run_on(&prog, ioctl, [1, 0x541b, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(run_on(&prog, ioctl, [1, 0x5401, 0, 0, 0, 0]), RET_ALLOW);
+        for nr in [
+            libc::SYS_unshare,
+            libc::SYS_move_mount,
+            libc::SYS_sethostname,
+            libc::SYS_mount,
+        ] {
+            assert_eq!(plain(nr as u32), eperm, "{nr}");
+        }
+    }
+
+    #[test]
+    fn zygotes_may_make_sandboxes_but_not_user_namespaces_or_mounts() {
+        let prog = compile(Profile::Zygote).expect("compile");
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        let unshare = libc::SYS_unshare as u32;
+        // NEWNS | NEWUTS | NEWIPC | NEWPID | NEWNET | NEWCGROUP
+        assert_eq!(
+            run_on(&prog, unshare, [0x6e02_0000, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
+        assert_eq!(run_on(&prog, unshare, [0x1000_0000, 0, 0, 0, 0, 0]), eperm);
+        assert_eq!(run_on(&prog, unshare, [0x0000_0080, 0, 0, 0, 0, 0]), eperm);
+        for nr in [libc::SYS_move_mount, libc::SYS_sethostname] {
+            assert_eq!(run_on(&prog, nr as u32, [0; 6]), RET_ALLOW, "{nr}");
+        }
+        for nr in [
+            libc::SYS_mount,
+            libc::SYS_umount2,
+            libc::SYS_open_tree,
+            libc::SYS_fsopen,
+            libc::SYS_fsmount,
+            libc::SYS_mount_setattr,
+            libc::SYS_pivot_root,
+            libc::SYS_setns,
+            libc::SYS_ptrace,
+        ] {
+            assert_eq!(run_on(&prog, nr as u32, [0; 6]), eperm, "{nr}");
+        }
+        // Still no user namespace through clone.
+        assert_eq!(
+            run_on(&prog, libc::SYS_clone as u32, [0x1000_0011, 0, 0, 0, 0, 0]),
+            eperm
+        );
     }
 
     #[test]
     fn compiles_and_round_trips_through_bytes() {
-        let prog = compile().expect("compile");
-        assert!(
-            prog.len() < 4 * ALLOWED.len(),
-            "{} instructions",
-            prog.len()
-        );
-        for &nr in ALLOWED {
-            assert_eq!(run(&prog, AUDIT_ARCH, nr as u32), RET_ALLOW);
+        for profile in [Profile::Lambda, Profile::Zygote] {
+            let prog = compile(profile).expect("compile");
+            assert!(
+                prog.len() < 4 * ALLOWED.len(),
+                "{} instructions",
+                prog.len()
+            );
+            for &nr in ALLOWED {
+                if ![libc::SYS_clone, libc::SYS_ioctl].contains(&nr) {
+                    assert_eq!(run_on(&prog, nr as u32, [0; 6]), RET_ALLOW, "{nr}");
+                }
+            }
+            let bytes = to_bytes(&prog);
+            assert_eq!(bytes.len(), prog.len() * 8);
+            assert_eq!(from_bytes(&bytes).expect("decode"), prog);
         }
-        assert_eq!(
-            run(&prog, AUDIT_ARCH, libc::SYS_mount as u32),
-            RET_ERRNO | libc::EPERM as u32
-        );
-        let bytes = to_bytes(&prog);
-        assert_eq!(bytes.len(), prog.len() * 8);
-        assert_eq!(from_bytes(&bytes).expect("decode"), prog);
         assert!(matches!(
-            from_bytes(&bytes[..7]),
+            from_bytes(&[0; 7]),
             Err(SeccompError::BadLength(7))
         ));
     }

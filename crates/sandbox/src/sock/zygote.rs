@@ -1,14 +1,24 @@
-//! Zygotes (DESIGN.md §3.4): a privileged sandbox running `ol_zygote.py`,
-//! a Python with the runtime already imported, that forks new lambda
-//! sandboxes on request. The worker sends what a child needs as file
-//! descriptors (SCM_RIGHTS): its runtime socket, detached mounts of its code
-//! and scratch dir (so no mount is ever made on the host), its log files,
-//! an exit pipe and its cgroups' `cgroup.procs` files. The child enters its
-//! own namespaces, cgroup and root (see runtimes/python/ol_zygote.py).
+//! Zygotes (DESIGN.md §3.4), worker side: a Python process with the runtime
+//! (and, for the import cache, packages) imported that forks new sandboxes
+//! on request (runtimes/python/ol_zygote.py). A zygote is confined like
+//! any sandbox and more: root only of a user namespace of its own, whose
+//! root is an unprivileged host uid, with a few capabilities there,
+//! no_new_privs and the zygote seccomp filter. So whatever a package does
+//! at import, it does without host privilege.
+//!
+//! What a child needs comes as file descriptors (SCM_RIGHTS): its runtime
+//! socket, its exit pipe, its cgroups' `cgroup.procs` files, and detached
+//! mounts the worker made (its `/tmp`; with its lambda, its code, `/host`
+//! and proc), so the zygote never mounts a file system itself and nothing
+//! is ever mounted on the host. Each new sandbox first sends its pid
+//! namespace and a socket of its network namespace; the worker brings its
+//! loopback up and makes its proc from outside ([`ol_jail::outside`]). The
+//! child enters its sandbox through the jail's shared library, with the
+//! same Rust steps as the sandbox init.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -19,19 +29,21 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, recv, sendmsg};
 use serde_json::json;
 
 use super::cgroup::{Cgroup, CgroupLimits};
 use super::cgroup_pool::CgroupPool;
+use super::rootfs::{host_scratch, tmp_scratch};
 use super::{Enclosure, release_cgroup};
+use crate::logs::LogPipes;
 use crate::process::describe_exit;
 use crate::protocol::{encode_frame, read_frame_blocking};
-use crate::{Sandbox, SandboxError, sys};
+use crate::{Sandbox, SandboxError};
 
 /// How long a zygote may take to import and say ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a fork request may take to be answered.
+/// How long a fork request, or a new sandbox's first frame, may take.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running zygote and its control connection.
@@ -45,7 +57,7 @@ pub(crate) struct Zygote {
 }
 
 /// A pre-forked sandbox waiting for its lambda: it already sits in its
-/// cgroup and namespaces (see runtimes/python/ol_zygote.py).
+/// cgroup and namespaces, with its `/tmp` attached.
 #[derive(Debug)]
 pub(crate) struct Blank {
     /// Its cgroup (named `sb-<n>`, after the pool slot).
@@ -54,13 +66,15 @@ pub(crate) struct Blank {
     pub(crate) conn: UnixStream,
     /// Read end of its exit pipe.
     pub(crate) exit: File,
+    /// The proc of its pid namespace, to hand it with its lambda.
+    pub(crate) proc: OwnedFd,
     /// OOM kills its cgroup counted before it (a reused cgroup).
     pub(crate) oom_baseline: u64,
     /// Where its cgroup goes for reuse (else it is removed).
     pub(crate) recycle: Option<Arc<CgroupPool>>,
-    /// Its scratch dir and log files, made ahead (renamed after the
-    /// sandbox when it is assigned).
-    pub(crate) scratch: Option<(PathBuf, File, File)>,
+    /// Its scratch dir and log pipes, made ahead (the dir is renamed after
+    /// the sandbox when it is assigned).
+    pub(crate) scratch: Option<(PathBuf, LogPipes)>,
     /// The limits its cgroup has now.
     pub(crate) limits: Option<CgroupLimits>,
 }
@@ -69,8 +83,8 @@ impl Blank {
     /// Kills an unused blank and frees its cgroup and scratch dir.
     pub(crate) fn discard(self) {
         let _ = release_cgroup(&self.cgroup, self.recycle.as_deref());
-        if let Some((dir, _, _)) = self.scratch {
-            let _ = fs::remove_dir_all(dir);
+        if let Some((dir, _)) = self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -78,10 +92,10 @@ impl Blank {
 /// The lambda a blank becomes, on the host side.
 pub(crate) struct Assignment<'a> {
     pub(crate) code_dir: &'a Path,
-    pub(crate) host_dir: &'a Path,
-    pub(crate) stdout: File,
-    pub(crate) stderr: File,
-    pub(crate) uid: u32,
+    /// Size of its `/host` in MiB.
+    pub(crate) disk_mb: u64,
+    /// Its log pipes (the write ends go to the sandbox).
+    pub(crate) logs: LogPipes,
     pub(crate) env: &'a [(String, String)],
     /// Package dirs for its `sys.path`, as seen inside the sandbox.
     pub(crate) packages: &'a [String],
@@ -91,42 +105,38 @@ pub(crate) struct Assignment<'a> {
 pub(crate) struct ChildZygote<'a> {
     pub(crate) id: &'a str,
     pub(crate) enclosure: Enclosure,
-    pub(crate) stdout: File,
-    pub(crate) stderr: File,
+    /// Its log pipes.
+    pub(crate) logs: LogPipes,
+    /// Size of its `/tmp` in MiB.
+    pub(crate) disk_mb: u64,
     /// Package dirs for its `sys.path`, as seen inside the sandbox.
     pub(crate) packages: &'a [String],
     /// Modules it imports.
     pub(crate) imports: &'a [String],
 }
 
-/// Sends `what` to a blank over its own socket, as one frame with the
-/// mounts and log files attached.
-pub(crate) fn assign(blank_conn: &UnixStream, what: &Assignment<'_>) -> Result<(), SandboxError> {
-    let mount_of = |path: &Path, writable| {
-        sys::detached_mount(path, writable).map_err(|source| SandboxError::Io {
-            what: "cannot clone the mount of",
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    let code = mount_of(what.code_dir, false)?;
-    let host = mount_of(what.host_dir, true)?;
+/// Hands `what` to `blank` over its own socket: one frame with its code,
+/// `/host` and proc mounts and its log pipes attached.
+pub(crate) fn assign(blank: &Blank, what: Assignment<'_>) -> Result<(), SandboxError> {
+    // Our copies of the mounts and pipes close on return: the sandbox holds
+    // its own by then.
+    let code = ol_jail::outside::bind(what.code_dir, false).map_err(jail_err)?;
+    let host = ol_jail::outside::scratch(host_scratch(what.disk_mb)).map_err(jail_err)?;
     let fds = [
         code.as_raw_fd(),
         host.as_raw_fd(),
-        what.stdout.as_raw_fd(),
-        what.stderr.as_raw_fd(),
+        blank.proc.as_raw_fd(),
+        what.logs.stdout.as_raw_fd(),
+        what.logs.stderr.as_raw_fd(),
     ];
     let frame = encode_frame(&json!({
         "type": "assign",
-        "uid": what.uid,
-        "gid": what.uid,
         "env": what.env,
         "packages": what.packages,
     }))
     .map_err(|e| start_err("cannot encode the assignment", e))?;
     sendmsg::<()>(
-        blank_conn.as_raw_fd(),
+        blank.conn.as_raw_fd(),
         &[IoSlice::new(&frame)],
         &[ControlMessage::ScmRights(&fds)],
         MsgFlags::empty(),
@@ -138,6 +148,10 @@ pub(crate) fn assign(blank_conn: &UnixStream, what: &Assignment<'_>) -> Result<(
 
 fn start_err(what: &str, e: impl std::fmt::Display) -> SandboxError {
     SandboxError::StartFailed(format!("zygote: {what}: {e}"))
+}
+
+fn jail_err(e: ol_jail::JailError) -> SandboxError {
+    SandboxError::StartFailed(e.to_string())
 }
 
 impl Zygote {
@@ -191,33 +205,62 @@ impl Zygote {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether the zygote still answers.
+    /// Whether the zygote still answers. A zygote's control socket has
+    /// exactly one other end, the zygote's own (nothing else keeps a copy),
+    /// so its death shows at once as end of file; checked without waiting
+    /// (and skipped while a request holds the socket: that one will find
+    /// out).
     pub(crate) fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        if !self.alive.load(Ordering::Acquire) {
+            return false;
+        }
+        if let Ok(control) = self.control.try_lock() {
+            let mut byte = [0u8; 1];
+            let peeked = recv(
+                control.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            );
+            // 0 bytes: end of file. EAGAIN: alive and quiet. A zygote never
+            // speaks unasked, so anything else is a broken stream too.
+            if !matches!(peeked, Err(nix::Error::EAGAIN)) {
+                tracing::warn!("a zygote died");
+                self.alive.store(false, Ordering::Release);
+                return false;
+            }
+        }
+        true
     }
 
-    /// Forks a blank sandbox into `cgroup` (created by the caller); a
-    /// `warm` one also does ahead what every lambda's start does (worth it
-    /// for a blank made ahead, not for one a cold start waits for). Any
-    /// failure of the zygote itself marks it dead (the pool starts another).
+    /// Forks a blank sandbox into `cgroup` (created by the caller) with a
+    /// `/tmp` of `disk_mb`, and prepares its network and proc once its
+    /// namespaces arrive. A `warm` blank also does ahead what every
+    /// lambda's start does (worth it for a blank made ahead, not for one a
+    /// cold start waits for). Any failure of the zygote itself marks it
+    /// dead (the pool starts another).
     pub(crate) fn prefork(
         &self,
         id: &str,
         cgroup: Cgroup,
+        disk_mb: u64,
         warm: bool,
     ) -> Result<Blank, SandboxError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
         let (exit_r, exit_w) = exit_pipe()?;
+        let tmp = ol_jail::outside::scratch(tmp_scratch(disk_mb)).map_err(jail_err)?;
         let cgroup_files = open_procs_files(&cgroup)?;
-        let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd(), exit_w.as_raw_fd()];
+        let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd(), exit_w.as_raw_fd(), tmp.as_raw_fd()];
         fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
         self.request_fork(&json!({ "type": "prefork", "id": id, "warm": warm }), &fds)?;
-        // `theirs`, the exit pipe's write end and the cgroup files close
-        // when this returns: the child holds its own copies now.
+        // `theirs`, the exit pipe's write end, the mount and the cgroup
+        // files go now: the child holds its own copies.
+        drop((theirs, exit_w, tmp, cgroup_files));
+        let proc = receive_namespaces(&ours)?;
         Ok(Blank {
             cgroup,
             conn: ours,
             exit: File::from(exit_r),
+            proc,
             oom_baseline: 0,
             recycle: None,
             scratch: None,
@@ -225,17 +268,19 @@ impl Zygote {
         })
     }
 
-    /// Forks a child zygote that imports `child.imports` and waits until it
-    /// is ready.
+    /// Forks a child zygote that imports `child.imports` in namespaces of
+    /// its own, and waits until it is ready.
     pub(crate) fn fork_zygote(&self, child: ChildZygote<'_>) -> Result<Zygote, SandboxError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
         let (exit_r, exit_w) = exit_pipe()?;
+        let tmp = ol_jail::outside::scratch(tmp_scratch(child.disk_mb)).map_err(jail_err)?;
         let cgroup_files = open_procs_files(&child.enclosure.cgroup)?;
         let mut fds: Vec<RawFd> = vec![
             theirs.as_raw_fd(),
             exit_w.as_raw_fd(),
-            child.stdout.as_raw_fd(),
-            child.stderr.as_raw_fd(),
+            child.logs.stdout.as_raw_fd(),
+            child.logs.stderr.as_raw_fd(),
+            tmp.as_raw_fd(),
         ];
         fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
         let meta = json!({
@@ -255,7 +300,9 @@ impl Zygote {
         };
         // On failure, dropping `sandbox` kills whatever was forked.
         self.request_fork(&meta, &fds)?;
-        drop(theirs);
+        drop((theirs, exit_w, tmp, cgroup_files, child.logs));
+        let proc = receive_namespaces(&ours)?;
+        ol_jail::outside::send_proc(ours.as_fd(), proc.as_fd()).map_err(jail_err)?;
         Zygote::start(Box::new(sandbox), ours)
     }
 
@@ -291,13 +338,25 @@ impl Zygote {
     }
 }
 
+/// Reads a new sandbox's namespaces from its socket (bounded by
+/// [`FORK_TIMEOUT`]), brings its loopback up and returns its proc.
+fn receive_namespaces(conn: &UnixStream) -> Result<OwnedFd, SandboxError> {
+    conn.set_read_timeout(Some(FORK_TIMEOUT))
+        .map_err(|e| start_err("cannot set a timeout", e))?;
+    let proc = ol_jail::outside::receive_namespaces(conn.as_fd()).map_err(jail_err)?;
+    conn.set_read_timeout(None)
+        .map_err(|e| start_err("cannot clear a timeout", e))?;
+    Ok(proc)
+}
+
 /// A pipe whose write end a forked process keeps until it exits.
-fn exit_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), SandboxError> {
+fn exit_pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| start_err("exit pipe", e))
 }
 
 /// `cgroup.procs` of each of `cgroup`'s hierarchies, open for writing: a
-/// forked child joins the cgroup by writing to them.
+/// forked child joins the cgroup by writing to them (the kernel checks
+/// the opener's, our, credentials).
 fn open_procs_files(cgroup: &Cgroup) -> Result<Vec<File>, SandboxError> {
     cgroup
         .procs_files()
@@ -347,7 +406,7 @@ impl ForkedSandbox {
     fn find_runtime_pid(&self) -> Option<u32> {
         let pids = self.enclosure.cgroup.pids().ok()?;
         pids.into_iter().find(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
                 status
                     .lines()
                     .find_map(|l| l.strip_prefix("NSpid:"))

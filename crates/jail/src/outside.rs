@@ -1,0 +1,112 @@
+//! What the worker (root, outside every sandbox) prepares for a zygote
+//! child: detached mounts that belong to no mount namespace until the child
+//! attaches them (so nothing is ever mounted on the host, and a mount
+//! nobody attached vanishes with its last descriptor), and the loopback of
+//! the child's network namespace. Doing these from outside is what lets
+//! zygotes run without CAP_NET_ADMIN and without the right to mount any
+//! file system.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use crate::child::{self, NS_META, PROC_META};
+use crate::sys::{self, FsOption};
+use crate::{Result, refuse, step};
+
+/// A detached recursive bind of `path`: read-only unless `writable`,
+/// always nosuid and nodev.
+pub fn bind(path: &Path, writable: bool) -> Result<OwnedFd> {
+    let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    if !writable {
+        attrs |= sys::MOUNT_ATTR_RDONLY;
+    }
+    step(
+        format!("clone the mount of {}", path.display()),
+        sys::open_tree_clone(path, attrs),
+    )
+}
+
+/// A scratch file system a sandbox may write (its `/host` or `/tmp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scratch {
+    /// Its size in MiB (pages written also count against the sandbox's
+    /// memory limit: tmpfs pages are charged to the writer's cgroup).
+    pub size_mb: u64,
+    /// Mode of its top directory.
+    pub mode: u32,
+    /// Owner (uid and gid) of its top directory, on the host.
+    pub owner: u32,
+}
+
+/// Most files and directories a scratch file system holds per MiB of its
+/// size (inodes cost memory too).
+const INODES_PER_MB: u64 = 256;
+
+/// The inode limit of a scratch file system of `size_mb`.
+pub fn inodes_for(size_mb: u64) -> u64 {
+    size_mb.max(1).saturating_mul(INODES_PER_MB)
+}
+
+/// A new, detached tmpfs for a sandbox's scratch.
+pub fn scratch(s: Scratch) -> Result<OwnedFd> {
+    let size = format!("{}m", s.size_mb);
+    let inodes = inodes_for(s.size_mb).to_string();
+    let mode = format!("{:o}", s.mode);
+    let owner = s.owner.to_string();
+    let options = [
+        FsOption::Text("size", &size),
+        FsOption::Text("nr_inodes", &inodes),
+        FsOption::Text("mode", &mode),
+        FsOption::Text("uid", &owner),
+        FsOption::Text("gid", &owner),
+    ];
+    step(
+        "make a scratch file system",
+        sys::new_fs(
+            "tmpfs",
+            &options,
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        ),
+    )
+}
+
+/// A new, detached proc file system of the pid namespace `pidns` (sent by
+/// the sandbox: see [`crate::ns::pidns_handle`]).
+pub fn proc_of(pidns: BorrowedFd<'_>) -> Result<OwnedFd> {
+    step(
+        "make the sandbox's proc",
+        sys::new_fs(
+            "proc",
+            &[FsOption::Fd("pidns", pidns)],
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+        ),
+    )
+}
+
+/// Brings up the loopback of the network namespace that `sock` belongs to
+/// (sent by the sandbox: see [`crate::ns::netns_handle`]).
+pub fn loopback_up_via(sock: BorrowedFd<'_>) -> Result<()> {
+    step(
+        "bring the sandbox's loopback up",
+        sys::loopback_up_via(sock),
+    )
+}
+
+/// Reads the first frame of a new sandbox (a blank or a child zygote) from
+/// its socket `conn`, with its pid namespace and a socket of its network
+/// namespace; brings that network's loopback up and returns a proc mount
+/// of that pid namespace, for the sandbox to attach.
+pub fn receive_namespaces(conn: BorrowedFd<'_>) -> Result<OwnedFd> {
+    let what = "receive the sandbox's namespaces";
+    let mut fds = child::receive(conn, NS_META, 2, what)?.into_iter();
+    let (Some(pidns), Some(net)) = (fds.next(), fds.next()) else {
+        return refuse(what, "two descriptors were expected");
+    };
+    loopback_up_via(net.as_fd())?;
+    proc_of(pidns.as_fd())
+}
+
+/// Sends a new child zygote the proc mount of its pid namespace.
+pub fn send_proc(conn: BorrowedFd<'_>, proc: BorrowedFd<'_>) -> Result<()> {
+    child::send(conn, PROC_META, &[proc], "send the zygote its proc")
+}

@@ -1,0 +1,210 @@
+//! The C ABI of `libol_jail.so`, which a Python zygote loads once with
+//! ctypes (runtimes/python/ol_zygote.py) to run [`crate::child`] in its
+//! forked children. Every function returns 0 on success (in the process
+//! that goes on) and -1 on failure, with a one-line reason written into
+//! `err` (`errlen` bytes, NUL-terminated).
+//!
+//! Descriptors passed by number are taken over (closed by the jail when no
+//! longer needed; the caller must not use them again), except the socket
+//! `conn`, which the caller keeps owning.
+
+use std::ffi::c_char;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::raw::c_int;
+use std::panic::AssertUnwindSafe;
+
+use crate::child::{self, AssignFds, BlankFds, ZygoteFds};
+use crate::{Result, refuse};
+
+/// Writes `msg` into the caller's buffer, truncated to fit and
+/// NUL-terminated.
+fn report(err: *mut c_char, errlen: usize, msg: &str) {
+    if err.is_null() || errlen == 0 {
+        return;
+    }
+    let n = msg.len().min(errlen - 1);
+    // SAFETY: the caller passes a writable buffer of `errlen` bytes and we
+    // write at most `errlen` (n bytes and the NUL).
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
+        *err.add(n) = 0;
+    }
+}
+
+fn run(err: *mut c_char, errlen: usize, f: impl FnOnce() -> Result<()>) -> c_int {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            report(err, errlen, &e.to_string());
+            -1
+        }
+        Err(_) => {
+            report(err, errlen, "the jail panicked");
+            -1
+        }
+    }
+}
+
+/// Takes over descriptor `fd`.
+///
+/// # Safety
+/// `fd` must be open and no longer used by the caller.
+unsafe fn take(fd: c_int, what: &str) -> Result<OwnedFd> {
+    if fd < 0 {
+        return refuse(format!("take {what}"), "not a descriptor");
+    }
+    // SAFETY: upheld by the caller.
+    Ok(unsafe { super::adopt(fd) })
+}
+
+/// Takes over `n` descriptors at `fds`.
+///
+/// # Safety
+/// `fds` must point at `n` descriptors as [`take`] wants them.
+unsafe fn take_all(fds: *const c_int, n: usize, what: &str) -> Result<Vec<OwnedFd>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if fds.is_null() {
+        return refuse(format!("take {what}"), "no descriptors");
+    }
+    // SAFETY: the caller passes `n` readable ints at `fds`.
+    let raw: &[c_int] = unsafe { std::slice::from_raw_parts(fds, n) };
+    // SAFETY: each is a descriptor the caller hands over.
+    raw.iter().map(|&fd| unsafe { take(fd, what) }).collect()
+}
+
+/// Borrows the caller's socket `fd` for the call.
+///
+/// # Safety
+/// `fd` must stay open for the whole call.
+unsafe fn borrow<'a>(fd: RawFd) -> Result<BorrowedFd<'a>> {
+    if fd < 0 {
+        return refuse("use the sandbox's socket", "not a descriptor");
+    }
+    // SAFETY: upheld by the caller.
+    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Turns the calling forked child of a zygote into a blank sandbox
+/// ([`child::blank`]). Returns only in the blank.
+///
+/// # Safety
+/// `conn` stays open during the call; `exit`, `tmp` and the `ncgroups`
+/// descriptors at `cgroups` are handed over; `err` is a writable buffer of
+/// `errlen` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ol_jail_blank(
+    conn: c_int,
+    exit: c_int,
+    tmp: c_int,
+    cgroups: *const c_int,
+    ncgroups: usize,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int {
+    run(err, errlen, || {
+        // SAFETY: the caller's promises, above.
+        let fds = unsafe {
+            BlankFds {
+                conn: borrow(conn)?,
+                exit: take(exit, "the exit pipe")?,
+                tmp: take(tmp, "the /tmp mount")?,
+                cgroups: take_all(cgroups, ncgroups, "the cgroup files")?,
+            }
+        };
+        child::blank(fds)
+    })
+}
+
+/// Turns a blank into its lambda's sandbox ([`child::assign`]), under the
+/// seccomp filter of `filter_len` bytes at `filter` (none when 0).
+///
+/// # Safety
+/// `conn` stays open during the call; `code`, `host`, `proc`, `stdout`
+/// and `stderr` are handed over; `filter` points at `filter_len` readable
+/// bytes; `err` is a writable buffer of `errlen` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ol_jail_assign(
+    conn: c_int,
+    code: c_int,
+    host: c_int,
+    proc: c_int,
+    stdout: c_int,
+    stderr: c_int,
+    filter: *const u8,
+    filter_len: usize,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int {
+    run(err, errlen, || {
+        // SAFETY: the caller's promises, above.
+        let (fds, filter) = unsafe {
+            let fds = AssignFds {
+                conn: borrow(conn)?,
+                code: take(code, "the code mount")?,
+                host: take(host, "the /host mount")?,
+                proc: take(proc, "the proc mount")?,
+                stdout: take(stdout, "stdout")?,
+                stderr: take(stderr, "stderr")?,
+            };
+            let filter: &[u8] = if filter.is_null() || filter_len == 0 {
+                &[]
+            } else {
+                std::slice::from_raw_parts(filter, filter_len)
+            };
+            (fds, filter)
+        };
+        child::assign(fds, filter)
+    })
+}
+
+/// Turns the calling forked child of a zygote into a child zygote in
+/// namespaces of its own ([`child::zygote`]). Returns only in the new
+/// zygote.
+///
+/// # Safety
+/// `conn` stays open during the call; `exit`, `stdout`, `stderr`, `tmp`
+/// and the `ncgroups` descriptors at `cgroups` are handed over; `err` is a
+/// writable buffer of `errlen` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ol_jail_zygote(
+    conn: c_int,
+    exit: c_int,
+    stdout: c_int,
+    stderr: c_int,
+    tmp: c_int,
+    cgroups: *const c_int,
+    ncgroups: usize,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int {
+    run(err, errlen, || {
+        // SAFETY: the caller's promises, above.
+        let fds = unsafe {
+            ZygoteFds {
+                conn: borrow(conn)?,
+                exit: take(exit, "the exit pipe")?,
+                stdout: take(stdout, "stdout")?,
+                stderr: take(stderr, "stderr")?,
+                tmp: take(tmp, "the /tmp mount")?,
+                cgroups: take_all(cgroups, ncgroups, "the cgroup files")?,
+            }
+        };
+        child::zygote(fds)
+    })
+}
+
+/// Checks that the calling zygote is confined ([`child::check_zygote`]);
+/// `seccomp` non-zero when a seccomp filter must be installed.
+///
+/// # Safety
+/// `err` is a writable buffer of `errlen` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ol_jail_check_zygote(
+    seccomp: c_int,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int {
+    run(err, errlen, || child::check_zygote(seccomp != 0))
+}
