@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 FRAME_HEADER = struct.Struct(">II")
 MAX_META_LEN = 1 << 20
 MAX_BODY_LEN = 1 << 30
+# The most bytes (meta and body) one response may hold: the lambda's
+# limits.max_response_mb, set by the worker. The worker refuses (and kills
+# the sandbox of) a bigger response; checking here first turns a result
+# that is too big into an ordinary error and keeps the sandbox.
+MAX_RESPONSE_ENV = "OL_MAX_RESPONSE_BYTES"
 DEFAULT_ENTRY_FILES = ("f.py", "app.py", "lambda_func.py")
 TRACEBACK_FRAMES = 5
 # Responses up to this size are sent with one sendall of one buffer; bigger
@@ -76,12 +81,14 @@ class ProtocolError(Exception):
 class Handler:
     """A loaded lambda: how to call it and how to shut it down."""
 
-    __slots__ = ("kind", "call", "_shutdown")
+    __slots__ = ("kind", "call", "_shutdown", "max_response")
 
     def __init__(self, kind: str, call: Call, shutdown: Callable[[], None] | None = None) -> None:
         self.kind = kind  # "f", "handler", "wsgi" or "asgi"
         self.call = call
         self._shutdown = shutdown
+        # Most bytes (meta and body) of one response; load_lambda sets it.
+        self.max_response = MAX_META_LEN + MAX_BODY_LEN
 
     def close(self) -> None:
         """Release what loading acquired (ASGI: lifespan shutdown, event loop)."""
@@ -153,6 +160,7 @@ def serve(sock: socket.socket, handler: Handler) -> None:
     unpack = FRAME_HEADER.unpack
     pack = FRAME_HEADER.pack
     call = handler.call
+    max_response = handler.max_response
     coalesce_limit = _COALESCE_LIMIT
     header_len = FRAME_HEADER.size
     while True:
@@ -175,6 +183,9 @@ def serve(sock: socket.socket, handler: Handler) -> None:
             out_meta, out_body = call(meta, body)
         except BaseException as exc:  # noqa: BLE001 - user code must not end the runtime
             out_meta, out_body = error_meta(exc), b""
+        size = len(out_meta) + len(out_body)
+        if size > max_response:
+            out_meta, out_body = too_large_meta(size, max_response), b""
         try:
             if len(out_body) <= coalesce_limit:
                 sendall(pack(len(out_meta), len(out_body)) + out_meta + out_body)
@@ -189,6 +200,26 @@ def error_meta(exc: BaseException) -> bytes:
     """The 500 response meta describing ``exc``."""
     meta = {"status": 500, "error": exception_summary(exc), "traceback": short_traceback(exc)}
     return encode_meta(meta)
+
+
+def too_large_meta(size: int, limit: int) -> bytes:
+    """The 500 response meta for a result of ``size`` bytes over ``limit``."""
+    error = (
+        f"ResponseTooLarge: the response of {size} bytes is over this lambda's limit of "
+        f"{limit} bytes ({limit / (1 << 20):g} MiB, limits.max_response_mb)"
+    )
+    return encode_meta({"status": 500, "error": error, "traceback": ""})
+
+
+def max_response_from_env() -> int:
+    """The response limit the worker set in the environment (else the
+    protocol's own maximum)."""
+    most = MAX_META_LEN + MAX_BODY_LEN
+    try:
+        limit = int(os.environ.get(MAX_RESPONSE_ENV, most))
+    except ValueError:
+        return most
+    return limit if 0 < limit < most else most
 
 
 def exception_summary(exc: BaseException) -> str:
@@ -264,6 +295,8 @@ def load_lambda(code_dir: str, packages: list[str] | None = None) -> Handler:
     makes ``code_dir`` the working directory. Raises LoadError with a
     one-line summary when nothing callable is found.
     """
+    # Read before user code runs: importing it may change the environment.
+    max_response = max_response_from_env()
     code_dir = os.path.abspath(code_dir)
     try:
         os.chdir(code_dir)
@@ -274,7 +307,9 @@ def load_lambda(code_dir: str, packages: list[str] | None = None) -> Handler:
     entry_file = _find_entry_file(code_dir)
     module = _import_entry_file(code_dir, entry_file)
     try:
-        return _pick_entry(module, entry_file)
+        handler = _pick_entry(module, entry_file)
+        handler.max_response = max_response
+        return handler
     except LoadError:
         raise
     except BaseException as exc:  # noqa: BLE001 - e.g. a module __getattr__ or an ASGI loop failing

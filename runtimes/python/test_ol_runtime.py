@@ -339,6 +339,49 @@ class ErrorTests(RuntimeTestCase):
                 self.assert_json_response(runtime.call(), "ok")
         self.assertIsNone(runtime.proc.poll())
 
+    def test_result_over_the_response_limit_is_a_500_and_serving_continues(self) -> None:
+        source = """
+            def f(event):
+                return "x" * event
+        """
+        meta_len = len(b'{"status":200,"headers":[["content-type","application/json"]]}')
+        limit = 1000
+        runtime = self.start({"f.py": source}, env={"OL_MAX_RESPONSE_BYTES": str(limit)})
+        # Exactly at the limit (meta, quotes and body) passes.
+        at_limit = limit - meta_len - 2
+        self.assert_json_response(runtime.call(str(at_limit).encode()), "x" * at_limit)
+        meta, body = runtime.call(str(at_limit + 1).encode())
+        self.assertEqual((meta["status"], body), (500, b""))
+        self.assertEqual(
+            meta["error"],
+            f"ResponseTooLarge: the response of {limit + 1} bytes is over this lambda's limit of "
+            f"{limit} bytes ({limit / (1 << 20):g} MiB, limits.max_response_mb)",
+        )
+        self.assert_json_response(runtime.call(b"3"), "xxx")
+
+    def test_response_limit_is_read_before_user_code_runs(self) -> None:
+        source = """
+            import os
+            os.environ["OL_MAX_RESPONSE_BYTES"] = str(1 << 30)
+            def f(event):
+                return "x" * 200
+        """
+        runtime = self.start({"f.py": source}, env={"OL_MAX_RESPONSE_BYTES": "100"})
+        meta, _ = runtime.call()
+        self.assertEqual(meta["status"], 500)
+        self.assertIn("ResponseTooLarge", meta["error"])
+
+    def test_bad_response_limit_falls_back_to_the_protocol_maximum(self) -> None:
+        runtime_module = import_runtime()
+        most = runtime_module.MAX_META_LEN + runtime_module.MAX_BODY_LEN
+        for raw in ("", "lots", "-1", "0", str(most * 2)):
+            with self.subTest(raw=raw):
+                os.environ["OL_MAX_RESPONSE_BYTES"] = raw
+                try:
+                    self.assertEqual(runtime_module.max_response_from_env(), most)
+                finally:
+                    del os.environ["OL_MAX_RESPONSE_BYTES"]
+
     def test_traceback_keeps_the_last_five_user_frames(self) -> None:
         source = """
             def down(n):

@@ -12,6 +12,7 @@ pub mod import_cache;
 mod manager;
 pub mod ol_yaml;
 pub mod packages;
+pub mod yaml_shape;
 
 pub use manager::{LambdaManager, LambdaSettings, PackageLayer, SandboxInfo, Stats};
 
@@ -54,6 +55,10 @@ pub enum InvokeError {
     /// The sandbox died mid-call (502); the next call gets a fresh one.
     #[error("{0}")]
     Died(String),
+    /// The response was over `limits.max_response_mb`; the sandbox was
+    /// destroyed (502).
+    #[error("{0}")]
+    ResponseTooLarge(String),
     /// The sandbox was dead before the request reached it (retried once,
     /// then 502).
     #[error("{0}")]
@@ -101,7 +106,7 @@ impl InvokeError {
             | Self::Raised { .. }
             | Self::Internal(_)
             | Self::Packages(_) => 500,
-            Self::Died(_) | Self::NotDelivered(_) => 502,
+            Self::Died(_) | Self::NotDelivered(_) | Self::ResponseTooLarge(_) => 502,
             Self::ShuttingDown | Self::NoMemory(_) => 503,
             Self::Timeout(_) => 504,
             Self::OutOfMemory(_) => 507,

@@ -385,7 +385,10 @@ impl LambdaManager {
             Phase::Call
         };
         inst.fresh = false;
-        let result = phase.time(inst.sandbox.call(inv, limit)).await;
+        let max_response = function.limits.max_response_bytes();
+        let result = phase
+            .time(inst.sandbox.call(inv, limit, max_response))
+            .await;
         function.record_call(started.elapsed());
         match result {
             Ok(reply) => {
@@ -407,6 +410,14 @@ impl LambdaManager {
                 );
                 self.retire(inst, "out of memory");
                 Err(InvokeError::OutOfMemory(msg))
+            }
+            Err(CallError::ResponseTooLarge { claimed, .. }) => {
+                let msg = format!(
+                    "lambda {name} sent a response of {claimed} bytes, over its limit of {} MiB (limits.max_response_mb); its sandbox was destroyed",
+                    function.limits.max_response_mb
+                );
+                self.retire(inst, "response too large");
+                Err(InvokeError::ResponseTooLarge(msg))
             }
             Err(e @ CallError::NotDelivered(_)) => {
                 let msg = format!("sandbox {} of {name}: {e}", inst.sandbox.id());
@@ -667,10 +678,17 @@ impl LambdaManager {
         span: tracing::Span,
     ) -> Result<SafeSandbox, InvokeError> {
         let started = Instant::now();
+        let mut env = function.config.env_pairs();
+        // Last, so that ol.yaml cannot set it: the runtime refuses results
+        // over the limit itself (the worker checks every response anyway).
+        env.push((
+            ol_sandbox::MAX_RESPONSE_ENV.to_string(),
+            function.limits.max_response_bytes().to_string(),
+        ));
         let mut spec = SandboxSpec {
             lambda: function.name.clone(),
             code_dir: function.code.dir.clone(),
-            env: function.config.env_pairs(),
+            env,
             limits: function.limits.clone(),
             packages: Vec::new(),
             zygote: Vec::new(),

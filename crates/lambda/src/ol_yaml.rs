@@ -40,6 +40,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ol_sandbox::Limits;
 use serde::Deserialize;
+
+use crate::yaml_shape::{self, ShapeError};
 use serde::de::{self, Deserializer, Visitor};
 
 /// Name of the config file inside a lambda's code directory.
@@ -61,6 +63,10 @@ pub enum OlYamlError {
     /// The text is not valid YAML, or holds more than one document.
     #[error("ol.yaml: {0}")]
     Syntax(String),
+    /// The text is too large, nests too deeply or holds too many aliases;
+    /// refused before it is parsed (see [`crate::yaml_shape`]).
+    #[error("ol.yaml: {0}")]
+    Shape(#[from] ShapeError),
     /// Valid YAML that does not fit the schema: an unknown key, a wrong type
     /// or an invalid value.
     #[error("ol.yaml: {}{message}", key_prefix(key))]
@@ -136,8 +142,12 @@ impl LambdaConfig {
 }
 
 /// Parses the text of an `ol.yaml`. An empty document (or one holding only
-/// comments or `~`) gives the default config.
+/// comments or `~`) gives the default config. A text over
+/// [`yaml_shape::MAX_BYTES`], nested deeper than [`yaml_shape::MAX_DEPTH`]
+/// or with more than [`yaml_shape::MAX_ALIASES`] aliases is refused before
+/// it is parsed: the YAML parser's time grows with the square of the depth.
 pub fn parse(text: &str) -> Result<LambdaConfig, OlYamlError> {
+    yaml_shape::check(text)?;
     let value: Option<serde_yaml_ng::Value> =
         serde_yaml_ng::from_str(text).map_err(|e| OlYamlError::Syntax(e.to_string()))?;
     let Some(value) = value else {
@@ -156,12 +166,28 @@ pub fn parse(text: &str) -> Result<LambdaConfig, OlYamlError> {
 /// config, any other read failure is an error. Blocking (a small file): call
 /// it from `spawn_blocking` or a blocking context.
 pub fn load(code_dir: &Path) -> Result<LambdaConfig, OlYamlError> {
+    use std::io::Read;
     let path = code_dir.join(FILE_NAME);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => parse(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LambdaConfig::default()),
-        Err(source) => Err(OlYamlError::Read { path, source }),
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LambdaConfig::default()),
+        Err(source) => return Err(OlYamlError::Read { path, source }),
+    };
+    // One byte past the cap is enough to refuse it: a huge file is never
+    // read whole.
+    let size = file.metadata().map_or(0, |meta| meta.len());
+    if size > yaml_shape::MAX_BYTES as u64 {
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        return Err(ShapeError::TooLarge { size }.into());
     }
+    let mut text = String::new();
+    file.take(yaml_shape::MAX_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|source| OlYamlError::Read {
+            path: path.clone(),
+            source,
+        })?;
+    parse(&text)
 }
 
 // ---------------------------------------------------------------- triggers
@@ -968,6 +994,25 @@ limits: {mem_mb: 128, runtime_sec: 10, procs: 16, cpu_percent: 100}
                 .expect_err("bad key")
                 .to_string()
                 .contains("limits.mem")
+        );
+    }
+
+    #[test]
+    fn hostile_texts_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(FILE_NAME), "{a: ".repeat(1 << 18)).expect("write");
+        let e = load(dir.path()).expect_err("too large");
+        assert_eq!(
+            e.to_string(),
+            "ol.yaml: 1048576 bytes is over the limit of 65536 bytes"
+        );
+        assert_err(
+            &"[".repeat(100),
+            "ol.yaml: line 1: nesting is deeper than 32",
+        );
+        assert_err(
+            &"{a: ".repeat(100),
+            "ol.yaml: line 1: nesting is deeper than 32",
         );
     }
 

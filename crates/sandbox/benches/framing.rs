@@ -60,6 +60,8 @@ const BODY: &[u8] = br#"{"name": "bench"}"#;
 const EXPECTED: &[u8] = br#""Hello, bench!""#;
 /// Per-call limit, as the worker puts around every call.
 const CALL_LIMIT: Duration = Duration::from_secs(30);
+/// The default `limits.max_response_mb`, in bytes.
+const MAX_RESPONSE: usize = 6 << 20;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const WARM_UP_CALLS: usize = 2_000;
 const DEFAULT_CALLS: usize = 30_000;
@@ -189,7 +191,10 @@ impl Driver {
                     headers: vec![("content-type".to_string(), "application/json".to_string())],
                     body: Bytes::from_static(BODY),
                 };
-                let reply = sandbox.call(&inv, CALL_LIMIT).await.expect("frame call");
+                let reply = sandbox
+                    .call(&inv, CALL_LIMIT, MAX_RESPONSE)
+                    .await
+                    .expect("frame call");
                 assert_eq!(reply.status, 200, "frame call status");
                 reply.body
             }

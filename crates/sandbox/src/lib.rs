@@ -63,6 +63,20 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// `max_response_mb` in bytes: the most a call's response frame (meta
+    /// and body) may hold. Saturates rather than wraps; the worker's config
+    /// check keeps the value far below that.
+    pub fn max_response_bytes(&self) -> usize {
+        usize::try_from(self.max_response_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+}
+
+/// Environment variable telling the Python runtime the most bytes a
+/// response may hold, so that it can turn a result over the limit into an
+/// error of its own (the worker enforces the limit regardless).
+pub const MAX_RESPONSE_ENV: &str = "OL_MAX_RESPONSE_BYTES";
+
 /// What a new sandbox runs and within which limits.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {

@@ -4,6 +4,12 @@
 //! A frame is `meta_len: u32 BE`, `body_len: u32 BE`, the meta as a JSON
 //! object, then the raw body. Encoding reuses one buffer per sandbox so the
 //! hot path allocates nothing but the response body.
+//!
+//! The runtime runs hostile code, which can write anything onto its end of
+//! the socket: every reader takes the most bytes a frame may hold
+//! (`max_frame`, meta and body together) and checks the lengths in the
+//! header against it before it reserves or reads anything, so a header
+//! claiming 4 GiB costs the worker nothing.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -19,6 +25,9 @@ const INLINE_BODY_BYTES: usize = 64 * 1024;
 const HEADER_BYTES: usize = 8;
 /// Least room made in a read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Most bytes (meta and body) of a frame on a control socket or of a
+/// runtime's first frame (ready or load error): these carry no user data.
+pub const MAX_CONTROL_FRAME_BYTES: usize = MAX_META_BYTES;
 
 /// One HTTP call of a lambda, as the event layer hands it down.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,6 +96,15 @@ pub enum ProtocolError {
     /// The runtime sent something that is not a valid frame.
     #[error("the runtime sent a malformed frame: {0}")]
     Malformed(String),
+    /// The frame header claims more bytes than the reader accepts; nothing
+    /// of it was read (the stream is out of step from here on).
+    #[error("the runtime sent a frame of {claimed} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Meta and body bytes the header claims.
+        claimed: u64,
+        /// Most bytes the reader accepts.
+        limit: usize,
+    },
 }
 
 /// Writes `inv` as one request frame, using `buf` as scratch space.
@@ -140,17 +158,20 @@ fn encode_request_head(inv: &Invocation, buf: &mut Vec<u8>) -> Result<(), Protoc
 /// Reads one frame from the runtime through `buf`, a read buffer kept per
 /// connection: a whole small frame costs one `recv`, not one per part, and
 /// the body is handed out without a copy. `Closed` means EOF (before or in
-/// the middle of a frame).
+/// the middle of a frame). A frame of more than `max_frame` bytes (meta and
+/// body) is [`ProtocolError::TooLarge`], found from its header alone: `buf`
+/// never grows past `max_frame` plus one read's worth.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
+    max_frame: usize,
 ) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
     loop {
         let wanted = if buf.len() >= HEADER_BYTES {
             let header: [u8; HEADER_BYTES] = buf[..HEADER_BYTES]
                 .try_into()
                 .map_err(|_| ProtocolError::Malformed("short header".into()))?;
-            let (meta_len, body_len) = parse_header(&header)?;
+            let (meta_len, body_len) = parse_header(&header, max_frame)?;
             let total = HEADER_BYTES + meta_len + body_len;
             if buf.len() >= total {
                 let mut frame = buf.split_to(total);
@@ -169,10 +190,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Blocking twin of [`read_frame`], for control sockets driven from plain
-/// threads (the zygote's).
+/// Blocking twin of [`read_frame`] for control sockets driven from plain
+/// threads (the zygote's): frames of at most [`MAX_CONTROL_FRAME_BYTES`].
 pub fn read_frame_blocking<R: std::io::Read>(
     r: &mut R,
+) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
+    read_frame_blocking_limited(r, MAX_CONTROL_FRAME_BYTES)
+}
+
+/// [`read_frame_blocking`] with frames of at most `max_frame` bytes (meta
+/// and body), checked from the header before anything is allocated.
+pub fn read_frame_blocking_limited<R: std::io::Read>(
+    r: &mut R,
+    max_frame: usize,
 ) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
     let closed = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => ProtocolError::Closed,
@@ -180,7 +210,7 @@ pub fn read_frame_blocking<R: std::io::Read>(
     };
     let mut header = [0u8; HEADER_BYTES];
     r.read_exact(&mut header).map_err(closed)?;
-    let (meta_len, body_len) = parse_header(&header)?;
+    let (meta_len, body_len) = parse_header(&header, max_frame)?;
     let mut meta = vec![0u8; meta_len];
     r.read_exact(&mut meta).map_err(closed)?;
     let meta = parse_meta(&meta)?;
@@ -199,9 +229,22 @@ pub fn encode_frame<T: Serialize>(meta: &T) -> Result<Vec<u8>, ProtocolError> {
     Ok(out)
 }
 
-fn parse_header(header: &[u8; HEADER_BYTES]) -> Result<(usize, usize), ProtocolError> {
-    let meta_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let body_len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+/// The meta and body lengths of a frame header, checked against the
+/// protocol's limits and against `max_frame` (both lengths together).
+fn parse_header(
+    header: &[u8; HEADER_BYTES],
+    max_frame: usize,
+) -> Result<(usize, usize), ProtocolError> {
+    let meta_len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let body_len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    // In u64: the sum of two u32 cannot overflow, whatever usize is.
+    let claimed = u64::from(meta_len) + u64::from(body_len);
+    let limit = max_frame.min(MAX_META_BYTES + MAX_BODY_BYTES);
+    if claimed > limit as u64 {
+        return Err(ProtocolError::TooLarge { claimed, limit });
+    }
+    // Both fit in usize now: their sum is at most `max_frame`.
+    let (meta_len, body_len) = (meta_len as usize, body_len as usize);
     if meta_len > MAX_META_BYTES {
         return Err(ProtocolError::Malformed(format!(
             "meta of {meta_len} bytes is over the {MAX_META_BYTES}-byte limit"
@@ -223,6 +266,9 @@ fn parse_meta(raw: &[u8]) -> Result<RuntimeMeta, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A response limit like the default `limits.max_response_mb`.
+    const LIMIT: usize = 6 << 20;
 
     fn frame(meta: &str, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -282,17 +328,21 @@ mod tests {
         let mut r = input.as_slice();
         let mut meta_buf = BytesMut::new();
 
-        let (ready, body) = read_frame(&mut r, &mut meta_buf).await.expect("ready");
+        let (ready, body) = read_frame(&mut r, &mut meta_buf, LIMIT)
+            .await
+            .expect("ready");
         assert_eq!(ready.kind.as_deref(), Some("ready"));
         assert_eq!(ready.pid, Some(42));
         assert!(body.is_empty());
 
-        let (resp, body) = read_frame(&mut r, &mut meta_buf).await.expect("resp");
+        let (resp, body) = read_frame(&mut r, &mut meta_buf, LIMIT)
+            .await
+            .expect("resp");
         assert_eq!(resp.status, Some(418));
         assert_eq!(resp.headers, vec![("A".to_string(), "B".to_string())]);
         assert_eq!(&body[..], b"hi\n\x00\xff");
 
-        let (err, _) = read_frame(&mut r, &mut meta_buf).await.expect("err");
+        let (err, _) = read_frame(&mut r, &mut meta_buf, LIMIT).await.expect("err");
         assert_eq!(
             err.error.as_deref(),
             Some("ZeroDivisionError: division by zero")
@@ -300,7 +350,7 @@ mod tests {
         assert_eq!(err.traceback, "f.py:2");
 
         assert!(matches!(
-            read_frame(&mut r, &mut meta_buf).await,
+            read_frame(&mut r, &mut meta_buf, LIMIT).await,
             Err(ProtocolError::Closed)
         ));
     }
@@ -310,7 +360,7 @@ mod tests {
         let full = frame(r#"{"status":200}"#, b"abcdef");
         for cut in [3, 8, 12, full.len() - 1] {
             let mut r = &full[..cut];
-            let got = read_frame(&mut r, &mut BytesMut::new()).await;
+            let got = read_frame(&mut r, &mut BytesMut::new(), LIMIT).await;
             assert!(
                 matches!(got, Err(ProtocolError::Closed)),
                 "cut at {cut}: {got:?}"
@@ -335,11 +385,219 @@ mod tests {
         let mut huge = Vec::new();
         huge.extend_from_slice(&((MAX_META_BYTES + 1) as u32).to_be_bytes());
         huge.extend_from_slice(&0u32.to_be_bytes());
-        let got = read_frame(&mut huge.as_slice(), &mut BytesMut::new()).await;
+        let got = read_frame(
+            &mut huge.as_slice(),
+            &mut BytesMut::new(),
+            2 * MAX_META_BYTES,
+        )
+        .await;
         assert!(matches!(got, Err(ProtocolError::Malformed(_))), "{got:?}");
 
         let bad = frame("not json", b"");
-        let got = read_frame(&mut bad.as_slice(), &mut BytesMut::new()).await;
+        let got = read_frame(&mut bad.as_slice(), &mut BytesMut::new(), LIMIT).await;
         assert!(matches!(got, Err(ProtocolError::Malformed(_))), "{got:?}");
+    }
+
+    /// A frame header claiming `meta_len` and `body_len` bytes.
+    fn header(meta_len: u32, body_len: u32) -> Vec<u8> {
+        let mut out = meta_len.to_be_bytes().to_vec();
+        out.extend_from_slice(&body_len.to_be_bytes());
+        out
+    }
+
+    #[tokio::test]
+    async fn frame_over_the_limit_is_refused_from_its_header() {
+        // A runtime claiming 400 MiB and then sending it, endlessly: the
+        // reader must stop at the header, with next to nothing buffered.
+        let claim = header(2, 400 << 20);
+        let mut endless = tokio::io::AsyncReadExt::chain(claim.as_slice(), tokio::io::repeat(b'x'));
+        let mut buf = BytesMut::new();
+        let got = read_frame(&mut endless, &mut buf, LIMIT).await;
+        match got {
+            Err(ProtocolError::TooLarge { claimed, limit }) => {
+                assert_eq!((claimed, limit), ((400 << 20) + 2, LIMIT));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(buf.capacity() <= 2 * READ_CHUNK, "{}", buf.capacity());
+
+        // Meta and body count together; exactly the limit is fine.
+        let meta = r#"{"status":200}"#;
+        let body = vec![b'y'; LIMIT - meta.len()];
+        let ok = frame(meta, &body);
+        let (_, got) = read_frame(&mut ok.as_slice(), &mut BytesMut::new(), LIMIT)
+            .await
+            .expect("at the limit");
+        assert_eq!(got.len(), body.len());
+        let over = frame(meta, &[body.as_slice(), b"z"].concat());
+        let got = read_frame(&mut over.as_slice(), &mut BytesMut::new(), LIMIT).await;
+        assert!(
+            matches!(got, Err(ProtocolError::TooLarge { .. })),
+            "{got:?}"
+        );
+
+        // The largest header there is: no overflow, no allocation.
+        let max = header(u32::MAX, u32::MAX);
+        let got = read_frame(&mut max.as_slice(), &mut BytesMut::new(), usize::MAX).await;
+        assert!(
+            matches!(got, Err(ProtocolError::TooLarge { .. })),
+            "{got:?}"
+        );
+        let got = read_frame_blocking_limited(&mut max.as_slice(), usize::MAX);
+        assert!(
+            matches!(got, Err(ProtocolError::TooLarge { .. })),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn blocking_reader_keeps_control_frames_small() {
+        let claim = header(16, (MAX_CONTROL_FRAME_BYTES) as u32);
+        let mut endless = std::io::Read::chain(claim.as_slice(), std::io::repeat(b'x'));
+        let got = read_frame_blocking(&mut endless);
+        assert!(
+            matches!(got, Err(ProtocolError::TooLarge { limit, .. }) if limit == MAX_CONTROL_FRAME_BYTES),
+            "{got:?}"
+        );
+    }
+}
+
+/// The frame decoders under random input (proptest).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// Cases per property: thousands, yet the whole module runs in about a
+    /// second.
+    const CASES: u32 = 2000;
+
+    /// Reads `data` in the chunk sizes given (cycling), as a socket might
+    /// deliver it.
+    struct Chunked {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let size = self.sizes[self.turn % self.sizes.len()];
+            self.turn += 1;
+            let n = size.min(buf.remaining()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    }
+
+    /// A response meta as the runtime writes it.
+    fn meta() -> impl Strategy<Value = serde_json::Value> {
+        (
+            100u16..600,
+            prop::collection::vec(("[a-z-]{1,12}", "\\PC{0,20}"), 0..4),
+            prop::option::of("\\PC{0,40}"),
+        )
+            .prop_map(|(status, headers, error)| {
+                let mut meta = serde_json::json!({"status": status, "headers": headers});
+                if let Some(error) = error {
+                    meta["error"] = serde_json::json!(error);
+                }
+                meta
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_overallocate(
+            data in prop::collection::vec(any::<u8>(), 0..256),
+            header in prop::option::of((any::<u32>(), any::<u32>())),
+            max_frame in 0usize..(64 << 10),
+            sizes in prop::collection::vec(1usize..64, 1..4),
+        ) {
+            // Random bytes, sometimes behind a header of random lengths.
+            let mut input = Vec::new();
+            if let Some((meta_len, body_len)) = header {
+                input.extend_from_slice(&meta_len.to_be_bytes());
+                input.extend_from_slice(&body_len.to_be_bytes());
+            }
+            input.extend_from_slice(&data);
+            let mut reader = Chunked { data: input.clone(), at: 0, sizes, turn: 0 };
+            let mut buf = BytesMut::new();
+            let got = runtime().block_on(read_frame(&mut reader, &mut buf, max_frame));
+            prop_assert!(buf.capacity() <= HEADER_BYTES + max_frame + 2 * READ_CHUNK);
+            if let Ok((_, body)) = &got {
+                prop_assert!(body.len() <= max_frame);
+            }
+            let blocking = read_frame_blocking_limited(&mut input.as_slice(), max_frame);
+            prop_assert_eq!(got.is_ok(), blocking.is_ok(), "{:?} / {:?}", got, blocking);
+        }
+
+        #[test]
+        fn valid_frames_round_trip_in_any_chunking(
+            metas in prop::collection::vec(meta(), 1..4),
+            bodies in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..512), 4),
+            sizes in prop::collection::vec(1usize..300, 1..4),
+        ) {
+            let mut stream = Vec::new();
+            for (meta, body) in metas.iter().zip(&bodies) {
+                let mut frame = encode_frame(meta).expect("encode");
+                let body_len = u32::try_from(body.len()).expect("small body");
+                frame[4..8].copy_from_slice(&body_len.to_be_bytes());
+                frame.extend_from_slice(body);
+                stream.extend_from_slice(&frame);
+            }
+            let mut reader = Chunked { data: stream.clone(), at: 0, sizes, turn: 0 };
+            let mut buf = BytesMut::new();
+            let rt = runtime();
+            let mut blocking = stream.as_slice();
+            for (meta, body) in metas.iter().zip(&bodies) {
+                let (got, got_body) = rt
+                    .block_on(read_frame(&mut reader, &mut buf, 1 << 20))
+                    .expect("valid frame");
+                prop_assert_eq!(got.status, meta["status"].as_u64().and_then(|s| u16::try_from(s).ok()));
+                prop_assert_eq!(got.error.as_deref(), meta["error"].as_str());
+                prop_assert_eq!(got.headers.len(), meta["headers"].as_array().map_or(0, Vec::len));
+                prop_assert_eq!(&got_body[..], &body[..]);
+                let (again, again_body) =
+                    read_frame_blocking_limited(&mut blocking, 1 << 20).expect("valid frame");
+                prop_assert_eq!(again, got);
+                prop_assert_eq!(again_body, got_body);
+            }
+            let end = rt.block_on(read_frame(&mut reader, &mut buf, 1 << 20));
+            prop_assert!(matches!(end, Err(ProtocolError::Closed)), "{:?}", end);
+        }
+
+        #[test]
+        fn any_cut_of_a_valid_frame_is_closed(
+            meta in meta(),
+            body in prop::collection::vec(any::<u8>(), 0..256),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut frame = encode_frame(&meta).expect("encode");
+            let body_len = u32::try_from(body.len()).expect("small body");
+            frame[4..8].copy_from_slice(&body_len.to_be_bytes());
+            frame.extend_from_slice(&body);
+            let cut = cut.index(frame.len());
+            let got = runtime().block_on(read_frame(&mut &frame[..cut], &mut BytesMut::new(), 1 << 20));
+            prop_assert!(matches!(got, Err(ProtocolError::Closed)), "{:?}", got);
+        }
     }
 }

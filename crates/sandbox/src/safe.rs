@@ -24,6 +24,16 @@ pub enum CallError {
     /// The runtime went away mid-call; the sandbox is dead (HTTP 502).
     #[error("sandbox died mid-call: {0}")]
     Died(String),
+    /// The runtime started a response larger than the call may return.
+    /// Nothing past its header was read, so the stream is out of step and
+    /// the sandbox is dead (HTTP 502).
+    #[error("response of {claimed} bytes is over the limit of {limit} bytes")]
+    ResponseTooLarge {
+        /// Bytes (meta and body) the response's frame header claims.
+        claimed: u64,
+        /// Most bytes the call may return.
+        limit: usize,
+    },
     /// The runtime was already gone: the request never reached it, so the
     /// call may safely go to another sandbox.
     #[error("sandbox was dead before the call: {0}")]
@@ -80,7 +90,11 @@ impl SafeSandbox {
         };
         let ready = tokio::time::timeout(
             ready_timeout,
-            protocol::read_frame(&mut sb.conn, &mut sb.read_buf),
+            protocol::read_frame(
+                &mut sb.conn,
+                &mut sb.read_buf,
+                protocol::MAX_CONTROL_FRAME_BYTES,
+            ),
         );
         let first = ol_obs::Phase::SandboxReady.time(ready).await;
         let err = match first {
@@ -138,8 +152,15 @@ impl SafeSandbox {
         }
     }
 
-    /// Sends one call and waits for its reply, at most `limit`.
-    pub async fn call(&mut self, inv: &Invocation, limit: Duration) -> Result<Reply, CallError> {
+    /// Sends one call and waits for its reply, at most `limit`; a reply of
+    /// more than `max_response` bytes (meta and body) is refused from its
+    /// frame header, before any of it is buffered.
+    pub async fn call(
+        &mut self,
+        inv: &Invocation,
+        limit: Duration,
+        max_response: usize,
+    ) -> Result<Reply, CallError> {
         self.check_alive()?;
         // Whether the whole request went out: a runtime that died before
         // reading it never ran user code for it.
@@ -150,12 +171,20 @@ impl SafeSandbox {
             }
             (
                 true,
-                protocol::read_frame(&mut self.conn, &mut self.read_buf).await,
+                protocol::read_frame(&mut self.conn, &mut self.read_buf, max_response).await,
             )
         };
         let result = tokio::time::timeout(limit, round_trip).await;
         match result {
             Ok((_, Ok((meta, body)))) => into_reply(meta, body),
+            Ok((_, Err(ProtocolError::TooLarge { claimed, limit }))) => {
+                // The rest of that frame is still on its way: no later
+                // frame can be found in the stream, so the sandbox goes.
+                self.dead = Some(format!(
+                    "sent a response of {claimed} bytes, over the {limit}-byte limit"
+                ));
+                Err(CallError::ResponseTooLarge { claimed, limit })
+            }
             Ok((sent, Err(e))) => {
                 // EOF or EPIPE: the runtime is gone; say how it went.
                 let why = match (&e, self.exit_reason_soon().await) {

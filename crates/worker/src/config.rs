@@ -75,6 +75,79 @@ impl Default for Scaling {
     }
 }
 
+/// How the HTTP server holds connections (ours, not OpenLambda's; see
+/// [`crate::conn`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Longest from a request's first byte to the end of its head (request
+    /// line and headers), in ms; a slower client is disconnected.
+    pub header_timeout_ms: u64,
+    /// A connection waiting for a request with nothing received for this
+    /// long is closed (keep-alive idle), and a request body that stops
+    /// arriving for this long fails with 408; in ms.
+    pub idle_timeout_ms: u64,
+    /// Most connections served at once; more wait in the kernel's accept
+    /// queue until one ends. At most half the worker's descriptor limit
+    /// (the other half is for sandboxes and files); the default is 1024, or
+    /// that half when it is smaller.
+    pub max_connections: usize,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS.min(max_connections_for(fd_limit())),
+        }
+    }
+}
+
+/// `http.max_connections` unless the descriptor limit is too low for it.
+const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// The most connections a worker with `fd_limit` descriptors may serve:
+/// half of them, the rest being for sandboxes (sockets, pipes, logs),
+/// registry files and the worker's own.
+pub fn max_connections_for(fd_limit: u64) -> usize {
+    usize::try_from(fd_limit / 2).unwrap_or(usize::MAX)
+}
+
+/// The descriptor limit the worker runs with: it raises its soft
+/// `RLIMIT_NOFILE` to the hard one at start ([`raise_fd_limit`]), which
+/// the kernel caps at `fs.nr_open`.
+pub fn fd_limit() -> u64 {
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(_, hard)| hard);
+    let nr_open = read_proc_number("/proc/sys/fs/nr_open").unwrap_or(1 << 20);
+    hard.min(nr_open)
+}
+
+/// Raises the soft descriptor limit to [`fd_limit`] (the usual soft limit
+/// of 1024 would leave few descriptors beside `http.max_connections`);
+/// returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let target = fd_limit();
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < target => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+                tracing::warn!("cannot raise the descriptor limit from {soft} to {target}: {e}");
+                return soft;
+            }
+            target
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => target,
+    }
+}
+
+/// A number in a /proc file (`pid_max`, `nr_open`).
+fn read_proc_number(path: &str) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// Feature switches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,6 +229,8 @@ pub struct Config {
     pub installer_limits: InstallerLimits,
     /// Per-lambda scaling bounds.
     pub scaling: Scaling,
+    /// HTTP connection limits.
+    pub http: Http,
     /// Feature switches.
     pub features: Features,
     /// An idle sandbox is paused after this long; 0 never pauses.
@@ -197,6 +272,7 @@ impl Default for Config {
             limits: Limits::default(),
             installer_limits: InstallerLimits::default(),
             scaling: Scaling::default(),
+            http: Http::default(),
             features: Features::default(),
             pause_after_idle_ms: 500,
             pip_index_url: String::new(),
@@ -238,6 +314,55 @@ pub enum ConfigError {
     /// A `-o` argument is not `key=value`.
     #[error("bad override {0:?}: expected key=value, e.g. -o worker_port=5001")]
     BadOverride(String),
+}
+
+/// What config values are checked against: facts of the machine the
+/// worker runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// `/proc/sys/kernel/pid_max`: no limit on processes can exceed it.
+    pub pid_max: u64,
+    /// CPUs the worker may use.
+    pub cpus: u64,
+    /// Descriptors the worker may hold ([`fd_limit`]).
+    pub fd_limit: u64,
+}
+
+impl Host {
+    /// This machine's.
+    pub fn read() -> Self {
+        Self {
+            // The kernel's default when /proc cannot say.
+            pid_max: read_proc_number("/proc/sys/kernel/pid_max").unwrap_or(32_768),
+            cpus: std::thread::available_parallelism().map_or(1, |n| as_u64(n.get())),
+            fd_limit: fd_limit(),
+        }
+    }
+}
+
+/// Most MiB (or KiB, [`MAX_KB`]) of a size limit: its bytes must fit the
+/// kernel's signed 64-bit counters (cgroup limits, tmpfs sizes).
+const MAX_MB: u64 = (i64::MAX as u64) >> 20;
+const MAX_KB: u64 = (i64::MAX as u64) >> 10;
+const MAX_MB_WHY: &str = "its size in bytes must fit in 63 bits";
+/// Most MiB of a request or response body: a frame of the runtime protocol
+/// carries at most 1 GiB of body.
+const MAX_FRAME_MB: u64 = (ol_sandbox::protocol::MAX_BODY_BYTES >> 20) as u64;
+/// Longest time limit: a day (a call, an install, a request head).
+const MAX_SEC: u64 = 86_400;
+const MAX_MS: u64 = MAX_SEC * 1000;
+const MAX_SEC_WHY: &str = "a day";
+
+fn as_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// A [`ConfigError::Key`].
+fn bad(key: &str, message: String) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        message,
+    }
 }
 
 /// RAM − 500 MiB, OpenLambda's default memory pool.
@@ -305,45 +430,145 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: &str| {
-            Err(ConfigError::Key {
-                key: key.into(),
-                message: message.into(),
-            })
-        };
+        self.validate_on(&Host::read())
+    }
+
+    /// Refuses every value that can never work on `host`, naming the key
+    /// and what would work (the worker would start, and every call, or
+    /// every connection, would then fail).
+    pub fn validate_on(&self, host: &Host) -> Result<(), ConfigError> {
         let l = &self.limits;
-        if l.mem_mb == 0 {
-            return bad("limits.mem_mb", "must be at least 1");
+        let il = &self.installer_limits;
+        let pids = "the kernel's pid_max";
+        let cpus = format!("100 per CPU of the {} this machine has", host.cpus);
+        let fds = format!(
+            "half the worker's descriptor limit of {}; raise `ulimit -Hn` for more",
+            host.fd_limit
+        );
+        let frame = "the largest frame the runtime protocol carries";
+        // (key, value, least, most, why the most).
+        // A sock sandbox is a supervisor (pid 1 of its namespace, which
+        // reports the runtime's exit) and the runtime: one process cannot
+        // start (measured: "fork pid 1: Resource temporarily unavailable").
+        let least_procs = match self.sandbox {
+            SandboxKind::Sock => 2,
+            SandboxKind::Process => 1,
+        };
+        let ranges: [(&str, u64, u64, u64, &str); 16] = [
+            (
+                "limits.procs",
+                l.procs.into(),
+                least_procs,
+                host.pid_max,
+                pids,
+            ),
+            ("limits.mem_mb", l.mem_mb, 1, MAX_MB, MAX_MB_WHY),
+            (
+                "limits.cpu_percent",
+                l.cpu_percent.into(),
+                1,
+                100 * host.cpus,
+                &cpus,
+            ),
+            (
+                "limits.swappiness",
+                l.swappiness.into(),
+                0,
+                100,
+                "the kernel's bound",
+            ),
+            ("limits.runtime_sec", l.runtime_sec, 1, MAX_SEC, MAX_SEC_WHY),
+            ("limits.max_body_mb", l.max_body_mb, 1, MAX_FRAME_MB, frame),
+            (
+                "limits.max_response_mb",
+                l.max_response_mb,
+                1,
+                MAX_FRAME_MB,
+                frame,
+            ),
+            ("limits.disk_mb", l.disk_mb, 1, MAX_MB, MAX_MB_WHY),
+            ("limits.log_kb", l.log_kb, 1, MAX_KB, MAX_MB_WHY),
+            ("installer_limits.mem_mb", il.mem_mb, 1, MAX_MB, MAX_MB_WHY),
+            (
+                "installer_limits.runtime_sec",
+                il.runtime_sec,
+                1,
+                MAX_SEC,
+                MAX_SEC_WHY,
+            ),
+            ("mem_pool_mb", self.mem_pool_mb, 1, MAX_MB, MAX_MB_WHY),
+            (
+                "scaling.max_instances",
+                as_u64(self.scaling.max_instances),
+                1,
+                host.pid_max,
+                "one process per instance at least: the kernel's pid_max",
+            ),
+            (
+                "http.header_timeout_ms",
+                self.http.header_timeout_ms,
+                1,
+                MAX_MS,
+                MAX_SEC_WHY,
+            ),
+            (
+                "http.idle_timeout_ms",
+                self.http.idle_timeout_ms,
+                1,
+                MAX_MS,
+                MAX_SEC_WHY,
+            ),
+            (
+                "http.max_connections",
+                as_u64(self.http.max_connections),
+                1,
+                as_u64(max_connections_for(host.fd_limit)),
+                &fds,
+            ),
+        ];
+        for (key, value, least, most, why) in ranges {
+            if value < least {
+                return Err(bad(key, format!("must be at least {least}, got {value}")));
+            }
+            if value > most {
+                return Err(bad(
+                    key,
+                    format!("must be at most {most} ({why}), got {value}"),
+                ));
+            }
         }
-        if l.procs == 0 {
-            return bad("limits.procs", "must be at least 1");
+        // The installer's sandbox does not draw on the pool, so only the
+        // lambdas' limit has to fit in it.
+        if self.mem_pool_mb < l.mem_mb {
+            return Err(bad(
+                "mem_pool_mb",
+                format!(
+                    "{} MiB is less than limits.mem_mb ({} MiB): no lambda sandbox could ever start; raise mem_pool_mb to at least {} or lower limits.mem_mb",
+                    self.mem_pool_mb, l.mem_mb, l.mem_mb
+                ),
+            ));
         }
-        if l.runtime_sec == 0 {
-            return bad("limits.runtime_sec", "must be at least 1");
-        }
-        if l.cpu_percent == 0 {
-            return bad("limits.cpu_percent", "must be at least 1");
-        }
-        if l.swappiness > 100 {
-            return bad("limits.swappiness", "must be between 0 and 100");
-        }
-        if self.scaling.max_instances == 0 {
-            return bad("scaling.max_instances", "must be at least 1");
+        if self.worker_host.trim().is_empty() {
+            return Err(bad(
+                "worker_host",
+                "must name an interface to listen on, e.g. 127.0.0.1".into(),
+            ));
         }
         if self.python.is_empty() {
-            return bad("python", "must name a Python interpreter");
+            return Err(bad("python", "must name a Python interpreter".into()));
         }
         if self.features.source_builds && self.sandbox == SandboxKind::Process {
-            return bad(
+            return Err(bad(
                 "features.source_builds",
-                "needs sandbox \"sock\": process sandboxes cannot keep build code off the network",
-            );
+                "needs sandbox \"sock\": process sandboxes cannot keep build code off the network"
+                    .into(),
+            ));
         }
         if self.base.is_self_contained() && self.sandbox == SandboxKind::Process {
-            return bad(
+            return Err(bad(
                 "base",
-                "a debootstrap base needs sandbox \"sock\" (process sandboxes run the host's Python); use -o sandbox=sock as root",
-            );
+                "a debootstrap base needs sandbox \"sock\" (process sandboxes run the host's Python); use -o sandbox=sock as root".into(),
+            ));
         }
         Ok(())
     }
@@ -606,5 +831,231 @@ mod tests {
         );
         let err = Config::from_value(json!({"trace": {"flie": "x"}})).expect_err("typo");
         assert!(err.to_string().contains("trace"), "{err}");
+    }
+
+    /// A machine for the checks that depend on one.
+    fn host() -> Host {
+        Host {
+            pid_max: 32_768,
+            cpus: 2,
+            fd_limit: 20_000,
+        }
+    }
+
+    #[test]
+    fn http_block_has_defaults_and_strict_keys() {
+        let c = Config::default();
+        assert_eq!(
+            (c.http.header_timeout_ms, c.http.idle_timeout_ms),
+            (10_000, 60_000)
+        );
+        assert!(c.http.max_connections >= 1 && c.http.max_connections <= 1024);
+        let mut v = defaults_value();
+        apply_override(&mut v, "http.max_connections=10").expect("override");
+        apply_override(&mut v, "http.header_timeout_ms=250").expect("override");
+        let c = Config::from_value(v).expect("config");
+        assert_eq!(
+            (c.http.max_connections, c.http.header_timeout_ms),
+            (10, 250)
+        );
+        let err = Config::from_value(json!({"http": {"header_timeout": 5}})).expect_err("typo");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("http") && msg.contains("header_timeout"),
+            "{msg}"
+        );
+        let err = Config::from_value(json!({"http": {"max_connections": -1}})).expect_err("type");
+        assert!(
+            err.to_string()
+                .starts_with("config key `http.max_connections`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_valid_on_any_machine_they_are_made_on() {
+        let c = Config::default();
+        c.validate_on(&Host::read()).expect("defaults");
+        c.validate_on(&host()).expect("defaults on a small machine");
+    }
+
+    #[test]
+    fn values_that_can_never_work_are_refused_naming_the_key() {
+        let u32_max = u32::MAX.to_string();
+        let u64_max = u64::MAX.to_string();
+        let cases: &[(&[&str], &str, &str)] = &[
+            (&["mem_pool_mb=0"], "mem_pool_mb", "at least 1"),
+            (
+                &["mem_pool_mb=40", "limits.mem_mb=50"],
+                "mem_pool_mb",
+                "limits.mem_mb",
+            ),
+            (&["limits.mem_mb=0"], "limits.mem_mb", "at least 1"),
+            (
+                &["limits.mem_mb=17592186044416", "mem_pool_mb=17592186044416"],
+                "limits.mem_mb",
+                "63 bits",
+            ),
+            (&["limits.procs=0"], "limits.procs", "at least"),
+            (
+                &["sandbox=sock", "limits.procs=1"],
+                "limits.procs",
+                "at least 2",
+            ),
+            (
+                &[&format!("limits.procs={u32_max}")],
+                "limits.procs",
+                "at most 32768 (the kernel's pid_max)",
+            ),
+            (&["limits.procs=32769"], "limits.procs", "pid_max"),
+            (
+                &["limits.cpu_percent=0"],
+                "limits.cpu_percent",
+                "at least 1",
+            ),
+            (
+                &["limits.cpu_percent=201"],
+                "limits.cpu_percent",
+                "at most 200",
+            ),
+            (
+                &["limits.swappiness=101"],
+                "limits.swappiness",
+                "at most 100",
+            ),
+            (
+                &["limits.runtime_sec=0"],
+                "limits.runtime_sec",
+                "at least 1",
+            ),
+            (&["limits.runtime_sec=86401"], "limits.runtime_sec", "a day"),
+            (
+                &[&format!("limits.runtime_sec={u64_max}")],
+                "limits.runtime_sec",
+                "at most 86400",
+            ),
+            (
+                &["limits.max_body_mb=0"],
+                "limits.max_body_mb",
+                "at least 1",
+            ),
+            (
+                &[&format!("limits.max_body_mb={u64_max}")],
+                "limits.max_body_mb",
+                "at most 1024",
+            ),
+            (
+                &["limits.max_response_mb=0"],
+                "limits.max_response_mb",
+                "at least 1",
+            ),
+            (
+                &["limits.max_response_mb=1025"],
+                "limits.max_response_mb",
+                "protocol",
+            ),
+            (&["limits.disk_mb=0"], "limits.disk_mb", "at least 1"),
+            (
+                &[&format!("limits.disk_mb={u64_max}")],
+                "limits.disk_mb",
+                "63 bits",
+            ),
+            (&["limits.log_kb=0"], "limits.log_kb", "at least 1"),
+            (
+                &[&format!("limits.log_kb={u64_max}")],
+                "limits.log_kb",
+                "63 bits",
+            ),
+            (
+                &["installer_limits.mem_mb=0"],
+                "installer_limits.mem_mb",
+                "at least 1",
+            ),
+            (
+                &["installer_limits.runtime_sec=0"],
+                "installer_limits.runtime_sec",
+                "at least 1",
+            ),
+            (
+                &["installer_limits.runtime_sec=999999"],
+                "installer_limits.runtime_sec",
+                "a day",
+            ),
+            (
+                &["scaling.max_instances=0"],
+                "scaling.max_instances",
+                "at least 1",
+            ),
+            (
+                &[&format!("scaling.max_instances={u64_max}")],
+                "scaling.max_instances",
+                "pid_max",
+            ),
+            (
+                &["http.header_timeout_ms=0"],
+                "http.header_timeout_ms",
+                "at least 1",
+            ),
+            (
+                &["http.idle_timeout_ms=0"],
+                "http.idle_timeout_ms",
+                "at least 1",
+            ),
+            (
+                &["http.idle_timeout_ms=86400001"],
+                "http.idle_timeout_ms",
+                "a day",
+            ),
+            (
+                &["http.max_connections=0"],
+                "http.max_connections",
+                "at least 1",
+            ),
+            (
+                &["http.max_connections=10001"],
+                "http.max_connections",
+                "descriptor limit of 20000",
+            ),
+            (&["worker_host="], "worker_host", "interface"),
+        ];
+        for (overrides, key, says) in cases {
+            let mut v = defaults_value();
+            // A pool that fits every sandbox unless the case says otherwise.
+            apply_override(&mut v, "mem_pool_mb=1024").expect("pool");
+            for o in *overrides {
+                apply_override(&mut v, o).expect(o);
+            }
+            let parsed: Config = serde_json::from_value(v).expect("well-typed");
+            let err = parsed
+                .validate_on(&host())
+                .expect_err(&format!("{overrides:?}"));
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("config key `{key}`: ")) && msg.contains(says),
+                "{overrides:?}: {msg}"
+            );
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+        // The bounds themselves are fine.
+        let mut v = defaults_value();
+        for o in [
+            "limits.procs=32768",
+            "sandbox=process",
+            "limits.cpu_percent=200",
+            "limits.runtime_sec=86400",
+            "limits.max_body_mb=1024",
+            "limits.max_response_mb=1024",
+            "limits.swappiness=100",
+            "http.max_connections=10000",
+            "mem_pool_mb=50",
+            "installer_limits.mem_mb=250",
+            "scaling.max_queue=0",
+            "scaling.idle_timeout_ms=0",
+            "pause_after_idle_ms=0",
+        ] {
+            apply_override(&mut v, o).expect(o);
+        }
+        let parsed: Config = serde_json::from_value(v).expect("well-typed");
+        parsed.validate_on(&host()).expect("bounds are valid");
     }
 }

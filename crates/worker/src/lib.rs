@@ -2,6 +2,7 @@
 //! its HTTP API, and its life: start, serve, stop, clean up after a crash.
 
 pub mod config;
+pub mod conn;
 pub mod lifecycle;
 pub mod metrics;
 pub mod registry_api;

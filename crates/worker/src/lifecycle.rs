@@ -23,7 +23,8 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::WorkerError;
-use crate::config::{Config, ImportCache, SandboxKind};
+use crate::config::{Config, ImportCache, SandboxKind, raise_fd_limit};
+use crate::conn::ConnLimits;
 use crate::metrics::WorkerMetrics;
 use crate::server::{self, AppState, HttpCounters};
 use crate::workdir::WorkerDir;
@@ -52,6 +53,10 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
         );
     }
     dir.check_base(&config)?;
+    // Before anything holds descriptors: http.max_connections was checked
+    // against the raised limit.
+    let fds = raise_fd_limit();
+    tracing::debug!(fds, "descriptor limit");
     let python = config.base.resolve_python(&dir.base(), &config.python)?;
     let pool = make_pool(dir, &config, &python)?;
     let packages = package_layer(dir, &config, &python, &pool)?;
@@ -241,12 +246,14 @@ async fn serve_until_signal(
     };
     let lambdas = LambdaManager::new(pool, registry, settings, packages);
     lambdas.start_background();
+    let idle_timeout = Duration::from_millis(config.http.idle_timeout_ms);
     let state = Arc::new(AppState {
         lambdas: Arc::clone(&lambdas),
         registry: local,
         upload_dir: dir.state().join("uploads"),
         max_body_bytes: usize::try_from(config.limits.max_body_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),
+        body_stall: idle_timeout,
         counters: HttpCounters::default(),
         metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
     });
@@ -261,7 +268,12 @@ async fn serve_until_signal(
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
     };
-    server::serve(listener, state, stop, SHUTDOWN_GRACE).await;
+    let limits = ConnLimits {
+        header_timeout: Duration::from_millis(config.http.header_timeout_ms),
+        idle_timeout,
+        max_connections: config.http.max_connections,
+    };
+    server::serve(listener, state, limits, stop, SHUTDOWN_GRACE).await;
     let left = lambdas.shutdown(SHUTDOWN_GRACE).await;
     if left > 0 {
         tracing::warn!(

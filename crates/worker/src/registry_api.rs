@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use ol_lambda::ol_yaml::{self, LambdaConfig};
 use ol_registry::{DirRegistry, LambdaCode, Registry, RegistryError, UnpackLimits, unpack_lambda};
 use serde_json::json;
 
-use crate::server::{AppState, Body, error_response, json_response};
+use crate::conn::StallLimited;
+use crate::server::{AppState, Body, body_error, error_response, json_response};
 
 /// Handles `/registry` and `/registry/...`; `rest` is what follows
 /// `/registry`.
@@ -133,11 +134,11 @@ async fn install(
     name: &str,
 ) -> Response<Body> {
     let limits = UnpackLimits::default();
-    let body: Bytes = match Limited::new(req.into_body(), limits.max_compressed_bytes as usize)
-        .collect()
-        .await
-    {
+    let body = StallLimited::new(req.into_body(), state.body_stall);
+    let max = usize::try_from(limits.max_compressed_bytes).unwrap_or(usize::MAX);
+    let body: Bytes = match Limited::new(body, max).collect().await {
         Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_none() => return body_error(&*e),
         Err(e) => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,

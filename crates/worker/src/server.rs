@@ -1,7 +1,6 @@
 //! The worker's HTTP API (DESIGN.md §1.3) on hyper: routes, request bodies
 //! with a size limit, and JSON error bodies.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +11,6 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use ol_lambda::{InvokeError, LambdaManager};
 use ol_obs::Phase;
 use ol_registry::DirRegistry;
@@ -24,6 +20,7 @@ use std::path::PathBuf;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::conn::{BodyStalled, ConnLimits, StallLimited};
 use crate::metrics::WorkerMetrics;
 
 /// Counters the HTTP layer keeps.
@@ -48,6 +45,9 @@ pub struct AppState {
     pub upload_dir: PathBuf,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// A request body that stops arriving for this long fails with 408
+    /// (`http.idle_timeout_ms`).
+    pub body_stall: Duration,
     /// Counters.
     pub counters: HttpCounters,
     /// Latency and per-lambda metrics (`/metrics`, part of `/stats`).
@@ -60,61 +60,24 @@ pub(crate) type Body = Full<Bytes>;
 /// that its client sees the 413 rather than a reset connection.
 const DRAIN_BYTES: usize = 16 << 20;
 
-/// Serves HTTP on `listener` until `shutdown` completes, then lets open
-/// requests finish for up to `grace`.
+/// Serves HTTP on `listener` within `limits` until `shutdown` completes,
+/// then lets open requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of fds and similar: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let state = Arc::clone(&state);
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| handle(Arc::clone(&state), req)),
-                    );
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("open connections did not finish within {grace:?}");
-    }
+    crate::conn::serve_connections(listener, limits, shutdown, grace, move |req| {
+        handle(Arc::clone(&state), req)
+    })
+    .await;
 }
 
-async fn handle(
-    state: Arc<AppState>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    let response = if let Some(rest) = path.strip_prefix("/run/") {
+    if let Some(rest) = path.strip_prefix("/run/") {
         let rest = rest.to_string();
         run(&state, req, &rest).await
     } else if let Some(rest) = path.strip_prefix("/runLambda/") {
@@ -138,8 +101,7 @@ async fn handle(
                 None,
             ),
         }
-    };
-    Ok(response)
+    }
 }
 
 /// `/run/<name>[/<path>]`: `rest` is what follows `/run/`.
@@ -173,7 +135,7 @@ async fn answer(
     name: &str,
     sub_path: &str,
 ) -> Response<Body> {
-    match read_invocation(req, sub_path, state.max_body_bytes).await {
+    match read_invocation(req, sub_path, state.max_body_bytes, state.body_stall).await {
         Ok(inv) => match state.lambdas.invoke(name, inv).await {
             Ok(reply) => reply_response(reply),
             Err(e) => {
@@ -200,6 +162,7 @@ async fn read_invocation(
     req: Request<Incoming>,
     sub_path: &str,
     max_body: usize,
+    stall: Duration,
 ) -> Result<Invocation, Response<Body>> {
     let too_large = || {
         error_response(
@@ -213,7 +176,8 @@ async fn read_invocation(
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let (parts, mut body) = req.into_parts();
+    let (parts, body) = req.into_parts();
+    let mut body = StallLimited::new(body, stall);
     if declared.is_some_and(|n| n > (max_body + DRAIN_BYTES) as u64) {
         // Far too large to be worth reading: answer now, drop the connection.
         return Err(too_large());
@@ -221,14 +185,7 @@ async fn read_invocation(
     let mut collected = BytesMut::new();
     let mut over = false;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            error_response(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read request body: {e}"),
-                None,
-                None,
-            )
-        })?;
+        let frame = frame.map_err(|e| body_error(&*e))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -265,6 +222,22 @@ async fn read_invocation(
         headers,
         body,
     })
+}
+
+/// The answer to a request whose body could not be read: 408 when it
+/// stalled, else 400.
+pub(crate) fn body_error(e: &(dyn std::error::Error + 'static)) -> Response<Body> {
+    let status = if e.downcast_ref::<BodyStalled>().is_some() {
+        StatusCode::REQUEST_TIMEOUT
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    error_response(
+        status,
+        &format!("cannot read the request body: {e}"),
+        None,
+        None,
+    )
 }
 
 fn reply_response(reply: Reply) -> Response<Body> {

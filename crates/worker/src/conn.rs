@@ -1,0 +1,503 @@
+//! How the HTTP server holds connections, whatever they carry, so that slow
+//! or idle clients cannot hold the worker's descriptors (config.json
+//! `http`):
+//!
+//! - At most `max_connections` are served at once. Past that the worker
+//!   stops accepting until one ends: new clients wait in the kernel's accept
+//!   queue (and are served as soon as a slot frees) instead of being reset,
+//!   and the worker never spends a descriptor on a connection it cannot
+//!   serve.
+//! - A connection waiting for a request is closed after `idle_timeout`
+//!   without a byte (the keep-alive idle timeout, which hyper does not have).
+//! - Once the first byte of a request arrives, its head (request line and
+//!   headers) must be complete within `header_timeout`.
+//! - A request body that stops arriving for `idle_timeout` fails the request
+//!   ([`StallLimited`], 408).
+//!
+//! A watchdog beside each connection enforces the first two. hyper's own
+//! header timer runs too, set to `idle_timeout + header_timeout`: hyper
+//! starts it as soon as a connection waits for a request (idle time counts),
+//! so set to `header_timeout` alone it would cut every keep-alive
+//! connection idle for longer than that; at the sum it never cuts a
+//! legitimate client and is a second line of defence behind the watchdog.
+//! While a request is being served no timer runs: the lambda's
+//! `runtime_sec` bounds that.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// The connection limits (config.json `http`, as durations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Longest from a request's first byte to the end of its head.
+    pub header_timeout: Duration,
+    /// Longest a connection may wait for a request without a byte, and a
+    /// request body may stall.
+    pub idle_timeout: Duration,
+    /// Most connections served at once.
+    pub max_connections: usize,
+}
+
+/// Accepts connections on `listener` and serves each with `handler` within
+/// `limits` until `shutdown` completes, then lets open requests finish for
+/// up to `grace`.
+pub(crate) async fn serve_connections<H, Fut, B>(
+    listener: TcpListener,
+    limits: ConnLimits,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A slot first: past the cap, connections wait in the accept queue.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of fds and similar: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let watch = Arc::new(ConnWatch::new());
+        let io = TokioIo::new(WatchedIo {
+            inner: stream,
+            watch: Arc::clone(&watch),
+        });
+        let service = {
+            let watch = Arc::clone(&watch);
+            let handler = handler.clone();
+            service_fn(move |req| {
+                let serving = watch.serving();
+                let answer = handler(req);
+                async move {
+                    let response = answer.await;
+                    drop(serving);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.idle_timeout.saturating_add(limits.header_timeout))
+            .keep_alive(true)
+            .serve_connection(io, service);
+        let conn = graceful.watch(conn);
+        let limits = Arc::clone(&limits);
+        tokio::spawn(async move {
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!("connection ended: {e}");
+                },
+                why = watch.expired(&limits) => tracing::debug!("connection closed: {why}"),
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open connections did not finish within {grace:?}");
+    }
+}
+
+/// Where a connection is in its request cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request; nothing of it has arrived.
+    Idle,
+    /// Part of a request's head has arrived.
+    Head,
+    /// A request is being served (body, lambda, response).
+    Serving,
+}
+
+/// A connection's phase, shared by its IO, its service and its watchdog
+/// (all in the connection's task, so the lock is never contended).
+struct ConnWatch {
+    state: Mutex<(Phase, Instant)>,
+    changed: Notify,
+}
+
+impl ConnWatch {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new((Phase::Idle, Instant::now())),
+            changed: Notify::new(),
+        }
+    }
+
+    fn set(&self, phase: Phase) {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = (phase, Instant::now());
+        self.changed.notify_one();
+    }
+
+    /// Bytes arrived: an idle connection has started a request.
+    fn received(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.0 == Phase::Idle {
+            *state = (Phase::Head, Instant::now());
+            drop(state);
+            // The head's deadline is sooner than the idle one.
+            self.changed.notify_one();
+        }
+    }
+
+    /// Marks a request as being served until the guard is dropped.
+    fn serving(self: &Arc<Self>) -> Serving {
+        self.set(Phase::Serving);
+        Serving(Arc::clone(self))
+    }
+
+    /// When the connection is to be closed, as things stand.
+    fn deadline(&self, limits: &ConnLimits) -> Option<(Instant, &'static str)> {
+        let (phase, since) = *self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match phase {
+            Phase::Idle => Some((
+                since + limits.idle_timeout,
+                "no request within http.idle_timeout_ms",
+            )),
+            Phase::Head => Some((
+                since + limits.header_timeout,
+                "request head incomplete after http.header_timeout_ms",
+            )),
+            Phase::Serving => None,
+        }
+    }
+
+    /// Completes (saying why) once the connection has waited on its client
+    /// past a limit.
+    async fn expired(&self, limits: &ConnLimits) -> &'static str {
+        loop {
+            match self.deadline(limits) {
+                None => self.changed.notified().await,
+                Some((at, why)) if at <= Instant::now() => return why,
+                Some((at, _)) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// While alive, the connection is serving a request.
+struct Serving(Arc<ConnWatch>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.set(Phase::Idle);
+    }
+}
+
+/// A TCP stream that tells its [`ConnWatch`] when bytes arrive.
+struct WatchedIo {
+    inner: TcpStream,
+    watch: Arc<ConnWatch>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.watch.received();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A request body stopped arriving.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stopped arriving for {0:?} (http.idle_timeout_ms)")]
+pub struct BodyStalled(pub Duration);
+
+/// A request body that fails with [`BodyStalled`] when no part of it
+/// arrives for `stall`.
+pub(crate) struct StallLimited<B> {
+    inner: B,
+    stall: Duration,
+    /// Made on the first wait only: a body that arrives with its head
+    /// (most do) never needs it.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> StallLimited<B> {
+    pub(crate) fn new(inner: B, stall: Duration) -> Self {
+        Self {
+            inner,
+            stall,
+            timer: None,
+        }
+    }
+}
+
+impl<B> HttpBody for StallLimited<B>
+where
+    B: HttpBody + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(timer) = &mut this.timer {
+                    timer.as_mut().reset(Instant::now() + this.stall);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let stall = this.stall;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(stall))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    /// A server answering "ok" (or, for `/body`, the request body's
+    /// length), and its address; it stops when the sender is dropped.
+    async fn server(limits: ConnLimits) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stall = limits.idle_timeout;
+        tokio::spawn(serve_connections(
+            listener,
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(1),
+            move |req: Request<Incoming>| async move {
+                let text = if req.uri().path() == "/body" {
+                    match StallLimited::new(req.into_body(), stall).collect().await {
+                        Ok(body) => body.to_bytes().len().to_string(),
+                        Err(e) if e.downcast_ref::<BodyStalled>().is_some() => "stalled".into(),
+                        Err(e) => format!("error: {e}"),
+                    }
+                } else {
+                    "ok".into()
+                };
+                Response::new(Full::new(Bytes::from(text)))
+            },
+        ));
+        (addr, stop)
+    }
+
+    fn limits(header_ms: u64, idle_ms: u64, max_connections: usize) -> ConnLimits {
+        ConnLimits {
+            header_timeout: Duration::from_millis(header_ms),
+            idle_timeout: Duration::from_millis(idle_ms),
+            max_connections,
+        }
+    }
+
+    /// Sends `request` on `conn` and reads one whole (small) response's
+    /// body; fails the test rather than hang when none comes.
+    async fn exchange(conn: &mut TcpStream, request: &[u8]) -> String {
+        tokio::time::timeout(Duration::from_secs(30), exchange_now(conn, request))
+            .await
+            .expect("no response within 30 s")
+    }
+
+    async fn exchange_now(conn: &mut TcpStream, request: &[u8]) -> String {
+        conn.write_all(request).await.expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("content-length");
+                if body.len() >= len {
+                    return body.to_string();
+                }
+            }
+        }
+    }
+
+    /// Whether the server closes `conn` (EOF or reset) within `within`.
+    async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(within, conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) | Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn stalled_request_heads_are_closed_and_others_served() {
+        let (addr, _stop) = server(limits(200, 60_000, 64)).await;
+        let mut stalled = Vec::new();
+        for _ in 0..20 {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+                .await
+                .expect("write");
+            stalled.push(c);
+        }
+        let mut fine = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(exchange(&mut fine, GET).await, "ok");
+        for c in &mut stalled {
+            assert!(closed_within(c, Duration::from_secs(30)).await);
+        }
+    }
+
+    #[tokio::test]
+    async fn keep_alive_outlives_the_header_timeout_but_not_the_idle_one() {
+        let (addr, _stop) = server(limits(100, 60_000, 64)).await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(exchange(&mut c, GET).await, "ok");
+        // Idle for several header timeouts: a keep-alive wait, not a head.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(exchange(&mut c, GET).await, "ok");
+
+        let (addr, _stop) = server(limits(60_000, 200, 64)).await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(exchange(&mut c, GET).await, "ok");
+        assert!(closed_within(&mut c, Duration::from_secs(30)).await);
+        // A connection that never sends anything goes the same way.
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        assert!(closed_within(&mut silent, Duration::from_secs(30)).await);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_for_a_free_slot() {
+        let (addr, _stop) = server(limits(300, 300, 2)).await;
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(b"GET").await.expect("write");
+            holders.push(c);
+        }
+        // Connected (the kernel queues it) but not served until a holder
+        // times out; then it is.
+        let mut waiting = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(exchange(&mut waiting, GET).await, "ok");
+        for c in &mut holders {
+            assert!(closed_within(c, Duration::from_secs(30)).await);
+        }
+    }
+
+    #[tokio::test]
+    async fn stalled_body_fails_the_request() {
+        let (addr, _stop) = server(limits(60_000, 200, 64)).await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        let head = b"POST /body HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc";
+        assert_eq!(exchange(&mut c, head).await, "stalled");
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        let whole = b"POST /body HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc";
+        assert_eq!(exchange(&mut c, whole).await, "3");
+    }
+}
