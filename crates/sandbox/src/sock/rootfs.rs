@@ -193,6 +193,11 @@ pub fn build_base(base: &Path, kind: BaseKind, python_prefix: &Path) -> io::Resu
             fs::write(&stub, "")?;
         }
     }
+    // Bases made before sandboxes lost their terminal have a stub for it.
+    match fs::remove_file(base.join("dev/tty")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -506,7 +511,10 @@ mod tests {
                 _ => assert!(fs::symlink_metadata(&inner).is_err(), "{dir}"),
             }
         }
+        // A terminal stub left by an older base goes at the next build.
+        fs::write(base.join("dev/tty"), "").expect("stale stub");
         build_base(&base, BaseKind::Host, prefix).expect("second build is fine");
+        assert!(!base.join("dev/tty").exists());
         assert_eq!(BaseKind::detect(&base).expect("detect"), BaseKind::Host);
     }
 
