@@ -28,9 +28,13 @@ fn main() {
         .arg("--offline")
         .arg("--target-dir")
         .arg(&target_dir)
-        // The library needs no debug info to be debugged through the
-        // sandbox init, which links the same code.
-        .args(["--config", "profile.dev.debug=0"]);
+        // Small and quick to write into each worker's runtime dir: no debug
+        // info or symbols beyond the C ABI (the sandbox init links the same
+        // code, with its debug info, for debugging).
+        .args(["--config", "profile.dev.debug=0"])
+        .args(["--config", "profile.dev.strip=\"symbols\""])
+        .args(["--config", "profile.release.debug=0"])
+        .args(["--config", "profile.release.strip=\"symbols\""]);
     if release {
         cmd.arg("--release");
     }
