@@ -25,7 +25,10 @@ fn main() {
         .arg("--manifest-path")
         .arg(jail.join("Cargo.toml"))
         .arg("--lib")
+        // The workspace build fetched every crate the jail needs, and the
+        // lock file is the workspace's.
         .arg("--offline")
+        .arg("--locked")
         .arg("--target-dir")
         .arg(&target_dir)
         // Small and quick to write into each worker's runtime dir: no debug
