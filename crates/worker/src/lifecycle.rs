@@ -180,13 +180,7 @@ fn package_layer(
                 PathBuf::from("/")
             },
             index_url: (!config.pip_index_url.is_empty()).then(|| config.pip_index_url.clone()),
-            limits: Limits {
-                mem_mb: config.installer_limits.mem_mb,
-                runtime_sec: config.installer_limits.runtime_sec,
-                // Builds of source distributions run compilers in parallel.
-                procs: 256,
-                ..config.limits.clone()
-            },
+            limits: installer_sandbox_limits(&config),
             source_builds: config.features.source_builds,
         },
     );
@@ -194,6 +188,22 @@ fn package_layer(
         puller: Some(Arc::new(puller)),
         import_cache,
     })
+}
+
+/// The limits of the package installer's sandbox: `installer_limits`, the
+/// lambdas' limits for the rest.
+fn installer_sandbox_limits(config: &Config) -> Limits {
+    Limits {
+        mem_mb: config.installer_limits.mem_mb,
+        runtime_sec: config.installer_limits.runtime_sec,
+        // Builds of source distributions run compilers in parallel.
+        procs: 256,
+        // pip and uv unpack wheels in /tmp (pip installing uv itself, a
+        // numpy wheel): a lambda's /tmp is far too small. Its pages count
+        // against mem_mb, which bounds it anyway.
+        disk_mb: config.installer_limits.mem_mb,
+        ..config.limits.clone()
+    }
 }
 
 async fn serve_until_signal(
@@ -372,5 +382,21 @@ fn wait_gone(pid: u32, started: Option<u64>, timeout: Duration) -> bool {
             return false;
         }
         thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installer_gets_a_tmp_as_large_as_its_memory_not_a_lambdas() {
+        let mut config = Config::default();
+        config.limits.disk_mb = 8;
+        config.installer_limits.mem_mb = 300;
+        let l = installer_sandbox_limits(&config);
+        assert_eq!((l.mem_mb, l.disk_mb), (300, 300));
+        assert_eq!(l.runtime_sec, config.installer_limits.runtime_sec);
+        assert_eq!(l.log_kb, config.limits.log_kb);
     }
 }
