@@ -3,7 +3,6 @@
 
 mod admin;
 mod bench;
-mod client;
 mod trace_cmd;
 mod worker_cmd;
 

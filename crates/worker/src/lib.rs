@@ -1,13 +1,18 @@
 //! Event layer of `ol` (DESIGN.md §2): the worker's config, its directory,
 //! its HTTP API, and its life: start, serve, stop, clean up after a crash.
 
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod lifecycle;
 pub mod metrics;
-pub mod registry_api;
+mod response;
+mod routes;
 pub mod server;
+pub mod state;
+pub mod stats;
 pub mod trace_file;
+pub mod upload;
 pub mod workdir;
 
 use std::path::PathBuf;

@@ -123,7 +123,7 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
             for (t, names) in targets.iter().zip(&names) {
                 for name in names {
                     let url = t.url(&format!("/registry/{name}"));
-                    let _ = crate::client::delete(&url, Duration::from_secs(10));
+                    let _ = ol_worker::client::delete(&url, Duration::from_secs(10));
                 }
             }
             Vec::new()
@@ -145,7 +145,7 @@ fn hello_archive() -> Result<Vec<u8>> {
 /// `POST /registry/<name>` with the lambda's tar.gz.
 fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> {
     let url = target.url(&format!("/registry/{name}"));
-    let a = crate::client::post(&url, archive, Duration::from_secs(30))
+    let a = ol_worker::client::post(&url, archive, Duration::from_secs(30))
         .with_context(|| format!("cannot upload {name} to {}", target.name))?;
     if !(200..300).contains(&a.status) {
         bail!(
@@ -162,7 +162,7 @@ fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> {
 /// sandbox the worker lists in `/stats`: what a sandbox costs beyond the
 /// pages it shares with its zygote.
 fn sandbox_private_kib(target: &Target) -> Result<Vec<u64>> {
-    let stats = crate::client::get(&target.url("/stats"), Duration::from_secs(10))?;
+    let stats = ol_worker::client::get(&target.url("/stats"), Duration::from_secs(10))?;
     let stats: serde_json::Value = serde_json::from_str(&stats.body)?;
     let pids = stats["sandboxes"]
         .as_array()

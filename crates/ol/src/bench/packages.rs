@@ -104,7 +104,7 @@ pub fn run(args: &NumpyArgs) -> Result<NumpyOutcome> {
 
 /// The worker's `zygote_hits` counter, if its `/stats` has one.
 fn zygote_hits(target: &Target) -> Option<u64> {
-    let a = crate::client::get(&target.url("/stats"), Duration::from_secs(10)).ok()?;
+    let a = ol_worker::client::get(&target.url("/stats"), Duration::from_secs(10)).ok()?;
     let stats: serde_json::Value = serde_json::from_str(&a.body).ok()?;
     stats["zygote_hits"].as_u64()
 }
