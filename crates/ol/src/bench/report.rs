@@ -546,29 +546,11 @@ fn git_commit() -> String {
 
 /// Now as `YYYY-MM-DD HH:MM UTC`.
 fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format_utc(secs)
+    format_utc(jiff::Timestamp::now())
 }
 
-fn format_utc(secs: u64) -> String {
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rest / 3_600,
-        rest % 3_600 / 60
-    )
+fn format_utc(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 #[cfg(test)]
@@ -716,11 +698,12 @@ mod tests {
 
     #[test]
     fn utc_dates() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
+        let at = |secs| jiff::Timestamp::from_second(secs).expect("in range");
+        assert_eq!(format_utc(at(0)), "1970-01-01 00:00 UTC");
         assert_eq!(
-            format_utc(951_782_400 + 3_600 * 13 + 60 * 7),
+            format_utc(at(951_782_400 + 3_600 * 13 + 60 * 7 + 59)),
             "2000-02-29 13:07 UTC"
         );
-        assert_eq!(format_utc(1_795_564_800), "2026-11-25 00:00 UTC");
+        assert_eq!(format_utc(at(1_795_564_800)), "2026-11-25 00:00 UTC");
     }
 }
