@@ -26,8 +26,8 @@ pub enum ClientError {
         method: &'static str,
         /// The URL.
         url: String,
-        /// What failed.
-        source: ureq::Error,
+        /// What failed (boxed: it is large, and errors are rare).
+        source: Box<ureq::Error>,
     },
     /// The answer's body could not be read.
     #[error("reading the answer of {method} {url}")]
@@ -36,8 +36,8 @@ pub enum ClientError {
         method: &'static str,
         /// The URL.
         url: String,
-        /// What failed.
-        source: ureq::Error,
+        /// What failed (boxed: it is large, and errors are rare).
+        source: Box<ureq::Error>,
     },
     /// `/stats` answered something else than [`WorkerStats`].
     #[error("the worker's /stats is not the expected JSON")]
@@ -97,7 +97,7 @@ fn request(
     let mut resp = agent.run(req).map_err(|source| ClientError::Send {
         method,
         url: url.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let status = resp.status().as_u16();
     let body = resp
@@ -106,7 +106,7 @@ fn request(
         .map_err(|source| ClientError::Read {
             method,
             url: url.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     Ok(Answer { status, body })
 }

@@ -7,15 +7,16 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use crate::error::chain;
+use crate::{BenchError, Result};
 
-use super::cold::{self, ColdArgs};
-use super::first_call::{self, FirstCallArgs};
-use super::hot::{self, HotArgs};
-use super::output::{Row, human_us};
-use super::packages::{self, NumpyArgs};
-use super::upstream::{self, OlArgs};
-use super::{OutputArgs, emit};
+use crate::cold::{self, ColdArgs};
+use crate::first_call::{self, FirstCallArgs};
+use crate::hot::{self, HotArgs};
+use crate::output::{Row, human_us};
+use crate::packages::{self, NumpyArgs};
+use crate::upstream::{self, OlArgs};
+use crate::{OutputArgs, emit};
 
 /// New lambdas called at once to measure the sandbox creation rate.
 const CREATION_BATCH: usize = 4;
@@ -23,6 +24,7 @@ const CREATION_BATCH: usize = 4;
 const BEGIN: &str = "<!-- BEGIN ol bench report: generated, edit outside these markers -->";
 const END: &str = "<!-- END ol bench report -->";
 
+/// `ol bench report`'s options.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// Markdown file to write the section into (created if missing).
@@ -41,6 +43,7 @@ pub struct ReportArgs {
     #[arg(long, default_value_t = 10)]
     pub numpy_count: usize,
     #[command(flatten)]
+    /// Files to write every row to (`--plot` is also linked from the report).
     pub output: OutputArgs,
 }
 
@@ -60,8 +63,9 @@ impl Measured {
         match result {
             Ok(rows) => self.rows.extend(rows),
             Err(e) => {
-                eprintln!("ol bench report: {what} failed: {e:#}");
-                self.failures.push(format!("{what}: {e:#}"));
+                let why = chain(&e);
+                eprintln!("ol bench report: {what} failed: {why}");
+                self.failures.push(format!("{what}: {why}"));
             }
         }
     }
@@ -73,6 +77,7 @@ impl Measured {
     }
 }
 
+/// Runs every benchmark and writes the report section (and the plot).
 pub fn run(args: &ReportArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let load_at_start = load_average();
@@ -89,7 +94,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let hot_args = HotArgs {
         targets: Vec::new(),
         lambda: "hello".into(),
-        body: super::cold::HELLO_BODY.into(),
+        body: crate::cold::HELLO_BODY.into(),
         connections: vec![1, 4, 16],
         seconds: args.seconds,
         warmup: 1.0,
@@ -153,8 +158,11 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     };
     let section = render(&m, args, &conditions);
     let old = std::fs::read_to_string(&args.out).unwrap_or_else(|_| "# Benchmarks\n".into());
-    std::fs::write(&args.out, splice(&old, &section))
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    std::fs::write(&args.out, splice(&old, &section)).map_err(|source| BenchError::File {
+        what: "cannot write",
+        path: args.out.clone(),
+        source,
+    })?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
@@ -582,13 +590,13 @@ mod tests {
     }
 
     fn row(bench: &str, connections: usize, latencies_us: &[u32], error: Option<&str>) -> Row {
-        let mut samples = crate::bench::stats::Samples::default();
+        let mut samples = crate::stats::Samples::default();
         for &us in latencies_us {
             let e = error.map(String::from);
             samples.record(std::time::Duration::from_micros(us.into()), e);
         }
         samples.elapsed = std::time::Duration::from_secs(1);
-        let key = crate::bench::output::RowKey {
+        let key = crate::output::RowKey {
             bench,
             target: "ours",
             lambda: "hello",
