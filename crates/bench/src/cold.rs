@@ -44,8 +44,8 @@ pub struct ColdArgs {
     /// -o features.import_cache= to start every sandbox from scratch.
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    #[command(flatten)]
     /// Files to write the rows to.
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 

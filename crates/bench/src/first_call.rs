@@ -27,8 +27,8 @@ pub struct FirstCallArgs {
     /// Override a setting of the started workers (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    #[command(flatten)]
     /// Files to write the row to.
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 

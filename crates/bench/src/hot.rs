@@ -40,8 +40,8 @@ pub struct HotArgs {
     /// Override a setting of the bench's own worker (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    #[command(flatten)]
     /// Files to write the rows to.
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 

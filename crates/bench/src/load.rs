@@ -11,6 +11,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::error::chain;
 use crate::stats::Samples;
@@ -136,12 +137,22 @@ async fn run_for(target: &Target, plan: &Plan, duration: Duration) -> Result<Sam
             one_connection(&addr, &pick, body, deadline, seed).await
         }));
     }
+    gather(tasks, "a benchmark connection", started).await
+}
+
+/// The samples of every task added up, `elapsed` being the time since
+/// `started`; `what` names the tasks if one panicked.
+async fn gather(
+    tasks: Vec<JoinHandle<Result<Samples>>>,
+    what: &'static str,
+    started: Instant,
+) -> Result<Samples> {
     let mut all = Samples::default();
     for t in tasks {
-        all.merge(t.await.map_err(|source| BenchError::Panicked {
-            what: "a benchmark connection",
-            source,
-        })??);
+        all.merge(
+            t.await
+                .map_err(|source| BenchError::Panicked { what, source })??,
+        );
     }
     all.elapsed = started.elapsed();
     Ok(all)
@@ -278,15 +289,7 @@ pub async fn call_all_at_once(
             )
         })
         .collect();
-    let mut all = Samples::default();
-    for t in tasks {
-        all.merge(t.await.map_err(|source| BenchError::Panicked {
-            what: "a benchmark call",
-            source,
-        })??);
-    }
-    all.elapsed = started.elapsed();
-    Ok(all)
+    gather(tasks, "a benchmark call", started).await
 }
 
 /// A current-thread runtime for the client side: one thread keeps the

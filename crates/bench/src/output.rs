@@ -91,6 +91,12 @@ impl Row {
             latencies_us: samples.latencies_us,
         }
     }
+
+    /// p50, p90, p99 and max as [`human_us`] writes them: the latency
+    /// columns of every table of rows.
+    pub fn latency_columns(&self) -> [String; 4] {
+        [self.p50_us, self.p90_us, self.p99_us, self.max_us].map(human_us)
+    }
 }
 
 /// Prints `rows` as an aligned table, then the first error of each row
@@ -113,6 +119,7 @@ pub fn print_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
         "errors"
     )?;
     for r in rows {
+        let [p50, p90, p99, max] = r.latency_columns();
         writeln!(
             out,
             "{:<12} {:<9} {:<20} {:<4} {:>5} {:>8} {:>9.1} {:>9} {:>9} {:>9} {:>9} {:>6}",
@@ -123,10 +130,10 @@ pub fn print_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
             r.connections,
             r.requests,
             r.req_per_sec,
-            human_us(r.p50_us),
-            human_us(r.p90_us),
-            human_us(r.p99_us),
-            human_us(r.max_us),
+            p50,
+            p90,
+            p99,
+            max,
             r.errors
         )?;
     }

@@ -32,8 +32,8 @@ pub struct NumpyArgs {
     /// Override a setting of the benchmark's worker (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    #[command(flatten)]
     /// Files to write the rows to.
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 

@@ -42,8 +42,8 @@ pub struct ReportArgs {
     /// New numpy lambdas once numpy is installed.
     #[arg(long, default_value_t = 10)]
     pub numpy_count: usize,
-    #[command(flatten)]
     /// Files to write every row to (`--plot` is also linked from the report).
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -486,20 +486,11 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &m.rows {
+        let [p50, p90, p99, max] = r.latency_columns();
         let _ = writeln!(
             s,
-            "| {} | `{}` | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
-            r.bench,
-            r.lambda,
-            r.mode,
-            r.connections,
-            r.requests,
-            r.req_per_sec,
-            human_us(r.p50_us),
-            human_us(r.p90_us),
-            human_us(r.p99_us),
-            human_us(r.max_us),
-            r.errors
+            "| {} | `{}` | {} | {} | {} | {:.0} | {p50} | {p90} | {p99} | {max} | {} |",
+            r.bench, r.lambda, r.mode, r.connections, r.requests, r.req_per_sec, r.errors
         );
     }
     let errors: Vec<String> = m

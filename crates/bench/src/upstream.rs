@@ -147,8 +147,8 @@ pub struct OlArgs {
     /// Override a setting of the bench's own worker (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    #[command(flatten)]
     /// Files to write the rows to.
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
