@@ -1,6 +1,6 @@
 //! The worker's HTTP server (DESIGN.md §1.3) on hyper: serves connections
 //! within the `http` limits ([`crate::conn`]) and sends each request to its
-//! route ([`crate::routes`]).
+//! route (`routes/`).
 
 use std::future::Future;
 use std::sync::Arc;
