@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use ol_worker::client;
-
-use crate::{BenchError, Result};
 use bytes::Bytes;
+use ol_worker::client;
 
 use crate::OutputArgs;
 use crate::hot::targets_or_own;
@@ -16,6 +14,7 @@ use crate::load;
 use crate::output::{Row, RowKey};
 use crate::stats::Samples;
 use crate::target::{Target, write_lambda};
+use crate::{BenchError, Result};
 
 /// The hello lambda every no-package benchmark uses.
 pub const HELLO_PY: &str = "def f(event):\n    return \"Hello, \" + event[\"name\"] + \"!\"\n";

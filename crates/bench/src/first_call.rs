@@ -5,7 +5,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{BenchError, Result};
 use bytes::Bytes;
 
 use crate::OutputArgs;
@@ -14,6 +13,7 @@ use crate::load;
 use crate::output::{Row, RowKey};
 use crate::stats::Samples;
 use crate::target::{Target, ol, write_lambda};
+use crate::{BenchError, Result};
 
 /// How long a run waits for its first success before it counts as failed.
 const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(30);

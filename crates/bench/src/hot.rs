@@ -2,13 +2,13 @@
 //! keep-alive connections, on a worker of its own or on `--target`s
 //! measured side by side.
 
-use crate::{BenchError, Result};
 use bytes::Bytes;
 
 use crate::OutputArgs;
 use crate::load::{self, Pick, Plan};
 use crate::output::{Row, RowKey};
 use crate::target::{self, OwnWorker, Target};
+use crate::{BenchError, Result};
 
 /// `ol bench hot`'s options.
 #[derive(Debug, clap::Args)]

@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::{BenchError, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{Samples, Summary};
+use crate::{BenchError, Result};
 
 /// The result of one measurement: one benchmark, one target, one
 /// connection count.

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use crate::{BenchError, Result};
 use bytes::Bytes;
 
 use crate::OutputArgs;
@@ -12,6 +11,7 @@ use crate::hot::measure_connections;
 use crate::load::{self, Pick, Plan};
 use crate::output::{Row, RowKey};
 use crate::target::{OwnWorker, Target};
+use crate::{BenchError, Result};
 
 /// A numpy lambda: its answer proves numpy was imported and ran.
 pub const NUMPY_PY: &str = "import numpy as np\n\n\ndef f(event):\n    \

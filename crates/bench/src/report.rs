@@ -7,15 +7,14 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::error::chain;
-use crate::{BenchError, Result};
-
 use crate::cold::{self, ColdArgs};
+use crate::error::chain;
 use crate::first_call::{self, FirstCallArgs};
 use crate::hot::{self, HotArgs};
 use crate::output::{Row, human_us};
 use crate::packages::{self, NumpyArgs};
 use crate::upstream::{self, OlArgs};
+use crate::{BenchError, Result};
 use crate::{OutputArgs, emit};
 
 /// New lambdas called at once to measure the sandbox creation rate.

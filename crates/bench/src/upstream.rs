@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 
-use crate::{BenchError, Result};
 use bytes::Bytes;
 
 use crate::OutputArgs;
@@ -15,6 +14,7 @@ use crate::hot::{measure_connections, targets_or_own};
 use crate::load::{self, Pick, Plan};
 use crate::output::Row;
 use crate::target::{Target, write_lambda};
+use crate::{BenchError, Result};
 
 /// The kind of lambda a benchmark calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
