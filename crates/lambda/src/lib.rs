@@ -14,7 +14,7 @@ pub mod ol_yaml;
 pub mod packages;
 pub mod yaml_shape;
 
-pub use manager::{LambdaManager, LambdaSettings, PackageLayer, SandboxInfo, Stats};
+pub use manager::{LambdaManager, LambdaSettings, LambdaStats, PackageLayer, SandboxInfo, Stats};
 
 use std::time::Duration;
 

@@ -12,7 +12,7 @@ use ol_sandbox::mem_pool::{MemPool, Reservation};
 use ol_sandbox::{
     CallError, Invocation, Limits, Reply, SafeSandbox, SandboxError, SandboxPool, SandboxSpec,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::function::{Acquired, Instance, LambdaFunction, NotAcquired};
@@ -62,7 +62,7 @@ impl Default for LambdaSettings {
 }
 
 /// One live sandbox, as `ol worker status` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SandboxInfo {
     /// Sandbox id.
     pub id: String,
@@ -118,7 +118,7 @@ pub struct PackageLayer {
 }
 
 /// Per-lambda part of [`Stats`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LambdaStats {
     /// Lambda name.
     pub name: String,

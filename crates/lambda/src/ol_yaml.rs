@@ -765,11 +765,13 @@ impl CronSchedule {
         })
     }
 
-    /// Whether the schedule fires on the day `days` after 1970-01-01.
+    /// Whether the schedule fires on the day `days` after 1970-01-01 (UTC).
     fn matches_day(&self, days: i64) -> bool {
-        let (_, month, day) = civil_from_days(days);
-        // 1970-01-01 was a Thursday (4).
-        let weekday = (days + 4).rem_euclid(7);
+        let Some(date) = utc_date(days) else {
+            return false;
+        };
+        let (month, day) = (date.month(), date.day());
+        let weekday = date.weekday().to_sunday_zero_offset();
         let dom = self.days_of_month & (1 << day) != 0;
         let dow = self.days_of_week & (1 << weekday) != 0;
         let day_ok = if self.dom_star || self.dow_star {
@@ -787,7 +789,7 @@ impl CronSchedule {
     }
 
     /// The next time the schedule fires strictly after `t` (UTC, whole
-    /// minutes); `None` only if that is beyond what `SystemTime` holds.
+    /// minutes); `None` only if that is past the year 9999.
     pub fn next_after(&self, t: SystemTime) -> Option<SystemTime> {
         let nanos = match t.duration_since(UNIX_EPOCH) {
             Ok(since) => i128::try_from(since.as_nanos()).ok()?,
@@ -820,19 +822,11 @@ impl CronSchedule {
     }
 }
 
-/// Year, month (1-12) and day (1-31) of the day `days` after 1970-01-01 in
-/// the proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// The UTC date `days` after 1970-01-01; `None` past the years jiff holds
+/// (-9999 to 9999).
+fn utc_date(days: i64) -> Option<jiff::civil::Date> {
+    let t = jiff::Timestamp::from_second(days.checked_mul(24 * 60 * 60)?).ok()?;
+    Some(jiff::tz::Offset::UTC.to_datetime(t).date())
 }
 
 impl FromStr for CronSchedule {
@@ -890,26 +884,13 @@ mod tests {
         }
     }
 
-    /// Days from 1970-01-01 to a date (Howard Hinnant's `days_from_civil`).
-    fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-        let y = if month <= 2 { year - 1 } else { year };
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let m = i64::from(month);
-        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
-    }
-
     /// A UTC time; `second` may carry a fraction.
-    fn utc(year: i64, month: u32, day: u32, hour: i64, minute: i64, second: f64) -> SystemTime {
-        let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60;
-        let base = if secs >= 0 {
-            UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
-        } else {
-            UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-        };
-        base + Duration::from_secs_f64(second)
+    fn utc(year: i16, month: i8, day: i8, hour: i8, minute: i8, second: f64) -> SystemTime {
+        let at = jiff::civil::date(year, month, day).at(hour, minute, 0, 0);
+        let t = jiff::tz::Offset::UTC
+            .to_timestamp(at)
+            .expect("a time jiff holds");
+        SystemTime::try_from(t).expect("a time SystemTime holds") + Duration::from_secs_f64(second)
     }
 
     fn next(schedule: &str, after: SystemTime) -> SystemTime {
@@ -1485,23 +1466,6 @@ environment:
         assert_eq!(cron("0 0 * * 5-7").days_of_week, 0b110_0001);
         assert_eq!(cron("0 0 * * */2").days_of_week, 0b101_0101);
         assert_eq!(cron("* * * * *").minutes, u64::MAX >> 4);
-    }
-
-    #[test]
-    fn civil_dates_round_trip() {
-        for (y, m, d) in [
-            (1970, 1, 1),
-            (1969, 12, 31),
-            (2000, 2, 29),
-            (2024, 2, 29),
-            (2100, 3, 1),
-            (1600, 1, 1),
-            (2026, 11, 25),
-        ] {
-            assert_eq!(civil_from_days(days_from_civil(y, m, d)), (y, m, d));
-        }
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
     }
 
     #[test]

@@ -198,7 +198,7 @@ impl Resolved {
 }
 
 /// Package counters for `/stats`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PackageStats {
     /// Distributions installed since start.
     pub installs: u64,

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ol_registry::{DirRegistry, Registry, pack_lambda};
-use ol_worker::WorkerDir;
+use ol_worker::{WorkerDir, client};
 
 use crate::DirArg;
-use crate::client;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
@@ -96,7 +95,7 @@ fn install(dir: &DirArg, path: &Path, name: Option<String>) -> Result<()> {
         }
         None => {
             let registry = local_registry(&wd)?;
-            ol_worker::registry_api::install_checked(
+            ol_worker::upload::install_checked(
                 &registry,
                 &wd.state().join("uploads"),
                 &name,

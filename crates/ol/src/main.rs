@@ -2,8 +2,6 @@
 //! command line and hands each command to the crate that does the work.
 
 mod admin;
-mod bench;
-mod client;
 mod trace_cmd;
 mod worker_cmd;
 
@@ -30,7 +28,7 @@ enum Command {
     Admin(admin::AdminCommand),
     /// Built-in benchmarks.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(ol_bench::BenchCommand),
     /// Read trace files written by `ol worker up --trace FILE`.
     #[command(subcommand)]
     Trace(trace_cmd::TraceCommand),
@@ -100,7 +98,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Worker(cmd) => worker_cmd::run(cmd),
         Command::Admin(cmd) => admin::run(cmd),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => ol_bench::run(cmd).map_err(anyhow::Error::from),
         Command::Trace(cmd) => trace_cmd::run(cmd),
     };
     match result {

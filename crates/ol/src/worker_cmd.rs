@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use ol_sandbox::sock::debootstrap::{Debootstrap, Release, default_cache_dir};
+use ol_worker::client;
 use ol_worker::trace_file::{TraceWriter, chrome_trace};
 use ol_worker::{BaseSource, StopOutcome, WorkerDir};
-use serde::Deserialize;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::client;
 use crate::{DirArg, WorkerCommand};
 
 /// Set in the environment of the process `up -d` starts.
@@ -298,37 +297,6 @@ fn force_cleanup(dir: &DirArg) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
-struct StatsView {
-    invocations: u64,
-    lambdas: Vec<LambdaView>,
-    sandboxes: Vec<SandboxView>,
-    #[serde(default)]
-    packages: Option<PackagesView>,
-    #[serde(default)]
-    zygotes: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct PackagesView {
-    installs: u64,
-    install_ms: u64,
-    failures: u64,
-    installing: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LambdaView {
-    name: String,
-    idle: usize,
-}
-
-#[derive(Debug, Deserialize)]
-struct SandboxView {
-    id: String,
-    pid: u32,
-}
-
 fn status(dir: &DirArg) -> Result<()> {
     let wd = WorkerDir::new(&dir.path);
     let Some(running) = wd.running() else {
@@ -341,13 +309,9 @@ fn status(dir: &DirArg) -> Result<()> {
     let port = running
         .port
         .context("the worker is starting (no port yet)")?;
-    let answer = client::get(
-        &format!("http://127.0.0.1:{port}/stats"),
-        Duration::from_secs(5),
-    )?;
-    let stats: StatsView = serde_json::from_str(&answer.body)
-        .context("the worker's /stats is not the expected JSON")?;
-    let sandbox_rss: u64 = stats.sandboxes.iter().map(|s| rss_bytes(s.pid)).sum();
+    let stats = client::stats(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5))?;
+    let layer = &stats.lambda_layer;
+    let sandbox_rss: u64 = layer.sandboxes.iter().map(|s| rss_bytes(s.pid)).sum();
     println!("worker in {}", wd.root().display());
     println!("  pid:         {}", running.pid);
     println!("  url:         http://127.0.0.1:{port}");
@@ -357,15 +321,15 @@ fn status(dir: &DirArg) -> Result<()> {
         mib(sandbox_rss)
     );
     println!("  invocations: {}", stats.invocations);
-    println!("  lambdas:     {}", stats.lambdas.len());
-    for l in &stats.lambdas {
+    println!("  lambdas:     {}", layer.lambdas.len());
+    for l in &layer.lambdas {
         println!("    {} ({} idle)", l.name, l.idle);
     }
-    println!("  sandboxes:   {}", stats.sandboxes.len());
-    for s in &stats.sandboxes {
+    println!("  sandboxes:   {}", layer.sandboxes.len());
+    for s in &layer.sandboxes {
         println!("    {} pid {} rss {}", s.id, s.pid, mib(rss_bytes(s.pid)));
     }
-    if let Some(p) = &stats.packages {
+    if let Some(p) = &layer.packages {
         println!(
             "  packages:    {} installed in {:.1} s, {} failed",
             p.installs,
@@ -376,8 +340,8 @@ fn status(dir: &DirArg) -> Result<()> {
             println!("    installing {name}");
         }
     }
-    println!("  zygotes:     {}", stats.zygotes.len());
-    for z in &stats.zygotes {
+    println!("  zygotes:     {}", layer.zygotes.len());
+    for z in &layer.zygotes {
         println!("    {z}");
     }
     Ok(())

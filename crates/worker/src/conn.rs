@@ -274,6 +274,23 @@ impl AsyncWrite for WatchedIo {
     }
 }
 
+/// A request body the routes can read: hyper's `Incoming` when serving,
+/// any in-memory body in unit tests.
+pub(crate) trait RequestBody:
+    HttpBody<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> RequestBody for B
+where
+    B: HttpBody<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+}
+
 /// A request body stopped arriving.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body stopped arriving for {0:?} (http.idle_timeout_ms)")]

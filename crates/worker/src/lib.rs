@@ -1,13 +1,29 @@
 //! Event layer of `ol` (DESIGN.md §2): the worker's config, its directory,
 //! its HTTP API, and its life: start, serve, stop, clean up after a crash.
+//!
+//! - [`lifecycle`] starts a worker over its [`workdir`] and [`config`],
+//!   stops it, and cleans up after a crash.
+//! - [`server`] serves HTTP within [`conn`]'s limits and sends each request
+//!   to its route (`routes/`: run, registry, stats, metrics, status), which
+//!   answer over the shared [`state`] with `response`'s bodies.
+//! - [`stats`] is the `/stats` schema, [`metrics`] the `/metrics` registry,
+//!   [`trace_file`] the Chrome trace; [`upload`] installs a lambda archive
+//!   after checking it.
+//! - [`client`] is the other side: a blocking client of a worker's API for
+//!   the `ol` command and the benchmarks.
 
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod lifecycle;
 pub mod metrics;
-pub mod registry_api;
+mod response;
+mod routes;
 pub mod server;
+pub mod state;
+pub mod stats;
 pub mod trace_file;
+pub mod upload;
 pub mod workdir;
 
 use std::path::PathBuf;

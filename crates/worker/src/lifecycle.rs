@@ -26,7 +26,8 @@ use crate::WorkerError;
 use crate::config::{Config, ImportCache, SandboxKind, raise_fd_limit};
 use crate::conn::ConnLimits;
 use crate::metrics::WorkerMetrics;
-use crate::server::{self, AppState, HttpCounters};
+use crate::server;
+use crate::state::{AppState, HttpCounters};
 use crate::workdir::WorkerDir;
 
 /// How long open requests may run on after a stop is asked for.

@@ -5,7 +5,7 @@
 //! is bounded ([`LambdaLabels`]) so a worker with many lambdas (or many
 //! calls of names that do not exist) cannot grow `/metrics` without end.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -23,7 +23,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use serde_json::{Map, Value, json};
+
+use crate::stats::{LambdaLayerStats, PhaseLatency, RecordedStats};
 
 /// Lambdas that get their own `lambda` label; later ones share
 /// [`OTHER_LAMBDAS`].
@@ -154,19 +155,18 @@ impl StatusCounts {
         }
     }
 
-    /// `{"<status>": count}` for statuses from `from` on that occurred.
-    fn json_from(&self, from: u16) -> Value {
-        let map: Map<String, Value> = self
-            .0
+    /// Count by status (as text, the way `/stats` keys it) for statuses
+    /// from `from` on that occurred.
+    fn counts_from(&self, from: u16) -> BTreeMap<String, u64> {
+        self.0
             .iter()
             .enumerate()
             .skip(usize::from(from.saturating_sub(100)))
             .filter_map(|(i, n)| {
                 let n = n.load(Ordering::Relaxed);
-                (n > 0).then(|| ((i + 100).to_string(), json!(n)))
+                (n > 0).then(|| ((i + 100).to_string(), n))
             })
-            .collect();
-        Value::Object(map)
+            .collect()
     }
 }
 
@@ -240,26 +240,36 @@ impl WorkerMetrics {
         Ok(out)
     }
 
-    /// The `/stats` keys this module owns: per phase `<name>.cnt`,
-    /// `.ms-avg`, `.ms-p50`, `.ms-p99`, `.ms-max`; `errors_by_status`; and
-    /// every named counter.
-    pub fn stats_into(&self, out: &mut Map<String, Value>) {
-        // Milliseconds to the microsecond.
-        let ms = |us: f64| json!(us.round() / 1e3);
-        for phase in Phase::ALL {
-            let s = phase.histogram().snapshot();
-            let name = phase.name();
-            out.insert(format!("{name}.cnt"), json!(s.count));
-            out.insert(format!("{name}.ms-avg"), ms(s.mean_us()));
-            out.insert(format!("{name}.ms-p50"), ms(s.quantile_us(0.5)));
-            out.insert(format!("{name}.ms-p99"), ms(s.quantile_us(0.99)));
-            out.insert(format!("{name}.ms-max"), ms(s.max_us as f64));
-        }
-        out.insert("errors_by_status".into(), self.statuses.json_from(400));
-        for c in counters::ALL {
-            out.insert(c.name().into(), json!(c.get()));
-        }
+    /// Calls answered with each error status (400 and up) so far.
+    pub fn errors_by_status(&self) -> BTreeMap<String, u64> {
+        self.statuses.counts_from(400)
     }
+}
+
+/// The `/stats` keys named at run time, read from the process-wide phase
+/// histograms and named counters now.
+pub fn recorded_stats() -> RecordedStats {
+    // Milliseconds to the microsecond.
+    let ms = |us: f64| us.round() / 1e3;
+    let phases = Phase::ALL
+        .iter()
+        .map(|phase| {
+            let s = phase.histogram().snapshot();
+            let latency = PhaseLatency {
+                count: s.count,
+                mean_ms: ms(s.mean_us()),
+                p50_ms: ms(s.quantile_us(0.5)),
+                p99_ms: ms(s.quantile_us(0.99)),
+                max_ms: ms(s.max_us as f64),
+            };
+            (phase.name().to_string(), latency)
+        })
+        .collect();
+    let counters = counters::ALL
+        .iter()
+        .map(|c| (c.name().to_string(), c.get()))
+        .collect();
+    RecordedStats { phases, counters }
 }
 
 /// `ol_phase_duration_seconds{phase}` from the process-wide phase
@@ -319,17 +329,18 @@ impl fmt::Debug for StateCollector {
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let s = self.lambdas.stats();
+        let s = LambdaLayerStats::from(self.lambdas.stats());
         let mut sandboxes = encoder.encode_descriptor(
             "ol_sandboxes",
             "Live sandboxes by state",
             None,
             MetricType::Gauge,
         )?;
+        let by_state = s.sandboxes_by_state;
         for (state, n) in [
-            ("busy", s.sandboxes_busy),
-            ("idle", s.sandboxes_idle),
-            ("paused", s.sandboxes_paused),
+            ("busy", by_state.busy),
+            ("idle", by_state.idle),
+            ("paused", by_state.paused),
         ] {
             ConstGauge::new(n as i64).encode(sandboxes.encode_family(&[("state", state)])?)?;
         }
@@ -337,7 +348,7 @@ impl Collector for StateCollector {
             (
                 "ol_lambdas",
                 "Lambdas called so far and still known",
-                s.lambdas.len() as u64,
+                s.lambda_count as u64,
             ),
             (
                 "ol_mem_pool_used_bytes",
@@ -383,29 +394,10 @@ impl Collector for StateCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ol_lambda::LambdaSettings;
-    use ol_registry::DirRegistry;
-    use ol_sandbox::process::{ProcessPool, RuntimeCommand};
 
     /// Metrics of a worker that never runs anything.
     fn idle_metrics(dir: &std::path::Path, max_labels: usize) -> WorkerMetrics {
-        let pool = ProcessPool::new(
-            RuntimeCommand {
-                python: "/nonexistent/python".into(),
-                script: "/nonexistent/ol_runtime.py".into(),
-                packages: dir.join("packages"),
-            },
-            dir.join("scratch"),
-        )
-        .expect("process pool");
-        let registry = DirRegistry::new(dir.join("registry"));
-        let lambdas = LambdaManager::new(
-            Arc::new(pool),
-            Arc::new(registry),
-            LambdaSettings::default(),
-            ol_lambda::PackageLayer::default(),
-        );
-        WorkerMetrics::with_label_bound(lambdas, max_labels)
+        WorkerMetrics::with_label_bound(crate::state::idle_lambda_layer(dir), max_labels)
     }
 
     fn scrape(m: &WorkerMetrics) -> prometheus_parse::Scrape {
@@ -521,9 +513,10 @@ mod tests {
         assert_eq!(at(0.000512), Some(1.0));
         assert_eq!(at(0.004096), Some(2.0));
         assert_eq!(at(f64::INFINITY), Some(2.0));
-        let mut stats = Map::new();
-        m.stats_into(&mut stats);
-        assert_eq!(stats["errors_by_status"], json!({"404": 1, "500": 1}));
+        assert_eq!(
+            m.errors_by_status(),
+            BTreeMap::from([("404".to_string(), 1), ("500".to_string(), 1)])
+        );
     }
 
     #[test]

@@ -5,8 +5,18 @@
 //! Each span becomes one complete (`"ph": "X"`) event when it closes. A
 //! call's spans share one track (`tid`), so the phases of a call nest on
 //! one line; a track is free again once its call ends, so sequential calls
-//! reuse track 1 and only concurrent calls open more. The file is finished (its array closed, its buffer flushed)
-//! by [`TraceWriter::finish`] when the worker stops.
+//! reuse track 1 and only concurrent calls open more. The file is finished
+//! (its array closed, its buffer flushed) by [`TraceWriter::finish`] when
+//! the worker stops.
+//!
+//! Why not the `tracing-chrome` crate (0.7): it writes begin and end
+//! events, never complete `X` events, which `ol trace summarize` reads and
+//! docs/observability.md promises. Its threaded style puts a `B`/`E` pair
+//! on the OS thread's track at every enter and exit; a call's phases are
+//! polled by whichever tokio worker thread runs them, so one call would be
+//! scattered over several tracks with a pair of events per poll. Its async
+//! style keys `b`/`e` events by each call's root span, a track per call
+//! rather than a few tracks reused as calls end.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use crate::error::chain;
+use crate::{BenchError, Result};
 
 /// A server that serves `/run/<name>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,12 +25,16 @@ impl Target {
             Some((n, u)) if !n.contains('/') => (Some(n), u),
             _ => (None, spec),
         };
-        let rest = url.strip_prefix("http://").with_context(|| {
-            format!("--target {spec}: give an http:// URL, e.g. ours=http://127.0.0.1:5000")
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            BenchError::Usage(format!(
+                "--target {spec}: give an http:// URL, e.g. ours=http://127.0.0.1:5000"
+            ))
         })?;
         let hostport = rest.split('/').next().unwrap_or_default();
         if hostport.is_empty() {
-            bail!("--target {spec}: the URL has no host");
+            return Err(BenchError::Usage(format!(
+                "--target {spec}: the URL has no host"
+            )));
         }
         let addr = if hostport.contains(':') {
             hostport.to_string()
@@ -57,10 +62,10 @@ pub fn parse_all(specs: &[String]) -> Result<Vec<Target>> {
         .collect::<Result<Vec<_>>>()?;
     for (i, t) in targets.iter().enumerate() {
         if targets[..i].iter().any(|o| o.name == t.name) {
-            bail!(
+            return Err(BenchError::Usage(format!(
                 "two targets are named {}; name them: --target a=URL --target b=URL",
                 t.name
-            );
+            )));
         }
     }
     Ok(targets)
@@ -69,7 +74,9 @@ pub fn parse_all(specs: &[String]) -> Result<Vec<Target>> {
 /// A worker the benchmark starts in a temporary directory and stops when
 /// dropped.
 pub struct OwnWorker {
+    /// Its worker directory, removed when dropped.
     pub dir: tempfile::TempDir,
+    /// The port it serves on.
     pub port: u16,
 }
 
@@ -85,10 +92,14 @@ impl OwnWorker {
         ol(dir.path(), &args)?;
         let port_file = dir.path().join("worker/worker.port");
         let port = std::fs::read_to_string(&port_file)
-            .with_context(|| format!("cannot read {}", port_file.display()))?
+            .map_err(|source| BenchError::File {
+                what: "cannot read",
+                path: port_file.clone(),
+                source,
+            })?
             .trim()
             .parse()
-            .context("bad port file")?;
+            .map_err(BenchError::PortFile)?;
         Ok(Self { dir, port })
     }
 
@@ -109,7 +120,7 @@ impl OwnWorker {
 impl Drop for OwnWorker {
     fn drop(&mut self) {
         if let Err(e) = ol(self.dir.path(), &["worker", "down"]) {
-            eprintln!("ol bench: stopping its worker failed: {e:#}");
+            eprintln!("ol bench: stopping its worker failed: {}", chain(&e));
         }
     }
 }
@@ -117,11 +128,18 @@ impl Drop for OwnWorker {
 /// Writes lambda `name` as a directory of `files` under `registry`.
 pub fn write_lambda(registry: &Path, name: &str, files: &[(&str, &str)]) -> Result<()> {
     let dir = registry.join(name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| BenchError::File {
+        what: "cannot create",
+        path: dir.clone(),
+        source,
+    })?;
     for (file, content) in files {
         let path = dir.join(file);
-        std::fs::write(&path, content)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, content).map_err(|source| BenchError::File {
+            what: "cannot write",
+            path,
+            source,
+        })?;
     }
     Ok(())
 }
@@ -131,11 +149,10 @@ pub fn ol(dir: &Path, args: &[&str]) -> Result<()> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe).args(args).arg("-p").arg(dir).output()?;
     if !out.status.success() {
-        bail!(
-            "`ol {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(BenchError::Ol {
+            command: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }

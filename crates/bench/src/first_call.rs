@@ -5,19 +5,20 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
-use super::OutputArgs;
-use super::cold::{HELLO_BODY, HELLO_PY};
-use super::load;
-use super::output::{Row, RowKey};
-use super::stats::Samples;
-use super::target::{Target, ol, write_lambda};
+use crate::OutputArgs;
+use crate::cold::{HELLO_BODY, HELLO_PY};
+use crate::load;
+use crate::output::{Row, RowKey};
+use crate::stats::Samples;
+use crate::target::{Target, ol, write_lambda};
+use crate::{BenchError, Result};
 
 /// How long a run waits for its first success before it counts as failed.
 const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `ol bench first-call`'s options.
 #[derive(Debug, clap::Args)]
 pub struct FirstCallArgs {
     /// How many times to start a fresh worker.
@@ -26,16 +27,18 @@ pub struct FirstCallArgs {
     /// Override a setting of the started workers (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Files to write the row to.
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
+/// Times `--runs` fresh workers from start to first answer; one row.
 pub fn run(args: &FirstCallArgs) -> Result<Vec<Row>> {
     if args.runs == 0 {
-        bail!("--runs must be at least 1");
+        return Err(BenchError::Usage("--runs must be at least 1".into()));
     }
     let rt = load::runtime()?;
-    let bar = super::progress(args.runs as u64, "first-call");
+    let bar = crate::progress(args.runs as u64, "first-call");
     let mut samples = Samples::default();
     let started = Instant::now();
     for _ in 0..args.runs {
@@ -69,7 +72,10 @@ async fn one_run(options: &[String]) -> Result<(Duration, Option<String>)> {
     };
     std::fs::create_dir_all(dir.path().join("logs"))?;
     let log_path = dir.path().join("logs/bench-up.log");
-    let log = std::fs::File::create(&log_path).context("cannot create the worker's log")?;
+    let log = std::fs::File::create(&log_path).map_err(|source| BenchError::Step {
+        what: "cannot create the worker's log",
+        source,
+    })?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["worker", "up", "-p"])
         .arg(dir.path())
@@ -83,7 +89,10 @@ async fn one_run(options: &[String]) -> Result<(Duration, Option<String>)> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .context("cannot start `ol worker up`")?;
+        .map_err(|source| BenchError::Step {
+            what: "cannot start `ol worker up`",
+            source,
+        })?;
     let outcome = wait_first_success(&target, &mut child, t0, &log_path).await;
     let stopped = ol(dir.path(), &["worker", "down"]);
     let _ = child.kill();

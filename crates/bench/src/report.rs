@@ -7,15 +7,15 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-
-use super::cold::{self, ColdArgs};
-use super::first_call::{self, FirstCallArgs};
-use super::hot::{self, HotArgs};
-use super::output::{Row, human_us};
-use super::packages::{self, NumpyArgs};
-use super::upstream::{self, OlArgs};
-use super::{OutputArgs, emit};
+use crate::cold::{self, ColdArgs};
+use crate::error::chain;
+use crate::first_call::{self, FirstCallArgs};
+use crate::hot::{self, HotArgs};
+use crate::output::{Row, human_us};
+use crate::packages::{self, NumpyArgs};
+use crate::upstream::{self, OlArgs};
+use crate::{BenchError, Result};
+use crate::{OutputArgs, emit};
 
 /// New lambdas called at once to measure the sandbox creation rate.
 const CREATION_BATCH: usize = 4;
@@ -23,6 +23,7 @@ const CREATION_BATCH: usize = 4;
 const BEGIN: &str = "<!-- BEGIN ol bench report: generated, edit outside these markers -->";
 const END: &str = "<!-- END ol bench report -->";
 
+/// `ol bench report`'s options.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// Markdown file to write the section into (created if missing).
@@ -40,6 +41,7 @@ pub struct ReportArgs {
     /// New numpy lambdas once numpy is installed.
     #[arg(long, default_value_t = 10)]
     pub numpy_count: usize,
+    /// Files to write every row to (`--plot` is also linked from the report).
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -60,8 +62,9 @@ impl Measured {
         match result {
             Ok(rows) => self.rows.extend(rows),
             Err(e) => {
-                eprintln!("ol bench report: {what} failed: {e:#}");
-                self.failures.push(format!("{what}: {e:#}"));
+                let why = chain(&e);
+                eprintln!("ol bench report: {what} failed: {why}");
+                self.failures.push(format!("{what}: {why}"));
             }
         }
     }
@@ -73,6 +76,7 @@ impl Measured {
     }
 }
 
+/// Runs every benchmark and writes the report section (and the plot).
 pub fn run(args: &ReportArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let load_at_start = load_average();
@@ -89,7 +93,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let hot_args = HotArgs {
         targets: Vec::new(),
         lambda: "hello".into(),
-        body: super::cold::HELLO_BODY.into(),
+        body: crate::cold::HELLO_BODY.into(),
         connections: vec![1, 4, 16],
         seconds: args.seconds,
         warmup: 1.0,
@@ -153,8 +157,11 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     };
     let section = render(&m, args, &conditions);
     let old = std::fs::read_to_string(&args.out).unwrap_or_else(|_| "# Benchmarks\n".into());
-    std::fs::write(&args.out, splice(&old, &section))
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    std::fs::write(&args.out, splice(&old, &section)).map_err(|source| BenchError::File {
+        what: "cannot write",
+        path: args.out.clone(),
+        source,
+    })?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
@@ -478,20 +485,11 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &m.rows {
+        let [p50, p90, p99, max] = r.latency_columns();
         let _ = writeln!(
             s,
-            "| {} | `{}` | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
-            r.bench,
-            r.lambda,
-            r.mode,
-            r.connections,
-            r.requests,
-            r.req_per_sec,
-            human_us(r.p50_us),
-            human_us(r.p90_us),
-            human_us(r.p99_us),
-            human_us(r.max_us),
-            r.errors
+            "| {} | `{}` | {} | {} | {} | {:.0} | {p50} | {p90} | {p99} | {max} | {} |",
+            r.bench, r.lambda, r.mode, r.connections, r.requests, r.req_per_sec, r.errors
         );
     }
     let errors: Vec<String> = m
@@ -546,29 +544,11 @@ fn git_commit() -> String {
 
 /// Now as `YYYY-MM-DD HH:MM UTC`.
 fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format_utc(secs)
+    format_utc(jiff::Timestamp::now())
 }
 
-fn format_utc(secs: u64) -> String {
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rest / 3_600,
-        rest % 3_600 / 60
-    )
+fn format_utc(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 #[cfg(test)]
@@ -600,13 +580,13 @@ mod tests {
     }
 
     fn row(bench: &str, connections: usize, latencies_us: &[u32], error: Option<&str>) -> Row {
-        let mut samples = crate::bench::stats::Samples::default();
+        let mut samples = crate::stats::Samples::default();
         for &us in latencies_us {
             let e = error.map(String::from);
             samples.record(std::time::Duration::from_micros(us.into()), e);
         }
         samples.elapsed = std::time::Duration::from_secs(1);
-        let key = crate::bench::output::RowKey {
+        let key = crate::output::RowKey {
             bench,
             target: "ours",
             lambda: "hello",
@@ -716,11 +696,12 @@ mod tests {
 
     #[test]
     fn utc_dates() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
+        let at = |secs| jiff::Timestamp::from_second(secs).expect("in range");
+        assert_eq!(format_utc(at(0)), "1970-01-01 00:00 UTC");
         assert_eq!(
-            format_utc(951_782_400 + 3_600 * 13 + 60 * 7),
+            format_utc(at(951_782_400 + 3_600 * 13 + 60 * 7 + 59)),
             "2000-02-29 13:07 UTC"
         );
-        assert_eq!(format_utc(1_795_564_800), "2026-11-25 00:00 UTC");
+        assert_eq!(format_utc(at(1_795_564_800)), "2026-11-25 00:00 UTC");
     }
 }

@@ -5,14 +5,15 @@
 use std::path::Path;
 use std::sync::Once;
 
-use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::output::{Row, human_us};
+use crate::output::{Row, human_us};
+use crate::{BenchError, Result};
 
-/// Size of the PNG in pixels.
+/// Width of the PNG in pixels.
 pub const WIDTH: u32 = 1400;
+/// Height of the PNG in pixels.
 pub const HEIGHT: u32 = 600;
 
 /// Most points drawn per CDF; more add nothing visible.
@@ -45,11 +46,14 @@ pub fn draw(path: &Path, rows: &[Row]) -> Result<()> {
         draw_throughput(&right, rows, &labels).map_err(plot_error)?;
         root.present().map_err(plot_error)?;
     }
-    write_png(path, &pixels).with_context(|| format!("cannot write {}", path.display()))
+    write_png(path, &pixels).map_err(|source| BenchError::Png {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow!("cannot draw the plot: {e}")
+fn plot_error(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Plot(e.to_string())
 }
 
 /// One label per row: bench, connections, and the target when several
@@ -198,7 +202,7 @@ fn draw_throughput(
     Ok(())
 }
 
-fn write_png(path: &Path, rgb: &[u8]) -> Result<()> {
+fn write_png(path: &Path, rgb: &[u8]) -> Result<(), png::EncodingError> {
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut encoder = png::Encoder::new(file, WIDTH, HEIGHT);
     encoder.set_color(png::ColorType::Rgb);

@@ -4,19 +4,20 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
 use bytes::Bytes;
 
-use super::OutputArgs;
-use super::hot::measure_connections;
-use super::load::{self, Pick, Plan};
-use super::output::{Row, RowKey};
-use super::target::{OwnWorker, Target};
+use crate::OutputArgs;
+use crate::hot::measure_connections;
+use crate::load::{self, Pick, Plan};
+use crate::output::{Row, RowKey};
+use crate::target::{OwnWorker, Target};
+use crate::{BenchError, Result};
 
 /// A numpy lambda: its answer proves numpy was imported and ran.
 pub const NUMPY_PY: &str = "import numpy as np\n\n\ndef f(event):\n    \
     return {\"numpy\": np.__version__, \"sum\": int(np.arange(10).sum())}\n";
 
+/// `ol bench numpy`'s options.
 #[derive(Debug, clap::Args)]
 pub struct NumpyArgs {
     /// How many new numpy lambdas to call once each after the install.
@@ -31,6 +32,7 @@ pub struct NumpyArgs {
     /// Override a setting of the benchmark's worker (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Files to write the rows to.
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -38,13 +40,18 @@ pub struct NumpyArgs {
 /// The rows, and how many of the new numpy lambdas forked from a zygote
 /// that had numpy imported (the worker's `zygote_hits` during them).
 pub struct NumpyOutcome {
+    /// `numpy-first`, then (once numpy installed) `numpy-cold` and `numpy-hot`.
     pub rows: Vec<Row>,
+    /// New numpy lambdas forked from a numpy zygote; `None` when not measured.
     pub zygote_hits: Option<u64>,
 }
 
+/// Runs the numpy benchmark on a worker of its own.
 pub fn run(args: &NumpyArgs) -> Result<NumpyOutcome> {
     if args.count == 0 || args.connections.is_empty() || args.connections.contains(&0) {
-        bail!("--count and --connections need positive values");
+        return Err(BenchError::Usage(
+            "--count and --connections need positive values".into(),
+        ));
     }
     let worker = OwnWorker::start(&args.options)?;
     let files = [("f.py", NUMPY_PY), ("requirements.txt", "numpy\n")];
@@ -55,7 +62,7 @@ pub fn run(args: &NumpyArgs) -> Result<NumpyOutcome> {
     let target = worker.target();
     let body = Bytes::from_static(b"{}");
     let rt = load::runtime()?;
-    let bar = super::progress(1 + args.count as u64, "numpy");
+    let bar = crate::progress(1 + args.count as u64, "numpy");
     let first = rt.block_on(load::call_each(
         &target,
         &["np-hot".to_string()],
@@ -104,7 +111,6 @@ pub fn run(args: &NumpyArgs) -> Result<NumpyOutcome> {
 
 /// The worker's `zygote_hits` counter, if its `/stats` has one.
 fn zygote_hits(target: &Target) -> Option<u64> {
-    let a = crate::client::get(&target.url("/stats"), Duration::from_secs(10)).ok()?;
-    let stats: serde_json::Value = serde_json::from_str(&a.body).ok()?;
-    stats["zygote_hits"].as_u64()
+    let stats = ol_worker::client::stats(&target.url(""), Duration::from_secs(10)).ok()?;
+    stats.recorded.counters.get("zygote_hits").copied()
 }

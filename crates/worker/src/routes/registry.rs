@@ -1,26 +1,31 @@
 //! The worker's registry API (DESIGN.md §1.3), for a local registry:
 //! `GET /registry/` lists, `POST /registry/NAME` installs a tar.gz (201),
 //! `DELETE /registry/NAME` removes, `GET /registry/NAME/config` shows the
-//! parsed ol.yaml. Uploads are unpacked with the registry's hostile-input
-//! checks and their ol.yaml is validated before anything is replaced.
+//! parsed ol.yaml, and `GET /registry/NAME.tar.gz` serves the packed
+//! lambda so this worker can be another's HTTP registry. Uploads go
+//! through [`crate::upload`]'s checks before anything is replaced.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use ol_lambda::ol_yaml::{self, LambdaConfig};
-use ol_registry::{DirRegistry, LambdaCode, Registry, RegistryError, UnpackLimits, unpack_lambda};
+use ol_registry::{DirRegistry, Registry, RegistryError, UnpackLimits};
 use serde_json::json;
 
-use crate::conn::StallLimited;
-use crate::server::{AppState, Body, body_error, error_response, json_response};
+use crate::conn::{RequestBody, StallLimited};
+use crate::response::{Body, body_error, error_response, json_response};
+use crate::state::AppState;
+use crate::upload::{Refusal, install_checked};
 
 /// Handles `/registry` and `/registry/...`; `rest` is what follows
 /// `/registry`.
-pub(crate) async fn handle(state: &AppState, req: Request<Incoming>, rest: &str) -> Response<Body> {
+pub(crate) async fn handle<B: RequestBody>(
+    state: &AppState,
+    req: Request<B>,
+    rest: &str,
+) -> Response<Body> {
     let Some(registry) = state.registry.clone() else {
         return error_response(
             StatusCode::NOT_FOUND,
@@ -127,10 +132,10 @@ fn serve_archive(
 
 /// `POST /registry/NAME`: checks the archive and its ol.yaml in a scratch
 /// dir, then installs it and makes new calls use it.
-async fn install(
+async fn install<B: RequestBody>(
     state: &AppState,
     registry: Arc<DirRegistry>,
-    req: Request<Incoming>,
+    req: Request<B>,
     name: &str,
 ) -> Response<Body> {
     let limits = UnpackLimits::default();
@@ -166,61 +171,6 @@ async fn install(
         tracing::info!(lambda = name, "installed in the registry");
     }
     answer
-}
-
-/// Installs the tar.gz `body` as lambda `name` after checking it: the
-/// archive is unpacked (with every hostile-input check) into a scratch dir
-/// under `check_dir` and its ol.yaml parsed; only then is the registry's
-/// copy replaced. Blocks.
-pub fn install_checked(
-    registry: &DirRegistry,
-    check_dir: &Path,
-    name: &str,
-    body: &[u8],
-) -> Result<LambdaCode, Refusal> {
-    validate_upload(body, check_dir, name, &UnpackLimits::default())?;
-    Ok(registry.install(name, body)?)
-}
-
-/// Why an upload is refused, before anything is installed.
-#[derive(Debug, thiserror::Error)]
-pub enum Refusal {
-    /// The name or the archive is refused by the registry.
-    #[error(transparent)]
-    Registry(RegistryError),
-    /// The lambda's ol.yaml is invalid.
-    #[error("{0}")]
-    Config(String),
-}
-
-impl From<RegistryError> for Refusal {
-    fn from(e: RegistryError) -> Self {
-        Self::Registry(e)
-    }
-}
-
-fn validate_upload(
-    body: &[u8],
-    check_dir: &Path,
-    name: &str,
-    limits: &UnpackLimits,
-) -> Result<(), Refusal> {
-    ol_registry::validate_name(name)?;
-    std::fs::create_dir_all(check_dir).map_err(|source| RegistryError::Io {
-        path: check_dir.to_path_buf(),
-        source,
-    })?;
-    let scratch = tempfile::Builder::new()
-        .prefix("upload-")
-        .tempdir_in(check_dir)
-        .map_err(|source| RegistryError::Io {
-            path: check_dir.to_path_buf(),
-            source,
-        })?;
-    let dest = scratch.path().join(name);
-    unpack_lambda(body, &dest, limits)?;
-    ol_yaml::load(&dest).map_err(|e| Refusal::Config(e.to_string()))?;
-    Ok(())
 }
 
 /// Runs registry work off the async threads and maps its errors.

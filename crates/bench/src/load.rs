@@ -5,16 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
-use super::stats::Samples;
-use super::target::Target;
+use crate::error::chain;
+use crate::stats::Samples;
+use crate::target::Target;
+use crate::{BenchError, Result};
 
 /// How long one call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -26,7 +28,12 @@ pub enum Pick {
     One(String),
     /// `/run/<prefix><i>` with `i` uniform in `0..count`, as OpenLambda's
     /// benchmarks pick among their N lambdas.
-    Uniform { prefix: String, count: usize },
+    Uniform {
+        /// Names are this prefix and a number.
+        prefix: String,
+        /// How many lambdas: numbers `0..count`.
+        count: usize,
+    },
 }
 
 impl Pick {
@@ -70,13 +77,17 @@ impl XorShift {
 /// One measurement's plan.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Which lambda each call goes to.
     pub pick: Pick,
+    /// The request body of every call.
     pub body: Bytes,
+    /// Keep-alive connections calling at once.
     pub connections: usize,
     /// Measured time per target, split into `rounds` slices.
     pub seconds: f64,
     /// Unrecorded calls per target before the first slice.
     pub warmup: f64,
+    /// Slices the measured time is cut into; targets take turns per slice.
     pub rounds: usize,
 }
 
@@ -126,9 +137,22 @@ async fn run_for(target: &Target, plan: &Plan, duration: Duration) -> Result<Sam
             one_connection(&addr, &pick, body, deadline, seed).await
         }));
     }
+    gather(tasks, "a benchmark connection", started).await
+}
+
+/// The samples of every task added up, `elapsed` being the time since
+/// `started`; `what` names the tasks if one panicked.
+async fn gather(
+    tasks: Vec<JoinHandle<Result<Samples>>>,
+    what: &'static str,
+    started: Instant,
+) -> Result<Samples> {
     let mut all = Samples::default();
     for t in tasks {
-        all.merge(t.await.context("a benchmark connection panicked")??);
+        all.merge(
+            t.await
+                .map_err(|source| BenchError::Panicked { what, source })??,
+        );
     }
     all.elapsed = started.elapsed();
     Ok(all)
@@ -137,7 +161,10 @@ async fn run_for(target: &Target, plan: &Plan, duration: Duration) -> Result<Sam
 async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(addr)
         .await
-        .with_context(|| format!("cannot connect to {addr}; is the worker running?"))?;
+        .map_err(|source| BenchError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -162,11 +189,11 @@ async fn one_connection(
         match call(&mut sender, addr, &path, body.clone()).await {
             Ok(error) => samples.record(t0.elapsed(), error),
             Err(e) => {
-                samples.record_error(format!("{path}: {e:#}"));
+                samples.record_error(format!("{path}: {}", chain(&e)));
                 match connect(addr).await {
                     Ok(s) => sender = s,
                     Err(e) => {
-                        samples.record_error(format!("{e:#}"));
+                        samples.record_error(chain(&e));
                         break;
                     }
                 }
@@ -192,11 +219,11 @@ async fn call(
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, body))
+        Ok::<_, BenchError>((status, body))
     };
     let (status, body) = tokio::time::timeout(CALL_TIMEOUT, answer)
         .await
-        .with_context(|| format!("no answer within {CALL_TIMEOUT:?}"))??;
+        .map_err(|elapsed| BenchError::NoAnswer(CALL_TIMEOUT, elapsed))??;
     if status == hyper::StatusCode::OK {
         return Ok(None);
     }
@@ -235,7 +262,7 @@ pub async fn call_each(
         };
         match outcome {
             Ok(error) => samples.record(t0.elapsed(), error),
-            Err(e) => samples.record(t0.elapsed(), Some(format!("{path}: {e:#}"))),
+            Err(e) => samples.record(t0.elapsed(), Some(format!("{path}: {}", chain(&e)))),
         }
         progress.inc(1);
     }
@@ -262,12 +289,7 @@ pub async fn call_all_at_once(
             )
         })
         .collect();
-    let mut all = Samples::default();
-    for t in tasks {
-        all.merge(t.await.context("a benchmark call panicked")??);
-    }
-    all.elapsed = started.elapsed();
-    Ok(all)
+    gather(tasks, "a benchmark call", started).await
 }
 
 /// A current-thread runtime for the client side: one thread keeps the

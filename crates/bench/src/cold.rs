@@ -5,15 +5,16 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use ol_worker::client;
 
-use super::OutputArgs;
-use super::hot::targets_or_own;
-use super::load;
-use super::output::{Row, RowKey};
-use super::stats::Samples;
-use super::target::{Target, write_lambda};
+use crate::OutputArgs;
+use crate::hot::targets_or_own;
+use crate::load;
+use crate::output::{Row, RowKey};
+use crate::stats::Samples;
+use crate::target::{Target, write_lambda};
+use crate::{BenchError, Result};
 
 /// The hello lambda every no-package benchmark uses.
 pub const HELLO_PY: &str = "def f(event):\n    return \"Hello, \" + event[\"name\"] + \"!\"\n";
@@ -21,6 +22,7 @@ pub const HELLO_PY: &str = "def f(event):\n    return \"Hello, \" + event[\"name
 /// The body the hello lambda expects.
 pub const HELLO_BODY: &str = r#"{"name": "bench"}"#;
 
+/// `ol bench cold`'s options.
 #[derive(Debug, clap::Args)]
 pub struct ColdArgs {
     /// How many new lambdas to call once each (per target).
@@ -41,21 +43,26 @@ pub struct ColdArgs {
     /// -o features.import_cache= to start every sandbox from scratch.
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Files to write the rows to.
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
 /// The cold-start rows and what the idle sandboxes weigh.
 pub struct ColdOutcome {
+    /// One row per target.
     pub rows: Vec<Row>,
     /// Private (unshared) memory of each live sandbox of the bench's own
     /// worker after the run, KiB (none with `--target`).
     pub idle_private_kib: Vec<u64>,
 }
 
+/// Uploads `--count` new lambdas to each target and calls each once.
 pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
     if args.count == 0 || args.connections == 0 {
-        bail!("--count and --connections must be at least 1");
+        return Err(BenchError::Usage(
+            "--count and --connections must be at least 1".into(),
+        ));
     }
     let (targets, own) = targets_or_own(&args.targets, &args.options)?;
     // Names never used before on a long-running target.
@@ -84,7 +91,7 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
     for (t, names) in targets.iter().zip(&names) {
         rt.block_on(load::call_each(t, &names[args.count..], &body, &hidden))?;
     }
-    let bar = super::progress((args.count * targets.len()) as u64, "cold");
+    let bar = crate::progress((args.count * targets.len()) as u64, "cold");
     let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
     let batches = args.count.div_ceil(args.connections);
     for b in 0..batches {
@@ -123,7 +130,7 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
             for (t, names) in targets.iter().zip(&names) {
                 for name in names {
                     let url = t.url(&format!("/registry/{name}"));
-                    let _ = crate::client::delete(&url, Duration::from_secs(10));
+                    let _ = client::delete(&url, Duration::from_secs(10));
                 }
             }
             Vec::new()
@@ -145,15 +152,20 @@ fn hello_archive() -> Result<Vec<u8>> {
 /// `POST /registry/<name>` with the lambda's tar.gz.
 fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> {
     let url = target.url(&format!("/registry/{name}"));
-    let a = crate::client::post(&url, archive, Duration::from_secs(30))
-        .with_context(|| format!("cannot upload {name} to {}", target.name))?;
+    let a = client::post(&url, archive, Duration::from_secs(30)).map_err(|source| {
+        BenchError::Upload {
+            lambda: name.to_string(),
+            target: target.name.clone(),
+            source,
+        }
+    })?;
     if !(200..300).contains(&a.status) {
-        bail!(
-            "{} refused the upload of {name} ({}): {}",
-            target.name,
-            a.status,
-            a.body.trim()
-        );
+        return Err(BenchError::UploadRefused {
+            target: target.name.clone(),
+            lambda: name.to_string(),
+            status: a.status,
+            body: a.body.trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -162,19 +174,12 @@ fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> {
 /// sandbox the worker lists in `/stats`: what a sandbox costs beyond the
 /// pages it shares with its zygote.
 fn sandbox_private_kib(target: &Target) -> Result<Vec<u64>> {
-    let stats = crate::client::get(&target.url("/stats"), Duration::from_secs(10))?;
-    let stats: serde_json::Value = serde_json::from_str(&stats.body)?;
-    let pids = stats["sandboxes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["pid"].as_u64())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    Ok(pids
-        .into_iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+    let stats = client::stats(&target.url(""), Duration::from_secs(10))?;
+    Ok(stats
+        .lambda_layer
+        .sandboxes
+        .iter()
+        .filter_map(|s| std::fs::read_to_string(format!("/proc/{}/smaps_rollup", s.pid)).ok())
         .map(|text| private_kib(&text))
         .collect())
 }

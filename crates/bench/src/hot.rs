@@ -2,14 +2,15 @@
 //! keep-alive connections, on a worker of its own or on `--target`s
 //! measured side by side.
 
-use anyhow::{Result, bail};
 use bytes::Bytes;
 
-use super::OutputArgs;
-use super::load::{self, Pick, Plan};
-use super::output::{Row, RowKey};
-use super::target::{self, OwnWorker, Target};
+use crate::OutputArgs;
+use crate::load::{self, Pick, Plan};
+use crate::output::{Row, RowKey};
+use crate::target::{self, OwnWorker, Target};
+use crate::{BenchError, Result};
 
+/// `ol bench hot`'s options.
 #[derive(Debug, clap::Args)]
 pub struct HotArgs {
     /// Server to measure instead of a worker of the bench's own; repeat to
@@ -39,13 +40,18 @@ pub struct HotArgs {
     /// Override a setting of the bench's own worker (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Files to write the rows to.
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
+/// Measures hot calls at each connection count; one row per count and
+/// target.
 pub fn run(args: &HotArgs) -> Result<Vec<Row>> {
     if args.connections.is_empty() || args.connections.contains(&0) {
-        bail!("--connections needs positive counts, e.g. --connections 1,4,16");
+        return Err(BenchError::Usage(
+            "--connections needs positive counts, e.g. --connections 1,4,16".into(),
+        ));
     }
     let (targets, _own) = targets_or_own(&args.targets, &args.options)?;
     let plan = Plan {
@@ -82,7 +88,7 @@ pub fn measure_connections(
 ) -> Result<Vec<Row>> {
     let rt = load::runtime()?;
     let slices = (connections.len() * targets.len() * plan.rounds.max(1)) as u64;
-    let bar = super::progress(slices, bench);
+    let bar = crate::progress(slices, bench);
     let mut rows = Vec::new();
     for &conns in connections {
         let plan = Plan {

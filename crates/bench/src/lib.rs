@@ -1,30 +1,40 @@
-//! `ol bench`: end-to-end benchmarks of DESIGN.md §6. Each benchmark
-//! yields result rows (output.rs) shown as a table and optionally written
-//! as JSON, CSV and a PNG plot. Without `--target`, a benchmark starts
-//! (and stops) a worker of its own in a temporary directory; with one or
-//! more `--target NAME=URL` it measures those servers, interleaved.
+//! The end-to-end benchmarks of `ol` (DESIGN.md §6), run as `ol bench`.
+//! Each benchmark yields result rows ([`output`]) shown as a table and
+//! optionally written as JSON, CSV and a PNG plot ([`plot`]); `ol bench
+//! report` runs them all and writes docs/benchmarks.md's numbers
+//! ([`report`]). Without `--target`, a benchmark starts (and stops) a
+//! worker of its own in a temporary directory; with one or more `--target
+//! NAME=URL` it measures those servers, interleaved ([`load`]).
+//!
+//! This crate runs inside the `ol` binary: it starts its workers by
+//! running that binary again ([`target::ol`]).
 
-mod cold;
-mod first_call;
-mod hot;
-mod load;
-mod output;
-mod packages;
-mod plot;
-mod report;
-mod stats;
-mod target;
-mod upstream;
+pub mod cold;
+pub mod error;
+pub mod first_call;
+pub mod hot;
+pub mod load;
+pub mod output;
+pub mod packages;
+pub mod plot;
+pub mod report;
+pub mod stats;
+pub mod target;
+pub mod upstream;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub use error::BenchError;
 use output::Row;
 
+/// What a benchmark returns.
+pub type Result<T, E = BenchError> = std::result::Result<T, E>;
+
+/// The `ol bench` commands.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Hot calls of one warm lambda over 1, 4, 16 keep-alive connections
@@ -64,6 +74,8 @@ pub struct OutputArgs {
     pub plot: Option<PathBuf>,
 }
 
+/// Runs one `ol bench` command: its table on stdout, the files it asks
+/// for, and an error when any call failed.
 pub fn run(cmd: BenchCommand) -> Result<()> {
     let (rows, out) = match cmd {
         BenchCommand::Hot(a) => (hot::run(&a)?, a.output),
@@ -87,7 +99,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let failed: usize = rows.iter().map(|r| r.errors).sum();
     if failed > 0 {
         let calls: usize = rows.iter().map(|r| r.requests).sum();
-        bail!("{failed} of {calls} calls failed; see the errors column and the first errors above");
+        return Err(BenchError::CallsFailed { failed, calls });
     }
     Ok(())
 }

@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::stats::{Samples, Summary};
+use crate::stats::{Samples, Summary};
+use crate::{BenchError, Result};
 
 /// The result of one measurement: one benchmark, one target, one
 /// connection count.
@@ -22,16 +22,25 @@ pub struct Row {
     pub lambda: String,
     /// `seq` (one call at a time) or `par` (several connections).
     pub mode: String,
+    /// Connections (clients) calling at once.
     pub connections: usize,
     /// Completed calls, failed ones included.
     pub requests: usize,
+    /// Calls that failed.
     pub errors: usize,
+    /// Wall time of the measurement.
     pub seconds: f64,
+    /// `requests` over `seconds`.
     pub req_per_sec: f64,
+    /// Median latency, µs.
     pub p50_us: f64,
+    /// 90th percentile, µs.
     pub p90_us: f64,
+    /// 99th percentile, µs.
     pub p99_us: f64,
+    /// Slowest call, µs.
     pub max_us: f64,
+    /// Mean latency, µs.
     pub mean_us: f64,
     /// The first failure's message; empty when every call succeeded.
     pub first_error: String,
@@ -42,9 +51,13 @@ pub struct Row {
 
 /// What a row is about, apart from its samples.
 pub struct RowKey<'a> {
+    /// Benchmark name.
     pub bench: &'a str,
+    /// Target name.
     pub target: &'a str,
+    /// Lambda or pattern called.
     pub lambda: &'a str,
+    /// Connections calling at once.
     pub connections: usize,
 }
 
@@ -78,6 +91,12 @@ impl Row {
             latencies_us: samples.latencies_us,
         }
     }
+
+    /// p50, p90, p99 and max as [`human_us`] writes them: the latency
+    /// columns of every table of rows.
+    pub fn latency_columns(&self) -> [String; 4] {
+        [self.p50_us, self.p90_us, self.p99_us, self.max_us].map(human_us)
+    }
 }
 
 /// Prints `rows` as an aligned table, then the first error of each row
@@ -100,6 +119,7 @@ pub fn print_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
         "errors"
     )?;
     for r in rows {
+        let [p50, p90, p99, max] = r.latency_columns();
         writeln!(
             out,
             "{:<12} {:<9} {:<20} {:<4} {:>5} {:>8} {:>9.1} {:>9} {:>9} {:>9} {:>9} {:>6}",
@@ -110,10 +130,10 @@ pub fn print_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
             r.connections,
             r.requests,
             r.req_per_sec,
-            human_us(r.p50_us),
-            human_us(r.p90_us),
-            human_us(r.p99_us),
-            human_us(r.max_us),
+            p50,
+            p90,
+            p99,
+            max,
             r.errors
         )?;
     }
@@ -142,17 +162,27 @@ pub fn human_us(us: f64) -> String {
 /// Writes `rows` as a pretty JSON array.
 pub fn write_json(path: &Path, rows: &[Row]) -> Result<()> {
     let text = serde_json::to_string_pretty(rows)?;
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, text + "\n").map_err(|source| BenchError::File {
+        what: "cannot write",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes `rows` as CSV with a header line (the JSON fields, same order).
 pub fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
-    write_csv_to(file, rows).with_context(|| format!("cannot write {}", path.display()))
+    let file = std::fs::File::create(path).map_err(|source| BenchError::File {
+        what: "cannot write",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_csv_to(file, rows).map_err(|source| BenchError::Csv {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-fn write_csv_to(out: impl Write, rows: &[Row]) -> Result<()> {
+fn write_csv_to(out: impl Write, rows: &[Row]) -> Result<(), csv::Error> {
     let mut w = csv::Writer::from_writer(out);
     for r in rows {
         w.serialize(r)?;

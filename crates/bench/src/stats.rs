@@ -54,10 +54,15 @@ pub fn micros(d: Duration) -> u32 {
 /// Percentiles and mean of a set of latencies, in µs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
+    /// Median.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// Maximum.
     pub max: f64,
+    /// Mean.
     pub mean: f64,
 }
 

@@ -7,14 +7,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
 use bytes::Bytes;
 
-use super::OutputArgs;
-use super::hot::{measure_connections, targets_or_own};
-use super::load::{self, Pick, Plan};
-use super::output::Row;
-use super::target::{Target, write_lambda};
+use crate::OutputArgs;
+use crate::hot::{measure_connections, targets_or_own};
+use crate::load::{self, Pick, Plan};
+use crate::output::Row;
+use crate::target::{Target, write_lambda};
+use crate::{BenchError, Result};
 
 /// The kind of lambda a benchmark calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,8 +62,11 @@ def f(event):
 /// One of OpenLambda's benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OlBench {
+    /// The lambdas it calls.
     pub kind: Kind,
+    /// How many of them.
     pub lambdas: usize,
+    /// `par` (`--tasks` clients) rather than `seq` (one).
     pub parallel: bool,
 }
 
@@ -71,9 +74,9 @@ impl OlBench {
     /// Parses `py64-seq` (OpenLambda's spelling) or `py-seq-64`.
     pub fn parse(name: &str) -> Result<Self> {
         let usage = || {
-            anyhow::anyhow!(
+            BenchError::Usage(format!(
                 "unknown benchmark {name:?}: use (py|pd)(64|1k|64k)-(seq|par), e.g. py64-seq"
-            )
+            ))
         };
         let parts: Vec<&str> = name.split('-').collect();
         let (kind_count, mode) = match parts.as_slice() {
@@ -119,6 +122,7 @@ impl OlBench {
     }
 }
 
+/// `ol bench ol`'s options.
 #[derive(Debug, clap::Args)]
 pub struct OlArgs {
     /// Benchmarks to run: (py|pd)(64|1k|64k)-(seq|par), e.g. py64-seq.
@@ -143,10 +147,13 @@ pub struct OlArgs {
     /// Override a setting of the bench's own worker (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Files to write the rows to.
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
+/// Runs the OpenLambda benchmarks `args` names; one row per benchmark and
+/// target.
 pub fn run(args: &OlArgs) -> Result<Vec<Row>> {
     let benches = args
         .names
@@ -154,7 +161,7 @@ pub fn run(args: &OlArgs) -> Result<Vec<Row>> {
         .map(|n| OlBench::parse(n))
         .collect::<Result<Vec<_>>>()?;
     if args.tasks == 0 {
-        bail!("--tasks must be at least 1");
+        return Err(BenchError::Usage("--tasks must be at least 1".into()));
     }
     let (targets, own) = targets_or_own(&args.targets, &args.options)?;
     if let Some(own) = &own {
@@ -196,7 +203,7 @@ pub fn run(args: &OlArgs) -> Result<Vec<Row>> {
 fn warm_up(targets: &[Target], kind: Kind, range: std::ops::Range<usize>) -> Result<()> {
     let names: Vec<String> = range.map(|i| format!("{}{i}", kind.prefix())).collect();
     let rt = load::runtime()?;
-    let bar = super::progress((names.len() * targets.len()) as u64, "warm-up");
+    let bar = crate::progress((names.len() * targets.len()) as u64, "warm-up");
     for t in targets {
         let s = rt.block_on(load::call_each(
             t,
@@ -228,6 +235,7 @@ fn write_lambdas(registry: &std::path::Path, kind: Kind, count: usize) -> Result
     Ok(())
 }
 
+/// `ol bench init`'s options.
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
     /// Worker directory whose registry gets the lambdas.
@@ -241,14 +249,15 @@ pub struct InitArgs {
     pub count: usize,
 }
 
+/// Writes the benchmarks' lambdas into a worker directory's registry.
 pub fn init(args: &InitArgs) -> Result<()> {
     let registry = args.path.join("registry");
     if !registry.is_dir() {
-        bail!(
+        return Err(BenchError::Usage(format!(
             "{} has no registry; make the worker directory first: ol worker init -p {}",
             args.path.display(),
             args.path.display()
-        );
+        )));
     }
     let kinds = match args.kind {
         Some(k) => vec![k],

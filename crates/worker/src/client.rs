@@ -1,0 +1,112 @@
+//! A small blocking client of a worker's HTTP API, for the programs that
+//! talk to a running worker: the `ol` command (readiness, `ol worker
+//! status`, `ol admin`) and the benchmarks (uploads, `/stats`).
+
+use std::time::Duration;
+
+use crate::stats::WorkerStats;
+
+/// Why a request to a worker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request could not be made (a malformed URL, say).
+    #[error("{method} {url}")]
+    Build {
+        /// The HTTP method.
+        method: &'static str,
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        source: ureq::http::Error,
+    },
+    /// The request failed on the way (no connection, timeout, ...).
+    #[error("{method} {url}")]
+    Send {
+        /// The HTTP method.
+        method: &'static str,
+        /// The URL.
+        url: String,
+        /// What failed (boxed: it is large, and errors are rare).
+        source: Box<ureq::Error>,
+    },
+    /// The answer's body could not be read.
+    #[error("reading the answer of {method} {url}")]
+    Read {
+        /// The HTTP method.
+        method: &'static str,
+        /// The URL.
+        url: String,
+        /// What failed (boxed: it is large, and errors are rare).
+        source: Box<ureq::Error>,
+    },
+    /// `/stats` answered something else than [`WorkerStats`].
+    #[error("the worker's /stats is not the expected JSON")]
+    Stats(#[source] serde_json::Error),
+}
+
+/// A response's status and body.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// GET `url`, any status.
+pub fn get(url: &str, timeout: Duration) -> Result<Answer, ClientError> {
+    request("GET", url, &[], timeout)
+}
+
+/// POST `body` to `url`, any status.
+pub fn post(url: &str, body: &[u8], timeout: Duration) -> Result<Answer, ClientError> {
+    request("POST", url, body, timeout)
+}
+
+/// DELETE `url`, any status.
+pub fn delete(url: &str, timeout: Duration) -> Result<Answer, ClientError> {
+    request("DELETE", url, &[], timeout)
+}
+
+/// `GET /stats` of the worker at `base_url` (`http://host:port`).
+pub fn stats(base_url: &str, timeout: Duration) -> Result<WorkerStats, ClientError> {
+    let answer = get(&format!("{base_url}/stats"), timeout)?;
+    serde_json::from_str(&answer.body).map_err(ClientError::Stats)
+}
+
+fn request(
+    method: &'static str,
+    url: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body.to_vec())
+        .map_err(|source| ClientError::Build {
+            method,
+            url: url.to_string(),
+            source,
+        })?;
+    let mut resp = agent.run(req).map_err(|source| ClientError::Send {
+        method,
+        url: url.to_string(),
+        source: Box::new(source),
+    })?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|source| ClientError::Read {
+            method,
+            url: url.to_string(),
+            source: Box::new(source),
+        })?;
+    Ok(Answer { status, body })
+}

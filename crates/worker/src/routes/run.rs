@@ -1,0 +1,178 @@
+//! `/run/<name>[/<path>]` and `POST /runLambda/<name>`: reads the request
+//! (within `limits.max_body_mb`), calls the lambda through the lambda
+//! layer, and answers with its response or the JSON error body; times the
+//! whole request as the `web-request` phase and counts it.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use ol_lambda::InvokeError;
+use ol_obs::Phase;
+use ol_sandbox::{Invocation, Reply};
+use tracing::Instrument;
+
+use crate::conn::{RequestBody, StallLimited};
+use crate::response::{Body, body_error, error_response};
+use crate::state::AppState;
+
+/// How far past the body limit a request is still read (and discarded) so
+/// that its client sees the 413 rather than a reset connection.
+const DRAIN_BYTES: usize = 16 << 20;
+
+/// `/run/<name>[/<path>]`: `rest` is what follows `/run/`.
+pub(crate) async fn run<B: RequestBody>(
+    state: &AppState,
+    req: Request<B>,
+    rest: &str,
+) -> Response<Body> {
+    let arrived = Instant::now();
+    state.counters.invocations.fetch_add(1, Ordering::Relaxed);
+    let (name, sub_path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let span = Phase::Request.span();
+    span.record("lambda", name);
+    let response = answer(state, req, name, sub_path).instrument(span).await;
+    let status = response.status().as_u16();
+    let took = arrived.elapsed();
+    Phase::Request.record(took);
+    state.metrics.record_request(name, status, took);
+    let class = status / 100;
+    if class == 4 {
+        state.counters.errors_4xx.fetch_add(1, Ordering::Relaxed);
+    } else if class == 5 {
+        state.counters.errors_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+/// The response to a call of lambda `name`.
+async fn answer<B: RequestBody>(
+    state: &AppState,
+    req: Request<B>,
+    name: &str,
+    sub_path: &str,
+) -> Response<Body> {
+    match read_invocation(req, sub_path, state.max_body_bytes, state.body_stall).await {
+        Ok(inv) => match state.lambdas.invoke(name, inv).await {
+            Ok(reply) => reply_response(reply),
+            Err(e) => {
+                let status = StatusCode::from_u16(e.http_status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                log_invoke_error(name, status, &e);
+                error_response(status, &e.to_string(), Some(name), e.traceback())
+            }
+        },
+        Err(resp) => resp,
+    }
+}
+
+fn log_invoke_error(name: &str, status: StatusCode, e: &InvokeError) {
+    match e {
+        InvokeError::NotFound(_) | InvokeError::BadName(_) => {
+            tracing::info!(lambda = name, status = status.as_u16(), "{e}")
+        }
+        _ => tracing::warn!(lambda = name, status = status.as_u16(), "{e}"),
+    }
+}
+
+async fn read_invocation<B: RequestBody>(
+    req: Request<B>,
+    sub_path: &str,
+    max_body: usize,
+    stall: Duration,
+) -> Result<Invocation, Response<Body>> {
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is over the {max_body}-byte limit (limits.max_body_mb)"),
+            None,
+            None,
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let (parts, body) = req.into_parts();
+    let mut body = StallLimited::new(body, stall);
+    if declared.is_some_and(|n| n > (max_body + DRAIN_BYTES) as u64) {
+        // Far too large to be worth reading: answer now, drop the connection.
+        return Err(too_large());
+    }
+    let mut collected = BytesMut::new();
+    let mut over = false;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(&*e))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if over || collected.len() + data.len() > max_body {
+            // Read on (discarding) so the client gets to see the 413
+            // instead of a broken pipe, but only so far.
+            over = true;
+            collected.clear();
+            if declared.is_none_or(|n| n > (max_body + DRAIN_BYTES) as u64) {
+                break;
+            }
+            continue;
+        }
+        collected.extend_from_slice(&data);
+    }
+    if over {
+        return Err(too_large());
+    }
+    let body = collected.freeze();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    Ok(Invocation {
+        method: parts.method.as_str().to_string(),
+        path: sub_path.to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body,
+    })
+}
+
+fn reply_response(reply: Reply) -> Response<Body> {
+    let mut resp = Response::new(Full::new(reply.body));
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let headers = resp.headers_mut();
+    for (k, v) in reply.headers {
+        let (Ok(name), Ok(value)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) else {
+            continue;
+        };
+        // Framing is ours to set: hyper computes content-length.
+        if is_hop_by_hop(&name) {
+            continue;
+        }
+        headers.append(name, value);
+    }
+    resp
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "content-length"
+            | "upgrade"
+            | "te"
+            | "trailer"
+    )
+}

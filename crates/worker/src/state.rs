@@ -1,0 +1,98 @@
+//! What every route shares: the lambda layer, the local registry, request
+//! limits, and the counters and metrics the HTTP layer keeps.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ol_lambda::LambdaManager;
+use ol_registry::DirRegistry;
+
+use crate::metrics::{self, WorkerMetrics};
+use crate::stats::{LambdaLayerStats, WorkerStats};
+
+/// Counters the HTTP layer keeps.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Requests to `/run` and `/runLambda`.
+    pub invocations: AtomicU64,
+    /// Invocations answered with an error, by class.
+    pub errors_4xx: AtomicU64,
+    /// Invocations answered with a 5xx error.
+    pub errors_5xx: AtomicU64,
+}
+
+/// What every request handler shares.
+pub struct AppState {
+    /// The lambda layer.
+    pub lambdas: Arc<LambdaManager>,
+    /// The local registry, for the registry API (`None` when the registry
+    /// is remote).
+    pub registry: Option<Arc<DirRegistry>>,
+    /// Where uploads are unpacked and checked before they are installed.
+    pub upload_dir: PathBuf,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// A request body that stops arriving for this long fails with 408
+    /// (`http.idle_timeout_ms`).
+    pub body_stall: Duration,
+    /// Counters.
+    pub counters: HttpCounters,
+    /// Latency and per-lambda metrics (`/metrics`, part of `/stats`).
+    pub metrics: WorkerMetrics,
+}
+
+impl AppState {
+    /// What `GET /stats` reports, as of now.
+    pub fn stats(&self) -> WorkerStats {
+        let c = &self.counters;
+        WorkerStats {
+            invocations: c.invocations.load(Ordering::Relaxed),
+            errors_4xx: c.errors_4xx.load(Ordering::Relaxed),
+            errors_5xx: c.errors_5xx.load(Ordering::Relaxed),
+            errors_by_status: self.metrics.errors_by_status(),
+            lambda_layer: LambdaLayerStats::from(self.lambdas.stats()),
+            recorded: metrics::recorded_stats(),
+        }
+    }
+}
+
+/// A worker state for unit tests: a process-backend lambda layer whose
+/// runtime does not exist (nothing can start) over an empty registry in
+/// `dir`.
+#[cfg(test)]
+pub(crate) fn idle_state(dir: &std::path::Path) -> AppState {
+    std::fs::create_dir_all(dir.join("registry")).expect("registry dir");
+    let lambdas = idle_lambda_layer(dir);
+    AppState {
+        metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
+        lambdas,
+        registry: Some(Arc::new(DirRegistry::new(dir.join("registry")))),
+        upload_dir: dir.join("uploads"),
+        max_body_bytes: 1024,
+        body_stall: Duration::from_secs(10),
+        counters: HttpCounters::default(),
+    }
+}
+
+/// The lambda layer of [`idle_state`].
+#[cfg(test)]
+pub(crate) fn idle_lambda_layer(dir: &std::path::Path) -> Arc<LambdaManager> {
+    use ol_sandbox::process::{ProcessPool, RuntimeCommand};
+    let pool = ProcessPool::new(
+        RuntimeCommand {
+            python: "/nonexistent/python".into(),
+            script: "/nonexistent/ol_runtime.py".into(),
+            packages: dir.join("packages"),
+        },
+        dir.join("scratch"),
+    )
+    .expect("process pool");
+    LambdaManager::new(
+        Arc::new(pool),
+        Arc::new(DirRegistry::new(dir.join("registry"))),
+        ol_lambda::LambdaSettings::default(),
+        ol_lambda::PackageLayer::default(),
+    )
+}

@@ -1,0 +1,297 @@
+//! The schema of `GET /stats`, one type for every side of it: the worker
+//! builds a [`WorkerStats`] and serializes it, `/metrics` reads its lambda
+//! layer's numbers from the same [`LambdaLayerStats`], and `ol worker
+//! status` and the benchmarks deserialize it. docs/observability.md lists
+//! every key.
+//!
+//! The JSON is one flat object: OpenLambda's own keys sit beside ours, and
+//! the per-phase keys (`<phase>.cnt`, `<phase>.ms-avg`, ...) and the named
+//! counters take their names from `ol-obs` at run time ([`RecordedStats`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ol_lambda::packages::PackageStats;
+use ol_lambda::{LambdaStats, SandboxInfo};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Everything `GET /stats` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Requests to `/run` and `/runLambda`.
+    pub invocations: u64,
+    /// Invocations answered with a 4xx status.
+    pub errors_4xx: u64,
+    /// Invocations answered with a 5xx status.
+    pub errors_5xx: u64,
+    /// Invocations by status, for every status ≥ 400 seen (`"404"`, ...).
+    pub errors_by_status: BTreeMap<String, u64>,
+    /// Lambdas, sandboxes and the memory pool.
+    #[serde(flatten)]
+    pub lambda_layer: LambdaLayerStats,
+    /// Phase latencies and named counters.
+    #[serde(flatten)]
+    pub recorded: RecordedStats,
+}
+
+/// The lambda layer's part of `/stats`, also what `/metrics` exports as
+/// gauges and totals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LambdaLayerStats {
+    /// Lambdas called so far, with their idle instance counts.
+    pub lambdas: Vec<LambdaStats>,
+    /// How many lambdas are known (the length of `lambdas`).
+    pub lambda_count: usize,
+    /// Every live sandbox.
+    pub sandboxes: Vec<SandboxInfo>,
+    /// Live sandboxes by state.
+    pub sandboxes_by_state: SandboxesByState,
+    /// Sandboxes created since start.
+    pub sandboxes_created: u64,
+    /// Sandboxes destroyed since start.
+    pub sandboxes_destroyed: u64,
+    /// Idle sandboxes paused since start.
+    pub pauses: u64,
+    /// Idle sandboxes destroyed to free memory.
+    pub evictions: u64,
+    /// Memory reserved by sandboxes, in MiB.
+    pub mem_pool_used_mb: u64,
+    /// Size of the memory pool, in MiB.
+    pub mem_pool_total_mb: u64,
+    /// Package installs (absent when the worker installs no packages).
+    pub packages: Option<PackageStats>,
+    /// Sandboxes by the zygote they were forked from: `"root"`, an
+    /// import-cache key, or `"none"` (a fresh interpreter).
+    pub forked_from: BTreeMap<String, u64>,
+    /// Import-cache zygotes alive now.
+    pub zygotes: Vec<String>,
+}
+
+/// Live sandboxes by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxesByState {
+    /// Serving a call (or between calls for a moment).
+    pub busy: usize,
+    /// Idle and running (warm).
+    pub idle: usize,
+    /// Idle and paused.
+    pub paused: usize,
+}
+
+impl From<ol_lambda::Stats> for LambdaLayerStats {
+    fn from(s: ol_lambda::Stats) -> Self {
+        Self {
+            lambda_count: s.lambdas.len(),
+            lambdas: s.lambdas,
+            sandboxes: s.sandboxes,
+            sandboxes_by_state: SandboxesByState {
+                busy: s.sandboxes_busy,
+                idle: s.sandboxes_idle,
+                paused: s.sandboxes_paused,
+            },
+            sandboxes_created: s.sandboxes_created,
+            sandboxes_destroyed: s.sandboxes_destroyed,
+            pauses: s.pauses,
+            evictions: s.evictions,
+            mem_pool_used_mb: s.mem_pool_used_mb,
+            mem_pool_total_mb: s.mem_pool_total_mb,
+            packages: s.packages,
+            forked_from: s.forked_from,
+            zygotes: s.zygotes,
+        }
+    }
+}
+
+/// One phase's latency (OpenLambda's `<phase>.cnt` and `<phase>.ms-avg`,
+/// and our percentiles), in ms to the µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseLatency {
+    /// Times the phase ran (`<phase>.cnt`).
+    pub count: u64,
+    /// Mean (`<phase>.ms-avg`).
+    pub mean_ms: f64,
+    /// Median (`<phase>.ms-p50`).
+    pub p50_ms: f64,
+    /// 99th percentile (`<phase>.ms-p99`).
+    pub p99_ms: f64,
+    /// Maximum (`<phase>.ms-max`).
+    pub max_ms: f64,
+}
+
+/// The keys of `/stats` named at run time: five per phase (`call.cnt`,
+/// `call.ms-avg`, `call.ms-p50`, `call.ms-p99`, `call.ms-max`) and one per
+/// named counter (`zygote_hits`, ...).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordedStats {
+    /// Latency by phase name (`web-request`, `call`, ...).
+    pub phases: BTreeMap<String, PhaseLatency>,
+    /// Named counters by name.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// The key suffix of each [`PhaseLatency`] field.
+const COUNT: &str = "cnt";
+const MEAN: &str = "ms-avg";
+const P50: &str = "ms-p50";
+const P99: &str = "ms-p99";
+const MAX: &str = "ms-max";
+
+impl Serialize for RecordedStats {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (name, p) in &self.phases {
+            map.serialize_entry(&format!("{name}.{COUNT}"), &p.count)?;
+            for (suffix, ms) in [
+                (MEAN, p.mean_ms),
+                (P50, p.p50_ms),
+                (P99, p.p99_ms),
+                (MAX, p.max_ms),
+            ] {
+                map.serialize_entry(&format!("{name}.{suffix}"), &ms)?;
+            }
+        }
+        for (name, n) in &self.counters {
+            map.serialize_entry(name, n)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordedStats {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RecordedVisitor)
+    }
+}
+
+struct RecordedVisitor;
+
+impl<'de> Visitor<'de> for RecordedVisitor {
+    type Value = RecordedStats;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("phase keys (<phase>.cnt, <phase>.ms-avg, ...) and named counters")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RecordedStats, A::Error> {
+        let mut out = RecordedStats::default();
+        while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+            let phase_field = key
+                .rsplit_once('.')
+                .filter(|(_, suffix)| [COUNT, MEAN, P50, P99, MAX].contains(suffix));
+            match phase_field {
+                Some((name, suffix)) => {
+                    let p = out.phases.entry(name.to_string()).or_default();
+                    let ms = value.as_f64().unwrap_or_default();
+                    match suffix {
+                        COUNT => p.count = value.as_u64().unwrap_or_default(),
+                        MEAN => p.mean_ms = ms,
+                        P50 => p.p50_ms = ms,
+                        P99 => p.p99_ms = ms,
+                        _ => p.max_ms = ms,
+                    }
+                }
+                // Whole numbers are counters; keys a later worker may add
+                // with other values are not this version's to read.
+                None => {
+                    if let Some(n) = value.as_u64() {
+                        out.counters.insert(key, n);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> WorkerStats {
+        WorkerStats {
+            invocations: 7,
+            errors_4xx: 2,
+            errors_5xx: 1,
+            errors_by_status: BTreeMap::from([("404".into(), 2), ("500".into(), 1)]),
+            lambda_layer: LambdaLayerStats {
+                lambdas: vec![LambdaStats {
+                    name: "hello".into(),
+                    idle: 1,
+                }],
+                lambda_count: 1,
+                sandboxes: vec![SandboxInfo {
+                    id: "sb-1".into(),
+                    lambda: "hello".into(),
+                    pid: 42,
+                    cgroup: None,
+                }],
+                sandboxes_by_state: SandboxesByState {
+                    busy: 0,
+                    idle: 1,
+                    paused: 0,
+                },
+                sandboxes_created: 1,
+                sandboxes_destroyed: 0,
+                pauses: 3,
+                evictions: 0,
+                mem_pool_used_mb: 128,
+                mem_pool_total_mb: 4096,
+                packages: None,
+                forked_from: BTreeMap::from([("root".into(), 1)]),
+                zygotes: Vec::new(),
+            },
+            recorded: RecordedStats {
+                phases: BTreeMap::from([(
+                    "call".into(),
+                    PhaseLatency {
+                        count: 5,
+                        mean_ms: 0.25,
+                        p50_ms: 0.2,
+                        p99_ms: 0.9,
+                        max_ms: 1.5,
+                    },
+                )]),
+                counters: BTreeMap::from([("zygote_hits".into(), 4)]),
+            },
+        }
+    }
+
+    #[test]
+    fn stats_are_one_flat_object_with_openlambdas_keys() {
+        let v = serde_json::to_value(sample()).expect("serialize");
+        assert_eq!(v["call.cnt"], json!(5));
+        assert_eq!(v["call.ms-avg"], json!(0.25));
+        assert_eq!(v["call.ms-max"], json!(1.5));
+        assert_eq!(v["zygote_hits"], json!(4));
+        assert_eq!(v["lambda_count"], json!(1));
+        assert_eq!(
+            v["sandboxes_by_state"],
+            json!({"busy": 0, "idle": 1, "paused": 0})
+        );
+        assert_eq!(v["errors_by_status"], json!({"404": 2, "500": 1}));
+        assert_eq!(v["sandboxes"][0]["pid"], json!(42));
+        assert_eq!(v["packages"], json!(null));
+        assert!(v.get("lambda_layer").is_none() && v.get("recorded").is_none());
+    }
+
+    #[test]
+    fn stats_read_back_as_they_were_written() {
+        let written = serde_json::to_value(sample()).expect("serialize");
+        let read: WorkerStats = serde_json::from_value(written.clone()).expect("deserialize");
+        assert_eq!(read.recorded, sample().recorded);
+        assert_eq!(read.lambda_layer.sandboxes, sample().lambda_layer.sandboxes);
+        assert_eq!(serde_json::to_value(read).expect("serialize"), written);
+    }
+
+    #[test]
+    fn keys_of_a_newer_worker_are_left_unread() {
+        let mut v = serde_json::to_value(sample()).expect("serialize");
+        v["sandboxes_by_cpu"] = json!({"0": 1});
+        v["ratio"] = json!(0.5);
+        let read: WorkerStats = serde_json::from_value(v).expect("deserialize");
+        assert_eq!(read.recorded, sample().recorded);
+    }
+}
