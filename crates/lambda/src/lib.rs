@@ -12,7 +12,6 @@ pub mod import_cache;
 mod manager;
 pub mod ol_yaml;
 pub mod packages;
-pub mod yaml_shape;
 
 pub use manager::{LambdaManager, LambdaSettings, PackageLayer, SandboxInfo, Stats};
 
