@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod invoke_status;
 pub mod lifecycle;
 pub mod metrics;
 pub mod registry_api;

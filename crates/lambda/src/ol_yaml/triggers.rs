@@ -36,7 +36,7 @@ impl Triggers {
     }
 
     /// The methods that may call the lambda, in upper case, in the order
-    /// written and without repeats, for a 405 answer and its `Allow` header;
+    /// written and without repeats, for telling a caller what is allowed;
     /// `None`: every method.
     pub fn allowed_methods(&self) -> Option<Vec<String>> {
         let list = self.http.as_ref()?;
