@@ -4,11 +4,10 @@
 //! which a paused runtime advances by itself; only reading the wall clock
 //! is injected.
 
-use std::fmt;
 use std::time::SystemTime;
 
 /// A wall clock.
-pub trait Clock: Send + Sync + fmt::Debug {
+pub trait Clock: Send + Sync {
     /// The time now.
     fn now(&self) -> SystemTime;
 }

@@ -159,16 +159,17 @@ impl LambdaFunction {
         live.saturating_sub(self.idle_ready.available_permits())
     }
 
-    /// An idle instance if there is one. Else, when at least `cores`
-    /// instances are busy (more would not run in parallel anyway) and they
-    /// will likely free up sooner than a new sandbox could start
-    /// (`create_cost`), waits for one (OpenLambda scales by outstanding work
-    /// × average call time the same way); else a free slot to create one;
-    /// else waits (if the queue has room) for whichever comes first.
+    /// An idle instance if there is one. Else, when at least
+    /// `busy_before_waiting` instances are busy (more would not run in
+    /// parallel anyway) and they will likely free up sooner than a new
+    /// sandbox could start (`create_cost`), waits for one (OpenLambda scales
+    /// by outstanding work × average call time the same way); else a free
+    /// slot to create one; else waits (if the queue has room) for whichever
+    /// comes first.
     pub(crate) async fn acquire(
         &self,
         create_cost: Duration,
-        cores: usize,
+        busy_before_waiting: usize,
     ) -> Result<Acquired, NotAcquired> {
         if let Ok(permit) = self.idle_ready.try_acquire() {
             permit.forget();
@@ -178,7 +179,7 @@ impl LambdaFunction {
         let _waiting = Waiting(&self.waiting);
         let busy = self.busy();
         let avg_call = self.avg_call.get();
-        if busy >= cores.max(1) && !avg_call.is_zero() {
+        if busy >= busy_before_waiting.max(1) && !avg_call.is_zero() {
             let expected = avg_call * (queued as u32 + 1) / busy as u32;
             if expected < create_cost {
                 if let Ok(Ok(permit)) =
