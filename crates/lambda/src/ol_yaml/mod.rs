@@ -19,7 +19,7 @@
 //!
 //! One module per part of the schema, each saying the choices it makes:
 //! [`triggers`] (`http` methods, and `cron` schedules, whose crontab(5)
-//! expressions [`cron_schedule`] reads), [`environment`] (variables for the
+//! expressions [`cron_schedule`] reads), `environment` (variables for the
 //! sandbox) and [`limits`] (which may only lower the worker's). [`shape`] is
 //! the size, nesting and alias check every text passes before the YAML
 //! parser sees it.
