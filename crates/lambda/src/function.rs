@@ -1,16 +1,19 @@
 //! One lambda's instances: the idle ones kept warm (most recently used
 //! first) and the bound on how many may exist at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ol_registry::LambdaCode;
-use ol_sandbox::{Limits, SafeSandbox};
-
-use crate::ol_yaml::LambdaConfig;
 use ol_sandbox::mem_pool::Reservation;
+use ol_sandbox::{Limits, SafeSandbox};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+// tokio's, so that a test on a paused clock moves idle times too.
+use tokio::time::Instant;
+
+use crate::moving_average::MovingAverage;
+use crate::ol_yaml::LambdaConfig;
 
 /// A live sandbox of a lambda, holding one of the lambda's instance slots
 /// and its memory reservation until it is destroyed.
@@ -85,12 +88,12 @@ pub(crate) struct LambdaFunction {
     slots: Arc<Semaphore>,
     /// Calls waiting for an instance.
     waiting: AtomicUsize,
-    /// Average call time in µs (moving average), to decide between
-    /// waiting for a busy instance and starting a new one.
-    avg_call_us: AtomicU64,
+    /// Average call time, to decide between waiting for a busy instance
+    /// and starting a new one.
+    avg_call: MovingAverage,
     /// Most instances at once (the slots' initial count).
     max_instances: usize,
-    /// Most calls that may wait; more are refused (429).
+    /// Most calls that may wait; more are refused (`NotAcquired::QueueFull`).
     max_queue: usize,
     /// When the registry was last asked whether the code changed.
     checked_at: Mutex<Instant>,
@@ -118,7 +121,7 @@ impl LambdaFunction {
             idle_ready: Semaphore::new(0),
             slots: Arc::new(Semaphore::new(max_instances.max(1))),
             waiting: AtomicUsize::new(0),
-            avg_call_us: AtomicU64::new(0),
+            avg_call: MovingAverage::default(),
             max_instances: max_instances.max(1),
             max_queue,
             checked_at: Mutex::new(Instant::now()),
@@ -147,11 +150,7 @@ impl LambdaFunction {
 
     /// Records how long a call took (for [`Self::acquire`]'s choice).
     pub(crate) fn record_call(&self, took: Duration) {
-        let us = took.as_micros().min(u64::MAX as u128) as u64;
-        let old = self.avg_call_us.load(Ordering::Relaxed);
-        // Moving average over about the last 8 calls.
-        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
-        self.avg_call_us.store(new.max(1), Ordering::Relaxed);
+        self.avg_call.record(took);
     }
 
     /// Instances currently serving a call.
@@ -160,16 +159,17 @@ impl LambdaFunction {
         live.saturating_sub(self.idle_ready.available_permits())
     }
 
-    /// An idle instance if there is one. Else, when at least `cores`
-    /// instances are busy (more would not run in parallel anyway) and they
-    /// will likely free up sooner than a new sandbox could start
-    /// (`create_cost`), waits for one (OpenLambda scales by outstanding work
-    /// × average call time the same way); else a free slot to create one;
-    /// else waits (if the queue has room) for whichever comes first.
+    /// An idle instance if there is one. Else, when at least
+    /// `busy_before_waiting` instances are busy (more would not run in
+    /// parallel anyway) and they will likely free up sooner than a new
+    /// sandbox could start (`create_cost`), waits for one (OpenLambda scales
+    /// by outstanding work × average call time the same way); else a free
+    /// slot to create one; else waits (if the queue has room) for whichever
+    /// comes first.
     pub(crate) async fn acquire(
         &self,
         create_cost: Duration,
-        cores: usize,
+        busy_before_waiting: usize,
     ) -> Result<Acquired, NotAcquired> {
         if let Ok(permit) = self.idle_ready.try_acquire() {
             permit.forget();
@@ -178,8 +178,8 @@ impl LambdaFunction {
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(&self.waiting);
         let busy = self.busy();
-        let avg_call = Duration::from_micros(self.avg_call_us.load(Ordering::Relaxed));
-        if busy >= cores.max(1) && !avg_call.is_zero() {
+        let avg_call = self.avg_call.get();
+        if busy >= busy_before_waiting.max(1) && !avg_call.is_zero() {
             let expected = avg_call * (queued as u32 + 1) / busy as u32;
             if expected < create_cost {
                 if let Ok(Ok(permit)) =

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use ol_lambda::ol_yaml::shape::{self as yaml_shape, MAX_DEPTH, ShapeError};
 use ol_lambda::ol_yaml::{self, HttpMethod, OlYamlError};
-use ol_lambda::yaml_shape::{self, MAX_DEPTH, ShapeError};
 use proptest::prelude::*;
 
 const CASES: u32 = 2000;

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod invoke_status;
 pub mod lifecycle;
 pub mod metrics;
 mod response;

@@ -181,7 +181,7 @@ fn package_layer(
                 PathBuf::from("/")
             },
             index_url: (!config.pip_index_url.is_empty()).then(|| config.pip_index_url.clone()),
-            limits: installer_sandbox_limits(&config),
+            limits: installer_sandbox_limits(config),
             source_builds: config.features.source_builds,
         },
     );

@@ -25,10 +25,15 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use super::{
-    Access, BUILT_WHEELS, PackageError, PackagePuller, Tool, failure_message, normalize,
-    parse_requirements, path_arg, requirements::is_version_char, scripts, shared_dir,
-};
+use super::installer_sandbox::{Access, failure_message, path_arg};
+use super::requirements::is_version_char;
+use super::store::shared_dir;
+use super::uv::Tool;
+use super::{PackageError, PackagePuller, normalize, parse_requirements, scripts};
+
+/// Where, in the packages dir, wheels built from source are kept (the
+/// resolver and installer find them there with `--find-links`).
+pub(super) const BUILT_WHEELS: &str = ".wheels";
 
 /// Most source builds one resolution may trigger.
 pub(super) const MAX_BUILDS: usize = 8;
@@ -127,11 +132,7 @@ impl PackagePuller {
             let out = self.run(
                 "build-env",
                 self.install_argv(&env, &specs, false),
-                Access {
-                    writable: vec![env.clone(), self.settings.cache_dir.clone()],
-                    network: true,
-                    ..Access::default()
-                },
+                self.downloading_into(&env),
             )?;
             if !out.success {
                 return Err(fail(format!(

@@ -332,7 +332,7 @@ impl<'a> Parser<'a> {
     }
 
     fn name(&mut self) -> Option<String> {
-        self.identifier().map(super::normalize)
+        self.identifier().map(normalize)
     }
 
     /// `[a, b]`.
@@ -349,7 +349,7 @@ impl<'a> Parser<'a> {
         loop {
             self.skip_ws();
             let extra = self.identifier().ok_or_else(|| bad("expected a name"))?;
-            extras.push(super::normalize(extra));
+            extras.push(normalize(extra));
             self.skip_ws();
             if self.eat("]") {
                 return Ok(extras);
@@ -519,6 +519,24 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// PEP 503 normalized name.
+pub fn normalize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.trim().chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+        } else {
+            if sep && !out.is_empty() {
+                out.push('-');
+            }
+            sep = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
 /// Whether `c` may be part of a version (PEP 440's characters).
 pub(super) fn is_version_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '*' | '+' | '!' | '-' | '_')
@@ -535,6 +553,14 @@ fn is_marker_string_char(c: char) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn names_normalize_like_pep_503() {
+        assert_eq!(normalize("Flask"), "flask");
+        assert_eq!(normalize("typing_extensions"), "typing-extensions");
+        assert_eq!(normalize("zope.interface"), "zope-interface");
+        assert_eq!(normalize("A__-.B"), "a-b");
+    }
 
     fn lines(text: &str) -> Vec<String> {
         parse_requirements(text)
@@ -684,10 +710,9 @@ mod tests {
                     .map(|(var, op, value)| format!(" ; {var} {op} '{value}'"))
                     .unwrap_or_default();
                 let line = format!("{name} {extras_text} {op} {version}{marker_text}");
-                let mut want = super::super::normalize(&name);
+                let mut want = normalize(&name);
                 if !extras.is_empty() {
-                    let normalized: Vec<String> =
-                        extras.iter().map(|e| super::super::normalize(e)).collect();
+                    let normalized: Vec<String> = extras.iter().map(|e| normalize(e)).collect();
                     want.push_str(&format!("[{}]", normalized.join(",")));
                 }
                 want.push_str(&format!("{op}{version}"));

@@ -13,6 +13,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use super::PackageError;
+
 /// Why a staged tree may not join the store.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
@@ -95,6 +97,32 @@ pub fn seal(root: &Path) -> Result<(), SealError> {
         }
     }
     Ok(())
+}
+
+/// Creates `dir` (if missing) for the worker alone: root's, mode 0700.
+pub(super) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Creates `dir` (if missing) readable by sandboxes, writable by the
+/// worker alone.
+pub(super) fn shared_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+}
+
+/// Writes a file the worker owns (a new one, renamed over the old, so a
+/// reader never sees half of it).
+pub(super) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    fs::write(&tmp, bytes)
+        .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            PackageError::Installer(format!("cannot write {}: {e}", path.display()))
+        })
 }
 
 /// Whether a symlink at `link` (relative to the tree's root) pointing to

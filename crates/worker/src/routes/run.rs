@@ -62,8 +62,7 @@ async fn answer<B: RequestBody>(
         Ok(inv) => match state.lambdas.invoke(name, inv).await {
             Ok(reply) => reply_response(reply),
             Err(e) => {
-                let status = StatusCode::from_u16(e.http_status())
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status = crate::invoke_status::status_of(&e);
                 log_invoke_error(name, status, &e);
                 error_response(status, &e.to_string(), Some(name), e.traceback())
             }

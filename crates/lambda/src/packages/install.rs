@@ -1,0 +1,127 @@
+//! Installing one pinned distribution, once per worker dir: `uv pip install
+//! --no-build --no-deps --target` into a private staging dir, sealed
+//! ([`super::store::seal`]), described by `.ol-package.json` (its top-level
+//! modules and requirements, from [`super::wheel_metadata`]) and renamed into
+//! `packages/<name>==<version>/`, so a crash never leaves half a package.
+//! Concurrent asks for one distribution share one run.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::store::write_file;
+use super::{
+    Package, PackageError, PackagePuller, blocking, cached, lock, slot, store, wheel_metadata,
+};
+
+/// Our metadata file in each installed package dir.
+const META_FILE: &str = ".ol-package.json";
+
+impl PackagePuller {
+    /// Distribution `name==version`, installed once per worker.
+    pub(super) async fn install(
+        self: &Arc<Self>,
+        name: &str,
+        version: &str,
+    ) -> Result<Package, PackageError> {
+        let dir = format!("{name}=={version}");
+        let slot = slot(&self.installs, &dir);
+        let this = Arc::clone(self);
+        let (name, version) = (name.to_string(), version.to_string());
+        cached(&slot, || async move {
+            blocking(move || this.install_now(&name, &version)).await
+        })
+        .await
+    }
+
+    /// Installs one distribution unless it already is (by an earlier
+    /// worker in this dir, or just now).
+    fn install_now(&self, name: &str, version: &str) -> Result<Package, PackageError> {
+        let dir = format!("{name}=={version}");
+        let target = self.settings.packages_dir.join(&dir);
+        if let Ok(pkg) = read_meta(&target) {
+            let ours = fs::symlink_metadata(&target)
+                .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw());
+            if ours {
+                return Ok(pkg);
+            }
+            // Installed by an older worker, owned by the sandbox uid: make
+            // it ours, or install it again if it cannot be.
+            match store::seal(&target) {
+                Ok(()) => return Ok(pkg),
+                Err(e) => {
+                    tracing::warn!(package = %dir, "reinstalling: {e}");
+                    let _ = fs::remove_dir_all(&target);
+                }
+            }
+        }
+        lock(&self.installing).insert(dir.clone());
+        let started = Instant::now();
+        tracing::info!(package = %dir, "installing");
+        let done = self.install_fresh(name, version, &target);
+        lock(&self.installing).remove(&dir);
+        let ms = started.elapsed().as_millis() as u64;
+        match &done {
+            Ok(_) => {
+                self.installed.fetch_add(1, Ordering::Relaxed);
+                ol_obs::counters::PACKAGE_INSTALLS.inc();
+                self.install_ms.fetch_add(ms, Ordering::Relaxed);
+                tracing::info!(package = %dir, ms, "installed");
+            }
+            Err(e) => tracing::warn!(package = %dir, ms, "install failed: {e}"),
+        }
+        done
+    }
+
+    /// Installs `name==version` (wheels only) into a private staging dir,
+    /// makes it the worker's and moves it to `target`.
+    fn install_fresh(
+        &self,
+        name: &str,
+        version: &str,
+        target: &Path,
+    ) -> Result<Package, PackageError> {
+        let spec = format!("{name}=={version}");
+        let staging = self.staging(&spec)?;
+        let dir = staging.path().join("target");
+        let argv = self.install_argv(&dir, std::slice::from_ref(&spec), true);
+        let out = self.run("install", argv, self.downloading_into(&dir))?;
+        if !out.success {
+            return Err(self.run_error(&out, |message| PackageError::Install {
+                package: spec.clone(),
+                message,
+            }));
+        }
+        let installer_err = |e: String| PackageError::Install {
+            package: spec.clone(),
+            message: e,
+        };
+        store::seal(&dir).map_err(|e| installer_err(e.to_string()))?;
+        let pkg = wheel_metadata::read_installed(&dir, name, version).map_err(installer_err)?;
+        let meta = serde_json::to_vec_pretty(&pkg)
+            .map_err(|e| PackageError::Installer(format!("cannot encode package metadata: {e}")))?;
+        write_file(&dir.join(META_FILE), &meta)?;
+        match fs::rename(&dir, target) {
+            Ok(()) => Ok(pkg),
+            // Another worker of this dir got there first: theirs is
+            // as good as ours.
+            Err(_) if read_meta(target).is_ok() => read_meta(target),
+            Err(e) => Err(PackageError::Installer(format!(
+                "cannot move {} into place: {e}",
+                dir.display()
+            ))),
+        }
+    }
+}
+
+/// Our metadata of a package installed earlier.
+fn read_meta(dir: &Path) -> Result<Package, PackageError> {
+    let path = dir.join(META_FILE);
+    let bytes = fs::read(&path)
+        .map_err(|e| PackageError::Installer(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| PackageError::Installer(format!("cannot parse {}: {e}", path.display())))
+}

@@ -1,0 +1,287 @@
+//! The tool that resolves and installs, and the command lines it takes.
+//!
+//! uv is found where the installer sandbox sees it (the Python
+//! installation's `bin`, `/usr/local/bin`, `/usr/bin`, looked for under the
+//! sandbox's system root) or in the tools dir of the package cache; else it
+//! is installed there once with pip (a wheel from the index, in the
+//! installer sandbox, sealed like a package). When that fails, pip itself
+//! does the work: wheels only (`--only-binary :all:`), resolving with
+//! `--dry-run --report`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::build::BUILT_WHEELS;
+use super::installer_sandbox::{failure_message, path_arg};
+use super::{PackagePuller, store};
+
+/// The tool that resolves and installs.
+#[derive(Debug, Clone)]
+pub(super) enum Tool {
+    /// The uv binary at this path.
+    Uv(PathBuf),
+    /// `python -m pip`.
+    Pip,
+}
+
+impl PackagePuller {
+    /// uv, found or installed on first use; pip when uv cannot be had.
+    pub(super) fn tool(&self) -> Tool {
+        self.tool
+            .get_or_init(|| {
+                let tool = self.find_or_install_uv();
+                match &tool {
+                    Tool::Uv(path) => {
+                        tracing::info!(uv = %path.display(), "packages install with uv")
+                    }
+                    Tool::Pip => tracing::warn!("uv is not available; packages install with pip"),
+                }
+                tool
+            })
+            .clone()
+    }
+
+    /// A uv the installer sandbox sees, as it sees it: in the Python
+    /// installation or the system dirs (looked for where the sandbox's
+    /// come from), or in our tools dir (bound at its host path).
+    fn visible_uv(&self) -> Option<PathBuf> {
+        let root = &self.settings.system_root;
+        [
+            self.settings.python_prefix.join("bin/uv"),
+            PathBuf::from("/usr/local/bin/uv"),
+            PathBuf::from("/usr/bin/uv"),
+        ]
+        .into_iter()
+        .find(|p| ol_sandbox::sock::rootfs::under(root, p).is_file())
+        .or_else(|| Some(self.settings.tools_dir.join("bin/uv")).filter(|p| p.is_file()))
+    }
+
+    fn find_or_install_uv(&self) -> Tool {
+        let ours = self.settings.tools_dir.join("bin/uv");
+        if let Some(found) = self.visible_uv() {
+            return Tool::Uv(found);
+        }
+        // Install it with pip into our tools dir (uv is a wheel on PyPI).
+        // The tools dir may be shared by workers (it lives in the package
+        // cache): stage privately, never replace a working one.
+        let staging = self
+            .settings
+            .tools_dir
+            .with_extension(format!("staging-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        let mut argv = self.pip_install();
+        argv.extend([
+            "--quiet".into(),
+            "--target".into(),
+            path_arg(&staging),
+            "uv".into(),
+        ]);
+        let installed = self.run("uv", argv, self.downloading_into(&staging));
+        match installed {
+            Ok(out) if out.success && staging.join("bin/uv").is_file() => {
+                match store::seal(&staging) {
+                    Ok(()) if !ours.is_file() => {
+                        // An empty or broken leftover goes; a complete one
+                        // (another worker's, just now) stays.
+                        let _ = fs::remove_dir_all(&self.settings.tools_dir);
+                        let _ = fs::rename(&staging, &self.settings.tools_dir);
+                    }
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!("cannot install uv: {e}"),
+                }
+                let _ = fs::remove_dir_all(&staging);
+                if ours.is_file() {
+                    return Tool::Uv(ours);
+                }
+            }
+            Ok(out) => tracing::warn!("cannot install uv: {}", failure_message(&out)),
+            Err(e) => tracing::warn!("cannot install uv: {e}"),
+        }
+        let _ = fs::remove_dir_all(&staging);
+        Tool::Pip
+    }
+
+    /// The command that installs `specs` into `target` (without their
+    /// dependencies when `no_deps`), wheels only.
+    pub(super) fn install_argv(
+        &self,
+        target: &Path,
+        specs: &[String],
+        no_deps: bool,
+    ) -> Vec<String> {
+        let mut argv = match self.tool() {
+            Tool::Uv(uv) => {
+                let mut argv = vec![path_arg(&uv), "pip".into(), "install".into()];
+                argv.extend(self.uv_args());
+                argv.extend(["--quiet".into(), "--link-mode".into(), "copy".into()]);
+                argv
+            }
+            Tool::Pip => {
+                let mut argv = self.pip_install();
+                argv.push("--quiet".into());
+                argv
+            }
+        };
+        if no_deps {
+            argv.push("--no-deps".into());
+        }
+        argv.extend(["--target".into(), path_arg(target)]);
+        argv.extend(self.index_args());
+        argv.extend(specs.iter().cloned());
+        argv
+    }
+
+    /// Arguments of every uv resolve and install: no config files, wheels
+    /// only, for the lambdas' interpreter, with our cache.
+    pub(super) fn uv_args(&self) -> Vec<String> {
+        vec![
+            "--no-config".into(),
+            "--no-build".into(),
+            "--python".into(),
+            path_arg(&self.settings.python),
+            "--cache-dir".into(),
+            path_arg(&self.settings.cache_dir),
+        ]
+    }
+
+    /// `--index-url` or `--find-links` for `pip_index_url`, and the wheels
+    /// built here when source builds are on.
+    pub(super) fn index_args(&self) -> Vec<String> {
+        let mut args = match self.settings.index_url.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(url) if url.contains("://") && !url.starts_with("file://") => {
+                vec!["--index-url".into(), url.into()]
+            }
+            Some(dir) => vec![
+                "--no-index".into(),
+                "--find-links".into(),
+                dir.trim_start_matches("file://").into(),
+            ],
+        };
+        if let Some(built) = self.built_wheels() {
+            args.extend(["--find-links".into(), path_arg(&built)]);
+        }
+        args
+    }
+
+    /// The dir of wheels built from source, when source builds are on.
+    pub(super) fn built_wheels(&self) -> Option<PathBuf> {
+        self.settings
+            .source_builds
+            .then(|| self.settings.packages_dir.join(BUILT_WHEELS))
+    }
+
+    /// A local wheel directory `pip_index_url` names, if any.
+    pub(super) fn local_index(&self) -> Option<PathBuf> {
+        let url = self.settings.index_url.as_deref()?;
+        (!url.is_empty() && (!url.contains("://") || url.starts_with("file://")))
+            .then(|| PathBuf::from(url.trim_start_matches("file://")))
+    }
+
+    /// `pip install` with our cache, wheels only.
+    pub(super) fn pip_install(&self) -> Vec<String> {
+        vec![
+            path_arg(&self.settings.python),
+            "-I".into(),
+            "-m".into(),
+            "pip".into(),
+            "--disable-pip-version-check".into(),
+            "--no-input".into(),
+            "--cache-dir".into(),
+            path_arg(&self.settings.cache_dir.join("pip")),
+            "install".into(),
+            "--only-binary".into(),
+            ":all:".into(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ol_sandbox::{Limits, SandboxPool};
+
+    use super::*;
+    use crate::packages::PackageSettings;
+
+    /// A pool that never starts anything (the puller only needs one).
+    fn process_pool(scratch: &Path) -> Arc<dyn SandboxPool> {
+        Arc::new(
+            ol_sandbox::process::ProcessPool::new(
+                ol_sandbox::process::RuntimeCommand {
+                    python: "/py".into(),
+                    script: "/s".into(),
+                    packages: "/p".into(),
+                },
+                scratch.to_path_buf(),
+            )
+            .expect("pool"),
+        )
+    }
+
+    #[test]
+    fn local_index_becomes_find_links() {
+        let settings = |url: Option<&str>| PackageSettings {
+            packages_dir: "/p".into(),
+            cache_dir: "/c".into(),
+            tools_dir: "/t".into(),
+            python: "/py".into(),
+            python_prefix: "/".into(),
+            system_root: "/".into(),
+            index_url: url.map(str::to_string),
+            limits: Limits::default(),
+            source_builds: false,
+        };
+        let scratch = tempfile::tempdir().expect("tmp");
+        let pool = process_pool(scratch.path());
+        let p = PackagePuller::new(Arc::clone(&pool), settings(Some("https://mirror/simple")));
+        assert_eq!(p.index_args(), vec!["--index-url", "https://mirror/simple"]);
+        assert_eq!(p.local_index(), None);
+        let p = PackagePuller::new(Arc::clone(&pool), settings(Some("/srv/wheels")));
+        assert_eq!(
+            p.index_args(),
+            vec!["--no-index", "--find-links", "/srv/wheels"]
+        );
+        assert_eq!(p.local_index(), Some(PathBuf::from("/srv/wheels")));
+        let p = PackagePuller::new(pool, settings(None));
+        assert!(p.index_args().is_empty());
+    }
+
+    #[test]
+    fn uv_is_looked_for_where_the_installer_sandbox_sees_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let base = tmp.path().join("base");
+        let tools = tmp.path().join("tools");
+        let pool = process_pool(&tmp.path().join("scratch"));
+        let puller = |system_root: &Path| {
+            PackagePuller::new(
+                Arc::clone(&pool),
+                PackageSettings {
+                    packages_dir: tmp.path().join("p"),
+                    cache_dir: tmp.path().join("c"),
+                    tools_dir: tools.clone(),
+                    python: "/usr/bin/python3".into(),
+                    python_prefix: "/usr".into(),
+                    system_root: system_root.to_path_buf(),
+                    index_url: None,
+                    limits: Limits::default(),
+                    source_builds: false,
+                },
+            )
+        };
+        // A self-contained base without uv: none, whatever the host has.
+        fs::create_dir_all(base.join("usr/bin")).expect("base");
+        assert_eq!(puller(&base).visible_uv(), None);
+        // Our tools dir is bound in at its host path.
+        fs::create_dir_all(tools.join("bin")).expect("tools");
+        fs::write(tools.join("bin/uv"), "").expect("uv");
+        assert_eq!(puller(&base).visible_uv(), Some(tools.join("bin/uv")));
+        // A uv in the base is found at its path inside the sandbox.
+        fs::write(base.join("usr/bin/uv"), "").expect("uv");
+        assert_eq!(
+            puller(&base).visible_uv(),
+            Some(PathBuf::from("/usr/bin/uv"))
+        );
+    }
+}
