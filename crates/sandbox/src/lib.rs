@@ -22,7 +22,7 @@
 //! points, its devices), the base crate provisions it.
 
 mod backend;
-#[cfg(feature = "fake")]
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod logs;
 pub mod mem_pool;
