@@ -5,10 +5,10 @@
 //! dirs, as the sandbox user; killed at `runtime_sec`.
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use super::cgroup::Cgroup;
-use super::init::{INIT_ARG, InitSpec};
+use super::init::InitSpec;
 use super::pool::PoolInner;
 use super::rootfs::{self, CommandSources, inside};
 use super::{cgroup_err, cgroup_limits, kill_pid};
@@ -52,17 +52,13 @@ impl PoolInner {
             share_network: cmd.network,
             ..self.sandbox_init(cgroup, plan, cmd.argv.clone(), cmd.env.clone(), inside::TMP)
         };
-        let init_json = serde_json::to_string(&init)
-            .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
+        let mut init = self.init_command(&init)?;
         let LogPipes {
             stdout,
             stderr,
             drained,
         } = scratch.log_pipes(cmd.limits.log_kb)?;
-        let mut child = Command::new(&self.cfg.init_exe)
-            .arg(INIT_ARG)
-            .arg(init_json)
-            .env_clear()
+        let mut child = init
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

@@ -140,6 +140,16 @@ impl PoolInner {
         }
     }
 
+    /// The command that starts the sandbox init with `init` (as JSON), with
+    /// nothing of the worker's environment.
+    pub(super) fn init_command(&self, init: &InitSpec) -> Result<Command, SandboxError> {
+        let json = serde_json::to_string(init)
+            .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
+        let mut cmd = Command::new(&self.cfg.init_exe);
+        cmd.arg(INIT_ARG).arg(json).env_clear();
+        Ok(cmd)
+    }
+
     /// Starts a sandbox through the sandbox init (a fresh interpreter).
     pub(super) fn spawn(
         &self,
@@ -158,16 +168,12 @@ impl PoolInner {
             .set_limits(&cgroup_limits(limits))
             .map_err(cgroup_err)?;
         drop(cgroup_phase);
-        let init = self.init_spec(what, cgroup, limits);
-        let init_json = serde_json::to_string(&init)
-            .map_err(|e| SandboxError::StartFailed(format!("cannot encode init spec: {e}")))?;
+        let mut cmd = self.init_command(&self.init_spec(what, cgroup, limits))?;
         let LogPipes {
             stdout,
             stderr,
             drained,
         } = scratch.log_pipes(limits.log_kb)?;
-        let mut cmd = Command::new(&self.cfg.init_exe);
-        cmd.arg(INIT_ARG).arg(init_json).env_clear();
         let child = spawn_with_runtime_fd(&mut cmd, stdout, stderr, theirs)?;
         let pid = child.id();
         let sandbox = SockSandbox {

@@ -109,18 +109,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::sock::cgroup::fake::FakeFs;
+    use crate::sock::cgroup::fake::{FakeFs, HYBRID};
     use crate::sock::cgroup::{CgroupFs, Hierarchy};
 
-    const V1: &str = "\
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-36 31 0:33 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
-39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
-";
-
     fn cgroup(fs: &Arc<FakeFs>, name: &str) -> Cgroup {
-        let hierarchy = Hierarchy::detect(V1).expect("v1");
+        let hierarchy = Hierarchy::detect(HYBRID).expect("v1");
         let cg = hierarchy
             .cgroups(Arc::clone(fs) as Arc<dyn CgroupFs>)
             .cgroup(name);
