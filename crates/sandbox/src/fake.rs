@@ -631,13 +631,13 @@ struct FakeSandbox {
 }
 
 impl FakeSandbox {
-    fn check_alive(&self) -> Result<(), SandboxError> {
-        let state = self.life.lock();
-        match (&state.exit, state.killed) {
-            (Some(why), _) => Err(SandboxError::Dead(self.life.id.clone(), why.clone())),
-            (None, true) => Err(SandboxError::Dead(self.life.id.clone(), KILLED.into())),
-            (None, false) => Ok(()),
+    /// Like a `sock` sandbox's cgroup, the handle works until it is
+    /// destroyed, even when the runtime inside has died.
+    fn check_not_destroyed(&self) -> Result<(), SandboxError> {
+        if self.destroyed {
+            return Err(SandboxError::Dead(self.life.id.clone(), KILLED.into()));
         }
+        Ok(())
     }
 
     fn count(&self, f: impl FnOnce(&mut Counts)) {
@@ -655,14 +655,14 @@ impl Sandbox for FakeSandbox {
     }
 
     fn pause(&self) -> Result<(), SandboxError> {
-        self.check_alive()?;
+        self.check_not_destroyed()?;
         self.life.update(|s| s.paused = true);
         self.count(|c| c.paused += 1);
         Ok(())
     }
 
     fn unpause(&self) -> Result<(), SandboxError> {
-        self.check_alive()?;
+        self.check_not_destroyed()?;
         self.life.update(|s| s.paused = false);
         self.count(|c| c.unpaused += 1);
         Ok(())
@@ -686,7 +686,7 @@ impl Sandbox for FakeSandbox {
     }
 
     fn mem_usage(&self) -> Result<u64, SandboxError> {
-        self.check_alive()?;
+        self.check_not_destroyed()?;
         Ok(self.pool.with(&self.life.lambda, |s| s.mem_bytes))
     }
 

@@ -8,9 +8,9 @@
 //! - [`sock`]: the isolated backend; [`process`]: plain child processes;
 //!   `fake` (cargo feature `fake`): threads speaking the protocol, for
 //!   tests of the layers above;
-//! - what the backends share: [`scratch`] (a sandbox's dir on the host and
-//!   the cleanup of those a crash left), [`pids`] (naming a process for
-//!   good), `supervise.rs` (starting and waiting for host processes),
+//! - what the backends share: `scratch.rs` (a sandbox's dir on the host
+//!   and the cleanup of those a crash left), [`pids`] (naming a process
+//!   for good), `supervise.rs` (starting and waiting for host processes),
 //!   [`logs`] (capped output);
 //! - [`protocol`] and [`SafeSandbox`]: talking to a runtime;
 //!   [`runtime`]: the embedded Python runtime; [`mem_pool`]: the memory
@@ -31,7 +31,7 @@ pub mod process;
 pub mod protocol;
 pub mod runtime;
 mod safe;
-pub mod scratch;
+mod scratch;
 pub mod sock;
 mod supervise;
 

@@ -49,7 +49,7 @@ impl Scratch {
 /// pid's start time, so a recycled pid is never hit) and removes the scratch
 /// dirs. Returns how many sandboxes were found. Works without a running
 /// worker: it is `ol worker force-cleanup`'s part for every backend.
-pub fn cleanup_scratch(scratch_root: &Path) -> Result<usize, SandboxError> {
+pub(crate) fn cleanup_scratch(scratch_root: &Path) -> Result<usize, SandboxError> {
     let entries = match fs::read_dir(scratch_root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
