@@ -58,15 +58,19 @@ impl PoolInner {
             stderr,
             drained,
         } = scratch.log_pipes(cmd.limits.log_kb)?;
-        let mut child = init
+        let spawned = init
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
-            .spawn()
-            .map_err(|source| SandboxError::Spawn {
-                program: self.cfg.init_exe.clone(),
-                source,
-            })?;
+            .spawn();
+        // The command holds our copies of the log pipes' write ends: they
+        // must be closed before its output can end (which finish_command
+        // waits for).
+        drop(init);
+        let mut child = spawned.map_err(|source| SandboxError::Spawn {
+            program: self.cfg.init_exe.clone(),
+            source,
+        })?;
         scratch.record_pid(child.id())?;
         finish_command(
             &mut child,
