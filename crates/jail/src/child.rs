@@ -30,6 +30,7 @@ use crate::creds::{self, Caps, Identity};
 use crate::mounts::attach;
 use crate::ns::{self, Namespaces};
 use crate::process::{self, Fork};
+use crate::sys::Stdio;
 use crate::{Result, fds, refuse, step, sys};
 
 /// Meta of the frame a new sandbox sends the worker, with its pid
@@ -184,8 +185,8 @@ pub fn assign(f: AssignFds<'_>, filter: &[u8]) -> Result<()> {
     attach(code, "/handler")?;
     attach(host, "/host")?;
     attach(proc, "/proc")?;
-    redirect(stdout, 1, "stdout")?;
-    redirect(stderr, 2, "stderr")?;
+    redirect(stdout, Stdio::Out, "stdout")?;
+    redirect(stderr, Stdio::Err, "stderr")?;
     fds::close_all_except(&[0, 1, 2, conn.as_raw_fd()])?;
     creds::become_user(Identity(crate::SANDBOX_ID), Caps::NONE)?;
     creds::die_with_parent()?;
@@ -196,7 +197,7 @@ pub fn assign(f: AssignFds<'_>, filter: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn redirect(from: OwnedFd, to: RawFd, name: &str) -> Result<()> {
+fn redirect(from: OwnedFd, to: Stdio, name: &str) -> Result<()> {
     step(format!("redirect {name}"), sys::redirect(from.as_fd(), to))
 }
 
@@ -239,8 +240,8 @@ pub fn zygote(f: ZygoteFds<'_>) -> Result<()> {
         }
         Fork::Child => {}
     }
-    redirect(stdout, 1, "stdout")?;
-    redirect(stderr, 2, "stderr")?;
+    redirect(stdout, Stdio::Out, "stdout")?;
+    redirect(stderr, Stdio::Err, "stderr")?;
     new_sandbox(conn, tmp)?;
     attach(receive_proc(conn)?, "/proc")?;
     fds::close_all_except(&[0, 1, 2, conn.as_raw_fd()])

@@ -10,15 +10,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use crate::child::{self, NS_META, PROC_META};
-use crate::sys::{self, FsOption};
+use crate::sys::{self, FsOption, MountAttrFlags};
 use crate::{Result, refuse, step};
 
 /// A detached recursive bind of `path`: read-only unless `writable`,
 /// always nosuid and nodev.
 pub fn bind(path: &Path, writable: bool) -> Result<OwnedFd> {
-    let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+    let mut attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
     if !writable {
-        attrs |= sys::MOUNT_ATTR_RDONLY;
+        attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
     }
     step(
         format!("clone the mount of {}", path.display()),
@@ -65,7 +65,7 @@ pub fn scratch(s: Scratch) -> Result<OwnedFd> {
         sys::new_fs(
             "tmpfs",
             &options,
-            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
         ),
     )
 }
@@ -78,7 +78,9 @@ pub fn proc_of(pidns: BorrowedFd<'_>) -> Result<OwnedFd> {
         sys::new_fs(
             "proc",
             &[FsOption::Fd("pidns", pidns)],
-            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+            MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC,
         ),
     )
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use ol_sandbox::sock::debootstrap::{Debootstrap, Release, default_cache_dir};
+use ol_base::debootstrap::{Debootstrap, Release, default_cache_dir};
 use ol_worker::client;
 use ol_worker::trace_file::{TraceWriter, chrome_trace};
 use ol_worker::{BaseSource, StopOutcome, WorkerDir};
@@ -348,7 +348,7 @@ fn status(dir: &DirArg) -> Result<()> {
 }
 
 fn rss_bytes(pid: u32) -> u64 {
-    ol_sandbox::process::process_rss_bytes(pid).unwrap_or(0)
+    ol_sandbox::pids::process_rss_bytes(pid).unwrap_or(0)
 }
 
 fn mib(bytes: u64) -> String {

@@ -50,8 +50,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use ol_base::python::resolve_python;
 use ol_sandbox::process::{ProcessPool, RuntimeCommand};
-use ol_sandbox::runtime::resolve_python;
 use ol_sandbox::{Invocation, Limits, NewSandbox, SafeSandbox, Sandbox, SandboxPool, SandboxSpec};
 use tokio::runtime::Runtime;
 

@@ -2,14 +2,38 @@
 //! [`SandboxPool`] traits every backend implements, the [`SafeSandbox`]
 //! wrapper that talks the runtime protocol and turns every failure into an
 //! error (never a panic), and the backends themselves.
+//!
+//! - [`Backend`] (`backend.rs`): a pool of a kind, from [`Settings`]; and
+//!   [`cleanup`] after any backend;
+//! - [`sock`]: the isolated backend; [`process`]: plain child processes;
+//!   `fake` (cargo feature `fake`): threads speaking the protocol, for
+//!   tests of the layers above;
+//! - what the backends share: `scratch.rs` (a sandbox's dir on the host
+//!   and the cleanup of those a crash left), [`pids`] (naming a process
+//!   for good), `supervise.rs` (starting and waiting for host processes),
+//!   [`logs`] (capped output);
+//! - [`protocol`] and [`SafeSandbox`]: talking to a runtime;
+//!   [`runtime`]: the embedded Python runtime; [`mem_pool`]: the memory
+//!   sandboxes may take.
+//!
+//! Building the base root file system and finding a Python to run are not
+//! here but in `ol-base`, which depends on this crate: the sandbox layer
+//! says what a root must hold ([`sock::rootfs`]: its kind, its mount
+//! points, its devices), the base crate provisions it.
 
+mod backend;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod logs;
 pub mod mem_pool;
+pub mod pids;
 pub mod process;
 pub mod protocol;
 pub mod runtime;
 mod safe;
+mod scratch;
 pub mod sock;
+mod supervise;
 
 use std::fmt::Debug;
 use std::os::unix::net::UnixStream;
@@ -17,6 +41,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use backend::{Backend, Features, Paths, Settings, cleanup};
 pub use protocol::{Invocation, Reply};
 pub use safe::{CallError, SafeSandbox};
 
@@ -262,9 +287,6 @@ pub enum SandboxError {
     /// The runtime did not come up.
     #[error("the runtime did not start: {0}")]
     StartFailed(String),
-    /// No usable Python interpreter.
-    #[error("{0}")]
-    Python(String),
     /// The base root file system is not what it should be.
     #[error("{0}")]
     Base(String),

@@ -12,6 +12,7 @@
 //! claiming 4 GiB costs the worker nothing.
 
 use bytes::{Bytes, BytesMut};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -204,6 +205,15 @@ pub fn read_frame_blocking_limited<R: std::io::Read>(
     r: &mut R,
     max_frame: usize,
 ) -> Result<(RuntimeMeta, Bytes), ProtocolError> {
+    read_frame_blocking_as(r, max_frame)
+}
+
+/// [`read_frame_blocking_limited`] for frames whose meta is an `M` (a
+/// runtime's side reads requests with it).
+pub fn read_frame_blocking_as<M: DeserializeOwned, R: std::io::Read>(
+    r: &mut R,
+    max_frame: usize,
+) -> Result<(M, Bytes), ProtocolError> {
     let closed = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => ProtocolError::Closed,
         _ => ProtocolError::Io(e),
@@ -221,11 +231,28 @@ pub fn read_frame_blocking_limited<R: std::io::Read>(
 
 /// Encodes one frame with an empty body around `meta`.
 pub fn encode_frame<T: Serialize>(meta: &T) -> Result<Vec<u8>, ProtocolError> {
+    encode_frame_with_body(meta, &[])
+}
+
+/// Encodes one frame of `meta` and `body` (a runtime's response).
+pub fn encode_frame_with_body<T: Serialize>(
+    meta: &T,
+    body: &[u8],
+) -> Result<Vec<u8>, ProtocolError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ProtocolError::Malformed(format!(
+            "body of {} bytes is over the {MAX_BODY_BYTES}-byte limit",
+            body.len()
+        )));
+    }
     let mut out = vec![0u8; HEADER_BYTES];
     serde_json::to_writer(&mut out, meta)
         .map_err(|e| ProtocolError::Malformed(format!("cannot encode meta: {e}")))?;
     let meta_len = (out.len() - HEADER_BYTES) as u32;
     out[0..4].copy_from_slice(&meta_len.to_be_bytes());
+    // Bounded by MAX_BODY_BYTES above, so it fits in u32.
+    out[4..8].copy_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
     Ok(out)
 }
 
@@ -258,7 +285,7 @@ fn parse_header(
     Ok((meta_len, body_len))
 }
 
-fn parse_meta(raw: &[u8]) -> Result<RuntimeMeta, ProtocolError> {
+fn parse_meta<M: DeserializeOwned>(raw: &[u8]) -> Result<M, ProtocolError> {
     serde_json::from_slice(raw)
         .map_err(|e| ProtocolError::Malformed(format!("meta is not the expected JSON: {e}")))
 }

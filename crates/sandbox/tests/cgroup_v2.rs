@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, geteuid, getppid};
-use ol_sandbox::sock::cgroup::{Cgroup, CgroupFs, CgroupLimits, Hierarchy, RealFs};
+use ol_sandbox::sock::cgroup::{CgroupLimits, Hierarchy, RealFs};
 
 /// Set by the outer test for the inner one: the name of the cgroup to use.
 const INNER_ENV: &str = "OL_CGROUP_V2_INNER_NAME";
@@ -290,16 +290,13 @@ fn inner_v2_in_private_mount_ns() {
     assert!(is_cgroup2_mount(&mount_point), "cgroup2 is not mounted");
     println!("mounted cgroup2 on {}", mount_point.display());
 
-    let hierarchy = Arc::new(Hierarchy::V2 {
+    let hierarchy = Hierarchy::V2 {
         root: mount_point.clone(),
-    });
-    let cgfs: Arc<dyn CgroupFs> = Arc::new(RealFs);
-    let parent = Cgroup::new(Arc::clone(&cgfs), Arc::clone(&hierarchy), &name);
-    let child = Cgroup::new(
-        Arc::clone(&cgfs),
-        Arc::clone(&hierarchy),
-        &format!("{name}/{CHILD}"),
-    );
+    };
+    let cgroups = hierarchy.cgroups(Arc::new(RealFs));
+    assert_eq!(cgroups.version(), 2);
+    let parent = cgroups.cgroup(&name);
+    let child = cgroups.cgroup(&format!("{name}/{CHILD}"));
     let parent_dir = mount_point.join(&name);
     let child_dir = parent_dir.join(CHILD);
     assert!(
@@ -310,12 +307,12 @@ fn inner_v2_in_private_mount_ns() {
     assert_eq!(parent.dirs(), vec![parent_dir.clone()]);
     assert_eq!(child.procs_files(), vec![child_dir.join("cgroup.procs")]);
 
-    // create + enable_v2_controllers
+    // create + delegate_controllers
     guard.cgroups.push(parent_dir.clone());
     parent.create().expect("create the parent cgroup");
     assert!(parent_dir.join("cgroup.procs").is_file(), "not a cgroup");
     let available = parent.controllers().expect("parent controllers");
-    let enabled = parent.enable_v2_controllers().expect("enable controllers");
+    let enabled = parent.delegate_controllers().expect("enable controllers");
     println!("parent controllers: {available:?}; enabled for children: {enabled:?}");
     let subtree =
         fs::read_to_string(parent_dir.join("cgroup.subtree_control")).expect("subtree_control");

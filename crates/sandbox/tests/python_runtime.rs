@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ol_sandbox::runtime::resolve_python;
+use ol_base::python::resolve_python;
 
 #[test]
 fn python_runtime_unit_tests_pass() {

@@ -11,14 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 /// Which sandbox backend runs lambdas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SandboxKind {
-    /// Namespaces, cgroups, pivot_root, seccomp (needs root).
-    Sock,
-    /// Plain child processes, no isolation (development without root).
-    Process,
-}
+pub use ol_sandbox::Backend as SandboxKind;
 
 /// Which import cache the lambda layer keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

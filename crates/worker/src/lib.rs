@@ -55,9 +55,9 @@ pub enum WorkerError {
     /// The sandbox layer failed to start or clean up.
     #[error(transparent)]
     Sandbox(#[from] ol_sandbox::SandboxError),
-    /// A debootstrap base could not be built.
+    /// The base could not be built or its Python not found.
     #[error(transparent)]
-    Base(#[from] ol_sandbox::sock::debootstrap::BaseError),
+    Base(#[from] ol_base::BaseError),
     /// The port cannot be bound.
     #[error("cannot listen on {addr}: {source}{hint}")]
     Bind {

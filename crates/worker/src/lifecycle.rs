@@ -9,21 +9,18 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use ol_base::{Python, build_base};
 use ol_lambda::import_cache::ImportCacheMode;
 use ol_lambda::packages::{PackagePuller, PackageSettings};
 use ol_lambda::{LambdaManager, LambdaSettings, PackageLayer};
 use ol_registry::{DirRegistry, HttpRegistry, Registry, cache_dir_for};
-use ol_sandbox::Limits;
-use ol_sandbox::SandboxPool;
-use ol_sandbox::process::{ProcessPool, RuntimeCommand, process_start_time};
-use ol_sandbox::runtime::{Python, install_runtime};
-use ol_sandbox::sock::rootfs::build_base;
-use ol_sandbox::sock::{SockConfig, SockPool, worker_id};
+use ol_sandbox::pids::process_start_time;
+use ol_sandbox::{Features, Limits, Paths, SandboxPool, Settings};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::WorkerError;
-use crate::config::{Config, ImportCache, SandboxKind, raise_fd_limit};
+use crate::config::{Config, ImportCache, raise_fd_limit};
 use crate::conn::ConnLimits;
 use crate::metrics::WorkerMetrics;
 use crate::server;
@@ -58,8 +55,8 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
     // against the raised limit.
     let fds = raise_fd_limit();
     tracing::debug!(fds, "descriptor limit");
-    let python = config.base.resolve_python(&dir.base(), &config.python)?;
-    let pool = make_pool(dir, &config, &python)?;
+    let python = ol_base::python::resolve(config.base, &dir.base(), &config.python)?;
+    let pool = open_pool(dir, &config, &python)?;
     let packages = package_layer(dir, &config, &python, &pool)?;
     let threads = std::env::var("OL_WORKER_THREADS")
         .ok()
@@ -90,55 +87,45 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
     result
 }
 
-fn make_pool(
+/// The sandbox backend `config` asks for, over the base (built first when
+/// the backend runs on one).
+fn open_pool(
     dir: &WorkerDir,
     config: &Config,
     python: &Python,
 ) -> Result<Arc<dyn SandboxPool>, WorkerError> {
-    let python = python.clone();
-    let runtime = install_runtime(&dir.runtime())?;
-    match config.sandbox {
-        SandboxKind::Process => {
-            tracing::info!(python = %python.executable.display(), "process sandboxes");
-            Ok(Arc::new(ProcessPool::new(
-                RuntimeCommand {
-                    python: python.executable,
-                    script: runtime,
-                    packages: dir.packages(),
-                },
-                dir.scratch(),
-            )?))
-        }
-        SandboxKind::Sock => {
-            build_base(&dir.base(), config.base, &python.prefix).map_err(|source| {
-                WorkerError::Io {
-                    what: "cannot build the base root file system in",
-                    path: dir.base(),
-                    source,
-                }
-            })?;
-            let init_exe = std::env::current_exe().map_err(|source| WorkerError::Io {
-                what: "cannot find the ol binary for",
-                path: dir.root().to_path_buf(),
-                source,
-            })?;
-            Ok(Arc::new(SockPool::new(SockConfig {
-                worker_id: worker_id(dir.root()),
-                base: dir.base(),
-                base_kind: config.base,
-                packages: dir.packages(),
-                runtime_dir: dir.runtime(),
-                scratch_root: dir.scratch(),
-                python: python.executable,
-                python_prefix: python.prefix,
-                init_exe,
-                seccomp: config.features.enable_seccomp,
-                zygote: config.features.import_cache != ImportCache::Off,
-                downsize_paused_mem: config.features.downsize_paused_mem,
-                reuse_cgroups: config.features.reuse_cgroups,
-                blank_limits: config.limits.clone(),
-            })?))
-        }
+    if config.sandbox.uses_base() {
+        build_base(&dir.base(), config.base, &python.prefix).map_err(|source| WorkerError::Io {
+            what: "cannot build the base root file system in",
+            path: dir.base(),
+            source,
+        })?;
+    }
+    let settings = Settings {
+        paths: sandbox_paths(dir),
+        base_kind: config.base,
+        python: python.executable.clone(),
+        python_prefix: python.prefix.clone(),
+        features: Features {
+            seccomp: config.features.enable_seccomp,
+            zygotes: config.features.import_cache != ImportCache::Off,
+            downsize_paused_mem: config.features.downsize_paused_mem,
+            reuse_cgroups: config.features.reuse_cgroups,
+        },
+        limits: config.limits.clone(),
+    };
+    Ok(config.sandbox.open(&settings)?)
+}
+
+/// Where the sandboxes of the worker in `dir` find what they are made from
+/// and leave what they make.
+fn sandbox_paths(dir: &WorkerDir) -> Paths {
+    Paths {
+        worker_dir: dir.root().to_path_buf(),
+        base: dir.base(),
+        packages: dir.packages(),
+        runtime: dir.runtime(),
+        scratch: dir.scratch(),
     }
 }
 
@@ -358,7 +345,7 @@ pub fn force_cleanup(dir: &WorkerDir) -> Result<usize, WorkerError> {
 /// Removes every process, cgroup and scratch dir a worker in `dir` made
 /// (the worker itself must be gone).
 fn cleanup_dir(dir: &WorkerDir) -> Result<usize, WorkerError> {
-    let found = ol_sandbox::sock::cleanup(&worker_id(dir.root()), &dir.scratch(), true)?;
+    let found = ol_sandbox::cleanup(&sandbox_paths(dir))?;
     dir.clear_running();
     Ok(found)
 }

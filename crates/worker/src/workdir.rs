@@ -5,9 +5,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use ol_sandbox::process::{pid_record, process_start_time, read_pid_record};
-use ol_sandbox::sock::debootstrap::{self, Debootstrap};
-use ol_sandbox::sock::rootfs::{BaseKind, build_base};
+use ol_base::debootstrap::{self, Debootstrap};
+use ol_base::{BaseKind, build_base};
+use ol_sandbox::pids::{pid_record, process_start_time, read_pid_record};
 
 use crate::WorkerError;
 use crate::config::Config;
@@ -165,7 +165,7 @@ impl WorkerDir {
         // pyenv shim (~45 ms per run, FLOORS.md), and finish the sandboxes'
         // root. A host base tolerates a missing Python until `up`; a
         // self-contained one brings its own, so it must be there.
-        match config.base.resolve_python(&self.base(), &config.python) {
+        match ol_base::python::resolve(config.base, &self.base(), &config.python) {
             Ok(py) => {
                 config.python = py.executable.display().to_string();
                 build_base(&self.base(), config.base, &py.prefix).map_err(|source| {

@@ -1,43 +1,29 @@
-//! The only place in `ol` with `unsafe` code: thin wrappers over the raw
-//! syscalls the jail needs that no safe crate API covers, and the C ABI
-//! zygotes call ([`ffi`]). Each wrapper maps its failure to an
-//! `std::io::Error` that the caller names (see [`crate::JailError`]).
+//! The jail's syscall boundary, and the only place in `ol` with `unsafe`
+//! code: the kernel calls the jail makes, each mapping its failure to an
+//! `std::io::Error` that the caller names (see [`crate::JailError`]), and
+//! the C ABI zygotes call ([`ffi`]). Where `rustix` has a safe wrapper
+//! (the new mount API, capability sets, dup onto stdio) it is used;
+//! `unsafe` remains only for what no safe crate covers here: `fork`,
+//! `pre_exec`, `close_range`, `mount_setattr`, installing a seccomp
+//! filter, the loopback's interface flags, `_exit`, a signal's default
+//! action, and adopting descriptors handed over by number.
 #![allow(unsafe_code)]
 
 mod ffi;
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
 use nix::unistd::ForkResult;
+pub(crate) use rustix::mount::MountAttrFlags;
+use rustix::mount::{FsMountFlags, FsOpenFlags, MoveMountFlags, OpenTreeFlags};
+use rustix::thread::CapabilitySet;
 
 fn last_error<T>() -> io::Result<T> {
     Err(io::Error::last_os_error())
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-fn c_str(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// A descriptor the kernel just returned, owned from now on.
-fn owned(rc: libc::c_long) -> io::Result<OwnedFd> {
-    if rc < 0 {
-        return last_error();
-    }
-    let fd = RawFd::try_from(rc).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: the kernel returned this descriptor to us alone; nothing else
-    // owns or closes it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Forks the calling process. Only for single-threaded callers: the
@@ -93,28 +79,9 @@ pub(crate) unsafe fn adopt(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// `prctl` with integer arguments only.
-fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> io::Result<libc::c_int> {
-    // SAFETY: every option we pass takes integers, no memory.
-    let rc = unsafe {
-        libc::prctl(
-            option,
-            arg2,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if rc < 0 { last_error() } else { Ok(rc) }
-}
-
 /// Clears the ambient capability set.
 pub(crate) fn clear_ambient_caps() -> io::Result<()> {
-    prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-    )
-    .map(drop)
+    Ok(rustix::thread::clear_ambient_capability_set()?)
 }
 
 /// Drops every capability not in `keep` (a bit per capability number)
@@ -124,11 +91,12 @@ pub(crate) fn drop_bounding_set(keep: u64) -> io::Result<()> {
         if keep & (1 << cap) != 0 {
             continue;
         }
-        match prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap)) {
-            Ok(_) => {}
+        let one = CapabilitySet::from_bits_retain(1 << cap);
+        match rustix::thread::remove_capability_from_bounding_set(one) {
+            Ok(()) => {}
             // EINVAL: past the last capability this kernel knows.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INVAL) => break,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -205,6 +173,8 @@ pub(crate) fn default_signal(sig: nix::sys::signal::Signal) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// `struct mount_attr` of `mount_setattr` (linux/mount.h), which rustix
+/// does not wrap.
 #[repr(C)]
 struct MountAttr {
     attr_set: u64,
@@ -213,26 +183,18 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// `MOUNT_ATTR_*` bits (linux/mount.h).
-pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
-pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
-pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
-pub(crate) const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-
 /// A detached copy of the mount tree at `path` (`open_tree` with
 /// `OPEN_TREE_CLONE | AT_RECURSIVE`) with `attrs` set on every mount of it.
-pub(crate) fn open_tree_clone(path: &Path, attrs: u64) -> io::Result<OwnedFd> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    let cpath = c_path(path)?;
-    let flags =
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint;
-    // SAFETY: open_tree reads the NUL-terminated path, which lives across
-    // the call, and returns a new descriptor or -1.
-    let fd = owned(unsafe {
-        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags)
-    })?;
+pub(crate) fn open_tree_clone(path: &Path, attrs: MountAttrFlags) -> io::Result<OwnedFd> {
+    let fd = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE,
+    )?;
     let attr = MountAttr {
-        attr_set: attrs,
+        attr_set: u64::from(attrs.bits()),
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -267,96 +229,36 @@ pub(crate) enum FsOption<'a> {
 /// `fsmount`) with `options` and mount `attrs`. It belongs to no mount
 /// namespace until someone attaches it with `move_mount`, and vanishes
 /// with its last descriptor if nobody does.
-pub(crate) fn new_fs(fstype: &str, options: &[FsOption<'_>], attrs: u64) -> io::Result<OwnedFd> {
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    const FSCONFIG_SET_FD: libc::c_uint = 5;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    let name = c_str(fstype)?;
-    // SAFETY: fsopen reads the NUL-terminated name, which lives across the
-    // call, and returns a new descriptor or -1.
-    let ctx = owned(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
+pub(crate) fn new_fs(
+    fstype: &str,
+    options: &[FsOption<'_>],
+    attrs: MountAttrFlags,
+) -> io::Result<OwnedFd> {
+    let ctx = rustix::mount::fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)?;
     for option in options {
-        let rc = match option {
-            FsOption::Text(key, value) => {
-                let (key, value) = (c_str(key)?, c_str(value)?);
-                // SAFETY: fsconfig reads the two NUL-terminated strings,
-                // which live across the call.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_fsconfig,
-                        ctx.as_raw_fd(),
-                        FSCONFIG_SET_STRING,
-                        key.as_ptr(),
-                        value.as_ptr(),
-                        0,
-                    )
-                }
-            }
-            FsOption::Fd(key, fd) => {
-                let key = c_str(key)?;
-                // SAFETY: fsconfig reads the NUL-terminated key, which lives
-                // across the call; the descriptor is borrowed for it.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_fsconfig,
-                        ctx.as_raw_fd(),
-                        FSCONFIG_SET_FD,
-                        key.as_ptr(),
-                        std::ptr::null::<libc::c_void>(),
-                        fd.as_raw_fd(),
-                    )
-                }
-            }
-        };
-        if rc < 0 {
-            return last_error();
+        match option {
+            FsOption::Text(key, value) => rustix::mount::fsconfig_set_string(&ctx, *key, *value)?,
+            FsOption::Fd(key, fd) => rustix::mount::fsconfig_set_fd(&ctx, *key, *fd)?,
         }
     }
-    // SAFETY: integers and a null key/value, as FSCONFIG_CMD_CREATE wants.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            ctx.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return last_error();
-    }
-    // SAFETY: integers only; returns a new descriptor or -1.
-    owned(unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            ctx.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            attrs as libc::c_uint,
-        )
-    })
+    rustix::mount::fsconfig_create(&ctx)?;
+    Ok(rustix::mount::fsmount(
+        &ctx,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        attrs,
+    )?)
 }
 
 /// Attaches the detached mount `mount` at `target` (`move_mount` with
 /// `MOVE_MOUNT_F_EMPTY_PATH`).
 pub(crate) fn move_mount(mount: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
-    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-    let target = c_path(target)?;
-    // SAFETY: move_mount reads the two NUL-terminated paths, which live
-    // across the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mount.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 { last_error() } else { Ok(()) }
+    Ok(rustix::mount::move_mount(
+        mount,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?)
 }
 
 /// Sends `bytes` on the stream socket `sock` with `fds` attached
@@ -408,18 +310,20 @@ pub(crate) fn recv_with_fds(
     Ok((msg.bytes, fds))
 }
 
-/// Makes descriptor number `to` a copy of `from` (`dup2`), without
+/// Which standard stream [`redirect`] replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stdio {
+    Out,
+    Err,
+}
+
+/// Makes stdout or stderr a copy of `from` (`dup2`), without
 /// close-on-exec: how a sandbox's stdout and stderr become its log pipes.
-pub(crate) fn redirect(from: BorrowedFd<'_>, to: RawFd) -> io::Result<()> {
-    if from.as_raw_fd() == to {
-        return Ok(());
+pub(crate) fn redirect(from: BorrowedFd<'_>, to: Stdio) -> io::Result<()> {
+    match to {
+        Stdio::Out => Ok(rustix::stdio::dup2_stdout(from)?),
+        Stdio::Err => Ok(rustix::stdio::dup2_stderr(from)?),
     }
-    // SAFETY: dup2 takes integers; `to` is a stdio number the caller owns
-    // (its old file is closed and replaced, as intended).
-    if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
-        return last_error();
-    }
-    Ok(())
 }
 
 /// Ends the process at once (`_exit`): no atexit handlers and no stdio

@@ -37,12 +37,12 @@ use ol_jail::process::{self, Fork};
 use ol_jail::{JailError, Result, fds, step};
 use serde::{Deserialize, Serialize};
 
+use crate::supervise::RUNTIME_FD;
+
 /// First argument that makes the `ol` binary act as a sandbox init.
 pub const INIT_ARG: &str = "__ol_sandbox_init";
 /// Exit status of an init that failed before the runtime started.
 pub const INIT_FAILED: i32 = process::FAILED;
-/// Descriptor number of the runtime's socket in the runtime.
-pub const RUNTIME_FD: i32 = 3;
 
 /// Everything the init needs, passed as JSON in its second argument.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,40 +1,34 @@
-//! The sandbox root file system (DESIGN.md §1.2, §3.2).
+//! The sandbox root file system at run time (DESIGN.md §1.2, §3.2): what a
+//! base must hold and how a sandbox is mounted over it.
 //!
 //! A base is of one [`BaseKind`], recorded in its [`BASE_MARKER`] file. A
-//! host base is assembled by [`build_base`] at `ol worker init` without any
-//! download: mount points for the host's read-only system directories and
-//! Python, which every sandbox binds from the host. A self-contained base
-//! (a Debian root file system made by `debootstrap`, see
-//! [`super::debootstrap`]) has its own system and Python, so sandboxes bind
-//! nothing of the host's. Both get the same minimal synthesized `/etc`,
-//! mount points and empty files to bind device nodes onto.
+//! host base holds mount points for the host's read-only system
+//! directories ([`SYSTEM_DIRS`]) and Python, which every sandbox binds
+//! from the host. A self-contained base (a Debian root file system) has
+//! its own system and Python, so sandboxes bind nothing of the host's.
+//! Both hold the mount points of [`inside`] and empty files to bind the
+//! [`DEVICES`] onto. Making a directory such a base is `ol-base`'s job
+//! (`ol_base::build_base`); this module is the contract it fulfils.
 //! [`MountPlan`] lists, as data, every mount a new sandbox makes in its
 //! private mount namespace before it pivots into the base; the data is
 //! unit-tested here and carried out by the jail (`ol_jail::mounts`).
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::SandboxError;
-use crate::runtime::{Python, resolve_python, resolve_python_in};
 
-/// Host directories a sandbox sees read-only, at the same path.
-const SYSTEM_DIRS: &[&str] = &[
+/// Host directories a sandbox over a host base sees read-only, at the same
+/// path.
+pub const SYSTEM_DIRS: &[&str] = &[
     "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin",
 ];
 /// Device nodes bound into the sandbox's `/dev`. No terminal: a sandbox
 /// never reaches the terminal of whoever started the worker.
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
-/// CA bundles tried, in order, for the sandbox's `/etc/ssl/certs`.
-const CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
 /// Where, inside a sandbox, its parts live.
 pub mod inside {
     /// The lambda's code (read-only).
@@ -140,152 +134,6 @@ impl BaseKind {
             .into_iter()
             .find(|k| k.name() == text.trim())
     }
-
-    /// The interpreter `candidate` names, as sandboxes over `base` run it:
-    /// the host's for a host base, the base's own (run in a chroot of it)
-    /// for a self-contained one.
-    pub fn resolve_python(self, base: &Path, candidate: &str) -> Result<Python, SandboxError> {
-        if self.is_self_contained() {
-            if !nix::unistd::geteuid().is_root() {
-                return Err(SandboxError::Base(format!(
-                    "the debootstrap base {} is used only as root (its Python runs in a chroot, its sandboxes are sock sandboxes); run ol as root",
-                    base.display()
-                )));
-            }
-            resolve_python_in(base, candidate)
-        } else {
-            resolve_python(candidate)
-        }
-    }
-}
-
-/// Makes `base` a sandbox base of `kind`. For a host base: mount points for
-/// the system directories and the Python installation at `python_prefix`;
-/// a self-contained base (already holding its system) keeps its own. Both
-/// get the sandbox mount points, a synthesized `/etc`, `/dev` stubs and
-/// the marker. Idempotent: running it again refreshes the synthesized
-/// files.
-pub fn build_base(base: &Path, kind: BaseKind, python_prefix: &Path) -> io::Result<()> {
-    fs::create_dir_all(base)?;
-    if !kind.is_self_contained() {
-        host_mount_points(base, python_prefix)?;
-    }
-    for dir in [
-        inside::HANDLER,
-        inside::HOST,
-        inside::PACKAGES,
-        inside::RUNTIME,
-        inside::TMP,
-        "/proc",
-        "/dev",
-        "/etc/ssl/certs",
-        "/root",
-    ] {
-        fs::create_dir_all(under(base, Path::new(dir)))?;
-    }
-    fs::set_permissions(
-        under(base, Path::new(inside::TMP)),
-        fs::Permissions::from_mode(0o1777),
-    )?;
-    for dev in DEVICES {
-        let stub = base.join("dev").join(dev);
-        if fs::symlink_metadata(&stub).is_err() {
-            fs::write(&stub, "")?;
-        }
-    }
-    // Bases made before sandboxes lost their terminal have a stub for it.
-    match fs::remove_file(base.join("dev/tty")) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        let path = base.join("dev").join(link);
-        if fs::symlink_metadata(&path).is_err() {
-            symlink(target, &path)?;
-        }
-    }
-    write_etc(base)?;
-    fs::write(base.join(BASE_MARKER), format!("{}\n", kind.name()))
-}
-
-/// Mount points for the host's system directories (symlinks copied as
-/// links) and its Python installation.
-fn host_mount_points(base: &Path, python_prefix: &Path) -> io::Result<()> {
-    for dir in SYSTEM_DIRS {
-        let host = Path::new(dir);
-        let inner = under(base, host);
-        match fs::symlink_metadata(host) {
-            // A merged-/usr host has /lib -> usr/lib: copy the link itself.
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = fs::read_link(host)?;
-                if fs::read_link(&inner).ok().as_deref() != Some(target.as_path()) {
-                    let _ = fs::remove_file(&inner);
-                    symlink(&target, &inner)?;
-                }
-            }
-            Ok(m) if m.is_dir() => fs::create_dir_all(&inner)?,
-            _ => {}
-        }
-    }
-    fs::create_dir_all(base.join("root"))?;
-    if !is_covered_by_system_dirs(python_prefix) {
-        fs::create_dir_all(under(base, python_prefix))?;
-    }
-    // Let the sandbox user traverse the directories leading to the Python
-    // installation (/root is 0700 on the host, not in the base).
-    let mut p = base.to_path_buf();
-    for c in python_prefix
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-    {
-        p.push(c);
-        if p.is_dir() && !fs::symlink_metadata(&p)?.file_type().is_symlink() {
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
-        }
-    }
-    Ok(())
-}
-
-fn write_etc(base: &Path) -> io::Result<()> {
-    let etc = base.join("etc");
-    let uid = SANDBOX_UID;
-    let files = [
-        (
-            "passwd",
-            format!(
-                "root:x:0:0:root:/root:/bin/sh\nnobody:x:{uid}:{uid}:nobody:/tmp:/usr/sbin/nologin\n"
-            ),
-        ),
-        ("group", format!("root:x:0:\nnogroup:x:{uid}:\n")),
-        ("hosts", "127.0.0.1 localhost\n::1 localhost\n".to_string()),
-        ("hostname", "ol-sandbox\n".to_string()),
-        // No network by default; an empty resolv.conf fails lookups fast.
-        ("resolv.conf", String::new()),
-        (
-            "nsswitch.conf",
-            "passwd: files\ngroup: files\nhosts: files dns\n".to_string(),
-        ),
-    ];
-    // Replace, never write through: a link in a self-contained base could
-    // point anywhere on the host.
-    let replace = |path: PathBuf| -> io::Result<PathBuf> {
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(path),
-        }
-    };
-    for (name, text) in files {
-        fs::write(replace(etc.join(name))?, text)?;
-    }
-    if let Some(bundle) = CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
-        fs::copy(bundle, replace(etc.join("ssl/certs/ca-certificates.crt"))?)?;
-    }
-    Ok(())
 }
 
 /// `path` (absolute, on the host or in the sandbox) re-rooted under `root`.
@@ -306,7 +154,9 @@ fn read_only(root: &Path, source: &Path, target: &Path) -> MountOp {
     }
 }
 
-fn is_covered_by_system_dirs(path: &Path) -> bool {
+/// Whether host `path` is inside one of the [`SYSTEM_DIRS`] (so it needs
+/// no mount of its own).
+pub fn is_covered_by_system_dirs(path: &Path) -> bool {
     SYSTEM_DIRS.iter().any(|d| path.starts_with(d))
 }
 
@@ -450,109 +300,6 @@ mod tests {
             under(Path::new("/b"), Path::new("/../etc")),
             PathBuf::from("/b/etc")
         );
-    }
-
-    #[test]
-    fn base_has_mount_points_etc_and_device_stubs() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let base = tmp.path().join("base");
-        let prefix = Path::new("/root/.pyenv/versions/3.11.7");
-        build_base(&base, BaseKind::Host, prefix).expect("build");
-        for d in [
-            "handler",
-            "host",
-            "packages",
-            "ol",
-            "tmp",
-            "proc",
-            "dev",
-            "root/.pyenv/versions/3.11.7",
-        ] {
-            assert!(base.join(d).is_dir(), "{d}");
-        }
-        let mode = fs::metadata(base.join("root"))
-            .expect("root")
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o755);
-        let tmp_mode = fs::metadata(base.join("tmp"))
-            .expect("tmp")
-            .permissions()
-            .mode()
-            & 0o7777;
-        assert_eq!(tmp_mode, 0o1777);
-        let passwd = fs::read_to_string(base.join("etc/passwd")).expect("passwd");
-        assert!(passwd.contains("nobody:x:65534:65534"), "{passwd}");
-        assert_eq!(
-            fs::read_to_string(base.join("etc/resolv.conf")).expect("resolv"),
-            ""
-        );
-        for dev in DEVICES {
-            assert!(base.join("dev").join(dev).is_file(), "{dev}");
-        }
-        assert_eq!(
-            fs::read_link(base.join("dev/fd")).expect("fd link"),
-            PathBuf::from("/proc/self/fd")
-        );
-        // Host symlinks (merged /usr) are copied as links, directories made.
-        for dir in SYSTEM_DIRS {
-            let host = Path::new(dir);
-            let inner = under(&base, host);
-            match fs::symlink_metadata(host) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    assert_eq!(
-                        fs::read_link(&inner).ok(),
-                        fs::read_link(host).ok(),
-                        "{dir}"
-                    )
-                }
-                Ok(m) if m.is_dir() => assert!(inner.is_dir(), "{dir}"),
-                _ => assert!(fs::symlink_metadata(&inner).is_err(), "{dir}"),
-            }
-        }
-        // A terminal stub left by an older base goes at the next build.
-        fs::write(base.join("dev/tty"), "").expect("stale stub");
-        build_base(&base, BaseKind::Host, prefix).expect("second build is fine");
-        assert!(!base.join("dev/tty").exists());
-        assert_eq!(BaseKind::detect(&base).expect("detect"), BaseKind::Host);
-    }
-
-    #[test]
-    fn self_contained_base_keeps_its_system_and_gets_etc_and_marker() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let base = tmp.path().join("base");
-        // What debootstrap leaves: merged /usr, its own /etc files.
-        fs::create_dir_all(base.join("usr/bin")).expect("usr");
-        fs::create_dir_all(base.join("etc/ssl/certs")).expect("etc");
-        symlink("usr/bin", base.join("bin")).expect("bin link");
-        fs::write(base.join("etc/passwd"), "root:x:0:0::/root:/bin/bash\n").expect("passwd");
-        // A link in the base must be replaced, never written through.
-        let outside = tmp.path().join("outside");
-        fs::write(&outside, "host file").expect("outside");
-        symlink(&outside, base.join("etc/hosts")).expect("hosts link");
-        assert_eq!(BaseKind::detect(&base).expect("detect"), BaseKind::Host);
-        let prefix = Path::new("/opt/hostpy");
-        build_base(&base, BaseKind::Debootstrap, prefix).expect("build");
-        assert_eq!(
-            BaseKind::detect(&base).expect("detect"),
-            BaseKind::Debootstrap
-        );
-        assert_eq!(
-            fs::read_link(base.join("bin")).expect("bin"),
-            PathBuf::from("usr/bin")
-        );
-        assert!(!base.join("opt").exists(), "no mount point for host Python");
-        let passwd = fs::read_to_string(base.join("etc/passwd")).expect("passwd");
-        assert!(passwd.contains("nobody:x:65534:65534"), "{passwd}");
-        assert_eq!(fs::read_to_string(&outside).expect("outside"), "host file");
-        assert!(base.join("etc/hosts").is_file());
-        for d in ["handler", "host", "packages", "ol", "tmp", "proc"] {
-            assert!(base.join(d).is_dir(), "{d}");
-        }
-        for dev in DEVICES {
-            assert!(base.join("dev").join(dev).exists(), "{dev}");
-        }
     }
 
     #[test]

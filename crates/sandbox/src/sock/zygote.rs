@@ -32,13 +32,13 @@ use nix::fcntl::OFlag;
 use nix::sys::socket::{ControlMessage, MsgFlags, recv, sendmsg};
 use serde_json::json;
 
+use super::cgroup::pool::CgroupPool;
 use super::cgroup::{Cgroup, CgroupLimits};
-use super::cgroup_pool::CgroupPool;
+use super::enclosure::{Enclosure, release_cgroup};
 use super::rootfs::{host_scratch, tmp_scratch};
-use super::{Enclosure, release_cgroup};
 use crate::logs::LogPipes;
-use crate::process::describe_exit;
 use crate::protocol::{encode_frame, read_frame_blocking};
+use crate::supervise::describe_exit;
 use crate::{Sandbox, SandboxError};
 
 /// How long a zygote may take to import and say ready.

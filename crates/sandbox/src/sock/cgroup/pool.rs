@@ -10,7 +10,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::cgroup::{Cgroup, CgroupError};
+use super::{Cgroup, CgroupError};
 
 /// How long the processes of a killed sandbox may take to leave.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,11 +60,11 @@ impl CgroupPool {
     /// cgroup does not empty.
     pub(crate) fn recycle(&self, cg: Cgroup, kill: &dyn Fn(u32)) -> Result<(), CgroupError> {
         if !self.enabled() || self.lock().len() >= self.capacity {
-            return super::discard_cgroup(&cg);
+            return cg.discard(kill);
         }
         let emptied = cg.kill_all(kill).and_then(|()| wait_empty(&cg, kill));
         if emptied.is_err() {
-            return super::discard_cgroup(&cg);
+            return cg.discard(kill);
         }
         // v1 keeps the dead sandbox's page cache charged to the cgroup:
         // hand the next one a cgroup that starts near zero.
@@ -109,20 +109,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::sock::cgroup::fake::FakeFs;
+    use crate::sock::cgroup::fake::{FakeFs, HYBRID};
     use crate::sock::cgroup::{CgroupFs, Hierarchy};
 
-    const V1: &str = "\
-35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-36 31 0:33 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
-39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
-";
-
     fn cgroup(fs: &Arc<FakeFs>, name: &str) -> Cgroup {
-        let hierarchy = Arc::new(Hierarchy::detect(V1).expect("v1"));
-        let fs_dyn: Arc<dyn CgroupFs> = Arc::clone(fs) as Arc<dyn CgroupFs>;
-        let cg = Cgroup::new(fs_dyn, hierarchy, name);
+        let hierarchy = Hierarchy::detect(HYBRID).expect("v1");
+        let cg = hierarchy
+            .cgroups(Arc::clone(fs) as Arc<dyn CgroupFs>)
+            .cgroup(name);
         cg.create().expect("create");
         cg
     }

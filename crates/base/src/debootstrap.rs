@@ -20,6 +20,8 @@ use std::sync::mpsc;
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::BaseError;
+
 /// Debian's mirror, reachable from most networks through its CDN.
 pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 /// Ubuntu's archive (amd64 and i386; other architectures need
@@ -38,60 +40,6 @@ pub const PYTHON: &str = "/usr/bin/python3";
 const TAIL_LINES: usize = 20;
 /// Where the tools this module runs live, whatever the caller's PATH.
 const TOOL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Why a debootstrap base could not be built; each says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum BaseError {
-    /// debootstrap, chroot and mounts need root.
-    #[error(
-        "building a debootstrap base needs root (debootstrap mounts and chroots); run `ol worker init --base debootstrap` as root, or use `--base host`"
-    )]
-    NotRoot,
-    /// debootstrap is missing and apt could not install it.
-    #[error(
-        "debootstrap is not installed and `apt-get install -y debootstrap` failed: {message}; install debootstrap yourself and run init again"
-    )]
-    Install {
-        /// What apt said, or why it could not run.
-        message: String,
-    },
-    /// debootstrap itself failed (mirror unreachable, unknown suite, ...).
-    #[error(
-        "debootstrap of {suite} from {mirror} failed ({status}): {message}; check that the mirror is reachable (or pass --mirror URL / --suite NAME), full log in {log}"
-    )]
-    Debootstrap {
-        /// The suite asked for.
-        suite: String,
-        /// The mirror asked for.
-        mirror: String,
-        /// debootstrap's exit status.
-        status: ExitStatus,
-        /// Its last error line.
-        message: String,
-        /// Where its whole output was saved.
-        log: PathBuf,
-    },
-    /// Packing or unpacking the cached root file system failed.
-    #[error("cannot {what} {path}: {message}; delete it and run init again")]
-    Tar {
-        /// What was being done.
-        what: &'static str,
-        /// The tarball.
-        path: PathBuf,
-        /// What tar said.
-        message: String,
-    },
-    /// A filesystem operation failed.
-    #[error("cannot {what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-}
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BaseError + use<> {
     let path = path.to_path_buf();

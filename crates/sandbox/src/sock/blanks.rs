@@ -1,0 +1,246 @@
+//! Blank sandboxes (see [`Blank`]): forked ahead from each zygote by a
+//! refill thread ([`BLANKS`] for the root, [`NODE_BLANKS`] for each
+//! import-cache zygote), each already in its cgroup (a reused one when
+//! `features.reuse_cgroups`), namespaces and scratch dir; a cold start
+//! takes one (or forks one on the spot when none is ready) and hands it
+//! its lambda.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ol_obs::{Phase, counters};
+
+use super::enclosure::Enclosure;
+use super::pool::PoolInner;
+use super::zygote::{self, Assignment, Blank, ForkedSandbox, Zygote};
+use super::zygote_cache::ROOT;
+use super::{base_env, cgroup_err, cgroup_limits, kill_pid, package_paths};
+use crate::scratch::Scratch;
+use crate::{NewSandbox, SandboxError, SandboxSpec};
+
+/// Blank sandboxes kept ready by the root zygote.
+const BLANKS: usize = 2;
+/// Blank sandboxes kept ready by each import-cache zygote.
+const NODE_BLANKS: usize = 1;
+
+impl PoolInner {
+    /// A live zygote short of ready blanks, if any: the root wants
+    /// [`BLANKS`], each import-cache zygote [`NODE_BLANKS`].
+    fn short_of_blanks(&self) -> Option<(String, Arc<Zygote>)> {
+        let zygotes = self.lock_zygotes();
+        let blanks = self.lock_blanks();
+        zygotes
+            .iter()
+            .filter(|(_, z)| z.is_alive())
+            .find(|(key, _)| {
+                let want = if key.as_str() == ROOT {
+                    BLANKS
+                } else {
+                    NODE_BLANKS
+                };
+                blanks.get(key.as_str()).map_or(0, VecDeque::len) < want
+            })
+            .map(|(key, z)| (key.clone(), Arc::clone(z)))
+    }
+
+    /// The refill thread: forks blanks until every zygote has its share
+    /// ready, sleeps until one is taken, until the pool closes.
+    pub(super) fn keep_blanks_ready(&self) {
+        loop {
+            if self.closing.load(Ordering::Acquire) {
+                return;
+            }
+            let Some((key, zygote)) = self.short_of_blanks() else {
+                let blanks = self.lock_blanks();
+                if !self.closing.load(Ordering::Acquire) {
+                    let _ = self.wake.wait_timeout(blanks, Duration::from_secs(1));
+                }
+                continue;
+            };
+            match self.prefork(&zygote, true) {
+                Ok(blank) => {
+                    // The zygote may have been evicted meanwhile.
+                    if self
+                        .lock_zygotes()
+                        .get(&key)
+                        .is_some_and(|z| Arc::ptr_eq(z, &zygote))
+                    {
+                        self.lock_blanks().entry(key).or_default().push_back(blank);
+                    } else {
+                        blank.discard();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cannot fork a blank sandbox: {e}");
+                    // Back off before trying again; wake early on close.
+                    let blanks = self.lock_blanks();
+                    let _ = self.wake.wait_timeout(blanks, Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Forks one blank sandbox into a reused or new cgroup.
+    fn prefork(&self, zygote: &Zygote, warm: bool) -> Result<Blank, SandboxError> {
+        let id = self.new_id("sb");
+        let (cgroup, oom_baseline) = match self.reused.take() {
+            Some(reused) => (reused.cgroup, reused.oom_baseline),
+            None => {
+                let cgroup = self.cgroup(&id);
+                cgroup.create().map_err(cgroup_err)?;
+                (cgroup, 0)
+            }
+        };
+        let limits = cgroup_limits(&self.cfg.blank_limits);
+        let made = cgroup
+            .set_limits(&limits)
+            .map_err(cgroup_err)
+            .and_then(|()| {
+                zygote.prefork(&id, cgroup.clone(), self.cfg.blank_limits.disk_mb, warm)
+            });
+        match made {
+            Ok(mut blank) => {
+                blank.oom_baseline = oom_baseline;
+                blank.recycle = self.reused.enabled().then(|| Arc::clone(&self.reused));
+                blank.limits = Some(limits);
+                // Its scratch dir and logs, ready to be renamed after its
+                // sandbox.
+                blank.scratch = Scratch::create(&self.cfg.scratch_root, &id)
+                    .and_then(|s| {
+                        s.log_pipes(self.cfg.blank_limits.log_kb)
+                            .map(|logs| (s.dir, logs))
+                    })
+                    .ok();
+                Ok(blank)
+            }
+            Err(e) => {
+                let _ = cgroup.discard(&kill_pid);
+                Err(e)
+            }
+        }
+    }
+
+    /// A ready blank of zygote `key`, or a new one forked now.
+    pub(super) fn take_blank(&self, key: &str, zygote: &Zygote) -> Result<Blank, SandboxError> {
+        let _phase = Phase::SockBlank.enter();
+        let taken = self
+            .lock_blanks()
+            .get_mut(key)
+            .and_then(VecDeque::pop_front);
+        self.wake.notify_all();
+        match taken {
+            Some(blank) => {
+                counters::BLANK_HITS.inc();
+                Ok(blank)
+            }
+            None => {
+                counters::BLANK_MISSES.inc();
+                self.prefork(zygote, false)
+            }
+        }
+    }
+
+    /// Turns `blank` into the sandbox `id` of `spec`.
+    pub(super) fn assign(
+        &self,
+        blank: Blank,
+        spec: &SandboxSpec,
+        id: &str,
+        zygote: &Arc<Zygote>,
+    ) -> Result<NewSandbox, SandboxError> {
+        let mut blank = blank;
+        let made_ahead = blank.scratch.take().and_then(|(dir, logs)| {
+            let named = self.cfg.scratch_root.join(id);
+            match fs::rename(&dir, &named) {
+                Ok(()) => Some((Scratch { dir: named }, logs)),
+                Err(_) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    None
+                }
+            }
+        });
+        // Made ahead with the worker's log cap: a lambda's own cap may be
+        // lower.
+        let (scratch, logs) = match made_ahead {
+            Some((scratch, logs)) if spec.limits.log_kb == self.cfg.blank_limits.log_kb => {
+                (scratch, Some(logs))
+            }
+            Some((scratch, _)) => (scratch, None),
+            None => match Scratch::create(&self.cfg.scratch_root, id) {
+                Ok(s) => (s, None),
+                Err(e) => {
+                    blank.discard();
+                    return Err(e);
+                }
+            },
+        };
+        let limits = cgroup_limits(&spec.limits);
+        // Blanks have the worker's limits already: most lambdas need no write.
+        let set_limits = Phase::SockCgroup
+            .run(|| {
+                if blank.limits.as_ref() == Some(&limits) {
+                    Ok(())
+                } else {
+                    blank.cgroup.set_limits(&limits)
+                }
+            })
+            .map_err(cgroup_err);
+        let logs = set_limits.and_then(|()| match logs {
+            Some(logs) => Ok(logs),
+            None => scratch.log_pipes(spec.limits.log_kb),
+        });
+        let handed = match logs {
+            Ok(logs) => {
+                let _phase = Phase::SockAssign.enter();
+                let mut env = base_env();
+                env.extend(spec.env.iter().cloned());
+                zygote::assign(
+                    &blank,
+                    Assignment {
+                        code_dir: &spec.code_dir,
+                        disk_mb: spec.limits.disk_mb,
+                        logs,
+                        env: &env,
+                        packages: &package_paths(&spec.packages),
+                    },
+                )
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = handed {
+            blank.discard();
+            let _ = fs::remove_dir_all(&scratch.dir);
+            return Err(e);
+        }
+        let Blank {
+            cgroup,
+            conn,
+            exit,
+            oom_baseline,
+            recycle,
+            ..
+        } = blank;
+        Ok(NewSandbox {
+            sandbox: Box::new(ForkedSandbox {
+                id: id.to_string(),
+                pid: OnceLock::new(),
+                enclosure: Enclosure {
+                    cgroup,
+                    scratch: scratch.dir,
+                    downsize: self.downsize(&spec.limits),
+                    oom_baseline,
+                    recycle,
+                },
+                exit,
+                exit_reason: None,
+                destroyed: false,
+                _zygote: Some(Arc::clone(zygote)),
+            }),
+            conn,
+            forked_from: None,
+        })
+    }
+}
