@@ -34,7 +34,7 @@ use std::io::Write;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -273,6 +273,8 @@ struct State {
     commands: Mutex<(VecDeque<CommandOutput>, Vec<CommandSpec>)>,
     zygotes: Mutex<BTreeSet<String>>,
     next_id: AtomicU32,
+    /// Every sandbox made, with a handle on its socket, for [`FakePool::kill`].
+    made: Mutex<Vec<(Weak<Life>, UnixStream)>>,
 }
 
 impl State {
@@ -361,6 +363,31 @@ impl FakePool {
         self.state.with(lambda, |s| s.specs.clone())
     }
 
+    /// Kills every live sandbox of `lambda` from outside, as the kernel
+    /// would (SIGKILL while idle, say): its runtime goes away without a
+    /// word and the worker finds out on its next use. Returns how many.
+    pub fn kill(&self, lambda: &str) -> usize {
+        let made = self
+            .state
+            .made
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut killed = 0;
+        for (life, sock) in made.iter() {
+            let Some(life) = life.upgrade().filter(|l| l.lambda == lambda) else {
+                continue;
+            };
+            if life.lock().killed || life.lock().exit.is_some() {
+                continue;
+            }
+            life.exit(KILLED, false);
+            life.update(|s| s.killed = true);
+            let _ = sock.shutdown(Shutdown::Both);
+            killed += 1;
+        }
+        killed
+    }
+
     /// Every command run, in order.
     pub fn commands(&self) -> Vec<CommandSpec> {
         self.lock_commands().1.clone()
@@ -412,6 +439,13 @@ impl SandboxPool for FakePool {
             life: Arc::clone(&life),
             pool: Arc::clone(&self.state),
         };
+        if let Ok(sock) = peer.try_clone() {
+            self.state
+                .made
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((Arc::downgrade(&life), sock));
+        }
         let thread = std::thread::Builder::new()
             .name(format!("fake-{}", life.id))
             .spawn(move || runtime.run(begin))
