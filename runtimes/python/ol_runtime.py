@@ -10,7 +10,7 @@ frame and exits 1), then answers request frames one at a time until the
 worker closes its end (exit 0). The frame format and messages are those of
 docs/protocol.md.
 
-A lambda is one of (DESIGN.md section 1.4):
+A lambda is one of (docs/architecture.md section 1.4):
 - ``f(event)``: event is the JSON-decoded body (else the UTF-8 text, else
   the raw bytes; None when empty); the result is JSON-encoded;
 - ``handler(conn, event)``: the seed-002 form, called with conn=None;

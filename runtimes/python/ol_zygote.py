@@ -1,6 +1,6 @@
 """Zygote of ol: a Python process with the runtime (and later packages)
-already imported that forks new lambda sandboxes (DESIGN.md sections 3.4,
-3.13, 7).
+already imported that forks new lambda sandboxes (docs/architecture.md
+sections 3.4, 3.13, 7).
 
 The worker starts it through the sandbox init, confined: root only of a
 user namespace of its own whose root is an unprivileged host uid, with a
@@ -36,7 +36,7 @@ part (above all the cgroup migration, which waits for an RCU grace period)
 is off the critical path of a cold start. The zygote answers ``{"type":
 "forked", "id": ..., "pid": ...}``.
 
-A ``zygote`` request (the import cache, DESIGN.md section 3.4) forks a
+A ``zygote`` request (the import cache, docs/architecture.md section 3.4) forks a
 child zygote instead: descriptors are its control socket, the write end of
 its exit pipe, its stdout and stderr, a tmpfs for its /tmp, then its
 ``cgroup.procs`` files; the meta names the package dirs to put on sys.path

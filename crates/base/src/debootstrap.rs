@@ -1,5 +1,5 @@
-//! A self-contained base (`ol worker init --base debootstrap`, DESIGN.md
-//! §1.2): a minimal Debian root file system with its own Python, made by
+//! A self-contained base (`ol worker init --base debootstrap`,
+//! docs/architecture.md §1.2): a minimal Debian root file system with its own Python, made by
 //! `debootstrap` (installed with apt when missing).
 //!
 //! The first build for a suite, mirror and architecture downloads the

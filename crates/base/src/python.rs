@@ -1,6 +1,6 @@
 //! Finding the Python sandboxes run: the real interpreter behind a
-//! configured name or path (never a pyenv shim: FLOORS.md measures it at
-//! ~45 ms a start), asked once for its binary, version and prefix, on the
+//! configured name or path (never a pyenv shim, a bash script that costs
+//! ~45 ms a start: docs/benchmarks.md, "Floors"), asked once for its binary, version and prefix, on the
 //! host or, for a self-contained base, in a chroot of the base.
 
 use std::path::{Path, PathBuf};

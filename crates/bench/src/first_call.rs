@@ -1,6 +1,7 @@
 //! `ol bench first-call`: how long a user waits from starting `ol worker
 //! up` to the first successful answer of a lambda, each run with a fresh
-//! worker directory (DESIGN §6: ≤ 50 ms; upstream 99–115 ms).
+//! worker directory (its target is in docs/benchmarks.md;
+//! upstream OpenLambda takes 99–115 ms).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
-//! The end-to-end benchmarks of `ol` (DESIGN.md §6), run as `ol bench`.
+//! The end-to-end benchmarks of `ol`, run as `ol bench`; the targets they
+//! check are in docs/benchmarks.md.
 //! Each benchmark yields result rows ([`output`]) shown as a table and
 //! optionally written as JSON, CSV and a PNG plot ([`plot`]); `ol bench
 //! report` runs them all and writes docs/benchmarks.md's numbers
@@ -55,7 +56,7 @@ pub enum BenchCommand {
     /// Write OpenLambda's benchmark lambdas (bench-py-N, bench-pd-N) into a
     /// worker directory's registry, for `ol bench ol --target`.
     Init(upstream::InitArgs),
-    /// Run every benchmark of DESIGN §6 briefly and write the numbers, with
+    /// Run every benchmark that has a target briefly and write the numbers, with
     /// their ratios to upstream OpenLambda, into docs/benchmarks.md.
     Report(report::ReportArgs),
 }

@@ -1,7 +1,7 @@
-//! `ol bench report`: runs every benchmark of DESIGN §6 briefly on workers
+//! `ol bench report`: runs every benchmark that has a target briefly on workers
 //! of its own and writes today's numbers, checked against the targets and
 //! compared with upstream OpenLambda's measured numbers
-//! (OPENLAMBDA-FACTS.md), into a section of docs/benchmarks.md. Text
+//! (docs/benchmarks.md, "Upstream OpenLambda"), into a section of docs/benchmarks.md. Text
 //! outside that section's markers is kept as it is.
 
 use std::fmt::Write as _;
@@ -197,18 +197,18 @@ enum Versus {
     Nothing,
 }
 
-/// One line of the DESIGN §6 table: which row it reads and how.
+/// One line of the targets table: which row it reads and how.
 struct Metric {
     name: &'static str,
     bench: &'static str,
     connections: usize,
     target: &'static str,
     /// Whether the row meets the target (given the CPU count); `None`
-    /// when DESIGN sets no target for it.
+    /// when no target is set for it.
     met: Option<fn(&Row, usize) -> bool>,
     today: fn(&Row, usize) -> String,
     /// Upstream OpenLambda's number on this machine kind
-    /// (OPENLAMBDA-FACTS.md), and the middle of its range to compare.
+    /// (docs/benchmarks.md, "Upstream OpenLambda"), and the middle of its range to compare.
     upstream: &'static str,
     versus: Versus,
 }
@@ -391,7 +391,7 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
          warm-up; cold: {} new lambdas; first call: {} fresh workers; numpy: {} \
          new lambdas; OpenLambda's benches: {} s each after one call of each \
          lambda. One run of each, on a shared 2-vCPU VM: read p99s as \
-         indications. Upstream numbers are from OPENLAMBDA-FACTS.md (same \
+         indications. Upstream numbers are from \"Upstream OpenLambda\" below (same \
          machine kind, measured earlier, not in this run).\n",
         utc_now(),
         git_commit(),
@@ -407,7 +407,7 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
     );
     let _ = writeln!(
         s,
-        "| metric (DESIGN §6) | target | today | met | upstream OpenLambda | vs upstream |"
+        "| metric | target | today | met | upstream OpenLambda | vs upstream |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     for metric in METRICS {

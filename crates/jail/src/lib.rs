@@ -1,4 +1,4 @@
-//! The one jail of `ol` (DESIGN.md §3.2, §3.13): every step of putting a
+//! The one jail of `ol` (docs/architecture.md §3.2, §3.13): every step of putting a
 //! process into a sandbox, in Rust, used by both ways a sandbox starts:
 //! - the sandbox init (`ol __ol_sandbox_init`, in the sandbox crate), which
 //!   starts the root zygote, lambdas started without a zygote, and the

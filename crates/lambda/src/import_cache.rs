@@ -1,4 +1,4 @@
-//! The import cache (DESIGN.md §3.4, seed 000 "Cold Zygotes"): a tree of
+//! The import cache (docs/architecture.md §3.4, seed 000 "Cold Zygotes"): a tree of
 //! zygotes, each with more packages imported than its parent, in
 //! OpenLambda's `import_cache_tree` JSON format
 //! (`{"packages": [...], "children": [...]}`, the root importing nothing).

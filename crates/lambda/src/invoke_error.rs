@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Why an invocation failed. The worker answers each with its HTTP status
-/// (DESIGN.md §1.3); the variants say what happened, in the lambda layer's
+/// (docs/architecture.md §1.3); the variants say what happened, in the lambda layer's
 /// terms, and the status each gets is the worker's to choose.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {

@@ -1,4 +1,4 @@
-//! Lambda layer of `ol` (DESIGN.md §2, seed 001): turns an invocation of a
+//! Lambda layer of `ol` (docs/architecture.md §2, seed 001): turns an invocation of a
 //! lambda by name into a call on one of its warm sandboxes, creating,
 //! reusing and replacing sandboxes as needed.
 //!

@@ -1,4 +1,4 @@
-//! Observability shared by every layer of `ol` (DESIGN.md §3.11): the
+//! Observability shared by every layer of `ol` (docs/architecture.md §3.11): the
 //! phases of a call with their latency histograms and `tracing` spans
 //! ([`phase`]), the lock-free histogram behind them ([`histogram`]) and
 //! the worker's named counters ([`counters`]). The worker turns these into

@@ -1,4 +1,4 @@
-//! The phases of a call on the worker (DESIGN.md §2, "the flow of a
+//! The phases of a call on the worker (docs/architecture.md §2, "the flow of a
 //! call"), each with one process-wide [`LatencyHistogram`] (what `/stats`
 //! and `/metrics` report) and one `tracing` span of the same name (what a
 //! Chrome trace shows). Timing a phase does both, so the numbers and the

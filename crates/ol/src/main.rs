@@ -1,4 +1,4 @@
-//! `ol`: the one command of the platform (DESIGN.md §1.1). It parses the
+//! `ol`: the one command of the platform (docs/architecture.md §1.1). It parses the
 //! command line and hands each command to the crate that does the work.
 
 mod admin;

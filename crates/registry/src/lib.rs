@@ -1,4 +1,4 @@
-//! Where lambda code comes from (DESIGN.md §3.9): the [`Registry`] trait and
+//! Where lambda code comes from (docs/architecture.md §3.9): the [`Registry`] trait and
 //! its backends. Today: [`DirRegistry`], a directory holding one
 //! sub-directory or `NAME.tar.gz` per lambda, plus the archive code every
 //! backend shares: [`unpack_lambda`] (safe against hostile uploads) and

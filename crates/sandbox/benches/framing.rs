@@ -28,7 +28,7 @@
 //!
 //! `OL_BENCH_PIN=same` pins the client thread and all runtimes to CPU 0;
 //! `OL_BENCH_PIN=split` puts the client on CPU 0 and the runtimes on CPU 1.
-//! Unset, the scheduler places them (FLOORS.md §7: a cross-CPU wakeup costs
+//! Unset, the scheduler places them (docs/benchmarks.md, "Floors": a cross-CPU wakeup costs
 //! about 35 µs on this VM, so placement dominates 1-connection latency).
 //!
 //! Run: `cargo bench -p ol-sandbox --bench framing` (a positional filter

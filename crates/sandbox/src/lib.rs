@@ -1,4 +1,4 @@
-//! Sandbox layer of `ol` (DESIGN.md §2, §3.1): the [`Sandbox`] and
+//! Sandbox layer of `ol` (docs/architecture.md §2, §3.1): the [`Sandbox`] and
 //! [`SandboxPool`] traits every backend implements, the [`SafeSandbox`]
 //! wrapper that talks the runtime protocol and turns every failure into an
 //! error (never a panic), and the backends themselves.
@@ -121,7 +121,7 @@ pub struct SandboxSpec {
     pub zygote: Vec<ZygoteNode>,
 }
 
-/// One zygote of the import cache (DESIGN.md §3.4): a zygote with these
+/// One zygote of the import cache (docs/architecture.md §3.4): a zygote with these
 /// packages imported, forked from the node before it in the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ZygoteNode {
@@ -147,7 +147,7 @@ pub struct NewSandbox {
 }
 
 /// A command run to completion in a sandbox of its own (the package
-/// installer, DESIGN.md §3.8).
+/// installer, docs/architecture.md §3.8).
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
     /// Names its scratch dir and cgroup (`install-<n>` is appended).

@@ -1,4 +1,4 @@
-//! The memory pool (DESIGN.md §3.7, seed 000): every sandbox reserves its
+//! The memory pool (docs/architecture.md §3.7, seed 000): every sandbox reserves its
 //! memory limit from `mem_pool_mb` before it is created and gives it back
 //! when destroyed, so the worker never promises more memory than it has.
 //! Admission waits for memory to be freed (the caller evicts in between).

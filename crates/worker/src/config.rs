@@ -1,4 +1,4 @@
-//! `config.json` (DESIGN.md §1.5): every setting with its default, strict
+//! `config.json` (docs/architecture.md §1.5): every setting with its default, strict
 //! parsing (an unknown key is an error naming it) and `-o key=value`
 //! overrides with dotted keys (`-o limits.mem_mb=128`).
 

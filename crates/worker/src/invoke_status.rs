@@ -1,5 +1,5 @@
-//! Which HTTP status answers each way a call of a lambda can fail (DESIGN.md
-//! §1.3). The lambda layer's errors say what happened and nothing of HTTP;
+//! Which HTTP status answers each way a call of a lambda can fail
+//! (docs/architecture.md §1.3). The lambda layer's errors say what happened and nothing of HTTP;
 //! this is the one place that maps them. The match has no catch-all, so a
 //! new kind of failure cannot ship without a status chosen for it.
 

@@ -1,4 +1,4 @@
-//! Event layer of `ol` (DESIGN.md §2): the worker's config, its directory,
+//! Event layer of `ol` (docs/architecture.md §2): the worker's config, its directory,
 //! its HTTP API, and its life: start, serve, stop, clean up after a crash.
 //!
 //! - [`lifecycle`] starts a worker over its [`workdir`] and [`config`],

@@ -1,5 +1,5 @@
 //! The responses every route builds: JSON bodies, plain text, and the JSON
-//! error body of DESIGN.md §1.3 (`{"error": ..., "lambda": ...}`), so that
+//! error body of docs/architecture.md §1.3 (`{"error": ..., "lambda": ...}`), so that
 //! every route fails the same way.
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Re
     resp
 }
 
-/// The JSON error body of DESIGN.md §1.3: `{"error": ..., "lambda": ...}`,
+/// The JSON error body of docs/architecture.md §1.3: `{"error": ..., "lambda": ...}`,
 /// with the lambda's `traceback` when it raised.
 pub(crate) fn error_response(
     status: StatusCode,

@@ -1,4 +1,4 @@
-//! The worker's HTTP server (DESIGN.md §1.3) on hyper: serves connections
+//! The worker's HTTP server (docs/architecture.md §1.3) on hyper: serves connections
 //! within the `http` limits ([`crate::conn`]) and sends each request to its
 //! route (`routes/`).
 

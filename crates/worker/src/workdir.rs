@@ -1,4 +1,4 @@
-//! The worker directory (DESIGN.md §1.2): its layout, `ol worker init`, and
+//! The worker directory (docs/architecture.md §1.2): its layout, `ol worker init`, and
 //! the files that say whether a worker runs in it (`worker/worker.pid`,
 //! `worker/worker.port`).
 
@@ -162,7 +162,7 @@ impl WorkerDir {
             config.sandbox = crate::config::SandboxKind::Sock;
         }
         // Record the real interpreter once so no worker start pays for the
-        // pyenv shim (~45 ms per run, FLOORS.md), and finish the sandboxes'
+        // pyenv shim (~45 ms per run: docs/benchmarks.md, "Floors"), and finish the sandboxes'
         // root. A host base tolerates a missing Python until `up`; a
         // self-contained one brings its own, so it must be there.
         match ol_base::python::resolve(config.base, &self.base(), &config.python) {

@@ -11,7 +11,7 @@ equal. Started exactly like the real runtime:
 
 - ``raw`` (default): a hand-written loop over a buffered reader: request
   line, headers up to the blank line, a Content-Length body; the fastest
-  HTTP a Python runtime can offer with the stdlib (FLOORS.md section 7);
+  HTTP a Python runtime can offer with the stdlib (docs/benchmarks.md, "Floors");
 - ``http.server``: a stock ``http.server.BaseHTTPRequestHandler`` with
   ``protocol_version = "HTTP/1.1"``, as a typical Python HTTP runtime uses.
 

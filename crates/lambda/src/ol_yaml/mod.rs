@@ -1,4 +1,4 @@
-//! A lambda's optional `ol.yaml` (DESIGN.md §1.4): which HTTP methods and
+//! A lambda's optional `ol.yaml` (docs/architecture.md §1.4): which HTTP methods and
 //! cron schedules trigger it, extra environment variables for its sandbox,
 //! and limits that lower the worker's defaults.
 //!

@@ -1,4 +1,4 @@
-//! The package puller (DESIGN.md §3.8): turns a lambda's
+//! The package puller (docs/architecture.md §3.8): turns a lambda's
 //! `requirements.txt` into exact versions with their dependencies and
 //! installs each distribution once per worker into
 //! `packages/<name>==<version>/`.

@@ -1,5 +1,5 @@
 //! Commands run to completion in a `sock` sandbox of their own (the
-//! package installer, DESIGN.md §3.8): through the sandbox init, in their
+//! package installer, docs/architecture.md §3.8): through the sandbox init, in their
 //! own cgroup with the command's limits, in namespaces (the host's
 //! network if asked), over a root of the system dirs plus the command's
 //! dirs, as the sandbox user; killed at `runtime_sec`.

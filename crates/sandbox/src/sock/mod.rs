@@ -1,4 +1,4 @@
-//! The `sock` backend (DESIGN.md §3.2–3.7, §3.13): each lambda runs in new
+//! The `sock` backend (docs/architecture.md §3.2–3.7, §3.13): each lambda runs in new
 //! mount, pid, ipc, uts, network and cgroup namespaces, pivot_root'ed into
 //! a root of read-only binds with size-bounded tmpfs scratch (`/host`,
 //! `/tmp`), in a session of its own, as an unprivileged user with no

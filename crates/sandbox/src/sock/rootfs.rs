@@ -1,4 +1,4 @@
-//! The sandbox root file system at run time (DESIGN.md §1.2, §3.2): what a
+//! The sandbox root file system at run time (docs/architecture.md §1.2, §3.2): what a
 //! base must hold and how a sandbox is mounted over it.
 //!
 //! A base is of one [`BaseKind`], recorded in its [`BASE_MARKER`] file. A

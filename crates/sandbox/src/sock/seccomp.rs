@@ -1,4 +1,4 @@
-//! The seccomp filters of sandboxes (DESIGN.md §3.2, §3.13).
+//! The seccomp filters of sandboxes (docs/architecture.md §3.2, §3.13).
 //!
 //! Two profiles, compiled to BPF once per worker ([`compile`]) and handed
 //! to each new sandbox as bytes ([`to_bytes`] / [`from_bytes`]): a

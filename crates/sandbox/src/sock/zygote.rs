@@ -1,4 +1,4 @@
-//! Zygotes (DESIGN.md §3.4), worker side: a Python process with the runtime
+//! Zygotes (docs/architecture.md §3.4), worker side: a Python process with the runtime
 //! (and, for the import cache, packages) imported that forks new sandboxes
 //! on request (runtimes/python/ol_zygote.py). A zygote is confined like
 //! any sandbox and more: root only of a user namespace of its own, whose

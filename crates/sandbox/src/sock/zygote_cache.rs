@@ -1,4 +1,4 @@
-//! The zygotes of a pool by key (DESIGN.md §3.4): the root zygote (the
+//! The zygotes of a pool by key (docs/architecture.md §3.4): the root zygote (the
 //! runtime imported, started fresh through the sandbox init) and the
 //! import cache's child zygotes (packages imported, each forked from its
 //! parent), started on first use. A zygote that fails to start is not

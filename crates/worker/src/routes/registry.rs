@@ -1,4 +1,4 @@
-//! The worker's registry API (DESIGN.md §1.3), for a local registry:
+//! The worker's registry API (docs/architecture.md §1.3), for a local registry:
 //! `GET /registry/` lists, `POST /registry/NAME` installs a tar.gz (201),
 //! `DELETE /registry/NAME` removes, `GET /registry/NAME/config` shows the
 //! parsed ol.yaml, and `GET /registry/NAME.tar.gz` serves the packed

@@ -1,4 +1,4 @@
-//! cgroups v1 and v2 behind one [`Cgroup`] type (DESIGN.md §3.3), in the
+//! cgroups v1 and v2 behind one [`Cgroup`] type (docs/architecture.md §3.3), in the
 //! shape of Firecracker's jailer and youki's libcgroups:
 //! - [`Hierarchy`] (`hierarchy.rs`) reads a mountinfo text, says which
 //!   layout the host has and builds its [`Cgroups`];

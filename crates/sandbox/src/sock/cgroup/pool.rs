@@ -1,7 +1,7 @@
-//! Reused cgroups (`features.reuse_cgroups`, DESIGN.md §3.3): a dead
+//! Reused cgroups (`features.reuse_cgroups`, docs/architecture.md §3.3): a dead
 //! sandbox's cgroup is emptied and kept for the next sandbox instead of
 //! being removed and made again (rmdir + mkdir of every v1 controller's
-//! directory, ~235 µs against ~40 µs to reuse, FLOORS.md).
+//! directory, ~235 µs against ~40 µs to reuse, docs/benchmarks.md, "Floors").
 //!
 //! A reused cgroup keeps its kernel counters; the one that matters, the
 //! OOM-kill count, is read when the cgroup is handed out so a sandbox only
