@@ -25,5 +25,6 @@ pub mod packages;
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use invoke_error::InvokeError;
 pub use manager::{
-    LambdaManager, LambdaSettings, LambdaStats, PackageLayer, SandboxInfo, Stats, Trigger,
+    LambdaManager, LambdaSettings, LambdaStats, PackageLayer, SandboxInfo, SandboxesByState, Stats,
+    Trigger,
 };

@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::stats::{LambdaLayerStats, PhaseLatency, RecordedStats};
+use crate::stats::{PhaseLatency, RecordedStats};
 
 /// Lambdas that get their own `lambda` label; later ones share
 /// [`OTHER_LAMBDAS`].
@@ -329,7 +329,7 @@ impl fmt::Debug for StateCollector {
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let s = LambdaLayerStats::from(self.lambdas.stats());
+        let s = self.lambdas.stats();
         let mut sandboxes = encoder.encode_descriptor(
             "ol_sandboxes",
             "Live sandboxes by state",

@@ -10,7 +10,7 @@ use ol_lambda::LambdaManager;
 use ol_registry::DirRegistry;
 
 use crate::metrics::{self, WorkerMetrics};
-use crate::stats::{LambdaLayerStats, WorkerStats};
+use crate::stats::WorkerStats;
 
 /// Counters the HTTP layer keeps.
 #[derive(Debug, Default)]
@@ -52,7 +52,7 @@ impl AppState {
             errors_4xx: c.errors_4xx.load(Ordering::Relaxed),
             errors_5xx: c.errors_5xx.load(Ordering::Relaxed),
             errors_by_status: self.metrics.errors_by_status(),
-            lambda_layer: LambdaLayerStats::from(self.lambdas.stats()),
+            lambda_layer: self.lambdas.stats(),
             recorded: metrics::recorded_stats(),
         }
     }

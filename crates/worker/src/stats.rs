@@ -1,7 +1,7 @@
 //! The schema of `GET /stats`, one type for every side of it: the worker
 //! builds a [`WorkerStats`] and serializes it, `/metrics` reads its lambda
-//! layer's numbers from the same [`LambdaLayerStats`], and `ol worker
-//! status` and the benchmarks deserialize it. docs/observability.md lists
+//! layer's numbers from the same `ol_lambda::Stats` it flattens, and `ol
+//! worker status` and the benchmarks deserialize it. docs/observability.md lists
 //! every key.
 //!
 //! The JSON is one flat object: OpenLambda's own keys sit beside ours, and
@@ -11,8 +11,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use ol_lambda::packages::PackageStats;
-use ol_lambda::{LambdaStats, SandboxInfo};
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -28,80 +26,13 @@ pub struct WorkerStats {
     pub errors_5xx: u64,
     /// Invocations by status, for every status ≥ 400 seen (`"404"`, ...).
     pub errors_by_status: BTreeMap<String, u64>,
-    /// Lambdas, sandboxes and the memory pool.
+    /// Lambdas, sandboxes and the memory pool (the lambda layer's own
+    /// snapshot).
     #[serde(flatten)]
-    pub lambda_layer: LambdaLayerStats,
+    pub lambda_layer: ol_lambda::Stats,
     /// Phase latencies and named counters.
     #[serde(flatten)]
     pub recorded: RecordedStats,
-}
-
-/// The lambda layer's part of `/stats`, also what `/metrics` exports as
-/// gauges and totals.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LambdaLayerStats {
-    /// Lambdas called so far, with their idle instance counts.
-    pub lambdas: Vec<LambdaStats>,
-    /// How many lambdas are known (the length of `lambdas`).
-    pub lambda_count: usize,
-    /// Every live sandbox.
-    pub sandboxes: Vec<SandboxInfo>,
-    /// Live sandboxes by state.
-    pub sandboxes_by_state: SandboxesByState,
-    /// Sandboxes created since start.
-    pub sandboxes_created: u64,
-    /// Sandboxes destroyed since start.
-    pub sandboxes_destroyed: u64,
-    /// Idle sandboxes paused since start.
-    pub pauses: u64,
-    /// Idle sandboxes destroyed to free memory.
-    pub evictions: u64,
-    /// Memory reserved by sandboxes, in MiB.
-    pub mem_pool_used_mb: u64,
-    /// Size of the memory pool, in MiB.
-    pub mem_pool_total_mb: u64,
-    /// Package installs (absent when the worker installs no packages).
-    pub packages: Option<PackageStats>,
-    /// Sandboxes by the zygote they were forked from: `"root"`, an
-    /// import-cache key, or `"none"` (a fresh interpreter).
-    pub forked_from: BTreeMap<String, u64>,
-    /// Import-cache zygotes alive now.
-    pub zygotes: Vec<String>,
-}
-
-/// Live sandboxes by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SandboxesByState {
-    /// Serving a call (or between calls for a moment).
-    pub busy: usize,
-    /// Idle and running (warm).
-    pub idle: usize,
-    /// Idle and paused.
-    pub paused: usize,
-}
-
-impl From<ol_lambda::Stats> for LambdaLayerStats {
-    fn from(s: ol_lambda::Stats) -> Self {
-        Self {
-            lambda_count: s.lambdas.len(),
-            lambdas: s.lambdas,
-            sandboxes: s.sandboxes,
-            sandboxes_by_state: SandboxesByState {
-                busy: s.sandboxes_busy,
-                idle: s.sandboxes_idle,
-                paused: s.sandboxes_paused,
-            },
-            sandboxes_created: s.sandboxes_created,
-            sandboxes_destroyed: s.sandboxes_destroyed,
-            pauses: s.pauses,
-            evictions: s.evictions,
-            mem_pool_used_mb: s.mem_pool_used_mb,
-            mem_pool_total_mb: s.mem_pool_total_mb,
-            packages: s.packages,
-            forked_from: s.forked_from,
-            zygotes: s.zygotes,
-        }
-    }
 }
 
 /// One phase's latency (OpenLambda's `<phase>.cnt` and `<phase>.ms-avg`,
@@ -208,6 +139,7 @@ impl<'de> Visitor<'de> for RecordedVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ol_lambda::{LambdaStats, SandboxInfo, SandboxesByState};
     use serde_json::json;
 
     fn sample() -> WorkerStats {
@@ -216,7 +148,7 @@ mod tests {
             errors_4xx: 2,
             errors_5xx: 1,
             errors_by_status: BTreeMap::from([("404".into(), 2), ("500".into(), 1)]),
-            lambda_layer: LambdaLayerStats {
+            lambda_layer: ol_lambda::Stats {
                 lambdas: vec![LambdaStats {
                     name: "hello".into(),
                     idle: 1,

@@ -31,7 +31,7 @@ use ol_sandbox::mem_pool::MemPool;
 use ol_sandbox::{Invocation, Limits, Reply, SandboxPool};
 
 pub use call::Trigger;
-pub use stats::{LambdaStats, SandboxInfo, Stats};
+pub use stats::{LambdaStats, SandboxInfo, SandboxesByState, Stats};
 
 use crate::InvokeError;
 use crate::clock::{Clock, SystemClock};

@@ -25,19 +25,19 @@ pub struct SandboxInfo {
     pub cgroup: Option<String>,
 }
 
-/// A snapshot of the lambda layer.
-#[derive(Debug, Clone, Serialize)]
+/// A snapshot of the lambda layer, in the shape `/stats` shows it (the
+/// worker's `/stats` flattens it into its own object; `/metrics` exports
+/// it as gauges and totals).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stats {
     /// Lambdas called so far, with their idle instance counts.
     pub lambdas: Vec<LambdaStats>,
+    /// How many lambdas are known (the length of `lambdas`).
+    pub lambda_count: usize,
     /// Every live sandbox.
     pub sandboxes: Vec<SandboxInfo>,
-    /// Live sandboxes serving a call (or between calls for a moment).
-    pub sandboxes_busy: usize,
-    /// Live sandboxes idle and running (warm).
-    pub sandboxes_idle: usize,
-    /// Live sandboxes idle and paused.
-    pub sandboxes_paused: usize,
+    /// Live sandboxes by state.
+    pub sandboxes_by_state: SandboxesByState,
     /// Sandboxes created since start.
     pub sandboxes_created: u64,
     /// Sandboxes destroyed since start.
@@ -57,6 +57,17 @@ pub struct Stats {
     pub forked_from: BTreeMap<String, u64>,
     /// Import-cache zygotes alive now.
     pub zygotes: Vec<String>,
+}
+
+/// Live sandboxes by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxesByState {
+    /// Serving a call (or between calls for a moment).
+    pub busy: usize,
+    /// Idle and running (warm).
+    pub idle: usize,
+    /// Idle and paused.
+    pub paused: usize,
 }
 
 /// Per-lambda part of [`Stats`].
@@ -107,10 +118,13 @@ impl LambdaManager {
         let mut sandboxes: Vec<SandboxInfo> = self.lock_sandboxes().values().cloned().collect();
         sandboxes.sort_by(|a, b| a.id.cmp(&b.id));
         Stats {
+            lambda_count: lambdas.len(),
             lambdas,
-            sandboxes_busy: sandboxes.len().saturating_sub(idle + paused),
-            sandboxes_idle: idle,
-            sandboxes_paused: paused,
+            sandboxes_by_state: SandboxesByState {
+                busy: sandboxes.len().saturating_sub(idle + paused),
+                idle,
+                paused,
+            },
             sandboxes,
             sandboxes_created: self.counters.created.load(Ordering::Relaxed),
             sandboxes_destroyed: self.counters.destroyed.load(Ordering::Relaxed),
