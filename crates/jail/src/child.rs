@@ -51,10 +51,12 @@ pub fn frame(meta: &str) -> Vec<u8> {
     out
 }
 
-/// What a blank is forked with.
+/// What every new sandbox a zygote forks (blank or child zygote) is made
+/// with.
 #[derive(Debug)]
-pub struct BlankFds<'a> {
-    /// Its runtime socket (the caller keeps owning it).
+pub struct Entry<'a> {
+    /// Its socket: a blank's runtime socket, a child zygote's control
+    /// socket (the caller keeps owning it).
     pub conn: BorrowedFd<'a>,
     /// Write end of its exit pipe.
     pub exit: OwnedFd,
@@ -66,8 +68,8 @@ pub struct BlankFds<'a> {
 
 /// Turns the calling forked child into a blank sandbox. Returns only in the
 /// blank (its pid 1); the forking process ends as the middle process.
-pub fn blank(f: BlankFds<'_>) -> Result<()> {
-    let BlankFds {
+pub fn blank(f: Entry<'_>) -> Result<()> {
+    let Entry {
         conn,
         exit,
         tmp,
@@ -201,32 +203,14 @@ fn redirect(from: OwnedFd, to: Stdio, name: &str) -> Result<()> {
     step(format!("redirect {name}"), sys::redirect(from.as_fd(), to))
 }
 
-/// What a child zygote is forked with.
-#[derive(Debug)]
-pub struct ZygoteFds<'a> {
-    /// Its control socket (the caller keeps owning it).
-    pub conn: BorrowedFd<'a>,
-    /// Write end of its exit pipe.
-    pub exit: OwnedFd,
-    /// Its stdout log.
-    pub stdout: OwnedFd,
-    /// Its stderr log.
-    pub stderr: OwnedFd,
-    /// Its private `/tmp`.
-    pub tmp: OwnedFd,
-    /// Its cgroups' `cgroup.procs` files.
-    pub cgroups: Vec<OwnedFd>,
-}
-
 /// Turns the calling forked child into a child zygote in namespaces of its
-/// own. Returns only in the new zygote; its pid 1 only reaps, and the
-/// forking process ends as the middle process.
-pub fn zygote(f: ZygoteFds<'_>) -> Result<()> {
-    let ZygoteFds {
+/// own, logging to `stdout` and `stderr`. Returns only in the new zygote;
+/// its pid 1 only reaps, and the forking process ends as the middle
+/// process.
+pub fn zygote(f: Entry<'_>, stdout: OwnedFd, stderr: OwnedFd) -> Result<()> {
+    let Entry {
         conn,
         exit,
-        stdout,
-        stderr,
         tmp,
         cgroups,
     } = f;

@@ -13,7 +13,7 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::os::raw::c_int;
 use std::panic::AssertUnwindSafe;
 
-use crate::child::{self, AssignFds, BlankFds, ZygoteFds};
+use crate::child::{self, AssignFds, Entry};
 use crate::{Result, refuse};
 
 /// Writes `msg` into the caller's buffer, truncated to fit and
@@ -86,6 +86,29 @@ unsafe fn borrow<'a>(fd: RawFd) -> Result<BorrowedFd<'a>> {
     Ok(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
+/// What every new sandbox is made with ([`Entry`]).
+///
+/// # Safety
+/// `conn` stays open during the call; `exit`, `tmp` and the `ncgroups`
+/// descriptors at `cgroups` are handed over.
+unsafe fn entry<'a>(
+    conn: c_int,
+    exit: c_int,
+    tmp: c_int,
+    cgroups: *const c_int,
+    ncgroups: usize,
+) -> Result<Entry<'a>> {
+    // SAFETY: upheld by the caller.
+    unsafe {
+        Ok(Entry {
+            conn: borrow(conn)?,
+            exit: take(exit, "the exit pipe")?,
+            tmp: take(tmp, "the /tmp mount")?,
+            cgroups: take_all(cgroups, ncgroups, "the cgroup files")?,
+        })
+    }
+}
+
 /// Turns the calling forked child of a zygote into a blank sandbox
 /// ([`child::blank`]). Returns only in the blank.
 ///
@@ -105,15 +128,8 @@ pub unsafe extern "C" fn ol_jail_blank(
 ) -> c_int {
     run(err, errlen, || {
         // SAFETY: the caller's promises, above.
-        let fds = unsafe {
-            BlankFds {
-                conn: borrow(conn)?,
-                exit: take(exit, "the exit pipe")?,
-                tmp: take(tmp, "the /tmp mount")?,
-                cgroups: take_all(cgroups, ncgroups, "the cgroup files")?,
-            }
-        };
-        child::blank(fds)
+        let entry = unsafe { entry(conn, exit, tmp, cgroups, ncgroups)? };
+        child::blank(entry)
     })
 }
 
@@ -181,17 +197,14 @@ pub unsafe extern "C" fn ol_jail_zygote(
 ) -> c_int {
     run(err, errlen, || {
         // SAFETY: the caller's promises, above.
-        let fds = unsafe {
-            ZygoteFds {
-                conn: borrow(conn)?,
-                exit: take(exit, "the exit pipe")?,
-                stdout: take(stdout, "stdout")?,
-                stderr: take(stderr, "stderr")?,
-                tmp: take(tmp, "the /tmp mount")?,
-                cgroups: take_all(cgroups, ncgroups, "the cgroup files")?,
-            }
+        let (entry, stdout, stderr) = unsafe {
+            (
+                entry(conn, exit, tmp, cgroups, ncgroups)?,
+                take(stdout, "stdout")?,
+                take(stderr, "stderr")?,
+            )
         };
-        child::zygote(fds)
+        child::zygote(entry, stdout, stderr)
     })
 }
 
