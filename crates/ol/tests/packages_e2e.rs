@@ -11,17 +11,8 @@ use std::path::{Path, PathBuf};
 
 use common::{TestWorker, add_lambda, write_wheel};
 
-/// Shared installer cache (DESIGN.md §5: network tests use a local cache).
+/// Shared installer cache (docs/architecture.md §5: network tests use a local cache).
 const CACHE: &str = "package_cache_dir=/var/tmp/ol-test-uv-cache";
-
-macro_rules! require_root {
-    () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: packages install in the sock installer sandbox, which needs root");
-            return;
-        }
-    };
-}
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -61,8 +52,8 @@ fn installs(w: &TestWorker) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn numpy_and_pandas_lambdas_return_versions_and_results() {
-    require_root!();
     let w = start(&[]);
     add_example(&w, "numpy");
     add_example(&w, "pandas");
@@ -109,8 +100,8 @@ fn numpy_and_pandas_lambdas_return_versions_and_results() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn flask_and_fastapi_apps_work() {
-    require_root!();
     let w = start(&[]);
     add_example(&w, "flask");
     add_example(&w, "fastapi");
@@ -137,8 +128,8 @@ fn flask_and_fastapi_apps_work() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn same_requirement_is_installed_once_even_when_asked_at_once() {
-    require_root!();
     let w = start(&[]);
     let lambda = |name: &str| {
         add_lambda(
@@ -178,8 +169,8 @@ fn same_requirement_is_installed_once_even_when_asked_at_once() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn restarted_worker_reuses_its_resolutions_and_installs() {
-    require_root!();
     let mut w = start(&[]);
     add_lambda(
         w.path(),
@@ -204,8 +195,8 @@ fn restarted_worker_reuses_its_resolutions_and_installs() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pinned_requirement_forks_from_the_numpy_zygote() {
-    require_root!();
     let w = start(&[]);
     // Learn the current numpy version, then pin it exactly.
     add_example(&w, "numpy");
@@ -236,8 +227,8 @@ fn pinned_requirement_forks_from_the_numpy_zygote() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bad_requirement_fails_its_lambda_only_with_a_clear_error() {
-    require_root!();
     let w = start(&[]);
     add_lambda(
         w.path(),
@@ -330,32 +321,32 @@ fn call_each_once(import_cache: &str, count: usize, numpy: bool) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn call_each_once_10_and_100_without_import_cache() {
-    require_root!();
     call_each_once("", 10, false);
     call_each_once("", 100, false);
     call_each_once("", 10, true);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn call_each_once_10_and_100_with_tree() {
-    require_root!();
     call_each_once("tree", 10, false);
     call_each_once("tree", 100, false);
     call_each_once("tree", 10, true);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn call_each_once_10_and_100_with_multitree() {
-    require_root!();
     call_each_once("multitree", 10, false);
     call_each_once("multitree", 100, false);
     call_each_once("multitree", 10, true);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn local_wheel_directory_as_the_index() {
-    require_root!();
     let wheels = tempfile::tempdir().expect("tempdir");
     write_wheel(
         wheels.path(),
@@ -433,8 +424,8 @@ fn import_cache_zygote_pids(w: &TestWorker) -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_killed_import_cache_zygote_is_started_again() {
-    require_root!();
     let w = start(&[]);
     let lambda = |name: &str| {
         add_lambda(
