@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::{TestWorker, ol, stderr};
+use common::{Backend, TestWorker, ol, stderr};
 
 /// Shared installer cache, as in packages_e2e.rs.
 const PACKAGE_CACHE: &str = "package_cache_dir=/var/tmp/ol-test-uv-cache";
@@ -68,12 +68,13 @@ fn lambdas_run_on_the_debootstrap_base_and_its_own_python() {
     // Fails with init's one-line error (say, an unreachable mirror) when
     // the base cannot be built.
     let mut w = TestWorker::start_init(
+        Backend::Sock,
         &["--base", "debootstrap"],
         &[
             ("probe", &[("f.py", PROBE)]),
             ("six", &[("f.py", SIX), ("requirements.txt", "six\n")]),
         ],
-        &["sandbox=sock", PACKAGE_CACHE],
+        &[PACKAGE_CACHE],
     );
     eprintln!(
         "init --base debootstrap and up took {:.1} s",

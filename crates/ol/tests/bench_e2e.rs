@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{TestWorker, ol_bin};
+use common::{Backend, TestWorker, ol_bin, on_both_backends};
 
 const BOOM: &[(&str, &str)] = &[("f.py", "def f(event):\n    return 1 / 0\n")];
 
@@ -42,9 +42,9 @@ fn num(row: &serde_json::Value, field: &str) -> f64 {
         .unwrap_or_else(|| panic!("{field} is not a number in {row}"))
 }
 
-#[test]
-fn hot_bench_against_targets_writes_json_csv_and_png() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(hot_bench_against_targets_writes_json_csv_and_png);
+fn hot_bench_against_targets_writes_json_csv_and_png(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let out = tempfile::tempdir().expect("tempdir");
     let run = bench_hot(&w, "hello", out.path());
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -175,9 +175,9 @@ fn hot_bench_against_targets_writes_json_csv_and_png() {
     assert!(colored > 1_000, "colored curves and bars drawn: {colored}");
 }
 
-#[test]
-fn failing_calls_are_counted_and_reported() {
-    let w = TestWorker::start(&[("boom", BOOM)], &[]);
+on_both_backends!(failing_calls_are_counted_and_reported);
+fn failing_calls_are_counted_and_reported(backend: Backend) {
+    let w = TestWorker::start(backend, &[("boom", BOOM)], &[]);
     let out = tempfile::tempdir().expect("tempdir");
     let run = bench_hot(&w, "boom", out.path());
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -228,9 +228,9 @@ fn bench_json(args: &[&str], out: &Path) -> Vec<serde_json::Value> {
     v.as_array().expect("rows").clone()
 }
 
-#[test]
-fn openlambda_benches_call_the_lambdas_written_by_bench_init() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(openlambda_benches_call_the_lambdas_written_by_bench_init);
+fn openlambda_benches_call_the_lambdas_written_by_bench_init(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let init = common::ol(
         w.path(),
         &["bench", "init", "--kind", "py", "--count", "64"],
@@ -282,10 +282,13 @@ fn openlambda_benches_call_the_lambdas_written_by_bench_init() {
     assert_eq!(lambdas.len(), 64, "{lambdas:?}");
 }
 
-#[test]
-fn first_call_bench_times_fresh_workers() {
+on_both_backends!(first_call_bench_times_fresh_workers);
+fn first_call_bench_times_fresh_workers(backend: Backend) {
     let out = tempfile::tempdir().expect("tempdir");
-    let rows = bench_json(&["first-call", "--runs", "2"], out.path());
+    let rows = bench_json(
+        &["first-call", "--runs", "2", "-o", backend.option()],
+        out.path(),
+    );
     assert_eq!(rows.len(), 1);
     let r = &rows[0];
     assert_eq!(
@@ -296,9 +299,9 @@ fn first_call_bench_times_fresh_workers() {
     assert!((1_000.0..30e6).contains(&num(r, "p50_us")), "{r}");
 }
 
-#[test]
-fn cold_bench_uploads_new_lambdas_to_each_target_and_removes_them() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(cold_bench_uploads_new_lambdas_to_each_target_and_removes_them);
+fn cold_bench_uploads_new_lambdas_to_each_target_and_removes_them(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let out = tempfile::tempdir().expect("tempdir");
     let (a, b) = (format!("a={}", w.url("")), format!("b={}", w.url("")));
     let rows = bench_json(

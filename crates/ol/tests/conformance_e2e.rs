@@ -7,7 +7,7 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use common::{TestWorker, eventually};
+use common::{Backend, TestWorker, eventually, on_both_backends};
 
 const WSGI_ECHO: &str = "def app(environ, start_response):\n    body = environ['wsgi.input'].read(int(environ.get('CONTENT_LENGTH') or 0))\n    start_response('200 OK', [('Content-Type', 'application/octet-stream'), ('X-Path', environ['PATH_INFO']), ('X-Query', environ['QUERY_STRING'])])\n    return [body]\n";
 
@@ -15,9 +15,9 @@ const ASGI_APP: &str = "async def app(scope, receive, send):\n    if scope['type
 
 const SLEEPY: &str = "import time\n\ndef f(event):\n    time.sleep(event)\n    return 'woke'\n";
 
-#[test]
-fn wsgi_post_echo_with_path_and_query() {
-    let w = TestWorker::start(&[("echo-wsgi", &[("app.py", WSGI_ECHO)])], &[]);
+on_both_backends!(wsgi_post_echo_with_path_and_query);
+fn wsgi_post_echo_with_path_and_query(backend: Backend) {
+    let w = TestWorker::start(backend, &[("echo-wsgi", &[("app.py", WSGI_ECHO)])], &[]);
     let a = common::request("POST", &w.url("/run/echo-wsgi/a/b?x=1&y=2"), b"posted");
     assert_eq!((a.status, a.body.as_str()), (200, "posted"));
     let header = |name: &str| {
@@ -34,9 +34,9 @@ fn wsgi_post_echo_with_path_and_query() {
     assert_eq!(raw, body);
 }
 
-#[test]
-fn hand_written_asgi_app() {
-    let w = TestWorker::start(&[("asgi", &[("app.py", ASGI_APP)])], &[]);
+on_both_backends!(hand_written_asgi_app);
+fn hand_written_asgi_app(backend: Backend) {
+    let w = TestWorker::start(backend, &[("asgi", &[("app.py", ASGI_APP)])], &[]);
     let a = w.call("PUT", "/run/asgi", "payload");
     assert_eq!((a.status, a.body.as_str()), (201, "asgi:payload"));
     assert!(
@@ -46,9 +46,10 @@ fn hand_written_asgi_app() {
     );
 }
 
-#[test]
-fn entry_file_and_entry_name_from_environment() {
+on_both_backends!(entry_file_and_entry_name_from_environment);
+fn entry_file_and_entry_name_from_environment(backend: Backend) {
     let w = TestWorker::start(
+        backend,
         &[
             (
                 "entry",
@@ -77,9 +78,9 @@ fn entry_file_and_entry_name_from_environment() {
     );
 }
 
-#[test]
-fn stress_one_lambda_all_answers_correct() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(stress_one_lambda_all_answers_correct);
+fn stress_one_lambda_all_answers_correct(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let answers: Vec<(usize, u16, String)> = thread::scope(|s| {
         let handles: Vec<_> = (0..8)
             .map(|t| {
@@ -106,9 +107,10 @@ fn stress_one_lambda_all_answers_correct() {
     }
 }
 
-#[test]
-fn full_queue_is_429() {
+on_both_backends!(full_queue_is_429);
+fn full_queue_is_429(backend: Backend) {
     let w = TestWorker::start(
+        backend,
         &[("sleepy", &[("f.py", SLEEPY)])],
         &["scaling.max_instances=1", "scaling.max_queue=1"],
     );
@@ -141,9 +143,10 @@ fn full_queue_is_429() {
         == 200));
 }
 
-#[test]
-fn idle_sandboxes_are_scaled_down_and_come_back_on_demand() {
+on_both_backends!(idle_sandboxes_are_scaled_down_and_come_back_on_demand);
+fn idle_sandboxes_are_scaled_down_and_come_back_on_demand(backend: Backend) {
     let w = TestWorker::start(
+        backend,
         &[],
         &["scaling.idle_timeout_ms=300", "pause_after_idle_ms=0"],
     );
@@ -159,9 +162,10 @@ fn idle_sandboxes_are_scaled_down_and_come_back_on_demand() {
     assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, b!\""));
 }
 
-#[test]
-fn memory_pool_kept_full_by_busy_sandboxes_is_503() {
+on_both_backends!(memory_pool_kept_full_by_busy_sandboxes_is_503);
+fn memory_pool_kept_full_by_busy_sandboxes_is_503(backend: Backend) {
     let w = TestWorker::start(
+        backend,
         &[("sleepy", &[("f.py", SLEEPY)])],
         &["mem_pool_mb=50", "limits.mem_mb=50"],
     );

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{TestWorker, add_lambda, eventually, init_dir, ol_bin};
+use common::{Backend, TestWorker, add_lambda, eventually, init_dir, ol_bin};
 
 /// The installer's download cache shared by test runs (uv itself lands
 /// there once).
@@ -100,6 +100,7 @@ fn a_package_imported_by_a_zygote_has_no_host_privilege() {
     );
     let tree = r#"import_cache_tree={"packages": [], "children": [{"packages": ["olprobe"], "children": []}]}"#;
     let w = TestWorker::start(
+        Backend::Sock,
         &[(
             "probe",
             &[
@@ -180,18 +181,19 @@ def f(event):
     for overrides in [&[][..], &["features.import_cache="][..]] {
         let dir = init_dir(&[], &[("fds", &[("f.py", lambda)])]);
         let mut up = format!(
-            "exec 7<'{}' 8>>'{}'; exec '{}' worker up -d -p '{}' -o worker_port=0",
+            "exec 7<'{}' 8>>'{}'; exec '{}' worker up -d -p '{}' -o worker_port=0 -o {}",
             secret.display(),
             host_log.display(),
             ol_bin(),
-            dir.path().display()
+            dir.path().display(),
+            Backend::Sock.option()
         );
         for o in overrides {
             up.push_str(&format!(" -o '{o}'"));
         }
         let out = Command::new("sh").args(["-c", &up]).output().expect("sh");
         assert!(out.status.success(), "{}", common::stderr(&out));
-        let w = TestWorker::adopt(dir);
+        let w = TestWorker::adopt(Backend::Sock, dir);
         let a = w.run("fds", "{}");
         assert_eq!(a.status, 200, "{}", a.body);
         // stdin, its two log pipes, its runtime socket: nothing else.
@@ -233,9 +235,10 @@ def f(event):
         // `script` runs the worker in the foreground on a terminal of its
         // own (a pty), as an operator's shell would.
         let up = format!(
-            "'{}' worker up -p '{}' -o worker_port=0{overrides}",
+            "'{}' worker up -p '{}' -o worker_port=0 -o {}{overrides}",
             ol_bin(),
-            dir.path().display()
+            dir.path().display(),
+            Backend::Sock.option()
         );
         let mut script = Command::new("script")
             .args(["-qfec", &up, "/dev/null"])
@@ -244,7 +247,7 @@ def f(event):
             .stderr(Stdio::null())
             .spawn()
             .expect("script");
-        let mut w = TestWorker::adopt(dir);
+        let mut w = TestWorker::adopt(Backend::Sock, dir);
         let a = w.run("tty", "{}");
         // The foreground worker stops, then `script` ends; then nothing of
         // the worker may be left.
@@ -318,6 +321,7 @@ def f(event):
         let mut all = vec!["limits.disk_mb=8", "limits.log_kb=64"];
         all.extend(overrides);
         let w = TestWorker::start(
+            Backend::Sock,
             &[("fill", &[("f.py", fill)]), ("crash", &[("f.py", crash)])],
             &all,
         );
@@ -387,7 +391,7 @@ fn root_zygote_pid(w: &TestWorker) -> u32 {
 #[ignore = "needs root"]
 fn a_killed_zygote_is_noticed_at_once() {
     let hello = "def f(event):\n    return 'hi'\n";
-    let w = TestWorker::start(&[("hello", &[("f.py", hello)])], &[]);
+    let w = TestWorker::start(Backend::Sock, &[("hello", &[("f.py", hello)])], &[]);
     assert_eq!(w.run("hello", "{}").status, 200);
     let zygote = root_zygote_pid(&w);
     nix::sys::signal::kill(

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{TestWorker, add_lambda, ol, stderr};
+use common::{Backend, TestWorker, add_lambda, ol, on_both_backends, stderr};
 
 /// A lambda that, asked to `flood`, writes a frame header claiming a
 /// 400 MiB response straight onto the runtime's socket (the only socket a
@@ -52,10 +52,11 @@ fn worker_rss_kb(w: &TestWorker) -> u64 {
         .expect("VmRSS")
 }
 
-#[test]
-fn response_frame_claiming_400_mib_is_refused_without_buffering_it() {
+on_both_backends!(response_frame_claiming_400_mib_is_refused_without_buffering_it);
+fn response_frame_claiming_400_mib_is_refused_without_buffering_it(backend: Backend) {
     // A long runtime limit: only the frame check can end a flood quickly.
     let w = TestWorker::start(
+        backend,
         &[("flood", &[("f.py", FLOOD)])],
         &["limits.runtime_sec=300"],
     );
@@ -85,9 +86,9 @@ fn response_frame_claiming_400_mib_is_refused_without_buffering_it() {
     assert!(grown_mb < 64, "the worker grew by {grown_mb} MiB");
 }
 
-#[test]
-fn result_over_max_response_mb_is_an_error_and_the_sandbox_stays() {
-    let mut w = TestWorker::start(&[("flood", &[("f.py", FLOOD)])], &[]);
+on_both_backends!(result_over_max_response_mb_is_an_error_and_the_sandbox_stays);
+fn result_over_max_response_mb_is_an_error_and_the_sandbox_stays(backend: Backend) {
+    let mut w = TestWorker::start(backend, &[("flood", &[("f.py", FLOOD)])], &[]);
     add_lambda(
         w.path(),
         "small",
@@ -173,10 +174,11 @@ fn closed_by_worker(conn: &mut TcpStream) -> bool {
     }
 }
 
-#[test]
-fn stalled_clients_cannot_exhaust_descriptors_or_lock_others_out() {
+on_both_backends!(stalled_clients_cannot_exhaust_descriptors_or_lock_others_out);
+fn stalled_clients_cannot_exhaust_descriptors_or_lock_others_out(backend: Backend) {
     const CAP: usize = 32;
     let w = TestWorker::start(
+        backend,
         &[],
         &[
             "http.header_timeout_ms=500",
@@ -254,9 +256,9 @@ fn packed_with_ol_yaml(ol_yaml: &str) -> Vec<u8> {
     ol_registry::pack_lambda(dir.path()).expect("pack")
 }
 
-#[test]
-fn uploads_with_hostile_ol_yaml_are_refused_with_400() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(uploads_with_hostile_ol_yaml_are_refused_with_400);
+fn uploads_with_hostile_ol_yaml_are_refused_with_400(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let block: String = (0..300).map(|i| format!("{}a:\n", " ".repeat(i))).collect();
     let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
     for (n, prev) in ["b", "c", "d", "e", "f", "g", "h", "i", "j"]

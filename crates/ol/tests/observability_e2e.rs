@@ -6,15 +6,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{TestWorker, ol_bin, stderr};
+use common::{Backend, TestWorker, ol_bin, on_both_backends, stderr};
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::Value;
 
 const BOOM: &[(&str, &str)] = &[("f.py", "def f(event):\n    return 1 / 0\n")];
-
-fn running_as_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// The value of `metric` with exactly `labels` (0 if absent).
 fn sample(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
@@ -41,10 +37,11 @@ fn count(stats: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("/stats has no count {key}: {stats}"))
 }
 
-#[test]
-fn stats_and_metrics_count_every_call_exactly() {
+on_both_backends!(stats_and_metrics_count_every_call_exactly);
+fn stats_and_metrics_count_every_call_exactly(backend: Backend) {
     // No pauses and no periodic code checks: every count below is exact.
     let w = TestWorker::start(
+        backend,
         &[("boom", BOOM)],
         &["pause_after_idle_ms=0", "registry_cache_ms=600000"],
     );
@@ -73,13 +70,20 @@ fn stats_and_metrics_count_every_call_exactly() {
     assert_eq!(delta("first-call.cnt"), 2);
     assert_eq!(delta("call.cnt"), 4);
     assert_eq!(delta("unpause.cnt"), 0);
-    if running_as_root() {
-        assert_eq!(delta("sock-assign.cnt") + delta("sock-spawn.cnt"), 2);
-        assert_eq!(
-            delta("blank_hits") + delta("blank_misses") + delta("fresh_starts"),
-            2
-        );
-    }
+    // Each sandbox is a sock blank assigned or a sock spawn; the process
+    // backend has neither.
+    let sock_starts = match backend {
+        Backend::Sock => 2,
+        Backend::Process => 0,
+    };
+    assert_eq!(
+        delta("sock-assign.cnt") + delta("sock-spawn.cnt"),
+        sock_starts
+    );
+    assert_eq!(
+        delta("blank_hits") + delta("blank_misses") + delta("fresh_starts"),
+        sock_starts
+    );
     for key in ["web-request", "create-sandbox", "first-call", "call"] {
         let avg = after[format!("{key}.ms-avg")].as_f64().expect("ms-avg");
         let p50 = after[format!("{key}.ms-p50")].as_f64().expect("ms-p50");
@@ -148,28 +152,31 @@ fn stats_and_metrics_count_every_call_exactly() {
     assert!(reserved > 0.0);
 }
 
-/// The phases of a cold start on the sock backend, in the order they start.
-const COLD_START: &[&str] = &[
-    "web-request",
-    "pull-lambda",
-    "queue-wait",
-    "mem-reserve",
-    "create-sandbox",
-    "zygote-lookup",
-    "sock-blank",
-    "sock-cgroup",
-    "sock-assign",
-    "sandbox-ready",
-    "first-call",
-];
+/// The phases of a cold start on `backend`, in the order they start.
+fn cold_start(backend: Backend) -> Vec<&'static str> {
+    let backend_phases: &[&str] = match backend {
+        Backend::Sock => &["zygote-lookup", "sock-blank", "sock-cgroup", "sock-assign"],
+        Backend::Process => &[],
+    };
+    let mut phases = vec![
+        "web-request",
+        "pull-lambda",
+        "queue-wait",
+        "mem-reserve",
+        "create-sandbox",
+    ];
+    phases.extend(backend_phases);
+    phases.extend(["sandbox-ready", "first-call"]);
+    phases
+}
 
-#[test]
-#[ignore = "needs root"]
-fn trace_of_a_cold_start_holds_every_phase_in_order() {
+on_both_backends!(trace_of_a_cold_start_holds_every_phase_in_order);
+fn trace_of_a_cold_start_holds_every_phase_in_order(backend: Backend) {
+    let cold_start = cold_start(backend);
     let out_dir = tempfile::tempdir().expect("tempdir");
     let trace = out_dir.path().join("cold.json");
     let trace_arg = trace.to_str().expect("utf-8 path");
-    let mut w = TestWorker::start_with(&[], &[], &["--trace", trace_arg]);
+    let mut w = TestWorker::start_with(backend, &[], &[], &["--trace", trace_arg]);
     let a = w.run("hello", r#"{"name": "Trace"}"#);
     assert_eq!(a.status, 200, "{}", a.body);
     w.down();
@@ -191,7 +198,7 @@ fn trace_of_a_cold_start_holds_every_phase_in_order() {
         .filter(|e| &e["tid"] == track)
         .filter_map(|e| e["name"].as_str())
         .collect();
-    assert_eq!(call, COLD_START, "{text}");
+    assert_eq!(call, cold_start, "{text}");
     // Each phase lies within the request; sock phases within the create.
     let bounds = |name: &str| {
         let e = spans
@@ -203,7 +210,7 @@ fn trace_of_a_cold_start_holds_every_phase_in_order() {
     };
     let (start, end) = bounds("web-request");
     let (create_start, create_end) = bounds("create-sandbox");
-    for name in &COLD_START[1..] {
+    for name in &cold_start[1..] {
         let (s, e) = bounds(name);
         assert!(s >= start && e <= end, "{name} outside web-request");
         if name.starts_with("sock-") || *name == "sandbox-ready" {
@@ -240,7 +247,7 @@ fn trace_of_a_cold_start_holds_every_phase_in_order() {
         "{table}"
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
-    for phase in COLD_START {
+    for phase in &cold_start {
         let row = rows
             .iter()
             .find(|r| r.first() == Some(phase))
@@ -254,7 +261,7 @@ fn trace_of_a_cold_start_holds_every_phase_in_order() {
     let order: Vec<&str> = rows
         .iter()
         .filter_map(|r| r.first().copied())
-        .filter(|n| COLD_START.contains(n))
+        .filter(|n| cold_start.contains(n))
         .collect();
-    assert_eq!(order, COLD_START, "{table}");
+    assert_eq!(order, cold_start, "{table}");
 }

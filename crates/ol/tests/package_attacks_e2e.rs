@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{TestWorker, add_lambda, write_wheel};
+use common::{Backend, TestWorker, add_lambda, write_wheel};
 
 /// Shared installer cache (uv is installed there once for every test run).
 const CACHE_DIR: &str = "/var/tmp/ol-test-uv-cache";
@@ -167,7 +167,7 @@ fn start(index: &Path, overrides: &[&str]) -> TestWorker {
     let base = base_overrides(index);
     let mut all: Vec<&str> = base.iter().map(String::as_str).collect();
     all.extend(overrides);
-    let w = TestWorker::start(&[], &all);
+    let w = TestWorker::start(Backend::Sock, &[], &all);
     add_lambda(
         w.path(),
         "victim",

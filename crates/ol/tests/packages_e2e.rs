@@ -9,7 +9,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{TestWorker, add_lambda, write_wheel};
+use common::{Backend, TestWorker, add_lambda, write_wheel};
 
 /// Shared installer cache (docs/architecture.md §5: network tests use a local cache).
 const CACHE: &str = "package_cache_dir=/var/tmp/ol-test-uv-cache";
@@ -42,7 +42,7 @@ fn add_example(w: &TestWorker, name: &str) {
 fn start(overrides: &[&str]) -> TestWorker {
     let mut all = vec![CACHE];
     all.extend(overrides);
-    TestWorker::start(&[], &all)
+    TestWorker::start(Backend::Sock, &[], &all)
 }
 
 fn installs(w: &TestWorker) -> u64 {
@@ -468,16 +468,13 @@ fn a_killed_import_cache_zygote_is_started_again() {
 
 #[test]
 fn process_backend_installs_and_imports_packages_too() {
-    // The process backend needs no root; as root the test still runs it.
-    // Its installer runs as the worker's user, so it has a cache of its
-    // own: files it writes as root in the shared one would be unwritable
-    // for the sock installer sandbox (`nobody`).
+    // The process backend's installer runs as the worker's user, so it
+    // has a cache of its own: files it writes as root in the shared one
+    // would be unwritable for the sock installer sandbox (`nobody`).
     let w = TestWorker::start(
+        Backend::Process,
         &[],
-        &[
-            "package_cache_dir=/var/tmp/ol-test-uv-cache-process",
-            "sandbox=process",
-        ],
+        &["package_cache_dir=/var/tmp/ol-test-uv-cache-process"],
     );
     add_lambda(
         w.path(),

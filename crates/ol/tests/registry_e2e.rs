@@ -7,15 +7,15 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
-use common::{TestWorker, add_lambda, eventually, ol, stderr};
+use common::{Backend, TestWorker, add_lambda, eventually, ol, on_both_backends, stderr};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn admin_install_ls_rm_through_a_running_worker() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(admin_install_ls_rm_through_a_running_worker);
+fn admin_install_ls_rm_through_a_running_worker(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let src = tempfile::tempdir().expect("tempdir");
     let lambda = src.path().join("shout");
     fs::create_dir(&lambda).expect("mkdir");
@@ -104,9 +104,9 @@ fn tar_gz_with_raw_path(path: &str, data: &[u8]) -> Vec<u8> {
     gz.finish().expect("gzip")
 }
 
-#[test]
-fn hostile_uploads_are_refused_with_400_and_write_nothing() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(hostile_uploads_are_refused_with_400_and_write_nothing);
+fn hostile_uploads_are_refused_with_400_and_write_nothing(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let before = fs::read_dir(w.path()).expect("ls").count();
     for (path, what) in [("../evil.py", "traversal"), ("/tmp/evil.py", "absolute")] {
         let body = tar_gz_with_raw_path(path, b"x = 1\n");
@@ -146,11 +146,12 @@ fn hostile_uploads_are_refused_with_400_and_write_nothing() {
     assert_eq!(w.call("DELETE", "/registry/good", "").status, 404);
 }
 
-/// A worker with `registry_cache_ms` set to `cache_ms`,
+/// A worker on `backend` with `registry_cache_ms` set to `cache_ms`,
 /// whose lambda `ver` answered 1 and then had its code changed to answer
 /// 2.
-fn worker_with_changed_code(cache_ms: u64) -> TestWorker {
+fn worker_with_changed_code(backend: Backend, cache_ms: u64) -> TestWorker {
     let w = TestWorker::start(
+        backend,
         &[("ver", &[("f.py", "def f(e):\n    return 1\n")])],
         &[&format!("registry_cache_ms={cache_ms}")],
     );
@@ -168,10 +169,10 @@ fn worker_with_changed_code(cache_ms: u64) -> TestWorker {
     w
 }
 
-#[test]
-fn code_update_is_not_seen_within_the_cache_interval() {
+on_both_backends!(code_update_is_not_seen_within_the_cache_interval);
+fn code_update_is_not_seen_within_the_cache_interval(backend: Backend) {
     // Ten minutes: no test call comes after it.
-    let w = worker_with_changed_code(600_000);
+    let w = worker_with_changed_code(backend, 600_000);
     let first = w.sandbox_pids("ver");
     for _ in 0..5 {
         assert_eq!(
@@ -183,9 +184,9 @@ fn code_update_is_not_seen_within_the_cache_interval() {
     assert_eq!(w.sandbox_pids("ver"), first, "the sandbox was kept");
 }
 
-#[test]
-fn code_update_is_seen_after_the_cache_interval() {
-    let w = worker_with_changed_code(300);
+on_both_backends!(code_update_is_seen_after_the_cache_interval);
+fn code_update_is_seen_after_the_cache_interval(backend: Backend) {
+    let w = worker_with_changed_code(backend, 300);
     let first = w.sandbox_pids("ver");
     assert!(
         eventually(Duration::from_secs(10), || w.run("ver", "{}").body
@@ -197,15 +198,16 @@ fn code_update_is_seen_after_the_cache_interval() {
     assert_ne!(now, first);
 }
 
-#[test]
-fn a_worker_reads_its_lambdas_from_another_workers_http_registry() {
+on_both_backends!(a_worker_reads_its_lambdas_from_another_workers_http_registry);
+fn a_worker_reads_its_lambdas_from_another_workers_http_registry(backend: Backend) {
     let server = TestWorker::start(
+        backend,
         &[("shared", &[("f.py", "def f(e):\n    return 'v1'\n")])],
         &[],
     );
     let base = server.url("/registry");
     let registry_opt = format!("registry={base}");
-    let client = TestWorker::start(&[], &[&registry_opt, "registry_cache_ms=300"]);
+    let client = TestWorker::start(backend, &[], &[&registry_opt, "registry_cache_ms=300"]);
     let a = client.run("shared", "{}");
     assert_eq!((a.status, a.body.as_str()), (200, "\"v1\""));
     assert_eq!(client.run("nowhere", "{}").status, 404);

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{TestWorker, assert_no_processes, ol, stderr};
+use common::{Backend, TestWorker, assert_no_processes, ol, stderr};
 
 const PROBE: &str = r#"
 import ctypes, errno, os, socket
@@ -91,17 +91,17 @@ def f(event):
 #[test]
 #[ignore = "needs root"]
 fn a_lambda_forked_from_the_zygote_cannot_escape_its_sandbox() {
-    check_isolation(&["sandbox=sock"]);
+    check_isolation(&[]);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn a_lambda_started_fresh_cannot_escape_its_sandbox() {
-    check_isolation(&["sandbox=sock", "features.import_cache="]);
+    check_isolation(&["features.import_cache="]);
 }
 
 fn check_isolation(overrides: &[&str]) {
-    let w = TestWorker::start(&[("probe", &[("f.py", PROBE)])], overrides);
+    let w = TestWorker::start(Backend::Sock, &[("probe", &[("f.py", PROBE)])], overrides);
     let a = w.run("probe", &format!(r#"{{"port": {}}}"#, w.port));
     assert_eq!(a.status, 200, "{}", a.body);
     let j = a.json();
@@ -169,8 +169,9 @@ fn check_isolation(overrides: &[&str]) {
 #[ignore = "needs root"]
 fn fork_bomb_is_contained_and_the_worker_stays_up() {
     let w = TestWorker::start(
+        Backend::Sock,
         &[("bomb", &[("f.py", FORK_BOMB)])],
-        &["sandbox=sock", "limits.procs=10"],
+        &["limits.procs=10"],
     );
     let a = w.run("bomb", "null");
     assert_eq!(a.status, 200, "{}", a.body);
@@ -185,8 +186,9 @@ fn fork_bomb_is_contained_and_the_worker_stays_up() {
 #[ignore = "needs root"]
 fn memory_limit_is_enforced_with_507_and_honoured_below_it() {
     let w = TestWorker::start(
+        Backend::Sock,
         &[("hog", &[("f.py", MEM_HOG)])],
-        &["sandbox=sock", "limits.mem_mb=50"],
+        &["limits.mem_mb=50"],
     );
     // mem_mb - 16 MiB fits (the interpreter itself needs ~10 MiB).
     let a = w.run("hog", "34");
@@ -256,7 +258,7 @@ fn mounts_mentioning(dir: &Path) -> Vec<String> {
 #[ignore = "needs root"]
 fn churn_of_300_sandboxes_leaks_nothing() {
     let crash = "import os\n\ndef f(event):\n    os._exit(0)\n";
-    let mut w = TestWorker::start(&[("churn", &[("f.py", crash)])], &["sandbox=sock"]);
+    let mut w = TestWorker::start(Backend::Sock, &[("churn", &[("f.py", crash)])], &[]);
     for i in 0..300 {
         let a = w.run("churn", "{}");
         assert_eq!(a.status, 502, "call {i}: {}", a.body);
@@ -289,7 +291,7 @@ fn churn_of_300_sandboxes_leaks_nothing() {
 #[test]
 #[ignore = "needs root"]
 fn kill_9_then_force_cleanup_leaves_no_cgroup_process_or_mount() {
-    let mut w = TestWorker::start(&[], &["sandbox=sock"]);
+    let mut w = TestWorker::start(Backend::Sock, &[], &[]);
     for name in ["hello", "hello-legacy"] {
         assert_eq!(w.run(name, r#"{"name": "x"}"#).status, 200);
     }
@@ -316,7 +318,7 @@ fn kill_9_then_force_cleanup_leaves_no_cgroup_process_or_mount() {
 #[test]
 #[ignore = "needs root"]
 fn idle_sandbox_is_frozen_by_its_cgroup_and_thawed_on_call() {
-    let w = TestWorker::start(&[], &["sandbox=sock", "pause_after_idle_ms=100"]);
+    let w = TestWorker::start(Backend::Sock, &[], &["pause_after_idle_ms=100"]);
     assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
     let sandbox = w.stats()["sandboxes"][0]["id"]
         .as_str()
@@ -374,52 +376,9 @@ fn idle_sandbox_is_frozen_by_its_cgroup_and_thawed_on_call() {
 
 #[test]
 #[ignore = "needs root"]
-fn cron_lambda_fires_within_a_second_of_its_minute() {
-    let tick = "import json, time\n\ndef f(event):\n    print(json.dumps({'at': time.time(), 'event': event}))\n    return 'ticked'\n";
-    let w = TestWorker::start(
-        &[(
-            "tick",
-            &[
-                ("f.py", tick),
-                // Cron calls are not HTTP calls: the method list does not
-                // stop them.
-                (
-                    "ol.yaml",
-                    "triggers:\n  http: [{method: GET}]\n  cron: [{schedule: '* * * * *'}]\n",
-                ),
-            ],
-        )],
-        &["sandbox=sock"],
-    );
-    let fired = || -> Option<String> {
-        fs::read_dir(w.path().join("worker/scratch"))
-            .ok()?
-            .flatten()
-            .find_map(|e| fs::read_to_string(e.path().join("stdout")).ok())
-            .filter(|out| !out.is_empty())
-    };
-    assert!(
-        common::eventually(std::time::Duration::from_secs(75), || fired().is_some()),
-        "the cron lambda never ran"
-    );
-    let line = fired().expect("fired");
-    let first: serde_json::Value =
-        serde_json::from_str(line.lines().next().expect("a line")).expect("json");
-    let at = first["at"].as_f64().expect("time");
-    let minute = first["event"]["time"].as_f64().expect("event time");
-    assert_eq!(minute % 60.0, 0.0, "{first}");
-    assert_eq!(first["event"]["trigger"], "cron");
-    assert!(
-        (0.0..1.0).contains(&(at - minute)),
-        "fired {:.3} s after its minute",
-        at - minute
-    );
-}
-
-#[test]
-#[ignore = "needs root"]
 fn reused_cgroups_keep_no_stale_oom_count() {
     let w = TestWorker::start(
+        Backend::Sock,
         &[
             ("hog", &[("f.py", MEM_HOG)]),
             (
@@ -427,11 +386,7 @@ fn reused_cgroups_keep_no_stale_oom_count() {
                 &[("f.py", "import os\ndef f(event):\n    os._exit(3)\n")],
             ),
         ],
-        &[
-            "sandbox=sock",
-            "limits.mem_mb=50",
-            "features.reuse_cgroups=true",
-        ],
+        &["limits.mem_mb=50", "features.reuse_cgroups=true"],
     );
     let a = w.run("hog", "200");
     assert_eq!(a.status, 507, "{}", a.body);

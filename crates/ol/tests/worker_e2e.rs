@@ -1,13 +1,18 @@
 //! End-to-end tests: a real worker started by the real `ol` binary, real
-//! Python lambdas, exact answers, and nothing left behind afterwards.
+//! Python lambdas, exact answers, and nothing left behind afterwards. Each
+//! runs on both backends (`NAME::sock`, which needs root, and
+//! `NAME::process`) unless it is about one of them.
 
 mod common;
 
+use std::fs;
 use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;
 
-use common::{TestWorker, add_lambda, assert_no_processes, eventually, ol, stderr};
+use common::{
+    Backend, TestWorker, add_lambda, assert_no_processes, eventually, ol, on_both_backends, stderr,
+};
 
 const BOOM: &[(&str, &str)] = &[("f.py", "def f(event):\n    return 1 / 0\n")];
 const CRASH: &[(&str, &str)] = &[(
@@ -24,9 +29,9 @@ const WSGI: &[(&str, &str)] = &[(
     "def app(environ, start_response):\n    start_response('418 I am a teapot', [('A', 'B')])\n    return [b'hi\\n']\n",
 )];
 
-#[test]
-fn hello_lambdas_answer_exactly() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(hello_lambdas_answer_exactly);
+fn hello_lambdas_answer_exactly(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let a = w.run("hello", r#"{"name": "Alice"}"#);
     assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, Alice!\""));
     assert!(
@@ -48,9 +53,9 @@ fn hello_lambdas_answer_exactly() {
     assert_eq!(w.sandbox_pids("hello").len(), 1);
 }
 
-#[test]
-fn wsgi_app_passes_status_headers_and_body() {
-    let w = TestWorker::start(&[("teapot", WSGI)], &[]);
+on_both_backends!(wsgi_app_passes_status_headers_and_body);
+fn wsgi_app_passes_status_headers_and_body(backend: Backend) {
+    let w = TestWorker::start(backend, &[("teapot", WSGI)], &[]);
     let a = w.call("GET", "/run/teapot/some/path?x=1", "");
     assert_eq!((a.status, a.body.as_str()), (418, "hi\n"));
     assert!(
@@ -60,9 +65,9 @@ fn wsgi_app_passes_status_headers_and_body() {
     );
 }
 
-#[test]
-fn unknown_lambda_and_route_are_404_json() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(unknown_lambda_and_route_are_404_json);
+fn unknown_lambda_and_route_are_404_json(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let a = w.run("nope", "{}");
     assert_eq!(a.status, 404);
     let j = a.json();
@@ -73,9 +78,9 @@ fn unknown_lambda_and_route_are_404_json() {
     assert_eq!(a.status, 400, "{}", a.body);
 }
 
-#[test]
-fn raising_lambda_is_500_with_message_and_others_unharmed() {
-    let w = TestWorker::start(&[("boom", BOOM)], &[]);
+on_both_backends!(raising_lambda_is_500_with_message_and_others_unharmed);
+fn raising_lambda_is_500_with_message_and_others_unharmed(backend: Backend) {
+    let w = TestWorker::start(backend, &[("boom", BOOM)], &[]);
     let a = w.run("boom", "{}");
     assert_eq!(a.status, 500);
     let j = a.json();
@@ -92,9 +97,9 @@ fn raising_lambda_is_500_with_message_and_others_unharmed() {
     assert_eq!(w.run("hello", r#"{"name": "A"}"#).status, 200);
 }
 
-#[test]
-fn lambda_that_fails_to_load_is_500_naming_the_error() {
-    let w = TestWorker::start(&[("broken", BROKEN)], &[]);
+on_both_backends!(lambda_that_fails_to_load_is_500_naming_the_error);
+fn lambda_that_fails_to_load_is_500_naming_the_error(backend: Backend) {
+    let w = TestWorker::start(backend, &[("broken", BROKEN)], &[]);
     let a = w.run("broken", "{}");
     assert_eq!(a.status, 500);
     let err = a.json()["error"].as_str().unwrap_or_default().to_string();
@@ -113,9 +118,9 @@ fn kill(pid: u32) {
     .expect("kill");
 }
 
-#[test]
-fn runtime_killed_mid_call_is_502_then_replaced() {
-    let w = TestWorker::start(&[("sleepy", SLEEPY)], &[]);
+on_both_backends!(runtime_killed_mid_call_is_502_then_replaced);
+fn runtime_killed_mid_call_is_502_then_replaced(backend: Backend) {
+    let w = TestWorker::start(backend, &[("sleepy", SLEEPY)], &[]);
     assert_eq!(w.run("sleepy", "0").status, 200);
     let pid = w.sandbox_pids("sleepy")[0];
     let url = w.url("/run/sleepy");
@@ -140,9 +145,9 @@ fn runtime_killed_mid_call_is_502_then_replaced() {
     assert_ne!(now[0], pid);
 }
 
-#[test]
-fn runtime_killed_while_idle_is_replaced_without_an_error() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(runtime_killed_while_idle_is_replaced_without_an_error);
+fn runtime_killed_while_idle_is_replaced_without_an_error(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     assert_eq!(w.run("hello", r#"{"name": "A"}"#).status, 200);
     let pid = w.sandbox_pids("hello")[0];
     kill(pid);
@@ -159,9 +164,9 @@ fn runtime_killed_while_idle_is_replaced_without_an_error() {
     assert_ne!(now[0], pid);
 }
 
-#[test]
-fn runtime_dying_mid_call_is_502_with_exit_status() {
-    let w = TestWorker::start(&[("crash", CRASH)], &[]);
+on_both_backends!(runtime_dying_mid_call_is_502_with_exit_status);
+fn runtime_dying_mid_call_is_502_with_exit_status(backend: Backend) {
+    let w = TestWorker::start(backend, &[("crash", CRASH)], &[]);
     assert_eq!(w.run("crash", "\"ok\"").body, "\"alive\"");
     let a = w.run("crash", "\"crash\"");
     assert_eq!(a.status, 502);
@@ -170,9 +175,9 @@ fn runtime_dying_mid_call_is_502_with_exit_status() {
     assert_eq!(w.run("crash", "\"ok\"").body, "\"alive\"");
 }
 
-#[test]
-fn runtime_limit_is_504_and_the_sandbox_is_replaced() {
-    let w = TestWorker::start(&[("sleepy", SLEEPY)], &["limits.runtime_sec=1"]);
+on_both_backends!(runtime_limit_is_504_and_the_sandbox_is_replaced);
+fn runtime_limit_is_504_and_the_sandbox_is_replaced(backend: Backend) {
+    let w = TestWorker::start(backend, &[("sleepy", SLEEPY)], &["limits.runtime_sec=1"]);
     assert_eq!(w.run("sleepy", "0").body, "\"woke\"");
     let before = w.sandbox_pids("sleepy");
     let a = w.run("sleepy", "5");
@@ -183,9 +188,9 @@ fn runtime_limit_is_504_and_the_sandbox_is_replaced() {
     assert_ne!(w.sandbox_pids("sleepy"), before);
 }
 
-#[test]
-fn body_over_limit_is_413() {
-    let w = TestWorker::start(&[], &["limits.max_body_mb=1"]);
+on_both_backends!(body_over_limit_is_413);
+fn body_over_limit_is_413(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &["limits.max_body_mb=1"]);
     let big = "x".repeat((1 << 20) + 1);
     let a = w.run("echo", &big);
     assert_eq!(a.status, 413, "{}", a.body);
@@ -195,9 +200,9 @@ fn body_over_limit_is_413() {
     assert_eq!(a.body, fits);
 }
 
-#[test]
-fn fifty_concurrent_calls_all_succeed() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(fifty_concurrent_calls_all_succeed);
+fn fifty_concurrent_calls_all_succeed(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     let answers: Vec<(usize, u16, String)> = thread::scope(|s| {
         let handles: Vec<_> = (0..50)
             .map(|i| {
@@ -221,9 +226,9 @@ fn fifty_concurrent_calls_all_succeed() {
     assert!((1..=8).contains(&sandboxes), "{sandboxes} sandboxes");
 }
 
-#[test]
-fn down_stops_everything() {
-    let mut w = TestWorker::start(&[], &[]);
+on_both_backends!(down_stops_everything);
+fn down_stops_everything(backend: Backend) {
+    let mut w = TestWorker::start(backend, &[], &[]);
     for lambda in ["hello", "hello-legacy"] {
         assert_eq!(w.run(lambda, r#"{"name": "x"}"#).status, 200);
     }
@@ -235,9 +240,9 @@ fn down_stops_everything() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no worker was running"));
 }
 
-#[test]
-fn force_cleanup_after_kill_9_leaves_nothing() {
-    let mut w = TestWorker::start(&[("sleepy", SLEEPY)], &[]);
+on_both_backends!(force_cleanup_after_kill_9_leaves_nothing);
+fn force_cleanup_after_kill_9_leaves_nothing(backend: Backend) {
+    let mut w = TestWorker::start(backend, &[("sleepy", SLEEPY)], &[]);
     assert_eq!(w.run("hello", r#"{"name": "x"}"#).status, 200);
     // A call in flight when the worker dies.
     let url = w.url("/run/sleepy");
@@ -258,27 +263,21 @@ fn force_cleanup_after_kill_9_leaves_nothing() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_no_processes(w.path());
     assert!(!w.path().join("worker/worker.pid").exists());
-    let scratch: Vec<_> = std::fs::read_dir(w.path().join("worker/scratch"))
+    let scratch: Vec<_> = fs::read_dir(w.path().join("worker/scratch"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(scratch.is_empty(), "{scratch:?}");
     inflight.join().expect("in-flight thread");
     // The directory is usable again.
-    let out = ol(w.path(), &["worker", "up", "-d", "-o", "worker_port=0"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    w.port = std::fs::read_to_string(w.path().join("worker/worker.port"))
-        .expect("port")
-        .trim()
-        .parse()
-        .expect("port number");
+    w.up(&[]);
     assert_eq!(w.run("hello", r#"{"name": "y"}"#).body, "\"Hello, y!\"");
     w.down();
 }
 
-#[test]
-fn up_refuses_second_worker_and_taken_port() {
-    let w = TestWorker::start(&[], &[]);
-    let out = ol(w.path(), &["worker", "up", "-d"]);
+on_both_backends!(up_refuses_second_worker_and_taken_port);
+fn up_refuses_second_worker_and_taken_port(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
+    let out = ol(w.path(), &["worker", "up", "-d", "-o", backend.option()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("already runs"), "{}", stderr(&out));
 
@@ -288,7 +287,18 @@ fn up_refuses_second_worker_and_taken_port() {
     let out = ol(other.path(), &["worker", "init"]);
     assert!(out.status.success());
     let port_opt = format!("worker_port={port}");
-    let out = ol(other.path(), &["worker", "up", "-d", "-o", &port_opt]);
+    let out = ol(
+        other.path(),
+        &[
+            "worker",
+            "up",
+            "-d",
+            "-o",
+            &port_opt,
+            "-o",
+            backend.option(),
+        ],
+    );
     assert!(!out.status.success());
     let msg = stderr(&out);
     assert!(msg.contains("port is taken"), "{msg}");
@@ -308,16 +318,16 @@ fn bad_config_and_overrides_name_the_key() {
     let out = ol(dir.path(), &["worker", "up", "-o", "noequals"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("key=value"), "{}", stderr(&out));
-    std::fs::write(dir.path().join("config.json"), r#"{"surprise": true}"#).expect("write");
+    fs::write(dir.path().join("config.json"), r#"{"surprise": true}"#).expect("write");
     let out = ol(dir.path(), &["worker", "up"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("surprise"), "{}", stderr(&out));
     assert_no_processes(dir.path());
 }
 
-#[test]
-fn status_shows_pid_port_lambdas_and_sandboxes() {
-    let w = TestWorker::start(&[], &[]);
+on_both_backends!(status_shows_pid_port_lambdas_and_sandboxes);
+fn status_shows_pid_port_lambdas_and_sandboxes(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
     assert_eq!(w.run("hello", r#"{"name": "x"}"#).status, 200);
     let out = ol(w.path(), &["worker", "status"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -344,34 +354,46 @@ fn status_shows_pid_port_lambdas_and_sandboxes() {
     );
 }
 
-#[test]
-fn up_initializes_a_missing_dir_and_lambda_added_later_is_found() {
+on_both_backends!(up_initializes_a_missing_dir_and_lambda_added_later_is_found);
+fn up_initializes_a_missing_dir_and_lambda_added_later_is_found(backend: Backend) {
     let parent = tempfile::tempdir().expect("tempdir");
     let dir = parent.path().join("fresh");
-    let out = ol(&dir, &["worker", "up", "-d", "-o", "worker_port=0"]);
+    let out = ol(
+        &dir,
+        &[
+            "worker",
+            "up",
+            "-d",
+            "-o",
+            "worker_port=0",
+            "-o",
+            backend.option(),
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    let port: u16 = std::fs::read_to_string(dir.join("worker/worker.port"))
-        .expect("port")
-        .trim()
-        .parse()
-        .expect("port number");
-    add_lambda(&dir, "late", &[("f.py", "def f(e):\n    return 'late'\n")]);
-    let a = common::request("POST", &format!("http://127.0.0.1:{port}/run/late"), b"");
+    let mut w = TestWorker::adopt_at(backend, parent, dir);
+    add_lambda(
+        w.path(),
+        "late",
+        &[("f.py", "def f(e):\n    return 'late'\n")],
+    );
+    let a = w.run("late", "");
     assert_eq!((a.status, a.body.as_str()), (200, "\"late\""));
-    assert!(ol(&dir, &["worker", "down"]).status.success());
-    assert_no_processes(&dir);
+    w.down();
 }
 
 /// The state letter of a process (`R`, `S`, `T` stopped...) from
 /// /proc/PID/stat.
 fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
+/// Process sandboxes pause by SIGSTOP; sock_e2e.rs has the sock backend's
+/// cgroup freezer.
 #[test]
-fn idle_sandbox_is_paused_and_thawed_on_the_next_call() {
-    let w = TestWorker::start(&[], &["sandbox=process", "pause_after_idle_ms=100"]);
+fn idle_process_sandbox_is_stopped_and_continued_on_the_next_call() {
+    let w = TestWorker::start(Backend::Process, &[], &["pause_after_idle_ms=100"]);
     assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
     let pid = w.sandbox_pids("hello")[0];
     assert!(
@@ -389,9 +411,9 @@ fn idle_sandbox_is_paused_and_thawed_on_the_next_call() {
     );
 }
 
-#[test]
-fn back_to_back_calls_never_pause() {
-    let w = TestWorker::start(&[], &["sandbox=process", "pause_after_idle_ms=300"]);
+on_both_backends!(back_to_back_calls_never_pause);
+fn back_to_back_calls_never_pause(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &["pause_after_idle_ms=300"]);
     let deadline = std::time::Instant::now() + Duration::from_millis(900);
     while std::time::Instant::now() < deadline {
         assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
@@ -399,9 +421,10 @@ fn back_to_back_calls_never_pause() {
     assert_eq!(w.stats()["pauses"], 0);
 }
 
-#[test]
-fn full_memory_pool_evicts_idle_sandboxes_and_waits_for_busy_ones() {
+on_both_backends!(full_memory_pool_evicts_idle_sandboxes_and_waits_for_busy_ones);
+fn full_memory_pool_evicts_idle_sandboxes_and_waits_for_busy_ones(backend: Backend) {
     let w = TestWorker::start(
+        backend,
         &[("sleepy", SLEEPY)],
         &[
             "mem_pool_mb=100",
@@ -437,34 +460,14 @@ fn full_memory_pool_evicts_idle_sandboxes_and_waits_for_busy_ones() {
     assert_eq!(w.stats()["mem_pool_used_mb"], 100);
 }
 
-#[test]
-fn process_backend_serves_raises_dies_and_recovers() {
-    let mut w = TestWorker::start(&[("boom", BOOM), ("crash", CRASH)], &["sandbox=process"]);
-    let a = w.run("hello", r#"{"name": "P"}"#);
-    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, P!\""));
-    let a = w.run("boom", "{}");
-    assert_eq!(a.status, 500);
-    assert_eq!(a.json()["error"], "ZeroDivisionError: division by zero");
-    let a = w.run("crash", "\"crash\"");
-    assert_eq!(a.status, 502);
-    assert!(
-        a.json()["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("exited with status 3")),
-        "{}",
-        a.body
-    );
-    assert_eq!(w.run("crash", "\"ok\"").body, "\"alive\"");
-    w.down();
-}
-
 const ENV_LAMBDA: &str =
     "import os\n\ndef f(event):\n    return [os.environ.get('GREETING'), os.environ.get('PORT')]\n";
 
-#[test]
-fn ol_yaml_methods_environment_and_limits() {
+on_both_backends!(ol_yaml_methods_environment_and_limits);
+fn ol_yaml_methods_environment_and_limits(backend: Backend) {
     let yaml = "triggers:\n  http: [{method: get}, {method: POST}]\nenvironment: {GREETING: hi, PORT: 8080}\nlimits: {runtime_sec: 1}\n";
     let w = TestWorker::start(
+        backend,
         &[
             ("env", &[("f.py", ENV_LAMBDA), ("ol.yaml", yaml)]),
             ("sleepy", SLEEPY),
@@ -490,9 +493,10 @@ fn ol_yaml_methods_environment_and_limits() {
     assert_eq!(a.json()["error"], "lambda exceeded its runtime limit of 1s");
 }
 
-#[test]
-fn bad_ol_yaml_is_500_naming_the_key_and_a_fix_is_picked_up() {
+on_both_backends!(bad_ol_yaml_is_500_naming_the_key_and_a_fix_is_picked_up);
+fn bad_ol_yaml_is_500_naming_the_key_and_a_fix_is_picked_up(backend: Backend) {
     let w = TestWorker::start(
+        backend,
         &[(
             "conf",
             &[
@@ -525,4 +529,48 @@ fn bad_ol_yaml_is_500_naming_the_key_and_a_fix_is_picked_up() {
     add_lambda(w.path(), "conf", &[("ol.yaml", "limits: {mem_mb: 40}\n")]);
     let a = w.run("conf", "{}");
     assert_eq!((a.status, a.body.as_str()), (200, "\"ok\""));
+}
+
+on_both_backends!(cron_lambda_fires_within_a_second_of_its_minute);
+fn cron_lambda_fires_within_a_second_of_its_minute(backend: Backend) {
+    let tick = "import json, time\n\ndef f(event):\n    print(json.dumps({'at': time.time(), 'event': event}))\n    return 'ticked'\n";
+    let w = TestWorker::start(
+        backend,
+        &[(
+            "tick",
+            &[
+                ("f.py", tick),
+                // Cron calls are not HTTP calls: the method list does not
+                // stop them.
+                (
+                    "ol.yaml",
+                    "triggers:\n  http: [{method: GET}]\n  cron: [{schedule: '* * * * *'}]\n",
+                ),
+            ],
+        )],
+        &[],
+    );
+    let fired = || -> Option<String> {
+        fs::read_dir(w.path().join("worker/scratch"))
+            .ok()?
+            .flatten()
+            .find_map(|e| fs::read_to_string(e.path().join("stdout")).ok())
+            .filter(|out| !out.is_empty())
+    };
+    assert!(
+        eventually(Duration::from_secs(75), || fired().is_some()),
+        "the cron lambda never ran"
+    );
+    let line = fired().expect("fired");
+    let first: serde_json::Value =
+        serde_json::from_str(line.lines().next().expect("a line")).expect("json");
+    let at = first["at"].as_f64().expect("time");
+    let minute = first["event"]["time"].as_f64().expect("event time");
+    assert_eq!(minute % 60.0, 0.0, "{first}");
+    assert_eq!(first["event"]["trigger"], "cron");
+    assert!(
+        (0.0..1.0).contains(&(at - minute)),
+        "fired {:.3} s after its minute",
+        at - minute
+    );
 }

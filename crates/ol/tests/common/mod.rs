@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -24,10 +24,63 @@ pub fn ol(dir: &Path, args: &[&str]) -> Output {
         .expect("run ol")
 }
 
+/// The sandbox backend a [`TestWorker`] runs (its `-o sandbox=...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Namespaces, cgroups, seccomp and zygotes; needs root.
+    Sock,
+    /// Plain processes; runs without root.
+    Process,
+}
+
+impl Backend {
+    /// The `ol worker up -o` setting that picks it.
+    pub fn option(self) -> &'static str {
+        match self {
+            Backend::Sock => "sandbox=sock",
+            Backend::Process => "sandbox=process",
+        }
+    }
+}
+
+/// Makes each named function `fn NAME(backend: Backend)` a module `NAME`
+/// of two tests that call it: `NAME::sock` (ignored unless run with
+/// `--include-ignored`: the sock backend needs root) and `NAME::process`.
+///
+/// ```ignore
+/// on_both_backends!(calls_answer);
+/// fn calls_answer(backend: Backend) {
+///     let w = TestWorker::start(backend, &[], &[]);
+///     // ...
+/// }
+/// ```
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[test]
+            #[ignore = "needs root"]
+            fn sock() {
+                super::$test($crate::common::Backend::Sock);
+            }
+
+            #[test]
+            fn process() {
+                super::$test($crate::common::Backend::Process);
+            }
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_backends;
+
 /// A worker in a temp dir.
 pub struct TestWorker {
-    pub dir: tempfile::TempDir,
+    /// Removed when the worker is dropped (after it is stopped).
+    _root: tempfile::TempDir,
+    path: PathBuf,
     pub port: u16,
+    backend: Backend,
     stopped: bool,
 }
 
@@ -49,72 +102,85 @@ impl Answer {
 
 impl TestWorker {
     /// Inits a worker dir, adds `lambdas` (name → [(file, source)]) to its
-    /// registry and starts it detached on a free port with `overrides`.
-    pub fn start(lambdas: &[(&str, &[(&str, &str)])], overrides: &[&str]) -> Self {
-        Self::start_full(&[], lambdas, overrides, &[])
+    /// registry and starts it detached on a free port on `backend` with
+    /// `overrides`.
+    pub fn start(
+        backend: Backend,
+        lambdas: &[(&str, &[(&str, &str)])],
+        overrides: &[&str],
+    ) -> Self {
+        Self::start_full(backend, &[], lambdas, overrides, &[])
     }
 
     /// Like [`Self::start`], with extra arguments to `ol worker up`.
     pub fn start_with(
+        backend: Backend,
         lambdas: &[(&str, &[(&str, &str)])],
         overrides: &[&str],
         up_args: &[&str],
     ) -> Self {
-        Self::start_full(&[], lambdas, overrides, up_args)
+        Self::start_full(backend, &[], lambdas, overrides, up_args)
     }
 
     /// Like [`Self::start`], with extra `ol worker init` arguments.
     pub fn start_init(
+        backend: Backend,
         init_args: &[&str],
         lambdas: &[(&str, &[(&str, &str)])],
         overrides: &[&str],
     ) -> Self {
-        Self::start_full(init_args, lambdas, overrides, &[])
+        Self::start_full(backend, init_args, lambdas, overrides, &[])
     }
 
-    /// Inits (with `init_args`), adds `lambdas`, starts with `overrides`
-    /// and `up_args`.
+    /// Inits (with `init_args`), adds `lambdas`, starts on `backend` with
+    /// `overrides` and `up_args`.
     pub fn start_full(
+        backend: Backend,
         init_args: &[&str],
         lambdas: &[(&str, &[(&str, &str)])],
         overrides: &[&str],
         up_args: &[&str],
     ) -> Self {
         let dir = init_dir(init_args, lambdas);
-        let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
-        for o in overrides {
-            args.extend(["-o", o]);
-        }
-        args.extend(up_args);
-        let out = ol(dir.path(), &args);
-        assert!(
-            out.status.success(),
-            "up: {}\n{}",
-            stderr(&out),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        Self::adopt(dir)
+        let path = dir.path().to_path_buf();
+        let mut w = Self {
+            _root: dir,
+            path,
+            port: 0,
+            backend,
+            stopped: true,
+        };
+        w.up_with(overrides, up_args);
+        w
     }
 
-    /// The worker a test started itself in `dir`, found by its port file
-    /// (waited for); stopped and checked like any other when dropped.
-    pub fn adopt(dir: tempfile::TempDir) -> Self {
-        let port_file = dir.path().join("worker/worker.port");
-        let port = || fs::read_to_string(&port_file).ok()?.trim().parse().ok();
-        assert!(
-            eventually(Duration::from_secs(30), || port().is_some()),
-            "the worker in {} never wrote its port",
-            dir.path().display()
-        );
+    /// The worker a test started itself in `dir` on `backend` (with
+    /// [`Backend::option`]), found by its port file (waited for); stopped
+    /// and checked like any other when dropped.
+    pub fn adopt(backend: Backend, dir: tempfile::TempDir) -> Self {
+        let path = dir.path().to_path_buf();
+        Self::adopt_at(backend, dir, path)
+    }
+
+    /// Like [`Self::adopt`], for a worker dir `path` inside the temp dir
+    /// `root` (removed when the worker is dropped).
+    pub fn adopt_at(backend: Backend, root: tempfile::TempDir, path: PathBuf) -> Self {
         Self {
-            port: port().unwrap_or_default(),
-            dir,
+            _root: root,
+            port: wait_for_port(&path),
+            path,
+            backend,
             stopped: false,
         }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
+    }
+
+    /// The backend it runs.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -168,22 +234,39 @@ impl TestWorker {
             .expect("pid number")
     }
 
+    /// Starts the (stopped) worker again in its dir, on its backend and a
+    /// new free port, with `overrides`.
+    pub fn up(&mut self, overrides: &[&str]) {
+        self.up_with(overrides, &[]);
+    }
+
+    fn up_with(&mut self, overrides: &[&str], up_args: &[&str]) {
+        assert!(
+            !overrides.iter().any(|o| o.starts_with("sandbox=")),
+            "the backend is TestWorker's own argument: {overrides:?}"
+        );
+        let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
+        args.extend(["-o", self.backend.option()]);
+        for o in overrides {
+            args.extend(["-o", o]);
+        }
+        args.extend(up_args);
+        let out = ol(self.path(), &args);
+        assert!(
+            out.status.success(),
+            "up: {}\n{}",
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        self.stopped = false;
+        self.port = wait_for_port(self.path());
+    }
+
     /// Stops the worker and starts it again in the same dir (on a new
     /// free port) with `overrides`.
     pub fn restart(&mut self, overrides: &[&str]) {
         self.down();
-        let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
-        for o in overrides {
-            args.extend(["-o", o]);
-        }
-        let out = ol(self.path(), &args);
-        assert!(out.status.success(), "up: {}", stderr(&out));
-        self.stopped = false;
-        self.port = fs::read_to_string(self.path().join("worker/worker.port"))
-            .expect("port file")
-            .trim()
-            .parse()
-            .expect("port");
+        self.up(overrides);
     }
 
     /// `ol worker down`, then asserts nothing of the worker is left.
@@ -194,6 +277,18 @@ impl TestWorker {
         assert_no_processes(self.path());
         assert!(!self.path().join("worker/worker.pid").exists());
     }
+}
+
+/// The port in the worker dir `dir`'s port file, waited for.
+fn wait_for_port(dir: &Path) -> u16 {
+    let port_file = dir.join("worker/worker.port");
+    let port = || fs::read_to_string(&port_file).ok()?.trim().parse().ok();
+    assert!(
+        eventually(Duration::from_secs(30), || port().is_some()),
+        "the worker in {} never wrote its port",
+        dir.display()
+    );
+    port().unwrap_or_default()
 }
 
 impl Drop for TestWorker {
