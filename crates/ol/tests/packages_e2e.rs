@@ -468,14 +468,15 @@ fn a_killed_import_cache_zygote_is_started_again() {
 
 #[test]
 fn process_backend_installs_and_imports_packages_too() {
-    // The process backend's installer runs as the worker's user, so it
-    // has a cache of its own: files it writes as root in the shared one
-    // would be unwritable for the sock installer sandbox (`nobody`).
-    let w = TestWorker::start(
-        Backend::Process,
-        &[],
-        &["package_cache_dir=/var/tmp/ol-test-uv-cache-process"],
+    // The process backend's installer runs as the worker's user, so each
+    // user has a cache of its own: files root writes in the shared one
+    // would be unwritable for the sock installer sandbox (`nobody`), and
+    // in another user's for that user.
+    let cache = format!(
+        "package_cache_dir=/var/tmp/ol-test-uv-cache-process-{}",
+        nix::unistd::geteuid()
     );
+    let w = TestWorker::start(Backend::Process, &[], &[&cache]);
     add_lambda(
         w.path(),
         "six",
