@@ -203,12 +203,17 @@ impl LambdaManager {
     }
 
     /// Destroys an instance off the async threads (kill + reap block).
-    fn retire(&self, mut inst: Instance, reason: &'static str) {
+    fn retire(&self, inst: Instance, reason: &'static str) {
         self.lock_sandboxes().remove(inst.sandbox.id());
         let destroyed = Arc::clone(&self.counters.destroyed);
         tokio::task::spawn_blocking(move || {
+            // The whole instance moves here (a closure would capture only
+            // the field it names): its memory reservation and its slot are
+            // freed after the sandbox is gone, never before.
+            let mut inst = inst;
             inst.sandbox.destroy_now(reason);
             destroyed.fetch_add(1, Ordering::Relaxed);
+            drop(inst);
         });
     }
 
