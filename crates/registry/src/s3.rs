@@ -32,14 +32,15 @@ const SUFFIX: &str = ".tar.gz";
 /// MinIO and most S3 servers use).
 const DEFAULT_REGION: &str = "us-east-1";
 /// A store that does not accept a connection this fast is down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest one request may take (a 64 MiB bundle at ~1 MiB/s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Retries of a failed request: few and quick, since the lambda layer
-/// keeps serving the code it has and asks again `registry_cache_ms` later
-/// (object_store's default, ten over three minutes, would hold a call that
-/// long).
-const RETRIES: usize = 2;
+/// Retries of a failed request: one, quickly, since the lambda layer keeps
+/// serving the code it has and asks again `registry_cache_ms` later, and
+/// the call that made the check waits for it (object_store's default, ten
+/// over three minutes, would hold that call as long; with one, a refused
+/// connection fails in ~0.1 s, a store that does not answer in ~6 s).
+const RETRIES: usize = 1;
 const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where an S3 registry is and the keys to it. `Debug` never shows the
