@@ -101,6 +101,14 @@ impl Layer {
         self.source.fetches.load(Ordering::SeqCst)
     }
 
+    /// Calls `name`, whose code changed since its one sandbox started: the
+    /// call gets a second sandbox, and the first is destroyed.
+    async fn expect_second_version(&self, name: &str) {
+        self.call(name, "{}").await.expect("the new code");
+        assert_eq!(self.fake.counts_of(name).created, 2);
+        assert_eq!(self.destroyed_eventually(name, 1).await, 1);
+    }
+
     /// How many of `name`'s sandboxes are destroyed once `expected` are,
     /// or after two seconds (sandboxes are destroyed off the call's path).
     async fn destroyed_eventually(&self, name: &str, expected: u64) -> u64 {
@@ -321,9 +329,7 @@ async fn changed_code_gets_a_new_sandbox() {
         "code",
         "def f(event):\n    return 'version two'\n",
     );
-    layer.call("code", "{}").await.expect("v2");
-    assert_eq!(layer.fake.counts_of("code").created, 2);
-    assert_eq!(layer.destroyed_eventually("code", 1).await, 1);
+    layer.expect_second_version("code").await;
 }
 
 #[tokio::test]
@@ -361,9 +367,7 @@ async fn a_registry_that_is_down_keeps_the_code_there_is() {
     // Back up: the change is seen, on a new sandbox; the old one goes (off
     // the call's path).
     layer.registry_down(false);
-    layer.call("kept", "{}").await.expect("v2");
-    assert_eq!(layer.fake.counts_of("kept").created, 2);
-    assert_eq!(layer.destroyed_eventually("kept", 1).await, 1);
+    layer.expect_second_version("kept").await;
 }
 
 #[tokio::test]
