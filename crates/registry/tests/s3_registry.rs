@@ -422,3 +422,84 @@ fn the_backend_works_from_async_and_blocking_contexts() {
     // The last handle dropped inside an async context: no panic.
     rt.block_on(async move { drop(reg) });
 }
+
+/// Set in the child process of [`serve_until_signal_stops_on_sigterm`]:
+/// the store's root.
+const CHILD_ROOT: &str = "OL_TEST_CODE_STORE_ROOT";
+
+#[test]
+fn serve_until_signal_stops_on_sigterm() {
+    if let Ok(root) = std::env::var(CHILD_ROOT) {
+        // The child: what `ol cluster registry` does in the foreground.
+        let store = CodeStore::start(StoreConfig {
+            root: root.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bucket: BUCKET.into(),
+            access_key: ACCESS.into(),
+            secret_key: SECRET.into(),
+        })
+        .expect("code store");
+        println!("ADDR={}", store.addr());
+        store.serve_until_signal().expect("serve");
+        return;
+    }
+    let root = tempfile::tempdir().expect("root");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "serve_until_signal_stops_on_sigterm",
+            "--nocapture",
+        ])
+        .env(CHILD_ROOT, root.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("child");
+    // Killed even if an assertion below fails.
+    struct Reap(Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let mut child = Reap(child);
+    // Read to the end, so the child's last lines find the pipe open.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        for line in lines.map_while(Result::ok) {
+            let addr = line.split_once("ADDR=").map(|(_, a)| a.trim().parse());
+            if let Some(Ok(addr)) = addr {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the child's address");
+    let config = S3Config {
+        bucket: BUCKET.into(),
+        prefix: "p".into(),
+        endpoint: format!("http://{addr}"),
+        access_key: ACCESS.into(),
+        secret_key: SECRET.into(),
+        allow_http: true,
+        ..S3Config::default()
+    };
+    put(&config, "up", &code("u"));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.0.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the store ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(TcpStream::connect(addr).is_err(), "still listening");
+    assert!(root.path().join(BUCKET).join("p/up.tar.gz").is_file());
+}
