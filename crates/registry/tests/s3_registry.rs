@@ -49,6 +49,30 @@ fn put(config: &S3Config, name: &str, body: &[u8]) {
     upload(config, name, body, config_check).expect("upload");
 }
 
+/// The test store's config: its bucket and keys, on a free port.
+fn store_config(root: &Path) -> StoreConfig {
+    StoreConfig {
+        root: root.to_path_buf(),
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        bucket: BUCKET.into(),
+        access_key: ACCESS.into(),
+        secret_key: SECRET.into(),
+    }
+}
+
+/// A client's config for the store at `addr`, lambdas under `prefix`.
+fn client_config(addr: SocketAddr, prefix: &str) -> S3Config {
+    S3Config {
+        bucket: BUCKET.into(),
+        prefix: prefix.into(),
+        endpoint: format!("http://{addr}"),
+        access_key: ACCESS.into(),
+        secret_key: SECRET.into(),
+        allow_http: true,
+        ..S3Config::default()
+    }
+}
+
 /// The embedded store in a temp dir.
 struct Embedded {
     store: Option<CodeStore>,
@@ -58,14 +82,7 @@ struct Embedded {
 impl Embedded {
     fn start() -> Self {
         let root = tempfile::tempdir().expect("tempdir");
-        let store = CodeStore::start(StoreConfig {
-            root: root.path().to_path_buf(),
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            bucket: BUCKET.into(),
-            access_key: ACCESS.into(),
-            secret_key: SECRET.into(),
-        })
-        .expect("code store");
+        let store = CodeStore::start(store_config(root.path())).expect("code store");
         Self {
             store: Some(store),
             root,
@@ -77,15 +94,7 @@ impl Embedded {
     }
 
     fn config(&self, prefix: &str) -> S3Config {
-        S3Config {
-            bucket: BUCKET.into(),
-            prefix: prefix.into(),
-            endpoint: format!("http://{}", self.store().addr()),
-            access_key: ACCESS.into(),
-            secret_key: SECRET.into(),
-            allow_http: true,
-            ..S3Config::default()
-        }
+        client_config(self.store().addr(), prefix)
     }
 
     fn requests(&self, method: &str) -> u64 {
@@ -431,14 +440,7 @@ const CHILD_ROOT: &str = "OL_TEST_CODE_STORE_ROOT";
 fn serve_until_signal_stops_on_sigterm() {
     if let Ok(root) = std::env::var(CHILD_ROOT) {
         // The child: what `ol cluster registry` does in the foreground.
-        let store = CodeStore::start(StoreConfig {
-            root: root.into(),
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            bucket: BUCKET.into(),
-            access_key: ACCESS.into(),
-            secret_key: SECRET.into(),
-        })
-        .expect("code store");
+        let store = CodeStore::start(store_config(Path::new(&root))).expect("code store");
         println!("ADDR={}", store.addr());
         store.serve_until_signal().expect("serve");
         return;
@@ -479,16 +481,7 @@ fn serve_until_signal_stops_on_sigterm() {
     let addr: SocketAddr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the child's address");
-    let config = S3Config {
-        bucket: BUCKET.into(),
-        prefix: "p".into(),
-        endpoint: format!("http://{addr}"),
-        access_key: ACCESS.into(),
-        secret_key: SECRET.into(),
-        allow_http: true,
-        ..S3Config::default()
-    };
-    put(&config, "up", &code("u"));
+    put(&client_config(addr, "p"), "up", &code("u"));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.0.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(30);
