@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::remote::{VersionCache, content_hash};
+use crate::remote::{VersionCache, content_hash, without_userinfo};
 use crate::{LambdaCode, Registry, RegistryError, validate_name};
 
 /// How long one registry request may take.
@@ -51,7 +51,7 @@ impl HttpRegistry {
     }
 
     fn http_err(&self, url: &str, what: impl std::fmt::Display) -> RegistryError {
-        RegistryError::Remote(format!("GET {url}: {what}"))
+        RegistryError::Remote(format!("GET {}: {what}", without_userinfo(url)))
     }
 }
 
@@ -61,7 +61,7 @@ impl Registry for HttpRegistry {
     }
 
     fn location(&self) -> String {
-        self.base.clone()
+        without_userinfo(&self.base)
     }
 
     fn fetch(&self, name: &str) -> Result<Option<LambdaCode>, RegistryError> {

@@ -84,6 +84,18 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// `url` with any `user:password@` taken out, for logs and `/stats`.
+pub(crate) fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// A version token for a bundle that came with no validators: a hash of
 /// its bytes and their count.
 pub(crate) fn content_hash(body: &[u8]) -> String {
@@ -112,6 +124,16 @@ mod tests {
         let dir = cache.dir("x", "\"etag/../y\"");
         assert_eq!(dir.parent(), Some(Path::new("/c/x")));
         assert_ne!(dir, cache.dir("x", "other"));
+    }
+
+    #[test]
+    fn locations_never_show_credentials() {
+        assert_eq!(
+            without_userinfo("http://u:secret@h:1/registry"),
+            "http://h:1/registry"
+        );
+        assert_eq!(without_userinfo("http://h:1/a@b"), "http://h:1/a@b");
+        assert_eq!(without_userinfo("/srv/registry"), "/srv/registry");
     }
 
     #[test]
