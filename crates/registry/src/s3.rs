@@ -306,9 +306,8 @@ impl S3Client {
         let store = builder.build().map_err(|e| {
             RegistryError::Remote(format!("cannot set up the S3 client for {location}: {e}"))
         })?;
-        let bridge = Bridge::new("ol-s3", 1).map_err(|source| RegistryError::Io {
-            path: PathBuf::from(&location),
-            source,
+        let bridge = Bridge::new("ol-s3", 1).map_err(|e| {
+            RegistryError::Remote(format!("cannot start the S3 client for {location}: {e}"))
         })?;
         Ok(Self {
             store: Arc::new(store),
@@ -324,15 +323,17 @@ impl S3Client {
         self.prefix.clone().join(format!("{name}{SUFFIX}"))
     }
 
-    /// Runs `work` on the store; `op` and `key` say what it was in errors.
-    fn run<T, F>(&self, op: &str, key: &ObjectPath, work: F) -> Result<T, RegistryError>
+    /// Runs `work` on the store: `None` when the store answered 404. `op`
+    /// and `key` say what it was in errors.
+    fn run<T, F>(&self, op: &str, key: &ObjectPath, work: F) -> Result<Option<T>, RegistryError>
     where
         F: Future<Output = Result<T, object_store::Error>> + Send + 'static,
         T: Send + 'static,
     {
         let what = || format!("{op} s3://{}/{key} {}", self.bucket, self.store_label);
         match self.bridge.run(work) {
-            Some(Ok(v)) => Ok(v),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(object_store::Error::NotFound { .. })) => Ok(None),
             Some(Err(e)) => Err(remote_error(what(), &e)),
             None => Err(RegistryError::Remote(format!(
                 "{}: the S3 client stopped",
@@ -341,11 +342,26 @@ impl S3Client {
         }
     }
 
+    /// [`Self::run`] for work on the bucket itself, where a 404 is an
+    /// error: no such bucket.
+    fn run_on_bucket<T, F>(&self, op: &str, key: &ObjectPath, work: F) -> Result<T, RegistryError>
+    where
+        F: Future<Output = Result<T, object_store::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run(op, key, work)?.ok_or_else(|| {
+            RegistryError::Remote(format!(
+                "{op} s3://{}/{key} {}: 404 Not Found: is there a bucket {:?}?",
+                self.bucket, self.store_label, self.bucket
+            ))
+        })
+    }
+
     /// The object's metadata, `None` when there is no such object.
     fn head(&self, name: &str) -> Result<Option<ObjectMeta>, RegistryError> {
         let (store, key) = (Arc::clone(&self.store), self.key(name));
         let work = async move { store.head(&key).await };
-        not_found_as_none(self.run("HEAD", &self.key(name), work))
+        self.run("HEAD", &self.key(name), work)
     }
 
     /// The object's metadata and bytes (at most `limit` of them), `None`
@@ -368,7 +384,7 @@ impl S3Client {
             }
             Ok((meta, body))
         };
-        let got = not_found_as_none(self.run("GET", &self.key(name), work))?;
+        let got = self.run("GET", &self.key(name), work)?;
         Ok(got.map(|(meta, body)| {
             // Over the limit: report the size; the caller refuses it.
             let size = (body.len() as u64).max(meta.size);
@@ -380,7 +396,7 @@ impl S3Client {
     fn put(&self, name: &str, body: Vec<u8>) -> Result<Option<String>, RegistryError> {
         let (store, key) = (Arc::clone(&self.store), self.key(name));
         let work = async move { store.put(&key, PutPayload::from(body)).await };
-        Ok(self.run("PUT", &self.key(name), work)?.e_tag)
+        Ok(self.run_on_bucket("PUT", &self.key(name), work)?.e_tag)
     }
 
     /// Lambda names of the objects directly under the prefix.
@@ -390,7 +406,7 @@ impl S3Client {
             let at = (prefix.as_ref() != "").then_some(&prefix);
             store.list_with_delimiter(at).await
         };
-        let listing = self.run("LIST", &self.prefix, work)?;
+        let listing = self.run_on_bucket("LIST", &self.prefix, work)?;
         let mut names: Vec<String> = listing
             .objects
             .iter()
@@ -404,19 +420,9 @@ impl S3Client {
     }
 }
 
-/// `Ok(None)` for a missing object, the rest unchanged.
-fn not_found_as_none<T>(r: Result<T, RegistryError>) -> Result<Option<T>, RegistryError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(RegistryError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// What a failed request of `what` tells the caller: refused keys are
-/// [`RegistryError::Denied`] (with the status), a missing object
-/// [`RegistryError::NotFound`], the rest [`RegistryError::Remote`] with
-/// every cause (object_store's own message stops short of "connection
+/// [`RegistryError::Denied`] (with the status), the rest
+/// [`RegistryError::Remote`] with every cause (object_store's own message stops short of "connection
 /// refused").
 fn remote_error(what: String, e: &object_store::Error) -> RegistryError {
     let mut message = format!("{what}: {e}");
@@ -430,7 +436,6 @@ fn remote_error(what: String, e: &object_store::Error) -> RegistryError {
         source = cause.source();
     }
     match e {
-        object_store::Error::NotFound { .. } => RegistryError::NotFound(what),
         object_store::Error::PermissionDenied { .. } => RegistryError::Denied {
             what,
             status: FORBIDDEN,

@@ -254,6 +254,19 @@ fn the_embedded_store_serves_an_s3_registry() {
     let cache = tempfile::tempdir().expect("cache");
     let reg = S3Registry::new(&top, cache.path()).expect("registry");
     assert_eq!(reg.list().expect("list"), ["top"]);
+    // A bucket that is not there: every lambda is missing, and listing
+    // says why.
+    let nowhere = S3Config {
+        bucket: "no-such-bucket".into(),
+        ..top
+    };
+    let reg = S3Registry::new(&nowhere, cache.path()).expect("registry");
+    assert_eq!(reg.fetch("top").expect("fetch"), None);
+    let err = reg.list().expect_err("no bucket").to_string();
+    assert!(
+        err.contains("no-such-bucket") && err.contains("404"),
+        "{err}"
+    );
 }
 
 #[test]
