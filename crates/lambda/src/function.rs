@@ -25,7 +25,7 @@ pub(crate) struct Instance {
     /// Whether it has not served a call yet.
     pub(crate) fresh: bool,
     _slot: OwnedSemaphorePermit,
-    memory: Reservation,
+    _memory: Reservation,
 }
 
 impl Instance {
@@ -39,14 +39,8 @@ impl Instance {
             idle_since: Instant::now(),
             fresh: true,
             _slot: slot,
-            memory,
+            _memory: memory,
         }
-    }
-
-    /// Counts its memory as on its way back to the pool: it is being
-    /// destroyed (see [`Reservation::returning`]).
-    pub(crate) fn memory_returning(&mut self) {
-        self.memory.returning();
     }
 }
 

@@ -1,9 +1,7 @@
 //! The memory pool (docs/architecture.md §3.7, seed 000): every sandbox reserves its
 //! memory limit from `mem_pool_mb` before it is created and gives it back
 //! when destroyed, so the worker never promises more memory than it has.
-//! Admission waits for memory to be freed (the caller evicts in between);
-//! memory of sandboxes being destroyed counts as on its way back, so a
-//! waiter evicts more only when that is not enough.
+//! Admission waits for memory to be freed (the caller evicts in between).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -14,17 +12,8 @@ use tokio::sync::futures::Notified;
 #[derive(Debug)]
 pub struct MemPool {
     total_mb: u64,
-    usage: Mutex<Usage>,
+    used_mb: Mutex<u64>,
     freed: Notify,
-}
-
-/// What is reserved, one lock for both so a waiter never sees memory
-/// counted as returning after it is back (or back before it counts).
-#[derive(Debug, Default)]
-struct Usage {
-    used_mb: u64,
-    /// Of `used_mb`, what sandboxes being destroyed will give back.
-    returning_mb: u64,
 }
 
 /// Memory held by one sandbox; given back on drop.
@@ -32,7 +21,6 @@ struct Usage {
 pub struct Reservation {
     pool: Arc<MemPool>,
     mb: u64,
-    returning: bool,
 }
 
 impl MemPool {
@@ -40,7 +28,7 @@ impl MemPool {
     pub fn new(total_mb: u64) -> Arc<Self> {
         Arc::new(Self {
             total_mb,
-            usage: Mutex::new(Usage::default()),
+            used_mb: Mutex::new(0),
             freed: Notify::new(),
         })
     }
@@ -50,39 +38,22 @@ impl MemPool {
         self.total_mb
     }
 
-    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
-        self.usage.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Memory reserved now.
     pub fn used_mb(&self) -> u64 {
-        self.usage().used_mb
+        *self.used_mb.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Reserves `mb` if that much is free.
     pub fn try_reserve(self: &Arc<Self>, mb: u64) -> Option<Reservation> {
-        let mut usage = self.usage();
-        if usage.used_mb.saturating_add(mb) > self.total_mb {
+        let mut used = self.used_mb.lock().unwrap_or_else(PoisonError::into_inner);
+        if used.saturating_add(mb) > self.total_mb {
             return None;
         }
-        usage.used_mb += mb;
+        *used += mb;
         Some(Reservation {
             pool: Arc::clone(self),
             mb,
-            returning: false,
         })
-    }
-
-    /// Whether `mb` would not fit even once the memory on its way back
-    /// ([`Reservation::returning`]) is back: only then does freeing more
-    /// (evicting) help a waiter.
-    pub fn short_of(&self, mb: u64) -> bool {
-        let usage = self.usage();
-        usage
-            .used_mb
-            .saturating_sub(usage.returning_mb)
-            .saturating_add(mb)
-            > self.total_mb
     }
 
     /// A future that completes when memory is given back after this call.
@@ -98,13 +69,10 @@ impl MemPool {
         self.freed.notify_waiters();
     }
 
-    fn give_back(&self, mb: u64, returning: bool) {
-        let mut usage = self.usage();
-        usage.used_mb = usage.used_mb.saturating_sub(mb);
-        if returning {
-            usage.returning_mb = usage.returning_mb.saturating_sub(mb);
-        }
-        drop(usage);
+    fn give_back(&self, mb: u64) {
+        let mut used = self.used_mb.lock().unwrap_or_else(PoisonError::into_inner);
+        *used = used.saturating_sub(mb);
+        drop(used);
         self.freed.notify_waiters();
     }
 }
@@ -114,21 +82,11 @@ impl Reservation {
     pub fn mb(&self) -> u64 {
         self.mb
     }
-
-    /// Counts this memory as on its way back: its sandbox is being
-    /// destroyed (destroying takes a while; the memory is given back when
-    /// the reservation is dropped after it).
-    pub fn returning(&mut self) {
-        if !self.returning {
-            self.returning = true;
-            self.pool.usage().returning_mb += self.mb;
-        }
-    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.pool.give_back(self.mb, self.returning);
+        self.pool.give_back(self.mb);
     }
 }
 
@@ -147,24 +105,6 @@ mod tests {
         assert_eq!(pool.used_mb(), 40);
         assert!(pool.try_reserve(60).is_some());
         assert_eq!(b.mb(), 40);
-    }
-
-    #[test]
-    fn memory_on_its_way_back_counts_before_it_is_back() {
-        let pool = MemPool::new(100);
-        let mut a = pool.try_reserve(50).expect("fits");
-        let _b = pool.try_reserve(50).expect("fits");
-        assert!(pool.short_of(50), "full, nothing returning");
-        a.returning();
-        a.returning();
-        assert!(!pool.short_of(50), "a's 50 will do");
-        assert!(pool.short_of(60), "a's 50 will not do");
-        assert!(pool.try_reserve(50).is_none(), "not back yet");
-        drop(a);
-        assert!(!pool.short_of(50));
-        let c = pool.try_reserve(50).expect("back");
-        assert!(pool.short_of(1), "returning memory is counted once");
-        drop(c);
     }
 
     #[tokio::test]

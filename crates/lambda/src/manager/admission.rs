@@ -36,13 +36,8 @@ impl LambdaManager {
             }
             // Evicted memory comes back once the sandbox is destroyed, and a
             // busy sandbox turning idle nudges us to evict it: wait for
-            // either, up to the deadline. Memory already on its way back
-            // may be enough: evict only when it is not (two sandboxes
-            // turning idle while one is destroyed would otherwise both go
-            // for one new one).
-            if self.mem.short_of(mb) {
-                self.evict_one();
-            }
+            // either, up to the deadline.
+            self.evict_one();
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return match self.mem.try_reserve(mb) {
                     Some(r) => Ok(r),

@@ -203,10 +203,7 @@ impl LambdaManager {
     }
 
     /// Destroys an instance off the async threads (kill + reap block).
-    /// Its memory counts as on its way back meanwhile, so a call waiting
-    /// for memory does not evict another sandbox for the same need.
-    fn retire(&self, mut inst: Instance, reason: &'static str) {
-        inst.memory_returning();
+    fn retire(&self, inst: Instance, reason: &'static str) {
         self.lock_sandboxes().remove(inst.sandbox.id());
         let destroyed = Arc::clone(&self.counters.destroyed);
         tokio::task::spawn_blocking(move || {
