@@ -80,15 +80,15 @@ impl Release {
         if id == "debian" {
             return debian(field("VERSION_CODENAME").unwrap_or_else(|| FALLBACK_SUITE.into()));
         }
-        if id == "ubuntu" {
-            if let Some(code) = field("UBUNTU_CODENAME").or_else(|| field("VERSION_CODENAME")) {
-                return ubuntu(code);
-            }
+        if id == "ubuntu"
+            && let Some(code) = field("UBUNTU_CODENAME").or_else(|| field("VERSION_CODENAME"))
+        {
+            return ubuntu(code);
         }
-        if like.split_whitespace().any(|l| l == "ubuntu") {
-            if let Some(code) = field("UBUNTU_CODENAME") {
-                return ubuntu(code);
-            }
+        if like.split_whitespace().any(|l| l == "ubuntu")
+            && let Some(code) = field("UBUNTU_CODENAME")
+        {
+            return ubuntu(code);
         }
         debian(field("DEBIAN_CODENAME").unwrap_or_else(|| FALLBACK_SUITE.into()))
     }

@@ -186,13 +186,12 @@ impl LambdaFunction {
         let avg_call = self.avg_call.get();
         if busy >= busy_before_waiting.max(1) && !avg_call.is_zero() {
             let expected = avg_call * (queued as u32 + 1) / busy as u32;
-            if expected < create_cost {
-                if let Ok(Ok(permit)) =
+            if expected < create_cost
+                && let Ok(Ok(permit)) =
                     tokio::time::timeout(create_cost, self.idle_ready.acquire()).await
-                {
-                    permit.forget();
-                    return Ok(Acquired::Idle(self.pop_idle()));
-                }
+            {
+                permit.forget();
+                return Ok(Acquired::Idle(self.pop_idle()));
             }
         }
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {

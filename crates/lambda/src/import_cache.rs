@@ -145,11 +145,11 @@ impl ImportCache {
             });
             node = child;
         }
-        if self.mode == ImportCacheMode::MultiTree {
-            if let Some(last) = chain.last_mut() {
-                let copy = self.turn.fetch_add(1, Ordering::Relaxed) % MULTITREE_COPIES;
-                last.key = format!("{}#{copy}", last.key);
-            }
+        if self.mode == ImportCacheMode::MultiTree
+            && let Some(last) = chain.last_mut()
+        {
+            let copy = self.turn.fetch_add(1, Ordering::Relaxed) % MULTITREE_COPIES;
+            last.key = format!("{}#{copy}", last.key);
         }
         chain
     }

@@ -1,25 +1,68 @@
 //! The lambda layer's call path against the fake sandbox backend: no root,
 //! no Python, milliseconds per test. Queueing, the wait-or-create rule,
-//! 429 (queue full), 503 (no memory), eviction, code changes, the retry of
-//! a call that never reached its sandbox, and what each way a sandbox can
-//! fail becomes.
+//! 429 (queue full), 503 (no memory), eviction, code changes, a registry
+//! that is down, the retry of a call that never reached its sandbox, and
+//! what each way a sandbox can fail becomes.
 
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ol_lambda::{InvokeError, LambdaManager, LambdaSettings, PackageLayer};
-use ol_registry::DirRegistry;
+use ol_registry::{DirRegistry, LambdaCode, Registry, RegistryError};
 use ol_sandbox::fake::{Call, FakePool, Start};
 use ol_sandbox::{Invocation, Limits, SandboxPool};
 
-/// A lambda layer over `fake`, with code for `lambdas` in a registry dir.
+/// A lambda layer over `fake`, with code for `lambdas` in a registry dir
+/// that a test can take down.
 struct Layer {
     manager: Arc<LambdaManager>,
     fake: FakePool,
     registry: tempfile::TempDir,
+    source: Arc<Switchable>,
+}
+
+/// A directory registry that fails every request while `down` (as a
+/// remote one does when its server is unreachable), counting fetches.
+struct Switchable {
+    dir: DirRegistry,
+    down: AtomicBool,
+    fetches: AtomicUsize,
+}
+
+impl Switchable {
+    fn check(&self) -> Result<(), RegistryError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(RegistryError::Remote(
+                "HEAD s3://code/x.tar.gz: connection refused".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Registry for Switchable {
+    fn kind(&self) -> &'static str {
+        "switchable"
+    }
+
+    fn location(&self) -> String {
+        self.dir.location()
+    }
+
+    fn fetch(&self, name: &str) -> Result<Option<LambdaCode>, RegistryError> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.dir.fetch(name)
+    }
+
+    fn list(&self) -> Result<Vec<String>, RegistryError> {
+        self.check()?;
+        self.dir.list()
+    }
 }
 
 impl Layer {
@@ -30,9 +73,14 @@ impl Layer {
         }
         let fake = FakePool::new();
         let pool: Arc<dyn SandboxPool> = Arc::new(fake.clone());
+        let source = Arc::new(Switchable {
+            dir: DirRegistry::new(registry.path()),
+            down: AtomicBool::new(false),
+            fetches: AtomicUsize::new(0),
+        });
         let manager = LambdaManager::new(
             pool,
-            Arc::new(DirRegistry::new(registry.path())),
+            Arc::clone(&source) as Arc<dyn Registry>,
             settings,
             PackageLayer::default(),
         );
@@ -40,7 +88,39 @@ impl Layer {
             manager,
             fake,
             registry,
+            source,
         }
+    }
+
+    /// Takes the registry down (`true`) or brings it back.
+    fn registry_down(&self, down: bool) {
+        self.source.down.store(down, Ordering::SeqCst);
+    }
+
+    fn fetches(&self) -> usize {
+        self.source.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Calls `name`, whose code changed since its one sandbox started: the
+    /// call gets a second sandbox, and the first is destroyed.
+    async fn expect_second_version(&self, name: &str) {
+        self.call(name, "{}").await.expect("the new code");
+        assert_eq!(self.fake.counts_of(name).created, 2);
+        assert_eq!(self.destroyed_eventually(name, 1).await, 1);
+    }
+
+    /// How many of `name`'s sandboxes are destroyed once `expected` are,
+    /// or after two seconds (sandboxes are destroyed off the call's path).
+    async fn destroyed_eventually(&self, name: &str, expected: u64) -> u64 {
+        let mut destroyed = 0;
+        for _ in 0..200 {
+            destroyed = self.fake.counts_of(name).destroyed;
+            if destroyed == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        destroyed
     }
 
     async fn call(&self, name: &str, body: &'static str) -> Result<(u16, Bytes), InvokeError> {
@@ -249,9 +329,45 @@ async fn changed_code_gets_a_new_sandbox() {
         "code",
         "def f(event):\n    return 'version two'\n",
     );
-    layer.call("code", "{}").await.expect("v2");
-    let counts = layer.fake.counts_of("code");
-    assert_eq!((counts.created, counts.destroyed), (2, 1), "{counts:?}");
+    layer.expect_second_version("code").await;
+}
+
+#[tokio::test]
+async fn a_registry_that_is_down_keeps_the_code_there_is() {
+    // registry_cache is zero: every call asks the registry.
+    let layer = Layer::new(&["kept"], settings());
+    layer.call("kept", "{}").await.expect("v1");
+    layer.registry_down(true);
+    // A change the registry cannot tell about while it is down.
+    write_code(
+        layer.registry.path(),
+        "kept",
+        "def f(event):\n    return 'version two'\n",
+    );
+    let asked = layer.fetches();
+    for _ in 0..3 {
+        let (status, _) = layer.call("kept", "{}").await.expect("the cached code");
+        assert_eq!(status, 200);
+    }
+    assert!(layer.fetches() > asked, "the registry was asked");
+    let counts = layer.fake.counts_of("kept");
+    assert_eq!(
+        (counts.created, counts.destroyed, counts.calls),
+        (1, 0, 4),
+        "the same sandbox served on: {counts:?}"
+    );
+
+    // A lambda never fetched has no code to keep: a clear error.
+    let never = layer.call("never", "{}").await;
+    assert!(
+        matches!(&never, Err(InvokeError::Internal(e)) if e.contains("connection refused")),
+        "{never:?}"
+    );
+
+    // Back up: the change is seen, on a new sandbox; the old one goes (off
+    // the call's path).
+    layer.registry_down(false);
+    layer.expect_second_version("kept").await;
 }
 
 #[tokio::test]
@@ -312,15 +428,11 @@ async fn each_way_a_sandbox_fails_is_its_own_error() {
     let hung = layer.call("hangs", "{}").await;
     assert!(matches!(hung, Err(InvokeError::Timeout(_))), "{hung:?}");
     // Killed at its limit (destroyed off the call's path).
-    let mut destroyed = 0;
-    for _ in 0..200 {
-        destroyed = layer.fake.counts_of("hangs").destroyed;
-        if destroyed == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(destroyed, 1, "the hung sandbox is destroyed");
+    assert_eq!(
+        layer.destroyed_eventually("hangs", 1).await,
+        1,
+        "the hung sandbox is destroyed"
+    );
 
     let missing = layer.call("nobody", "{}").await;
     assert!(

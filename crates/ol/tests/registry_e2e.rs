@@ -240,3 +240,138 @@ fn a_worker_reads_its_lambdas_from_another_workers_http_registry(backend: Backen
     );
     assert_eq!(again, 304);
 }
+
+/// The keys of the code store of [`a_worker_reads_its_lambdas_from_an_s3_code_store`].
+const S3_ACCESS: &str = "e2e-access";
+const S3_SECRET: &str = "e2e-secret-never-logged";
+
+/// A bundle holding `f.py` that answers `answer`.
+fn bundle_answering(answer: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("f.py"),
+        format!("def f(e):\n    return {answer:?}\n"),
+    )
+    .expect("write");
+    ol_registry::pack_lambda(dir.path()).expect("pack")
+}
+
+on_both_backends!(a_worker_reads_its_lambdas_from_an_s3_code_store);
+fn a_worker_reads_its_lambdas_from_an_s3_code_store(backend: Backend) {
+    use ol_registry::code_store::{CodeStore, StoreConfig};
+
+    let root = tempfile::tempdir().expect("store root");
+    let store = CodeStore::start(StoreConfig {
+        root: root.path().to_path_buf(),
+        bind: ([127, 0, 0, 1], 0).into(),
+        bucket: "lambdas".into(),
+        access_key: S3_ACCESS.into(),
+        secret_key: S3_SECRET.into(),
+    })
+    .expect("code store");
+    let endpoint = format!("http://{}", store.addr());
+    let s3 = ol_registry::S3Config {
+        bucket: "lambdas".into(),
+        prefix: "e2e".into(),
+        endpoint: endpoint.clone(),
+        access_key: S3_ACCESS.into(),
+        secret_key: S3_SECRET.into(),
+        allow_http: true,
+        ..ol_registry::S3Config::default()
+    };
+    // The bundle checks are ol_registry's own; the ol.yaml check is the
+    // lambda layer's and these bundles have no ol.yaml.
+    let upload = |answer: &str| {
+        ol_registry::upload(&s3, "ver", &bundle_answering(answer), |_| {
+            Ok::<(), String>(())
+        })
+        .expect("upload");
+    };
+    upload("v1");
+    let w = TestWorker::start(
+        backend,
+        &[],
+        &[
+            "registry=s3://lambdas/e2e",
+            &format!("registry_s3.endpoint={endpoint}"),
+            &format!("registry_s3.access_key={S3_ACCESS}"),
+            &format!("registry_s3.secret_key={S3_SECRET}"),
+            "registry_s3.allow_http=true",
+            "registry_cache_ms=300",
+        ],
+    );
+    let a = w.run("ver", "{}");
+    assert_eq!((a.status, a.body.as_str()), (200, "\"v1\""));
+    assert_eq!(w.run("nowhere", "{}").status, 404);
+    let registry = &w.stats()["registry"];
+    assert_eq!(registry["kind"], "s3", "{registry}");
+    assert_eq!(registry["ok"], true, "{registry}");
+    // Uploads go to the store, not through a worker whose registry is S3.
+    assert_eq!(w.call("GET", "/registry/", "").status, 404);
+
+    // A new bundle is seen after registry_cache_ms, on a new sandbox.
+    let first = w.sandbox_pids("ver");
+    upload("v2");
+    assert!(
+        eventually(Duration::from_secs(10), || w.run("ver", "{}").body
+            == "\"v2\""),
+        "the worker never saw the new code"
+    );
+    assert_ne!(w.sandbox_pids("ver"), first);
+
+    // Unchanged code is revalidated by HEAD alone: checks go on, no GET.
+    let count = |method: &str| store.requests().get(method).copied().unwrap_or(0);
+    let (heads, gets) = (count("HEAD"), count("GET"));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            assert_eq!(w.run("ver", "{}").body, "\"v2\"");
+            count("HEAD") >= heads + 2
+        }),
+        "the worker stopped checking for new code"
+    );
+    assert_eq!(
+        count("GET"),
+        gets,
+        "an unchanged lambda is never downloaded again"
+    );
+
+    // The store goes down: the worker keeps serving the code it has and
+    // says so in /stats.
+    let pids = w.sandbox_pids("ver");
+    store.stop();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let a = w.run("ver", "{}");
+            assert_eq!((a.status, a.body.as_str()), (200, "\"v2\""), "cached code");
+            w.stats()["registry"]["ok"] == false
+        }),
+        "/stats never said the registry is down"
+    );
+    let stats = w.stats();
+    let registry = &stats["registry"];
+    let last_error = registry["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.contains("s3://lambdas/e2e/ver.tar.gz")
+            && last_error.contains("onnection refused"),
+        "{registry}"
+    );
+    assert!(registry["last_ok_ms_ago"].is_u64(), "{registry}");
+    assert_eq!(w.sandbox_pids("ver"), pids, "the same sandbox serves on");
+    // A lambda this worker never fetched cannot be served: a clear error.
+    let a = w.run("never", "{}");
+    assert_eq!(a.status, 500, "{}", a.body);
+    assert!(
+        a.body.contains("s3://lambdas/e2e/never.tar.gz"),
+        "{}",
+        a.body
+    );
+
+    // The secret is in no answer and no log line.
+    assert!(!stats.to_string().contains(S3_SECRET));
+    let log = fs::read_to_string(w.path().join("logs/worker.log")).unwrap_or_default();
+    assert!(
+        log.contains("s3://lambdas/e2e"),
+        "the log names the registry"
+    );
+    assert!(!log.contains(S3_SECRET), "the secret is in the log");
+}

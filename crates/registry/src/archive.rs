@@ -81,6 +81,25 @@ pub fn unpack_lambda(
     fs::rename(staged.root(), dest).map_err(io_error(dest))
 }
 
+/// [`unpack_lambda`] into `dest` unless `dest` is there already: a cache's
+/// entry for one version of a lambda. Another fetch of the same version
+/// may unpack it at the same time; whichever renames first wins and the
+/// other's work is dropped, so only a failure with no `dest` afterwards is
+/// an error.
+pub(crate) fn unpack_once(
+    tar_gz: impl Read,
+    dest: &Path,
+    limits: &UnpackLimits,
+) -> Result<(), RegistryError> {
+    if dest.is_dir() {
+        return Ok(());
+    }
+    match unpack_lambda(tar_gz, dest, limits) {
+        Err(_) if dest.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
 /// A lambda unpacked into a hidden temporary directory, removed on drop
 /// unless its root has been renamed away.
 #[derive(Debug)]
@@ -362,14 +381,14 @@ impl<'a> Unpacker<'a> {
         let rel = self.relative_path(&raw_path)?;
         let header = entry.header();
         let kind = header.entry_type();
-        if let Some(size) = meta.size {
-            if size != entry.size() {
-                return Err(UnpackFailure::Read(io::Error::other(format!(
-                    "entry {:?}: PAX size {size} differs from header size {}",
-                    self.current,
-                    entry.size()
-                ))));
-            }
+        if let Some(size) = meta.size
+            && size != entry.size()
+        {
+            return Err(UnpackFailure::Read(io::Error::other(format!(
+                "entry {:?}: PAX size {size} differs from header size {}",
+                self.current,
+                entry.size()
+            ))));
         }
         if kind.is_hard_link() || kind.is_symlink() {
             let target = meta

@@ -8,10 +8,9 @@ use std::io::{self, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::archive::StagedLambda;
-use crate::{
-    LambdaCode, Registry, RegistryError, UnpackLimits, io_error, unpack_lambda, validate_name,
-};
+use crate::archive::{StagedLambda, unpack_once};
+use crate::bundle::has_top_level_python;
+use crate::{LambdaCode, Registry, RegistryError, UnpackLimits, io_error, validate_name};
 
 /// Suffix of lambdas stored as archives.
 const ARCHIVE_SUFFIX: &str = ".tar.gz";
@@ -148,10 +147,7 @@ impl DirRegistry {
         if dir.is_dir() {
             return Ok(Some(code));
         }
-        if let Err(e) = unpack_lambda(BufReader::new(file), &dir, &self.limits) {
-            // Another fetch of the same version may have won the race.
-            return if dir.is_dir() { Ok(Some(code)) } else { Err(e) };
-        }
+        unpack_once(BufReader::new(file), &dir, &self.limits)?;
         prune_versions(&versions, &key)?;
         Ok(Some(code))
     }
@@ -160,6 +156,10 @@ impl DirRegistry {
 impl Registry for DirRegistry {
     fn kind(&self) -> &'static str {
         "dir"
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
     }
 
     fn fetch(&self, name: &str) -> Result<Option<LambdaCode>, RegistryError> {
@@ -196,21 +196,6 @@ impl Registry for DirRegistry {
         }
         Ok(names.into_iter().collect())
     }
-}
-
-/// Whether `dir` holds a regular `.py` file directly.
-fn has_top_level_python(dir: &Path) -> Result<bool, RegistryError> {
-    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
-        let entry = entry.map_err(io_error(dir))?;
-        let is_file = entry
-            .file_type()
-            .map_err(io_error(&entry.path()))?
-            .is_file();
-        if is_file && entry.file_name().to_string_lossy().ends_with(".py") {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// The version token of a lambda directory (see [`DirRegistry`]).

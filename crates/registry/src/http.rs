@@ -6,11 +6,12 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::{LambdaCode, Registry, RegistryError, UnpackLimits, unpack_lambda, validate_name};
+use crate::remote::{VersionCache, content_hash, without_userinfo};
+use crate::{LambdaCode, Registry, RegistryError, validate_name};
 
 /// How long one registry request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,15 +28,14 @@ struct Cached {
 #[derive(Debug)]
 pub struct HttpRegistry {
     base: String,
-    cache: PathBuf,
-    limits: UnpackLimits,
+    cache: VersionCache,
     agent: ureq::Agent,
     known: Mutex<HashMap<String, Cached>>,
 }
 
 impl HttpRegistry {
     /// A registry at `base` (`http://host:port[/prefix]`) unpacking into
-    /// `cache`.
+    /// `cache` (see [`crate::cache_dir_for`]).
     pub fn new(base: &str, cache: impl Into<PathBuf>) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -44,48 +44,24 @@ impl HttpRegistry {
             .into();
         Self {
             base: base.trim_end_matches('/').to_string(),
-            cache: cache.into(),
-            limits: UnpackLimits::default(),
+            cache: VersionCache::new(cache.into()),
             agent,
             known: Mutex::new(HashMap::new()),
         }
     }
 
     fn http_err(&self, url: &str, what: impl std::fmt::Display) -> RegistryError {
-        RegistryError::Remote(format!("GET {url}: {what}"))
+        RegistryError::Remote(format!("GET {}: {what}", without_userinfo(url)))
     }
-
-    fn unpack_version(
-        &self,
-        name: &str,
-        version: &str,
-        body: &[u8],
-    ) -> Result<PathBuf, RegistryError> {
-        // The version comes from the server: hash it into a safe dir name.
-        let dir = self
-            .cache
-            .join(name)
-            .join(format!("{:016x}", fnv1a(version.as_bytes())));
-        if !dir.is_dir() {
-            unpack_lambda(body, &dir, &self.limits)?;
-        }
-        Ok(dir)
-    }
-}
-
-/// FNV-1a, to turn a server's version string into a file name.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 impl Registry for HttpRegistry {
     fn kind(&self) -> &'static str {
         "http"
+    }
+
+    fn location(&self) -> String {
+        without_userinfo(&self.base)
     }
 
     fn fetch(&self, name: &str) -> Result<Option<LambdaCode>, RegistryError> {
@@ -130,22 +106,17 @@ impl Registry for HttpRegistry {
                 let mut body = Vec::new();
                 resp.body_mut()
                     .as_reader()
-                    .take(self.limits.max_compressed_bytes + 1)
+                    .take(self.cache.max_compressed_bytes() + 1)
                     .read_to_end(&mut body)
                     .map_err(|e| self.http_err(&url, e))?;
-                if body.len() as u64 > self.limits.max_compressed_bytes {
-                    return Err(RegistryError::CompressedTooLarge {
-                        limit: self.limits.max_compressed_bytes,
-                    });
-                }
+                self.cache.check_size(body.len() as u64)?;
                 // Without validators, the content itself is the version.
                 let version = match (&etag, &last_modified) {
                     (Some(e), _) => format!("etag-{e}"),
                     (None, Some(lm)) => format!("lm-{lm}"),
-                    (None, None) => format!("body-{:016x}-{}", fnv1a(&body), body.len()),
+                    (None, None) => format!("body-{}", content_hash(&body)),
                 };
-                let dir = self.unpack_version(name, &version, &body)?;
-                let code = LambdaCode { dir, version };
+                let code = self.cache.unpack(name, &version, &body)?;
                 self.known
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -200,12 +171,6 @@ fn parse_listing(text: &str) -> Option<Vec<String>> {
     Some(names)
 }
 
-/// Where an [`HttpRegistry`] for `base` keeps its unpacked code under
-/// `root` (one dir per registry URL).
-pub fn cache_dir_for(root: &Path, base: &str) -> PathBuf {
-    root.join(format!("http-{:016x}", fnv1a(base.as_bytes())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,18 +182,5 @@ mod tests {
             Some(vec!["a".to_string(), "b".to_string()])
         );
         assert_eq!(parse_listing("<html>"), None);
-    }
-
-    #[test]
-    fn version_dirs_are_safe_names() {
-        let a = fnv1a(b"\"etag/../x\"");
-        assert_ne!(a, fnv1a(b"other"));
-        let dir = cache_dir_for(Path::new("/c"), "http://h:1");
-        assert!(
-            dir.to_string_lossy().starts_with("/c/http-"),
-            "{}",
-            dir.display()
-        );
-        assert_ne!(dir, cache_dir_for(Path::new("/c"), "http://h:2"));
     }
 }

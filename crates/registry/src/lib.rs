@@ -1,20 +1,37 @@
-//! Where lambda code comes from (docs/architecture.md §3.9): the [`Registry`] trait and
-//! its backends. Today: [`DirRegistry`], a directory holding one
-//! sub-directory or `NAME.tar.gz` per lambda, plus the archive code every
-//! backend shares: [`unpack_lambda`] (safe against hostile uploads) and
-//! [`pack_lambda`] (for `ol admin install DIR`), and [`HttpRegistry`]
-//! (`BASE/NAME.tar.gz` with conditional GETs). S3 comes later behind the
-//! same trait.
+//! Where lambda code comes from (docs/architecture.md §3.9, docs/registry.md):
+//! the [`Registry`] trait and its backends, [`DirRegistry`] (a directory
+//! holding one sub-directory or `NAME.tar.gz` per lambda),
+//! [`HttpRegistry`] (`BASE/NAME.tar.gz` with conditional GETs) and
+//! [`S3Registry`] (`s3://BUCKET/PREFIX/NAME.tar.gz` on AWS S3, MinIO or any
+//! S3 API, revalidated by ETag), and [`Monitored`], which keeps the health
+//! of any of them for `/stats`.
+//!
+//! Also what every backend and upload path shares: [`unpack_lambda`] (safe
+//! against hostile archives), [`pack_lambda`] (for `ol admin install DIR`)
+//! and [`check_bundle`] (the checks an upload passes before anything is
+//! stored); and the cluster's side of S3: [`upload`] (`ol cluster upload`)
+//! and [`code_store`], an S3 API server over a directory (`ol cluster
+//! registry`).
 
 mod archive;
+mod bridge;
+mod bundle;
+pub mod code_store;
 mod dir;
+mod health;
 mod http;
+mod remote;
+mod s3;
 
 use std::path::PathBuf;
 
 pub use archive::{UnpackLimits, pack_lambda, unpack_lambda};
+pub use bundle::check_bundle;
 pub use dir::DirRegistry;
-pub use http::{HttpRegistry, cache_dir_for};
+pub use health::{Health, Monitored};
+pub use http::HttpRegistry;
+pub use remote::cache_dir_for;
+pub use s3::{S3Config, S3ConfigError, S3Registry, Uploaded, upload};
 
 /// Longest lambda name accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -130,6 +147,29 @@ pub enum RegistryError {
         /// What kind of entry it is.
         kind: String,
     },
+    /// The bundle's config (ol.yaml) is refused by the check the uploader
+    /// gave [`check_bundle`].
+    #[error("{message}")]
+    BadConfig {
+        /// The lambda.
+        name: String,
+        /// What the check said.
+        message: String,
+    },
+    /// The store refused the request's credentials: a wrong or missing
+    /// access key or secret key.
+    #[error(
+        "{what}: refused with {status}: the store does not accept this access key and secret key"
+    )]
+    Denied {
+        /// The request and where it went (`HEAD s3://bucket/key at http://...`).
+        what: String,
+        /// `403 Forbidden` or `401 Unauthorized`.
+        status: &'static str,
+    },
+    /// An S3 registry's config can never work.
+    #[error(transparent)]
+    S3Config(#[from] S3ConfigError),
     /// A local lambda directory holds something that cannot go in an archive.
     #[error("cannot pack {path}: {reason}")]
     CannotPack {
@@ -144,6 +184,9 @@ pub enum RegistryError {
 pub trait Registry: Send + Sync {
     /// Short backend name (`dir`, `http`, `s3`).
     fn kind(&self) -> &'static str;
+    /// Where the code comes from, for logs and `/stats` (a path or a URL;
+    /// never a secret).
+    fn location(&self) -> String;
     /// The code of lambda `name`, or `None` when the registry has no such
     /// lambda. Blocks (file or network I/O).
     fn fetch(&self, name: &str) -> Result<Option<LambdaCode>, RegistryError>;

@@ -2,84 +2,15 @@
 //! error kind, name the offending entry, and write nothing anywhere (the
 //! whole tree around the destination is compared before and after).
 
-use std::collections::BTreeSet;
+mod common;
+
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
+use common::{MIB, gzip, gzip_bomb, link_header, raw_header, regular, tar_gz, tree};
 use ol_registry::{RegistryError, UnpackLimits, unpack_lambda};
-use tar::{EntryType, Header};
-
-const MIB: u64 = 1 << 20;
-
-/// A GNU header whose name (and link name) bytes are written as given,
-/// bypassing the tar crate's own path checks.
-fn raw_header(name: &[u8], kind: EntryType, size: u64) -> Header {
-    let mut h = Header::new_gnu();
-    {
-        let gnu = h.as_gnu_mut().expect("gnu header");
-        gnu.name[..name.len()].copy_from_slice(name);
-    }
-    h.set_entry_type(kind);
-    h.set_size(size);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_cksum();
-    h
-}
-
-fn link_header(name: &[u8], kind: EntryType, target: &[u8]) -> Header {
-    let mut h = raw_header(name, kind, 0);
-    {
-        let gnu = h.as_gnu_mut().expect("gnu header");
-        gnu.linkname[..target.len()].copy_from_slice(target);
-    }
-    h.set_cksum();
-    h
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(bytes).expect("gzip");
-    gz.finish().expect("gzip")
-}
-
-/// A tar.gz of the given headers, each followed by its data.
-fn tar_gz(entries: &[(Header, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (header, data) in entries {
-        builder.append(header, *data).expect("append");
-    }
-    gzip(&builder.into_inner().expect("finish tar"))
-}
-
-fn regular(name: &[u8], data: &'static [u8]) -> (Header, &'static [u8]) {
-    (
-        raw_header(name, EntryType::Regular, data.len() as u64),
-        data,
-    )
-}
-
-/// Every path under `root`, relative, with a marker for directories.
-fn tree(root: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in fs::read_dir(&dir).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            let rel = path.strip_prefix(root).expect("under root").display();
-            if path.is_dir() {
-                out.insert(format!("{rel}/"));
-                pending.push(path);
-            } else {
-                out.insert(rel.to_string());
-            }
-        }
-    }
-    out
-}
+use tar::EntryType;
 
 /// A temp tree `outer/registry/` with a marker file, and the destination
 /// `outer/registry/hello` (not created).
@@ -221,23 +152,7 @@ fn devices_fifos_and_sparse_files_are_refused() {
 
 #[test]
 fn gzip_bomb_stops_at_the_unpacked_limit() {
-    // One 300 MiB file of zeros, about 300 KiB compressed. Built from
-    // concatenated gzip members (one per MiB, compressed once) because
-    // compressing 300 MiB in a debug build is slow; gzip readers must
-    // accept concatenated members anyway.
-    let size = 300 * MIB;
-    let zeros_member = gzip(&vec![0u8; MIB as usize]);
-    let mut bomb = gzip(raw_header(b"zero", EntryType::Regular, size).as_bytes());
-    for _ in 0..size / MIB {
-        bomb.extend_from_slice(&zeros_member);
-    }
-    bomb.extend_from_slice(&gzip(&[0u8; 1024]));
-    assert!(
-        (bomb.len() as u64) < 2 * MIB,
-        "bomb is {} bytes",
-        bomb.len()
-    );
-
+    let bomb = gzip_bomb("zero", 300 * MIB);
     let scene = Scene::new();
     let limits = UnpackLimits::default();
     let err = scene.unpack_fails(&bomb, &limits);

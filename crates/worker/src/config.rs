@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use ol_registry::{S3Config, S3ConfigError};
 use ol_sandbox::Limits;
 use ol_sandbox::sock::rootfs::BaseKind;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -194,6 +195,46 @@ pub struct Trace {
     pub file: String,
 }
 
+/// The store and keys of an S3 registry (ours): used when `registry` is
+/// `s3://BUCKET[/PREFIX]`. What it leaves empty comes from the standard
+/// AWS environment variables (docs/registry.md). `Debug` never shows the
+/// secret key.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryS3 {
+    /// The S3 API's URL, e.g. `http://minio:9000` ("" = AWS S3, or
+    /// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`).
+    pub endpoint: String,
+    /// The region ("" = `AWS_REGION`, `AWS_DEFAULT_REGION`, else
+    /// `us-east-1`).
+    pub region: String,
+    /// The access key id ("" = `AWS_ACCESS_KEY_ID`).
+    pub access_key: String,
+    /// The secret access key ("" = `AWS_SECRET_ACCESS_KEY`).
+    pub secret_key: String,
+    /// Whether a plain `http://` endpoint may be used.
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for RegistryS3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryS3")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field(
+                "secret_key",
+                &if self.secret_key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
 /// Every worker setting. Missing keys take their defaults; unknown keys
 /// are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,10 +246,14 @@ pub struct Config {
     /// `worker/worker.port`).
     #[serde(deserialize_with = "port_from_number_or_string")]
     pub worker_port: u16,
-    /// Where lambda code comes from: a directory (optionally `file://`).
+    /// Where lambda code comes from: a directory (optionally `file://`;
+    /// "" = `DIR/registry`), another worker's `http://HOST:PORT/registry`,
+    /// or `s3://BUCKET[/PREFIX]` (with `registry_s3`).
     pub registry: String,
     /// How long fetched code is trusted before the registry is asked again.
     pub registry_cache_ms: u64,
+    /// The S3 registry's store and keys (ours).
+    pub registry_s3: RegistryS3,
     /// Sandbox backend.
     pub sandbox: SandboxKind,
     /// Memory all sandboxes together may reserve, in MiB.
@@ -254,6 +299,7 @@ impl Default for Config {
             worker_port: 5000,
             registry: String::new(),
             registry_cache_ms: 5000,
+            registry_s3: RegistryS3::default(),
             // SOCK isolation needs root; without it, plain processes.
             sandbox: if nix::unistd::geteuid().is_root() {
                 SandboxKind::Sock
@@ -563,12 +609,51 @@ impl Config {
                 "a debootstrap base needs sandbox \"sock\" (process sandboxes run the host's Python); use -o sandbox=sock as root".into(),
             ));
         }
+        self.registry_s3_config()?;
         Ok(())
     }
 
     /// The Chrome trace file to write (`trace.file`), if any.
     pub fn trace_file(&self, worker_dir: &Path) -> Option<PathBuf> {
         (!self.trace.file.is_empty()).then(|| worker_dir.join(&self.trace.file))
+    }
+
+    /// The S3 registry `registry` names (`s3://BUCKET[/PREFIX]`) with
+    /// `registry_s3` and, for what that leaves empty, this process's AWS
+    /// environment variables; `None` for other registries. A value that
+    /// can never work is an error naming its key.
+    pub fn registry_s3_config(&self) -> Result<Option<S3Config>, ConfigError> {
+        self.registry_s3_config_with(|k| std::env::var(k).ok())
+    }
+
+    /// [`Self::registry_s3_config`] with the environment variables `env`
+    /// looks up.
+    pub fn registry_s3_config_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<S3Config>, ConfigError> {
+        if !self.registry.starts_with("s3://") {
+            return Ok(None);
+        }
+        let named = |e: S3ConfigError| {
+            let key = match e.field {
+                "url" => "registry".to_string(),
+                field => format!("registry_s3.{field}"),
+            };
+            bad(&key, e.message)
+        };
+        let s3 = &self.registry_s3;
+        let config = S3Config {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            access_key: s3.access_key.clone(),
+            secret_key: s3.secret_key.clone(),
+            allow_http: s3.allow_http,
+            ..S3Config::from_url(&self.registry).map_err(named)?
+        }
+        .with_env(env);
+        config.check().map_err(named)?;
+        Ok(Some(config))
     }
 
     /// Whether `registry` is an HTTP registry URL.
@@ -798,6 +883,129 @@ mod tests {
         assert_eq!(c.registry_dir(wd), PathBuf::from("/srv/reg"));
         c.registry = "reg2".into();
         assert_eq!(c.registry_dir(wd), PathBuf::from("/w/reg2"));
+    }
+
+    /// No AWS environment at all.
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn an_s3_registry_takes_its_store_and_keys_from_registry_s3() {
+        let c = Config::from_value(json!({
+            "registry": "s3://code/team/",
+            "registry_s3": {
+                "endpoint": "http://127.0.0.1:9000",
+                "access_key": "AK",
+                "secret_key": "SK",
+                "allow_http": true
+            }
+        }))
+        .expect("config");
+        let s3 = c
+            .registry_s3_config_with(no_env)
+            .expect("valid")
+            .expect("an s3 registry");
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("code", "team"));
+        assert_eq!(s3.endpoint, "http://127.0.0.1:9000");
+        assert_eq!(
+            (s3.access_key.as_str(), s3.secret_key.as_str()),
+            ("AK", "SK")
+        );
+        assert!(s3.allow_http);
+        assert_eq!(
+            Config::default()
+                .registry_s3_config_with(no_env)
+                .expect("dir"),
+            None
+        );
+        let shown = format!("{c:?}");
+        assert!(shown.contains("AK") && !shown.contains("\"SK\""), "{shown}");
+    }
+
+    #[test]
+    fn an_s3_registry_takes_what_registry_s3_leaves_empty_from_the_environment() {
+        let c = Config {
+            registry: "s3://code".into(),
+            ..Config::default()
+        };
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("envkey".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("envsecret".to_string()),
+            "AWS_REGION" => Some("eu-central-1".to_string()),
+            _ => None,
+        };
+        let s3 = c.registry_s3_config_with(env).expect("valid").expect("s3");
+        assert_eq!(
+            (s3.access_key.as_str(), s3.region.as_str()),
+            ("envkey", "eu-central-1")
+        );
+        assert_eq!(s3.endpoint, "", "AWS itself");
+        let err = c
+            .registry_s3_config_with(no_env)
+            .expect_err("no keys anywhere");
+        assert!(
+            err.to_string()
+                .starts_with("config key `registry_s3.access_key`: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn s3_registry_values_that_can_never_work_are_refused_naming_the_key() {
+        let keys = json!({"access_key": "AK", "secret_key": "SK"});
+        let cases = [
+            (
+                json!({"registry": "s3://Bad_Bucket/x", "registry_s3": keys}),
+                "registry",
+                "bucket name",
+            ),
+            (
+                json!({"registry": "s3://code/a//b", "registry_s3": keys}),
+                "registry",
+                "prefix",
+            ),
+            (
+                json!({"registry": "s3://code", "registry_s3": {"endpoint": "http://m:9000", "access_key": "AK", "secret_key": "SK"}}),
+                "registry_s3.allow_http",
+                "plain http",
+            ),
+            (
+                json!({"registry": "s3://code", "registry_s3": {"endpoint": "m:9000", "access_key": "AK", "secret_key": "SK"}}),
+                "registry_s3.endpoint",
+                "not a URL",
+            ),
+            (
+                json!({"registry": "s3://code", "registry_s3": {"access_key": "AK"}}),
+                "registry_s3.secret_key",
+                "AWS_SECRET_ACCESS_KEY",
+            ),
+        ];
+        for (value, key, says) in cases {
+            let parsed: Config = serde_json::from_value(value.clone()).expect("well-typed");
+            let err = parsed
+                .registry_s3_config_with(no_env)
+                .expect_err(&value.to_string());
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("config key `{key}`: ")) && msg.contains(says),
+                "{value}: {msg}"
+            );
+            assert!(!msg.contains("SK"), "no secret in errors: {msg}");
+        }
+        let err = Config::from_value(json!({"registry_s3": {"secret": "x"}})).expect_err("typo");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("registry_s3") && msg.contains("secret"),
+            "{msg}"
+        );
+        let err =
+            Config::from_value(json!({"registry_s3": {"allow_http": "yes"}})).expect_err("type");
+        assert!(
+            err.to_string()
+                .starts_with("config key `registry_s3.allow_http`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ol_base::{Python, build_base};
 use ol_lambda::import_cache::ImportCacheMode;
 use ol_lambda::packages::{PackagePuller, PackageSettings};
 use ol_lambda::{LambdaManager, LambdaSettings, PackageLayer};
-use ol_registry::{DirRegistry, HttpRegistry, Registry, cache_dir_for};
+use ol_registry::{DirRegistry, HttpRegistry, Monitored, Registry, S3Registry, cache_dir_for};
 use ol_sandbox::pids::process_start_time;
 use ol_sandbox::{Features, Limits, Paths, SandboxPool, Settings};
 use tokio::net::TcpListener;
@@ -216,20 +216,9 @@ async fn serve_until_signal(
         .local_addr()
         .map(|a| a.port())
         .unwrap_or(config.worker_port);
-    let cache = dir.state().join("registry-cache");
-    // A local registry also gets the registry API; a remote one is read only.
-    let (registry, local): (Arc<dyn Registry>, Option<Arc<DirRegistry>>) = if config
-        .registry_is_http()
-    {
-        let remote = HttpRegistry::new(&config.registry, cache_dir_for(&cache, &config.registry));
-        (Arc::new(remote), None)
-    } else {
-        let local = Arc::new(DirRegistry::with_cache(
-            config.registry_dir(dir.root()),
-            cache,
-        ));
-        (Arc::clone(&local) as Arc<dyn Registry>, Some(local))
-    };
+    let Opened { code, local } = open_registry(dir, config)?;
+    let registry = Arc::new(Monitored::new(code));
+    tracing::info!(kind = registry.kind(), location = %registry.location(), "registry");
     let settings = LambdaSettings {
         limits: config.limits.clone(),
         pause_after_idle: (config.pause_after_idle_ms > 0)
@@ -242,12 +231,18 @@ async fn serve_until_signal(
             .then(|| Duration::from_millis(config.scaling.idle_timeout_ms)),
         ..LambdaSettings::default()
     };
-    let lambdas = LambdaManager::new(pool, registry, settings, packages);
+    let lambdas = LambdaManager::new(
+        pool,
+        Arc::clone(&registry) as Arc<dyn Registry>,
+        settings,
+        packages,
+    );
     lambdas.start_background();
     let idle_timeout = Duration::from_millis(config.http.idle_timeout_ms);
     let state = Arc::new(AppState {
         lambdas: Arc::clone(&lambdas),
         registry: local,
+        registry_health: registry,
         upload_dir: dir.state().join("uploads"),
         max_body_bytes: usize::try_from(config.limits.max_body_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),
@@ -281,6 +276,38 @@ async fn serve_until_signal(
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// The registry a worker reads lambdas from.
+struct Opened {
+    code: Arc<dyn Registry>,
+    /// The same registry when it is local: it then also gets the registry
+    /// API (a remote one is read only here).
+    local: Option<Arc<DirRegistry>>,
+}
+
+/// The registry `config` names. Remote ones unpack into
+/// `DIR/worker/registry-cache/`, one dir per store.
+fn open_registry(dir: &WorkerDir, config: &Config) -> Result<Opened, WorkerError> {
+    let cache = dir.state().join("registry-cache");
+    let remote = |code: Arc<dyn Registry>| Opened { code, local: None };
+    if let Some(s3) = config.registry_s3_config()? {
+        let s3 = S3Registry::new(&s3, cache_dir_for(&cache, &s3.location()))
+            .map_err(|e| WorkerError::Usage(e.to_string()))?;
+        return Ok(remote(Arc::new(s3)));
+    }
+    if config.registry_is_http() {
+        let cache = cache_dir_for(&cache, &config.registry);
+        return Ok(remote(Arc::new(HttpRegistry::new(&config.registry, cache))));
+    }
+    let local = Arc::new(DirRegistry::with_cache(
+        config.registry_dir(dir.root()),
+        cache,
+    ));
+    Ok(Opened {
+        code: Arc::clone(&local) as Arc<dyn Registry>,
+        local: Some(local),
+    })
 }
 
 fn signal_err(dir: &WorkerDir) -> impl FnOnce(std::io::Error) -> WorkerError + '_ {

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ol_lambda::LambdaManager;
-use ol_registry::DirRegistry;
+use ol_registry::{DirRegistry, Monitored};
 
 use crate::metrics::{self, WorkerMetrics};
-use crate::stats::WorkerStats;
+use crate::stats::{RegistryStats, WorkerStats};
 
 /// Counters the HTTP layer keeps.
 #[derive(Debug, Default)]
@@ -30,6 +30,9 @@ pub struct AppState {
     /// The local registry, for the registry API (`None` when the registry
     /// is remote).
     pub registry: Option<Arc<DirRegistry>>,
+    /// The registry the lambda layer reads (local or remote), with the
+    /// health of its requests (`/stats`).
+    pub registry_health: Arc<Monitored>,
     /// Where uploads are unpacked and checked before they are installed.
     pub upload_dir: PathBuf,
     /// Largest request body accepted.
@@ -53,6 +56,7 @@ impl AppState {
             errors_5xx: c.errors_5xx.load(Ordering::Relaxed),
             errors_by_status: self.metrics.errors_by_status(),
             lambda_layer: self.lambdas.stats(),
+            registry: Some(RegistryStats::from(self.registry_health.health())),
             recorded: metrics::recorded_stats(),
         }
     }
@@ -65,10 +69,14 @@ impl AppState {
 pub(crate) fn idle_state(dir: &std::path::Path) -> AppState {
     std::fs::create_dir_all(dir.join("registry")).expect("registry dir");
     let lambdas = idle_lambda_layer(dir);
+    let registry = Arc::new(DirRegistry::new(dir.join("registry")));
     AppState {
         metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
         lambdas,
-        registry: Some(Arc::new(DirRegistry::new(dir.join("registry")))),
+        registry_health: Arc::new(Monitored::new(
+            Arc::clone(&registry) as Arc<dyn ol_registry::Registry>
+        )),
+        registry: Some(registry),
         upload_dir: dir.join("uploads"),
         max_body_bytes: 1024,
         body_stall: Duration::from_secs(10),

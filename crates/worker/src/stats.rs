@@ -30,9 +30,46 @@ pub struct WorkerStats {
     /// snapshot).
     #[serde(flatten)]
     pub lambda_layer: ol_lambda::Stats,
+    /// Where code comes from and whether it answers (absent from workers
+    /// older than this key).
+    #[serde(default)]
+    pub registry: Option<RegistryStats>,
     /// Phase latencies and named counters.
     #[serde(flatten)]
     pub recorded: RecordedStats,
+}
+
+/// The registry's part of `/stats` (`registry: {kind, location, ok,
+/// last_error, last_ok_ms_ago, last_error_ms_ago}`): whether the code
+/// source answers; when it does not, lambdas keep the code they have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStats {
+    /// `dir`, `http` or `s3`.
+    pub kind: String,
+    /// A path or URL (never a key).
+    pub location: String,
+    /// Whether its last request succeeded (true before any).
+    pub ok: bool,
+    /// The last failure, even after a later success.
+    pub last_error: Option<String>,
+    /// Milliseconds since a request last succeeded.
+    pub last_ok_ms_ago: Option<u64>,
+    /// Milliseconds since a request last failed.
+    pub last_error_ms_ago: Option<u64>,
+}
+
+impl From<ol_registry::Health> for RegistryStats {
+    fn from(h: ol_registry::Health) -> Self {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            kind: h.kind.to_string(),
+            location: h.location,
+            ok: h.ok,
+            last_error: h.last_error,
+            last_ok_ms_ago: h.since_ok.map(ms),
+            last_error_ms_ago: h.since_error.map(ms),
+        }
+    }
 }
 
 /// One phase's latency (OpenLambda's `<phase>.cnt` and `<phase>.ms-avg`,
@@ -175,6 +212,14 @@ mod tests {
                 forked_from: BTreeMap::from([("root".into(), 1)]),
                 zygotes: Vec::new(),
             },
+            registry: Some(RegistryStats {
+                kind: "s3".into(),
+                location: "s3://code/ at http://127.0.0.1:9000".into(),
+                ok: false,
+                last_error: Some("HEAD: connection refused".into()),
+                last_ok_ms_ago: Some(1500),
+                last_error_ms_ago: Some(20),
+            }),
             recorded: RecordedStats {
                 phases: BTreeMap::from([(
                     "call".into(),
@@ -206,6 +251,9 @@ mod tests {
         assert_eq!(v["errors_by_status"], json!({"404": 2, "500": 1}));
         assert_eq!(v["sandboxes"][0]["pid"], json!(42));
         assert_eq!(v["packages"], json!(null));
+        assert_eq!(v["registry"]["kind"], json!("s3"));
+        assert_eq!(v["registry"]["ok"], json!(false));
+        assert_eq!(v["registry"]["last_ok_ms_ago"], json!(1500));
         assert!(v.get("lambda_layer").is_none() && v.get("recorded").is_none());
     }
 
@@ -214,6 +262,7 @@ mod tests {
         let written = serde_json::to_value(sample()).expect("serialize");
         let read: WorkerStats = serde_json::from_value(written.clone()).expect("deserialize");
         assert_eq!(read.recorded, sample().recorded);
+        assert_eq!(read.registry, sample().registry);
         assert_eq!(read.lambda_layer.sandboxes, sample().lambda_layer.sandboxes);
         assert_eq!(serde_json::to_value(read).expect("serialize"), written);
     }

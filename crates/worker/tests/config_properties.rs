@@ -110,13 +110,12 @@ proptest! {
         for (key, raw) in &overrides {
             applied &= apply_override(&mut value, &format!("{key}={raw}")).is_ok();
         }
-        if applied {
-            if let Err(e) = Config::from_value(value) {
+        if applied
+            && let Err(e) = Config::from_value(value) {
                 // Every refusal names a key (or the override).
                 let msg = e.to_string();
                 prop_assert!(msg.starts_with("config key `") || msg.contains("override"), "{msg}");
             }
-        }
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub(crate) fn drop_bounding_set(keep: u64) -> io::Result<()> {
 /// inherited, on everything it starts). Needs no_new_privs or
 /// CAP_SYS_ADMIN.
 pub(crate) fn install_seccomp(program: &[u8]) -> io::Result<()> {
-    if program.is_empty() || program.len() % 8 != 0 {
+    if program.is_empty() || !program.len().is_multiple_of(8) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut filter: Vec<libc::sock_filter> = program

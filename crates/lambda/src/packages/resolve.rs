@@ -72,10 +72,10 @@ impl PackagePuller {
         };
         // Best effort: without the record, the next worker resolves again.
         // (Only the worker reads it: nothing in it is for lambdas.)
-        if let Ok(json) = serde_json::to_vec(&saved) {
-            if private_dir(&dir).is_ok() {
-                let _ = write_file(&file, &json);
-            }
+        if let Ok(json) = serde_json::to_vec(&saved)
+            && private_dir(&dir).is_ok()
+        {
+            let _ = write_file(&file, &json);
         }
         Ok(pins)
     }

@@ -33,10 +33,10 @@ impl Enclosure {
     /// at the usage (it tries to reclaim first); then the limit stays.
     pub(crate) fn pause(&self) -> Result<(), SandboxError> {
         self.cgroup.freeze().map_err(cgroup_err)?;
-        if self.downsize.is_some() {
-            if let Ok(used) = self.cgroup.mem_usage() {
-                let _ = self.cgroup.set_mem_limit(used.next_multiple_of(4096));
-            }
+        if self.downsize.is_some()
+            && let Ok(used) = self.cgroup.mem_usage()
+        {
+            let _ = self.cgroup.set_mem_limit(used.next_multiple_of(4096));
         }
         Ok(())
     }

@@ -566,7 +566,7 @@ pub fn to_bytes(prog: &[sock_filter]) -> Vec<u8> {
 
 /// The inverse of [`to_bytes`].
 pub fn from_bytes(bytes: &[u8]) -> Result<BpfProgram, SeccompError> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(SeccompError::BadLength(bytes.len()));
     }
     Ok(bytes

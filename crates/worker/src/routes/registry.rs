@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::conn::{RequestBody, StallLimited};
 use crate::response::{Body, body_error, error_response, json_response};
 use crate::state::AppState;
-use crate::upload::{Refusal, install_checked};
+use crate::upload::install_checked;
 
 /// Handles `/registry` and `/registry/...`; `rest` is what follows
 /// `/registry`.
@@ -27,9 +27,10 @@ pub(crate) async fn handle<B: RequestBody>(
     rest: &str,
 ) -> Response<Body> {
     let Some(registry) = state.registry.clone() else {
+        let remote = state.registry_health.location();
         return error_response(
             StatusCode::NOT_FOUND,
-            "this worker's registry is remote: install lambdas there",
+            &format!("this worker's registry is remote ({remote}): install lambdas there"),
             None,
             None,
         );
@@ -110,7 +111,7 @@ fn serve_archive(
     registry: &DirRegistry,
     name: &str,
     if_none_match: Option<&str>,
-) -> Result<Response<Body>, Refusal> {
+) -> Result<Response<Body>, RegistryError> {
     let code = registry
         .fetch(name)?
         .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
@@ -175,12 +176,11 @@ async fn install<B: RequestBody>(
 
 /// Runs registry work off the async threads and maps its errors.
 async fn blocking(
-    work: impl FnOnce() -> Result<Response<Body>, Refusal> + Send + 'static,
+    work: impl FnOnce() -> Result<Response<Body>, RegistryError> + Send + 'static,
 ) -> Response<Body> {
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(Refusal::Config(msg))) => error_response(StatusCode::BAD_REQUEST, &msg, None, None),
-        Ok(Err(Refusal::Registry(e))) => {
+        Ok(Err(e)) => {
             let status = match &e {
                 RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
                 RegistryError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
