@@ -265,7 +265,7 @@ async fn serve_until_signal(
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;
     dir.write_pid()?;
     dir.write_port(port)?;
-    tracing::info!(port, dir = %dir.root().display(), "worker ready");
+    tracing::info!(port, config = %dir.config_file().display(), "worker ready");
     let stop = async {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
