@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{Backend, TestWorker, assert_no_processes, ol, stderr};
+use common::{Backend, TestWorker, assert_no_processes, mounts_mentioning, ol, stderr};
 
 const PROBE: &str = r#"
 import ctypes, errno, os, socket
@@ -237,16 +237,6 @@ fn child_cgroups(dir: &Path) -> usize {
         })
         .max()
         .unwrap_or(0)
-}
-
-fn mounts_mentioning(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter(|l| l.contains(&needle))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

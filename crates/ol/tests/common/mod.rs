@@ -426,6 +426,17 @@ pub fn worker_cgroups(state: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The host's mounts whose line in mountinfo mentions `dir`.
+pub fn mounts_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Asserts no live process mentions `dir`.
 pub fn assert_no_processes(dir: &Path) {
     let left = processes_mentioning(dir);
