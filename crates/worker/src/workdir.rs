@@ -377,6 +377,59 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_is_located_by_its_config_file() {
+        let wd = WorkerDir::new(Path::new("/w"));
+        assert_eq!(wd.config_file(), Path::new("/w/config.json"));
+        assert_eq!(
+            (wd.state(), wd.base(), wd.packages(), wd.cache()),
+            (
+                "/w/worker".into(),
+                "/w/base".into(),
+                "/w/packages".into(),
+                "/w/cache".into()
+            )
+        );
+        let config = Config {
+            worker_dir: "/c/workers/worker-0".into(),
+            base_dir: "../base".into(),
+            package_cache_dir: "/c/workers/package-cache".into(),
+            ..Config::default()
+        };
+        let wd = WorkerDir::locate(Path::new("/c/config/worker-0.json"), &config);
+        assert_eq!(wd.root(), Path::new("/c/config"));
+        assert_eq!(wd.state(), Path::new("/c/workers/worker-0"));
+        assert_eq!(wd.pid_file(), Path::new("/c/workers/worker-0/worker.pid"));
+        assert_eq!(
+            wd.base(),
+            Path::new("/c/config/../base"),
+            "relative: from the file's dir"
+        );
+        assert_eq!(
+            wd.packages(),
+            Path::new("/c/config/packages"),
+            "default: beside it"
+        );
+        assert_eq!(wd.cache(), Path::new("/c/workers/package-cache"));
+    }
+
+    #[test]
+    fn open_reads_the_paths_of_a_config_without_checking_its_values() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("w.json");
+        let missing = WorkerDir::open(&file).expect("no file: the default layout");
+        assert_eq!(missing.state(), tmp.path().join("worker"));
+        // A value this machine would refuse at start: still found.
+        fs::write(&file, r#"{"worker_dir": "/s/w1", "mem_pool_mb": 0}"#).expect("write");
+        assert_eq!(
+            WorkerDir::open(&file).expect("open").state(),
+            Path::new("/s/w1")
+        );
+        fs::write(&file, r#"{"wroker_dir": "/s/w1"}"#).expect("write");
+        let err = WorkerDir::open(&file).expect_err("unknown key");
+        assert!(err.to_string().contains("wroker_dir"), "{err}");
+    }
+
+    #[test]
     fn running_needs_a_live_matching_process() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let wd = WorkerDir::new(tmp.path());
