@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use common::{
-    Backend, assert_no_processes, eventually, mounts_mentioning, ol_bin, on_both_backends, request,
-    stderr, worker_cgroups, write_wheel,
+    Backend, assert_no_processes, eventually, mounts_mentioning, ol_bin, on_both_backends,
+    processes_mentioning, request, stderr, worker_cgroups, write_wheel,
 };
 
 fn stdout(out: &Output) -> String {
