@@ -10,7 +10,8 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ol_sandbox::sock::rootfs::{
     BASE_MARKER, DEVICES, SANDBOX_UID, SYSTEM_DIRS, inside, is_covered_by_system_dirs, under,
@@ -30,7 +31,11 @@ const CA_BUNDLES: &[&str] = &[
 /// a self-contained base (already holding its system) keeps its own. Both
 /// get the sandbox mount points, a synthesized `/etc`, `/dev` stubs and
 /// the marker. Idempotent: running it again refreshes the synthesized
-/// files.
+/// files. Workers sharing a base (a cluster's) build it as they start,
+/// maybe at once, while others run sandboxes over it: every file is
+/// replaced whole (written beside it, then renamed over it), so no build
+/// fails on another's work and no sandbox sees a file missing or half
+/// written.
 pub fn build_base(base: &Path, kind: BaseKind, python_prefix: &Path) -> io::Result<()> {
     fs::create_dir_all(base)?;
     if !kind.is_self_contained() {
@@ -72,11 +77,53 @@ pub fn build_base(base: &Path, kind: BaseKind, python_prefix: &Path) -> io::Resu
     ] {
         let path = base.join("dev").join(link);
         if fs::symlink_metadata(&path).is_err() {
-            symlink(target, &path)?;
+            make_symlink(Path::new(target), &path)?;
         }
     }
     write_etc(base)?;
-    fs::write(base.join(BASE_MARKER), format!("{}\n", kind.name()))
+    replace_file(
+        &base.join(BASE_MARKER),
+        format!("{}\n", kind.name()).as_bytes(),
+    )
+}
+
+/// Makes `link` a symlink to `target`; another build making the same link
+/// at the same time is no error.
+fn make_symlink(target: &Path, link: &Path) -> io::Result<()> {
+    match symlink(target, link) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            if fs::read_link(link).ok().as_deref() == Some(target) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        done => done,
+    }
+}
+
+/// Replaces `path` with a file holding `bytes`: written beside it, then
+/// renamed over it. A reader sees the old file or the new one, never a
+/// missing or partial one; a symlink at `path` is replaced, never written
+/// through (in a self-contained base it could point anywhere on the host).
+fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_os_string());
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = path.with_file_name(tmp_name);
+    fs::write(&tmp, bytes)
+        .and_then(|()| fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
 }
 
 /// Mount points for the host's system directories (symlinks copied as
@@ -91,7 +138,7 @@ fn host_mount_points(base: &Path, python_prefix: &Path) -> io::Result<()> {
                 let target = fs::read_link(host)?;
                 if fs::read_link(&inner).ok().as_deref() != Some(target.as_path()) {
                     let _ = fs::remove_file(&inner);
-                    symlink(&target, &inner)?;
+                    make_symlink(&target, &inner)?;
                 }
             }
             Ok(m) if m.is_dir() => fs::create_dir_all(&inner)?,
@@ -137,19 +184,14 @@ fn write_etc(base: &Path) -> io::Result<()> {
             "passwd: files\ngroup: files\nhosts: files dns\n".to_string(),
         ),
     ];
-    // Replace, never write through: a link in a self-contained base could
-    // point anywhere on the host.
-    let replace = |path: PathBuf| -> io::Result<PathBuf> {
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(path),
-        }
-    };
     for (name, text) in files {
-        fs::write(replace(etc.join(name))?, text)?;
+        replace_file(&etc.join(name), text.as_bytes())?;
     }
     if let Some(bundle) = CA_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
-        fs::copy(bundle, replace(etc.join("ssl/certs/ca-certificates.crt"))?)?;
+        replace_file(
+            &etc.join("ssl/certs/ca-certificates.crt"),
+            &fs::read(bundle)?,
+        )?;
     }
     Ok(())
 }
@@ -157,6 +199,55 @@ fn write_etc(base: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn builds_at_once_all_succeed_and_no_reader_misses_a_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = tmp.path().join("base");
+        let prefix = Path::new("/opt/py");
+        // From nothing, several at once (workers of a new cluster).
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| build_base(&base, BaseKind::Host, prefix).expect("first builds"));
+            }
+        });
+        let passwd = fs::read(base.join("etc/passwd")).expect("passwd");
+        let marker = fs::read(base.join(BASE_MARKER)).expect("marker");
+        // Rebuilt again and again (workers starting) while sandboxes read.
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut reads = 0;
+                while !done.load(Ordering::Relaxed) || reads == 0 {
+                    assert_eq!(fs::read(base.join("etc/passwd")).ok(), Some(passwd.clone()));
+                    assert_eq!(fs::read(base.join(BASE_MARKER)).ok(), Some(marker.clone()));
+                    reads += 1;
+                }
+            });
+            let builders: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        for _ in 0..200 {
+                            build_base(&base, BaseKind::Host, prefix).expect("rebuild");
+                        }
+                    })
+                })
+                .collect();
+            for b in builders {
+                b.join().expect("builder");
+            }
+            done.store(true, Ordering::Relaxed);
+            reader.join().expect("reader");
+        });
+        let leftovers: Vec<_> = fs::read_dir(base.join("etc"))
+            .expect("etc")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 
     #[test]
     fn base_has_mount_points_etc_and_device_stubs() {

@@ -63,7 +63,7 @@ fn local_registry(wd: &WorkerDir) -> Result<DirRegistry> {
 }
 
 fn install(dir: &DirArg, path: &Path, name: Option<String>) -> Result<()> {
-    let wd = WorkerDir::new(&dir.path);
+    let wd = WorkerDir::open_dir(&dir.path)?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -108,7 +108,7 @@ fn install(dir: &DirArg, path: &Path, name: Option<String>) -> Result<()> {
 }
 
 fn ls(dir: &DirArg) -> Result<()> {
-    let wd = WorkerDir::new(&dir.path);
+    let wd = WorkerDir::open_dir(&dir.path)?;
     let names: Vec<String> = match worker_url(&wd) {
         Some(url) => {
             let a = client::get(&format!("{url}/registry/"), TIMEOUT)?;
@@ -130,7 +130,7 @@ fn ls(dir: &DirArg) -> Result<()> {
 }
 
 fn rm(dir: &DirArg, name: &str) -> Result<()> {
-    let wd = WorkerDir::new(&dir.path);
+    let wd = WorkerDir::open_dir(&dir.path)?;
     match worker_url(&wd) {
         Some(url) => {
             let a = client::delete(&format!("{url}/registry/{name}"), TIMEOUT)?;

@@ -32,6 +32,10 @@ enum Command {
     /// Read trace files written by `ol worker up --trace FILE`.
     #[command(subcommand)]
     Trace(trace_cmd::TraceCommand),
+    /// Several workers of one machine in a cluster directory (OpenLambda's
+    /// admin tool; `-cluster DIR` works as `--cluster DIR`).
+    #[command(subcommand)]
+    Cluster(ol_cluster::ClusterCommand),
 }
 
 /// The worker directory option every worker command takes.
@@ -94,12 +98,13 @@ fn main() -> ExitCode {
         eprintln!("ol: {e}");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(ol_cluster::accept_go_flags(std::env::args_os()));
     let result = match cli.command {
         Command::Worker(cmd) => worker_cmd::run(cmd),
         Command::Admin(cmd) => admin::run(cmd),
         Command::Bench(cmd) => ol_bench::run(cmd).map_err(anyhow::Error::from),
         Command::Trace(cmd) => trace_cmd::run(cmd),
+        Command::Cluster(cmd) => ol_cluster::run(cmd).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,26 +1,20 @@
 //! `ol worker ...`: init, up (foreground or detached), down, status and
 //! force-cleanup.
 
-use std::fs::OpenOptions;
+use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use ol_base::debootstrap::{Debootstrap, Release, default_cache_dir};
 use ol_worker::client;
-use ol_worker::trace_file::{TraceWriter, chrome_trace};
+use ol_worker::launch::{self, LogTo};
 use ol_worker::{BaseSource, StopOutcome, WorkerDir};
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::{DirArg, WorkerCommand};
 
-/// Set in the environment of the process `up -d` starts.
-const DETACHED_ENV: &str = "OL_DETACHED";
 /// How long `up -d` waits for the worker to answer `/status`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `down` waits for a graceful stop before killing.
@@ -153,130 +147,32 @@ fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
         wd.init(&BaseSource::Host, &mut |_| {})?;
         eprintln!("initialized worker directory {}", wd.root().display());
     }
-    // Check config and a running worker here too, so `-d` fails in the
-    // terminal rather than in a log file.
     let config = ol_worker::Config::load(&wd.config_file(), options)?;
-    wd.check_base(&config)?;
-    if let Some(running) = wd.running() {
-        bail!(
-            "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",
-            wd.root().display(),
-            running.pid,
-            wd.root().display()
-        );
+    let wd = WorkerDir::locate(&wd.config_file(), &config);
+    if !detach {
+        return Ok(launch::serve_here(&wd, &config, LogTo::Stderr)?);
     }
-    if detach {
-        return start_detached(&wd, options);
-    }
-    let detached = std::env::var_os(DETACHED_ENV).is_some();
-    if detached {
-        // Leave the terminal's session so its hangup never reaches us.
-        let _ = nix::unistd::setsid();
-    }
-    let trace = init_logging(!detached, config.trace_file(wd.root()).as_deref())?;
-    let served = ol_worker::run_worker(&wd, options);
-    // The worker has stopped: every call's spans are closed.
-    if let Some(trace) = trace {
-        trace.finish()?;
-        tracing::info!(file = %trace.path().display(), "trace written");
-    }
-    served?;
-    Ok(())
-}
-
-/// Logs to stderr, filtered by `OL_LOG`; with `trace_file`, also writes
-/// the phase spans there (whatever `OL_LOG` says).
-fn init_logging(ansi: bool, trace_file: Option<&Path>) -> Result<Option<TraceWriter>> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let log = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .with_filter(filter);
-    let (trace_layer, writer) = match trace_file {
-        Some(path) => {
-            let (layer, writer) = chrome_trace(path)?;
-            (Some(layer), Some(writer))
-        }
-        None => (None, None),
-    };
-    let _ = tracing_subscriber::registry()
-        .with(log)
-        .with(trace_layer)
-        .try_init();
-    Ok(writer)
-}
-
-fn start_detached(wd: &WorkerDir, options: &[String]) -> Result<()> {
-    std::fs::create_dir_all(wd.logs())
-        .with_context(|| format!("cannot create {}", wd.logs().display()))?;
-    let log_path = wd.log_file();
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
-    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let exe = std::env::current_exe().context("cannot find the ol binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["worker", "up", "-p"]).arg(wd.root());
+    // Checked here too, so the error shows in the terminal rather than in
+    // a log file.
+    ol_worker::check_startable(&wd, &config)?;
+    let mut args: Vec<OsString> = vec!["worker".into(), "up".into(), "-p".into()];
+    args.push(wd.root().into());
     for o in options {
-        cmd.arg("-o").arg(o);
+        args.extend(["-o".into(), o.into()]);
     }
-    let mut child = cmd
-        .env(DETACHED_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().context("cannot share the log file")?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start the worker process")?;
-    let port = wait_ready(wd, &mut child, &log_path, log_start)?;
+    let log = wd.log_file();
+    let starting = launch::spawn_detached(&args, &log)?;
+    let pid = starting.pid();
+    let port = starting.wait_ready(&wd, READY_TIMEOUT)?;
     println!(
-        "worker started: pid {}, http://127.0.0.1:{port}, log {}",
-        child.id(),
-        log_path.display()
+        "worker started: pid {pid}, http://127.0.0.1:{port}, log {}",
+        log.display()
     );
     Ok(())
 }
 
-/// Waits until the worker started as `child` answers `/status` with
-/// `ready`, or fails with what its log says.
-fn wait_ready(wd: &WorkerDir, child: &mut Child, log: &Path, log_start: u64) -> Result<u16> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "the worker exited ({status}) before it was ready:\n{}",
-                log_since(log, log_start)
-            );
-        }
-        if let Some(port) = wd.running().and_then(|r| r.port) {
-            let url = format!("http://127.0.0.1:{port}/status");
-            if client::get(&url, Duration::from_secs(2))
-                .is_ok_and(|a| a.status == 200 && a.body == "ready")
-            {
-                return Ok(port);
-            }
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            bail!(
-                "the worker was not ready within {READY_TIMEOUT:?}:\n{}",
-                log_since(log, log_start)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn log_since(log: &Path, start: u64) -> String {
-    let text = std::fs::read(log).unwrap_or_default();
-    let tail = text.get(start as usize..).unwrap_or(&text);
-    String::from_utf8_lossy(tail).trim_end().to_string()
-}
-
 fn down(dir: &DirArg) -> Result<()> {
-    let wd = WorkerDir::new(&dir.path);
+    let wd = WorkerDir::open_dir(&dir.path)?;
     match ol_worker::stop_worker(&wd, STOP_TIMEOUT)? {
         StopOutcome::NotRunning => println!("no worker was running in {}", wd.root().display()),
         StopOutcome::Stopped { pid } => println!("worker {pid} stopped"),
@@ -288,7 +184,7 @@ fn down(dir: &DirArg) -> Result<()> {
 }
 
 fn force_cleanup(dir: &DirArg) -> Result<()> {
-    let wd = WorkerDir::new(&dir.path);
+    let wd = WorkerDir::open_dir(&dir.path)?;
     let found = ol_worker::force_cleanup(&wd)?;
     println!(
         "cleaned up {}: {found} leftover sandbox(es) removed",
@@ -298,7 +194,7 @@ fn force_cleanup(dir: &DirArg) -> Result<()> {
 }
 
 fn status(dir: &DirArg) -> Result<()> {
-    let wd = WorkerDir::new(&dir.path);
+    let wd = WorkerDir::open_dir(&dir.path)?;
     let Some(running) = wd.running() else {
         bail!(
             "no worker is running in {}; start one with `ol worker up -p {}`",

@@ -371,7 +371,7 @@ def f(event):
 /// namespace of its sandbox init (not a child it is forking, which passes
 /// through its cgroup, nor an import-cache zygote, a level deeper).
 fn root_zygote_pid(w: &TestWorker) -> u32 {
-    let worker = Path::new("/sys/fs/cgroup/pids").join(ol_sandbox::sock::worker_id(w.path()));
+    let worker = Path::new("/sys/fs/cgroup/pids").join(ol_sandbox::sock::worker_id(&w.state_dir()));
     fs::read_dir(&worker)
         .expect("worker cgroup")
         .flatten()

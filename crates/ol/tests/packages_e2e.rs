@@ -91,12 +91,9 @@ fn numpy_and_pandas_lambdas_return_versions_and_results() {
     );
     // `down` leaves nothing: no process (zygotes included), no cgroup.
     let mut w = w;
-    let id = ol_sandbox::sock::worker_id(w.path());
     w.down();
-    for controller in ["memory", "pids", "cpu", "freezer"] {
-        let dir = Path::new("/sys/fs/cgroup").join(controller).join(&id);
-        assert!(!dir.exists(), "{} is left", dir.display());
-    }
+    let left = common::worker_cgroups(&w.state_dir());
+    assert!(left.is_empty(), "{left:?} are left");
 }
 
 #[test]
@@ -398,7 +395,7 @@ fn local_wheel_directory_as_the_index() {
 /// process that is pid 2 of its own pid namespace (pid 1 there only reaps,
 /// and the process that forked it stays outside to report its exit).
 fn import_cache_zygote_pids(w: &TestWorker) -> Vec<u32> {
-    let parent = Path::new("/sys/fs/cgroup/pids").join(ol_sandbox::sock::worker_id(w.path()));
+    let parent = Path::new("/sys/fs/cgroup/pids").join(ol_sandbox::sock::worker_id(&w.state_dir()));
     let mut zygotes: Vec<(u64, PathBuf)> = fs::read_dir(&parent)
         .expect("worker cgroup")
         .flatten()

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{Backend, TestWorker, assert_no_processes, ol, stderr};
+use common::{Backend, TestWorker, assert_no_processes, mounts_mentioning, ol, stderr};
 
 const PROBE: &str = r#"
 import ctypes, errno, os, socket
@@ -214,12 +214,7 @@ fn memory_limit_is_enforced_with_507_and_honoured_below_it() {
 }
 
 fn worker_cgroups(dir: &Path) -> Vec<PathBuf> {
-    let id = ol_sandbox::sock::worker_id(dir);
-    ["memory", "pids", "cpu", "freezer"]
-        .iter()
-        .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&id))
-        .filter(|p| p.exists())
-        .collect()
+    common::worker_cgroups(&dir.join("worker"))
 }
 
 /// Blank sandboxes a worker keeps ready (`BLANKS` in sandbox/src/sock).
@@ -242,16 +237,6 @@ fn child_cgroups(dir: &Path) -> usize {
         })
         .max()
         .unwrap_or(0)
-}
-
-fn mounts_mentioning(dir: &Path) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter(|l| l.contains(&needle))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]
@@ -329,7 +314,7 @@ fn idle_sandbox_is_frozen_by_its_cgroup_and_thawed_on_call() {
         .expect("sandbox cgroup")
         .to_string();
     assert!(
-        cgroup.starts_with(&ol_sandbox::sock::worker_id(w.path())),
+        cgroup.starts_with(&ol_sandbox::sock::worker_id(&w.state_dir())),
         "{cgroup}"
     );
     let state = Path::new("/sys/fs/cgroup/freezer")
@@ -401,7 +386,8 @@ fn reused_cgroups_keep_no_stale_oom_count() {
     assert_eq!((a.status, a.body.as_str()), (200, "1"));
     // The cgroup that saw the OOM kill still exists: it was reused, not
     // removed (without reuse_cgroups it would be gone).
-    let memory = Path::new("/sys/fs/cgroup/memory").join(ol_sandbox::sock::worker_id(w.path()));
+    let memory =
+        Path::new("/sys/fs/cgroup/memory").join(ol_sandbox::sock::worker_id(&w.state_dir()));
     let with_oom = fs::read_dir(&memory)
         .expect("worker memory cgroup")
         .flatten()

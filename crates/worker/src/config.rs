@@ -279,6 +279,17 @@ pub struct Config {
     /// The package installer's download cache ("" = `DIR/cache`); share
     /// one between workers so each download happens once (ours).
     pub package_cache_dir: String,
+    /// The worker's own state: its pid and port files, runtime, sandbox
+    /// scratch dirs, registry cache and uploads ("" = `DIR/worker`). Never
+    /// shared: the worker id, which names its cgroups, is a hash of it
+    /// (OpenLambda's `worker_dir`).
+    pub worker_dir: String,
+    /// The sandboxes' base root file system ("" = `DIR/base`); workers
+    /// may share one (ours; OpenLambda's `sock_base_path`).
+    pub base_dir: String,
+    /// Installed packages ("" = `DIR/packages`); workers may share one,
+    /// each distribution is installed once (ours; OpenLambda's `Pkgs_dir`).
+    pub packages_dir: String,
     /// Tracing switches.
     pub trace: Trace,
     /// Python interpreter for the runtime: a name on PATH or a path; `init`
@@ -316,6 +327,9 @@ impl Default for Config {
             pause_after_idle_ms: 500,
             pip_index_url: String::new(),
             package_cache_dir: String::new(),
+            worker_dir: String::new(),
+            base_dir: String::new(),
+            packages_dir: String::new(),
             trace: Trace::default(),
             python: "python3".into(),
             base: BaseKind::Host,
@@ -437,6 +451,15 @@ fn port_from_number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D:
 impl Config {
     /// Reads `path` and applies `overrides` (`key=value`, dotted keys).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let config = Self::read(path, overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Like [`Self::load`] (unknown keys and wrong types are errors), but
+    /// values are not checked against this machine: enough to find a
+    /// worker's files, even from a shell with other limits than its own.
+    pub fn read(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -448,12 +471,18 @@ impl Config {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        Self::from_value(value)
+        Self::parse(value)
     }
 
     /// Parses a JSON value strictly, naming the key of any error.
     pub fn from_value(value: Value) -> Result<Self, ConfigError> {
-        let config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+        let config = Self::parse(value)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse(value: Value) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Key {
                 key: if key == "." {
@@ -463,9 +492,7 @@ impl Config {
                 },
                 message: e.into_inner().to_string(),
             }
-        })?;
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -668,12 +695,15 @@ impl Config {
             .registry
             .strip_prefix("file://")
             .unwrap_or(&self.registry);
-        if raw.is_empty() {
-            worker_dir.join("registry")
-        } else {
-            worker_dir.join(raw)
-        }
+        dir_setting(worker_dir, raw, "registry")
     }
+}
+
+/// The directory a path setting names: `default` in `root` when it is
+/// empty, else the setting, relative ones taken from `root` (the
+/// directory of the config file).
+pub fn dir_setting(root: &Path, setting: &str, default: &str) -> PathBuf {
+    root.join(if setting.is_empty() { default } else { setting })
 }
 
 /// Sets `key` (dotted) in `root` to `raw`, read as JSON when it parses as

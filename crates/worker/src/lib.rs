@@ -2,7 +2,8 @@
 //! its HTTP API, and its life: start, serve, stop, clean up after a crash.
 //!
 //! - [`lifecycle`] starts a worker over its [`workdir`] and [`config`],
-//!   stops it, and cleans up after a crash.
+//!   stops it, and cleans up after a crash; [`launch`] runs one in this
+//!   process or starts one in the background.
 //! - [`server`] serves HTTP within [`conn`]'s limits and sends each request
 //!   to its route (`routes/`: run, registry, stats, metrics, status), which
 //!   answer over the shared [`state`] with `response`'s bodies.
@@ -16,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod invoke_status;
+pub mod launch;
 pub mod lifecycle;
 pub mod metrics;
 mod response;
@@ -30,8 +32,8 @@ pub mod workdir;
 use std::path::PathBuf;
 
 pub use config::Config;
-pub use lifecycle::{StopOutcome, force_cleanup, run_worker, stop_worker};
-pub use workdir::{BaseSource, Running, WorkerDir};
+pub use lifecycle::{StopOutcome, check_startable, force_cleanup, run_worker, stop_worker};
+pub use workdir::{BaseSource, Running, WorkerDir, provision_base, write_config, write_examples};
 
 /// Errors of the event layer; each says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,16 @@ pub enum WorkerError {
     /// The base could not be built or its Python not found.
     #[error(transparent)]
     Base(#[from] ol_base::BaseError),
+    /// A worker started in the background did not come up.
+    #[error("the worker {why}; its log {log} says:\n{tail}")]
+    NotStarted {
+        /// What happened to it.
+        why: String,
+        /// Its log file.
+        log: PathBuf,
+        /// The end of what it logged since it was started.
+        tail: String,
+    },
     /// The port cannot be bound.
     #[error("cannot listen on {addr}: {source}{hint}")]
     Bind {

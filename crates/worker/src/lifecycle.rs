@@ -30,18 +30,17 @@ use crate::workdir::WorkerDir;
 /// How long open requests may run on after a stop is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Runs a worker in the foreground until SIGTERM or SIGINT. Blocks.
-pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerError> {
-    let config = Config::load(&dir.config_file(), overrides)?;
+/// Runs the worker of `dir` with `config` (read from `dir`'s config file,
+/// overrides applied) in this process until SIGTERM or SIGINT. Blocks.
+pub fn run_worker(dir: &WorkerDir, config: &Config) -> Result<(), WorkerError> {
     ol_obs::phase::set_log_latency(config.trace.latency);
-    if let Some(running) = dir.running() {
-        return Err(WorkerError::Usage(format!(
-            "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",
-            dir.root().display(),
-            running.pid,
-            dir.root().display()
-        )));
-    }
+    check_startable(dir, config)?;
+    // A config may name a state dir nobody made yet (`ol cluster worker-exec`).
+    std::fs::create_dir_all(dir.state()).map_err(|source| WorkerError::Io {
+        what: "cannot create",
+        path: dir.state(),
+        source,
+    })?;
     // Before the pool exists: it starts sandboxes (a zygote) of its own.
     let leftovers = cleanup_dir(dir)?;
     if leftovers > 0 {
@@ -50,14 +49,13 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
             "cleaned up sandboxes an earlier worker left behind"
         );
     }
-    dir.check_base(&config)?;
     // Before anything holds descriptors: http.max_connections was checked
     // against the raised limit.
     let fds = raise_fd_limit();
     tracing::debug!(fds, "descriptor limit");
     let python = ol_base::python::resolve(config.base, &dir.base(), &config.python)?;
-    let pool = open_pool(dir, &config, &python)?;
-    let packages = package_layer(dir, &config, &python, &pool)?;
+    let pool = open_pool(dir, config, &python)?;
+    let packages = package_layer(dir, config, &python, &pool)?;
     let threads = std::env::var("OL_WORKER_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -71,12 +69,7 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
             path: dir.root().to_path_buf(),
             source,
         })?;
-    let result = rt.block_on(serve_until_signal(
-        dir,
-        &config,
-        Arc::clone(&pool),
-        packages,
-    ));
+    let result = rt.block_on(serve_until_signal(dir, config, Arc::clone(&pool), packages));
     drop(rt);
     drop(pool);
     // Backstop: anything still alive after the graceful shutdown goes now,
@@ -85,6 +78,22 @@ pub fn run_worker(dir: &WorkerDir, overrides: &[String]) -> Result<(), WorkerErr
         tracing::warn!("final cleanup failed: {e}");
     }
     result
+}
+
+/// Fails unless a worker can start in `dir` with `config`: none runs
+/// there yet and its base is of the kind the config says. Checked again
+/// by [`run_worker`]; callers that start one in the background check
+/// first, so the error shows where the user is, not in a log file.
+pub fn check_startable(dir: &WorkerDir, config: &Config) -> Result<(), WorkerError> {
+    if let Some(running) = dir.running() {
+        return Err(WorkerError::Usage(format!(
+            "a worker already runs in {} (pid {}); stop it first (`ol worker down -p {}`, or `ol cluster kill` for a cluster's worker)",
+            dir.state().display(),
+            running.pid,
+            dir.root().display()
+        )));
+    }
+    dir.check_base(config)
 }
 
 /// The sandbox backend `config` asks for, over the base (built first when
@@ -121,7 +130,8 @@ fn open_pool(
 /// and leave what they make.
 fn sandbox_paths(dir: &WorkerDir) -> Paths {
     Paths {
-        worker_dir: dir.root().to_path_buf(),
+        // The one dir no two workers share (several may share the rest).
+        worker_dir: dir.state(),
         base: dir.base(),
         packages: dir.packages(),
         runtime: dir.runtime(),
@@ -147,11 +157,7 @@ fn package_layer(
         })
         .transpose()
         .map_err(|e| WorkerError::Usage(e.to_string()))?;
-    let cache_dir = if config.package_cache_dir.is_empty() {
-        dir.root().join("cache")
-    } else {
-        PathBuf::from(&config.package_cache_dir)
-    };
+    let cache_dir = dir.cache();
     let puller = PackagePuller::new(
         Arc::clone(pool),
         PackageSettings {
@@ -254,7 +260,7 @@ async fn serve_until_signal(
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;
     dir.write_pid()?;
     dir.write_port(port)?;
-    tracing::info!(port, dir = %dir.root().display(), "worker ready");
+    tracing::info!(port, config = %dir.config_file().display(), "worker ready");
     let stop = async {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -10,7 +10,10 @@ use ol_base::{BaseKind, build_base};
 use ol_sandbox::pids::{pid_record, process_start_time, read_pid_record};
 
 use crate::WorkerError;
-use crate::config::Config;
+use crate::config::{Config, dir_setting};
+
+/// The config file of a worker directory.
+const CONFIG_FILE: &str = "config.json";
 
 /// Example lambdas `init` puts in the registry: (lambda, file, source).
 const EXAMPLES: &[(&str, &str, &str)] = &[
@@ -50,10 +53,20 @@ impl BaseSource {
     }
 }
 
-/// Paths inside a worker directory.
+/// Where a worker's files are: its config file, and the dirs the config
+/// names (`worker_dir`, `base_dir`, `packages_dir`, `package_cache_dir`),
+/// each by default beside the config file, as `ol worker init` lays them
+/// out. Workers may share all but the state dir ([`Self::state`]).
 #[derive(Debug, Clone)]
 pub struct WorkerDir {
+    /// The config file's directory: defaults and relative paths are
+    /// taken from it.
     root: PathBuf,
+    config_file: PathBuf,
+    state: PathBuf,
+    base: PathBuf,
+    packages: PathBuf,
+    cache: PathBuf,
 }
 
 /// A worker found running in a directory.
@@ -66,19 +79,52 @@ pub struct Running {
 }
 
 impl WorkerDir {
-    /// The worker directory at `root`, made absolute.
+    /// The worker directory at `root` (made absolute) as `ol worker init`
+    /// lays it out: `config.json` and every dir inside it.
     pub fn new(root: &Path) -> Self {
-        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-        Self { root }
+        Self::locate(&root.join(CONFIG_FILE), &Config::default())
     }
 
-    /// The directory itself.
+    /// The worker `config` (read from `config_file`) describes.
+    pub fn locate(config_file: &Path, config: &Config) -> Self {
+        let config_file =
+            std::path::absolute(config_file).unwrap_or_else(|_| config_file.to_path_buf());
+        let root = config_file
+            .parent()
+            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        Self {
+            state: dir_setting(&root, &config.worker_dir, "worker"),
+            base: dir_setting(&root, &config.base_dir, "base"),
+            packages: dir_setting(&root, &config.packages_dir, "packages"),
+            cache: dir_setting(&root, &config.package_cache_dir, "cache"),
+            config_file,
+            root,
+        }
+    }
+
+    /// The worker of the config file `config_file`, read for its paths
+    /// only ([`Config::read`]); a missing file gives the default layout
+    /// beside it (nothing can run there, and `down` has nothing to do).
+    pub fn open(config_file: &Path) -> Result<Self, WorkerError> {
+        if !config_file.exists() {
+            return Ok(Self::locate(config_file, &Config::default()));
+        }
+        Ok(Self::locate(config_file, &Config::read(config_file, &[])?))
+    }
+
+    /// The worker of the directory `root` (its `config.json`), as
+    /// [`Self::open`] reads it.
+    pub fn open_dir(root: &Path) -> Result<Self, WorkerError> {
+        Self::open(&root.join(CONFIG_FILE))
+    }
+
+    /// The config file's directory (`-p DIR`).
     pub fn root(&self) -> &Path {
         &self.root
     }
-    /// `config.json`.
+    /// The config file.
     pub fn config_file(&self) -> PathBuf {
-        self.root.join("config.json")
+        self.config_file.clone()
     }
     /// Default local registry.
     pub fn registry(&self) -> PathBuf {
@@ -86,41 +132,44 @@ impl WorkerDir {
     }
     /// The base root file system of sandboxes.
     pub fn base(&self) -> PathBuf {
-        self.root.join("base")
+        self.base.clone()
     }
     /// Installed packages.
     pub fn packages(&self) -> PathBuf {
-        self.root.join("packages")
+        self.packages.clone()
     }
-    /// Runtime state of a running worker.
+    /// The package installer's download cache.
+    pub fn cache(&self) -> PathBuf {
+        self.cache.clone()
+    }
+    /// The worker's own runtime state (never shared).
     pub fn state(&self) -> PathBuf {
-        self.root.join("worker")
+        self.state.clone()
     }
     /// Per-sandbox scratch dirs.
     pub fn scratch(&self) -> PathBuf {
-        self.state().join("scratch")
+        self.state.join("scratch")
     }
     /// Where the embedded Python runtime is written.
     pub fn runtime(&self) -> PathBuf {
-        self.state().join("runtime")
+        self.state.join("runtime")
     }
     /// `worker.pid`: `<pid> <start time>`.
     pub fn pid_file(&self) -> PathBuf {
-        self.state().join("worker.pid")
+        self.state.join("worker.pid")
     }
     /// `worker.port`: the port the worker listens on.
     pub fn port_file(&self) -> PathBuf {
-        self.state().join("worker.port")
+        self.state.join("worker.port")
     }
-    /// Log directory.
+    /// Log directory of `ol worker up -d`.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
-    /// The worker log.
+    /// The log of `ol worker up -d`.
     pub fn log_file(&self) -> PathBuf {
         self.logs().join("worker.log")
     }
-
     /// Whether `init` has run here.
     pub fn is_initialized(&self) -> bool {
         self.config_file().is_file()
@@ -144,7 +193,6 @@ impl WorkerDir {
         for dir in [
             self.root.clone(),
             self.registry(),
-            self.base(),
             self.packages(),
             self.state(),
             self.logs(),
@@ -153,41 +201,11 @@ impl WorkerDir {
         }
         let mut config = Config {
             registry: self.registry().display().to_string(),
-            base: base.kind(),
             ..Config::default()
         };
-        if let BaseSource::Debootstrap(debootstrap) = base {
-            debootstrap.build(&self.base(), progress)?;
-            config.python = debootstrap::PYTHON.into();
-            config.sandbox = crate::config::SandboxKind::Sock;
-        }
-        // Record the real interpreter once so no worker start pays for the
-        // pyenv shim (~45 ms per run: docs/benchmarks.md, "Floors"), and finish the sandboxes'
-        // root. A host base tolerates a missing Python until `up`; a
-        // self-contained one brings its own, so it must be there.
-        match ol_base::python::resolve(config.base, &self.base(), &config.python) {
-            Ok(py) => {
-                config.python = py.executable.display().to_string();
-                build_base(&self.base(), config.base, &py.prefix).map_err(|source| {
-                    WorkerError::Io {
-                        what: "cannot build the base root file system in",
-                        path: self.base(),
-                        source,
-                    }
-                })?;
-            }
-            Err(e) if config.base.is_self_contained() => return Err(e.into()),
-            Err(_) => {}
-        }
-        for (lambda, file, source) in EXAMPLES {
-            let dir = self.registry().join(lambda);
-            create_dir(&dir)?;
-            write_file(&dir.join(file), source)?;
-        }
-        let mut text = serde_json::to_string_pretty(&config)
-            .map_err(|e| WorkerError::Usage(format!("cannot encode config: {e}")))?;
-        text.push('\n');
-        write_file(&self.config_file(), &text)?;
+        provision_base(&self.base(), base, &mut config, progress)?;
+        write_examples(&self.registry())?;
+        write_config(&self.config_file(), &config)?;
         Ok(config)
     }
 
@@ -238,6 +256,62 @@ impl WorkerDir {
         let _ = fs::remove_file(self.port_file());
         let _ = fs::remove_file(self.pid_file());
     }
+}
+
+/// Makes `base_dir` the sandboxes' base from `source` and records in
+/// `config` what it is: its kind, the real Python interpreter, and the
+/// `sock` backend for a self-contained base (which needs it). What `ol
+/// worker init` does for one worker and `ol cluster new` for all of a
+/// cluster's.
+pub fn provision_base(
+    base_dir: &Path,
+    source: &BaseSource,
+    config: &mut Config,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), WorkerError> {
+    create_dir(base_dir)?;
+    config.base = source.kind();
+    if let BaseSource::Debootstrap(debootstrap) = source {
+        debootstrap.build(base_dir, progress)?;
+        config.python = debootstrap::PYTHON.into();
+        config.sandbox = crate::config::SandboxKind::Sock;
+    }
+    // Record the real interpreter once so no worker start pays for the
+    // pyenv shim (~45 ms per run: docs/benchmarks.md, "Floors"), and finish the sandboxes'
+    // root. A host base tolerates a missing Python until `up`; a
+    // self-contained one brings its own, so it must be there.
+    match ol_base::python::resolve(config.base, base_dir, &config.python) {
+        Ok(py) => {
+            config.python = py.executable.display().to_string();
+            build_base(base_dir, config.base, &py.prefix).map_err(|source| WorkerError::Io {
+                what: "cannot build the base root file system in",
+                path: base_dir.to_path_buf(),
+                source,
+            })?;
+        }
+        Err(e) if config.base.is_self_contained() => return Err(e.into()),
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Puts the example lambdas (`hello`, `hello-legacy`, `echo`) into the
+/// registry dir `registry`.
+pub fn write_examples(registry: &Path) -> Result<(), WorkerError> {
+    for (lambda, file, source) in EXAMPLES {
+        let dir = registry.join(lambda);
+        create_dir(&dir)?;
+        write_file(&dir.join(file), source)?;
+    }
+    Ok(())
+}
+
+/// Writes `config` to `path` with every key, atomically.
+pub fn write_config(path: &Path, config: &Config) -> Result<(), WorkerError> {
+    let mut text = serde_json::to_string_pretty(config)
+        .map_err(|e| WorkerError::Usage(format!("cannot encode config: {e}")))?;
+    text.push('\n');
+    write_file(path, &text)
 }
 
 fn create_dir(dir: &Path) -> Result<(), WorkerError> {
@@ -300,6 +374,59 @@ mod tests {
             again.to_string().contains("already a worker directory"),
             "{again}"
         );
+    }
+
+    #[test]
+    fn a_worker_is_located_by_its_config_file() {
+        let wd = WorkerDir::new(Path::new("/w"));
+        assert_eq!(wd.config_file(), Path::new("/w/config.json"));
+        assert_eq!(
+            (wd.state(), wd.base(), wd.packages(), wd.cache()),
+            (
+                "/w/worker".into(),
+                "/w/base".into(),
+                "/w/packages".into(),
+                "/w/cache".into()
+            )
+        );
+        let config = Config {
+            worker_dir: "/c/workers/worker-0".into(),
+            base_dir: "../base".into(),
+            package_cache_dir: "/c/workers/package-cache".into(),
+            ..Config::default()
+        };
+        let wd = WorkerDir::locate(Path::new("/c/config/worker-0.json"), &config);
+        assert_eq!(wd.root(), Path::new("/c/config"));
+        assert_eq!(wd.state(), Path::new("/c/workers/worker-0"));
+        assert_eq!(wd.pid_file(), Path::new("/c/workers/worker-0/worker.pid"));
+        assert_eq!(
+            wd.base(),
+            Path::new("/c/config/../base"),
+            "relative: from the file's dir"
+        );
+        assert_eq!(
+            wd.packages(),
+            Path::new("/c/config/packages"),
+            "default: beside it"
+        );
+        assert_eq!(wd.cache(), Path::new("/c/workers/package-cache"));
+    }
+
+    #[test]
+    fn open_reads_the_paths_of_a_config_without_checking_its_values() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("w.json");
+        let missing = WorkerDir::open(&file).expect("no file: the default layout");
+        assert_eq!(missing.state(), tmp.path().join("worker"));
+        // A value this machine would refuse at start: still found.
+        fs::write(&file, r#"{"worker_dir": "/s/w1", "mem_pool_mb": 0}"#).expect("write");
+        assert_eq!(
+            WorkerDir::open(&file).expect("open").state(),
+            Path::new("/s/w1")
+        );
+        fs::write(&file, r#"{"wroker_dir": "/s/w1"}"#).expect("write");
+        let err = WorkerDir::open(&file).expect_err("unknown key");
+        assert!(err.to_string().contains("wroker_dir"), "{err}");
     }
 
     #[test]

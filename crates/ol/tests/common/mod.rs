@@ -178,6 +178,11 @@ impl TestWorker {
         &self.path
     }
 
+    /// Its state dir (`DIR/worker`), whose hash is its worker id.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path.join("worker")
+    }
+
     /// The backend it runs.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -406,6 +411,30 @@ pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// The cgroups named after the worker whose state dir is `state` (its
+/// parent cgroup in each hierarchy, v1 or v2) that exist.
+pub fn worker_cgroups(state: &Path) -> Vec<PathBuf> {
+    let id = ol_sandbox::sock::worker_id(state);
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+        .map(|d| d.flatten().map(|e| e.path().join(&id)).collect())
+        .unwrap_or_default();
+    dirs.push(root.join(&id));
+    dirs.retain(|d| d.is_dir());
+    dirs
+}
+
+/// The host's mounts whose line in mountinfo mentions `dir`.
+pub fn mounts_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Asserts no live process mentions `dir`.

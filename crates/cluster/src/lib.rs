@@ -1,0 +1,198 @@
+//! `ol cluster`: OpenLambda's `admin` tool (seed 002), several workers of
+//! one machine in one cluster directory (docs/cluster.md).
+//!
+//! - [`layout`] is the cluster directory: `config/` (`template.json`,
+//!   `worker-<N>.json`), `logs/`, `base/`, `packages/`, `registry/`,
+//!   `workers/`, and the workers found in it.
+//! - [`template`] makes `config/template.json` (`new`) and merges settings
+//!   into it (`setconf`), through the worker's own strict config parsing.
+//! - [`workers`] starts workers (`workers`, `worker-exec`), stops them
+//!   (`kill`) and reports on them (`status`); a worker is an `ol` process
+//!   run as `ol worker up` runs one ([`ol_worker::launch`]).
+//! - [`go_flags`] lets `-cluster DIR` stand for `--cluster DIR`, as
+//!   OpenLambda's Go flags did.
+
+pub mod go_flags;
+pub mod layout;
+pub mod template;
+pub mod workers;
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+pub use go_flags::accept_go_flags;
+pub use layout::Cluster;
+
+/// The cluster directory every command but `worker-exec` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArg {
+    /// The cluster directory (its name is its path).
+    #[arg(long = "cluster", value_name = "DIR")]
+    pub cluster: PathBuf,
+}
+
+/// The `ol cluster` commands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Make a cluster directory.
+    ///
+    /// It holds config/template.json with every worker setting, logs/,
+    /// base/ (the sandboxes' root file system, built once and shared),
+    /// packages/ (shared), registry/ (the code store, with the example
+    /// lambdas) and workers/ (each worker's state).
+    New {
+        /// The cluster directory.
+        #[command(flatten)]
+        cluster: ClusterArg,
+    },
+    /// Merge settings into config/template.json.
+    ///
+    /// Workers started after it use them. Objects merge key by key, null
+    /// resets a key to its default; unknown keys and values a worker
+    /// would refuse are refused, naming the key, and the template is left
+    /// as it was. "registry": "local" is the cluster's registry/ dir.
+    Setconf {
+        /// The cluster directory.
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The settings, as JSON: '{"sandbox": "sock", "limits": {"mem_mb": 128}}'.
+        #[arg(value_name = "JSON")]
+        settings: String,
+    },
+    /// Start NUM workers in the background on ports PORT..PORT+NUM-1.
+    ///
+    /// Worker N gets config/worker-<N>.json (the template, its port and
+    /// its state dir workers/worker-<N>/), its log in logs/worker-<N>.out
+    /// and its pid in logs/worker-<N>.pid. If one does not start, the
+    /// error names its port and log, and the others are stopped again.
+    Workers {
+        /// The cluster directory.
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// How many workers.
+        #[arg(long, value_name = "NUM", default_value_t = 1)]
+        num_workers: u16,
+        /// The first worker's port; the others take the next ones.
+        #[arg(long, value_name = "PORT", default_value_t = 8080)]
+        port: u16,
+    },
+    /// Ping every worker and list each one's sandboxes.
+    ///
+    /// Fails (after the report) when a worker is not ready.
+    Status {
+        /// The cluster directory.
+        #[command(flatten)]
+        cluster: ClusterArg,
+    },
+    /// Stop every worker of the cluster.
+    ///
+    /// Each is asked to stop (killed after 30 s), then whatever it left
+    /// is removed: no process, cgroup or mount remains.
+    Kill {
+        /// The cluster directory.
+        #[command(flatten)]
+        cluster: ClusterArg,
+    },
+    /// Run one worker in the foreground, its log on stdout.
+    ///
+    /// Its settings are FILE's; its state dir is the one FILE's
+    /// `worker_dir` names ("" = worker/ beside FILE). Ctrl-C stops it.
+    WorkerExec {
+        /// The worker's config file (a config/worker-<N>.json, or any
+        /// config.json).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Errors of `ol cluster`; each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The user asked for something that cannot be done as asked.
+    #[error("{0}")]
+    Usage(String),
+    /// A filesystem operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A worker setting is wrong.
+    #[error(transparent)]
+    Config(#[from] ol_worker::config::ConfigError),
+    /// A worker could not be started, stopped or cleaned up.
+    #[error(transparent)]
+    Worker(#[from] ol_worker::WorkerError),
+    /// Workers did not start; those that did were stopped again.
+    #[error("{failures}\n{stopped}")]
+    NotStarted {
+        /// Each worker that failed: its name, port, log and what it said.
+        failures: String,
+        /// What became of the workers that did start.
+        stopped: String,
+    },
+    /// Some workers do not answer (`status` printed which).
+    #[error("{0}")]
+    NotReady(String),
+}
+
+/// An [`ClusterError::Io`] maker for `map_err`.
+pub(crate) fn io_err(
+    what: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let path = path.to_path_buf();
+    move |source| ClusterError::Io { what, path, source }
+}
+
+/// Runs one `ol cluster` command, printing what it did.
+pub fn run(cmd: ClusterCommand) -> Result<(), ClusterError> {
+    match cmd {
+        ClusterCommand::New { cluster } => {
+            let cluster = Cluster::create(&cluster.cluster)?;
+            println!(
+                "made cluster {} (template: {})",
+                cluster.root().display(),
+                cluster.template().display()
+            );
+            Ok(())
+        }
+        ClusterCommand::Setconf { cluster, settings } => {
+            let cluster = Cluster::open(&cluster.cluster)?;
+            template::setconf(&cluster, &settings)?;
+            println!("updated {}", cluster.template().display());
+            Ok(())
+        }
+        ClusterCommand::Workers {
+            cluster,
+            num_workers,
+            port,
+        } => {
+            let cluster = Cluster::open(&cluster.cluster)?;
+            for w in workers::start(&cluster, num_workers, port)? {
+                println!(
+                    "{} started: pid {}, http://localhost:{}, log {}",
+                    w.name,
+                    w.pid,
+                    w.port,
+                    w.log.display()
+                );
+            }
+            Ok(())
+        }
+        ClusterCommand::Status { cluster } => workers::status(&Cluster::open(&cluster.cluster)?),
+        ClusterCommand::Kill { cluster } => {
+            let cluster = Cluster::open(&cluster.cluster)?;
+            for line in workers::kill(&cluster)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        ClusterCommand::WorkerExec { config } => workers::exec(&config),
+    }
+}

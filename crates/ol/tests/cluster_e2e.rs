@@ -1,0 +1,506 @@
+//! End-to-end tests of `ol cluster`, as a user runs it: a cluster made
+//! with `new` and `setconf`, three workers started with `workers`, a
+//! handler written into the cluster's registry and called on every
+//! worker, a code change seen by all, packages installed once for all,
+//! `status`, `kill` leaving no process, cgroup or mount, and the errors
+//! of bad input.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use common::{
+    Backend, assert_no_processes, eventually, mounts_mentioning, ol_bin, on_both_backends,
+    processes_mentioning, request, stderr, worker_cgroups, write_wheel,
+};
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A cluster directory in a temp dir; its workers are killed when it is
+/// dropped, even when the test failed.
+struct TestCluster {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    ports: Vec<u16>,
+}
+
+impl TestCluster {
+    /// `ol cluster new`, then `setconf` with the backend and `settings`
+    /// (a JSON object's members, may be empty).
+    fn new(backend: Backend, settings: &str) -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("ol-cluster-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let root = tmp.path().join("cluster");
+        let c = Self {
+            _tmp: tmp,
+            root,
+            ports: Vec::new(),
+        };
+        c.ok(&["new"]);
+        let sandbox = match backend {
+            Backend::Sock => "sock",
+            Backend::Process => "process",
+        };
+        let sep = if settings.is_empty() { "" } else { ", " };
+        c.ok(&[
+            "setconf",
+            &format!(r#"{{"sandbox": "{sandbox}"{sep}{settings}}}"#),
+        ]);
+        c
+    }
+
+    /// `ol cluster ARGS... --cluster ROOT`.
+    fn ol(&self, args: &[&str]) -> Output {
+        Command::new(ol_bin())
+            .arg("cluster")
+            .args(args)
+            .arg("--cluster")
+            .arg(&self.root)
+            .output()
+            .expect("run ol")
+    }
+
+    /// Like [`Self::ol`], and it must succeed.
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.ol(args);
+        assert!(
+            out.status.success(),
+            "ol cluster {args:?}: {}\n{}",
+            stderr(&out),
+            stdout(&out)
+        );
+        out
+    }
+
+    /// `ol cluster workers` with `count` workers on free ports.
+    fn start(&mut self, count: u16) {
+        let first = free_ports(count);
+        let out = self.ok(&[
+            "workers",
+            &format!("--num-workers={count}"),
+            "--port",
+            &first.to_string(),
+        ]);
+        self.ports = (first..first + count).collect();
+        for (i, port) in self.ports.iter().enumerate() {
+            assert!(
+                stdout(&out).contains(&format!("worker-{i} started")),
+                "{}",
+                stdout(&out)
+            );
+            assert_eq!(
+                request("GET", &format!("http://127.0.0.1:{port}/status"), b"").body,
+                "ready"
+            );
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Writes handler `name` into the cluster's registry.
+    fn add_handler(&self, name: &str, files: &[(&str, &str)]) {
+        let dir = self.path("registry").join(name);
+        fs::create_dir_all(&dir).expect("mkdir");
+        for (file, text) in files {
+            fs::write(dir.join(file), text).expect("write handler");
+        }
+    }
+
+    /// POSTs `body` to `/run/<lambda>` on each worker: (status, body) each.
+    fn run_everywhere(&self, lambda: &str, body: &str) -> Vec<(u16, String)> {
+        self.ports
+            .iter()
+            .map(|port| {
+                let a = request(
+                    "POST",
+                    &format!("http://127.0.0.1:{port}/run/{lambda}"),
+                    body.as_bytes(),
+                );
+                (a.status, a.body)
+            })
+            .collect()
+    }
+
+    /// Asserts the cluster left nothing: no process, pid file, cgroup or
+    /// mount of any of its workers.
+    fn assert_nothing_left(&self) {
+        // The process backend's cleanup SIGKILLs each sandbox's process
+        // group and returns: one may still be dying.
+        assert!(
+            eventually(Duration::from_secs(5), || processes_mentioning(&self.root)
+                .is_empty()),
+            "processes left behind: {:?}",
+            processes_mentioning(&self.root)
+        );
+        for i in 0..self.ports.len() {
+            assert!(!self.path(&format!("logs/worker-{i}.pid")).exists());
+            assert!(
+                !self
+                    .path(&format!("workers/worker-{i}/worker.pid"))
+                    .exists()
+            );
+            let cgroups = worker_cgroups(&self.path(&format!("workers/worker-{i}")));
+            assert!(cgroups.is_empty(), "{cgroups:?}");
+        }
+        let mounts = mounts_mentioning(&self.root);
+        assert!(mounts.is_empty(), "{mounts:?}");
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _ = self.ol(&["kill"]);
+    }
+}
+
+/// A child process, killed if the test ends before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first of `count` consecutive ports on 127.0.0.1 that are free now.
+fn free_ports(count: u16) -> u16 {
+    // Tests of this binary run at once: each looks from its own offset.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 200) as u16 * 100;
+    loop {
+        let first = base + NEXT.fetch_add(count + 1, Ordering::Relaxed) % 20_000;
+        let taken: Vec<TcpListener> = (first..first + count)
+            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if taken.len() == usize::from(count) {
+            return first;
+        }
+    }
+}
+
+on_both_backends!(three_workers_share_the_registry_and_see_code_changes);
+fn three_workers_share_the_registry_and_see_code_changes(backend: Backend) {
+    let mut c = TestCluster::new(backend, r#""registry_cache_ms": 300"#);
+    c.start(3);
+    // Each worker has its own id, hence cgroups and scratch dirs.
+    let ids: std::collections::BTreeSet<String> = (0..3)
+        .map(|i| ol_sandbox::sock::worker_id(&c.path(&format!("workers/worker-{i}"))))
+        .collect();
+    assert_eq!(ids.len(), 3);
+
+    c.add_handler(
+        "greet",
+        &[(
+            "lambda_func.py",
+            "def handler(conn, event):\n    return 'v1 ' + event['name']\n",
+        )],
+    );
+    for (status, body) in c.run_everywhere("greet", r#"{"name": "Ada"}"#) {
+        assert_eq!((status, body.as_str()), (200, "\"v1 Ada\""));
+    }
+    // Another size: the process runtime's bytecode cache misses a same-size
+    // edit within the second.
+    c.add_handler(
+        "greet",
+        &[(
+            "lambda_func.py",
+            "def handler(conn, event):\n    return 'version 2 ' + event['name']\n",
+        )],
+    );
+    for port in c.ports.clone() {
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                let a = request(
+                    "POST",
+                    &format!("http://127.0.0.1:{port}/run/greet"),
+                    br#"{"name": "Ada"}"#,
+                );
+                a.status == 200 && a.body == "\"version 2 Ada\""
+            }),
+            "the worker on {port} never saw the new code"
+        );
+    }
+
+    // Single-dash flags, as OpenLambda's Go flags.
+    let out = Command::new(ol_bin())
+        .args(["cluster", "status", "-cluster"])
+        .arg(&c.root)
+        .output()
+        .expect("status");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    let (pings, containers) = report
+        .split_once("\nCluster containers:\n")
+        .expect("two sections");
+    assert!(pings.starts_with("Worker Pings:\n"), "{report}");
+    for (i, port) in c.ports.iter().enumerate() {
+        assert!(
+            pings.contains(&format!(
+                "  http://localhost:{port}/status => ready [200 OK]"
+            )),
+            "{report}"
+        );
+        // Its line, then one per sandbox.
+        let mut lines = containers
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("  worker-{i} (http://localhost:{port})")));
+        assert!(lines.next().is_some(), "no worker-{i} in {report}");
+        assert!(
+            lines
+                .take_while(|l| l.starts_with("    "))
+                .any(|l| l.contains(" greet pid ")),
+            "{report}"
+        );
+    }
+
+    let out = c.ok(&["kill"]);
+    for i in 0..3 {
+        assert!(
+            stdout(&out).contains(&format!("worker-{i}: stopped")),
+            "{}",
+            stdout(&out)
+        );
+    }
+    c.assert_nothing_left();
+    let out = c.ol(&["status"]);
+    assert!(!out.status.success(), "nothing is ready after kill");
+    assert!(stdout(&out).contains("=> not running"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("3 of 3 worker(s) not ready"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+on_both_backends!(workers_install_a_package_once_for_all);
+fn workers_install_a_package_once_for_all(backend: Backend) {
+    let wheels = tempfile::tempdir().expect("tempdir");
+    write_wheel(
+        wheels.path(),
+        "ol_cluster_pkg",
+        "1.0.0",
+        "olcluster",
+        "shared",
+    );
+    // The tests' download caches (uv is installed there once), one for the
+    // sock installer's user and one per user for the process backend's.
+    let cache = match backend {
+        Backend::Sock => "/var/tmp/ol-test-uv-cache".to_string(),
+        Backend::Process => format!(
+            "/var/tmp/ol-test-uv-cache-process-{}",
+            nix::unistd::geteuid()
+        ),
+    };
+    let mut c = TestCluster::new(
+        backend,
+        &format!(
+            r#""pip_index_url": "{}", "package_cache_dir": "{cache}""#,
+            wheels.path().display()
+        ),
+    );
+    c.start(3);
+    c.add_handler(
+        "pkg",
+        &[
+            (
+                "f.py",
+                "import olcluster\ndef f(event):\n    return olcluster.VALUE\n",
+            ),
+            ("requirements.txt", "ol-cluster-pkg==1.0.0\n"),
+        ],
+    );
+    // All three at once: each resolves and installs into the one packages dir.
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let calls: Vec<_> = c
+            .ports
+            .iter()
+            .map(|port| {
+                s.spawn(move || {
+                    let a = request("POST", &format!("http://127.0.0.1:{port}/run/pkg"), b"{}");
+                    (a.status, a.body)
+                })
+            })
+            .collect();
+        calls.into_iter().map(|t| t.join().expect("call")).collect()
+    });
+    for (status, body) in answers {
+        assert_eq!((status, body.as_str()), (200, "\"shared\""));
+    }
+    let installed: Vec<String> = fs::read_dir(c.path("packages"))
+        .expect("packages")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(installed, ["ol-cluster-pkg==1.0.0"]);
+    let meta: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(c.path("packages/ol-cluster-pkg==1.0.0/.ol-package.json"))
+            .expect("metadata"),
+    )
+    .expect("json");
+    assert_eq!(meta["top_level"], serde_json::json!(["olcluster"]));
+    let staging = c.path("packages/.staging");
+    let left = fs::read_dir(&staging).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "staging dirs left in {}", staging.display());
+    // Later calls reuse it: a new sandbox on each worker imports it.
+    for (status, body) in c.run_everywhere("pkg", "{}") {
+        assert_eq!((status, body.as_str()), (200, "\"shared\""));
+    }
+    c.ok(&["kill"]);
+    c.assert_nothing_left();
+}
+
+#[test]
+fn new_refuses_an_existing_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    fs::write(tmp.path().join("mine"), "keep").expect("write");
+    let out = Command::new(ol_bin())
+        .args(["cluster", "new", "--cluster"])
+        .arg(tmp.path())
+        .output()
+        .expect("ol");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let left: Vec<_> = fs::read_dir(tmp.path()).expect("ls").flatten().collect();
+    assert_eq!(left.len(), 1, "untouched: {left:?}");
+}
+
+#[test]
+fn setconf_refuses_a_bad_key_naming_it_and_keeps_the_template() {
+    let c = TestCluster::new(Backend::Process, "");
+    let before = fs::read(c.path("config/template.json")).expect("template");
+    for (settings, says) in [
+        (r#"{"wroker_port": 8080}"#, "wroker_port"),
+        (r#"{"limits": {"mem_mb": "lots"}}"#, "limits.mem_mb"),
+    ] {
+        let out = c.ol(&["setconf", settings]);
+        assert!(!out.status.success(), "{settings}");
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+    assert_eq!(
+        fs::read(c.path("config/template.json")).expect("template"),
+        before
+    );
+}
+
+#[test]
+fn workers_on_a_port_in_use_fail_naming_it_and_leave_nothing_running() {
+    let mut c = TestCluster::new(Backend::Process, "");
+    let first = free_ports(3);
+    let taken = TcpListener::bind(("127.0.0.1", first + 1)).expect("take a port");
+    let out = c.ol(&[
+        "workers",
+        "--num-workers",
+        "3",
+        "--port",
+        &first.to_string(),
+    ]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("worker-1 (port {}) did not start", first + 1)),
+        "{err}"
+    );
+    assert!(
+        err.contains(&c.path("logs/worker-1.out").display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("Address already in use"), "{err}");
+    assert!(err.contains("stopped again"), "{err}");
+    c.ports = (first..first + 3).collect();
+    c.assert_nothing_left();
+    drop(taken);
+    // The cluster is fine: with the port free, it starts.
+    c.start(3);
+}
+
+#[test]
+fn worker_exec_runs_one_worker_in_the_foreground_logging_to_stdout() {
+    let c = TestCluster::new(Backend::Process, "");
+    let port = free_ports(1);
+    let config = c.path("config/solo.json");
+    let mut settings: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(c.path("config/template.json")).expect("template"),
+    )
+    .expect("json");
+    settings["worker_port"] = port.into();
+    settings["worker_dir"] = c.path("workers/solo").display().to_string().into();
+    fs::write(&config, settings.to_string()).expect("config");
+    let mut worker = KillOnDrop(
+        Command::new(ol_bin())
+            .args(["cluster", "worker-exec", "-config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker-exec"),
+    );
+    let mut log = BufReader::new(worker.0.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("worker ready") {
+        line.clear();
+        let read = log.read_line(&mut line).expect("read log");
+        assert!(read > 0, "worker-exec ended before it was ready");
+    }
+    let a = request(
+        "POST",
+        &format!("http://127.0.0.1:{port}/run/hello"),
+        br#"{"name": "Bo"}"#,
+    );
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, Bo!\""));
+    assert!(c.path("workers/solo/worker.pid").is_file());
+    // Ctrl-C.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = worker.0.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert!(!c.path("workers/solo/worker.pid").exists());
+    assert_no_processes(&c.path("workers/solo"));
+}
+
+/// The cluster's files are where the seed's README says.
+#[test]
+fn new_lays_out_the_six_directories_and_a_template_with_every_setting() {
+    let c = TestCluster::new(Backend::Process, "");
+    let mut subdirs: Vec<String> = fs::read_dir(&c.root)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    subdirs.sort();
+    assert_eq!(
+        subdirs,
+        ["base", "config", "logs", "packages", "registry", "workers"]
+    );
+    let template: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(c.path("config/template.json")).expect("template"),
+    )
+    .expect("json");
+    let at = |rel: &str| c.path(rel).display().to_string();
+    assert_eq!(template["registry"], at("registry"));
+    assert_eq!(template["base_dir"], at("base"));
+    assert_eq!(template["packages_dir"], at("packages"));
+    assert_eq!(template["package_cache_dir"], at("workers/package-cache"));
+    assert_eq!(template["sandbox"], "process");
+    for key in ["limits", "features", "http", "scaling", "trace", "python"] {
+        assert!(template.get(key).is_some(), "{key} in {template}");
+    }
+    assert!(Path::new(&at("registry/hello/f.py")).is_file());
+    assert!(c.path("base/etc/passwd").is_file(), "the base is built");
+}
