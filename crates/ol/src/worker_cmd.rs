@@ -157,6 +157,7 @@ fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
     // terminal rather than in a log file.
     let config = ol_worker::Config::load(&wd.config_file(), options)?;
     wd.check_base(&config)?;
+    config.admin.load_key(wd.root())?;
     if let Some(running) = wd.running() {
         bail!(
             "a worker already runs in {} (pid {}); stop it with `ol worker down -p {}`",
@@ -166,7 +167,7 @@ fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
         );
     }
     if detach {
-        return start_detached(&wd, options);
+        return start_detached(&wd, &config, options);
     }
     let detached = std::env::var_os(DETACHED_ENV).is_some();
     if detached {
@@ -207,7 +208,7 @@ fn init_logging(ansi: bool, trace_file: Option<&Path>) -> Result<Option<TraceWri
     Ok(writer)
 }
 
-fn start_detached(wd: &WorkerDir, options: &[String]) -> Result<()> {
+fn start_detached(wd: &WorkerDir, config: &ol_worker::Config, options: &[String]) -> Result<()> {
     std::fs::create_dir_all(wd.logs())
         .with_context(|| format!("cannot create {}", wd.logs().display()))?;
     let log_path = wd.log_file();
@@ -230,18 +231,24 @@ fn start_detached(wd: &WorkerDir, options: &[String]) -> Result<()> {
         .stderr(log)
         .spawn()
         .context("cannot start the worker process")?;
-    let port = wait_ready(wd, &mut child, &log_path, log_start)?;
+    let url = wait_ready(wd, config, &mut child, &log_path, log_start)?;
     println!(
-        "worker started: pid {}, http://127.0.0.1:{port}, log {}",
+        "worker started: pid {}, {url}, log {}",
         child.id(),
         log_path.display()
     );
     Ok(())
 }
 
-/// Waits until the worker started as `child` answers `/status` with
-/// `ready`, or fails with what its log says.
-fn wait_ready(wd: &WorkerDir, child: &mut Child, log: &Path, log_start: u64) -> Result<u16> {
+/// Waits until the worker started as `child` with `config` answers
+/// `/status` with `ready`, or fails with what its log says; its base URL.
+fn wait_ready(
+    wd: &WorkerDir,
+    config: &ol_worker::Config,
+    child: &mut Child,
+    log: &Path,
+    log_start: u64,
+) -> Result<String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -251,11 +258,11 @@ fn wait_ready(wd: &WorkerDir, child: &mut Child, log: &Path, log_start: u64) -> 
             );
         }
         if let Some(port) = wd.running().and_then(|r| r.port) {
-            let url = format!("http://127.0.0.1:{port}/status");
-            if client::get(&url, Duration::from_secs(2))
+            let url = config.local_url(port);
+            if client::get(&format!("{url}/status"), Duration::from_secs(2))
                 .is_ok_and(|a| a.status == 200 && a.body == "ready")
             {
-                return Ok(port);
+                return Ok(url);
             }
         }
         if Instant::now() >= deadline {
@@ -309,12 +316,16 @@ fn status(dir: &DirArg) -> Result<()> {
     let port = running
         .port
         .context("the worker is starting (no port yet)")?;
-    let stats = client::stats(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5))?;
+    // Its address and admin key as config.json says (/stats may need it).
+    let config = ol_worker::Config::load(&wd.config_file(), &[])?;
+    let url = config.local_url(port);
+    let key = config.admin.load_key(wd.root())?;
+    let stats = client::stats_with_key(&url, key.as_ref(), Duration::from_secs(5))?;
     let layer = &stats.lambda_layer;
     let sandbox_rss: u64 = layer.sandboxes.iter().map(|s| rss_bytes(s.pid)).sum();
     println!("worker in {}", wd.root().display());
     println!("  pid:         {}", running.pid);
-    println!("  url:         http://127.0.0.1:{port}");
+    println!("  url:         {url}");
     println!(
         "  memory:      worker {}, sandboxes {}",
         mib(rss_bytes(running.pid)),

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::WorkerError;
+use crate::access::{AdminGates, is_loopback_ip};
 use crate::config::{Config, ImportCache, raise_fd_limit};
 use crate::conn::ConnLimits;
 use crate::metrics::WorkerMetrics;
@@ -200,8 +201,10 @@ async fn serve_until_signal(
     pool: Arc<dyn SandboxPool>,
     packages: PackageLayer,
 ) -> Result<(), WorkerError> {
+    let key = config.admin.load_key(dir.root())?;
     let addr = format!("{}:{}", config.worker_host, config.worker_port);
-    let listener = TcpListener::bind(&addr)
+    // A (host, port) pair: an IPv6 literal needs no brackets there.
+    let listener = TcpListener::bind((config.bind_host(), config.worker_port))
         .await
         .map_err(|source| WorkerError::Bind {
             hint: if source.kind() == std::io::ErrorKind::AddrInUse {
@@ -212,10 +215,12 @@ async fn serve_until_signal(
             addr: addr.clone(),
             source,
         })?;
-    let port = listener
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or(config.worker_port);
+    let bound = listener.local_addr().map_err(|source| WorkerError::Bind {
+        addr: addr.clone(),
+        source,
+        hint: "",
+    })?;
+    let port = bound.port();
     let cache = dir.state().join("registry-cache");
     // A local registry also gets the registry API; a remote one is read only.
     let (registry, local): (Arc<dyn Registry>, Option<Arc<DirRegistry>>) = if config
@@ -242,6 +247,15 @@ async fn serve_until_signal(
             .then(|| Duration::from_millis(config.scaling.idle_timeout_ms)),
         ..LambdaSettings::default()
     };
+    // Decided again from the address bound: a name that passed the config
+    // check as loopback (localhost) must really be bound there.
+    let admin = AdminGates::new(
+        &config.admin,
+        key,
+        &config.worker_host,
+        is_loopback_ip(bound.ip()),
+        local.is_some(),
+    )?;
     let lambdas = LambdaManager::new(pool, registry, settings, packages);
     lambdas.start_background();
     let idle_timeout = Duration::from_millis(config.http.idle_timeout_ms);
@@ -254,12 +268,13 @@ async fn serve_until_signal(
         body_stall: idle_timeout,
         counters: HttpCounters::default(),
         metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
+        admin,
     });
     let mut term = signal(SignalKind::terminate()).map_err(signal_err(dir))?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;
     dir.write_pid()?;
     dir.write_port(port)?;
-    tracing::info!(port, dir = %dir.root().display(), "worker ready");
+    tracing::info!(host = %config.worker_host, port, dir = %dir.root().display(), "worker ready");
     let stop = async {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
