@@ -142,6 +142,22 @@ impl TestWorker {
         up_args: &[&str],
     ) -> Self {
         let dir = init_dir(init_args, lambdas);
+        Self::start_in_with(backend, dir, overrides, up_args)
+    }
+
+    /// Starts a worker on `backend` with `overrides` in `dir`, a worker
+    /// dir the test made with [`init_dir`] (and changed, e.g. with
+    /// [`set_config`]); `dir` is removed when the worker is dropped.
+    pub fn start_in(backend: Backend, dir: tempfile::TempDir, overrides: &[&str]) -> Self {
+        Self::start_in_with(backend, dir, overrides, &[])
+    }
+
+    fn start_in_with(
+        backend: Backend,
+        dir: tempfile::TempDir,
+        overrides: &[&str],
+        up_args: &[&str],
+    ) -> Self {
         let path = dir.path().to_path_buf();
         let mut w = Self {
             _root: dir,
@@ -317,6 +333,19 @@ pub fn init_dir(init_args: &[&str], lambdas: &[(&str, &[(&str, &str)])]) -> temp
     dir
 }
 
+/// Sets `settings` (`key=value`, dotted keys, as `-o` takes them) in the
+/// config.json of the worker dir `dir`: for what `ol` commands other than
+/// `ol worker up` must see too (the admin key).
+pub fn set_config(dir: &Path, settings: &[&str]) {
+    let file = dir.join("config.json");
+    let text = fs::read_to_string(&file).expect("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("config JSON");
+    for setting in settings {
+        ol_worker::config::apply_override(&mut config, setting).expect(setting);
+    }
+    fs::write(&file, config.to_string()).expect("write config.json");
+}
+
 /// Writes lambda `name` into the registry of the worker dir `dir`.
 pub fn add_lambda(dir: &Path, name: &str, files: &[(&str, &str)]) {
     let ldir = dir.join("registry").join(name);
@@ -351,7 +380,12 @@ fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> http:
 
 /// One HTTP request with any status accepted.
 pub fn request(method: &str, url: &str, body: &[u8]) -> Answer {
-    let resp = send(method, url, &[], body);
+    request_with(method, url, &[], body)
+}
+
+/// One HTTP request with extra `headers`, any status accepted.
+pub fn request_with(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let resp = send(method, url, headers, body);
     let headers = resp
         .headers()
         .iter()
