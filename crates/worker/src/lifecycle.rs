@@ -274,7 +274,7 @@ async fn serve_until_signal(
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;
     dir.write_pid()?;
     dir.write_port(port)?;
-    tracing::info!(host = %config.worker_host, port, dir = %dir.root().display(), "worker ready");
+    tracing::info!(port, dir = %dir.root().display(), "worker ready");
     let stop = async {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
