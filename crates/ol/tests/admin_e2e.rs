@@ -200,6 +200,48 @@ fn admin_routes_can_be_turned_off_or_opened(backend: Backend) {
     );
 }
 
+on_both_backends!(the_workers_environment_never_reaches_a_lambda);
+fn the_workers_environment_never_reaches_a_lambda(backend: Backend) {
+    // On Kubernetes the S3 store's credentials are in the worker's
+    // environment (deploy/20-worker.yaml): no lambda may read them.
+    const SECRET: &str = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY";
+    let dir = init_dir(
+        &[],
+        &[(
+            "env",
+            &[(
+                "f.py",
+                "import os\n\ndef f(event):\n    return dict(os.environ)\n",
+            )],
+        )],
+    );
+    let out = std::process::Command::new(common::ol_bin())
+        .args([
+            "worker",
+            "up",
+            "-d",
+            "-o",
+            "worker_port=0",
+            "-o",
+            backend.option(),
+            "-p",
+        ])
+        .arg(dir.path())
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+        .output()
+        .expect("ol worker up");
+    assert!(out.status.success(), "up: {}", stderr(&out));
+    let w = TestWorker::adopt(backend, dir);
+    let a = w.run("env", "{}");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let env = a.json();
+    for name in ["AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"] {
+        assert!(env.get(name).is_none(), "a lambda sees {name}: {env}");
+    }
+    assert!(!a.body.contains(SECRET), "{}", a.body);
+}
+
 /// Stops whatever worker runs in a dir when dropped: a worker that should
 /// have refused to start but did is not left running by a failed test.
 struct DownOnDrop<'a>(&'a Path);
