@@ -13,6 +13,7 @@ use std::path::Path;
 
 use common::{
     Answer, Backend, TestWorker, init_dir, ol, on_both_backends, request_with, set_config, stderr,
+    up_detached,
 };
 
 /// The test workers' admin key (only ever on this machine).
@@ -215,22 +216,16 @@ fn the_workers_environment_never_reaches_a_lambda(backend: Backend) {
             )],
         )],
     );
-    let out = std::process::Command::new(common::ol_bin())
-        .args([
-            "worker",
-            "up",
-            "-d",
-            "-o",
-            "worker_port=0",
-            "-o",
-            backend.option(),
-            "-p",
-        ])
-        .arg(dir.path())
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
-        .output()
-        .expect("ol worker up");
+    let out = up_detached(
+        dir.path(),
+        backend,
+        &[],
+        &[],
+        &[
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+        ],
+    );
     assert!(out.status.success(), "up: {}", stderr(&out));
     let w = TestWorker::adopt(backend, dir);
     let a = w.run("env", "{}");
@@ -274,19 +269,7 @@ fn beyond_loopback_a_worker_without_a_key_refuses_to_start_naming_it() {
         ),
         (&["admin.key=s3cr3t"], "admin.key", "too short"),
     ] {
-        let mut args = vec![
-            "worker",
-            "up",
-            "-d",
-            "-o",
-            "worker_port=0",
-            "-o",
-            "sandbox=process",
-        ];
-        for s in settings {
-            args.extend(["-o", s]);
-        }
-        let out = ol(dir.path(), &args);
+        let out = up_detached(dir.path(), Backend::Process, settings, &[], &[]);
         let err = stderr(&out);
         assert!(!out.status.success(), "{settings:?}: started");
         let lines: Vec<&str> = err.trim().lines().collect();

@@ -261,13 +261,7 @@ impl TestWorker {
             !overrides.iter().any(|o| o.starts_with("sandbox=")),
             "the backend is TestWorker's own argument: {overrides:?}"
         );
-        let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
-        args.extend(["-o", self.backend.option()]);
-        for o in overrides {
-            args.extend(["-o", o]);
-        }
-        args.extend(up_args);
-        let out = ol(self.path(), &args);
+        let out = up_detached(self.path(), self.backend, overrides, up_args, &[]);
         assert!(
             out.status.success(),
             "up: {}\n{}",
@@ -293,6 +287,31 @@ impl TestWorker {
         assert_no_processes(self.path());
         assert!(!self.path().join("worker/worker.pid").exists());
     }
+}
+
+/// Runs `ol worker up -d` in `dir` on `backend` and a free port with
+/// `overrides` (`-o`), `up_args` and the environment variables `env` added
+/// to the test's; its output (the worker runs on if it started).
+pub fn up_detached(
+    dir: &Path,
+    backend: Backend,
+    overrides: &[&str],
+    up_args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
+    args.extend(["-o", backend.option()]);
+    for o in overrides {
+        args.extend(["-o", o]);
+    }
+    args.extend(up_args);
+    Command::new(ol_bin())
+        .args(&args)
+        .arg("-p")
+        .arg(dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ol")
 }
 
 /// The port in the worker dir `dir`'s port file, waited for.
