@@ -237,6 +237,20 @@ fn the_workers_environment_never_reaches_a_lambda(backend: Backend) {
     assert!(!a.body.contains(SECRET), "{}", a.body);
 }
 
+#[test]
+fn on_ipv6_loopback_nothing_needs_a_key_and_ol_reaches_the_worker_there() {
+    // ::1 is loopback: no key needed. The worker answers only there, so
+    // `ol worker up -d`, `ol admin` and `ol worker status` must call it
+    // there, not on 127.0.0.1 (they read the address from config.json).
+    let dir = init_dir(&[], &[]);
+    set_config(dir.path(), &["worker_host=::1"]);
+    let w = TestWorker::start_in(Backend::Process, dir, &[]);
+    let a = request_with("GET", &format!("http://[::1]:{}/stats", w.port), &[], b"");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(ol_ok(w.path(), &["admin", "ls"]).lines().any(|l| l == "hello"));
+    assert!(ol_ok(w.path(), &["worker", "status"]).contains("http://[::1]:"));
+}
+
 /// Stops whatever worker runs in a dir when dropped: a worker that should
 /// have refused to start but did is not left running by a failed test.
 struct DownOnDrop<'a>(&'a Path);
