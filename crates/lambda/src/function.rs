@@ -25,10 +25,15 @@ pub(crate) struct Instance {
     /// Whether it has not served a call yet.
     pub(crate) fresh: bool,
     _slot: OwnedSemaphorePermit,
-    _memory: Reservation,
+    memory: Reservation,
 }
 
 impl Instance {
+    /// The memory it holds from the pool, in MiB.
+    pub(crate) fn memory_mb(&self) -> u64 {
+        self.memory.mb()
+    }
+
     pub(crate) fn new(
         sandbox: SafeSandbox,
         slot: OwnedSemaphorePermit,
@@ -39,7 +44,7 @@ impl Instance {
             idle_since: Instant::now(),
             fresh: true,
             _slot: slot,
-            _memory: memory,
+            memory,
         }
     }
 }

@@ -330,3 +330,40 @@ async fn each_way_a_sandbox_fails_is_its_own_error() {
     let bad = layer.call("../etc", "{}").await;
     assert!(matches!(bad, Err(InvokeError::BadName(_))), "{bad:?}");
 }
+
+#[tokio::test]
+async fn a_call_short_of_memory_evicts_one_sandbox_not_every_idle_one() {
+    // Room for two. Two busy sandboxes end one after the other while a
+    // third lambda waits for memory: it evicts the first to end, and not
+    // the second too while the first is still being destroyed.
+    let layer = Layer::new(
+        &["a", "b", "late"],
+        LambdaSettings {
+            mem_pool_mb: 100,
+            limits: Limits {
+                mem_mb: 50,
+                ..Limits::default()
+            },
+            admission_timeout: Duration::from_secs(5),
+            ..settings()
+        },
+    );
+    for (name, ms) in [("a", 300), ("b", 400)] {
+        layer.fake.on_call(
+            name,
+            Call::reply(200, "ok").after(Duration::from_millis(ms)),
+        );
+        layer.fake.destroy_takes(name, Duration::from_millis(300));
+    }
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        layer.call("late", "{}").await
+    };
+    let (a, b, late) = tokio::join!(layer.call("a", "{}"), layer.call("b", "{}"), late);
+    assert!(
+        a.is_ok() && b.is_ok() && late.is_ok(),
+        "{a:?} {b:?} {late:?}"
+    );
+    assert_eq!(layer.manager.stats().evictions, 1);
+    assert_eq!(layer.manager.stats().mem_pool_used_mb, 100);
+}

@@ -262,6 +262,8 @@ struct Script {
     default_call: Option<Call>,
     starts: VecDeque<Start>,
     mem_bytes: u64,
+    /// How long destroying one of its sandboxes takes.
+    destroy_delay: Duration,
     counts: Counts,
     requests: Vec<Request>,
     specs: Vec<SandboxSpec>,
@@ -325,6 +327,12 @@ impl FakePool {
     /// Scripts the next start of a sandbox of `lambda`.
     pub fn on_start(&self, lambda: &str, start: Start) {
         self.state.with(lambda, |s| s.starts.push_back(start));
+    }
+
+    /// Destroying a sandbox of `lambda` takes `delay` (killing and reaping
+    /// a real one takes time, and memory comes back only after it).
+    pub fn destroy_takes(&self, lambda: &str, delay: Duration) {
+        self.state.with(lambda, |s| s.destroy_delay = delay);
     }
 
     /// The memory each sandbox of `lambda` says it uses (default 0).
@@ -715,6 +723,7 @@ impl Sandbox for FakeSandbox {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        std::thread::sleep(self.pool.with(&self.life.lambda, |s| s.destroy_delay));
         self.count(|c| c.destroyed += 1);
         Ok(())
     }

@@ -36,8 +36,12 @@ impl LambdaManager {
             }
             // Evicted memory comes back once the sandbox is destroyed, and a
             // busy sandbox turning idle nudges us to evict it: wait for
-            // either, up to the deadline.
-            self.evict_one();
+            // either, up to the deadline. Memory already on its way back
+            // counts: no second sandbox goes for it.
+            let free = self.mem.total_mb().saturating_sub(self.mem.used_mb());
+            if free.saturating_add(self.releasing_mb.load(Ordering::SeqCst)) < mb {
+                self.evict_one();
+            }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return match self.mem.try_reserve(mb) {
                     Some(r) => Ok(r),

@@ -22,7 +22,7 @@ mod idle;
 mod stats;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -110,6 +110,10 @@ pub struct LambdaManager {
     mem: Arc<MemPool>,
     /// Calls waiting for memory; releases nudge them only when non-zero.
     mem_waiters: AtomicUsize,
+    /// Memory of retired sandboxes being destroyed (it returns to the pool
+    /// when they are gone): a call short of memory does not evict another
+    /// sandbox for memory already on its way back.
+    releasing_mb: Arc<AtomicU64>,
     counters: Counters,
     packages: PackageLayer,
     closed: AtomicBool,
@@ -144,6 +148,7 @@ impl LambdaManager {
             sandboxes: Mutex::new(HashMap::new()),
             mem: MemPool::new(settings.mem_pool_mb),
             mem_waiters: AtomicUsize::new(0),
+            releasing_mb: Arc::new(AtomicU64::new(0)),
             counters: Counters::default(),
             packages,
             closed: AtomicBool::new(false),
@@ -206,6 +211,9 @@ impl LambdaManager {
     fn retire(&self, inst: Instance, reason: &'static str) {
         self.lock_sandboxes().remove(inst.sandbox.id());
         let destroyed = Arc::clone(&self.counters.destroyed);
+        let releasing = Arc::clone(&self.releasing_mb);
+        let mb = inst.memory_mb();
+        releasing.fetch_add(mb, Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
             // The whole instance moves here (a closure would capture only
             // the field it names): its memory reservation and its slot are
@@ -213,6 +221,7 @@ impl LambdaManager {
             let mut inst = inst;
             inst.sandbox.destroy_now(reason);
             destroyed.fetch_add(1, Ordering::Relaxed);
+            releasing.fetch_sub(mb, Ordering::SeqCst);
             drop(inst);
         });
     }
