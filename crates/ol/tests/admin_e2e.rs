@@ -247,7 +247,11 @@ fn on_ipv6_loopback_nothing_needs_a_key_and_ol_reaches_the_worker_there() {
     let w = TestWorker::start_in(Backend::Process, dir, &[]);
     let a = request_with("GET", &format!("http://[::1]:{}/stats", w.port), &[], b"");
     assert_eq!(a.status, 200, "{}", a.body);
-    assert!(ol_ok(w.path(), &["admin", "ls"]).lines().any(|l| l == "hello"));
+    assert!(
+        ol_ok(w.path(), &["admin", "ls"])
+            .lines()
+            .any(|l| l == "hello")
+    );
     assert!(ol_ok(w.path(), &["worker", "status"]).contains("http://[::1]:"));
 }
 
