@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ol_worker::access::AdminKey;
 use ol_worker::launch::{self, LogTo};
 use ol_worker::{
     Config, StopOutcome, WorkerDir, check_startable, client, force_cleanup, stop_worker,
@@ -71,6 +72,7 @@ pub fn start(cluster: &Cluster, count: u16, port: u16) -> Result<Vec<Started>, C
         forget(cluster, w)?;
     }
     let mut workers = Vec::new();
+    let mut configs = Vec::new();
     for (index, port) in (0..u32::from(count)).zip(port..) {
         let mut config = template.clone();
         config.worker_port = port;
@@ -86,12 +88,13 @@ pub fn start(cluster: &Cluster, count: u16, port: u16) -> Result<Vec<Started>, C
             dir,
             config_file,
         });
+        configs.push(config);
     }
     // All at once, then waited for: they share the work of starting (the
     // base, the runtime) and a cluster is up in the time of one worker.
     let mut starting = Vec::new();
     let mut failures = Vec::new();
-    for w in &workers {
+    for (w, config) in workers.iter().zip(&configs) {
         let args = [
             "cluster".into(),
             "worker-exec".into(),
@@ -103,15 +106,15 @@ pub fn start(cluster: &Cluster, count: u16, port: u16) -> Result<Vec<Started>, C
                 let pid_file = cluster.worker_pid_file(w.index);
                 std::fs::write(&pid_file, format!("{}\n", s.pid()))
                     .map_err(io_err("cannot write", &pid_file))?;
-                starting.push((w, s));
+                starting.push((w, config, s));
             }
             Err(e) => failures.push(failure(w, &e)),
         }
     }
     let mut started = Vec::new();
-    for (w, s) in starting {
+    for (w, config, s) in starting {
         let pid = s.pid();
-        match s.wait_ready(&w.dir, READY_TIMEOUT) {
+        match s.wait_ready(&w.dir, config, READY_TIMEOUT) {
             Ok(port) => started.push(Started {
                 name: w.name.clone(),
                 pid,
@@ -240,7 +243,7 @@ pub fn status(cluster: &Cluster) -> Result<(), ClusterError> {
         );
     }
     for w in &workers {
-        let url = status_url(w);
+        let url = format!("{}/status", Reach::of(w).url);
         let line = match ping(w, &url) {
             Ok(line) => line,
             Err(line) => {
@@ -253,12 +256,12 @@ pub fn status(cluster: &Cluster) -> Result<(), ClusterError> {
     println!();
     println!("Cluster containers:");
     for w in &workers {
-        let base = base_url(w);
+        let Reach { url: base, key } = Reach::of(w);
         let Some(_) = w.dir.running() else {
             println!("  {} ({base}): not running", w.name);
             continue;
         };
-        match client::stats(&base, PING_TIMEOUT) {
+        match client::stats_with_key(&base, key.as_ref(), PING_TIMEOUT) {
             Ok(stats) => {
                 let layer = &stats.lambda_layer;
                 let by = layer.sandboxes_by_state;
@@ -308,11 +311,33 @@ fn ping(w: &ClusterWorker, url: &str) -> Result<String, String> {
     }
 }
 
-/// `http://localhost:<port>`, as OpenLambda's report names a worker.
-fn base_url(w: &ClusterWorker) -> String {
-    format!("http://localhost:{}", w.port)
+/// How `status` reaches worker `w`, as its config file says.
+struct Reach {
+    /// `http://localhost:<port>` (as OpenLambda's report names a worker)
+    /// for a worker on loopback or every address, else the address it
+    /// binds.
+    url: String,
+    /// The admin key its `/stats` may need.
+    key: Option<AdminKey>,
 }
 
-fn status_url(w: &ClusterWorker) -> String {
-    format!("{}/status", base_url(w))
+impl Reach {
+    fn of(w: &ClusterWorker) -> Self {
+        let localhost = format!("http://localhost:{}", w.port);
+        let Ok(config) = Config::load(&w.config_file, &[]) else {
+            return Self {
+                url: localhost,
+                key: None,
+            };
+        };
+        let url = config.local_url(w.port);
+        Self {
+            url: if url == format!("http://127.0.0.1:{}", w.port) {
+                localhost
+            } else {
+                url
+            },
+            key: config.admin.load_key(&w.config_file).ok().flatten(),
+        }
+    }
 }

@@ -1,12 +1,14 @@
 //! `ol admin install|ls|rm`: manage the lambdas of a worker's registry,
-//! through the worker's registry API when it runs, else directly in its
-//! registry directory (with the same checks).
+//! through the worker's registry API when it runs (with the admin key its
+//! config.json names, docs/security.md), else directly in its registry
+//! directory (with the same checks).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ol_registry::{DirRegistry, Registry, pack_lambda};
+use ol_worker::access::AdminKey;
 use ol_worker::{WorkerDir, client};
 
 use crate::DirArg;
@@ -48,10 +50,39 @@ pub fn run(cmd: AdminCommand) -> Result<()> {
     }
 }
 
-/// The running worker's base URL, if one runs in the directory.
-fn worker_url(wd: &WorkerDir) -> Option<String> {
-    let port = wd.running()?.port?;
-    Some(format!("http://127.0.0.1:{port}"))
+/// The worker running in a directory, as its config.json says to reach it.
+struct Running {
+    /// Its base URL.
+    url: String,
+    /// The admin key its registry routes may need.
+    key: Option<AdminKey>,
+}
+
+impl Running {
+    /// `method` on the registry route `path` (`/registry/...`), with the key.
+    fn request(&self, method: &'static str, path: &str, body: &[u8]) -> Result<client::Answer> {
+        let url = format!("{}{path}", self.url);
+        Ok(client::request(
+            method,
+            &url,
+            body,
+            self.key.as_ref(),
+            TIMEOUT,
+        )?)
+    }
+}
+
+/// The worker running in the directory, if one does; its address and key
+/// come from config.json (not from `-o` options given to `ol worker up`).
+fn running_worker(wd: &WorkerDir) -> Result<Option<Running>> {
+    let Some(port) = wd.running().and_then(|r| r.port) else {
+        return Ok(None);
+    };
+    let config = ol_worker::Config::load(&wd.config_file(), &[])?;
+    Ok(Some(Running {
+        url: config.local_url(port),
+        key: config.admin.load_key(&wd.config_file())?,
+    }))
 }
 
 fn local_registry(wd: &WorkerDir) -> Result<DirRegistry> {
@@ -82,15 +113,11 @@ fn install(dir: &DirArg, path: &Path, name: Option<String>) -> Result<()> {
     };
     let name = name.unwrap_or(default_name);
     ol_registry::validate_name(&name)?;
-    match worker_url(&wd) {
-        Some(url) => {
-            let a = client::post(&format!("{url}/registry/{name}"), &archive, TIMEOUT)?;
+    match running_worker(&wd)? {
+        Some(worker) => {
+            let a = worker.request("POST", &format!("/registry/{name}"), &archive)?;
             if a.status != 201 {
-                bail!(
-                    "the worker refused {name} ({}): {}",
-                    a.status,
-                    error_of(&a.body)
-                );
+                bail!("the worker refused {name} ({}): {}", a.status, refusal(&a));
             }
         }
         None => {
@@ -109,9 +136,12 @@ fn install(dir: &DirArg, path: &Path, name: Option<String>) -> Result<()> {
 
 fn ls(dir: &DirArg) -> Result<()> {
     let wd = WorkerDir::open_dir(&dir.path)?;
-    let names: Vec<String> = match worker_url(&wd) {
-        Some(url) => {
-            let a = client::get(&format!("{url}/registry/"), TIMEOUT)?;
+    let names: Vec<String> = match running_worker(&wd)? {
+        Some(worker) => {
+            let a = worker.request("GET", "/registry/", &[])?;
+            if a.status != 200 {
+                bail!("cannot list the lambdas ({}): {}", a.status, refusal(&a));
+            }
             let v: serde_json::Value =
                 serde_json::from_str(&a.body).context("bad registry listing")?;
             v["lambdas"]
@@ -131,11 +161,11 @@ fn ls(dir: &DirArg) -> Result<()> {
 
 fn rm(dir: &DirArg, name: &str) -> Result<()> {
     let wd = WorkerDir::open_dir(&dir.path)?;
-    match worker_url(&wd) {
-        Some(url) => {
-            let a = client::delete(&format!("{url}/registry/{name}"), TIMEOUT)?;
+    match running_worker(&wd)? {
+        Some(worker) => {
+            let a = worker.request("DELETE", &format!("/registry/{name}"), &[])?;
             if a.status != 204 {
-                bail!("cannot remove {name} ({}): {}", a.status, error_of(&a.body));
+                bail!("cannot remove {name} ({}): {}", a.status, refusal(&a));
             }
         }
         None => local_registry(&wd)?.remove(name)?,
@@ -144,10 +174,18 @@ fn rm(dir: &DirArg, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The `error` field of a JSON error body, or the body itself.
-fn error_of(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
+/// Why the worker refused: the `error` field of its JSON error body (or
+/// the body itself), and where the key goes when the key was the reason.
+fn refusal(a: &client::Answer) -> String {
+    let error = serde_json::from_str::<serde_json::Value>(&a.body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.to_string())
+        .unwrap_or_else(|| a.body.clone());
+    if a.status == 401 {
+        format!(
+            "{error}; `ol admin` sends the key set in the worker directory's config.json (admin.key_file or admin.key)"
+        )
+    } else {
+        error
+    }
 }

@@ -163,9 +163,10 @@ fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
     let log = wd.log_file();
     let starting = launch::spawn_detached(&args, &log)?;
     let pid = starting.pid();
-    let port = starting.wait_ready(&wd, READY_TIMEOUT)?;
+    let port = starting.wait_ready(&wd, &config, READY_TIMEOUT)?;
     println!(
-        "worker started: pid {pid}, http://127.0.0.1:{port}, log {}",
+        "worker started: pid {pid}, {}, log {}",
+        config.local_url(port),
         log.display()
     );
     Ok(())
@@ -205,12 +206,16 @@ fn status(dir: &DirArg) -> Result<()> {
     let port = running
         .port
         .context("the worker is starting (no port yet)")?;
-    let stats = client::stats(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5))?;
+    // Its address and admin key as config.json says (/stats may need it).
+    let config = ol_worker::Config::load(&wd.config_file(), &[])?;
+    let url = config.local_url(port);
+    let key = config.admin.load_key(&wd.config_file())?;
+    let stats = client::stats_with_key(&url, key.as_ref(), Duration::from_secs(5))?;
     let layer = &stats.lambda_layer;
     let sandbox_rss: u64 = layer.sandboxes.iter().map(|s| rss_bytes(s.pid)).sum();
     println!("worker in {}", wd.root().display());
     println!("  pid:         {}", running.pid);
-    println!("  url:         http://127.0.0.1:{port}");
+    println!("  url:         {url}");
     println!(
         "  memory:      worker {}, sandboxes {}",
         mib(rss_bytes(running.pid)),

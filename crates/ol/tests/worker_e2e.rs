@@ -370,18 +370,7 @@ on_both_backends!(up_initializes_a_missing_dir_and_lambda_added_later_is_found);
 fn up_initializes_a_missing_dir_and_lambda_added_later_is_found(backend: Backend) {
     let parent = tempfile::tempdir().expect("tempdir");
     let dir = parent.path().join("fresh");
-    let out = ol(
-        &dir,
-        &[
-            "worker",
-            "up",
-            "-d",
-            "-o",
-            "worker_port=0",
-            "-o",
-            backend.option(),
-        ],
-    );
+    let out = common::up_detached(&dir, backend, &[], &[], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut w = TestWorker::adopt_at(backend, parent, dir);
     add_lambda(

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::access::AdminKey;
 use crate::stats::WorkerStats;
 
 /// Why a request to a worker failed.
@@ -55,29 +56,42 @@ pub struct Answer {
 
 /// GET `url`, any status.
 pub fn get(url: &str, timeout: Duration) -> Result<Answer, ClientError> {
-    request("GET", url, &[], timeout)
+    request("GET", url, &[], None, timeout)
 }
 
 /// POST `body` to `url`, any status.
 pub fn post(url: &str, body: &[u8], timeout: Duration) -> Result<Answer, ClientError> {
-    request("POST", url, body, timeout)
+    request("POST", url, body, None, timeout)
 }
 
 /// DELETE `url`, any status.
 pub fn delete(url: &str, timeout: Duration) -> Result<Answer, ClientError> {
-    request("DELETE", url, &[], timeout)
+    request("DELETE", url, &[], None, timeout)
 }
 
 /// `GET /stats` of the worker at `base_url` (`http://host:port`).
 pub fn stats(base_url: &str, timeout: Duration) -> Result<WorkerStats, ClientError> {
-    let answer = get(&format!("{base_url}/stats"), timeout)?;
+    stats_with_key(base_url, None, timeout)
+}
+
+/// `GET /stats` of the worker at `base_url`, presenting `key` (its admin
+/// key, [`crate::access`]) when there is one.
+pub fn stats_with_key(
+    base_url: &str,
+    key: Option<&AdminKey>,
+    timeout: Duration,
+) -> Result<WorkerStats, ClientError> {
+    let answer = request("GET", &format!("{base_url}/stats"), &[], key, timeout)?;
     serde_json::from_str(&answer.body).map_err(ClientError::Stats)
 }
 
-fn request(
+/// `method` `url` with `body`, presenting `key` as
+/// `Authorization: Bearer` when there is one; any status.
+pub fn request(
     method: &'static str,
     url: &str,
     body: &[u8],
+    key: Option<&AdminKey>,
     timeout: Duration,
 ) -> Result<Answer, ClientError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -85,9 +99,11 @@ fn request(
         .timeout_global(Some(timeout))
         .build()
         .into();
-    let req = ureq::http::Request::builder()
-        .method(method)
-        .uri(url)
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(key) = key {
+        req = req.header(ureq::http::header::AUTHORIZATION, key.bearer());
+    }
+    let req = req
         .body(body.to_vec())
         .map_err(|source| ClientError::Build {
             method,

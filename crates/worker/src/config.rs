@@ -3,6 +3,7 @@
 //! overrides with dotted keys (`-o limits.mem_mb=128`).
 
 use std::fs;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ol_registry::{S3Config, S3ConfigError};
@@ -10,6 +11,8 @@ use ol_sandbox::Limits;
 use ol_sandbox::sock::rootfs::BaseKind;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+
+use crate::access::{AdminConfig, is_loopback_host, unbracket};
 
 /// Which sandbox backend runs lambdas.
 pub use ol_sandbox::Backend as SandboxKind;
@@ -269,6 +272,9 @@ pub struct Config {
     pub scaling: Scaling,
     /// HTTP connection limits.
     pub http: Http,
+    /// Who may use the admin routes (registry, `/stats`, `/metrics`) and
+    /// the key they need (ours; [`crate::access`]).
+    pub admin: AdminConfig,
     /// Feature switches.
     pub features: Features,
     /// An idle sandbox is paused after this long; 0 never pauses.
@@ -323,6 +329,7 @@ impl Default for Config {
             installer_limits: InstallerLimits::default(),
             scaling: Scaling::default(),
             http: Http::default(),
+            admin: AdminConfig::default(),
             features: Features::default(),
             pause_after_idle_ms: 500,
             pip_index_url: String::new(),
@@ -620,6 +627,11 @@ impl Config {
                 "must name an interface to listen on, e.g. 127.0.0.1".into(),
             ));
         }
+        self.admin.check(
+            &self.worker_host,
+            is_loopback_host(&self.worker_host),
+            !self.registry_is_http(),
+        )?;
         if self.python.is_empty() {
             return Err(bad("python", "must name a Python interpreter".into()));
         }
@@ -696,6 +708,28 @@ impl Config {
             .strip_prefix("file://")
             .unwrap_or(&self.registry);
         dir_setting(worker_dir, raw, "registry")
+    }
+
+    /// The host part of the address the worker binds: `worker_host`
+    /// without the brackets of an IPv6 literal.
+    pub fn bind_host(&self) -> &str {
+        unbracket(self.worker_host.trim())
+    }
+
+    /// The base URL (`http://host:port`) at which a client on this machine
+    /// reaches a worker listening on `worker_host` and `port`: loopback
+    /// when it listens on every address (0.0.0.0, ::), else the address it
+    /// listens on (the `ol` command's own requests: a worker bound to one
+    /// address does not answer on 127.0.0.1).
+    pub fn local_url(&self, port: u16) -> String {
+        let host = match self.bind_host().parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) if ip.is_unspecified() => "127.0.0.1".to_string(),
+            Ok(IpAddr::V6(ip)) if ip.is_unspecified() => "[::1]".to_string(),
+            Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
+            Ok(ip) => ip.to_string(),
+            Err(_) => self.bind_host().to_string(),
+        };
+        format!("http://{host}:{port}")
     }
 }
 
@@ -775,6 +809,70 @@ mod tests {
         assert_eq!(c.pause_after_idle_ms, 500);
         assert!(c.mem_pool_mb >= 512);
         assert_eq!(c.base, BaseKind::Host);
+    }
+
+    #[test]
+    fn admin_routes_are_keyed_by_default_and_open_only_on_loopback_without_a_key() {
+        use crate::access::Access;
+        let c = Config::default();
+        assert!(c.admin.key.is_empty() && c.admin.key_file.is_empty());
+        for access in [
+            c.admin.registry_write,
+            c.admin.registry_read,
+            c.admin.stats,
+            c.admin.metrics,
+        ] {
+            assert_eq!(access, Access::Key);
+        }
+        for host in ["127.0.0.1", "localhost", "::1"] {
+            Config::from_value(json!({"worker_host": host})).expect(host);
+        }
+        let err = Config::from_value(json!({"worker_host": "0.0.0.0"})).expect_err("no key");
+        assert!(
+            err.to_string().starts_with("config key `admin.key`"),
+            "{err}"
+        );
+        let c = Config::from_value(json!({
+            "worker_host": "0.0.0.0",
+            "admin": {"key_file": "/etc/ol/admin-key", "metrics": "off", "stats": "open"}
+        }))
+        .expect("key file");
+        assert_eq!(
+            (c.admin.metrics, c.admin.stats),
+            (Access::Off, Access::Open)
+        );
+        // A worker reading a remote registry has no registry routes to guard.
+        Config::from_value(json!({
+            "worker_host": "0.0.0.0",
+            "registry": "http://10.0.0.9:5000/registry",
+            "admin": {"stats": "off", "metrics": "off"}
+        }))
+        .expect("remote registry");
+        let err = Config::from_value(json!({"admin": {"stats": "public"}})).expect_err("variant");
+        assert!(
+            err.to_string().starts_with("config key `admin.stats`"),
+            "{err}"
+        );
+        let err = Config::from_value(json!({"admin": {"keyfile": "x"}})).expect_err("typo");
+        assert!(err.to_string().contains("keyfile"), "{err}");
+    }
+
+    #[test]
+    fn local_url_reaches_the_address_bound() {
+        let url = |host: &str| {
+            Config {
+                worker_host: host.into(),
+                ..Config::default()
+            }
+            .local_url(5000)
+        };
+        assert_eq!(url("127.0.0.1"), "http://127.0.0.1:5000");
+        assert_eq!(url("0.0.0.0"), "http://127.0.0.1:5000");
+        assert_eq!(url("::"), "http://[::1]:5000");
+        assert_eq!(url("[::1]"), "http://[::1]:5000");
+        assert_eq!(url("::1"), "http://[::1]:5000");
+        assert_eq!(url("10.1.2.3"), "http://10.1.2.3:5000");
+        assert_eq!(url("localhost"), "http://localhost:5000");
     }
 
     #[test]
@@ -1248,6 +1346,17 @@ mod tests {
                 "descriptor limit of 20000",
             ),
             (&["worker_host="], "worker_host", "interface"),
+            (&["worker_host=0.0.0.0"], "admin.key", "beyond loopback"),
+            (
+                &[
+                    "worker_host=10.1.2.3",
+                    "admin.key=0123456789abcdef",
+                    "admin.registry_write=open",
+                ],
+                "admin.registry_write",
+                "beyond loopback",
+            ),
+            (&["admin.key=tooshort"], "admin.key", "too short"),
         ];
         for (overrides, key, says) in cases {
             let mut v = defaults_value();

@@ -139,10 +139,15 @@ impl Starting {
     }
 
     /// Waits until the worker of `dir` (this process) answers `/status`
-    /// with `ready`, and returns its port. Fails, quoting what its log
+    /// with `ready` at the address `config` binds, and returns its port. Fails, quoting what its log
     /// says since it started, when it exits first or is not ready within
     /// `timeout` (it is killed then).
-    pub fn wait_ready(mut self, dir: &WorkerDir, timeout: Duration) -> Result<u16, WorkerError> {
+    pub fn wait_ready(
+        mut self,
+        dir: &WorkerDir,
+        config: &Config,
+        timeout: Duration,
+    ) -> Result<u16, WorkerError> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.child.try_wait() {
@@ -153,7 +158,7 @@ impl Starting {
                 Err(e) => return Err(self.failed(format!("cannot be waited for: {e}"))),
             }
             if let Some(port) = dir.running().and_then(|r| r.port) {
-                let url = format!("http://127.0.0.1:{port}/status");
+                let url = format!("{}/status", config.local_url(port));
                 if client::get(&url, Duration::from_secs(2))
                     .is_ok_and(|a| a.status == 200 && a.body == "ready")
                 {

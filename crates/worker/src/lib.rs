@@ -10,9 +10,12 @@
 //! - [`stats`] is the `/stats` schema, [`metrics`] the `/metrics` registry,
 //!   [`trace_file`] the Chrome trace; [`upload`] installs a lambda archive
 //!   after checking it.
+//! - [`access`] decides who may use the admin routes (registry,
+//!   `/stats`, `/metrics`) and checks their key.
 //! - [`client`] is the other side: a blocking client of a worker's API for
 //!   the `ol` command and the benchmarks.
 
+pub mod access;
 pub mod client;
 pub mod config;
 pub mod conn;

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::WorkerError;
+use crate::access::{AdminGates, is_loopback_ip};
 use crate::config::{Config, ImportCache, raise_fd_limit};
 use crate::conn::ConnLimits;
 use crate::metrics::WorkerMetrics;
@@ -81,7 +82,8 @@ pub fn run_worker(dir: &WorkerDir, config: &Config) -> Result<(), WorkerError> {
 }
 
 /// Fails unless a worker can start in `dir` with `config`: none runs
-/// there yet and its base is of the kind the config says. Checked again
+/// there yet, its base is of the kind the config says and its admin key
+/// (if any) can be read. Checked again
 /// by [`run_worker`]; callers that start one in the background check
 /// first, so the error shows where the user is, not in a log file.
 pub fn check_startable(dir: &WorkerDir, config: &Config) -> Result<(), WorkerError> {
@@ -93,7 +95,9 @@ pub fn check_startable(dir: &WorkerDir, config: &Config) -> Result<(), WorkerErr
             dir.root().display()
         )));
     }
-    dir.check_base(config)
+    dir.check_base(config)?;
+    config.admin.load_key(&dir.config_file())?;
+    Ok(())
 }
 
 /// The sandbox backend `config` asks for, over the base (built first when
@@ -206,8 +210,10 @@ async fn serve_until_signal(
     pool: Arc<dyn SandboxPool>,
     packages: PackageLayer,
 ) -> Result<(), WorkerError> {
+    let key = config.admin.load_key(&dir.config_file())?;
     let addr = format!("{}:{}", config.worker_host, config.worker_port);
-    let listener = TcpListener::bind(&addr)
+    // A (host, port) pair: an IPv6 literal needs no brackets there.
+    let listener = TcpListener::bind((config.bind_host(), config.worker_port))
         .await
         .map_err(|source| WorkerError::Bind {
             hint: if source.kind() == std::io::ErrorKind::AddrInUse {
@@ -218,10 +224,12 @@ async fn serve_until_signal(
             addr: addr.clone(),
             source,
         })?;
-    let port = listener
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or(config.worker_port);
+    let bound = listener.local_addr().map_err(|source| WorkerError::Bind {
+        addr: addr.clone(),
+        source,
+        hint: "",
+    })?;
+    let port = bound.port();
     let Opened { code, local } = open_registry(dir, config)?;
     let registry = Arc::new(Monitored::new(code));
     tracing::info!(kind = registry.kind(), location = %registry.location(), "registry");
@@ -237,6 +245,15 @@ async fn serve_until_signal(
             .then(|| Duration::from_millis(config.scaling.idle_timeout_ms)),
         ..LambdaSettings::default()
     };
+    // Decided again from the address bound: a name that passed the config
+    // check as loopback (localhost) must really be bound there.
+    let admin = AdminGates::new(
+        &config.admin,
+        key,
+        &config.worker_host,
+        is_loopback_ip(bound.ip()),
+        local.is_some(),
+    )?;
     let lambdas = LambdaManager::new(
         pool,
         Arc::clone(&registry) as Arc<dyn Registry>,
@@ -255,6 +272,7 @@ async fn serve_until_signal(
         body_stall: idle_timeout,
         counters: HttpCounters::default(),
         metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
+        admin,
     });
     let mut term = signal(SignalKind::terminate()).map_err(signal_err(dir))?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;

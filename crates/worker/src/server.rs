@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
+use crate::access::AdminRoute;
 use crate::conn::{ConnLimits, RequestBody};
 use crate::response::{Body, error_response};
 use crate::routes;
@@ -29,7 +30,8 @@ pub async fn serve(
     .await;
 }
 
-/// Sends `req` to its route.
+/// Sends `req` to its route; an admin route only once its gate
+/// ([`crate::access`]) lets the request through.
 async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Response<Body> {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/run/") {
@@ -39,9 +41,26 @@ async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Resp
         let rest = rest.to_string();
         routes::run::run(&state, req, &rest).await
     } else if let Some(rest) = path.strip_prefix("/registry") {
+        // Anything but a read may change the registry (or is refused by it).
+        let route = if req.method() == Method::GET {
+            AdminRoute::RegistryRead
+        } else {
+            AdminRoute::RegistryWrite
+        };
+        if let Some(refused) = state.admin.refusal(route, req.headers()) {
+            return refused;
+        }
         let rest = rest.to_string();
         routes::registry::handle(&state, req, &rest).await
     } else {
+        let gated = match path {
+            "/stats" => Some(AdminRoute::Stats),
+            "/metrics" => Some(AdminRoute::Metrics),
+            _ => None,
+        };
+        if let Some(refused) = gated.and_then(|route| state.admin.refusal(route, req.headers())) {
+            return refused;
+        }
         match (req.method(), path) {
             (&Method::GET, "/status") => routes::status::status(),
             (&Method::GET, "/stats") => routes::stats::stats(&state),
@@ -168,6 +187,72 @@ mod tests {
         );
         let text = resp.into_body().collect().await.expect("body").to_bytes();
         assert!(String::from_utf8_lossy(&text).contains("ol_sandboxes{state=\"idle\"} 0"));
+    }
+
+    #[tokio::test]
+    async fn admin_routes_answer_only_through_their_gates() {
+        use crate::access::{Access, AdminConfig, AdminGates, AdminKey};
+        const KEY: &str = "fedcba9876543210fedcba98";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut state = idle_state(dir.path());
+        let config = AdminConfig {
+            key: AdminKey::new(KEY),
+            metrics: Access::Off,
+            ..AdminConfig::default()
+        };
+        state.admin = AdminGates::new(&config, Some(AdminKey::new(KEY)), "0.0.0.0", false, true)
+            .expect("gates");
+        let state = Arc::new(state);
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("f.py"), "def f(event):\n    return 1\n").expect("f.py");
+        let upload = ol_registry::pack_lambda(&src).expect("pack");
+        for (method, path) in [
+            (Method::POST, "/registry/hello"),
+            (Method::DELETE, "/registry/hello"),
+            (Method::PUT, "/registry/hello"),
+            (Method::GET, "/registry/"),
+            (Method::GET, "/registry/hello.tar.gz"),
+            (Method::GET, "/registryhello"),
+            (Method::GET, "/stats"),
+            (Method::POST, "/stats"),
+        ] {
+            let (status, body) = send(&state, method.clone(), path, &upload).await;
+            assert_eq!(status, 401, "{method} {path}: {body}");
+            assert!(json_of(&body)["error"].is_string(), "{body}");
+            assert!(!body.contains(KEY));
+        }
+        assert!(
+            !dir.path().join("registry/hello").exists(),
+            "nothing stored"
+        );
+        let (status, body) = send(&state, Method::GET, "/metrics", b"").await;
+        assert_eq!(
+            (status, json_of(&body)["error"].as_str()),
+            (
+                403,
+                Some("GET /metrics is off on this worker (admin.metrics is \"off\")")
+            )
+        );
+        // /status and calls never need the key.
+        assert_eq!(send(&state, Method::GET, "/status", b"").await.0, 200);
+        assert_eq!(send(&state, Method::POST, "/run/nope", b"{}").await.0, 404);
+        // With the key, the upload is installed and /stats does not show it.
+        let req = Request::post("/registry/hello")
+            .header(http::header::AUTHORIZATION, format!("Bearer {KEY}"))
+            .body(Full::new(Bytes::from(upload)))
+            .expect("request");
+        let resp = dispatch(Arc::clone(&state), req).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert!(dir.path().join("registry/hello").exists());
+        let req = Request::get("/stats")
+            .header(http::header::AUTHORIZATION, format!("Bearer {KEY}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = dispatch(Arc::clone(&state), req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let stats = resp.into_body().collect().await.expect("body").to_bytes();
+        assert!(!String::from_utf8_lossy(&stats).contains(KEY));
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! What every route shares: the lambda layer, the local registry, request
-//! limits, and the counters and metrics the HTTP layer keeps.
+//! limits, who may use the admin routes, and the counters and metrics the
+//! HTTP layer keeps.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use ol_lambda::LambdaManager;
 use ol_registry::{DirRegistry, Monitored};
 
+use crate::access::AdminGates;
 use crate::metrics::{self, WorkerMetrics};
 use crate::stats::{RegistryStats, WorkerStats};
 
@@ -44,6 +46,8 @@ pub struct AppState {
     pub counters: HttpCounters,
     /// Latency and per-lambda metrics (`/metrics`, part of `/stats`).
     pub metrics: WorkerMetrics,
+    /// Who may use the admin routes (config.json `admin`).
+    pub admin: AdminGates,
 }
 
 impl AppState {
@@ -81,6 +85,7 @@ pub(crate) fn idle_state(dir: &std::path::Path) -> AppState {
         max_body_bytes: 1024,
         body_stall: Duration::from_secs(10),
         counters: HttpCounters::default(),
+        admin: AdminGates::open(),
     }
 }
 

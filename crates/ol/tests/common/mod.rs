@@ -142,6 +142,22 @@ impl TestWorker {
         up_args: &[&str],
     ) -> Self {
         let dir = init_dir(init_args, lambdas);
+        Self::start_in_with(backend, dir, overrides, up_args)
+    }
+
+    /// Starts a worker on `backend` with `overrides` in `dir`, a worker
+    /// dir the test made with [`init_dir`] (and changed, e.g. with
+    /// [`set_config`]); `dir` is removed when the worker is dropped.
+    pub fn start_in(backend: Backend, dir: tempfile::TempDir, overrides: &[&str]) -> Self {
+        Self::start_in_with(backend, dir, overrides, &[])
+    }
+
+    fn start_in_with(
+        backend: Backend,
+        dir: tempfile::TempDir,
+        overrides: &[&str],
+        up_args: &[&str],
+    ) -> Self {
         let path = dir.path().to_path_buf();
         let mut w = Self {
             _root: dir,
@@ -250,13 +266,7 @@ impl TestWorker {
             !overrides.iter().any(|o| o.starts_with("sandbox=")),
             "the backend is TestWorker's own argument: {overrides:?}"
         );
-        let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
-        args.extend(["-o", self.backend.option()]);
-        for o in overrides {
-            args.extend(["-o", o]);
-        }
-        args.extend(up_args);
-        let out = ol(self.path(), &args);
+        let out = up_detached(self.path(), self.backend, overrides, up_args, &[]);
         assert!(
             out.status.success(),
             "up: {}\n{}",
@@ -282,6 +292,31 @@ impl TestWorker {
         assert_no_processes(self.path());
         assert!(!self.path().join("worker/worker.pid").exists());
     }
+}
+
+/// Runs `ol worker up -d` in `dir` on `backend` and a free port with
+/// `overrides` (`-o`), `up_args` and the environment variables `env` added
+/// to the test's; its output (the worker runs on if it started).
+pub fn up_detached(
+    dir: &Path,
+    backend: Backend,
+    overrides: &[&str],
+    up_args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut args = vec!["worker", "up", "-d", "-o", "worker_port=0"];
+    args.extend(["-o", backend.option()]);
+    for o in overrides {
+        args.extend(["-o", o]);
+    }
+    args.extend(up_args);
+    Command::new(ol_bin())
+        .args(&args)
+        .arg("-p")
+        .arg(dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ol")
 }
 
 /// The port in the worker dir `dir`'s port file, waited for.
@@ -322,6 +357,19 @@ pub fn init_dir(init_args: &[&str], lambdas: &[(&str, &[(&str, &str)])]) -> temp
     dir
 }
 
+/// Sets `settings` (`key=value`, dotted keys, as `-o` takes them) in the
+/// config.json of the worker dir `dir`: for what `ol` commands other than
+/// `ol worker up` must see too (the admin key).
+pub fn set_config(dir: &Path, settings: &[&str]) {
+    let file = dir.join("config.json");
+    let text = fs::read_to_string(&file).expect("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("config JSON");
+    for setting in settings {
+        ol_worker::config::apply_override(&mut config, setting).expect(setting);
+    }
+    fs::write(&file, config.to_string()).expect("write config.json");
+}
+
 /// Writes lambda `name` into the registry of the worker dir `dir`.
 pub fn add_lambda(dir: &Path, name: &str, files: &[(&str, &str)]) {
     let ldir = dir.join("registry").join(name);
@@ -356,7 +404,12 @@ fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> http:
 
 /// One HTTP request with any status accepted.
 pub fn request(method: &str, url: &str, body: &[u8]) -> Answer {
-    let resp = send(method, url, &[], body);
+    request_with(method, url, &[], body)
+}
+
+/// One HTTP request with extra `headers`, any status accepted.
+pub fn request_with(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let resp = send(method, url, headers, body);
     let headers = resp
         .headers()
         .iter()
