@@ -9,11 +9,14 @@
 //! - [`workers`] starts workers (`workers`, `worker-exec`), stops them
 //!   (`kill`) and reports on them (`status`); a worker is an `ol` process
 //!   run as `ol worker up` runs one ([`ol_worker::launch`]).
+//! - [`registry`] runs the cluster's code store, the S3 API with keys
+//!   (`registry`), and stores handler bundles in it (`upload`).
 //! - [`go_flags`] lets `-cluster DIR` stand for `--cluster DIR`, as
 //!   OpenLambda's Go flags did.
 
 pub mod go_flags;
 pub mod layout;
+pub mod registry;
 pub mod template;
 pub mod workers;
 
@@ -94,6 +97,62 @@ pub enum ClusterCommand {
         #[command(flatten)]
         cluster: ClusterArg,
     },
+    /// Run the cluster's code store: the S3 API, every request signed with
+    /// its keys.
+    ///
+    /// It runs in the background (its log in logs/registry.out, its
+    /// objects in workers/registry/store/) until `ol cluster kill`. The
+    /// template then reads lambdas from it (registry s3://lambdas with its
+    /// endpoint and keys), so start it before the workers; the lambdas of
+    /// registry/ it lacks are copied into it. The keys may also come from
+    /// OL_REGISTRY_ACCESS_KEY and OL_REGISTRY_SECRET_KEY.
+    Registry {
+        /// The cluster directory.
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The port to listen on.
+        #[arg(long, value_name = "PORT", default_value_t = 9000)]
+        port: u16,
+        /// The address to listen on: 127.0.0.1 for this machine's workers,
+        /// 0.0.0.0 for workers on other machines too.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+        host: String,
+        /// The access key clients sign with.
+        #[arg(long, value_name = "KEY", env = registry::ACCESS_KEY_ENV, hide_env_values = true)]
+        access_key: String,
+        /// The secret key clients sign with (at least 16 characters, e.g.
+        /// `openssl rand -hex 20`).
+        #[arg(long, value_name = "SECRET", env = registry::SECRET_KEY_ENV, hide_env_values = true)]
+        secret_key: String,
+        /// Serve in this process, its log on stdout, until Ctrl-C.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Upload a handler bundle into the cluster's registry.
+    ///
+    /// The bundle (a .tar.gz with lambda_func.py or f.py, and
+    /// packages.txt or requirements.txt; or a directory, packed) is
+    /// checked as a worker checks an upload before anything is stored,
+    /// then stored as HANDLER in the registry the template names: the
+    /// code store, signed with the keys given (default: the template's),
+    /// or registry/. Workers see it within their registry_cache_ms.
+    Upload {
+        /// The cluster directory.
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The lambda's name.
+        #[arg(long, value_name = "NAME")]
+        handler: String,
+        /// The bundle: NAME.tar.gz or a lambda directory.
+        #[arg(long, value_name = "TAR")]
+        file: PathBuf,
+        /// The access key to sign with.
+        #[arg(long, value_name = "KEY", env = registry::ACCESS_KEY_ENV, hide_env_values = true, requires = "secret_key")]
+        access_key: Option<String>,
+        /// The secret key to sign with.
+        #[arg(long, value_name = "SECRET", env = registry::SECRET_KEY_ENV, hide_env_values = true, requires = "access_key")]
+        secret_key: Option<String>,
+    },
     /// Run one worker in the foreground, its log on stdout.
     ///
     /// Its settings are FILE's; its state dir is the one FILE's
@@ -128,6 +187,12 @@ pub enum ClusterError {
     /// A worker could not be started, stopped or cleaned up.
     #[error(transparent)]
     Worker(#[from] ol_worker::WorkerError),
+    /// The registry refused or failed (a bundle, the keys, the store).
+    #[error(transparent)]
+    Registry(#[from] ol_registry::RegistryError),
+    /// The code store cannot start.
+    #[error(transparent)]
+    Store(#[from] ol_registry::code_store::StoreError),
     /// Workers did not start; those that did were stopped again.
     #[error("{failures}\n{stopped}")]
     NotStarted {
@@ -191,6 +256,62 @@ pub fn run(cmd: ClusterCommand) -> Result<(), ClusterError> {
             for line in workers::kill(&cluster)? {
                 println!("{line}");
             }
+            Ok(())
+        }
+        ClusterCommand::Registry {
+            cluster,
+            port,
+            host,
+            access_key,
+            secret_key,
+            foreground,
+        } => {
+            let cluster = Cluster::open(&cluster.cluster)?;
+            let listen = registry::Listen::parse(&host, port)?;
+            let keys = registry::Keys {
+                access_key,
+                secret_key,
+            };
+            if foreground {
+                return registry::serve(&cluster, listen, &keys);
+            }
+            let started = registry::start(&cluster, listen, &keys)?;
+            println!(
+                "registry started: pid {}, {} (bucket {}), log {}",
+                started.pid,
+                started.endpoint,
+                ol_registry::code_store::DEFAULT_BUCKET,
+                started.log.display()
+            );
+            if !started.imported.is_empty() {
+                println!(
+                    "copied from registry/ into it: {}",
+                    started.imported.join(", ")
+                );
+            }
+            println!(
+                "{} now reads lambdas from it: start the workers with `ol cluster workers --cluster {}`",
+                cluster.template().display(),
+                cluster.root().display()
+            );
+            Ok(())
+        }
+        ClusterCommand::Upload {
+            cluster,
+            handler,
+            file,
+            access_key,
+            secret_key,
+        } => {
+            let cluster = Cluster::open(&cluster.cluster)?;
+            let keys = access_key
+                .zip(secret_key)
+                .map(|(access_key, secret_key)| registry::Keys {
+                    access_key,
+                    secret_key,
+                });
+            let up = registry::upload(&cluster, &handler, &file, keys.as_ref())?;
+            println!("uploaded {handler} ({} bytes) to {}", up.bytes, up.location);
             Ok(())
         }
         ClusterCommand::WorkerExec { config } => workers::exec(&config),

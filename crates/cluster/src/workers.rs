@@ -20,7 +20,7 @@ use ol_worker::{
 };
 
 use crate::layout::ClusterWorker;
-use crate::{Cluster, ClusterError, io_err};
+use crate::{Cluster, ClusterError, io_err, registry};
 
 /// How long a worker may take to answer `/status` after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,6 +55,7 @@ pub fn start(cluster: &Cluster, count: u16, port: u16) -> Result<Vec<Started>, C
         )));
     }
     let template = Config::load(&cluster.template(), &[])?;
+    registry::check_running_if_used(cluster, &template)?;
     let old = cluster.workers()?;
     if let Some(running) = old.iter().find(|w| w.dir.running().is_some()) {
         return Err(ClusterError::Usage(format!(
@@ -164,14 +165,18 @@ pub fn exec(config_file: &Path) -> Result<(), ClusterError> {
 
 /// `ol cluster kill`: stops every worker of the cluster, all at once (each
 /// asked to stop, killed after [`STOP_TIMEOUT`]), and removes whatever
-/// they left (processes, cgroups, scratch dirs). Returns a line per
-/// worker.
+/// they left (processes, cgroups, scratch dirs); then the code store, if
+/// it runs. Returns a line per worker (and one for the store).
 pub fn kill(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
     let workers = cluster.workers()?;
-    if workers.is_empty() {
-        return Ok(vec![format!("no workers in {}", cluster.root().display())]);
-    }
-    stop_all(cluster, &workers)
+    let mut lines = if workers.is_empty() {
+        vec![format!("no workers in {}", cluster.root().display())]
+    } else {
+        stop_all(cluster, &workers)?
+    };
+    // After the workers, which may still be reading from it.
+    lines.extend(registry::stop(cluster)?);
+    Ok(lines)
 }
 
 /// Stops `workers` in parallel and cleans up after each; a line per worker.
@@ -235,6 +240,19 @@ fn forget(cluster: &Cluster, w: &ClusterWorker) -> Result<(), ClusterError> {
 pub fn status(cluster: &Cluster) -> Result<(), ClusterError> {
     let workers = cluster.workers()?;
     let mut not_ready = Vec::new();
+    let mut registry_down = false;
+    let template = Config::load(&cluster.template(), &[])?;
+    if let Some(line) = registry::status_line(cluster, &template) {
+        println!("Registry:");
+        match line {
+            Ok(line) => println!("  {line}"),
+            Err(line) => {
+                println!("  {line}");
+                registry_down = true;
+            }
+        }
+        println!();
+    }
     println!("Worker Pings:");
     if workers.is_empty() {
         println!(
@@ -280,14 +298,24 @@ pub fn status(cluster: &Cluster) -> Result<(), ClusterError> {
             Err(e) => println!("  {} ({base}): no stats: {e}", w.name),
         }
     }
-    if not_ready.is_empty() {
+    let mut problems = Vec::new();
+    if !not_ready.is_empty() {
+        problems.push(format!(
+            "{} of {} worker(s) not ready ({})",
+            not_ready.len(),
+            workers.len(),
+            not_ready.join(", ")
+        ));
+    }
+    if registry_down {
+        problems.push("the registry the template names is not running".into());
+    }
+    if problems.is_empty() {
         return Ok(());
     }
     Err(ClusterError::NotReady(format!(
-        "{} of {} worker(s) not ready ({}); their logs are in {}",
-        not_ready.len(),
-        workers.len(),
-        not_ready.join(", "),
+        "{}; the logs are in {}",
+        problems.join("; "),
         cluster.logs().display()
     )))
 }

@@ -2,8 +2,9 @@
 //! with `new` and `setconf`, three workers started with `workers`, a
 //! handler written into the cluster's registry and called on every
 //! worker, a code change seen by all, packages installed once for all,
-//! `status`, `kill` leaving no process, cgroup or mount, and the errors
-//! of bad input.
+//! `status`, `kill` leaving no process, cgroup or mount, the code store
+//! (`registry`, `upload`: keys checked, bundles checked, every worker
+//! served), and the errors of bad input.
 
 mod common;
 
@@ -283,6 +284,269 @@ fn three_workers_share_the_registry_and_see_code_changes(backend: Backend) {
         "{}",
         stderr(&out)
     );
+}
+
+/// A handler bundle (`NAME.tar.gz`) holding `files`, in `dir`.
+fn bundle(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let src = dir.join(format!("{name}-src"));
+    let _ = fs::remove_dir_all(&src);
+    fs::create_dir_all(&src).expect("mkdir");
+    for (file, text) in files {
+        fs::write(src.join(file), text).expect("write");
+    }
+    let tar = dir.join(format!("{name}.tar.gz"));
+    fs::write(&tar, ol_registry::pack_lambda(&src).expect("pack")).expect("write bundle");
+    tar
+}
+
+const ACCESS_KEY: &str = "ol-e2e-access";
+const SECRET_KEY: &str = "e2e-secret-0123456789abcdef";
+
+on_both_backends!(a_registry_with_keys_serves_uploaded_handlers_to_every_worker);
+fn a_registry_with_keys_serves_uploaded_handlers_to_every_worker(backend: Backend) {
+    let mut c = TestCluster::new(backend, r#""registry_cache_ms": 300"#);
+    let files = tempfile::tempdir().expect("tempdir");
+    let store_port = free_ports(1);
+    // As seed 002 writes it: Go flags, keys on the command line.
+    let out = c.ok(&[
+        "registry",
+        &format!("-port={store_port}"),
+        "-access-key",
+        ACCESS_KEY,
+        "-secret-key",
+        SECRET_KEY,
+    ]);
+    let said = stdout(&out);
+    assert!(said.contains("registry started"), "{said}");
+    assert!(
+        said.contains("copied from registry/ into it: echo, hello, hello-legacy"),
+        "{said}"
+    );
+    let endpoint = format!("http://127.0.0.1:{store_port}");
+    let template: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(c.path("config/template.json")).expect("read"))
+            .expect("json");
+    assert_eq!(template["registry"], "s3://lambdas");
+    assert_eq!(template["registry_s3"]["endpoint"], endpoint.as_str());
+    let mode = fs::metadata(c.path("config/template.json"))
+        .expect("stat")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077,
+        0,
+        "the template holds the secret: its owner alone reads it"
+    );
+    // The secret is in no command line and no log.
+    let registry_pid = fs::read_to_string(c.path("logs/registry.pid")).expect("pid file");
+    let cmdline = fs::read(format!("/proc/{}/cmdline", registry_pid.trim())).expect("cmdline");
+    assert!(!String::from_utf8_lossy(&cmdline).contains(SECRET_KEY));
+    c.start(3);
+
+    // The examples were copied into the store: every worker serves them.
+    for (status, body) in c.run_everywhere("hello", r#"{"name": "Ada"}"#) {
+        assert_eq!((status, body.as_str()), (200, "\"Hello, Ada!\""));
+    }
+
+    let v1 = bundle(
+        files.path(),
+        "greet",
+        &[
+            (
+                "lambda_func.py",
+                "def handler(conn, event):\n    return 'v1 ' + event['name']\n",
+            ),
+            ("packages.txt", "# no packages\n"),
+        ],
+    );
+    let upload = |file: &Path, secret: &str| {
+        c.ol(&[
+            "upload",
+            "--handler",
+            "greet",
+            "--file",
+            file.to_str().expect("utf-8 path"),
+            "--access-key",
+            ACCESS_KEY,
+            "--secret-key",
+            secret,
+        ])
+    };
+    // A wrong secret: refused, nothing stored.
+    let out = upload(&v1, "not-the-secret-0123456789");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("403"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("not-the-secret"), "{}", stderr(&out));
+    assert!(
+        !c.path("workers/registry/store/lambdas/greet.tar.gz")
+            .exists()
+    );
+    for (status, _) in c.run_everywhere("greet", r#"{"name": "Ada"}"#) {
+        assert_eq!(status, 404);
+    }
+
+    let out = upload(&v1, SECRET_KEY);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("uploaded greet")
+            && stdout(&out).contains("s3://lambdas/greet.tar.gz"),
+        "{}",
+        stdout(&out)
+    );
+    for (status, body) in c.run_everywhere("greet", r#"{"name": "Ada"}"#) {
+        assert_eq!((status, body.as_str()), (200, "\"v1 Ada\""));
+    }
+
+    // A new version, with f.py and requirements.txt: every worker sees it.
+    let v2 = bundle(
+        files.path(),
+        "greet-v2",
+        &[
+            (
+                "f.py",
+                "def f(event):\n    return 'version 2 ' + event['name']\n",
+            ),
+            ("requirements.txt", ""),
+        ],
+    );
+    let out = upload(&v2, SECRET_KEY);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for port in c.ports.clone() {
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                let a = request(
+                    "POST",
+                    &format!("http://127.0.0.1:{port}/run/greet"),
+                    br#"{"name": "Ada"}"#,
+                );
+                a.status == 200 && a.body == "\"version 2 Ada\""
+            }),
+            "the worker on {port} never saw the new code"
+        );
+    }
+
+    // A bundle the worker would refuse is refused before it is sent.
+    let no_code = bundle(files.path(), "no-code", &[("README", "no python here")]);
+    let out = upload(&no_code, SECRET_KEY);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(".py"), "{}", stderr(&out));
+    for (status, body) in c.run_everywhere("greet", r#"{"name": "Ada"}"#) {
+        assert_eq!((status, body.as_str()), (200, "\"version 2 Ada\""));
+    }
+
+    let out = c.ok(&["status"]);
+    assert!(
+        stdout(&out).starts_with(&format!(
+            "Registry:\n  {endpoint} => running (pid {}; the template reads lambdas from it)",
+            registry_pid.trim()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    for log in ["logs/registry.out", "logs/worker-0.out"] {
+        let text = fs::read_to_string(c.path(log)).expect("log");
+        assert!(!text.contains(SECRET_KEY), "{log} shows the secret");
+    }
+
+    let out = c.ok(&["kill"]);
+    assert!(
+        stdout(&out).contains(&format!("registry: stopped (pid {})", registry_pid.trim())),
+        "{}",
+        stdout(&out)
+    );
+    c.assert_nothing_left();
+    assert!(!c.path("logs/registry.pid").exists());
+    // Workers would find no code: they are refused until it runs again.
+    let out = c.ol(&["workers", "--port", &free_ports(1).to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("which is not running: start it with `ol cluster registry"),
+        "{}",
+        stderr(&out)
+    );
+    let out = c.ol(&["status"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the registry the template names is not running"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn registry_refuses_weak_keys_and_a_port_in_use_and_upload_without_a_store_fills_registry_dir() {
+    let c = TestCluster::new(Backend::Process, "");
+    let out = c.ol(&[
+        "registry",
+        "--port",
+        &free_ports(1).to_string(),
+        "--access-key",
+        ACCESS_KEY,
+        "--secret-key",
+        "short",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--secret-key must be at least 16"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("short"), "{}", stderr(&out));
+
+    let taken = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let out = c.ol(&[
+        "registry",
+        "--port",
+        &port.to_string(),
+        "--access-key",
+        ACCESS_KEY,
+        "--secret-key",
+        SECRET_KEY,
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("the registry exited") && err.contains("logs/registry.out"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    // The template still names the registry/ dir.
+    let template = fs::read_to_string(c.path("config/template.json")).expect("read");
+    assert!(!template.contains("s3://"), "{template}");
+
+    // With no store, upload checks the bundle and writes registry/.
+    let files = tempfile::tempdir().expect("tempdir");
+    let tar = bundle(
+        files.path(),
+        "local",
+        &[("f.py", "def f(event):\n    return 1\n")],
+    );
+    let out = c.ok(&[
+        "upload",
+        "--handler",
+        "local",
+        "--file",
+        tar.to_str().expect("utf-8"),
+    ]);
+    assert!(stdout(&out).contains("uploaded local"), "{}", stdout(&out));
+    assert!(c.path("registry/local/f.py").exists());
+    let bad = bundle(
+        files.path(),
+        "bad",
+        &[("f.py", "x"), ("ol.yaml", "limits: [")],
+    );
+    let out = c.ol(&[
+        "upload",
+        "--handler",
+        "bad",
+        "--file",
+        bad.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(!c.path("registry/bad").exists());
 }
 
 on_both_backends!(workers_install_a_package_once_for_all);

@@ -80,21 +80,17 @@ fn worker_config_json(m: &Manifests) -> Value {
     serde_json::from_str(text(data, "config.json")).expect("config.json is JSON")
 }
 
-/// The workers' config.json parsed as the worker parses it. Until the S3
-/// registry's keys are this tree's (they are another branch's), its
-/// `registry` and `registry_s3` are checked by that branch and left out
-/// here; once they are, they are parsed like every other key.
+/// The workers' config.json parsed as the worker parses it, with the S3
+/// keys that it leaves empty filled in as the DaemonSet's environment
+/// fills them (from the Secret, as
+/// `the_admin_key_file_is_where_the_secret_is_mounted_and_root_alone_reads_it`
+/// checks).
 fn worker_config(m: &Manifests) -> Config {
     let mut config = worker_config_json(m);
-    let known = serde_json::to_value(Config::default()).expect("defaults");
-    if known.get("registry_s3").is_none() {
-        let map = config.as_object_mut().expect("an object");
-        assert!(map.remove("registry_s3").is_some(), "registry_s3 is set");
-        let registry = map.remove("registry").expect("registry is set");
-        assert!(
-            registry.as_str().is_some_and(|r| r.starts_with("s3://")),
-            "{registry}"
-        );
+    let s3 = &mut config["registry_s3"];
+    for key in ["access_key", "secret_key"] {
+        assert_eq!(s3[key], "", "{key} is left to the environment");
+        s3[key] = Value::from(format!("{key} from the environment"));
     }
     Config::from_value(config).unwrap_or_else(|e| panic!("the worker refuses config.json: {e}"))
 }
@@ -183,13 +179,28 @@ fn the_admin_key_file_is_where_the_secret_is_mounted_and_root_alone_reads_it() {
     let secret = Manifests::find(&m.examples, "Secret", "ol-secrets");
     let secret_keys = &secret["stringData"];
     assert!(secret_keys[text(&items[0], "key")].is_string());
-    // The rest of the Secret arrives in the environment, by keys it has.
+    // The rest of the Secret arrives in the environment, by keys it has:
+    // the S3 keys config.json leaves empty.
+    let mut from_secret = Vec::new();
     for env in container["env"].as_array().expect("env") {
         if let Some(from) = env["valueFrom"]["secretKeyRef"].as_object() {
             assert_eq!(from["name"], "ol-secrets");
             assert!(secret_keys[text(&env["valueFrom"]["secretKeyRef"], "key")].is_string());
+            from_secret.push(text(env, "name"));
         }
     }
+    from_secret.sort_unstable();
+    assert_eq!(from_secret, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
+    assert_eq!(
+        (
+            config.registry_s3.access_key.as_str(),
+            config.registry_s3.secret_key.as_str()
+        ),
+        (
+            "access_key from the environment",
+            "secret_key from the environment"
+        )
+    );
 }
 
 #[test]

@@ -43,10 +43,7 @@ pub enum LogTo {
 /// process [`spawn_detached`] started leaves the terminal's session first,
 /// so its hangup never reaches the worker.
 pub fn serve_here(dir: &WorkerDir, config: &Config, log_to: LogTo) -> Result<(), WorkerError> {
-    let detached = std::env::var_os(DETACHED_ENV).is_some();
-    if detached {
-        let _ = nix::unistd::setsid();
-    }
+    let detached = leave_session_if_detached();
     let ansi = !detached
         && match log_to {
             LogTo::Stderr => std::io::stderr().is_terminal(),
@@ -60,6 +57,17 @@ pub fn serve_here(dir: &WorkerDir, config: &Config, log_to: LogTo) -> Result<(),
         tracing::info!(file = %trace.path().display(), "trace written");
     }
     served
+}
+
+/// Whether this process was started by [`spawn_detached`]; if so, it
+/// leaves the session it was started in, so a hangup of the terminal that
+/// started it never reaches it.
+pub fn leave_session_if_detached() -> bool {
+    let detached = std::env::var_os(DETACHED_ENV).is_some();
+    if detached {
+        let _ = nix::unistd::setsid();
+    }
+    detached
 }
 
 /// Logs to `log_to`, filtered by `OL_LOG`; with `trace_file`, also writes
@@ -94,6 +102,18 @@ fn init_logging(
 /// session, no input, its output appended to `log`. The process is meant
 /// to end in [`serve_here`].
 pub fn spawn_detached(args: &[OsString], log: &Path) -> Result<Starting, WorkerError> {
+    spawn_detached_with("the worker", args, &[], log)
+}
+
+/// [`spawn_detached`] for any long-running `ol` command (`what` names it
+/// in errors: "the registry"), with `envs` added to its environment (keys
+/// that must not show in its command line).
+pub fn spawn_detached_with(
+    what: &'static str,
+    args: &[OsString],
+    envs: &[(&str, &str)],
+    log: &Path,
+) -> Result<Starting, WorkerError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| WorkerError::Io { what, path, source }
@@ -111,6 +131,7 @@ pub fn spawn_detached(args: &[OsString], log: &Path) -> Result<Starting, WorkerE
     let exe = std::env::current_exe().map_err(io("cannot find the ol binary for", log))?;
     let child = Command::new(&exe)
         .args(args)
+        .envs(envs.iter().copied())
         .env(DETACHED_ENV, "1")
         .stdin(Stdio::null())
         .stdout(out)
@@ -118,6 +139,7 @@ pub fn spawn_detached(args: &[OsString], log: &Path) -> Result<Starting, WorkerE
         .spawn()
         .map_err(io("cannot start", &exe))?;
     Ok(Starting {
+        what,
         child,
         log: log.to_path_buf(),
         log_start,
@@ -127,6 +149,7 @@ pub fn spawn_detached(args: &[OsString], log: &Path) -> Result<Starting, WorkerE
 /// A worker process started by [`spawn_detached`], not known to serve yet.
 #[derive(Debug)]
 pub struct Starting {
+    what: &'static str,
     child: Child,
     log: PathBuf,
     log_start: u64,
@@ -139,15 +162,33 @@ impl Starting {
     }
 
     /// Waits until the worker of `dir` (this process) answers `/status`
-    /// with `ready` at the address `config` binds, and returns its port. Fails, quoting what its log
-    /// says since it started, when it exits first or is not ready within
-    /// `timeout` (it is killed then).
+    /// with `ready` at the address `config` binds, and returns its port.
+    /// Fails, quoting what its log says since it started, when it exits
+    /// first or is not ready within `timeout` (it is killed then).
     pub fn wait_ready(
-        mut self,
+        self,
         dir: &WorkerDir,
         config: &Config,
         timeout: Duration,
     ) -> Result<u16, WorkerError> {
+        self.wait_until(timeout, || {
+            let port = dir.running().and_then(|r| r.port)?;
+            let url = format!("{}/status", config.local_url(port));
+            client::get(&url, Duration::from_secs(2))
+                .is_ok_and(|a| a.status == 200 && a.body == "ready")
+                .then_some(port)
+        })
+    }
+
+    /// Waits until `ready` (asked every few milliseconds) gives a value,
+    /// while the process runs. Fails, quoting what its log says since it
+    /// started, when it exits first or `ready` gives nothing within
+    /// `timeout` (it is killed then).
+    pub fn wait_until<T>(
+        mut self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Result<T, WorkerError> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.child.try_wait() {
@@ -157,13 +198,8 @@ impl Starting {
                 Ok(None) => {}
                 Err(e) => return Err(self.failed(format!("cannot be waited for: {e}"))),
             }
-            if let Some(port) = dir.running().and_then(|r| r.port) {
-                let url = format!("{}/status", config.local_url(port));
-                if client::get(&url, Duration::from_secs(2))
-                    .is_ok_and(|a| a.status == 200 && a.body == "ready")
-                {
-                    return Ok(port);
-                }
+            if let Some(value) = ready() {
+                return Ok(value);
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
@@ -176,6 +212,7 @@ impl Starting {
 
     fn failed(&self, why: String) -> WorkerError {
         WorkerError::NotStarted {
+            what: self.what,
             why,
             log: self.log.clone(),
             tail: log_tail(&self.log, self.log_start),

@@ -35,7 +35,9 @@ pub mod workdir;
 use std::path::PathBuf;
 
 pub use config::Config;
-pub use lifecycle::{StopOutcome, check_startable, force_cleanup, run_worker, stop_worker};
+pub use lifecycle::{
+    StopOutcome, check_startable, force_cleanup, run_worker, stop_process, stop_worker,
+};
 pub use workdir::{BaseSource, Running, WorkerDir, provision_base, write_config, write_examples};
 
 /// Errors of the event layer; each says what to do about it.
@@ -63,9 +65,12 @@ pub enum WorkerError {
     /// The base could not be built or its Python not found.
     #[error(transparent)]
     Base(#[from] ol_base::BaseError),
-    /// A worker started in the background did not come up.
-    #[error("the worker {why}; its log {log} says:\n{tail}")]
+    /// A worker (or the code store) started in the background did not
+    /// come up.
+    #[error("{what} {why}; its log {log} says:\n{tail}")]
     NotStarted {
+        /// What was started: "the worker", "the registry".
+        what: &'static str,
         /// What happened to it.
         why: String,
         /// Its log file.

@@ -364,21 +364,26 @@ pub enum StopOutcome {
 pub fn stop_worker(dir: &WorkerDir, timeout: Duration) -> Result<StopOutcome, WorkerError> {
     let outcome = match dir.running() {
         None => StopOutcome::NotRunning,
-        Some(running) => {
-            let pid = running.pid;
-            let started = process_start_time(pid);
-            signal_pid(pid, Signal::SIGTERM)?;
-            if wait_gone(pid, started, timeout) {
-                StopOutcome::Stopped { pid }
-            } else {
-                signal_pid(pid, Signal::SIGKILL)?;
-                wait_gone(pid, started, Duration::from_secs(10));
-                StopOutcome::Killed { pid }
-            }
-        }
+        Some(running) => stop_process(running.pid, timeout)?,
     };
     cleanup_dir(dir)?;
     Ok(outcome)
+}
+
+/// Asks the process `pid` to stop (SIGTERM) and waits for it, killing it
+/// after `timeout`.
+pub fn stop_process(pid: u32, timeout: Duration) -> Result<StopOutcome, WorkerError> {
+    let started = process_start_time(pid);
+    if started.is_none() {
+        return Ok(StopOutcome::NotRunning);
+    }
+    signal_pid(pid, Signal::SIGTERM)?;
+    if wait_gone(pid, started, timeout) {
+        return Ok(StopOutcome::Stopped { pid });
+    }
+    signal_pid(pid, Signal::SIGKILL)?;
+    wait_gone(pid, started, Duration::from_secs(10));
+    Ok(StopOutcome::Killed { pid })
 }
 
 /// `ol worker force-cleanup`: kills the worker if it still runs, then every
@@ -405,7 +410,7 @@ fn signal_pid(pid: u32, sig: Signal) -> Result<(), WorkerError> {
     match kill(Pid::from_raw(pid as i32), sig) {
         Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
         Err(e) => Err(WorkerError::Usage(format!(
-            "cannot send {sig} to worker pid {pid}: {e}"
+            "cannot send {sig} to pid {pid}: {e}"
         ))),
     }
 }

@@ -306,12 +306,13 @@ pub fn write_examples(registry: &Path) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// Writes `config` to `path` with every key, atomically.
+/// Writes `config` to `path` with every key, atomically, readable by its
+/// owner alone (it may hold keys: `admin.key`, `registry_s3.secret_key`).
 pub fn write_config(path: &Path, config: &Config) -> Result<(), WorkerError> {
     let mut text = serde_json::to_string_pretty(config)
         .map_err(|e| WorkerError::Usage(format!("cannot encode config: {e}")))?;
     text.push('\n');
-    write_file(path, &text)
+    write_file_mode(path, &text, 0o600)
 }
 
 fn create_dir(dir: &Path) -> Result<(), WorkerError> {
@@ -325,8 +326,21 @@ fn create_dir(dir: &Path) -> Result<(), WorkerError> {
 /// Writes a file atomically (temp file + rename), so a reader never sees
 /// half of it.
 fn write_file(path: &Path, text: &str) -> Result<(), WorkerError> {
+    write_file_mode(path, text, 0o644)
+}
+
+/// [`write_file`] with permissions `mode` (less the umask).
+fn write_file_mode(path: &Path, text: &str, mode: u32) -> Result<(), WorkerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&tmp, text)
+    let _ = fs::remove_file(&tmp);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
         .and_then(|()| fs::rename(&tmp, path))
         .map_err(|source| WorkerError::Io {
             what: "cannot write",
@@ -354,6 +368,9 @@ mod tests {
         assert!(wd.registry().join("hello-legacy/lambda_func.py").is_file());
         let loaded = Config::load(&wd.config_file(), &[]).expect("load");
         assert_eq!(loaded, config);
+        // It may hold keys: its owner alone reads it.
+        let mode = fs::metadata(wd.config_file()).expect("stat").permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077, 0);
         assert_eq!(config.registry_dir(wd.root()), wd.registry());
         assert_eq!(config.base, BaseKind::Host);
         wd.check_base(&config).expect("host base, host config");
