@@ -156,14 +156,8 @@ impl TestCluster {
     /// Asserts the cluster left nothing: no process, pid file, cgroup or
     /// mount of any of its workers.
     fn assert_nothing_left(&self) {
-        // The process backend's cleanup SIGKILLs each sandbox's process
-        // group and returns: one may still be dying.
-        assert!(
-            eventually(Duration::from_secs(5), || processes_mentioning(&self.root)
-                .is_empty()),
-            "processes left behind: {:?}",
-            processes_mentioning(&self.root)
-        );
+        // `kill` returns once every process it killed is gone.
+        assert_no_processes(&self.root);
         for i in 0..self.ports.len() {
             assert!(!self.path(&format!("logs/worker-{i}.pid")).exists());
             assert!(
