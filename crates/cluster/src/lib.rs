@@ -215,6 +215,14 @@ pub(crate) fn io_err(
     move |source| ClusterError::Io { what, path, source }
 }
 
+/// Removes `file`; one that is not there is fine.
+pub(crate) fn remove_if_present(file: &std::path::Path) -> Result<(), ClusterError> {
+    match std::fs::remove_file(file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("cannot remove", file)(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Runs one `ol cluster` command, printing what it did.
 pub fn run(cmd: ClusterCommand) -> Result<(), ClusterError> {
     match cmd {

@@ -24,7 +24,7 @@ use ol_sandbox::pids::{pid_record, process_start_time, read_pid_record};
 use ol_worker::{Config, StopOutcome, launch, stop_process};
 use serde_json::json;
 
-use crate::{Cluster, ClusterError, io_err, template};
+use crate::{Cluster, ClusterError, io_err, remove_if_present, template};
 
 /// The environment variables the store's keys may come from (and through
 /// which `registry` hands them to the process it starts, never on its
@@ -309,12 +309,7 @@ pub fn stop(cluster: &Cluster) -> Result<Option<String>, ClusterError> {
         port_file(cluster),
         pid_file(cluster),
     ] {
-        match std::fs::remove_file(&file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err("cannot remove", &file)(e));
-            }
-            _ => {}
-        }
+        remove_if_present(&file)?;
     }
     Ok(match outcome {
         StopOutcome::NotRunning if !had_one => None,

@@ -20,7 +20,7 @@ use ol_worker::{
 };
 
 use crate::layout::ClusterWorker;
-use crate::{Cluster, ClusterError, io_err, registry};
+use crate::{Cluster, ClusterError, io_err, registry, remove_if_present};
 
 /// How long a worker may take to answer `/status` after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -204,13 +204,7 @@ fn stop_one(cluster: &Cluster, w: &ClusterWorker) -> Result<String, ClusterError
     // `stop_worker` cleans up too; this also kills a worker that started
     // after the check and anything it left.
     force_cleanup(&w.dir)?;
-    let pid_file = cluster.worker_pid_file(w.index);
-    match std::fs::remove_file(&pid_file) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_err("cannot remove", &pid_file)(e));
-        }
-        _ => {}
-    }
+    remove_if_present(&cluster.worker_pid_file(w.index))?;
     Ok(match outcome {
         StopOutcome::NotRunning => format!("{}: not running", w.name),
         StopOutcome::Stopped { pid } => format!("{}: stopped (pid {pid})", w.name),
@@ -223,15 +217,8 @@ fn stop_one(cluster: &Cluster, w: &ClusterWorker) -> Result<String, ClusterError
 
 /// Removes worker `w`'s config and pid files.
 fn forget(cluster: &Cluster, w: &ClusterWorker) -> Result<(), ClusterError> {
-    for file in [w.config_file.clone(), cluster.worker_pid_file(w.index)] {
-        match std::fs::remove_file(&file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err("cannot remove", &file)(e));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    remove_if_present(&w.config_file)?;
+    remove_if_present(&cluster.worker_pid_file(w.index))
 }
 
 /// `ol cluster status`: OpenLambda's report (each worker's `/status`,
