@@ -247,8 +247,10 @@ pub fn status(cluster: &Cluster) -> Result<(), ClusterError> {
             cluster.root().display()
         );
     }
-    for w in &workers {
-        let url = format!("{}/status", Reach::of(w).url);
+    // Each worker's address and key, read from its config file once.
+    let reaches: Vec<Reach> = workers.iter().map(Reach::of).collect();
+    for (w, reach) in workers.iter().zip(&reaches) {
+        let url = format!("{}/status", reach.url);
         let line = match ping(w, &url) {
             Ok(line) => line,
             Err(line) => {
@@ -260,13 +262,12 @@ pub fn status(cluster: &Cluster) -> Result<(), ClusterError> {
     }
     println!();
     println!("Cluster containers:");
-    for w in &workers {
-        let Reach { url: base, key } = Reach::of(w);
+    for (w, Reach { url: base, key }) in workers.iter().zip(&reaches) {
         let Some(_) = w.dir.running() else {
             println!("  {} ({base}): not running", w.name);
             continue;
         };
-        match client::stats_with_key(&base, key.as_ref(), PING_TIMEOUT) {
+        match client::stats_with_key(base, key.as_ref(), PING_TIMEOUT) {
             Ok(stats) => {
                 let layer = &stats.lambda_layer;
                 let by = layer.sandboxes_by_state;
