@@ -476,10 +476,15 @@ fn a_killed_worker_is_out_within_a_second_and_rejoins_when_back() {
     let port = format!("worker_port={victim_port}");
     let out = up_detached(dead.path(), Backend::Process, &[&port], &[], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let restarted = Instant::now();
     let back = eventually(Duration::from_secs(5), || {
         (0..6).any(|_| worker_of(&lb.run("who", "{}")) == 2)
     });
     assert!(back, "the worker that came back got no call");
+    eprintln!(
+        "back on its port, it took a call {:?} after it served",
+        restarted.elapsed()
+    );
     let (ok, text) = lb.status();
     assert!(ok, "{text}");
     lb.down();
