@@ -95,20 +95,14 @@ pub fn engine_pid_file(dir: &Path) -> PathBuf {
 /// Whether `pid` is alive and its command line holds each of `marks`
 /// (so a pid reused by another process is never taken for ours).
 fn alive_with(pid: u32, marks: &[&str]) -> bool {
+    if ol_sandbox::pids::process_start_time(pid).is_none() {
+        return false;
+    }
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true);
-    !zombie && marks.iter().all(|m| cmdline.contains(m))
+    marks.iter().all(|m| cmdline.contains(m))
 }
 
 /// The balancer running in `dir`: its state, when its supervisor lives.

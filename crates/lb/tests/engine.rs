@@ -125,6 +125,15 @@ fn wait_up(engine: &Engine, up: usize) {
     }
 }
 
+/// Removes `backend` from the engine, waits until `left` are up.
+fn remove(engine: &Engine, backend: &Backend, left: usize) {
+    engine
+        .api()
+        .remove_server(&backend.server)
+        .expect("del server");
+    wait_up(engine, left);
+}
+
 const NAMES: usize = 400;
 
 /// Which backend each of [`NAMES`] lambdas goes to.
@@ -154,29 +163,24 @@ fn every_policy_gives_a_config_haproxy_accepts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let servers: BTreeSet<Server> = [Server("127.0.0.1:1".parse().expect("addr"))].into();
     let keys = [
-        None,
-        Some(ContentKey::Header("X-Session".into())),
-        Some(ContentKey::Query("db".into())),
-        Some(ContentKey::Json("user".into())),
+        ContentKey::Header("X-Session".into()),
+        ContentKey::Query("db".into()),
+        ContentKey::Json("user".into()),
     ];
-    for kind in [
+    let policies = [
         PolicyKind::RoundRobin,
         PolicyKind::LeastLoaded,
         PolicyKind::Name,
-    ] {
-        let s = settings(tmp.path(), Policy::new(kind, 0.25, None).expect("policy"));
+    ]
+    .map(|kind| Policy::new(kind, 0.25, None))
+    .into_iter()
+    .chain(keys.map(|k| Policy::new(PolicyKind::Content, 0.25, Some(k))));
+    for policy in policies {
+        let s = settings(tmp.path(), policy.expect("policy"));
         haproxy::write_error_pages(&s).expect("error pages");
         std::fs::write(s.config_file(), haproxy::render_config(&s, &servers)).expect("write");
-        haproxy::check_config(&binary, &s.config_file()).unwrap_or_else(|e| panic!("{kind}: {e}"));
-    }
-    for key in keys.into_iter().flatten() {
-        let s = settings(
-            tmp.path(),
-            Policy::new(PolicyKind::Content, 0.25, Some(key.clone())).expect("policy"),
-        );
-        haproxy::write_error_pages(&s).expect("error pages");
-        std::fs::write(s.config_file(), haproxy::render_config(&s, &servers)).expect("write");
-        haproxy::check_config(&binary, &s.config_file()).unwrap_or_else(|e| panic!("{key}: {e}"));
+        haproxy::check_config(&binary, &s.config_file())
+            .unwrap_or_else(|e| panic!("{}: {e}", s.policy));
     }
 }
 
@@ -216,11 +220,7 @@ fn name_is_a_ring_adding_or_removing_a_worker_moves_about_one_nth() {
     );
 
     // Remove it again: every lambda is back where it was.
-    engine
-        .api()
-        .remove_server(&backends[3].server)
-        .expect("del server");
-    wait_up(&engine, 3);
+    remove(&engine, &backends[3], 3);
     assert_eq!(
         placement(port),
         before,
@@ -228,11 +228,7 @@ fn name_is_a_ring_adding_or_removing_a_worker_moves_about_one_nth() {
     );
 
     // Remove worker 0: only its lambdas move.
-    engine
-        .api()
-        .remove_server(&backends[0].server)
-        .expect("del server");
-    wait_up(&engine, 2);
+    remove(&engine, &backends[0], 2);
     let removed = placement(port);
     for (name, was) in &before {
         if *was != 0 {

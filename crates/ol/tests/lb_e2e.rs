@@ -188,6 +188,24 @@ fn three_workers(backend: Backend) -> Vec<TestWorker> {
         .collect()
 }
 
+/// Three workers on the process backend and a balancer with `args` in
+/// front of them.
+fn behind_lb(args: &[&str]) -> (Vec<TestWorker>, TestLb) {
+    let workers = three_workers(Backend::Process);
+    let refs: Vec<&TestWorker> = workers.iter().collect();
+    let lb = TestLb::up(&refs, args);
+    (workers, lb)
+}
+
+/// Sends SIGKILL to `pid`.
+fn sigkill(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+}
+
 /// Which worker answered a call of `who` (or `f<i>`).
 fn worker_of(a: &Answer) -> usize {
     assert_eq!(a.status, 200, "{}", a.body);
@@ -211,9 +229,7 @@ fn warm(workers: &[TestWorker]) -> Vec<BTreeSet<String>> {
 
 #[test]
 fn calls_pass_through_unchanged_and_the_balancers_errors_are_json() {
-    let workers = three_workers(Backend::Process);
-    let refs: Vec<&TestWorker> = workers.iter().collect();
-    let mut lb = TestLb::up(&refs, &["--policy", "round-robin"]);
+    let (workers, mut lb) = behind_lb(&["--policy", "round-robin"]);
 
     // Method, path, query, headers and body reach the lambda as sent;
     // its status, headers and body come back as it sent them.
@@ -272,9 +288,7 @@ fn calls_pass_through_unchanged_and_the_balancers_errors_are_json() {
 
 #[test]
 fn name_keeps_each_lambda_on_one_worker_and_status_shows_where() {
-    let workers = three_workers(Backend::Process);
-    let refs: Vec<&TestWorker> = workers.iter().collect();
-    let mut lb = TestLb::up(&refs, &["--policy", "name"]);
+    let (workers, mut lb) = behind_lb(&["--policy", "name"]);
     let mut home = BTreeMap::new();
     for round in 0..4 {
         for i in 0..12 {
@@ -314,9 +328,7 @@ fn name_keeps_each_lambda_on_one_worker_and_status_shows_where() {
 
 #[test]
 fn name_spills_a_loaded_lambda_over_to_other_workers() {
-    let workers = three_workers(Backend::Process);
-    let refs: Vec<&TestWorker> = workers.iter().collect();
-    let mut lb = TestLb::up(&refs, &["--policy", "name", "--epsilon", "0.25"]);
+    let (_workers, mut lb) = behind_lb(&["--policy", "name", "--epsilon", "0.25"]);
     // One at a time, the lambda stays home.
     let home = worker_of(&lb.run("who", "{}"));
     for _ in 0..5 {
@@ -401,9 +413,7 @@ fn load(
 
 #[test]
 fn a_killed_worker_is_out_within_a_second_and_rejoins_when_back() {
-    let mut workers = three_workers(Backend::Process);
-    let refs: Vec<&TestWorker> = workers.iter().collect();
-    let mut lb = TestLb::up(&refs, &["--policy", "round-robin"]);
+    let (mut workers, mut lb) = behind_lb(&["--policy", "round-robin"]);
     let victim_port = workers[2].port;
     let victim_pid = workers[2].worker_pid();
     let stop = Mutex::new(false);
@@ -411,12 +421,14 @@ fn a_killed_worker_is_out_within_a_second_and_rejoins_when_back() {
     let calls = std::thread::scope(|s| {
         let load = s.spawn(|| load(lb.port, 3, 2000, Duration::from_secs(12), &stop));
         std::thread::sleep(Duration::from_millis(1500));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(victim_pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill the worker");
+        sigkill(victim_pid);
+        // Dead once its sockets are closed: when it is a zombie or gone
+        // (a call sent before that was in flight on it).
+        let gone = eventually(Duration::from_secs(5), || {
+            ol_sandbox::pids::process_start_time(victim_pid).is_none()
+        });
         *killed_at.lock().expect("killed_at") = Some(Instant::now());
+        assert!(gone, "the worker outlived SIGKILL");
         std::thread::sleep(Duration::from_millis(2500));
         *stop.lock().expect("stop") = true;
         load.join().expect("load")
@@ -492,9 +504,7 @@ fn a_killed_worker_is_out_within_a_second_and_rejoins_when_back() {
 
 #[test]
 fn content_keeps_each_user_on_one_worker_by_a_json_field() {
-    let workers = three_workers(Backend::Process);
-    let refs: Vec<&TestWorker> = workers.iter().collect();
-    let mut lb = TestLb::up(&refs, &["--policy", "content", "--key", "json:user"]);
+    let (_workers, mut lb) = behind_lb(&["--policy", "content", "--key", "json:user"]);
     let mut home = BTreeMap::new();
     for round in 0..3 {
         for user in 0..12 {
@@ -570,11 +580,7 @@ fn down_stops_the_engine_even_after_the_supervisor_was_killed() {
         serde_json::from_str(&std::fs::read_to_string(lb.dir.join("lb.json")).expect("lb.json"))
             .expect("state");
     let engine = lb.engine_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(state["pid"].as_u64().expect("pid") as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the supervisor");
+    sigkill(state["pid"].as_u64().expect("pid") as u32);
     assert!(Path::new(&format!("/proc/{engine}")).exists());
     lb.down();
     assert!(processes_mentioning(&lb.dir).is_empty());
