@@ -257,6 +257,17 @@ pub fn status(cluster: &Cluster) -> Result<(), ClusterError> {
         }
         println!();
     }
+    if let Some(lb) = ol_lb::control::running(&crate::lb::dir(cluster)) {
+        println!("Balancer:");
+        println!(
+            "  {} => running (pid {}, policy {}; `ol lb status -p {}`)",
+            lb.url(),
+            lb.pid,
+            lb.policy,
+            crate::lb::dir(cluster).display()
+        );
+        println!();
+    }
     println!("Worker Pings:");
     if workers.is_empty() {
         println!(

@@ -99,9 +99,6 @@ pub enum LbError {
         /// Its port.
         port: u16,
     },
-    /// The source names no worker.
-    #[error("{0}: no worker found; start the workers first (`ol cluster workers`, `ol worker up`)")]
-    NoWorkers(String),
     /// The engine kept dying.
     #[error(
         "haproxy exited ({status}) {restarts} times within a minute; its log is above (or in the balancer's log)"

@@ -56,9 +56,17 @@ pub fn run(
         ol_worker::stop_process(stale, Duration::from_secs(5))?;
     }
     let binary = haproxy::find_binary()?;
-    let servers = source.servers()?;
+    // Workers may come later (a Deployment's pods before the workers'
+    // are ready): until then, /status and calls answer 503.
+    let servers = match source.servers() {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "no worker found yet; waiting for them");
+            BTreeSet::new()
+        }
+    };
     if servers.is_empty() {
-        return Err(LbError::NoWorkers(source.describe()));
+        tracing::warn!(workers = %source.describe(), "no worker yet: calls get 503 until one appears");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -36,9 +36,19 @@ fn up(args: &UpArgs) -> Result<()> {
     let workers = source(&spec)?;
     // What would stop it, said in this terminal rather than in a log.
     ol_lb::haproxy::find_binary()?;
-    let found: BTreeSet<Server> = workers.servers()?;
+    // Workers may start later; say so here, where it is seen.
+    let found: BTreeSet<Server> = match workers.servers() {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("ol lb: {e}");
+            BTreeSet::new()
+        }
+    };
     if found.is_empty() {
-        return Err(ol_lb::LbError::NoWorkers(workers.describe()).into());
+        eprintln!(
+            "ol lb: no worker found yet from {}: calls get 503 until one appears (looked up every second)",
+            workers.describe()
+        );
     }
     if args.detach {
         let log = dir.join("lb.log");
@@ -86,6 +96,9 @@ fn status(dir: &std::path::Path, key_file: Option<&std::path::Path>) -> Result<(
         state.url(),
         state.policy
     );
+    if workers.is_empty() {
+        bail!("no worker yet from {source}: start them (`ol cluster workers`, `ol worker up`)");
+    }
     let mut down = Vec::new();
     for w in &workers {
         let e = &w.engine;

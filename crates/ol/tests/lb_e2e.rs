@@ -5,7 +5,8 @@
 //! in flight, out within a second) and rejoining when it comes back;
 //! `content` keyed on a JSON field; `status`; `ol cluster workers
 //! --lb-port`; and no process left after `down` (even after the
-//! supervisor was killed). HAProxy must be installed (`.ci/run` does).
+//! supervisor was killed); workers found as they start, and a JSON 503
+//! while none is up. HAProxy must be installed (`.ci/run` does).
 //! All traffic goes to 127.0.0.1; every load loop is bounded in calls
 //! and time.
 
@@ -634,6 +635,18 @@ fn cluster_workers_start_a_balancer_and_kill_stops_it(backend: Backend) {
         assert!(out.status.success(), "{text}{}", stderr(&out));
         assert_eq!(text.matches(" UP ").count(), 3, "{text}");
         assert!(text.contains("holds hello"), "{text}");
+        let status = Command::new(ol_bin())
+            .args(["cluster", "status", "--cluster"])
+            .arg(&root)
+            .output()
+            .expect("run ol");
+        assert!(
+            stdout(&status).contains(&format!(
+                "Balancer:\n  http://127.0.0.1:{lb_port} => running"
+            )),
+            "{}",
+            stdout(&status)
+        );
     });
     let said = cluster(&["kill"]);
     assert!(said.starts_with("lb: balancer stopped"), "{said}");
@@ -647,4 +660,80 @@ fn cluster_workers_start_a_balancer_and_kill_stops_it(backend: Backend) {
         processes_mentioning(&root)
     );
     assert!(!lb_dir.join("lb.json").exists());
+}
+
+#[test]
+fn workers_that_come_later_are_found_and_none_up_is_a_json_503() {
+    let tmp = tempfile::Builder::new()
+        .prefix("ol-lb-later-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let root = tmp.path().join("cluster");
+    let cluster = |args: &[&str]| {
+        let out = Command::new(ol_bin())
+            .arg("cluster")
+            .args(args)
+            .arg("--cluster")
+            .arg(&root)
+            .output()
+            .expect("run ol");
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    cluster(&["new"]);
+    cluster(&["setconf", r#"{"sandbox": "process"}"#]);
+    // A balancer on a cluster with no worker yet: it starts and says 503.
+    let root_arg = root.to_string_lossy().into_owned();
+    let mut lb = TestLb::up_with(&["--cluster", &root_arg, "--policy", "least-loaded"]);
+    let a = request("GET", &lb.url("/status"), b"");
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no worker"))
+    );
+    let a = lb.run("hello", "{}");
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a.json()["error"].is_string(), "{}", a.body);
+    let (ok, text) = lb.status();
+    assert!(!ok && text.contains("no worker yet"), "{text}");
+
+    // Workers started: found within the second, then their checks pass.
+    let first = free_ports(2);
+    cluster(&[
+        "workers",
+        "--num-workers",
+        "2",
+        "--port",
+        &first.to_string(),
+    ]);
+    let found = eventually(Duration::from_secs(5), || {
+        request("GET", &lb.url("/status"), b"").status == 200
+    });
+    let text = lb.status().1;
+    assert!(
+        found,
+        "the balancer never found the cluster's workers:\n{text}"
+    );
+    let a = lb.run("hello", r#"{"name": "Ada"}"#);
+    assert_eq!((a.status, a.body.as_str()), (200, "\"Hello, Ada!\""));
+    assert!(
+        eventually(Duration::from_secs(5), || lb.status().0),
+        "{}",
+        lb.status().1
+    );
+    assert_eq!(
+        lb.status().1.matches(" UP ").count(),
+        2,
+        "{}",
+        lb.status().1
+    );
+
+    // Killed: no worker is up, and the balancer says so as JSON.
+    cluster(&["kill"]);
+    assert!(eventually(Duration::from_secs(3), || {
+        request("GET", &lb.url("/status"), b"").status == 503
+    }));
+    let a = lb.run("hello", "{}");
+    assert_eq!(a.status, 503, "{}", a.body);
+    lb.down();
 }
