@@ -99,6 +99,16 @@ pub enum LbError {
         /// Its port.
         port: u16,
     },
+    /// The engine exited as it started.
+    #[error(
+        "haproxy exited ({status}) as it started: its message is above, or in the balancer's log (is port {port} taken?)"
+    )]
+    EngineNotStarted {
+        /// Its exit status.
+        status: String,
+        /// The port it was to listen on.
+        port: u16,
+    },
     /// The engine kept dying.
     #[error(
         "haproxy exited ({status}) {restarts} times within a minute; its log is above (or in the balancer's log)"

@@ -116,9 +116,9 @@ impl Engine {
         let deadline = Instant::now() + ENGINE_READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(LbError::EngineDied {
+                return Err(LbError::EngineNotStarted {
                     status: status.to_string(),
-                    restarts: 0,
+                    port: settings.port,
                 });
             }
             if api.servers().is_ok() {

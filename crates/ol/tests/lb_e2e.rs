@@ -570,6 +570,32 @@ fn bad_arguments_fail_saying_what_to_do() {
     }
     let out = ol_lb(&["down", "-p", &d]);
     assert!(out.status.success() && stdout(&out).contains("no balancer runs"));
+    // A port already taken: the start fails, quoting HAProxy, and
+    // nothing is left running.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let out = ol_lb(&[
+        "up",
+        "-d",
+        "-p",
+        &d,
+        "--port",
+        &port,
+        "--workers",
+        "http://127.0.0.1:1",
+    ]);
+    assert!(!out.status.success(), "started on a taken port");
+    let said = stderr(&out);
+    assert!(
+        said.contains("cannot bind") && said.contains(&format!("port {port} taken")),
+        "{said}"
+    );
+    assert!(
+        processes_mentioning(&dir).is_empty(),
+        "{:?}",
+        processes_mentioning(&dir)
+    );
+    assert!(!dir.join("lb.json").exists());
 }
 
 #[test]
@@ -585,6 +611,27 @@ fn down_stops_the_engine_even_after_the_supervisor_was_killed() {
     assert!(Path::new(&format!("/proc/{engine}")).exists());
     lb.down();
     assert!(processes_mentioning(&lb.dir).is_empty());
+}
+
+#[test]
+fn a_dead_engine_is_started_again() {
+    let (workers, mut lb) = behind_lb(&[]);
+    assert_eq!(
+        worker_of(&lb.run("who", "{}")),
+        worker_of(&lb.run("who", "{}"))
+    );
+    let first = lb.engine_pid();
+    sigkill(first);
+    let again = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(lb.dir.join("haproxy.pid"))
+            .is_ok_and(|p| p.trim() != first.to_string())
+            && std::net::TcpStream::connect(("127.0.0.1", lb.port)).is_ok()
+            && request("GET", &lb.url("/status"), b"").status == 200
+    });
+    assert!(again, "HAProxy was not started again");
+    let a = lb.run("who", "{}");
+    assert!(worker_of(&a) < workers.len());
+    lb.down();
 }
 
 on_both_backends!(cluster_workers_start_a_balancer_and_kill_stops_it);
