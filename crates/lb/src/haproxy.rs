@@ -203,7 +203,13 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
     let _ = writeln!(c, "    http-check expect status 200");
     let keywords = server_keywords();
     for s in servers {
-        let _ = writeln!(c, "    server {} {} {keywords}", s.name(), s.0);
+        let _ = writeln!(
+            c,
+            "    server {} {} id {} {keywords}",
+            s.name(),
+            s.0,
+            s.engine_id()
+        );
     }
     c
 }
@@ -284,8 +290,8 @@ mod tests {
             "retries 3",
             "option redispatch 1",
             "errorfile 503 /run/ol-lb/errors/503.http",
-            "server 127.0.0.1:8081 127.0.0.1:8081 check inter 250ms",
-            "server 127.0.0.1:8082 127.0.0.1:8082 check",
+            "server 127.0.0.1:8081 127.0.0.1:8081 id ",
+            " check inter 250ms",
             "observe layer4 error-limit 1 on-error mark-down",
             "unless { path_beg /run/ /runLambda/ }",
         ] {

@@ -95,7 +95,12 @@ impl RuntimeApi {
     pub fn add_server(&self, server: &Server) -> Result<(), LbError> {
         let name = format!("{BACKEND}/{}", server.name());
         self.command_expecting(
-            &format!("add server {name} {} {}", server.0, server_keywords()),
+            &format!(
+                "add server {name} {} id {} {}",
+                server.0,
+                server.engine_id(),
+                server_keywords()
+            ),
             "New server registered",
         )?;
         self.command_expecting(&format!("enable health {name}"), "")?;

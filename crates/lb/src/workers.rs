@@ -90,6 +90,19 @@ impl Server {
     pub fn url(&self) -> String {
         format!("http://{}", self.0)
     }
+
+    /// Its id in the engine, from its address alone (FNV-1a of its name,
+    /// in 1..2^31). HAProxy places a server on the hash ring by its id,
+    /// and would otherwise number servers in the order it learns of them:
+    /// with the id of the address, a worker that leaves and comes back
+    /// takes its old place, a restarted balancer keeps its ring, and
+    /// replicas of the balancer agree on where each lambda goes.
+    pub fn engine_id(&self) -> u32 {
+        let hash = self.name().bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        (hash & 0x7fff_ffff).max(1)
+    }
 }
 
 /// Where the workers come from; asked again every second.
@@ -216,6 +229,17 @@ mod tests {
             [server("127.0.0.1:8080")]
         );
         Ok(())
+    }
+
+    #[test]
+    fn engine_ids_depend_on_the_address_alone() {
+        let a = server("127.0.0.1:8080");
+        assert_eq!(a.engine_id(), server("127.0.0.1:8080").engine_id());
+        assert!(a.engine_id() >= 1 && a.engine_id() < 1 << 31);
+        let ids: BTreeSet<u32> = (8000..8100)
+            .map(|p| server(&format!("127.0.0.1:{p}")).engine_id())
+            .collect();
+        assert_eq!(ids.len(), 100, "ids collide");
     }
 
     #[test]

@@ -227,6 +227,20 @@ fn name_is_a_ring_adding_or_removing_a_worker_moves_about_one_nth() {
         "removing the new worker did not restore the ring"
     );
 
+    // Back again (new to the engine, same address): the same ring as
+    // with it before.
+    engine
+        .api()
+        .add_server(&backends[3].server)
+        .expect("add server");
+    wait_up(&engine, 4);
+    assert_eq!(
+        placement(port),
+        added,
+        "the worker that came back is elsewhere on the ring"
+    );
+    remove(&engine, &backends[3], 3);
+
     // Remove worker 0: only its lambdas move.
     remove(&engine, &backends[0], 2);
     let removed = placement(port);
@@ -238,6 +252,18 @@ fn name_is_a_ring_adding_or_removing_a_worker_moves_about_one_nth() {
         }
     }
     engine.stop();
+
+    // A new engine on the same workers, learnt in another order (from
+    // its config this time): the same ring.
+    let policy = Policy::new(PolicyKind::Name, 0.25, None).expect("policy");
+    let (_tmp2, s2, engine2) = start(policy, &backends[1..4]);
+    engine2
+        .api()
+        .add_server(&backends[0].server)
+        .expect("add server");
+    wait_up(&engine2, 4);
+    assert_eq!(placement(s2.port), added, "another engine, another ring");
+    engine2.stop();
 }
 
 #[test]
