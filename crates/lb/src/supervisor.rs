@@ -163,6 +163,17 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// An engine is never left running by an error or a panic of the
+    /// process that started it (a test's, or the supervisor's).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 async fn supervise(
     settings: &EngineSettings,
     binary: &Path,
