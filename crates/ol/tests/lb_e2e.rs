@@ -36,6 +36,19 @@ fn ol_lb(args: &[&str]) -> Output {
         .expect("run ol")
 }
 
+/// `ol cluster ARGS... --cluster ROOT`, which must succeed; its output.
+fn ol_cluster_ok(root: &Path, args: &[&str]) -> String {
+    let out = Command::new(ol_bin())
+        .arg("cluster")
+        .args(args)
+        .arg("--cluster")
+        .arg(root)
+        .output()
+        .expect("run ol");
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
 /// A balancer started with `ol lb up -d` in a temp dir; stopped when
 /// dropped, even when the test failed.
 struct TestLb {
@@ -641,17 +654,7 @@ fn cluster_workers_start_a_balancer_and_kill_stops_it(backend: Backend) {
         .tempdir()
         .expect("tempdir");
     let root = tmp.path().join("cluster");
-    let cluster = |args: &[&str]| {
-        let out = Command::new(ol_bin())
-            .arg("cluster")
-            .args(args)
-            .arg("--cluster")
-            .arg(&root)
-            .output()
-            .expect("run ol");
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        stdout(&out)
-    };
+    let cluster = |args: &[&str]| ol_cluster_ok(&root, args);
     cluster(&["new"]);
     let sandbox = match backend {
         Backend::Sock => "sock",
@@ -717,14 +720,7 @@ fn workers_that_come_later_are_found_and_none_up_is_a_json_503() {
         .expect("tempdir");
     let root = tmp.path().join("cluster");
     let cluster = |args: &[&str]| {
-        let out = Command::new(ol_bin())
-            .arg("cluster")
-            .args(args)
-            .arg("--cluster")
-            .arg(&root)
-            .output()
-            .expect("run ol");
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        ol_cluster_ok(&root, args);
     };
     cluster(&["new"]);
     cluster(&["setconf", r#"{"sandbox": "process"}"#]);
