@@ -306,6 +306,11 @@ pub fn run(cmd: ClusterCommand) -> Result<(), ClusterError> {
                 return registry::serve(&cluster, listen, &keys);
             }
             let started = registry::start(&cluster, listen, &keys)?;
+            if !listen.bind.ip().is_loopback() {
+                eprintln!(
+                    "note: the registry listens beyond this machine over plain HTTP: requests are signed (the secret never travels) but code travels in the clear; keep it on a network you trust"
+                );
+            }
             println!(
                 "registry started: pid {}, {} (bucket {}), log {}",
                 started.pid,

@@ -120,6 +120,18 @@ impl Listen {
     }
 }
 
+/// Fails when the store of `cluster` runs already.
+fn refuse_if_running(cluster: &Cluster) -> Result<(), ClusterError> {
+    let Some(pid) = running(cluster) else {
+        return Ok(());
+    };
+    Err(ClusterError::Usage(format!(
+        "the registry of {} already runs (pid {pid}); stop it with `ol cluster kill --cluster {}`",
+        cluster.root().display(),
+        cluster.root().display()
+    )))
+}
+
 /// The store of `cluster`, if its process runs: its pid.
 pub fn running(cluster: &Cluster) -> Option<u32> {
     let (pid, started) = read_pid_record(&pid_record_file(cluster))?;
@@ -147,13 +159,7 @@ pub struct Started {
 /// workers started next serve what they served before.
 pub fn start(cluster: &Cluster, listen: Listen, keys: &Keys) -> Result<Started, ClusterError> {
     keys.check()?;
-    if let Some(pid) = running(cluster) {
-        return Err(ClusterError::Usage(format!(
-            "the registry of {} already runs (pid {pid}); stop it with `ol cluster kill --cluster {}`",
-            cluster.root().display(),
-            cluster.root().display()
-        )));
-    }
+    refuse_if_running(cluster)?;
     // What a killed store left would pass for the new one's.
     for file in [pid_record_file(cluster), port_file(cluster)] {
         let _ = std::fs::remove_file(file);
@@ -200,6 +206,25 @@ pub fn start(cluster: &Cluster, listen: Listen, keys: &Keys) -> Result<Started, 
             return Err(e.into());
         }
     };
+    let (endpoint, imported) = adopt(cluster, listen, port, keys)?;
+    Ok(Started {
+        pid,
+        endpoint,
+        log,
+        imported,
+    })
+}
+
+/// Points the template at the store listening on `port` (`registry`
+/// `s3://lambdas`, `registry_s3` with its endpoint and `keys`), records
+/// its endpoint, and copies the lambdas of `registry/` it lacks into it:
+/// its endpoint and what was copied.
+fn adopt(
+    cluster: &Cluster,
+    listen: Listen,
+    port: u16,
+    keys: &Keys,
+) -> Result<(String, Vec<String>), ClusterError> {
     let endpoint = listen.endpoint(port);
     let endpoint_file = endpoint_file(cluster);
     std::fs::write(&endpoint_file, format!("{endpoint}\n"))
@@ -219,19 +244,19 @@ pub fn start(cluster: &Cluster, listen: Listen, keys: &Keys) -> Result<Started, 
         .to_string(),
     )?;
     let imported = import_local(cluster, &store_config(&config, None)?)?;
-    Ok(Started {
-        pid,
-        endpoint,
-        log,
-        imported,
-    })
+    Ok((endpoint, imported))
 }
 
 /// `ol cluster registry --foreground`: serves the store in this process
-/// until SIGTERM or Ctrl-C, its log on stdout.
+/// until SIGTERM or Ctrl-C, its log on stdout. Run by a user (not by
+/// [`start`], which does it itself), it also points the template at the
+/// store as [`start`] does.
 pub fn serve(cluster: &Cluster, listen: Listen, keys: &Keys) -> Result<(), ClusterError> {
     keys.check()?;
-    launch::leave_session_if_detached();
+    let detached = launch::leave_session_if_detached();
+    if !detached {
+        refuse_if_running(cluster)?;
+    }
     let state = state_dir(cluster);
     std::fs::create_dir_all(&state).map_err(io_err("cannot create", &state))?;
     let store = CodeStore::start(StoreConfig {
@@ -242,6 +267,18 @@ pub fn serve(cluster: &Cluster, listen: Listen, keys: &Keys) -> Result<(), Clust
         secret_key: keys.secret_key.clone(),
     })?;
     let addr = store.addr();
+    if !detached {
+        let (endpoint, imported) = adopt(cluster, listen, addr.port(), keys)?;
+        println!(
+            "registry: {} now reads lambdas from {endpoint}; copied from registry/: {}",
+            cluster.template().display(),
+            if imported.is_empty() {
+                "nothing".to_string()
+            } else {
+                imported.join(", ")
+            }
+        );
+    }
     let record = pid_record_file(cluster);
     std::fs::write(&record, pid_record(std::process::id()))
         .map_err(io_err("cannot write", &record))?;

@@ -133,17 +133,30 @@ impl TestCluster {
             .collect()
     }
 
+    /// Asserts that every worker answers `body` to `lambda` called with
+    /// `event` within 30 s (a code change reaches each within its
+    /// `registry_cache_ms`).
+    fn assert_every_worker_soon_answers(&self, lambda: &str, event: &str, body: &str) {
+        for port in &self.ports {
+            assert!(
+                eventually(Duration::from_secs(30), || {
+                    let a = request(
+                        "POST",
+                        &format!("http://127.0.0.1:{port}/run/{lambda}"),
+                        event.as_bytes(),
+                    );
+                    a.status == 200 && a.body == body
+                }),
+                "the worker on {port} never answered {body} to {lambda}"
+            );
+        }
+    }
+
     /// Asserts the cluster left nothing: no process, pid file, cgroup or
     /// mount of any of its workers.
     fn assert_nothing_left(&self) {
-        // The process backend's cleanup SIGKILLs each sandbox's process
-        // group and returns: one may still be dying.
-        assert!(
-            eventually(Duration::from_secs(5), || processes_mentioning(&self.root)
-                .is_empty()),
-            "processes left behind: {:?}",
-            processes_mentioning(&self.root)
-        );
+        // `kill` returns once every process it killed is gone.
+        assert_no_processes(&self.root);
         for i in 0..self.ports.len() {
             assert!(!self.path(&format!("logs/worker-{i}.pid")).exists());
             assert!(
@@ -195,28 +208,15 @@ fn three_workers_share_the_registry_and_see_code_changes(backend: Backend) {
     for (status, body) in c.run_everywhere("greet", r#"{"name": "Ada"}"#) {
         assert_eq!((status, body.as_str()), (200, "\"v1 Ada\""));
     }
-    // Another size: the process runtime's bytecode cache misses a same-size
-    // edit within the second.
+    // The same size, within the second: no stale bytecode may hide it.
     c.add_handler(
         "greet",
         &[(
             "lambda_func.py",
-            "def handler(conn, event):\n    return 'version 2 ' + event['name']\n",
+            "def handler(conn, event):\n    return 'v2 ' + event['name']\n",
         )],
     );
-    for port in c.ports.clone() {
-        assert!(
-            eventually(Duration::from_secs(30), || {
-                let a = request(
-                    "POST",
-                    &format!("http://127.0.0.1:{port}/run/greet"),
-                    br#"{"name": "Ada"}"#,
-                );
-                a.status == 200 && a.body == "\"version 2 Ada\""
-            }),
-            "the worker on {port} never saw the new code"
-        );
-    }
+    c.assert_every_worker_soon_answers("greet", r#"{"name": "Ada"}"#, "\"v2 Ada\"");
 
     // Single-dash flags, as OpenLambda's Go flags.
     let out = Command::new(ol_bin())
@@ -393,19 +393,7 @@ fn a_registry_with_keys_serves_uploaded_handlers_to_every_worker(backend: Backen
     );
     let out = upload(&v2, SECRET_KEY);
     assert!(out.status.success(), "{}", stderr(&out));
-    for port in c.ports.clone() {
-        assert!(
-            eventually(Duration::from_secs(30), || {
-                let a = request(
-                    "POST",
-                    &format!("http://127.0.0.1:{port}/run/greet"),
-                    br#"{"name": "Ada"}"#,
-                );
-                a.status == 200 && a.body == "\"version 2 Ada\""
-            }),
-            "the worker on {port} never saw the new code"
-        );
-    }
+    c.assert_every_worker_soon_answers("greet", r#"{"name": "Ada"}"#, "\"version 2 Ada\"");
 
     // A bundle the worker would refuse is refused before it is sent.
     let no_code = bundle(files.path(), "no-code", &[("README", "no python here")]);
@@ -719,6 +707,66 @@ fn worker_exec_runs_one_worker_in_the_foreground_logging_to_stdout() {
     assert!(status.success(), "{status}");
     assert!(!c.path("workers/solo/worker.pid").exists());
     assert_no_processes(&c.path("workers/solo"));
+}
+
+#[test]
+fn registry_in_the_foreground_points_the_template_at_itself_and_stops_on_ctrl_c() {
+    let c = TestCluster::new(Backend::Process, "");
+    let port = free_ports(1);
+    let mut store = KillOnDrop(
+        Command::new(ol_bin())
+            .args(["cluster", "registry", "--foreground", "--port"])
+            .arg(port.to_string())
+            .arg("--cluster")
+            .arg(&c.root)
+            // The keys from the environment, as the seed's flags allow too.
+            .env("OL_REGISTRY_ACCESS_KEY", ACCESS_KEY)
+            .env("OL_REGISTRY_SECRET_KEY", SECRET_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("registry"),
+    );
+    let mut log = BufReader::new(store.0.stdout.take().expect("stdout"));
+    let mut said = String::new();
+    while !said.contains("serving the S3 API") {
+        let read = log.read_line(&mut said).expect("read log");
+        assert!(read > 0, "the registry ended before it served: {said}");
+    }
+    assert!(
+        said.contains("copied from registry/: echo, hello, hello-legacy"),
+        "{said}"
+    );
+    let template = fs::read_to_string(c.path("config/template.json")).expect("read");
+    assert!(
+        template.contains(&format!("\"endpoint\": \"http://127.0.0.1:{port}\"")),
+        "{template}"
+    );
+    // A second one is refused while it runs.
+    let out = c.ol(&[
+        "registry",
+        "--port",
+        &free_ports(1).to_string(),
+        "--access-key",
+        ACCESS_KEY,
+        "--secret-key",
+        SECRET_KEY,
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already runs"), "{}", stderr(&out));
+    // Ctrl-C.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(store.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = store.0.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut log, &mut rest).expect("read log");
+    assert!(rest.contains("registry: stopped"), "{rest}");
+    assert!(!c.path("workers/registry/registry.pid").exists());
+    assert!(processes_mentioning(&c.root).is_empty());
 }
 
 /// The cluster's files are where the seed's README says.

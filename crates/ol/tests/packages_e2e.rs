@@ -165,6 +165,41 @@ fn same_requirement_is_installed_once_even_when_asked_at_once() {
     assert_eq!(stats["packages"]["resolutions"], 1, "{stats}");
 }
 
+/// The installer binds its dirs at their host paths; a worker dir outside
+/// /tmp (a fresh tmpfs in the installer's sandbox) needs mount points in
+/// the base, which must not stay there (an empty dir chain per install).
+#[test]
+#[ignore = "needs root"]
+fn installs_leave_no_mount_points_in_the_base() {
+    let dir = common::init_dir_in(
+        Path::new("/var/tmp"),
+        &[],
+        &[(
+            "six-user",
+            &[
+                (
+                    "f.py",
+                    "import six\ndef f(event):\n    return six.__version__\n",
+                ),
+                ("requirements.txt", "six\n"),
+            ],
+        )],
+    );
+    let root = dir.path().to_path_buf();
+    let w = TestWorker::start_in(Backend::Sock, dir, &[CACHE]);
+    let a = w.run("six-user", "{}");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(installs(&w), 1);
+    let in_base = root
+        .join("base")
+        .join(root.strip_prefix("/").expect("absolute"));
+    assert!(
+        !in_base.exists(),
+        "{} was left in the base",
+        in_base.display()
+    );
+}
+
 #[test]
 #[ignore = "needs root"]
 fn restarted_worker_reuses_its_resolutions_and_installs() {

@@ -1,6 +1,7 @@
 //! Naming a host process for good: a pid with its start time (a pid alone
 //! may be recycled), written to the pid files of workers and sandboxes and
-//! read back from `/proc`; and its resident memory.
+//! read back from `/proc`; its resident memory; whether its process group
+//! still runs.
 
 use std::fs;
 use std::path::Path;
@@ -41,6 +42,31 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
+/// Whether a process of process group `pgid` still runs (zombies, which
+/// have exited and wait for their parent, do not count).
+pub fn group_runs(pgid: u32) -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // After the command name (which may hold spaces): state, ppid, pgrp.
+        let mut fields = stat[stat.rfind(')').map_or(0, |i| i + 1)..].split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+        pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +77,24 @@ mod tests {
         let a = process_start_time(me).expect("own start time");
         assert_eq!(process_start_time(me), Some(a));
         assert_eq!(process_start_time(u32::MAX - 1), None);
+    }
+
+    #[test]
+    fn a_group_runs_while_a_process_of_it_does() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pgid = child.id();
+        assert!(group_runs(pgid));
+        child.kill().expect("kill");
+        // Killed and not yet waited for: a zombie, which does not run.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!group_runs(pgid));
+        child.wait().expect("wait");
+        assert!(!group_runs(pgid));
     }
 
     #[test]

@@ -67,8 +67,12 @@ impl ProcessPool {
             UnixStream::pair().map_err(io_err("cannot create socket pair for", scratch))?;
 
         let mut cmd = Command::new(&self.runtime.python);
+        // -B: no __pycache__ in the lambda's code dir (the user's, for a
+        // local registry), whose check by size and whole-second mtime
+        // would serve stale code after a quick same-size edit.
         cmd.arg("-I")
             .arg("-S")
+            .arg("-B")
             .arg(&self.runtime.script)
             .arg("--fd")
             .arg(RUNTIME_FD.to_string())

@@ -8,13 +8,17 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::logs::{self, LogPipes};
-use crate::pids::{pid_record, process_start_time, read_pid_record};
+use crate::pids::{group_runs, pid_record, process_start_time, read_pid_record};
 use crate::{SandboxError, io_err};
+
+/// How long [`cleanup_scratch`] waits for the sandboxes it killed to go.
+const GROUP_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The pid file in a scratch dir.
 pub(crate) const PID_FILE: &str = "pid";
@@ -62,6 +66,7 @@ pub(crate) fn cleanup_scratch(scratch_root: &Path) -> Result<usize, SandboxError
         }
     };
     let mut found = 0;
+    let mut killed = Vec::new();
     for entry in entries.flatten() {
         let dir = entry.path();
         if let Some((pid, started)) = read_pid_record(&dir.join(PID_FILE)) {
@@ -70,6 +75,7 @@ pub(crate) fn cleanup_scratch(scratch_root: &Path) -> Result<usize, SandboxError
                 // The recorded process leads its own process group: kill it
                 // all.
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                killed.push(pid);
             }
         }
         fs::remove_dir_all(&dir).map_err(|source| SandboxError::Io {
@@ -77,6 +83,12 @@ pub(crate) fn cleanup_scratch(scratch_root: &Path) -> Result<usize, SandboxError
             path: dir.clone(),
             source,
         })?;
+    }
+    // SIGKILL takes a moment: once this returns, none of them runs (so
+    // `ol worker force-cleanup` and `ol cluster kill` leave no process).
+    let deadline = Instant::now() + GROUP_EXIT_TIMEOUT;
+    while killed.iter().any(|&pgid| group_runs(pgid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
     Ok(found)
 }

@@ -345,9 +345,18 @@ impl Drop for TestWorker {
 /// A new worker dir made by `ol worker init` (with `init_args`) holding
 /// `lambdas` (name → [(file, source)]) in its registry.
 pub fn init_dir(init_args: &[&str], lambdas: &[(&str, &[(&str, &str)])]) -> tempfile::TempDir {
+    init_dir_in(&std::env::temp_dir(), init_args, lambdas)
+}
+
+/// [`init_dir`] in a temp dir under `parent`.
+pub fn init_dir_in(
+    parent: &Path,
+    init_args: &[&str],
+    lambdas: &[(&str, &[(&str, &str)])],
+) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("ol-e2e-")
-        .tempdir()
+        .tempdir_in(parent)
         .expect("tempdir");
     let mut args = vec!["worker", "init"];
     args.extend(init_args);
