@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::OutputArgs;
 use crate::load::{self, Pick, Plan};
 use crate::output::{Row, RowKey};
-use crate::target::{self, OwnWorker, Target};
+use crate::target::{self, OwnBalancer, OwnWorker, Target};
 use crate::{BenchError, Result};
 
 /// `ol bench hot`'s options.
@@ -40,6 +40,11 @@ pub struct HotArgs {
     /// Override a setting of the bench's own worker (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Also measure through a balancer (`ol lb`, policy name) started in
+    /// front of the worker (or the --targets): one more target, `lb`,
+    /// interleaved with the others.
+    #[arg(long)]
+    pub lb: bool,
     /// Files to write the rows to.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -53,7 +58,8 @@ pub fn run(args: &HotArgs) -> Result<Vec<Row>> {
             "--connections needs positive counts, e.g. --connections 1,4,16".into(),
         ));
     }
-    let (targets, _own) = targets_or_own(&args.targets, &args.options)?;
+    let (mut targets, _own) = targets_or_own(&args.targets, &args.options)?;
+    let _lb = OwnBalancer::start_if(args.lb, &mut targets)?;
     let plan = Plan {
         pick: Pick::One(args.lambda.clone()),
         body: Bytes::from(args.body.clone()),

@@ -99,6 +99,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         warmup: 1.0,
         rounds: 1,
         options: Vec::new(),
+        lb: false,
         output: OutputArgs::default(),
     };
     m.add("hot", hot::run(&hot_args));
@@ -146,6 +147,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         no_warmup: false,
         rounds: 1,
         options: Vec::new(),
+        lb: false,
         output: OutputArgs::default(),
     };
     m.add("ol py64-seq py64-par pd64-seq", upstream::run(&ol_args));

@@ -125,6 +125,48 @@ impl Drop for OwnWorker {
     }
 }
 
+/// A balancer (`ol lb`, policy `name`) the benchmark starts in front of
+/// its targets, measured as one more target named `lb` (`--lb`); stopped
+/// when dropped.
+pub struct OwnBalancer {
+    /// Its state dir, removed when dropped.
+    pub dir: tempfile::TempDir,
+}
+
+impl OwnBalancer {
+    /// `ol lb up -d` on a free port in front of `targets`, which gain a
+    /// target `lb`.
+    pub fn start(targets: &mut Vec<Target>) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ol-bench-lb-").tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let workers: Vec<String> = targets.iter().map(|t| t.url("")).collect();
+        let port_arg = port.to_string();
+        let workers = workers.join(",");
+        let args = ["lb", "up", "-d", "--port", &port_arg, "--workers", &workers];
+        ol(dir.path(), &args)?;
+        targets.push(Target {
+            name: "lb".to_string(),
+            addr: format!("127.0.0.1:{port}"),
+        });
+        Ok(Self { dir })
+    }
+
+    /// With `wanted`, a balancer in front of `targets` (see [`Self::start`]).
+    pub fn start_if(wanted: bool, targets: &mut Vec<Target>) -> Result<Option<Self>> {
+        wanted.then(|| Self::start(targets)).transpose()
+    }
+}
+
+impl Drop for OwnBalancer {
+    fn drop(&mut self) {
+        if let Err(e) = ol(self.dir.path(), &["lb", "down"]) {
+            eprintln!("ol bench: stopping its balancer failed: {}", chain(&e));
+        }
+    }
+}
+
 /// Writes lambda `name` as a directory of `files` under `registry`.
 pub fn write_lambda(registry: &Path, name: &str, files: &[(&str, &str)]) -> Result<()> {
     let dir = registry.join(name);

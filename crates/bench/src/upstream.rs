@@ -147,6 +147,10 @@ pub struct OlArgs {
     /// Override a setting of the bench's own worker (repeatable).
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Also measure through a balancer (`ol lb`, policy name) started in
+    /// front of the worker (or the --targets): one more target, `lb`.
+    #[arg(long)]
+    pub lb: bool,
     /// Files to write the rows to.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -163,7 +167,8 @@ pub fn run(args: &OlArgs) -> Result<Vec<Row>> {
     if args.tasks == 0 {
         return Err(BenchError::Usage("--tasks must be at least 1".into()));
     }
-    let (targets, own) = targets_or_own(&args.targets, &args.options)?;
+    let (mut targets, own) = targets_or_own(&args.targets, &args.options)?;
+    let _lb = crate::target::OwnBalancer::start_if(args.lb, &mut targets)?;
     if let Some(own) = &own {
         for kind in [Kind::Py, Kind::Pd] {
             let n = benches

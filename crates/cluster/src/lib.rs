@@ -11,11 +11,14 @@
 //!   run as `ol worker up` runs one ([`ol_worker::launch`]).
 //! - [`registry`] runs the cluster's code store, the S3 API with keys
 //!   (`registry`), and stores handler bundles in it (`upload`).
+//! - [`lb`] puts a balancer (`ol lb`) in front of the workers
+//!   (`workers --lb-port`), stopped by `kill`.
 //! - [`go_flags`] lets `-cluster DIR` stand for `--cluster DIR`, as
 //!   OpenLambda's Go flags did.
 
 pub mod go_flags;
 pub mod layout;
+pub mod lb;
 pub mod registry;
 pub mod template;
 pub mod workers;
@@ -79,6 +82,13 @@ pub enum ClusterCommand {
         /// The first worker's port; the others take the next ones.
         #[arg(long, value_name = "PORT", default_value_t = 8080)]
         port: u16,
+        /// Also start a balancer (`ol lb`) in front of them on this port
+        /// (state in workers/lb/, log in logs/lb.out); `kill` stops it.
+        #[arg(long, value_name = "PORT")]
+        lb_port: Option<u16>,
+        /// The balancer's policy.
+        #[arg(long, value_enum, default_value_t = ol_lb::PolicyKind::Name, requires = "lb_port")]
+        lb_policy: ol_lb::PolicyKind,
     },
     /// Ping every worker and list each one's sandboxes.
     ///
@@ -201,6 +211,9 @@ pub enum ClusterError {
         /// What became of the workers that did start.
         stopped: String,
     },
+    /// The balancer failed.
+    #[error(transparent)]
+    Lb(#[from] ol_lb::LbError),
     /// Some workers do not answer (`status` printed which).
     #[error("{0}")]
     NotReady(String),
@@ -245,6 +258,8 @@ pub fn run(cmd: ClusterCommand) -> Result<(), ClusterError> {
             cluster,
             num_workers,
             port,
+            lb_port,
+            lb_policy,
         } => {
             let cluster = Cluster::open(&cluster.cluster)?;
             for w in workers::start(&cluster, num_workers, port)? {
@@ -254,6 +269,21 @@ pub fn run(cmd: ClusterCommand) -> Result<(), ClusterError> {
                     w.pid,
                     w.port,
                     w.log.display()
+                );
+            }
+            if let Some(lb_port) = lb_port {
+                let state = lb::start(&cluster, lb_port, lb_policy).map_err(|e| {
+                    ClusterError::Usage(format!(
+                        "the workers started but the balancer did not: {e}; stop the workers with `ol cluster kill --cluster {}`",
+                        cluster.root().display()
+                    ))
+                })?;
+                println!(
+                    "lb started: pid {}, {} (policy {}), log {}",
+                    state.pid,
+                    state.url(),
+                    state.policy,
+                    cluster.logs().join("lb.out").display()
                 );
             }
             Ok(())

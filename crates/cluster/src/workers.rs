@@ -163,17 +163,21 @@ pub fn exec(config_file: &Path) -> Result<(), ClusterError> {
     Ok(launch::serve_here(&dir, &config, LogTo::Stdout)?)
 }
 
-/// `ol cluster kill`: stops every worker of the cluster, all at once (each
+/// `ol cluster kill`: stops the balancer if one runs, then every worker
+/// of the cluster, all at once (each
 /// asked to stop, killed after [`STOP_TIMEOUT`]), and removes whatever
 /// they left (processes, cgroups, scratch dirs); then the code store, if
 /// it runs. Returns a line per worker (and one for the store).
 pub fn kill(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
     let workers = cluster.workers()?;
+    // The balancer first: no call is sent to a stopping worker.
+    let balancer = crate::lb::stop(cluster)?;
     let mut lines = if workers.is_empty() {
         vec![format!("no workers in {}", cluster.root().display())]
     } else {
         stop_all(cluster, &workers)?
     };
+    lines.splice(0..0, balancer);
     // After the workers, which may still be reading from it.
     lines.extend(registry::stop(cluster)?);
     Ok(lines)
@@ -238,6 +242,17 @@ pub fn status(cluster: &Cluster) -> Result<(), ClusterError> {
                 registry_down = true;
             }
         }
+        println!();
+    }
+    if let Some(lb) = ol_lb::control::running(&crate::lb::dir(cluster)) {
+        println!("Balancer:");
+        println!(
+            "  {} => running (pid {}, policy {}; `ol lb status -p {}`)",
+            lb.url(),
+            lb.pid,
+            lb.policy,
+            crate::lb::dir(cluster).display()
+        );
         println!();
     }
     println!("Worker Pings:");

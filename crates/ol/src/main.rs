@@ -2,6 +2,7 @@
 //! command line and hands each command to the crate that does the work.
 
 mod admin;
+mod lb_cmd;
 mod trace_cmd;
 mod worker_cmd;
 
@@ -36,6 +37,10 @@ enum Command {
     /// admin tool; `-cluster DIR` works as `--cluster DIR`).
     #[command(subcommand)]
     Cluster(ol_cluster::ClusterCommand),
+    /// A balancer in front of workers (HAProxy, with our policies:
+    /// round-robin, least-loaded, name, content).
+    #[command(subcommand)]
+    Lb(ol_lb::LbCommand),
 }
 
 /// The worker directory option every worker command takes.
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => ol_bench::run(cmd).map_err(anyhow::Error::from),
         Command::Trace(cmd) => trace_cmd::run(cmd),
         Command::Cluster(cmd) => ol_cluster::run(cmd).map_err(anyhow::Error::from),
+        Command::Lb(cmd) => lb_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! End-to-end test of `ol bench hot --target`: a real worker, two named
 //! targets measured interleaved, and the JSON, CSV and PNG outputs read
-//! back and checked.
+//! back and checked; `--lb` measuring through a balancer of the bench's
+//! own, stopped after.
 
 mod common;
 
@@ -339,4 +340,47 @@ fn cold_bench_uploads_new_lambdas_to_each_target_and_removes_them(backend: Backe
         .filter(|n| n.starts_with("cold-"))
         .collect();
     assert!(left.is_empty(), "uploaded lambdas left behind: {left:?}");
+}
+
+#[test]
+fn hot_bench_measures_through_a_balancer_of_its_own_and_stops_it() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let rows = bench_json(
+        &[
+            "hot",
+            "--lb",
+            "-o",
+            "sandbox=process",
+            "--lambda",
+            "hello",
+            "--seconds",
+            "0.4",
+            "--warmup",
+            "0.1",
+            "--rounds",
+            "2",
+            "--connections",
+            "1,2",
+        ],
+        out.path(),
+    );
+    for conns in [1.0, 2.0] {
+        for target in ["ours", "lb"] {
+            let row = rows
+                .iter()
+                .find(|r| r["target"] == target && num(r, "connections") == conns)
+                .unwrap_or_else(|| panic!("no {target} row at {conns}: {rows:?}"));
+            assert!(num(row, "requests") > 0.0, "{row}");
+            assert_eq!(num(row, "errors"), 0.0, "{row}");
+        }
+    }
+    // Its balancer (and worker) are gone.
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("ol-bench-lb-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -13,12 +13,11 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use common::{
-    Backend, assert_no_processes, eventually, mounts_mentioning, ol_bin, on_both_backends,
-    processes_mentioning, request, stderr, worker_cgroups, write_wheel,
+    Backend, assert_no_processes, eventually, free_ports, mounts_mentioning, ol_bin,
+    on_both_backends, processes_mentioning, request, stderr, worker_cgroups, write_wheel,
 };
 
 fn stdout(out: &Output) -> String {
@@ -186,22 +185,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// The first of `count` consecutive ports on 127.0.0.1 that are free now.
-fn free_ports(count: u16) -> u16 {
-    // Tests of this binary run at once: each looks from its own offset.
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 200) as u16 * 100;
-    loop {
-        let first = base + NEXT.fetch_add(count + 1, Ordering::Relaxed) % 20_000;
-        let taken: Vec<TcpListener> = (first..first + count)
-            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
-            .collect();
-        if taken.len() == usize::from(count) {
-            return first;
-        }
     }
 }
 

@@ -311,3 +311,59 @@ fn the_entrypoint_is_run_from_the_config_mount_and_parses() {
     mount_of(spec, container, ("hostPath", "path", "/sys/fs/cgroup"));
     assert_eq!(container["securityContext"]["privileged"], true);
 }
+
+/// `ol lb`'s command line, as the `ol` binary parses it.
+#[derive(Debug, clap::Parser)]
+struct LbCli {
+    #[command(subcommand)]
+    lb: ol_lb::LbCommand,
+}
+
+#[test]
+fn the_balancers_command_is_one_ol_lb_up_accepts_in_front_of_the_workers() {
+    use clap::Parser;
+    let m = Manifests::load();
+    let worker_port = worker_config_json(&m)["worker_port"].clone();
+    let spec = &m.get("Deployment", "ol-lb")["spec"]["template"]["spec"];
+    let container = spec["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "lb"))
+        .expect("an lb container");
+    let command: Vec<&str> = container["command"]
+        .as_array()
+        .expect("command")
+        .iter()
+        .map(|a| a.as_str().expect("a string argument"))
+        .collect();
+    assert_eq!(command[..2], ["ol", "lb"], "{command:?}");
+    let cli = LbCli::try_parse_from(&command[1..])
+        .unwrap_or_else(|e| panic!("`ol lb up` refuses {command:?}: {e}"));
+    let ol_lb::LbCommand::Up(up) = cli.lb else {
+        panic!("not `ol lb up`: {command:?}");
+    };
+    let settings = up
+        .engine_settings(&up.dir)
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    // Reachable from other pods, on the port the Service targets.
+    assert_eq!(settings.host, "0.0.0.0");
+    let port = container["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "http"))
+        .expect("http port");
+    assert_eq!(port["containerPort"], settings.port);
+    // Every worker of the headless Service, on the workers' port.
+    let workers = ol_lb::UrlWorkers::parse(&up.workers).expect("worker URLs");
+    assert_eq!(workers.0.len(), 1);
+    assert_eq!(workers.0[0].host, "ol-workers.ol.svc.cluster.local");
+    assert_eq!(json!(workers.0[0].port), worker_port);
+    assert_eq!(m.get("Service", "ol-workers")["spec"]["clusterIP"], "None");
+    // Its state dir is writable: an emptyDir, the root being read-only.
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let (state, _) = mount_of(spec, container, ("emptyDir", "medium", "Memory"));
+    assert_eq!(Path::new(state), up.dir);
+    // Ready while a worker is (the balancer's own /status).
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/status");
+    // The image has the engine.
+    let dockerfile = fs::read_to_string(deploy_dir().join("Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains(" haproxy"), "the image lacks haproxy");
+}

@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 /// The `ol` binary under test.
@@ -582,4 +584,20 @@ pub fn ns_pids(pid: u32) -> Vec<u32> {
 pub fn is_pid_of_its_namespace(pid: u32, inner: u32) -> bool {
     let levels = ns_pids(pid);
     levels.len() >= 3 && levels.last() == Some(&inner)
+}
+
+/// The first of `count` consecutive ports on 127.0.0.1 that are free now.
+pub fn free_ports(count: u16) -> u16 {
+    // Tests of this binary run at once: each looks from its own offset.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 200) as u16 * 100;
+    loop {
+        let first = base + NEXT.fetch_add(count + 1, Ordering::Relaxed) % 20_000;
+        let taken: Vec<TcpListener> = (first..first + count)
+            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if taken.len() == usize::from(count) {
+            return first;
+        }
+    }
 }
