@@ -190,6 +190,7 @@ impl Driver {
                     query: String::new(),
                     headers: vec![("content-type".to_string(), "application/json".to_string())],
                     body: Bytes::from_static(BODY),
+                    request_id: "0123456789abcdef".to_string(),
                 };
                 let reply = sandbox
                     .call(&inv, CALL_LIMIT, MAX_RESPONSE)

@@ -273,6 +273,7 @@ async fn serve_until_signal(
         counters: HttpCounters::default(),
         metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
         admin,
+        tracebacks: config.tracebacks,
     });
     let mut term = signal(SignalKind::terminate()).map_err(signal_err(dir))?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;

@@ -48,6 +48,9 @@ pub struct AppState {
     pub metrics: WorkerMetrics,
     /// Who may use the admin routes (config.json `admin`).
     pub admin: AdminGates,
+    /// Whether error bodies carry the lambda's traceback (config.json
+    /// `tracebacks`).
+    pub tracebacks: crate::config::Tracebacks,
 }
 
 impl AppState {
@@ -86,6 +89,7 @@ pub(crate) fn idle_state(dir: &std::path::Path) -> AppState {
         body_stall: Duration::from_secs(10),
         counters: HttpCounters::default(),
         admin: AdminGates::open(),
+        tracebacks: crate::config::Tracebacks::Client,
     }
 }
 

@@ -11,12 +11,13 @@ use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use ol_lambda::InvokeError;
-use ol_obs::Phase;
+use ol_obs::{Phase, request_id};
 use ol_sandbox::{Invocation, Reply};
 use tracing::Instrument;
 
+use crate::config::Tracebacks;
 use crate::conn::{RequestBody, StallLimited};
-use crate::response::{Body, body_error, error_response};
+use crate::response::{Body, body_error, error_response, json_response};
 use crate::state::AppState;
 
 /// How far past the body limit a request is still read (and discarded) so
@@ -51,38 +52,109 @@ pub(crate) async fn run<B: RequestBody>(
     response
 }
 
-/// The response to a call of lambda `name`.
+/// The response to a call of lambda `name`, with the call's request id
+/// in `X-Request-Id` (the client's when it sent a plain one).
 async fn answer<B: RequestBody>(
     state: &AppState,
     req: Request<B>,
     name: &str,
     sub_path: &str,
 ) -> Response<Body> {
-    match read_invocation(req, sub_path, state.max_body_bytes, state.body_stall).await {
-        Ok(inv) => match state.lambdas.invoke(name, inv).await {
-            Ok(reply) => reply_response(reply),
-            Err(e) => {
-                let status = crate::invoke_status::status_of(&e);
-                log_invoke_error(name, status, &e);
-                error_response(status, &e.to_string(), Some(name), e.traceback())
+    let request_id = request_id::from_client(
+        req.headers()
+            .get(request_id::HEADER)
+            .map(HeaderValue::as_bytes),
+    );
+    // Made before the id moves into the invocation: one header value per call.
+    let id_header = HeaderValue::from_str(&request_id).ok();
+    let mut response = match read_invocation(
+        req,
+        sub_path,
+        request_id,
+        state.max_body_bytes,
+        state.body_stall,
+    )
+    .await
+    {
+        Ok(inv) => {
+            let request_id = inv.request_id.clone();
+            match state.lambdas.invoke(name, inv).await {
+                Ok(reply) => reply_response(reply),
+                Err(e) => invoke_error_response(state, name, &request_id, &e),
             }
-        },
+        }
         Err(resp) => resp,
+    };
+    if let Some(id) = id_header {
+        // The worker's, never the lambda's: the lambda cannot name another call.
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(request_id::HEADER), id);
     }
+    response
 }
 
-fn log_invoke_error(name: &str, status: StatusCode, e: &InvokeError) {
-    match e {
-        InvokeError::NotFound(_) | InvokeError::BadName(_) => {
-            tracing::info!(lambda = name, status = status.as_u16(), "{e}")
+/// The JSON error answering a failed call; the worker log gets the error
+/// with its traceback, the client the traceback only when config.json
+/// `tracebacks` is "client".
+fn invoke_error_response(
+    state: &AppState,
+    name: &str,
+    request_id: &str,
+    e: &InvokeError,
+) -> Response<Body> {
+    let status = crate::invoke_status::status_of(e);
+    log_invoke_error(name, request_id, status, e);
+    let traceback = match state.tracebacks {
+        Tracebacks::Client => e.traceback(),
+        Tracebacks::Log => None,
+    };
+    let mut body = serde_json::json!({
+        "error": e.to_string(),
+        "lambda": name,
+        "request_id": request_id,
+    });
+    if let Some(tb) = traceback {
+        body["traceback"] = tb.into();
+    }
+    let mut response = json_response(status, &body);
+    if let InvokeError::MethodNotAllowed { allowed, .. } = e
+        && let Ok(allow) = HeaderValue::from_str(&allowed.join(", "))
+    {
+        // RFC 9110: a 405 names the methods that would work (none: empty).
+        response.headers_mut().insert(http::header::ALLOW, allow);
+    }
+    response
+}
+
+/// One line in the worker log per failed call. What the lambda wrote (its
+/// error and traceback) is quoted with escapes, so it cannot start a line
+/// of its own that would pass for the worker's.
+fn log_invoke_error(name: &str, request_id: &str, status: StatusCode, e: &InvokeError) {
+    let status = status.as_u16();
+    let error = e.to_string();
+    match (e, e.traceback()) {
+        (InvokeError::NotFound(_) | InvokeError::BadName(_), _) => {
+            tracing::info!(lambda = name, request_id, status, ?error, "call failed")
         }
-        _ => tracing::warn!(lambda = name, status = status.as_u16(), "{e}"),
+        (_, Some(traceback)) => {
+            tracing::warn!(
+                lambda = name,
+                request_id,
+                status,
+                ?error,
+                traceback,
+                "call failed"
+            )
+        }
+        (_, None) => tracing::warn!(lambda = name, request_id, status, ?error, "call failed"),
     }
 }
 
 async fn read_invocation<B: RequestBody>(
     req: Request<B>,
     sub_path: &str,
+    request_id: String,
     max_body: usize,
     stall: Duration,
 ) -> Result<Invocation, Response<Body>> {
@@ -143,6 +215,7 @@ async fn read_invocation<B: RequestBody>(
         query: parts.uri.query().unwrap_or("").to_string(),
         headers,
         body,
+        request_id,
     })
 }
 
