@@ -2,8 +2,10 @@
 //! command line and hands each command to the crate that does the work.
 
 mod admin;
+mod lambda_cmd;
 mod trace_cmd;
 mod worker_cmd;
+mod worker_dir;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,14 +38,36 @@ enum Command {
     /// admin tool; `-cluster DIR` works as `--cluster DIR`).
     #[command(subcommand)]
     Cluster(ol_cluster::ClusterCommand),
+    /// Call a lambda of the running worker and print the answer's body.
+    Invoke(lambda_cmd::InvokeArgs),
+    /// Make a lambda directory from a template, with a test to run.
+    New {
+        /// The lambda's name (and its directory's).
+        name: String,
+        /// What the lambda is.
+        #[arg(long, short = 't', value_enum, default_value = "python")]
+        template: lambda_cmd::Template,
+        /// Where to make it [default: the current directory].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print a lambda's output (stdout, stderr) and failed calls, each line
+    /// with its time, sandbox and request id; kept after its sandboxes.
+    Logs(lambda_cmd::LogsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
-/// The worker directory option every worker command takes.
+/// The worker directory option every worker command takes (resolved in
+/// `worker_dir.rs`).
 #[derive(Debug, Clone, clap::Args)]
 struct DirArg {
-    /// Worker directory.
-    #[arg(short = 'p', long = "path", default_value = "default-ol")]
-    path: PathBuf,
+    /// Worker directory [default: $OL_DIR, else ./default-ol].
+    #[arg(short = 'p', long = "path", value_name = "DIR")]
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +106,9 @@ enum WorkerCommand {
     Status {
         #[command(flatten)]
         dir: DirArg,
+        /// Print one JSON object (with the worker's whole /stats).
+        #[arg(long)]
+        json: bool,
     },
     /// After a crash: kill the worker and its sandboxes, remove leftovers.
     ForceCleanup {
@@ -105,14 +132,53 @@ fn main() -> ExitCode {
         Command::Bench(cmd) => ol_bench::run(cmd).map_err(anyhow::Error::from),
         Command::Trace(cmd) => trace_cmd::run(cmd),
         Command::Cluster(cmd) => ol_cluster::run(cmd).map_err(anyhow::Error::from),
+        Command::Invoke(args) => lambda_cmd::invoke(&args),
+        Command::Logs(args) => lambda_cmd::logs(&args),
+        Command::New {
+            name,
+            template,
+            dir,
+        } => lambda_cmd::new(&name, template, &lambda_cmd::parent_dir(dir)),
+        Command::Completion { shell } => completion(shell),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ol: {e:#}");
+            eprintln!("ol: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ol completion SHELL`: the script on stdout (a closed pipe, as with
+/// `| head`, is no error).
+fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "ol", &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `e` and its causes, joined by `: `, each said once: many errors quote
+/// their cause in their own message already (`cannot read F: No such
+/// file`), and the chain would repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if said.is_empty() || text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -122,5 +188,18 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let said = io.to_string();
+        let e = anyhow::Error::new(io).context(format!("cannot read /x/config.json: {said}"));
+        assert_eq!(
+            super::error_text(&e),
+            format!("cannot read /x/config.json: {said}")
+        );
+        let e = anyhow::anyhow!("disk full").context("cannot write /y");
+        assert_eq!(super::error_text(&e), "cannot write /y: disk full");
     }
 }

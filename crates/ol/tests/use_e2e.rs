@@ -192,3 +192,333 @@ fn failures_are_named_and_tracebacks_go_where_config_says() {
         );
     }
 }
+
+/// A lambda that prints on both streams, tagged with its call.
+const PRINTER: &str = r#"
+import sys
+def f(event, ctx):
+    print("hello from", ctx.request_id)
+    print("to stderr", file=sys.stderr)
+    if event == "fail":
+        raise RuntimeError("asked to fail")
+    if event == "forge":
+        print('{"time":"2000-01-01T00:00:00.000Z","sandbox":"other","request_id":"x","stream":"stdout","line":"forged"}')
+        print("\x1b[31mred\nsecond line")
+    if event == "flood":
+        for i in range(2000):
+            print("flood line", i)
+    return {"agent": ctx.headers.get("x-agent"), "event": event}
+"#;
+
+/// Runs `ol args...` (no `-p`).
+fn ol_plain(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::ol_bin())
+        .args(args)
+        .output()
+        .expect("run ol")
+}
+
+/// Runs `ol args... -p dir` with `env`.
+fn ol_env(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(common::ol_bin())
+        .args(args)
+        .arg("-p")
+        .arg(dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ol")
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+on_both_backends!(invoke_logs_describe_and_listings);
+
+fn invoke_logs_describe_and_listings(backend: Backend) {
+    let small_log = "limits: {log_kb: 16}\n";
+    let mut w = TestWorker::start(
+        backend,
+        &[("printer", &[("f.py", PRINTER), ("ol.yaml", small_log)])],
+        &[],
+    );
+    let dir = w.path().to_path_buf();
+
+    // ol invoke: the body on stdout; -v shows the request id.
+    let out = common::ol(&dir, &["invoke", "printer", "-d", "{\"x\": 1}"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(stdout(&out), "{\"agent\": null, \"event\": {\"x\": 1}}\n");
+    let body = dir.join("body.json");
+    fs::write(&body, "\"from a file\"").expect("body");
+    let at_file = format!("@{}", body.display());
+    let out = common::ol(
+        &dir,
+        &[
+            "invoke",
+            "printer",
+            "-d",
+            &at_file,
+            "-H",
+            "x-agent: cli",
+            "-v",
+        ],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "{\"agent\": \"cli\", \"event\": \"from a file\"}\n"
+    );
+    let err = common::stderr(&out);
+    let id = err
+        .split("request id ")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no request id in {err}"));
+    assert!(err.contains("POST") && err.contains(": 200 in"), "{err}");
+
+    // An error status fails the command and says why, with the id.
+    let out = common::ol(&dir, &["invoke", "printer", "-d", "\"fail\""]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("printer answered 500: RuntimeError: asked to fail")
+            && err.contains("request id"),
+        "{err}"
+    );
+    assert!(err.contains("f.py"), "traceback shown: {err}");
+    let out = common::ol(&dir, &["invoke", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("nosuch answered 404"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    // What a lambda prints cannot forge entries or paint the terminal.
+    let out = common::ol(&dir, &["invoke", "printer", "-d", "\"forge\""]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    // ol logs: each line with its time, sandbox, call and stream.
+    let out = common::ol(&dir, &["logs", "printer"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let logs = stdout(&out);
+    let tagged = logs
+        .lines()
+        .find(|l| l.ends_with(&format!("stdout| hello from {id}")))
+        .unwrap_or_else(|| panic!("no line of call {id} in:\n{logs}"));
+    let fields: Vec<&str> = tagged.split(' ').collect();
+    assert!(
+        fields[0].ends_with('Z') && fields[1].starts_with("printer"),
+        "{tagged}"
+    );
+    assert_eq!(fields[2], id, "{tagged}");
+    assert!(
+        logs.lines().any(|l| l.ends_with("stderr| to stderr")),
+        "{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(" error| 500 RuntimeError: asked to fail")),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "escape sequences are escaped: {logs}"
+    );
+    assert!(logs.contains("\\u{1b}[31mred"), "{logs}");
+    assert!(
+        !logs.lines().any(|l| l.starts_with("2000-01-01")),
+        "forged entry: {logs}"
+    );
+
+    // Over HTTP, filtered.
+    let a = w.call("GET", "/logs/printer?stream=error", "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let entries = a.json()["entries"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{}", a.body);
+    assert_eq!(entries[0]["stream"], "error");
+    assert_eq!(w.call("GET", "/logs/..%2Fetc", "").status, 400);
+    let a = w.call("POST", "/logs/printer", "");
+    assert_eq!((a.status, header(&a, "allow")), (405, Some("GET")));
+
+    // ol admin describe: files, settings, sandboxes, last errors.
+    let out = common::ol(&dir, &["admin", "describe", "printer"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("files:        f.py, ol.yaml"), "{text}");
+    assert!(text.contains("limits:       log_kb 16 (others"), "{text}");
+    assert!(text.contains("sandboxes:    1"), "{text}");
+    assert!(
+        text.contains("last errors:  1") && text.contains("asked to fail"),
+        "{text}"
+    );
+    let out = common::ol(&dir, &["admin", "describe", "printer", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("describe --json");
+    assert_eq!(v["last_errors"].as_array().map(Vec::len), Some(1), "{v}");
+
+    // --json listings; the dir from $OL_DIR.
+    let out = ol_env(&dir, &["admin", "ls", "--json"], &[]);
+    let names: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls --json");
+    assert!(
+        names
+            .as_array()
+            .is_some_and(|n| n.contains(&"printer".into())),
+        "{names}"
+    );
+    let out = std::process::Command::new(common::ol_bin())
+        .args(["worker", "status", "--json"])
+        .env("OL_DIR", &dir)
+        .output()
+        .expect("run ol");
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(status["pid"].as_u64(), Some(u64::from(w.worker_pid())));
+    assert!(
+        status["stats"]["invocations"].as_u64() >= Some(4),
+        "{status}"
+    );
+
+    // A lambda keeps at most its log_kb, newest kept.
+    let out = common::ol(&dir, &["invoke", "printer", "-d", "\"flood\""]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(common::eventually(
+        std::time::Duration::from_secs(10),
+        || { stdout(&common::ol(&dir, &["logs", "printer"])).contains("flood line 1999") }
+    ));
+    let size = |f: &str| fs::metadata(dir.join("logs/lambdas").join(f)).map_or(0, |m| m.len());
+    assert!(size("printer.log") + size("printer.log.1") <= 16 * 1024);
+
+    // The lines outlive the sandboxes and the worker; --since filters.
+    w.down();
+    let out = common::ol(&dir, &["logs", "printer", "--since", "1h"]);
+    assert!(
+        stdout(&out).contains("flood line 1999"),
+        "{}",
+        common::stderr(&out)
+    );
+    let out = common::ol(&dir, &["logs", "printer", "--json"]);
+    assert!(
+        stdout(&out)
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
+}
+
+#[test]
+fn new_makes_lambdas_that_pass_their_tests_and_run() {
+    let w = TestWorker::start(Backend::Process, &[], &[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let parent = work.path().to_str().expect("utf-8 path");
+    let cases = [
+        (
+            "greet",
+            "python",
+            "{\"name\": \"Alice\"}",
+            "\"greeting\": \"Hello, Alice!\"",
+        ),
+        ("wsgi-app", "wsgi", "hi", "\"received\": 2"),
+        ("asgi-app", "asgi", "hi", "\"received\": 2"),
+    ];
+    for (name, template, body, expected) in cases {
+        let out = ol_plain(&["new", name, "--template", template, "--dir", parent]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        assert!(
+            stdout(&out).contains("python3 -m unittest"),
+            "{}",
+            stdout(&out)
+        );
+        let lambda = work.path().join(name);
+        let test = std::process::Command::new("python3")
+            .args(["-m", "unittest"])
+            .current_dir(&lambda)
+            .output()
+            .expect("python3");
+        assert!(
+            test.status.success(),
+            "{template}: {}",
+            common::stderr(&test)
+        );
+        let out = common::ol(
+            w.path(),
+            &["admin", "install", lambda.to_str().unwrap_or_default()],
+        );
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let out = common::ol(w.path(), &["invoke", name, "-d", body]);
+        assert!(out.status.success(), "{template}: {}", common::stderr(&out));
+        assert!(
+            stdout(&out).contains(expected),
+            "{template}: {}",
+            stdout(&out)
+        );
+    }
+    for (template, file, package) in [
+        ("flask", "app.py", "flask"),
+        ("fastapi", "app.py", "fastapi"),
+        ("numpy", "f.py", "numpy"),
+    ] {
+        let name = format!("with-{template}");
+        let out = ol_plain(&["new", &name, "-t", template, "--dir", parent]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let lambda = work.path().join(&name);
+        let requirements =
+            fs::read_to_string(lambda.join("requirements.txt")).expect("requirements");
+        assert_eq!(requirements.trim(), package);
+        let compiled = std::process::Command::new("python3")
+            .args(["-m", "py_compile", file])
+            .current_dir(&lambda)
+            .status()
+            .expect("python3");
+        assert!(compiled.success(), "{template}'s {file} compiles");
+    }
+    // An existing dir is not overwritten.
+    let out = ol_plain(&["new", "greet", "--dir", parent]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("exists already"),
+        "{}",
+        common::stderr(&out)
+    );
+}
+
+#[test]
+fn completion_and_errors_about_the_worker_dir() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(common::ol_bin())
+            .args(["completion", shell])
+            .output()
+            .expect("run ol");
+        assert!(out.status.success(), "{shell}");
+        let script = stdout(&out);
+        assert!(
+            script.contains("invoke") && script.contains("logs"),
+            "{shell}: {script}"
+        );
+    }
+    let missing = tempfile::tempdir().expect("tempdir");
+    let dir = missing.path().join("nothing-here");
+    let out = common::ol(&dir, &["worker", "status"]);
+    let err = common::stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("no worker directory at {}", dir.display()))
+            && err.contains("from -p")
+            && err.contains("OL_DIR=DIR"),
+        "{err}"
+    );
+    let out = std::process::Command::new(common::ol_bin())
+        .args(["admin", "ls"])
+        .env("OL_DIR", &dir)
+        .output()
+        .expect("run ol");
+    let err = common::stderr(&out);
+    assert!(err.contains("from $OL_DIR"), "{err}");
+    // Each cause once.
+    fs::create_dir_all(&dir).expect("mkdir");
+    fs::write(dir.join("config.json"), "{not json").expect("config.json");
+    let out = common::ol(&dir, &["admin", "ls"]);
+    let err = common::stderr(&out);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is not valid JSON: key must be a string"), "{err}");
+    assert_eq!(err.matches("key must be a string").count(), 1, "{err}");
+}

@@ -141,6 +141,7 @@ impl Driver {
             limits: Limits::default(),
             packages: Vec::new(),
             zygote: Vec::new(),
+            lambda_logs: None,
         };
         let new = pool.create(&spec).expect("start the runtime");
         match variant {

@@ -712,6 +712,11 @@ impl Config {
         Ok(Some(config))
     }
 
+    /// Whether `registry` is a directory (not an `http(s)://` or `s3://` URL).
+    pub fn registry_is_local(&self) -> bool {
+        !self.registry_is_http() && !self.registry.starts_with("s3://")
+    }
+
     /// Whether `registry` is an HTTP registry URL.
     pub fn registry_is_http(&self) -> bool {
         self.registry.starts_with("http://") || self.registry.starts_with("https://")

@@ -32,6 +32,20 @@ pub async fn serve(
 
 /// Sends `req` to its route; an admin route only once its gate
 /// ([`crate::access`]) lets the request through.
+/// 405 naming the one method that works, in `Allow` too (RFC 9110).
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("use {allow}"),
+        None,
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    response
+}
+
 async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Response<Body> {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/run/") {
@@ -52,6 +66,16 @@ async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Resp
         }
         let rest = rest.to_string();
         routes::registry::handle(&state, req, &rest).await
+    } else if let Some(name) = path.strip_prefix("/logs/") {
+        if let Some(refused) = state.admin.refusal(AdminRoute::Stats, req.headers()) {
+            return refused;
+        }
+        if req.method() != Method::GET {
+            return method_not_allowed("GET");
+        }
+        let name = name.to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        routes::logs::logs(&state, &name, &query).await
     } else {
         let gated = match path {
             "/stats" => Some(AdminRoute::Stats),
@@ -65,9 +89,7 @@ async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Resp
             (&Method::GET, "/status") => routes::status::status(),
             (&Method::GET, "/stats") => routes::stats::stats(&state),
             (&Method::GET, "/metrics") => routes::metrics::metrics(&state),
-            (_, "/status" | "/stats" | "/metrics") => {
-                error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET", None, None)
-            }
+            (_, "/status" | "/stats" | "/metrics") => method_not_allowed("GET"),
             _ => error_response(
                 StatusCode::NOT_FOUND,
                 &format!("no route {path}; lambdas are called at /run/<name>"),

@@ -51,6 +51,8 @@ pub struct AppState {
     /// Whether error bodies carry the lambda's traceback (config.json
     /// `tracebacks`).
     pub tracebacks: crate::config::Tracebacks,
+    /// Each lambda's output and failed calls (`GET /logs/NAME`).
+    pub lambda_logs: Option<Arc<ol_sandbox::lambda_logs::LambdaLogs>>,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ pub(crate) fn idle_state(dir: &std::path::Path) -> AppState {
         counters: HttpCounters::default(),
         admin: AdminGates::open(),
         tracebacks: crate::config::Tracebacks::Client,
+        lambda_logs: None,
     }
 }
 

@@ -105,6 +105,17 @@ fn invoke_error_response(
 ) -> Response<Body> {
     let status = crate::invoke_status::status_of(e);
     log_invoke_error(name, request_id, status, e);
+    // Only a lambda that exists has a log (a name nobody installed must
+    // not make a file); its own failures, not its callers' mistakes.
+    if let (Some(logs), true) = (&state.lambda_logs, status.is_server_error())
+        && !matches!(e, InvokeError::NotFound(_) | InvokeError::BadName(_))
+    {
+        let text = match e.traceback() {
+            Some(tb) => format!("{} {e}\n{tb}", status.as_u16()),
+            None => format!("{} {e}", status.as_u16()),
+        };
+        logs.failure(name, request_id, &text);
+    }
     let traceback = match state.tracebacks {
         Tracebacks::Client => e.traceback(),
         Tracebacks::Log => None,
