@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ol_registry::{DirRegistry, Registry, pack_lambda};
+use ol_registry::{DirRegistry, Registry};
 use ol_worker::access::AdminKey;
 use ol_worker::{WorkerDir, client};
 
@@ -123,7 +123,7 @@ fn install(dir: &DirArg, path: &Path, name: Option<String>) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .context("the path has no file name")?;
     let (default_name, archive) = if path.is_dir() {
-        (file_name, pack_lambda(path)?)
+        (file_name, pack_with_progress(path)?)
     } else if let Some(stem) = file_name.strip_suffix(".tar.gz") {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -145,17 +145,53 @@ fn install(dir: &DirArg, path: &Path, name: Option<String>) -> Result<()> {
         }
         None => {
             let registry = local_registry(&wd)?;
-            ol_worker::upload::install_checked(
+            let config = ol_worker::Config::load(&wd.config_file(), &[])?;
+            ol_worker::upload::install_checked_within(
                 &registry,
                 &wd.state().join("uploads"),
                 &name,
                 &archive,
+                &config.limits,
             )?;
         }
     }
     println!("installed {name} ({} bytes packed)", archive.len());
     Ok(())
 }
+
+/// Packs a lambda directory; a large one (over [`LARGE_FILES`] files or
+/// [`LARGE_BYTES`]) shows how far packing got, on stderr.
+fn pack_with_progress(path: &Path) -> Result<Vec<u8>> {
+    let started = std::time::Instant::now();
+    let mut shown = 0u64;
+    let archive = ol_registry::pack_lambda_with(path, &mut |p| {
+        let step = (p.files / LARGE_FILES).max(p.bytes / LARGE_BYTES);
+        if step > shown {
+            shown = step;
+            eprintln!(
+                "[{:5.1}s] packing {}: {} files, {:.1} MiB",
+                started.elapsed().as_secs_f64(),
+                path.display(),
+                p.files,
+                p.bytes as f64 / f64::from(1 << 20)
+            );
+        }
+    })?;
+    if shown > 0 {
+        eprintln!(
+            "[{:5.1}s] packed {} into {:.1} MiB",
+            started.elapsed().as_secs_f64(),
+            path.display(),
+            archive.len() as f64 / f64::from(1 << 20)
+        );
+    }
+    Ok(archive)
+}
+
+/// Files after which packing shows its progress (and every this many).
+const LARGE_FILES: u64 = 500;
+/// Bytes after which packing shows its progress (and every this many).
+const LARGE_BYTES: u64 = 32 << 20;
 
 fn ls(dir: &DirArg, json: bool) -> Result<()> {
     let wd = dir.open()?;

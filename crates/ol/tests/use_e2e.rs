@@ -134,6 +134,14 @@ fn f_gets_the_request_context_and_every_call_an_id(backend: Backend) {
         "{}",
         a.body
     );
+    // The app's own 418 is no worker error; the 405 is.
+    let stats = w.stats();
+    assert_eq!(
+        stats["errors_by_status"],
+        serde_json::json!({"405": 1}),
+        "{stats}"
+    );
+    assert_eq!(stats["errors_4xx"], 1, "{stats}");
 }
 
 #[test]
@@ -519,6 +527,65 @@ fn completion_and_errors_about_the_worker_dir() {
     let err = common::stderr(&out);
     assert!(!out.status.success());
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("is not valid JSON: key must be a string"), "{err}");
+    assert!(
+        err.contains("is not valid JSON: key must be a string"),
+        "{err}"
+    );
     assert_eq!(err.matches("key must be a string").count(), 1, "{err}");
+}
+
+on_both_backends!(install_checks_limits_and_packs_only_the_lambda);
+
+fn install_checks_limits_and_packs_only_the_lambda(backend: Backend) {
+    let w = TestWorker::start(backend, &[], &[]);
+    let src = tempfile::tempdir().expect("tempdir");
+    let lambda = src.path().join("big");
+    fs::create_dir_all(lambda.join(".git/objects")).expect("mkdir");
+    fs::create_dir_all(lambda.join("data")).expect("mkdir");
+    fs::write(lambda.join(".git/objects/blob"), "x".repeat(1 << 20)).expect("blob");
+    fs::write(
+        lambda.join("f.py"),
+        "import os\ndef f(event):\n    return sorted(os.listdir('.'))\n",
+    )
+    .expect("f.py");
+    for i in 0..1200 {
+        fs::write(lambda.join(format!("data/{i}.txt")), "d").expect("data");
+    }
+    let path = lambda.to_str().unwrap_or_default();
+    let out = common::ol(w.path(), &["admin", "install", path]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("packing") && err.contains("1000 files"),
+        "progress: {err}"
+    );
+    let a = w.run("big", "");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        !a.body.contains(".git") && a.body.contains("data"),
+        "{}",
+        a.body
+    );
+
+    // ol.yaml asking more than the worker gives is refused at install,
+    // naming the key, by the worker and without one.
+    fs::write(lambda.join("ol.yaml"), "limits: {mem_mb: 100000}\n").expect("ol.yaml");
+    let out = common::ol(w.path(), &["admin", "install", path, "--name", "greedy"]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("(400)") && err.contains("limits.mem_mb: 100000 is above this worker's limit"),
+        "{err}"
+    );
+    assert_eq!(w.run("greedy", "").status, 404, "nothing installed");
+    let idle = tempfile::tempdir().expect("tempdir");
+    let out = common::ol(idle.path(), &["worker", "init"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = common::ol(idle.path(), &["admin", "install", path, "--name", "greedy"]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("limits.mem_mb"),
+        "{}",
+        common::stderr(&out)
+    );
 }

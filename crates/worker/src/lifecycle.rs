@@ -287,6 +287,7 @@ async fn serve_until_signal(
         admin,
         tracebacks: config.tracebacks,
         lambda_logs: Some(lambda_logs),
+        lambda_limits: config.limits.clone(),
     });
     let mut term = signal(SignalKind::terminate()).map_err(signal_err(dir))?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;

@@ -220,7 +220,10 @@ impl WorkerMetrics {
     }
 
     /// Records one call of `lambda` answered with `status` after `took`.
-    pub fn record_request(&self, lambda: &str, status: u16, took: Duration) {
+    /// `by_lambda`: the lambda itself answered with `status` (a WSGI app's
+    /// 404), which is no error of the worker's and stays out of
+    /// [`Self::errors_by_status`].
+    pub fn record_request(&self, lambda: &str, status: u16, took: Duration, by_lambda: bool) {
         // 404 (no such lambda) and 400 (not a lambda name) must not take
         // one of the bounded labels.
         let exists = !matches!(status, 400 | 404);
@@ -230,7 +233,9 @@ impl WorkerMetrics {
         };
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).0.record(took);
-        self.statuses.inc(status);
+        if !by_lambda {
+            self.statuses.inc(status);
+        }
     }
 
     /// The Prometheus (OpenMetrics) text of every metric.
@@ -465,11 +470,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let m = idle_metrics(dir.path(), 3);
         for l in ["l0", "l1", "l2", "l3", "l4"] {
-            m.record_request(l, 200, Duration::from_micros(300));
+            m.record_request(l, 200, Duration::from_micros(300), true);
         }
-        m.record_request("l0", 200, Duration::from_millis(3));
-        m.record_request("l1", 500, Duration::from_millis(1));
-        m.record_request("nope", 404, Duration::from_micros(50));
+        m.record_request("l0", 200, Duration::from_millis(3), true);
+        m.record_request("l1", 500, Duration::from_millis(1), false);
+        m.record_request("nope", 404, Duration::from_micros(50), false);
+        // The lambda's own 418 is no worker error.
+        m.record_request("l1", 418, Duration::from_millis(1), true);
         let s = scrape(&m);
         assert_eq!(
             series(&s, "ol_requests_total"),

@@ -51,6 +51,9 @@ pub struct AppState {
     /// Whether error bodies carry the lambda's traceback (config.json
     /// `tracebacks`).
     pub tracebacks: crate::config::Tracebacks,
+    /// The limits lambdas get (config.json `limits`): an upload whose
+    /// ol.yaml asks for more is refused.
+    pub lambda_limits: ol_sandbox::Limits,
     /// Each lambda's output and failed calls (`GET /logs/NAME`).
     pub lambda_logs: Option<Arc<ol_sandbox::lambda_logs::LambdaLogs>>,
 }
@@ -93,6 +96,7 @@ pub(crate) fn idle_state(dir: &std::path::Path) -> AppState {
         admin: AdminGates::open(),
         tracebacks: crate::config::Tracebacks::Client,
         lambda_logs: None,
+        lambda_limits: ol_sandbox::Limits::default(),
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::conn::{RequestBody, StallLimited};
 use crate::response::{Body, body_error, error_response, json_response};
 use crate::state::AppState;
-use crate::upload::install_checked;
+use crate::upload::install_checked_within;
 
 /// Handles `/registry` and `/registry/...`; `rest` is what follows
 /// `/registry`.
@@ -159,8 +159,9 @@ async fn install<B: RequestBody>(
     };
     let check_dir = state.upload_dir.clone();
     let lambda = name.to_string();
+    let limits = state.lambda_limits.clone();
     let answer = blocking(move || {
-        let code = install_checked(&registry, &check_dir, &lambda, &body)?;
+        let code = install_checked_within(&registry, &check_dir, &lambda, &body, &limits)?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({ "lambda": lambda, "version": code.version }),

@@ -38,12 +38,13 @@ pub(crate) async fn run<B: RequestBody>(
     };
     let span = Phase::Request.span();
     span.record("lambda", name);
-    let response = answer(state, req, name, sub_path).instrument(span).await;
+    let (response, by_lambda) = answer(state, req, name, sub_path).instrument(span).await;
     let status = response.status().as_u16();
     let took = arrived.elapsed();
     Phase::Request.record(took);
-    state.metrics.record_request(name, status, took);
-    let class = status / 100;
+    state.metrics.record_request(name, status, took, by_lambda);
+    // A status the lambda chose itself (an app's 404) is no error here.
+    let class = if by_lambda { 2 } else { status / 100 };
     if class == 4 {
         state.counters.errors_4xx.fetch_add(1, Ordering::Relaxed);
     } else if class == 5 {
@@ -53,13 +54,14 @@ pub(crate) async fn run<B: RequestBody>(
 }
 
 /// The response to a call of lambda `name`, with the call's request id
-/// in `X-Request-Id` (the client's when it sent a plain one).
+/// in `X-Request-Id` (the client's when it sent a plain one), and whether
+/// the lambda itself answered (its status is its own).
 async fn answer<B: RequestBody>(
     state: &AppState,
     req: Request<B>,
     name: &str,
     sub_path: &str,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
     let request_id = request_id::from_client(
         req.headers()
             .get(request_id::HEADER)
@@ -67,7 +69,7 @@ async fn answer<B: RequestBody>(
     );
     // Made before the id moves into the invocation: one header value per call.
     let id_header = HeaderValue::from_str(&request_id).ok();
-    let mut response = match read_invocation(
+    let (mut response, by_lambda) = match read_invocation(
         req,
         sub_path,
         request_id,
@@ -79,11 +81,11 @@ async fn answer<B: RequestBody>(
         Ok(inv) => {
             let request_id = inv.request_id.clone();
             match state.lambdas.invoke(name, inv).await {
-                Ok(reply) => reply_response(reply),
-                Err(e) => invoke_error_response(state, name, &request_id, &e),
+                Ok(reply) => (reply_response(reply), true),
+                Err(e) => (invoke_error_response(state, name, &request_id, &e), false),
             }
         }
-        Err(resp) => resp,
+        Err(resp) => (resp, false),
     };
     if let Some(id) = id_header {
         // The worker's, never the lambda's: the lambda cannot name another call.
@@ -91,7 +93,7 @@ async fn answer<B: RequestBody>(
             .headers_mut()
             .insert(HeaderName::from_static(request_id::HEADER), id);
     }
-    response
+    (response, by_lambda)
 }
 
 /// The JSON error answering a failed call; the worker log gets the error
