@@ -150,6 +150,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// docs/cli.md: the `--help` of every command, depth first.
+#[cfg(test)]
+fn cli_reference() -> String {
+    use clap::CommandFactory;
+    fn walk(cmd: &mut clap::Command, path: &str, out: &mut String) {
+        let help = cmd.render_long_help().to_string();
+        out.push_str(&format!(
+            "## {path}\n\n```text\n{}\n```\n\n",
+            help.trim_end()
+        ));
+        for sub in cmd.get_subcommands_mut() {
+            if sub.get_name() == "help" || sub.is_hide_set() {
+                continue;
+            }
+            let name = format!("{path} {}", sub.get_name());
+            walk(sub, &name, out);
+        }
+    }
+    let mut out = String::from(
+        "# Command-line reference\n\n\
+         Every `ol` command's `--help`, generated from the command's definition\n\
+         (`crates/ol/src/main.rs`, test `cli_reference_is_current`, which fails when\n\
+         this file is stale; `OL_WRITE_CLI_DOCS=1 cargo test -p ol --bin ol\n\
+         cli_reference` rewrites it). The README has the commands by task.\n\n",
+    );
+    let mut cli = Cli::command().term_width(0);
+    cli.build();
+    walk(&mut cli, "ol", &mut out);
+    out.truncate(out.trim_end().len());
+    out.push('\n');
+    out
+}
+
 /// `ol completion SHELL`: the script on stdout (a closed pipe, as with
 /// `| head`, is no error).
 fn completion(shell: clap_complete::Shell) -> anyhow::Result<()> {
@@ -188,6 +221,23 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    /// docs/cli.md is every command's `--help`, generated from this very
+    /// definition: the test fails when it is stale, and rewrites it when
+    /// run with `OL_WRITE_CLI_DOCS=1`.
+    #[test]
+    fn cli_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md");
+        let reference = super::cli_reference();
+        if std::env::var_os("OL_WRITE_CLI_DOCS").is_some() {
+            std::fs::write(&path, &reference).expect("write docs/cli.md");
+        }
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            written == reference,
+            "docs/cli.md is stale: run `OL_WRITE_CLI_DOCS=1 cargo test -p ol --bin ol cli_reference` and commit it"
+        );
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub struct BaseArgs {
     mirror: Option<String>,
     /// Where downloaded packages and built root file systems are cached
     /// [default: $XDG_CACHE_HOME/ol, else /var/cache/ol].
-    #[arg(long, value_name = "DIR", env = "OL_CACHE_DIR")]
+    #[arg(long, value_name = "DIR", env = "OL_CACHE_DIR", hide_env_values = true)]
     cache_dir: Option<PathBuf>,
 }
 
