@@ -396,6 +396,52 @@ fn invoke_logs_describe_and_listings(backend: Backend) {
     let size = |f: &str| fs::metadata(dir.join("logs/lambdas").join(f)).map_or(0, |m| m.len());
     assert!(size("printer.log") + size("printer.log.1") <= 16 * 1024);
 
+    // ol logs -f prints the lines of calls made while it runs.
+    let mut follow = std::process::Command::new(common::ol_bin())
+        .args(["logs", "printer", "-f", "--since", "1s", "-p"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ol logs -f");
+    let pipe = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let out = common::ol(&dir, &["invoke", "printer", "-d", "\"followed\"", "-v"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let err = common::stderr(&out);
+    let followed = err
+        .split("request id ")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let wanted = format!("stdout| hello from {followed}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline {
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(line) if line.ends_with(&wanted) => break,
+            Ok(line) => seen.push(line),
+            Err(_) => {}
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        std::time::Instant::now() < deadline,
+        "ol logs -f never showed {wanted}: {seen:?}"
+    );
+    // The worker's own log has no terminal colours in a file.
+    let log = fs::read_to_string(dir.join("logs/worker.log")).expect("worker.log");
+    assert!(!log.contains('\u{1b}'), "{log}");
+
     // The lines outlive the sandboxes and the worker; --since filters.
     w.down();
     let out = common::ol(&dir, &["logs", "printer", "--since", "1h"]);
@@ -520,6 +566,17 @@ fn completion_and_errors_about_the_worker_dir() {
         .expect("run ol");
     let err = common::stderr(&out);
     assert!(err.contains("from $OL_DIR"), "{err}");
+    // A remote registry is named as such.
+    let remote = common::init_dir(&[], &[]);
+    common::set_config(remote.path(), &["registry=http://127.0.0.1:9/registry"]);
+    let out = common::ol(remote.path(), &["admin", "ls"]);
+    let err = common::stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is remote (http://127.0.0.1:9/registry)"),
+        "{err}"
+    );
+
     // Each cause once.
     fs::create_dir_all(&dir).expect("mkdir");
     fs::write(dir.join("config.json"), "{not json").expect("config.json");
