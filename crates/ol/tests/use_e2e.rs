@@ -198,6 +198,11 @@ fn failures_are_named_and_tracebacks_go_where_config_says() {
             1,
             "{log}"
         );
+        assert!(
+            log.contains("WARN")
+                && log.contains("limits.mem_mb, procs, cpu_percent and disk_mb are not enforced"),
+            "the process backend warns: {log}"
+        );
     }
 }
 
@@ -566,8 +571,16 @@ fn completion_and_errors_about_the_worker_dir() {
         .expect("run ol");
     let err = common::stderr(&out);
     assert!(err.contains("from $OL_DIR"), "{err}");
-    // A remote registry is named as such.
-    let remote = common::init_dir(&[], &[]);
+    // A remote registry is named as such; init names the sandbox as
+    // config.json does.
+    let remote = tempfile::tempdir().expect("tempdir");
+    let out = common::ol(remote.path(), &["worker", "init"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("sandbox: sock,") || said.contains("sandbox: process,"),
+        "{said}"
+    );
     common::set_config(remote.path(), &["registry=http://127.0.0.1:9/registry"]);
     let out = common::ol(remote.path(), &["admin", "ls"]);
     let err = common::stderr(&out);
@@ -642,6 +655,16 @@ fn install_checks_limits_and_packs_only_the_lambda(backend: Backend) {
     assert!(!out.status.success());
     assert!(
         common::stderr(&out).contains("limits.mem_mb"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    // force-cleanup says it kills the running worker.
+    let pid = w.worker_pid();
+    let out = common::ol(w.path(), &["worker", "force-cleanup"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains(&format!("a worker (pid {pid}) is running in")),
         "{}",
         common::stderr(&out)
     );

@@ -483,6 +483,8 @@ mod tests {
             [
                 ("lambda=l0,status=200".to_string(), 2.0),
                 ("lambda=l1,status=200".to_string(), 1.0),
+                // Counted per lambda and status, though not as an error.
+                ("lambda=l1,status=418".to_string(), 1.0),
                 ("lambda=l1,status=500".to_string(), 1.0),
                 ("lambda=l2,status=200".to_string(), 1.0),
                 ("lambda=other,status=200".to_string(), 2.0),

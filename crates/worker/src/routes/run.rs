@@ -107,10 +107,11 @@ fn invoke_error_response(
 ) -> Response<Body> {
     let status = crate::invoke_status::status_of(e);
     log_invoke_error(name, request_id, status, e);
-    // Only a lambda that exists has a log (a name nobody installed must
-    // not make a file); its own failures, not its callers' mistakes.
+    // Only a lambda the worker has loaded gets a log entry (a name nobody
+    // installed must not make a file, even while the registry is down);
+    // its own failures, not its callers' mistakes.
     if let (Some(logs), true) = (&state.lambda_logs, status.is_server_error())
-        && !matches!(e, InvokeError::NotFound(_) | InvokeError::BadName(_))
+        && state.lambdas.knows(name)
     {
         let text = match e.traceback() {
             Some(tb) => format!("{} {e}\n{tb}", status.as_u16()),
