@@ -4,8 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,8 +17,10 @@ use crate::admin::{Running, running_worker};
 /// How long `ol invoke` waits for an answer: a first call may install
 /// packages for minutes.
 const INVOKE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// How often a waiting `ol invoke` asks the worker what it installs.
-const INSTALL_POLL: Duration = Duration::from_millis(500);
+/// When a waiting `ol invoke` first asks the worker what it installs.
+const FIRST_INSTALL_LOOK: Duration = Duration::from_millis(100);
+/// How often it asks after that.
+const INSTALL_POLL: Duration = Duration::from_millis(250);
 
 /// `ol invoke`'s arguments.
 #[derive(Debug, clap::Args)]
@@ -195,46 +196,49 @@ fn running(wd: &WorkerDir) -> Result<Running> {
 /// While a call waits, shows the packages the worker installs (a spinner
 /// on a terminal, a line per package otherwise), from its `/stats`.
 struct InstallWatcher {
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the thread at once.
+    stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl InstallWatcher {
     fn start(worker: &Running) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = mpsc::channel();
         let url = worker.url.clone();
         let key = worker.key.clone();
-        let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("install-watch".into())
             .spawn(move || watch_installs(&url, key.as_ref(), &stopped))
             .ok();
-        Self { stop, thread }
+        Self {
+            stop: Some(stop),
+            thread,
+        }
     }
 }
 
 impl Drop for InstallWatcher {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn watch_installs(url: &str, key: Option<&ol_worker::access::AdminKey>, stop: &AtomicBool) {
+fn watch_installs(
+    url: &str,
+    key: Option<&ol_worker::access::AdminKey>,
+    stopped: &mpsc::Receiver<()>,
+) {
     let terminal = std::io::stderr().is_terminal();
     let mut spinner: Option<indicatif::ProgressBar> = None;
     let mut shown = std::collections::BTreeSet::new();
     let started = Instant::now();
-    // A hot call is over long before the first look.
-    let mut next = Instant::now() + INSTALL_POLL;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-        if Instant::now() < next {
-            continue;
-        }
-        next = Instant::now() + INSTALL_POLL;
+    // A hot call is over before the first look, and ends the wait at once.
+    let mut wait = FIRST_INSTALL_LOOK;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+        wait = INSTALL_POLL;
         let Ok(stats) = client::stats_with_key(url, key, Duration::from_secs(2)) else {
             continue;
         };

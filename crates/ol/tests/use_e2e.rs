@@ -669,3 +669,57 @@ fn install_checks_limits_and_packs_only_the_lambda(backend: Backend) {
         common::stderr(&out)
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn invoke_shows_the_packages_a_first_call_installs() {
+    let wheels = tempfile::tempdir().expect("tempdir");
+    // Many files, so that installing it takes a while (unpacking and
+    // sealing go file by file).
+    let mut files: Vec<(String, &str)> = (0..4000)
+        .map(|i| (format!("olshown/data/f{i}.txt"), "x"))
+        .collect();
+    files.push(("olshown/__init__.py".into(), "VALUE = 'shown'\n"));
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+    common::write_wheel_files(wheels.path(), "ol_shown_pkg", "0.0.1", &files);
+    let index = format!("pip_index_url={}", wheels.path().display());
+    let code = "import olshown\ndef f(event):\n    return olshown.VALUE\n";
+    let w = TestWorker::start(
+        Backend::Sock,
+        &[(
+            "shown",
+            &[
+                ("f.py", code),
+                ("requirements.txt", "ol-shown-pkg==0.0.1\n"),
+            ],
+        )],
+        &["package_cache_dir=/var/tmp/ol-test-uv-cache", &index],
+    );
+    let out = common::ol(w.path(), &["invoke", "shown"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(stdout(&out), "\"shown\"\n");
+    let err = common::stderr(&out);
+    let log = fs::read_to_string(w.path().join("logs/worker.log")).expect("worker.log");
+    assert!(
+        log.contains("installing package=ol-shown-pkg==0.0.1"),
+        "{log}"
+    );
+    // How long the install took, as the worker logged it: one that lasted
+    // longer than the watcher's interval (it looks every 250 ms) must have
+    // been shown; a quicker one may fall between two looks.
+    let ms: f64 = log
+        .lines()
+        .find(|l| l.contains("installed package=ol-shown-pkg==0.0.1"))
+        .and_then(|l| l.split("ms=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no install time in {log}"));
+    if ms >= 400.0 {
+        assert!(
+            err.contains("] installing ol-shown-pkg==0.0.1"),
+            "{ms} ms: {err}"
+        );
+    } else {
+        eprintln!("the install took {ms} ms: too quick to require the watcher's line");
+    }
+}
