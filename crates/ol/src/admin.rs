@@ -227,6 +227,34 @@ fn ls(dir: &DirArg, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The installed distributions (`DIR/packages/<name>==<version>`) named by
+/// `requirements` (their dependencies are not listed).
+fn installed_for(packages: &Path, requirements: &[String]) -> Vec<String> {
+    let normal = |name: &str| name.to_ascii_lowercase().replace(['_', '.'], "-");
+    let wanted: Vec<String> = requirements
+        .iter()
+        .map(|r| {
+            normal(
+                r.split(['=', '<', '>', '!', '~', '[', ';', ' '])
+                    .next()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut found: Vec<String> = std::fs::read_dir(packages)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|dir| {
+            dir.split_once("==")
+                .is_some_and(|(name, _)| wanted.contains(&normal(name)))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// How many failed calls `describe` shows.
 const LAST_ERRORS: usize = 5;
 
@@ -287,6 +315,7 @@ fn describe(dir: &DirArg, name: &str, json: bool) -> Result<()> {
             config.registry_dir(wd.root()).display()
         );
     }
+    let installed = installed_for(&wd.packages(), &requirements);
     let errors: Vec<_> = ol_sandbox::lambda_logs::LambdaLogs::read(&wd.lambda_logs(), name)?
         .into_iter()
         .filter(|e| e.stream == "error")
@@ -297,6 +326,7 @@ fn describe(dir: &DirArg, name: &str, json: bool) -> Result<()> {
             "lambda": name,
             "files": files,
             "requirements": requirements,
+            "installed": installed,
             "config": settings,
             "sandboxes": sandboxes,
             "last_errors": errors,
@@ -315,6 +345,16 @@ fn describe(dir: &DirArg, name: &str, json: bool) -> Result<()> {
             requirements.join(", ")
         }
     );
+    if !requirements.is_empty() {
+        println!(
+            "  installed:    {}",
+            if installed.is_empty() {
+                "none yet (the first call installs them)".to_string()
+            } else {
+                installed.join(", ")
+            }
+        );
+    }
     if settings.is_null() {
         println!("  config:       (no worker running: start one to see the parsed ol.yaml)");
     } else {

@@ -722,4 +722,13 @@ fn invoke_shows_the_packages_a_first_call_installs() {
     } else {
         eprintln!("the install took {ms} ms: too quick to require the watcher's line");
     }
+    // ol admin describe names what is installed for it.
+    let out = common::ol(w.path(), &["admin", "describe", "shown"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("requirements: ol-shown-pkg==0.0.1")
+            && text.contains("installed:    ol-shown-pkg==0.0.1"),
+        "{text}"
+    );
 }
