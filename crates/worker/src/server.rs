@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::access::AdminRoute;
 use crate::conn::{ConnLimits, RequestBody};
-use crate::response::{Body, error_response};
+use crate::response::{Body, error_response, method_not_allowed};
 use crate::routes;
 use crate::state::AppState;
 
@@ -32,20 +32,6 @@ pub async fn serve(
 
 /// Sends `req` to its route; an admin route only once its gate
 /// ([`crate::access`]) lets the request through.
-/// 405 naming the one method that works, in `Allow` too (RFC 9110).
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &format!("use {allow}"),
-        None,
-        None,
-    );
-    response
-        .headers_mut()
-        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
-    response
-}
-
 async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Response<Body> {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/run/") {
@@ -71,7 +57,7 @@ async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Resp
             return refused;
         }
         if req.method() != Method::GET {
-            return method_not_allowed("GET");
+            return method_not_allowed("use GET", "GET");
         }
         let name = name.to_string();
         let query = req.uri().query().unwrap_or("").to_string();
@@ -89,7 +75,7 @@ async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Resp
             (&Method::GET, "/status") => routes::status::status(),
             (&Method::GET, "/stats") => routes::stats::stats(&state),
             (&Method::GET, "/metrics") => routes::metrics::metrics(&state),
-            (_, "/status" | "/stats" | "/metrics") => method_not_allowed("GET"),
+            (_, "/status" | "/stats" | "/metrics") => method_not_allowed("use GET", "GET"),
             _ => error_response(
                 StatusCode::NOT_FOUND,
                 &format!("no route {path}; lambdas are called at /run/<name>"),
@@ -126,6 +112,40 @@ mod tests {
 
     fn json_of(text: &str) -> Value {
         serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    #[tokio::test]
+    async fn every_405_says_what_is_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(idle_state(dir.path()));
+        for (method, path, allow) in [
+            (Method::POST, "/stats", "GET"),
+            (Method::DELETE, "/metrics", "GET"),
+            (Method::PUT, "/status", "GET"),
+            (Method::POST, "/logs/hello", "GET"),
+            (Method::PUT, "/registry/hello", "POST, DELETE"),
+            (Method::POST, "/registry/", "GET"),
+            (Method::POST, "/registry/hello/config", "GET"),
+        ] {
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let resp = dispatch(Arc::clone(&state), req).await;
+            assert_eq!(
+                resp.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert_eq!(
+                resp.headers()
+                    .get(http::header::ALLOW)
+                    .and_then(|v| v.to_str().ok()),
+                Some(allow),
+                "{method} {path}"
+            );
+        }
     }
 
     #[tokio::test]
