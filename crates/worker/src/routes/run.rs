@@ -67,7 +67,8 @@ async fn answer<B: RequestBody>(
             .get(request_id::HEADER)
             .map(HeaderValue::as_bytes),
     );
-    // Made before the id moves into the invocation: one header value per call.
+    // Made before the id moves into the invocation: the header value is
+    // the id of the error path too (no second copy per call).
     let id_header = HeaderValue::from_str(&request_id).ok();
     let (mut response, by_lambda) = match read_invocation(
         req,
@@ -78,13 +79,15 @@ async fn answer<B: RequestBody>(
     )
     .await
     {
-        Ok(inv) => {
-            let request_id = inv.request_id.clone();
-            match state.lambdas.invoke(name, inv).await {
-                Ok(reply) => (reply_response(reply), true),
-                Err(e) => (invoke_error_response(state, name, &request_id, &e), false),
+        Ok(inv) => match state.lambdas.invoke(name, inv).await {
+            Ok(reply) => (reply_response(reply), true),
+            Err(e) => {
+                // Ids are plain ASCII (request_id::is_acceptable or hex).
+                let id = id_header.as_ref().and_then(|h| h.to_str().ok());
+                let response = invoke_error_response(state, name, id.unwrap_or(""), &e);
+                (response, false)
             }
-        }
+        },
         Err(resp) => (resp, false),
     };
     if let Some(id) = id_header {
