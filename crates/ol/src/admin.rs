@@ -255,6 +255,15 @@ fn installed_for(packages: &Path, requirements: &[String]) -> Vec<String> {
     found
 }
 
+/// `items` joined by commas, or `none` when there are none.
+fn listed(items: &[String], none: &str) -> String {
+    if items.is_empty() {
+        none.to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
 /// How many failed calls `describe` shows.
 const LAST_ERRORS: usize = 5;
 
@@ -337,23 +346,10 @@ fn describe(dir: &DirArg, name: &str, json: bool) -> Result<()> {
     }
     println!("lambda {name}");
     println!("  files:        {}", files.join(", "));
-    println!(
-        "  requirements: {}",
-        if requirements.is_empty() {
-            "none".to_string()
-        } else {
-            requirements.join(", ")
-        }
-    );
+    println!("  requirements: {}", listed(&requirements, "none"));
     if !requirements.is_empty() {
-        println!(
-            "  installed:    {}",
-            if installed.is_empty() {
-                "none yet (the first call installs them)".to_string()
-            } else {
-                installed.join(", ")
-            }
-        );
+        let none = "none yet (the first call installs them)";
+        println!("  installed:    {}", listed(&installed, none));
     }
     if settings.is_null() {
         println!("  config:       (no worker running: start one to see the parsed ol.yaml)");
