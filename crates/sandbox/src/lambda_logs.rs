@@ -19,9 +19,14 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
+
+/// Most lambda log files held open before they are all closed (and
+/// reopened on their next line).
+const MAX_OPEN_FILES: usize = 128;
 
 /// Longest line kept; the rest of a longer one is dropped.
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
@@ -48,6 +53,8 @@ pub struct LambdaLogs {
     dir: PathBuf,
     /// Bytes kept per lambda for the worker's own entries.
     cap: u64,
+    /// Files opened since they were last all closed.
+    opened: AtomicUsize,
     files: Mutex<HashMap<String, Arc<Mutex<LogFile>>>>,
 }
 
@@ -65,6 +72,7 @@ impl LambdaLogs {
         Self {
             dir,
             cap: cap_kb.saturating_mul(1024).max(2),
+            opened: AtomicUsize::new(0),
             files: Mutex::new(HashMap::new()),
         }
     }
@@ -106,6 +114,17 @@ impl LambdaLogs {
         }
         let file = {
             let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.opened.load(Ordering::Relaxed) >= MAX_OPEN_FILES {
+                // Many lambdas print: close the files held open so far
+                // (each reopens on its next line), so that their
+                // descriptors stay few.
+                self.opened.store(0, Ordering::Relaxed);
+                for open in files.values() {
+                    if let Ok(mut log) = open.try_lock() {
+                        log.file = None;
+                    }
+                }
+            }
             Arc::clone(files.entry(lambda.to_string()).or_insert_with(|| {
                 Arc::new(Mutex::new(LogFile {
                     path: self.dir.join(format!("{lambda}.log")),
@@ -119,6 +138,9 @@ impl LambdaLogs {
         };
         text.push(b'\n');
         let mut log = file.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.file.is_none() {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(e) = log.write(&text, cap) {
             tracing::debug!(lambda, "cannot write the lambda's log: {e}");
             log.file = None;
@@ -381,6 +403,45 @@ mod tests {
         let entries = LambdaLogs::read(dir.path(), "hello").expect("read");
         assert_eq!(entries.last().map(|e| e.line.as_str()), Some("line 01999"));
         assert!(!entries.iter().any(|e| e.line == "line 00000"));
+    }
+
+    #[test]
+    fn many_lambdas_hold_few_descriptors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = LambdaLogs::new(dir.path().to_path_buf(), 64);
+        let entry = |line: &str| LogEntry {
+            time: now(),
+            sandbox: "s".into(),
+            request_id: "r".into(),
+            stream: "stdout".into(),
+            line: line.into(),
+        };
+        for i in 0..3 * MAX_OPEN_FILES {
+            logs.append(&format!("l{i}"), &entry("one"), 64 * 1024);
+        }
+        // Old ones printing again count too.
+        for i in 0..2 * MAX_OPEN_FILES {
+            logs.append(&format!("l{i}"), &entry("again"), 64 * 1024);
+        }
+        let open = logs
+            .files
+            .lock()
+            .expect("files")
+            .values()
+            .filter(|f| f.lock().expect("file").file.is_some())
+            .count();
+        assert!(open <= MAX_OPEN_FILES, "{open} files open");
+        // A closed one reopens and appends.
+        logs.append("l0", &entry("two"), 64 * 1024);
+        let lines: Vec<String> = LambdaLogs::read(dir.path(), "l0")
+            .expect("read")
+            .into_iter()
+            .map(|e| e.line)
+            .collect();
+        assert_eq!(lines, ["one", "again", "two"]);
+        // Names that could leave the dir make no file.
+        logs.append("../escape", &entry("x"), 64 * 1024);
+        assert!(!dir.path().join("../escape.log").exists());
     }
 
     #[test]
