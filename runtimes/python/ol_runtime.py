@@ -432,18 +432,135 @@ def event_decoder() -> Callable[[bytes], Any]:
     return decode
 
 
+class Context:
+    """What ``f(event, ctx)`` learns of its call besides the body.
+
+    ``method`` (upper case), ``path`` (what follows ``/run/NAME``, ``/`` when
+    nothing does), ``query`` (the query string's parameters, the first value
+    of each), ``query_string`` (raw, without ``?``), ``headers`` (names lower
+    case; a repeated header's values joined by ``", "``) and ``request_id``
+    (the worker's ``X-Request-Id`` for the call, tagged on its log lines).
+    """
+
+    __slots__ = ("method", "path", "query", "query_string", "headers", "request_id")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: dict[str, str],
+        request_id: str,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.query = _first_values(query_string)
+        self.headers = headers
+        self.request_id = request_id
+
+    def __repr__(self) -> str:
+        return f"Context(method={self.method!r}, path={self.path!r}, request_id={self.request_id!r})"
+
+
+def _first_values(query_string: str) -> dict[str, str]:
+    if not query_string:
+        return {}
+    from urllib.parse import parse_qsl
+
+    query: dict[str, str] = {}
+    for name, value in parse_qsl(query_string, keep_blank_values=True):
+        query.setdefault(name, value)
+    return query
+
+
+def context_of(raw_meta: bytes) -> Context:
+    """The :class:`Context` of a request frame's meta."""
+    meta = parse_meta(raw_meta)
+    headers: dict[str, str] = {}
+    for name, value in meta.get("headers") or ():
+        previous = headers.get(name)
+        headers[name] = value if previous is None else f"{previous}, {value}"
+    return Context(
+        meta.get("method") or "GET",
+        meta.get("path") or "/",
+        meta.get("query") or "",
+        headers,
+        meta.get("request_id") or "",
+    )
+
+
+def takes_context(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` can be called with two positional arguments
+    (``f(event, ctx)``); decided once, when the lambda loads."""
+    code = getattr(fn, "__code__", None)
+    if code is not None and type(fn).__name__ == "function":
+        # Plain functions (nearly every f): no need to import inspect.
+        return code.co_argcount >= 2 or bool(code.co_flags & 0x04)  # CO_VARARGS
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(None, None)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def not_json_error(fn_name: str, result: object, exc: Exception) -> TypeError:
+    """The error for a return value JSON cannot encode, naming what it is
+    (``f returned a set, which JSON cannot encode``)."""
+    found: list[str] = []
+
+    def record(value: object) -> object:
+        found.append(type(value).__name__)
+        raise TypeError
+
+    try:
+        json.dumps(result, default=record)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    outer = _a(type(result).__name__)
+    if isinstance(exc, ValueError):  # e.g. a circular reference
+        return TypeError(f"{fn_name} returned {outer} JSON cannot encode: {exc}")
+    if not found or not isinstance(result, (dict, list, tuple)):
+        return TypeError(f"{fn_name} returned {outer}, which JSON cannot encode")
+    return TypeError(f"{fn_name} returned {outer} holding {_a(found[0])}, which JSON cannot encode")
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
+
+
 def event_handler(fn: Callable[..., Any], with_conn: bool) -> Handler:
-    """``f(event)``, or seed-002 ``handler(conn, event)`` called with conn=None."""
+    """``f(event)`` or ``f(event, ctx)``, or seed-002 ``handler(conn, event)``
+    called with conn=None."""
     decode = event_decoder()
     dumps = json.dumps
     response_meta = _JSON_RESPONSE_META
+    name = "handler" if with_conn else "f"
 
-    def call(_meta: bytes, body: bytes) -> tuple[bytes, bytes]:
-        event = decode(body)
-        result = fn(None, event) if with_conn else fn(event)
-        return response_meta, dumps(result).encode()
+    def encode(result: object) -> bytes:
+        try:
+            return dumps(result).encode()
+        except (TypeError, ValueError) as exc:
+            raise not_json_error(name, result, exc) from None
 
-    return Handler("handler" if with_conn else "f", call)
+    if with_conn:
+
+        def call(_meta: bytes, body: bytes) -> tuple[bytes, bytes]:
+            return response_meta, encode(fn(None, decode(body)))
+
+    elif takes_context(fn):
+
+        def call(meta: bytes, body: bytes) -> tuple[bytes, bytes]:
+            return response_meta, encode(fn(decode(body), context_of(meta)))
+
+    else:
+
+        def call(_meta: bytes, body: bytes) -> tuple[bytes, bytes]:
+            return response_meta, encode(fn(decode(body)))
+
+    return Handler(name, call)
 
 
 # ------------------------------------------------------------------ WSGI --

@@ -112,8 +112,10 @@ class RuntimeProcess:
         path: str = "/",
         query: str = "",
         headers: list[list[str]] | None = None,
+        request_id: str = "0123456789abcdef",
     ) -> tuple[dict[str, Any], bytes]:
-        self.send_frame({"method": method, "path": path, "query": query, "headers": headers or []}, body)
+        meta = {"method": method, "path": path, "query": query, "headers": headers or [], "request_id": request_id}
+        self.send_frame(meta, body)
         return self.recv_frame()
 
     def close_and_wait(self) -> int:
@@ -191,6 +193,54 @@ class EventLambdaTests(RuntimeTestCase):
         runtime = self.start({"f.py": "def f(event):\n    return [type(event).__name__, event.hex()]\n"})
         self.assert_json_response(runtime.call(b"\xff\x00\x80"), ["bytes", "ff0080"])
         self.assert_json_response(runtime.call(b"a\x80"), ["bytes", "6180"])
+
+    def test_f_with_two_parameters_gets_the_request_context(self) -> None:
+        source = """
+            def f(event, ctx):
+                return {
+                    "event": event,
+                    "method": ctx.method,
+                    "path": ctx.path,
+                    "query": ctx.query,
+                    "query_string": ctx.query_string,
+                    "headers": ctx.headers,
+                    "request_id": ctx.request_id,
+                }
+        """
+        runtime = self.start({"f.py": source})
+        response = runtime.call(
+            b"",
+            method="GET",
+            path="/a/b",
+            query="y=1&y=2&z=%C3%A9&empty=",
+            headers=[["accept", "text/plain"], ["x-many", "1"], ["x-many", "2"]],
+            request_id="abc-1",
+        )
+        self.assert_json_response(
+            response,
+            {
+                "event": None,
+                "method": "GET",
+                "path": "/a/b",
+                "query": {"y": "1", "z": "é", "empty": ""},
+                "query_string": "y=1&y=2&z=%C3%A9&empty=",
+                "headers": {"accept": "text/plain", "x-many": "1, 2"},
+                "request_id": "abc-1",
+            },
+        )
+
+    def test_context_is_given_only_to_callables_taking_two_arguments(self) -> None:
+        cases = {
+            "def f(event):\n    return event\n": "one",
+            "def f(event, ctx=None):\n    return ctx.request_id\n": "rid",
+            "def f(*args):\n    return len(args)\n": 2,
+            "import functools\ndef g(prefix, event):\n    return prefix + event\nf = functools.partial(g, 'p-')\n": "p-one",
+            "class F:\n    def __call__(self, event, ctx):\n        return ctx.method\nf = F()\n": "POST",
+        }
+        for source, expected in cases.items():
+            with self.subTest(source=source):
+                runtime = self.start({"f.py": source})
+                self.assert_json_response(runtime.call(b'"one"', request_id="rid"), expected)
 
     def test_seed_002_handler_gets_conn_none(self) -> None:
         source = """
@@ -322,10 +372,31 @@ class ErrorTests(RuntimeTestCase):
 
     def test_unserializable_result_is_a_500(self) -> None:
         runtime = self.start({"f.py": self.RAISING})
-        self.assert_error_response(
-            runtime.call(b'"object"'), "TypeError: Object of type object is not JSON serializable"
-        )
+        self.assert_error_response(runtime.call(b'"object"'), "TypeError: f returned an object, which JSON cannot encode", "")
         self.assert_json_response(runtime.call(), "ok")
+
+    def test_a_result_json_cannot_encode_is_named(self) -> None:
+        source = """
+            import datetime
+            def f(event):
+                if event == "set":
+                    return {1, 2}
+                if event == "bytes":
+                    return b"x"
+                if event == "nested":
+                    return {"when": datetime.date(2026, 1, 2)}
+                loop = []
+                loop.append(loop)
+                return loop
+        """
+        runtime = self.start({"f.py": source})
+        self.assert_error_response(runtime.call(b'"set"'), "TypeError: f returned a set, which JSON cannot encode")
+        self.assert_error_response(runtime.call(b'"bytes"'), "TypeError: f returned a bytes, which JSON cannot encode")
+        self.assert_error_response(
+            runtime.call(b'"nested"'), "TypeError: f returned a dict holding a date, which JSON cannot encode"
+        )
+        meta, _ = runtime.call(b'"loop"')
+        self.assertEqual(meta["error"], "TypeError: f returned a list JSON cannot encode: Circular reference detected")
 
     def test_base_exceptions_are_500s_and_do_not_stop_the_runtime(self) -> None:
         runtime = self.start({"f.py": self.RAISING})

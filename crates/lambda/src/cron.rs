@@ -110,6 +110,7 @@ fn cron_invocation(schedule: &str, minute: SystemTime) -> Invocation {
         query: String::new(),
         headers: vec![("content-type".into(), "application/json".into())],
         body: Bytes::from(body.to_string()),
+        request_id: ol_obs::request_id::next(),
     }
 }
 

@@ -50,8 +50,13 @@ pub enum InvokeError {
     #[error("{0}")]
     NoMemory(String),
     /// ol.yaml does not allow the HTTP method.
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    #[error("{message}")]
+    MethodNotAllowed {
+        /// What was refused and what ol.yaml allows.
+        message: String,
+        /// The methods ol.yaml allows (HTTP's `Allow` header).
+        allowed: Vec<String>,
+    },
     /// The body is over the lambda's own limit.
     #[error("{0}")]
     BodyTooLarge(String),

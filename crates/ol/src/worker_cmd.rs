@@ -37,7 +37,7 @@ pub fn run(cmd: WorkerCommand) -> Result<()> {
             up(&dir, detach, &options)
         }
         WorkerCommand::Down { dir } => down(&dir),
-        WorkerCommand::Status { dir } => status(&dir),
+        WorkerCommand::Status { dir, json } => status(&dir, json),
         WorkerCommand::ForceCleanup { dir } => force_cleanup(&dir),
     }
 }
@@ -61,7 +61,7 @@ pub struct BaseArgs {
     mirror: Option<String>,
     /// Where downloaded packages and built root file systems are cached
     /// [default: $XDG_CACHE_HOME/ol, else /var/cache/ol].
-    #[arg(long, value_name = "DIR", env = "OL_CACHE_DIR")]
+    #[arg(long, value_name = "DIR", env = "OL_CACHE_DIR", hide_env_values = true)]
     cache_dir: Option<PathBuf>,
 }
 
@@ -124,14 +124,14 @@ impl Drop for Steps {
 }
 
 fn init(dir: &DirArg, base: &BaseArgs) -> Result<()> {
-    let wd = WorkerDir::new(&dir.path);
+    let wd = WorkerDir::new(&dir.path());
     let source = base.source()?;
     let config = {
         let steps = Steps::new();
         wd.init(&source, &mut |line| steps.step(line))?
     };
     println!(
-        "initialized worker directory {} (base: {}, python: {}, sandbox: {:?}, port {})",
+        "initialized worker directory {} (base: {}, python: {}, sandbox: {}, port {})",
         wd.root().display(),
         config.base.name(),
         config.python,
@@ -142,7 +142,7 @@ fn init(dir: &DirArg, base: &BaseArgs) -> Result<()> {
 }
 
 fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
-    let wd = WorkerDir::new(&dir.path);
+    let wd = WorkerDir::new(&dir.path());
     if !wd.is_initialized() {
         wd.init(&BaseSource::Host, &mut |_| {})?;
         eprintln!("initialized worker directory {}", wd.root().display());
@@ -173,7 +173,7 @@ fn up(dir: &DirArg, detach: bool, options: &[String]) -> Result<()> {
 }
 
 fn down(dir: &DirArg) -> Result<()> {
-    let wd = WorkerDir::open_dir(&dir.path)?;
+    let wd = dir.open_any()?;
     match ol_worker::stop_worker(&wd, STOP_TIMEOUT)? {
         StopOutcome::NotRunning => println!("no worker was running in {}", wd.root().display()),
         StopOutcome::Stopped { pid } => println!("worker {pid} stopped"),
@@ -185,7 +185,14 @@ fn down(dir: &DirArg) -> Result<()> {
 }
 
 fn force_cleanup(dir: &DirArg) -> Result<()> {
-    let wd = WorkerDir::open_dir(&dir.path)?;
+    let wd = dir.open_any()?;
+    if let Some(running) = wd.running() {
+        eprintln!(
+            "a worker (pid {}) is running in {}: killing it and its sandboxes",
+            running.pid,
+            wd.root().display()
+        );
+    }
     let found = ol_worker::force_cleanup(&wd)?;
     println!(
         "cleaned up {}: {found} leftover sandbox(es) removed",
@@ -194,8 +201,8 @@ fn force_cleanup(dir: &DirArg) -> Result<()> {
     Ok(())
 }
 
-fn status(dir: &DirArg) -> Result<()> {
-    let wd = WorkerDir::open_dir(&dir.path)?;
+fn status(dir: &DirArg, json: bool) -> Result<()> {
+    let wd = dir.open()?;
     let Some(running) = wd.running() else {
         bail!(
             "no worker is running in {}; start one with `ol worker up -p {}`",
@@ -213,6 +220,18 @@ fn status(dir: &DirArg) -> Result<()> {
     let stats = client::stats_with_key(&url, key.as_ref(), Duration::from_secs(5))?;
     let layer = &stats.lambda_layer;
     let sandbox_rss: u64 = layer.sandboxes.iter().map(|s| rss_bytes(s.pid)).sum();
+    if json {
+        let v = serde_json::json!({
+            "dir": wd.root(),
+            "pid": running.pid,
+            "url": url,
+            "worker_rss_bytes": rss_bytes(running.pid),
+            "sandboxes_rss_bytes": sandbox_rss,
+            "stats": stats,
+        });
+        println!("{v}");
+        return Ok(());
+    }
     println!("worker in {}", wd.root().display());
     println!("  pid:         {}", running.pid);
     println!("  url:         {url}");

@@ -1,5 +1,5 @@
-//! OpenLambda's own conformance cases (upstream `scripts/test.py`, as
-//! OPENLAMBDA-FACTS.md summarizes them) that need no PyPI packages, ported
+//! OpenLambda's own conformance cases (upstream `scripts/test.py` in
+//! github.com/open-lambda/open-lambda) that need no PyPI packages, ported
 //! to stdlib-only lambdas.
 
 mod common;

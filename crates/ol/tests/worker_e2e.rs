@@ -346,11 +346,22 @@ fn status_shows_pid_port_lambdas_and_sandboxes(backend: Backend) {
     let sandbox = w.sandbox_pids("hello")[0];
     assert!(text.contains(&format!("pid {sandbox}")), "{text}");
 
+    // A worker dir with no worker, and a dir that is none.
     let idle = tempfile::tempdir().expect("tempdir");
+    let out = ol(idle.path(), &["worker", "init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = ol(idle.path(), &["worker", "status"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("no worker is running"),
+        "{}",
+        stderr(&out)
+    );
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = ol(empty.path(), &["worker", "status"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no worker directory at"),
         "{}",
         stderr(&out)
     );

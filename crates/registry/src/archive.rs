@@ -157,21 +157,46 @@ fn lambda_root(dir: &Path) -> Result<PathBuf, RegistryError> {
     })
 }
 
+/// Directories never packed: bytecode caches and version control.
+const SKIPPED_DIRS: [&str; 5] = ["__pycache__", ".git", ".hg", ".svn", ".bzr"];
+
 /// Makes a gzipped tar of the lambda directory `dir`: its regular files and
 /// directories under relative paths at the archive root, sorted, skipping
-/// `__pycache__` directories. Symlinks and special files are an error
-/// ([`RegistryError::CannotPack`]), since the receiving side refuses them.
+/// `__pycache__` and version-control directories (`.git`, ...). Symlinks
+/// and special files are an error ([`RegistryError::CannotPack`]), since
+/// the receiving side refuses them.
 pub fn pack_lambda(dir: &Path) -> Result<Vec<u8>, RegistryError> {
+    pack_lambda_with(dir, &mut |_| {})
+}
+
+/// [`pack_lambda`], calling `progress` with the files and bytes packed so
+/// far after each file (`ol admin install` shows it for large dirs).
+pub fn pack_lambda_with(
+    dir: &Path,
+    progress: &mut dyn FnMut(PackProgress),
+) -> Result<Vec<u8>, RegistryError> {
     let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
-    append_tree(&mut builder, dir, Path::new(""))?;
+    let mut done = PackProgress::default();
+    append_tree(&mut builder, dir, Path::new(""), &mut done, progress)?;
     let gz = builder.into_inner().map_err(io_error(dir))?;
     gz.finish().map_err(io_error(dir))
+}
+
+/// How far [`pack_lambda_with`] got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackProgress {
+    /// Files packed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 fn append_tree(
     builder: &mut tar::Builder<GzEncoder<Vec<u8>>>,
     base: &Path,
     rel: &Path,
+    done: &mut PackProgress,
+    progress: &mut dyn FnMut(PackProgress),
 ) -> Result<(), RegistryError> {
     let dir = base.join(rel);
     let mut entries = fs::read_dir(&dir)
@@ -187,7 +212,7 @@ fn append_tree(
         header.set_uid(0);
         header.set_gid(0);
         if meta.is_dir() {
-            if entry.file_name() == "__pycache__" {
+            if SKIPPED_DIRS.iter().any(|d| entry.file_name() == *d) {
                 continue;
             }
             header.set_entry_type(tar::EntryType::Directory);
@@ -196,7 +221,7 @@ fn append_tree(
             builder
                 .append_data(&mut header, &rel_path, io::empty())
                 .map_err(io_error(&path))?;
-            append_tree(builder, base, &rel_path)?;
+            append_tree(builder, base, &rel_path, done, progress)?;
         } else if meta.is_file() {
             // Read whole so the header's size is exactly what follows, even
             // if the file changes meanwhile.
@@ -207,6 +232,9 @@ fn append_tree(
             builder
                 .append_data(&mut header, &rel_path, data.as_slice())
                 .map_err(io_error(&path))?;
+            done.files += 1;
+            done.bytes += data.len() as u64;
+            progress(*done);
         } else {
             let reason = if meta.is_symlink() {
                 "symlinks are not allowed in lambdas; copy the file in instead"
@@ -626,6 +654,28 @@ mod tests {
         };
         assert!(r.read_to_end(&mut Vec::new()).is_err());
         assert!(tripped.get());
+    }
+
+    #[test]
+    fn packing_skips_version_control_and_counts_what_it_packs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lambda = dir.path().join("l");
+        for sub in [".git/objects", ".hg", "__pycache__", "pkg"] {
+            fs::create_dir_all(lambda.join(sub)).expect("mkdir");
+        }
+        fs::write(lambda.join(".git/objects/x"), "blob").expect("write");
+        fs::write(lambda.join("__pycache__/f.pyc"), "pyc").expect("write");
+        fs::write(lambda.join("f.py"), "def f(e):\n    return e\n").expect("write");
+        fs::write(lambda.join("pkg/m.py"), "x = 1\n").expect("write");
+        let mut seen = Vec::new();
+        let archive = pack_lambda_with(&lambda, &mut |p| seen.push(p)).expect("pack");
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].files, 2);
+        let out = dir.path().join("out");
+        unpack_lambda(archive.as_slice(), &out, &UnpackLimits::default()).expect("unpack");
+        assert!(out.join("f.py").is_file() && out.join("pkg/m.py").is_file());
+        assert!(!out.join(".git").exists() && !out.join(".hg").exists());
+        assert!(!out.join("__pycache__").exists());
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod s3;
 
 use std::path::PathBuf;
 
-pub use archive::{UnpackLimits, pack_lambda, unpack_lambda};
+pub use archive::{PackProgress, UnpackLimits, pack_lambda, pack_lambda_with, unpack_lambda};
 pub use bundle::check_bundle;
 pub use dir::DirRegistry;
 pub use health::{Health, Monitored};

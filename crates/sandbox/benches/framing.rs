@@ -141,6 +141,7 @@ impl Driver {
             limits: Limits::default(),
             packages: Vec::new(),
             zygote: Vec::new(),
+            lambda_logs: None,
         };
         let new = pool.create(&spec).expect("start the runtime");
         match variant {
@@ -190,6 +191,7 @@ impl Driver {
                     query: String::new(),
                     headers: vec![("content-type".to_string(), "application/json".to_string())],
                     body: Bytes::from_static(BODY),
+                    request_id: "0123456789abcdef".to_string(),
                 };
                 let reply = sandbox
                     .call(&inv, CALL_LIMIT, MAX_RESPONSE)

@@ -24,6 +24,22 @@ pub enum Backend {
     Process,
 }
 
+impl Backend {
+    /// Its name in config.json: `sock`, `process`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sock => "sock",
+            Self::Process => "process",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where a worker keeps what its sandboxes are made from and what they
 /// leave behind.
 #[derive(Debug, Clone)]

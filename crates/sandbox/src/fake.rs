@@ -767,6 +767,7 @@ mod tests {
             limits: Limits::default(),
             packages: Vec::new(),
             zygote: Vec::new(),
+            lambda_logs: None,
         }
     }
 

@@ -11,7 +11,8 @@
 //! - what the backends share: `scratch.rs` (a sandbox's dir on the host
 //!   and the cleanup of those a crash left), [`pids`] (naming a process
 //!   for good), `supervise.rs` (starting and waiting for host processes),
-//!   [`logs`] (capped output);
+//!   [`logs`] (capped output) and [`lambda_logs`] (each lambda's output,
+//!   kept after its sandboxes);
 //! - [`protocol`] and [`SafeSandbox`]: talking to a runtime;
 //!   [`runtime`]: the embedded Python runtime; [`mem_pool`]: the memory
 //!   sandboxes may take.
@@ -24,6 +25,7 @@
 mod backend;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+pub mod lambda_logs;
 pub mod logs;
 pub mod mem_pool;
 pub mod pids;
@@ -119,6 +121,17 @@ pub struct SandboxSpec {
     /// The import-cache zygotes to fork from, the root zygote's child
     /// first, the one to fork from last; empty: the root zygote.
     pub zygote: Vec<ZygoteNode>,
+    /// Where the lambda's output is kept after its sandboxes are gone
+    /// (`None`: only in the sandbox's scratch dir).
+    pub lambda_logs: Option<std::sync::Arc<lambda_logs::LambdaLogs>>,
+}
+
+impl SandboxSpec {
+    /// Where sandbox `id`'s lines go, within the lambda's `log_kb`.
+    pub fn log_sink(&self, id: &str) -> Option<lambda_logs::LogSink> {
+        let logs = self.lambda_logs.as_ref()?;
+        Some(logs.sink(&self.lambda, id, self.limits.log_kb))
+    }
 }
 
 /// One zygote of the import cache (docs/architecture.md §3.4): a zygote with these
@@ -204,6 +217,11 @@ pub trait Sandbox: Send + Sync + Debug {
     fn exit_reason(&mut self) -> Option<String>;
     /// Its cgroup, relative to the hierarchy roots, if it has one.
     fn cgroup(&self) -> Option<String> {
+        None
+    }
+    /// Where its output goes beside its scratch dir, if anywhere (a
+    /// lambda's sandbox: its lambda's log).
+    fn log_tag(&self) -> Option<&lambda_logs::LogTag> {
         None
     }
     /// Whether the kernel's OOM killer has killed a process of the sandbox.

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use crate::lambda_logs::{LineSplitter, LogTag};
 use crate::{SandboxError, io_err};
 
 /// The write ends of a sandbox's stdout and stderr pipes, for the sandbox,
@@ -38,6 +39,9 @@ pub struct LogPipes {
     /// Signals when every writer of both pipes has closed them and all
     /// their output is in the files.
     pub drained: Drained,
+    /// Where the lines also go, once routed: the lambda's log
+    /// ([`crate::lambda_logs`]).
+    pub tag: LogTag,
 }
 
 /// Tells when a sandbox's streams have been drained to their end.
@@ -79,6 +83,7 @@ pub const STREAMS: [&str; 2] = ["stdout", "stderr"];
 /// `dir/stderr`, at most `cap_kb` KiB each.
 pub fn pipes(dir: &Path, cap_kb: u64) -> Result<LogPipes, SandboxError> {
     let drained = Drained::default();
+    let tag = LogTag::default();
     let nix_err = |what: &'static str| {
         move |e: nix::Error| SandboxError::Io {
             what,
@@ -106,6 +111,7 @@ pub fn pipes(dir: &Path, cap_kb: u64) -> Result<LogPipes, SandboxError> {
                 name,
                 cap: cap_kb.saturating_mul(1024).max(2),
                 drained: drained.clone(),
+                tag: tag.clone(),
             })
             .map_err(|_| SandboxError::StartFailed("the log collector is gone".into()))?;
         ends.push(write);
@@ -117,6 +123,7 @@ pub fn pipes(dir: &Path, cap_kb: u64) -> Result<LogPipes, SandboxError> {
             stdout,
             stderr,
             drained,
+            tag,
         }),
         _ => Err(SandboxError::StartFailed("log pipes".into())),
     }
@@ -132,6 +139,7 @@ struct Stream {
     name: &'static str,
     cap: u64,
     drained: Drained,
+    tag: LogTag,
 }
 
 /// Creates (or truncates) `name` in `dir`.
@@ -187,7 +195,9 @@ async fn drain(stream: Stream) {
         name,
         cap,
         drained,
+        tag,
     } = stream;
+    let mut lines = LineSplitter::default();
     let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(read) {
         Ok(pipe) => pipe,
         Err(e) => {
@@ -205,6 +215,7 @@ async fn drain(stream: Stream) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        lines.feed(&tag, name, &buf[..n]);
         // Never more than half the cap in one file: split at the rotation.
         let mut rest = &buf[..n];
         while let (false, Some(file)) = (rest.is_empty(), out.as_mut()) {
@@ -222,6 +233,7 @@ async fn drain(stream: Stream) {
             }
         }
     }
+    lines.finish(&tag, name);
     drained.one_done();
 }
 

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use crate::lambda_logs::LogTag;
 use crate::logs::{self, LogPipes};
 use crate::pids::{pid_record, process_rss_bytes};
 use crate::scratch::{PID_FILE, cleanup_scratch};
@@ -63,6 +64,8 @@ impl ProcessPool {
     ) -> Result<NewSandbox, SandboxError> {
         fs::create_dir_all(scratch).map_err(io_err("cannot create scratch dir", scratch))?;
         let logs = logs::pipes(scratch, spec.limits.log_kb)?;
+        logs.tag.route(spec.log_sink(id));
+        let log_tag = logs.tag.clone();
         let (ours, theirs) =
             UnixStream::pair().map_err(io_err("cannot create socket pair for", scratch))?;
 
@@ -105,6 +108,7 @@ impl ProcessPool {
             child,
             scratch: scratch.to_path_buf(),
             destroyed: false,
+            log_tag,
         };
         let pid_path = scratch.join(PID_FILE);
         if let Err(source) = fs::write(&pid_path, pid_record(sandbox.pid)) {
@@ -154,6 +158,7 @@ impl SandboxPool for ProcessPool {
             stdout,
             stderr,
             drained,
+            ..
         } = logs::pipes(&scratch, spec.limits.log_kb)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
@@ -191,6 +196,7 @@ struct ProcessSandbox {
     child: Child,
     scratch: PathBuf,
     destroyed: bool,
+    log_tag: LogTag,
 }
 
 impl ProcessSandbox {
@@ -205,6 +211,10 @@ impl ProcessSandbox {
 impl Sandbox for ProcessSandbox {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn log_tag(&self) -> Option<&LogTag> {
+        Some(&self.log_tag)
     }
 
     fn pid(&self) -> u32 {

@@ -43,6 +43,8 @@ pub struct Invocation {
     pub headers: Vec<(String, String)>,
     /// The request body.
     pub body: Bytes,
+    /// The call's id (`X-Request-Id`, `ctx.request_id`, its log lines).
+    pub request_id: String,
 }
 
 /// A lambda's answer to one call.
@@ -62,6 +64,7 @@ struct RequestMeta<'a> {
     path: &'a str,
     query: &'a str,
     headers: &'a [(String, String)],
+    request_id: &'a str,
 }
 
 /// The meta object of any frame the runtime sends (ready, load error or
@@ -141,6 +144,7 @@ fn encode_request_head(inv: &Invocation, buf: &mut Vec<u8>) -> Result<(), Protoc
         path: &inv.path,
         query: &inv.query,
         headers: &inv.headers,
+        request_id: &inv.request_id,
     };
     serde_json::to_writer(&mut *buf, &meta)
         .map_err(|e| ProtocolError::Malformed(format!("cannot encode request meta: {e}")))?;
@@ -314,13 +318,14 @@ mod tests {
             query: "x=1".into(),
             headers: vec![("content-type".into(), "application/json".into())],
             body: Bytes::from_static(b"{\"name\": \"Alice\"}"),
+            request_id: "0123abcd".into(),
         };
         let mut out = Vec::new();
         let mut buf = Vec::new();
         write_request(&mut out, &inv, &mut buf)
             .await
             .expect("write");
-        let meta = r#"{"method":"POST","path":"/a/b","query":"x=1","headers":[["content-type","application/json"]]}"#;
+        let meta = r#"{"method":"POST","path":"/a/b","query":"x=1","headers":[["content-type","application/json"]],"request_id":"0123abcd"}"#;
         assert_eq!(out, frame(meta, b"{\"name\": \"Alice\"}"));
     }
 
@@ -337,7 +342,7 @@ mod tests {
         write_request(&mut out, &inv, &mut Vec::new())
             .await
             .expect("write");
-        let meta = r#"{"method":"PUT","path":"/","query":"","headers":[]}"#;
+        let meta = r#"{"method":"PUT","path":"/","query":"","headers":[],"request_id":""}"#;
         assert_eq!(out, frame(meta, &body));
     }
 

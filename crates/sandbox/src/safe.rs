@@ -162,6 +162,9 @@ impl SafeSandbox {
         max_response: usize,
     ) -> Result<Reply, CallError> {
         self.check_alive()?;
+        if let Some(tag) = self.inner.log_tag() {
+            tag.begin_call(&inv.request_id);
+        }
         // Whether the whole request went out: a runtime that died before
         // reading it never ran user code for it.
         let round_trip = async {

@@ -148,7 +148,7 @@ pub struct AdminConfig {
     /// `GET /registry/...`: the list of lambdas, their code and ol.yaml
     /// (with its environment).
     pub registry_read: Access,
-    /// `GET /stats`.
+    /// `GET /stats` and `GET /logs/NAME` (what lambdas print).
     pub stats: Access,
     /// `GET /metrics`.
     pub metrics: Access,
@@ -207,7 +207,7 @@ impl AdminRoute {
         match self {
             Self::RegistryWrite => "POST/DELETE /registry/NAME",
             Self::RegistryRead => "GET /registry/...",
-            Self::Stats => "GET /stats",
+            Self::Stats => "GET /stats, GET /logs/NAME",
             Self::Metrics => "GET /metrics",
         }
     }

@@ -14,7 +14,7 @@ pub enum ClientError {
     #[error("{method} {url}")]
     Build {
         /// The HTTP method.
-        method: &'static str,
+        method: String,
         /// The URL.
         url: String,
         /// What was wrong.
@@ -24,7 +24,7 @@ pub enum ClientError {
     #[error("{method} {url}")]
     Send {
         /// The HTTP method.
-        method: &'static str,
+        method: String,
         /// The URL.
         url: String,
         /// What failed (boxed: it is large, and errors are rare).
@@ -34,7 +34,7 @@ pub enum ClientError {
     #[error("reading the answer of {method} {url}")]
     Read {
         /// The HTTP method.
-        method: &'static str,
+        method: String,
         /// The URL.
         url: String,
         /// What failed (boxed: it is large, and errors are rare).
@@ -45,13 +45,25 @@ pub enum ClientError {
     Stats(#[source] serde_json::Error),
 }
 
-/// A response's status and body.
+/// A response's status, headers and body.
 #[derive(Debug)]
 pub struct Answer {
     /// The HTTP status.
     pub status: u16,
     /// The body, as text.
     pub body: String,
+    /// The response headers (names lower case), in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// GET `url`, any status.
@@ -88,8 +100,20 @@ pub fn stats_with_key(
 /// `method` `url` with `body`, presenting `key` as
 /// `Authorization: Bearer` when there is one; any status.
 pub fn request(
-    method: &'static str,
+    method: &str,
     url: &str,
+    body: &[u8],
+    key: Option<&AdminKey>,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    request_with_headers(method, url, &[], body, key, timeout)
+}
+
+/// [`request`] with extra request `headers`.
+pub fn request_with_headers(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
     body: &[u8],
     key: Option<&AdminKey>,
     timeout: Duration,
@@ -103,26 +127,43 @@ pub fn request(
     if let Some(key) = key {
         req = req.header(ureq::http::header::AUTHORIZATION, key.bearer());
     }
+    for (name, value) in headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
     let req = req
         .body(body.to_vec())
         .map_err(|source| ClientError::Build {
-            method,
+            method: method.to_string(),
             url: url.to_string(),
             source,
         })?;
     let mut resp = agent.run(req).map_err(|source| ClientError::Send {
-        method,
+        method: method.to_string(),
         url: url.to_string(),
         source: Box::new(source),
     })?;
     let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     let body = resp
         .body_mut()
         .read_to_string()
         .map_err(|source| ClientError::Read {
-            method,
+            method: method.to_string(),
             url: url.to_string(),
             source: Box::new(source),
         })?;
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        body,
+        headers,
+    })
 }

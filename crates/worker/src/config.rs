@@ -31,6 +31,19 @@ pub enum ImportCache {
     Off,
 }
 
+/// Where the traceback of a lambda that raised or failed to load goes
+/// (ours). The worker log gets it either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tracebacks {
+    /// In the JSON error body, to the HTTP client (as OpenLambda does).
+    #[default]
+    Client,
+    /// Only in the worker log; the client gets the error line and the
+    /// request id to find it by.
+    Log,
+}
+
 /// Limits of the sandbox that installs packages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -298,6 +311,9 @@ pub struct Config {
     pub packages_dir: String,
     /// Tracing switches.
     pub trace: Trace,
+    /// Where a failing lambda's traceback goes: "client" (the JSON error
+    /// body and the worker log) or "log" (the worker log only).
+    pub tracebacks: Tracebacks,
     /// Python interpreter for the runtime: a name on PATH or a path; `init`
     /// writes the real binary behind it (ours, not OpenLambda's). With a
     /// self-contained base, a path inside the base.
@@ -338,6 +354,7 @@ impl Default for Config {
             base_dir: String::new(),
             packages_dir: String::new(),
             trace: Trace::default(),
+            tracebacks: Tracebacks::Client,
             python: "python3".into(),
             base: BaseKind::Host,
         }
@@ -693,6 +710,11 @@ impl Config {
         .with_env(env);
         config.check().map_err(named)?;
         Ok(Some(config))
+    }
+
+    /// Whether `registry` is a directory (not an `http(s)://` or `s3://` URL).
+    pub fn registry_is_local(&self) -> bool {
+        !self.registry_is_http() && !self.registry.starts_with("s3://")
     }
 
     /// Whether `registry` is an HTTP registry URL.

@@ -11,7 +11,7 @@ pub fn status_of(e: &InvokeError) -> StatusCode {
     match e {
         InvokeError::BadName(_) => StatusCode::BAD_REQUEST,
         InvokeError::NotFound(_) => StatusCode::NOT_FOUND,
-        InvokeError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        InvokeError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         InvokeError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         InvokeError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
         // The lambda's own failures, and ours.
@@ -41,7 +41,13 @@ mod tests {
         let cases = [
             (InvokeError::BadName(text()), 400),
             (InvokeError::NotFound(text()), 404),
-            (InvokeError::MethodNotAllowed(text()), 405),
+            (
+                InvokeError::MethodNotAllowed {
+                    message: text(),
+                    allowed: vec![],
+                },
+                405,
+            ),
             (InvokeError::BodyTooLarge(text()), 413),
             (InvokeError::QueueFull(text()), 429),
             (

@@ -127,6 +127,13 @@ fn open_pool(
         },
         limits: config.limits.clone(),
     };
+    if !config.sandbox.uses_base() {
+        tracing::warn!(
+            sandbox = config.sandbox.name(),
+            "lambdas run as plain processes: no isolation, and limits.mem_mb, procs, \
+             cpu_percent and disk_mb are not enforced (sandbox \"sock\", as root, enforces them)"
+        );
+    }
     Ok(config.sandbox.open(&settings)?)
 }
 
@@ -233,8 +240,13 @@ async fn serve_until_signal(
     let Opened { code, local } = open_registry(dir, config)?;
     let registry = Arc::new(Monitored::new(code));
     tracing::info!(kind = registry.kind(), location = %registry.location(), "registry");
+    let lambda_logs = Arc::new(ol_sandbox::lambda_logs::LambdaLogs::new(
+        dir.lambda_logs(),
+        config.limits.log_kb,
+    ));
     let settings = LambdaSettings {
         limits: config.limits.clone(),
+        lambda_logs: Some(Arc::clone(&lambda_logs)),
         pause_after_idle: (config.pause_after_idle_ms > 0)
             .then(|| Duration::from_millis(config.pause_after_idle_ms)),
         mem_pool_mb: config.mem_pool_mb,
@@ -273,6 +285,9 @@ async fn serve_until_signal(
         counters: HttpCounters::default(),
         metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
         admin,
+        tracebacks: config.tracebacks,
+        lambda_logs: Some(lambda_logs),
+        lambda_limits: config.limits.clone(),
     });
     let mut term = signal(SignalKind::terminate()).map_err(signal_err(dir))?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err(dir))?;

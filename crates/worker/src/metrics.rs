@@ -220,7 +220,10 @@ impl WorkerMetrics {
     }
 
     /// Records one call of `lambda` answered with `status` after `took`.
-    pub fn record_request(&self, lambda: &str, status: u16, took: Duration) {
+    /// `by_lambda`: the lambda itself answered with `status` (a WSGI app's
+    /// 404), which is no error of the worker's and stays out of
+    /// [`Self::errors_by_status`].
+    pub fn record_request(&self, lambda: &str, status: u16, took: Duration, by_lambda: bool) {
         // 404 (no such lambda) and 400 (not a lambda name) must not take
         // one of the bounded labels.
         let exists = !matches!(status, 400 | 404);
@@ -230,7 +233,9 @@ impl WorkerMetrics {
         };
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).0.record(took);
-        self.statuses.inc(status);
+        if !by_lambda {
+            self.statuses.inc(status);
+        }
     }
 
     /// The Prometheus (OpenMetrics) text of every metric.
@@ -465,17 +470,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let m = idle_metrics(dir.path(), 3);
         for l in ["l0", "l1", "l2", "l3", "l4"] {
-            m.record_request(l, 200, Duration::from_micros(300));
+            m.record_request(l, 200, Duration::from_micros(300), true);
         }
-        m.record_request("l0", 200, Duration::from_millis(3));
-        m.record_request("l1", 500, Duration::from_millis(1));
-        m.record_request("nope", 404, Duration::from_micros(50));
+        m.record_request("l0", 200, Duration::from_millis(3), true);
+        m.record_request("l1", 500, Duration::from_millis(1), false);
+        m.record_request("nope", 404, Duration::from_micros(50), false);
+        // The lambda's own 418 is no worker error.
+        m.record_request("l1", 418, Duration::from_millis(1), true);
         let s = scrape(&m);
         assert_eq!(
             series(&s, "ol_requests_total"),
             [
                 ("lambda=l0,status=200".to_string(), 2.0),
                 ("lambda=l1,status=200".to_string(), 1.0),
+                // Counted per lambda and status, though not as an error.
+                ("lambda=l1,status=418".to_string(), 1.0),
                 ("lambda=l1,status=500".to_string(), 1.0),
                 ("lambda=l2,status=200".to_string(), 1.0),
                 ("lambda=other,status=200".to_string(), 2.0),

@@ -48,6 +48,15 @@ pub(crate) fn error_response(
     json_response(status, &body)
 }
 
+/// 405 with the methods that would work, in `Allow` too (RFC 9110).
+pub(crate) fn method_not_allowed(message: &str, allow: &'static str) -> Response<Body> {
+    let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, message, None, None);
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 /// The answer to a request whose body could not be read: 408 when it
 /// stalled, else 400.
 pub(crate) fn body_error(e: &(dyn std::error::Error + 'static)) -> Response<Body> {

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::access::AdminRoute;
 use crate::conn::{ConnLimits, RequestBody};
-use crate::response::{Body, error_response};
+use crate::response::{Body, error_response, method_not_allowed};
 use crate::routes;
 use crate::state::AppState;
 
@@ -52,6 +52,16 @@ async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Resp
         }
         let rest = rest.to_string();
         routes::registry::handle(&state, req, &rest).await
+    } else if let Some(name) = path.strip_prefix("/logs/") {
+        if let Some(refused) = state.admin.refusal(AdminRoute::Stats, req.headers()) {
+            return refused;
+        }
+        if req.method() != Method::GET {
+            return method_not_allowed("use GET", "GET");
+        }
+        let name = name.to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        routes::logs::logs(&state, &name, &query).await
     } else {
         let gated = match path {
             "/stats" => Some(AdminRoute::Stats),
@@ -65,9 +75,7 @@ async fn dispatch<B: RequestBody>(state: Arc<AppState>, req: Request<B>) -> Resp
             (&Method::GET, "/status") => routes::status::status(),
             (&Method::GET, "/stats") => routes::stats::stats(&state),
             (&Method::GET, "/metrics") => routes::metrics::metrics(&state),
-            (_, "/status" | "/stats" | "/metrics") => {
-                error_response(StatusCode::METHOD_NOT_ALLOWED, "use GET", None, None)
-            }
+            (_, "/status" | "/stats" | "/metrics") => method_not_allowed("use GET", "GET"),
             _ => error_response(
                 StatusCode::NOT_FOUND,
                 &format!("no route {path}; lambdas are called at /run/<name>"),
@@ -104,6 +112,40 @@ mod tests {
 
     fn json_of(text: &str) -> Value {
         serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    #[tokio::test]
+    async fn every_405_says_what_is_allowed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(idle_state(dir.path()));
+        for (method, path, allow) in [
+            (Method::POST, "/stats", "GET"),
+            (Method::DELETE, "/metrics", "GET"),
+            (Method::PUT, "/status", "GET"),
+            (Method::POST, "/logs/hello", "GET"),
+            (Method::PUT, "/registry/hello", "POST, DELETE"),
+            (Method::POST, "/registry/", "GET"),
+            (Method::POST, "/registry/hello/config", "GET"),
+        ] {
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let resp = dispatch(Arc::clone(&state), req).await;
+            assert_eq!(
+                resp.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert_eq!(
+                resp.headers()
+                    .get(http::header::ALLOW)
+                    .and_then(|v| v.to_str().ok()),
+                Some(allow),
+                "{method} {path}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -48,6 +48,14 @@ pub struct AppState {
     pub metrics: WorkerMetrics,
     /// Who may use the admin routes (config.json `admin`).
     pub admin: AdminGates,
+    /// Whether error bodies carry the lambda's traceback (config.json
+    /// `tracebacks`).
+    pub tracebacks: crate::config::Tracebacks,
+    /// The limits lambdas get (config.json `limits`): an upload whose
+    /// ol.yaml asks for more is refused.
+    pub lambda_limits: ol_sandbox::Limits,
+    /// Each lambda's output and failed calls (`GET /logs/NAME`).
+    pub lambda_logs: Option<Arc<ol_sandbox::lambda_logs::LambdaLogs>>,
 }
 
 impl AppState {
@@ -86,6 +94,9 @@ pub(crate) fn idle_state(dir: &std::path::Path) -> AppState {
         body_stall: Duration::from_secs(10),
         counters: HttpCounters::default(),
         admin: AdminGates::open(),
+        tracebacks: crate::config::Tracebacks::Client,
+        lambda_logs: None,
+        lambda_limits: ol_sandbox::Limits::default(),
     }
 }
 

@@ -22,3 +22,19 @@ pub fn install_checked(
     check_bundle(name, body, check_dir, ol_yaml::load)?;
     registry.install(name, body)
 }
+
+/// [`install_checked`] for a worker whose lambdas get `limits`: an ol.yaml
+/// asking for more than them is refused too (`BadConfig`, naming the key),
+/// rather than failing every call once installed.
+pub fn install_checked_within(
+    registry: &DirRegistry,
+    check_dir: &Path,
+    name: &str,
+    body: &[u8],
+    limits: &ol_sandbox::Limits,
+) -> Result<LambdaCode, RegistryError> {
+    check_bundle(name, body, check_dir, |dir: &Path| {
+        ol_yaml::load(dir).and_then(|config| config.limits.apply(limits))
+    })?;
+    registry.install(name, body)
+}

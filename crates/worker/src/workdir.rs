@@ -166,6 +166,10 @@ impl WorkerDir {
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
+    /// Each lambda's output, kept after its sandboxes (`ol logs`).
+    pub fn lambda_logs(&self) -> PathBuf {
+        self.logs().join("lambdas")
+    }
     /// The log of `ol worker up -d`.
     pub fn log_file(&self) -> PathBuf {
         self.logs().join("worker.log")

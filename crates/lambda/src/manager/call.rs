@@ -68,13 +68,16 @@ impl LambdaManager {
                 .config
                 .triggers
                 .allowed_methods()
-                .map(|m| m.join(", "))
                 .unwrap_or_default();
-            return Err(InvokeError::MethodNotAllowed(format!(
-                "method {} is not allowed for lambda {name} (ol.yaml allows: {})",
-                inv.method,
-                if allowed.is_empty() { "none" } else { &allowed }
-            )));
+            let listed = allowed.join(", ");
+            return Err(InvokeError::MethodNotAllowed {
+                message: format!(
+                    "method {} is not allowed for lambda {name} (ol.yaml allows: {})",
+                    inv.method,
+                    if listed.is_empty() { "none" } else { &listed }
+                ),
+                allowed,
+            });
         }
         let max_body = function.limits.max_body_mb.saturating_mul(1 << 20);
         if inv.body.len() as u64 > max_body {

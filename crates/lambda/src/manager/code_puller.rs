@@ -92,6 +92,12 @@ impl LambdaManager {
         now
     }
 
+    /// Whether lambda `name` has been loaded from the registry (it exists,
+    /// or did until its code was last checked).
+    pub fn knows(&self, name: &str) -> bool {
+        self.read_functions().contains_key(name)
+    }
+
     /// Forgets lambda `name` (its code was replaced or removed through the
     /// worker): its idle sandboxes go now, busy ones when their call ends.
     pub fn forget(&self, name: &str) {

@@ -44,6 +44,7 @@ impl LambdaManager {
             limits: function.limits.clone(),
             packages: Vec::new(),
             zygote: Vec::new(),
+            lambda_logs: self.settings.lambda_logs.clone(),
         };
         let has_packages = self.add_packages(function, &mut spec).await?;
         let pool = Arc::clone(&self.pool);

@@ -70,6 +70,9 @@ pub struct LambdaSettings {
     /// connections, 2× matched creating freely while keeping the sandbox
     /// count down).
     pub busy_before_waiting: usize,
+    /// Where each lambda's output is kept after its sandboxes are gone
+    /// (`None`: only in their scratch dirs).
+    pub lambda_logs: Option<Arc<ol_sandbox::lambda_logs::LambdaLogs>>,
 }
 
 impl Default for LambdaSettings {
@@ -85,6 +88,7 @@ impl Default for LambdaSettings {
             admission_timeout: Duration::from_secs(10),
             registry_cache: Duration::from_millis(5000),
             busy_before_waiting: 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            lambda_logs: None,
         }
     }
 }

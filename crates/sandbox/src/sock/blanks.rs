@@ -192,8 +192,12 @@ impl PoolInner {
             Some(logs) => Ok(logs),
             None => scratch.log_pipes(spec.limits.log_kb),
         });
+        let mut log_tag = None;
         let handed = match logs {
             Ok(logs) => {
+                // Routed before the lambda loads: what it prints at import is kept.
+                logs.tag.route(spec.log_sink(id));
+                log_tag = Some(logs.tag.clone());
                 let _phase = Phase::SockAssign.enter();
                 let mut env = base_env();
                 env.extend(spec.env.iter().cloned());
@@ -238,6 +242,7 @@ impl PoolInner {
                 exit_reason: None,
                 destroyed: false,
                 _zygote: Some(Arc::clone(zygote)),
+                log_tag,
             }),
             conn,
             forked_from: None,

@@ -57,6 +57,7 @@ impl PoolInner {
             stdout,
             stderr,
             drained,
+            ..
         } = scratch.log_pipes(cmd.limits.log_kb)?;
         let spawned = init
             .stdin(Stdio::null())

@@ -173,7 +173,11 @@ impl PoolInner {
             stdout,
             stderr,
             drained,
+            tag,
         } = scratch.log_pipes(limits.log_kb)?;
+        if let Program::Lambda(spec) = what {
+            tag.route(spec.log_sink(id));
+        }
         let child = spawn_with_runtime_fd(&mut cmd, stdout, stderr, theirs)?;
         let pid = child.id();
         let sandbox = SockSandbox {
@@ -181,6 +185,7 @@ impl PoolInner {
             pid,
             child,
             drained,
+            log_tag: tag,
             enclosure: Enclosure {
                 cgroup: cgroup.clone(),
                 scratch: scratch.dir.clone(),
@@ -204,6 +209,8 @@ pub(super) struct SockSandbox {
     child: Child,
     /// When its logs are all written out.
     drained: Drained,
+    /// Routes a lambda's output to its lambda's log.
+    log_tag: crate::lambda_logs::LogTag,
     enclosure: Enclosure,
     destroyed: bool,
 }
@@ -211,6 +218,10 @@ pub(super) struct SockSandbox {
 impl Sandbox for SockSandbox {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn log_tag(&self) -> Option<&crate::lambda_logs::LogTag> {
+        Some(&self.log_tag)
     }
 
     fn pid(&self) -> u32 {

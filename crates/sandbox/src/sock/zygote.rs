@@ -297,6 +297,7 @@ impl Zygote {
             exit_reason: None,
             destroyed: false,
             _zygote: None,
+            log_tag: None,
         };
         // On failure, dropping `sandbox` kills whatever was forked.
         self.request_fork(&meta, &fds)?;
@@ -398,6 +399,8 @@ pub(crate) struct ForkedSandbox {
     /// The zygote it was forked from: held so that a zygote with live
     /// children is never evicted.
     pub(crate) _zygote: Option<Arc<Zygote>>,
+    /// Routes its output to its lambda's log (none for a zygote).
+    pub(crate) log_tag: Option<crate::lambda_logs::LogTag>,
 }
 
 impl ForkedSandbox {
@@ -422,6 +425,10 @@ impl ForkedSandbox {
 impl Sandbox for ForkedSandbox {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn log_tag(&self) -> Option<&crate::lambda_logs::LogTag> {
+        self.log_tag.as_ref()
     }
 
     fn pid(&self) -> u32 {

@@ -6,8 +6,10 @@
 //! - [`registry`]: `/registry/...`: the local registry's API
 //! - [`stats`]: `GET /stats`: JSON ([`crate::stats::WorkerStats`])
 //! - [`metrics`]: `GET /metrics`: Prometheus text
+//! - [`logs`]: `GET /logs/<name>`: a lambda's kept output and failures
 //! - [`status`]: `GET /status`: `ready` once the worker serves
 
+pub(crate) mod logs;
 pub(crate) mod metrics;
 pub(crate) mod registry;
 pub(crate) mod run;

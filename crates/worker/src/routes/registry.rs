@@ -15,9 +15,9 @@ use ol_registry::{DirRegistry, Registry, RegistryError, UnpackLimits};
 use serde_json::json;
 
 use crate::conn::{RequestBody, StallLimited};
-use crate::response::{Body, body_error, error_response, json_response};
+use crate::response::{Body, body_error, error_response, json_response, method_not_allowed};
 use crate::state::AppState;
-use crate::upload::install_checked;
+use crate::upload::install_checked_within;
 
 /// Handles `/registry` and `/registry/...`; `rest` is what follows
 /// `/registry`.
@@ -95,11 +95,13 @@ pub(crate) async fn handle<B: RequestBody>(
             })
             .await
         }
-        _ => error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
+        (_, name, sub) => method_not_allowed(
             "registry routes: GET /registry/, POST or DELETE /registry/NAME, GET /registry/NAME/config",
-            None,
-            None,
+            match (name, sub) {
+                ("", _) | (_, "config") => "GET",
+                (file, "") if file.ends_with(".tar.gz") => "GET",
+                _ => "POST, DELETE",
+            },
         ),
     }
 }
@@ -159,8 +161,9 @@ async fn install<B: RequestBody>(
     };
     let check_dir = state.upload_dir.clone();
     let lambda = name.to_string();
+    let limits = state.lambda_limits.clone();
     let answer = blocking(move || {
-        let code = install_checked(&registry, &check_dir, &lambda, &body)?;
+        let code = install_checked_within(&registry, &check_dir, &lambda, &body, &limits)?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({ "lambda": lambda, "version": code.version }),

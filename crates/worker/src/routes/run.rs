@@ -11,12 +11,13 @@ use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use ol_lambda::InvokeError;
-use ol_obs::Phase;
+use ol_obs::{Phase, request_id};
 use ol_sandbox::{Invocation, Reply};
 use tracing::Instrument;
 
+use crate::config::Tracebacks;
 use crate::conn::{RequestBody, StallLimited};
-use crate::response::{Body, body_error, error_response};
+use crate::response::{Body, body_error, error_response, json_response};
 use crate::state::AppState;
 
 /// How far past the body limit a request is still read (and discarded) so
@@ -37,12 +38,13 @@ pub(crate) async fn run<B: RequestBody>(
     };
     let span = Phase::Request.span();
     span.record("lambda", name);
-    let response = answer(state, req, name, sub_path).instrument(span).await;
+    let (response, by_lambda) = answer(state, req, name, sub_path).instrument(span).await;
     let status = response.status().as_u16();
     let took = arrived.elapsed();
     Phase::Request.record(took);
-    state.metrics.record_request(name, status, took);
-    let class = status / 100;
+    state.metrics.record_request(name, status, took, by_lambda);
+    // A status the lambda chose itself (an app's 404) is no error here.
+    let class = if by_lambda { 2 } else { status / 100 };
     if class == 4 {
         state.counters.errors_4xx.fetch_add(1, Ordering::Relaxed);
     } else if class == 5 {
@@ -51,38 +53,125 @@ pub(crate) async fn run<B: RequestBody>(
     response
 }
 
-/// The response to a call of lambda `name`.
+/// The response to a call of lambda `name`, with the call's request id
+/// in `X-Request-Id` (the client's when it sent a plain one), and whether
+/// the lambda itself answered (its status is its own).
 async fn answer<B: RequestBody>(
     state: &AppState,
     req: Request<B>,
     name: &str,
     sub_path: &str,
-) -> Response<Body> {
-    match read_invocation(req, sub_path, state.max_body_bytes, state.body_stall).await {
+) -> (Response<Body>, bool) {
+    let request_id = request_id::from_client(
+        req.headers()
+            .get(request_id::HEADER)
+            .map(HeaderValue::as_bytes),
+    );
+    // Made before the id moves into the invocation: the header value is
+    // the id of the error path too (no second copy per call).
+    let id_header = HeaderValue::from_str(&request_id).ok();
+    let (mut response, by_lambda) = match read_invocation(
+        req,
+        sub_path,
+        request_id,
+        state.max_body_bytes,
+        state.body_stall,
+    )
+    .await
+    {
         Ok(inv) => match state.lambdas.invoke(name, inv).await {
-            Ok(reply) => reply_response(reply),
+            Ok(reply) => (reply_response(reply), true),
             Err(e) => {
-                let status = crate::invoke_status::status_of(&e);
-                log_invoke_error(name, status, &e);
-                error_response(status, &e.to_string(), Some(name), e.traceback())
+                // Ids are plain ASCII (request_id::is_acceptable or hex).
+                let id = id_header.as_ref().and_then(|h| h.to_str().ok());
+                let response = invoke_error_response(state, name, id.unwrap_or(""), &e);
+                (response, false)
             }
         },
-        Err(resp) => resp,
+        Err(resp) => (resp, false),
+    };
+    if let Some(id) = id_header {
+        // The worker's, never the lambda's: the lambda cannot name another call.
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(request_id::HEADER), id);
     }
+    (response, by_lambda)
 }
 
-fn log_invoke_error(name: &str, status: StatusCode, e: &InvokeError) {
-    match e {
-        InvokeError::NotFound(_) | InvokeError::BadName(_) => {
-            tracing::info!(lambda = name, status = status.as_u16(), "{e}")
+/// The JSON error answering a failed call; the worker log gets the error
+/// with its traceback, the client the traceback only when config.json
+/// `tracebacks` is "client".
+fn invoke_error_response(
+    state: &AppState,
+    name: &str,
+    request_id: &str,
+    e: &InvokeError,
+) -> Response<Body> {
+    let status = crate::invoke_status::status_of(e);
+    log_invoke_error(name, request_id, status, e);
+    // Only a lambda the worker has loaded gets a log entry (a name nobody
+    // installed must not make a file, even while the registry is down);
+    // its own failures, not its callers' mistakes.
+    if let (Some(logs), true) = (&state.lambda_logs, status.is_server_error())
+        && state.lambdas.knows(name)
+    {
+        let text = match e.traceback() {
+            Some(tb) => format!("{} {e}\n{tb}", status.as_u16()),
+            None => format!("{} {e}", status.as_u16()),
+        };
+        logs.failure(name, request_id, &text);
+    }
+    let traceback = match state.tracebacks {
+        Tracebacks::Client => e.traceback(),
+        Tracebacks::Log => None,
+    };
+    let mut body = serde_json::json!({
+        "error": e.to_string(),
+        "lambda": name,
+        "request_id": request_id,
+    });
+    if let Some(tb) = traceback {
+        body["traceback"] = tb.into();
+    }
+    let mut response = json_response(status, &body);
+    if let InvokeError::MethodNotAllowed { allowed, .. } = e
+        && let Ok(allow) = HeaderValue::from_str(&allowed.join(", "))
+    {
+        // RFC 9110: a 405 names the methods that would work (none: empty).
+        response.headers_mut().insert(http::header::ALLOW, allow);
+    }
+    response
+}
+
+/// One line in the worker log per failed call. What the lambda wrote (its
+/// error and traceback) is quoted with escapes, so it cannot start a line
+/// of its own that would pass for the worker's.
+fn log_invoke_error(name: &str, request_id: &str, status: StatusCode, e: &InvokeError) {
+    let status = status.as_u16();
+    let error = e.to_string();
+    match (e, e.traceback()) {
+        (InvokeError::NotFound(_) | InvokeError::BadName(_), _) => {
+            tracing::info!(lambda = name, request_id, status, ?error, "call failed")
         }
-        _ => tracing::warn!(lambda = name, status = status.as_u16(), "{e}"),
+        (_, Some(traceback)) => {
+            tracing::warn!(
+                lambda = name,
+                request_id,
+                status,
+                ?error,
+                traceback,
+                "call failed"
+            )
+        }
+        (_, None) => tracing::warn!(lambda = name, request_id, status, ?error, "call failed"),
     }
 }
 
 async fn read_invocation<B: RequestBody>(
     req: Request<B>,
     sub_path: &str,
+    request_id: String,
     max_body: usize,
     stall: Duration,
 ) -> Result<Invocation, Response<Body>> {
@@ -143,6 +232,7 @@ async fn read_invocation<B: RequestBody>(
         query: parts.uri.query().unwrap_or("").to_string(),
         headers,
         body,
+        request_id,
     })
 }
 

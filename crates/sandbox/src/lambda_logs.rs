@@ -1,0 +1,460 @@
+//! What lambdas print, kept per lambda after their sandboxes are gone
+//! (`ol logs NAME`, `GET /logs/NAME`), and the failures of their calls.
+//!
+//! Each lambda has one file of JSON lines, `<dir>/<lambda>.log`, one
+//! [`LogEntry`] a line: its time, the sandbox, the call (request id) in
+//! flight when the line was read, the stream and the text. The worker
+//! writes every field; what a lambda prints is only ever the `line` of an
+//! entry, escaped by JSON, so it cannot forge another entry, and a line
+//! longer than [`MAX_LINE_BYTES`] is cut. When a file reaches half the
+//! lambda's `limits.log_kb` it becomes `<lambda>.log.1` (replacing the
+//! older one): a lambda keeps at most `log_kb` of log, the newest.
+//!
+//! A sandbox's output reaches its lambda's file through its [`LogTag`]
+//! (made with its log pipes, `crate::logs`): the backend routes it with
+//! the spec's [`LogSink`] before the lambda is loaded, and each call
+//! names itself there ([`LogTag::begin_call`]) before it is sent.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+/// Most lambda log files held open before they are all closed (and
+/// reopened on their next line).
+const MAX_OPEN_FILES: usize = 128;
+
+/// Longest line kept; the rest of a longer one is dropped.
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+
+/// One line of a lambda's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When the worker read it, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// The sandbox that printed it ("" for the worker's own entries).
+    pub sandbox: String,
+    /// The call in flight in that sandbox when it was read ("" before the
+    /// first call).
+    pub request_id: String,
+    /// `stdout`, `stderr`, or `error` (a failed call, written by the worker).
+    pub stream: String,
+    /// The text, without its newline.
+    pub line: String,
+}
+
+/// Every lambda's log file, in one directory.
+#[derive(Debug)]
+pub struct LambdaLogs {
+    dir: PathBuf,
+    /// Bytes kept per lambda for the worker's own entries.
+    cap: u64,
+    /// Files opened since they were last all closed.
+    opened: AtomicUsize,
+    files: Mutex<HashMap<String, Arc<Mutex<LogFile>>>>,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: Option<File>,
+    written: u64,
+}
+
+impl LambdaLogs {
+    /// The logs kept in `dir` (made on first write), `cap_kb` KiB a
+    /// lambda (the worker's `limits.log_kb`; a lambda's own may be lower).
+    pub fn new(dir: PathBuf, cap_kb: u64) -> Self {
+        Self {
+            dir,
+            cap: cap_kb.saturating_mul(1024).max(2),
+            opened: AtomicUsize::new(0),
+            files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a failed call of `lambda` (an `error` entry; `ol admin
+    /// describe` shows the last ones).
+    pub fn failure(&self, lambda: &str, request_id: &str, text: &str) {
+        let text = &text.as_bytes()[..text.len().min(MAX_LINE_BYTES)];
+        let entry = LogEntry {
+            time: now(),
+            sandbox: String::new(),
+            request_id: request_id.to_string(),
+            stream: "error".into(),
+            line: String::from_utf8_lossy(text).into_owned(),
+        };
+        self.append(lambda, &entry, self.cap);
+    }
+
+    /// Where they are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where `lambda`'s output goes from `sandbox`, at most `cap_kb` KiB kept.
+    pub fn sink(self: &Arc<Self>, lambda: &str, sandbox: &str, cap_kb: u64) -> LogSink {
+        LogSink {
+            logs: Arc::clone(self),
+            lambda: lambda.into(),
+            sandbox: sandbox.into(),
+            cap: cap_kb.saturating_mul(1024).max(2),
+        }
+    }
+
+    /// Appends one entry to `lambda`'s log, keeping at most `cap` bytes.
+    /// Failing to write loses the entry, never the call.
+    pub fn append(&self, lambda: &str, entry: &LogEntry, cap: u64) {
+        if !is_lambda_name(lambda) {
+            return;
+        }
+        let file = {
+            let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.opened.load(Ordering::Relaxed) >= MAX_OPEN_FILES {
+                // Many lambdas print: close the files held open so far
+                // (each reopens on its next line), so that their
+                // descriptors stay few.
+                self.opened.store(0, Ordering::Relaxed);
+                for open in files.values() {
+                    if let Ok(mut log) = open.try_lock() {
+                        log.file = None;
+                    }
+                }
+            }
+            Arc::clone(files.entry(lambda.to_string()).or_insert_with(|| {
+                Arc::new(Mutex::new(LogFile {
+                    path: self.dir.join(format!("{lambda}.log")),
+                    file: None,
+                    written: 0,
+                }))
+            }))
+        };
+        let Ok(mut text) = serde_json::to_vec(entry) else {
+            return;
+        };
+        text.push(b'\n');
+        let mut log = file.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.file.is_none() {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = log.write(&text, cap) {
+            tracing::debug!(lambda, "cannot write the lambda's log: {e}");
+            log.file = None;
+        }
+    }
+
+    /// `lambda`'s entries, oldest first, from `dir` (no worker needed).
+    pub fn read(dir: &Path, lambda: &str) -> std::io::Result<Vec<LogEntry>> {
+        let mut entries = Vec::new();
+        if !is_lambda_name(lambda) {
+            return Ok(entries);
+        }
+        for path in [
+            dir.join(format!("{lambda}.log.1")),
+            dir.join(format!("{lambda}.log")),
+        ] {
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for line in BufReader::new(file).lines() {
+                // A line cut by a crash or a rotation mid-write is skipped.
+                if let Ok(entry) = serde_json::from_str(&line?) {
+                    entries.push(entry);
+                }
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// Whether `name` can name a lambda (the registry's rule,
+/// `[A-Za-z0-9_-]{1,64}`), so its log file stays in the log dir.
+fn is_lambda_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl LogFile {
+    fn write(&mut self, text: &[u8], cap: u64) -> std::io::Result<()> {
+        let half = (cap / 2).max(1);
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.written = file.metadata()?.len();
+            self.file = Some(file);
+        }
+        if self.written > 0 && self.written + text.len() as u64 > half {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            fs::rename(&self.path, &old)?;
+            self.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+            self.written = 0;
+        }
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(text)?;
+            self.written += text.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Where one sandbox's lines go: its lambda's log.
+#[derive(Debug, Clone)]
+pub struct LogSink {
+    logs: Arc<LambdaLogs>,
+    lambda: Arc<str>,
+    sandbox: Arc<str>,
+    cap: u64,
+}
+
+impl LogSink {
+    /// Appends one line of `stream`, read during call `request_id`.
+    pub fn line(&self, stream: &str, request_id: &str, text: &[u8]) {
+        let text = &text[..text.len().min(MAX_LINE_BYTES)];
+        let entry = LogEntry {
+            time: now(),
+            sandbox: self.sandbox.to_string(),
+            request_id: request_id.to_string(),
+            stream: stream.to_string(),
+            line: String::from_utf8_lossy(text).into_owned(),
+        };
+        self.logs.append(&self.lambda, &entry, self.cap);
+    }
+}
+
+/// Now, as a [`LogEntry::time`].
+pub fn now() -> String {
+    let now = jiff::Timestamp::now();
+    format!("{:.3}", now)
+}
+
+/// A sandbox's side of the routing: where its output goes (once known)
+/// and which call it serves. Shared by its two drain tasks and its
+/// [`crate::SafeSandbox`].
+#[derive(Debug, Clone, Default)]
+pub struct LogTag(Arc<Mutex<TagState>>);
+
+#[derive(Debug, Default)]
+struct TagState {
+    sink: Option<LogSink>,
+    request_id: String,
+}
+
+impl LogTag {
+    /// Sends the sandbox's lines to `sink` from now on.
+    pub fn route(&self, sink: Option<LogSink>) {
+        self.lock().sink = sink;
+    }
+
+    /// Tags the lines read from now on with call `request_id` (reusing
+    /// the buffer: no allocation per call once it is long enough).
+    pub fn begin_call(&self, request_id: &str) {
+        let mut state = self.lock();
+        if state.sink.is_some() {
+            state.request_id.clear();
+            state.request_id.push_str(request_id);
+        }
+    }
+
+    /// Whether lines are routed anywhere.
+    pub(crate) fn is_routed(&self) -> bool {
+        self.lock().sink.is_some()
+    }
+
+    /// Writes one complete line of `stream`.
+    pub(crate) fn line(&self, stream: &str, text: &[u8]) {
+        let state = self.lock();
+        if let Some(sink) = &state.sink {
+            sink.line(stream, &state.request_id, text);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TagState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Splits a stream's bytes into lines for its [`LogTag`], keeping a
+/// partial line (at most [`MAX_LINE_BYTES`]) between reads.
+#[derive(Debug, Default)]
+pub(crate) struct LineSplitter {
+    partial: Vec<u8>,
+    /// The current line was cut: drop the rest of it.
+    cut: bool,
+}
+
+impl LineSplitter {
+    /// Feeds `chunk`, writing each line it completes.
+    pub(crate) fn feed(&mut self, tag: &LogTag, stream: &str, chunk: &[u8]) {
+        if !tag.is_routed() {
+            self.partial.clear();
+            return;
+        }
+        let mut rest = chunk;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let (line, after) = rest.split_at(end);
+            if !self.cut {
+                self.take(line);
+                tag.line(stream, &self.partial);
+            }
+            self.partial.clear();
+            self.cut = false;
+            rest = &after[1..];
+        }
+        if !self.cut {
+            self.take(rest);
+            if self.partial.len() >= MAX_LINE_BYTES {
+                tag.line(stream, &self.partial);
+                self.partial.clear();
+                self.cut = true;
+            }
+        }
+    }
+
+    /// Writes what is left of the last line at the end of the stream.
+    pub(crate) fn finish(&mut self, tag: &LogTag, stream: &str) {
+        if !self.partial.is_empty() && !self.cut {
+            tag.line(stream, &self.partial);
+        }
+        self.partial.clear();
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        let room = MAX_LINE_BYTES.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(dir: &Path, cap_kb: u64) -> (Arc<LambdaLogs>, LogTag) {
+        let logs = Arc::new(LambdaLogs::new(dir.to_path_buf(), cap_kb));
+        let tag = LogTag::default();
+        tag.route(Some(logs.sink("hello", "hello-1", cap_kb)));
+        (logs, tag)
+    }
+
+    #[test]
+    fn lines_are_tagged_with_their_call_and_cannot_forge_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_logs, tag) = routed(dir.path(), 64);
+        let mut split = LineSplitter::default();
+        tag.begin_call("req-1");
+        split.feed(&tag, "stdout", b"one\ntw");
+        split.feed(&tag, "stdout", b"o\n{\"time\":\"x\",\"sandbox\":\"other\",\"request_id\":\"req-9\",\"stream\":\"stdout\",\"line\":\"forged\"}\n");
+        tag.begin_call("req-2");
+        split.feed(&tag, "stdout", b"tail");
+        split.finish(&tag, "stdout");
+        let entries = LambdaLogs::read(dir.path(), "hello").expect("read");
+        let seen: Vec<(&str, &str, &str)> = entries
+            .iter()
+            .map(|e| (e.sandbox.as_str(), e.request_id.as_str(), e.line.as_str()))
+            .collect();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(
+            &seen[..2],
+            &[("hello-1", "req-1", "one"), ("hello-1", "req-1", "two")]
+        );
+        assert!(
+            seen[2].2.contains("forged") && seen[2].1 == "req-1",
+            "{seen:?}"
+        );
+        assert_eq!(seen[3], ("hello-1", "req-2", "tail"));
+        assert!(entries.iter().all(|e| e.sandbox == "hello-1"));
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_a_lambda_keeps_at_most_its_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_logs, tag) = routed(dir.path(), 16);
+        let mut split = LineSplitter::default();
+        let long = vec![b'x'; 3 * MAX_LINE_BYTES];
+        split.feed(&tag, "stderr", &long);
+        split.feed(&tag, "stderr", b"\nafter\n");
+        let entries = LambdaLogs::read(dir.path(), "hello").expect("read");
+        assert_eq!(entries[0].line.len(), MAX_LINE_BYTES);
+        assert_eq!(entries[1].line, "after");
+        for i in 0..2000 {
+            split.feed(&tag, "stdout", format!("line {i:05}\n").as_bytes());
+        }
+        let size = |name: &str| fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
+        assert!(size("hello.log") + size("hello.log.1") <= 16 * 1024);
+        let entries = LambdaLogs::read(dir.path(), "hello").expect("read");
+        assert_eq!(entries.last().map(|e| e.line.as_str()), Some("line 01999"));
+        assert!(!entries.iter().any(|e| e.line == "line 00000"));
+    }
+
+    #[test]
+    fn many_lambdas_hold_few_descriptors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = LambdaLogs::new(dir.path().to_path_buf(), 64);
+        let entry = |line: &str| LogEntry {
+            time: now(),
+            sandbox: "s".into(),
+            request_id: "r".into(),
+            stream: "stdout".into(),
+            line: line.into(),
+        };
+        for i in 0..3 * MAX_OPEN_FILES {
+            logs.append(&format!("l{i}"), &entry("one"), 64 * 1024);
+        }
+        // Old ones printing again count too.
+        for i in 0..2 * MAX_OPEN_FILES {
+            logs.append(&format!("l{i}"), &entry("again"), 64 * 1024);
+        }
+        let open = logs
+            .files
+            .lock()
+            .expect("files")
+            .values()
+            .filter(|f| f.lock().expect("file").file.is_some())
+            .count();
+        assert!(open <= MAX_OPEN_FILES, "{open} files open");
+        // A closed one reopens and appends.
+        logs.append("l0", &entry("two"), 64 * 1024);
+        let lines: Vec<String> = LambdaLogs::read(dir.path(), "l0")
+            .expect("read")
+            .into_iter()
+            .map(|e| e.line)
+            .collect();
+        assert_eq!(lines, ["one", "again", "two"]);
+        // Names that could leave the dir make no file.
+        logs.append("../escape", &entry("x"), 64 * 1024);
+        assert!(!dir.path().join("../escape.log").exists());
+    }
+
+    #[test]
+    fn nothing_is_kept_before_a_sandbox_is_routed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tag = LogTag::default();
+        let mut split = LineSplitter::default();
+        split.feed(&tag, "stdout", b"early\n");
+        tag.begin_call("r");
+        assert!(
+            LambdaLogs::read(dir.path(), "hello")
+                .expect("read")
+                .is_empty()
+        );
+    }
+}
