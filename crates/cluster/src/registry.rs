@@ -380,7 +380,8 @@ pub fn upload(
     let template = Config::load(&cluster.template(), &[])?;
     match store_config(&template, keys)? {
         Some(s3) => {
-            let stored = ol_registry::upload(&s3, handler, &bundle, ol_yaml::load)?;
+            let within = ol_worker::upload::ol_yaml_within(&template.limits);
+            let stored = ol_registry::upload(&s3, handler, &bundle, within)?;
             Ok(Uploaded {
                 location: stored.url,
                 bytes: bundle.len(),
@@ -391,7 +392,13 @@ pub fn upload(
             // The cache of unpacked archives is the workers' own: none here.
             let registry = DirRegistry::with_cache(dir.clone(), state_dir(cluster).join("cache"));
             let scratch = cluster.workers_dir();
-            ol_worker::upload::install_checked(&registry, &scratch, handler, &bundle)?;
+            ol_worker::upload::install_checked(
+                &registry,
+                &scratch,
+                handler,
+                &bundle,
+                &template.limits,
+            )?;
             Ok(Uploaded {
                 location: dir.join(handler).display().to_string(),
                 bytes: bundle.len(),

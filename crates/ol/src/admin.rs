@@ -146,7 +146,7 @@ fn install(dir: &DirArg, path: &Path, name: Option<String>) -> Result<()> {
         None => {
             let registry = local_registry(&wd)?;
             let config = ol_worker::Config::load(&wd.config_file(), &[])?;
-            ol_worker::upload::install_checked_within(
+            ol_worker::upload::install_checked(
                 &registry,
                 &wd.state().join("uploads"),
                 &name,

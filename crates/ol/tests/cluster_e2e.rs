@@ -400,6 +400,22 @@ fn a_registry_with_keys_serves_uploaded_handlers_to_every_worker(backend: Backen
     let out = upload(&no_code, SECRET_KEY);
     assert!(!out.status.success());
     assert!(stderr(&out).contains(".py"), "{}", stderr(&out));
+    // So is one whose ol.yaml asks for more than the workers give.
+    let greedy = bundle(
+        files.path(),
+        "greet",
+        &[
+            ("f.py", "def f(event):\n    return 'greedy'\n"),
+            ("ol.yaml", "limits:\n  mem_mb: 1000000\n"),
+        ],
+    );
+    let out = upload(&greedy, SECRET_KEY);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("limits.mem_mb: 1000000 is above this worker's limit"),
+        "{}",
+        stderr(&out)
+    );
     for (status, body) in c.run_everywhere("greet", r#"{"name": "Ada"}"#) {
         assert_eq!((status, body.as_str()), (200, "\"version 2 Ada\""));
     }
@@ -518,6 +534,25 @@ fn registry_refuses_weak_keys_and_a_port_in_use_and_upload_without_a_store_fills
     ]);
     assert!(!out.status.success());
     assert!(!c.path("registry/bad").exists());
+    let greedy = bundle(
+        files.path(),
+        "greedy",
+        &[("f.py", "x"), ("ol.yaml", "limits:\n  procs: 100000\n")],
+    );
+    let out = c.ol(&[
+        "upload",
+        "--handler",
+        "greedy",
+        "--file",
+        greedy.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("limits.procs: 100000 is above this worker's limit"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!c.path("registry/greedy").exists());
 }
 
 on_both_backends!(workers_install_a_package_once_for_all);

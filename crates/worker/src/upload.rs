@@ -9,32 +9,27 @@ use std::path::Path;
 use ol_lambda::ol_yaml;
 use ol_registry::{DirRegistry, LambdaCode, RegistryError, check_bundle};
 
+/// The ol.yaml check for a worker whose lambdas get `limits`: the lambda
+/// layer's parser, and an ol.yaml asking for more than `limits` refused
+/// (naming the key) rather than failing every call once installed.
+pub fn ol_yaml_within(
+    limits: &ol_sandbox::Limits,
+) -> impl FnOnce(&Path) -> Result<ol_sandbox::Limits, ol_yaml::OlYamlError> + '_ {
+    move |dir: &Path| ol_yaml::load(dir).and_then(|config| config.limits.apply(limits))
+}
+
 /// Installs the tar.gz `body` as lambda `name` after checking it: the
 /// archive is unpacked (with every hostile-input check) into a scratch dir
 /// under `check_dir`, must hold a `.py` file at its top and a valid
-/// ol.yaml if any; only then is the registry's copy replaced. Blocks.
+/// ol.yaml within `limits` (see [`ol_yaml_within`]) if any; only then is
+/// the registry's copy replaced. Blocks.
 pub fn install_checked(
-    registry: &DirRegistry,
-    check_dir: &Path,
-    name: &str,
-    body: &[u8],
-) -> Result<LambdaCode, RegistryError> {
-    check_bundle(name, body, check_dir, ol_yaml::load)?;
-    registry.install(name, body)
-}
-
-/// [`install_checked`] for a worker whose lambdas get `limits`: an ol.yaml
-/// asking for more than them is refused too (`BadConfig`, naming the key),
-/// rather than failing every call once installed.
-pub fn install_checked_within(
     registry: &DirRegistry,
     check_dir: &Path,
     name: &str,
     body: &[u8],
     limits: &ol_sandbox::Limits,
 ) -> Result<LambdaCode, RegistryError> {
-    check_bundle(name, body, check_dir, |dir: &Path| {
-        ol_yaml::load(dir).and_then(|config| config.limits.apply(limits))
-    })?;
+    check_bundle(name, body, check_dir, ol_yaml_within(limits))?;
     registry.install(name, body)
 }

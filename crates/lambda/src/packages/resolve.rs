@@ -137,13 +137,13 @@ impl PackagePuller {
             Tool::Uv(uv) => {
                 let mut argv = vec![path_arg(uv), "pip".into(), "compile".into()];
                 argv.extend(self.uv_args());
+                // The pins go to stdout (--quiet would silence them;
+                // `--output-file -` would also write a file named "-" into
+                // the working directory).
                 argv.extend([
-                    // (--quiet would also silence the output file "-")
                     "--no-progress".into(),
                     "--no-header".into(),
                     "--no-annotate".into(),
-                    "--output-file".into(),
-                    "-".into(),
                 ]);
                 argv.extend(self.index_args());
                 argv.push(path_arg(&input));

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::conn::{RequestBody, StallLimited};
 use crate::response::{Body, body_error, error_response, json_response, method_not_allowed};
 use crate::state::AppState;
-use crate::upload::install_checked_within;
+use crate::upload::install_checked;
 
 /// Handles `/registry` and `/registry/...`; `rest` is what follows
 /// `/registry`.
@@ -163,7 +163,7 @@ async fn install<B: RequestBody>(
     let lambda = name.to_string();
     let limits = state.lambda_limits.clone();
     let answer = blocking(move || {
-        let code = install_checked_within(&registry, &check_dir, &lambda, &body, &limits)?;
+        let code = install_checked(&registry, &check_dir, &lambda, &body, &limits)?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({ "lambda": lambda, "version": code.version }),
