@@ -88,7 +88,7 @@ pub struct Listen {
 impl Listen {
     /// `host` (an IP address, `[v6]`, or `localhost`) and `port`.
     pub fn parse(host: &str, port: u16) -> Result<Self, ClusterError> {
-        let trimmed = host.trim().trim_start_matches('[').trim_end_matches(']');
+        let trimmed = ol_worker::access::unbracket(host.trim());
         let ip: IpAddr = if trimmed == "localhost" {
             Ipv4Addr::LOCALHOST.into()
         } else {
