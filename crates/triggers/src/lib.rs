@@ -1,0 +1,2 @@
+//! Queue triggers of `ol` (docs/triggers.md): lambdas called once per
+//! message of a NATS JetStream consumer, at least once.
