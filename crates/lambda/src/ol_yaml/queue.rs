@@ -97,13 +97,11 @@ fn default_max_backoff_ms() -> u64 {
 /// (they would take each other's messages). Returns the offending key.
 pub(super) fn check_nats(triggers: &[NatsTrigger]) -> Result<(), (String, String)> {
     for (i, t) in triggers.iter().enumerate() {
-        if let Some(dead) = &t.dead_letter {
-            if dead.has_wildcard() {
-                return Err((
-                    format!("triggers.nats[{i}].dead_letter"),
-                    format!("`{dead}` may not hold a wildcard: messages are published to it"),
-                ));
-            }
+        if let Some(dead) = t.dead_letter.as_ref().filter(|d| d.has_wildcard()) {
+            return Err((
+                format!("triggers.nats[{i}].dead_letter"),
+                format!("`{dead}` may not hold a wildcard: messages are published to it"),
+            ));
         }
         let same = |o: &NatsTrigger| {
             o.url.address() == t.url.address() && o.stream == t.stream && o.durable == t.durable
