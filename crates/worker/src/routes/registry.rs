@@ -70,6 +70,7 @@ pub(crate) async fn handle<B: RequestBody>(
             .await;
             if answer.status().is_success() {
                 state.lambdas.forget(name);
+                state.triggers.rescan_soon();
                 tracing::info!(lambda = name, "removed from the registry");
             }
             answer
@@ -172,6 +173,7 @@ async fn install<B: RequestBody>(
     .await;
     if answer.status() == StatusCode::CREATED {
         state.lambdas.forget(name);
+        state.triggers.rescan_soon();
         tracing::info!(lambda = name, "installed in the registry");
     }
     answer
