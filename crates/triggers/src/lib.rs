@@ -18,6 +18,8 @@ mod delivery;
 mod manager;
 mod nats;
 pub mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::time::Duration;
 

@@ -8,66 +8,17 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use ol_lambda::InvokeError;
 use ol_registry::DirRegistry;
 use ol_sandbox::{Invocation, Reply};
+use ol_triggers::testing::{NatsServer, jetstream_with_streams, publish};
 use ol_triggers::{CallTarget, TriggerManager, TriggerSettings, TriggerStats};
-
-/// A `nats-server -js` killed on drop.
-struct NatsServer {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let store = tempfile::tempdir().expect("store dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (apt-get install nats-server; .ci/run does)");
-        let server = Self {
-            child,
-            port,
-            _store: store,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A lambda recording each message's body; it fails (raises) on bodies
 /// that are multiples of `fail_every` (0: never).
@@ -136,45 +87,10 @@ fn trigger_yaml(url: &str, subject: &str, extra: &str) -> String {
 
 fn settings(server: &NatsServer) -> TriggerSettings {
     TriggerSettings {
-        allowed_brokers: vec![format!("127.0.0.1:{}", server.port)],
+        allowed_brokers: vec![format!("127.0.0.1:{}", server.port())],
         rescan: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
         ..TriggerSettings::default()
-    }
-}
-
-/// A JetStream context on `server` with stream `T` (subjects `t.>`) and a
-/// dead-letter stream `DEAD` (`dead.>`).
-async fn jetstream_with_streams(server: &NatsServer) -> jetstream::Context {
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = jetstream::new(client);
-    for (name, subjects) in [("T", "t.>"), ("DEAD", "dead.>")] {
-        js.create_stream(stream::Config {
-            name: name.into(),
-            subjects: vec![subjects.into()],
-            ..Default::default()
-        })
-        .await
-        .expect("create stream");
-    }
-    js
-}
-
-/// Publishes bodies `from..=to` on `subject`, each with header `id`, and
-/// waits for the stream to store each.
-async fn publish(js: &jetstream::Context, subject: &str, from: u64, to: u64) {
-    let mut acks = Vec::new();
-    for n in from..=to {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("id", n.to_string());
-        acks.push(
-            js.publish_with_headers(subject.to_owned(), headers, n.to_string().into())
-                .await
-                .expect("publish"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("stored");
     }
 }
 
@@ -438,7 +354,7 @@ async fn a_broker_not_allowed_or_not_answering_is_an_error_in_stats_never_a_hang
         Some(
             format!(
                 "broker 127.0.0.1:{} is not in this worker's config.json triggers.allowed_brokers",
-                server.port
+                server.port()
             )
             .as_str()
         )
