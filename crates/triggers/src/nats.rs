@@ -13,8 +13,8 @@
 //! worker: every request has a timeout, the error is in `/stats` and the
 //! log, and the consumer tries again with a doubling wait (at most 30 s).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -71,6 +71,16 @@ impl<T: CallTarget> Consumer<T> {
             match self.session(&mut stop).await {
                 Ok(()) => break,
                 Err(why) => {
+                    // A session that got going starts the waits over.
+                    if *self
+                        .counters
+                        .state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        == "running"
+                    {
+                        wait = Duration::from_secs(1);
+                    }
                     tracing::warn!(
                         lambda = %self.lambda, trigger = %self.name, broker = %url,
                         "trigger consumer: {why}; trying again in {wait:?}"
