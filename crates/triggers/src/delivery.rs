@@ -87,24 +87,55 @@ fn is_abandon(e: &InvokeError) -> bool {
     matches!(e, InvokeError::ShuttingDown | InvokeError::NotFound(_))
 }
 
-/// Delivers one message to lambda `name`: `make` builds the call of each
+/// How one message is delivered: its lambda, retries and keepalive, and
+/// the trigger's stop signal.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// The lambda to call.
+    pub lambda: &'a str,
+    /// Retries and backoff.
+    pub policy: &'a DeliveryPolicy,
+    /// How often the broker is told the message is in progress.
+    pub keepalive: Duration,
+    /// Turns true when the trigger stops: a message waiting for a retry is
+    /// then given back at once instead of waiting.
+    pub stop: &'a tokio::sync::watch::Receiver<bool>,
+}
+
+/// Delivers one message as `plan` says: `make` builds the call of each
 /// attempt (1, 2, ...). Runs at most `1 + policy.retries` calls.
 pub async fn deliver<T: CallTarget, D: Delivery>(
     target: &Arc<T>,
-    name: &str,
     message: &D,
-    policy: &DeliveryPolicy,
-    keepalive: Duration,
+    plan: Plan<'_>,
     counters: &TriggerCounters,
     make: impl Fn(u32) -> Invocation,
 ) -> Outcome {
+    let Plan {
+        lambda: name,
+        policy,
+        keepalive,
+        stop,
+    } = plan;
+    let mut stop = stop.clone();
     let mut last_error = String::new();
     let attempts = 1 + policy.retries;
     for attempt in 1..=attempts {
         if attempt > 1 {
-            counters.retried.inc();
             let wait = tokio::time::sleep(policy.backoff(attempt - 1));
-            keep_alive(message, keepalive, wait).await;
+            let stopped = async {
+                // A dropped sender means stopped too.
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            };
+            let stopping = tokio::select! {
+                () = keep_alive(message, keepalive, wait) => false,
+                () = stopped => true,
+            };
+            if stopping {
+                let _ = message.give_back(Duration::ZERO).await;
+                return Outcome::Abandoned(format!("the trigger stopped; {last_error}"));
+            }
+            counters.retried.inc();
         }
         let call = Arc::clone(target).call(name.to_owned(), make(attempt));
         let result = keep_alive(message, keepalive, call).await;
@@ -282,18 +313,38 @@ mod tests {
         }
     }
 
+    /// A stop signal that never turns true (its sender lives forever).
+    fn running() -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(tx);
+        rx
+    }
+
+    fn plan<'a>(
+        policy: &'a DeliveryPolicy,
+        keepalive: Duration,
+        stop: &'a tokio::sync::watch::Receiver<bool>,
+    ) -> Plan<'a> {
+        Plan {
+            lambda: "l",
+            policy,
+            keepalive,
+            stop,
+        }
+    }
+
     async fn run(
         lambda: &Arc<Lambda>,
         message: &Recorded,
         retries: u32,
     ) -> (Outcome, TriggerCounters) {
         let counters = TriggerCounters::default();
+        let stop = running();
+        let policy = policy(retries);
         let outcome = deliver(
             lambda,
-            "l",
             message,
-            &policy(retries),
-            Duration::from_secs(10),
+            plan(&policy, Duration::from_secs(10), &stop),
             &counters,
             |attempt| Invocation {
                 trigger: Some(ol_sandbox::MessageContext {
@@ -398,12 +449,11 @@ mod tests {
         }
         let message = Recorded::new(Some(Ok(())));
         let counters = TriggerCounters::default();
+        let (stop, policy) = (running(), policy(0));
         let outcome = deliver(
             &Arc::new(Answers500),
-            "l",
             &message,
-            &policy(0),
-            Duration::from_secs(10),
+            plan(&policy, Duration::from_secs(10), &stop),
             &counters,
             |_| Invocation::default(),
         )
@@ -424,17 +474,56 @@ mod tests {
         });
         let message = Recorded::new(Some(Ok(())));
         let counters = TriggerCounters::default();
+        let (stop, policy) = (running(), policy(0));
         let outcome = deliver(
             &lambda,
-            "l",
             &message,
-            &policy(0),
-            Duration::from_secs(1),
+            plan(&policy, Duration::from_secs(1), &stop),
             &counters,
             |_| Invocation::default(),
         )
         .await;
         assert_eq!(outcome, Outcome::Delivered);
         assert_eq!(message.names(), ["progress", "progress", "ack"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_trigger_gives_back_a_message_waiting_for_its_retry() {
+        let lambda = Lambda::new(u32::MAX, raised);
+        let message = Recorded::new(Some(Ok(())));
+        let counters = TriggerCounters::default();
+        let (tx, stop) = tokio::sync::watch::channel(false);
+        let policy = DeliveryPolicy {
+            backoff_ms: 60_000,
+            ..policy(5)
+        };
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = tx.send(true);
+        });
+        let outcome = deliver(
+            &lambda,
+            &message,
+            plan(&policy, Duration::from_secs(100), &stop),
+            &counters,
+            |_| Invocation::default(),
+        )
+        .await;
+        stopper.await.expect("stopper");
+        assert!(
+            matches!(outcome, Outcome::Abandoned(ref e) if e.contains("the trigger stopped; ValueError: bad")),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            lambda.calls.load(Ordering::SeqCst),
+            1,
+            "no retry after the stop"
+        );
+        let events = message.events.lock().expect("lock").clone();
+        assert_eq!(
+            events,
+            [("give_back 0ms".to_string(), Duration::from_millis(1000))]
+        );
+        assert_eq!(counters.snapshot(), (0, 1, 0, 0));
     }
 }

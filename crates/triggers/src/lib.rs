@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use ol_lambda::ol_yaml::queue::BrokerUrl;
 
-pub use delivery::{CallTarget, Delivery, Outcome, deliver};
+pub use delivery::{CallTarget, Delivery, Outcome, Plan, deliver};
 pub use manager::TriggerManager;
 pub use stats::{TriggerCounters, TriggerStats};
 

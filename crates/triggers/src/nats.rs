@@ -165,7 +165,7 @@ impl<T: CallTarget> Consumer<T> {
                 Some(Err(e)) => break Err(format!("receiving from consumer {}: {e}", c.durable)),
                 None => break Err(format!("consumer {} ended", c.durable)),
             };
-            let work = self.one_message(message, js.clone());
+            let work = self.one_message(message, js.clone(), stop.clone());
             self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
             let counters = Arc::clone(&self.counters);
             tokio::spawn(async move {
@@ -188,6 +188,7 @@ impl<T: CallTarget> Consumer<T> {
         &self,
         message: jetstream::Message,
         js: jetstream::Context,
+        stop: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (sequence, delivered) = message
             .info()
@@ -234,14 +235,14 @@ impl<T: CallTarget> Consumer<T> {
         };
         async move {
             let body = held.message.payload.clone();
-            let outcome = delivery::deliver(
-                &target,
-                &lambda,
-                &held,
-                &policy,
+            let plan = delivery::Plan {
+                lambda: &lambda,
+                policy: &policy,
                 keepalive,
-                &counters,
-                |attempt| Invocation {
+                stop: &stop,
+            };
+            let outcome =
+                delivery::deliver(&target, &held, plan, &counters, |attempt| Invocation {
                     method: "POST".into(),
                     path: "/".into(),
                     query: String::new(),
@@ -252,9 +253,8 @@ impl<T: CallTarget> Consumer<T> {
                         attempt,
                         ..context.clone()
                     }),
-                },
-            )
-            .await;
+                })
+                .await;
             let trigger = &held.trigger;
             match outcome {
                 Outcome::Delivered => {}
