@@ -440,9 +440,13 @@ class Context:
     of each), ``query_string`` (raw, without ``?``), ``headers`` (names lower
     case; a repeated header's values joined by ``", "``) and ``request_id``
     (the worker's ``X-Request-Id`` for the call, tagged on its log lines).
+    ``trigger`` is the queue message a queue-triggered call delivers (a dict:
+    ``kind``, ``name``, ``stream``, ``subject``, ``partition``, ``sequence``,
+    ``key``, ``headers`` as ``[name, value]`` pairs, ``delivered``,
+    ``attempt``; docs/triggers.md), ``None`` for HTTP and cron calls.
     """
 
-    __slots__ = ("method", "path", "query", "query_string", "headers", "request_id")
+    __slots__ = ("method", "path", "query", "query_string", "headers", "request_id", "trigger")
 
     def __init__(
         self,
@@ -451,6 +455,7 @@ class Context:
         query_string: str,
         headers: dict[str, str],
         request_id: str,
+        trigger: dict[str, Any] | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -458,6 +463,7 @@ class Context:
         self.query = _first_values(query_string)
         self.headers = headers
         self.request_id = request_id
+        self.trigger = trigger
 
     def __repr__(self) -> str:
         return f"Context(method={self.method!r}, path={self.path!r}, request_id={self.request_id!r})"
@@ -487,6 +493,7 @@ def context_of(raw_meta: bytes) -> Context:
         meta.get("query") or "",
         headers,
         meta.get("request_id") or "",
+        trigger if isinstance(trigger := meta.get("trigger"), dict) else None,
     )
 
 

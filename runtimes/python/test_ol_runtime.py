@@ -113,8 +113,11 @@ class RuntimeProcess:
         query: str = "",
         headers: list[list[str]] | None = None,
         request_id: str = "0123456789abcdef",
+        trigger: Any = None,
     ) -> tuple[dict[str, Any], bytes]:
         meta = {"method": method, "path": path, "query": query, "headers": headers or [], "request_id": request_id}
+        if trigger is not None:
+            meta["trigger"] = trigger
         self.send_frame(meta, body)
         return self.recv_frame()
 
@@ -228,6 +231,26 @@ class EventLambdaTests(RuntimeTestCase):
                 "request_id": "abc-1",
             },
         )
+
+    def test_a_queue_message_is_ctx_trigger_and_http_calls_have_none(self) -> None:
+        runtime = self.start({"f.py": "def f(event, ctx):\n    return [event, ctx.trigger]\n"})
+        message = {
+            "kind": "nats",
+            "name": "nats[0]",
+            "stream": "S",
+            "subject": "s.a",
+            "partition": None,
+            "sequence": 9,
+            "key": None,
+            "headers": [["id", "1"]],
+            "delivered": 1,
+            "attempt": 2,
+        }
+        self.assert_json_response(runtime.call(b'"m"', trigger=message), ["m", message])
+        self.assert_json_response(runtime.call(b'"h"'), ["h", None])
+        # A meta whose trigger is not an object (only a broken worker would
+        # send one) reads as no trigger rather than failing the call.
+        self.assert_json_response(runtime.call(b'"x"', trigger="nats"), ["x", None])
 
     def test_context_is_given_only_to_callables_taking_two_arguments(self) -> None:
         cases = {

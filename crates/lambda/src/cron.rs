@@ -111,6 +111,7 @@ fn cron_invocation(schedule: &str, minute: SystemTime) -> Invocation {
         headers: vec![("content-type".into(), "application/json".into())],
         body: Bytes::from(body.to_string()),
         request_id: ol_obs::request_id::next(),
+        trigger: None,
     }
 }
 

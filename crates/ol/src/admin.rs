@@ -367,6 +367,22 @@ fn describe(dir: &DirArg, name: &str, json: bool) -> Result<()> {
             }
         );
         println!("  cron:         {}", settings["triggers"]["cron"]);
+        for t in settings["triggers"]["nats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "  nats:         {} stream {} subject {} durable {} (concurrency {}, retries {}, dead letter {})",
+                t["url"].as_str().unwrap_or("?"),
+                t["stream"].as_str().unwrap_or("?"),
+                t["subject"].as_str().unwrap_or("?"),
+                t["durable"].as_str().unwrap_or("?"),
+                t["concurrency"],
+                t["retries"],
+                t["dead_letter"].as_str().unwrap_or("none"),
+            );
+        }
         println!("  environment:  {}", settings["environment"]);
         // ol.yaml's own limits; the rest are the worker's.
         let own: Vec<String> = l

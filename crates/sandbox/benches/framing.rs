@@ -192,6 +192,7 @@ impl Driver {
                     headers: vec![("content-type".to_string(), "application/json".to_string())],
                     body: Bytes::from_static(BODY),
                     request_id: "0123456789abcdef".to_string(),
+                    trigger: None,
                 };
                 let reply = sandbox
                     .call(&inv, CALL_LIMIT, MAX_RESPONSE)

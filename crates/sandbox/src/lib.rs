@@ -44,7 +44,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, Features, Paths, Settings, cleanup};
-pub use protocol::{Invocation, Reply};
+pub use protocol::{Invocation, MessageContext, Reply};
 pub use safe::{CallError, SafeSandbox};
 
 /// Resource limits of one sandbox (config.json `limits`, ol.yaml `limits`).

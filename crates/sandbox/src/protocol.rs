@@ -45,6 +45,35 @@ pub struct Invocation {
     pub body: Bytes,
     /// The call's id (`X-Request-Id`, `ctx.request_id`, its log lines).
     pub request_id: String,
+    /// The queue message the call delivers (`ctx.trigger`); `None` for
+    /// HTTP and cron calls.
+    pub trigger: Option<MessageContext>,
+}
+
+/// Where a queue-triggered call's message came from (docs/triggers.md):
+/// the request meta's `trigger` object, `ctx.trigger` in the lambda.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MessageContext {
+    /// The broker kind: `nats`.
+    pub kind: String,
+    /// The lambda's trigger it came through: `nats[0]`, ...
+    pub name: String,
+    /// The JetStream stream (or Kafka topic) it is stored in.
+    pub stream: String,
+    /// The subject it was published on (or the Kafka topic).
+    pub subject: String,
+    /// Its partition (Kafka); `None` for NATS.
+    pub partition: Option<i32>,
+    /// Its position: the stream sequence (NATS) or the offset (Kafka).
+    pub sequence: u64,
+    /// Its key (Kafka), if any.
+    pub key: Option<String>,
+    /// Its headers, in the order sent; a name may repeat.
+    pub headers: Vec<(String, String)>,
+    /// How many times the broker has delivered it, this time included.
+    pub delivered: u64,
+    /// This call's attempt at it in this delivery, from 1.
+    pub attempt: u32,
 }
 
 /// A lambda's answer to one call.
@@ -65,6 +94,8 @@ struct RequestMeta<'a> {
     query: &'a str,
     headers: &'a [(String, String)],
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trigger: Option<&'a MessageContext>,
 }
 
 /// The meta object of any frame the runtime sends (ready, load error or
@@ -145,6 +176,7 @@ fn encode_request_head(inv: &Invocation, buf: &mut Vec<u8>) -> Result<(), Protoc
         query: &inv.query,
         headers: &inv.headers,
         request_id: &inv.request_id,
+        trigger: inv.trigger.as_ref(),
     };
     serde_json::to_writer(&mut *buf, &meta)
         .map_err(|e| ProtocolError::Malformed(format!("cannot encode request meta: {e}")))?;
@@ -319,6 +351,7 @@ mod tests {
             headers: vec![("content-type".into(), "application/json".into())],
             body: Bytes::from_static(b"{\"name\": \"Alice\"}"),
             request_id: "0123abcd".into(),
+            trigger: None,
         };
         let mut out = Vec::new();
         let mut buf = Vec::new();
@@ -327,6 +360,35 @@ mod tests {
             .expect("write");
         let meta = r#"{"method":"POST","path":"/a/b","query":"x=1","headers":[["content-type","application/json"]],"request_id":"0123abcd"}"#;
         assert_eq!(out, frame(meta, b"{\"name\": \"Alice\"}"));
+    }
+
+    #[tokio::test]
+    async fn a_queue_message_rides_in_the_meta_as_trigger() {
+        let inv = Invocation {
+            method: "POST".into(),
+            path: "/".into(),
+            body: Bytes::from_static(b"m"),
+            request_id: "77".into(),
+            trigger: Some(MessageContext {
+                kind: "nats".into(),
+                name: "nats[0]".into(),
+                stream: "ORDERS".into(),
+                subject: "orders.new".into(),
+                partition: None,
+                sequence: 42,
+                key: None,
+                headers: vec![("id".into(), "7".into())],
+                delivered: 2,
+                attempt: 1,
+            }),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_request(&mut out, &inv, &mut Vec::new())
+            .await
+            .expect("write");
+        let meta = r#"{"method":"POST","path":"/","query":"","headers":[],"request_id":"77","trigger":{"kind":"nats","name":"nats[0]","stream":"ORDERS","subject":"orders.new","partition":null,"sequence":42,"key":null,"headers":[["id","7"]],"delivered":2,"attempt":1}}"#;
+        assert_eq!(out, frame(meta, b"m"));
     }
 
     #[tokio::test]

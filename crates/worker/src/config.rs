@@ -191,6 +191,39 @@ impl Default for Features {
     }
 }
 
+/// Queue triggers (ours; docs/triggers.md): which brokers lambdas' ol.yaml
+/// `triggers.nats` may reach and how far a trigger may go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Triggers {
+    /// Brokers a trigger may connect to, `HOST:PORT` as ol.yaml writes
+    /// them (`"*"`: any). Empty (the default): no queue trigger runs; a
+    /// tenant's ol.yaml never makes the worker connect anywhere the
+    /// operator did not list.
+    pub allowed_brokers: Vec<String>,
+    /// Cap on a trigger's `concurrency`.
+    pub max_concurrency: u32,
+    /// Cap on a trigger's `retries`.
+    pub max_retries: u32,
+    /// Longest a connection or a request to a broker may take, in ms.
+    pub connect_timeout_ms: u64,
+    /// How long a broker waits for an acknowledgement before it sends a
+    /// message again, in ms: what a message waits after a worker crash.
+    pub ack_wait_ms: u64,
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Self {
+            allowed_brokers: Vec::new(),
+            max_concurrency: ol_lambda::ol_yaml::queue::MAX_CONCURRENCY,
+            max_retries: ol_lambda::ol_yaml::queue::MAX_RETRIES,
+            connect_timeout_ms: 5000,
+            ack_wait_ms: 30_000,
+        }
+    }
+}
+
 /// Tracing switches (OpenLambda's `trace` block).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -311,6 +344,8 @@ pub struct Config {
     pub packages_dir: String,
     /// Tracing switches.
     pub trace: Trace,
+    /// Queue triggers: allowed brokers and caps (ours).
+    pub triggers: Triggers,
     /// Where a failing lambda's traceback goes: "client" (the JSON error
     /// body and the worker log) or "log" (the worker log only).
     pub tracebacks: Tracebacks,
@@ -354,6 +389,7 @@ impl Default for Config {
             base_dir: String::new(),
             packages_dir: String::new(),
             trace: Trace::default(),
+            triggers: Triggers::default(),
             tracebacks: Tracebacks::Client,
             python: "python3".into(),
             base: BaseKind::Host,
@@ -544,7 +580,37 @@ impl Config {
             SandboxKind::Sock => 2,
             SandboxKind::Process => 1,
         };
-        let ranges: [(&str, u64, u64, u64, &str); 16] = [
+        let t = &self.triggers;
+        let yaml_cap = "the most ol.yaml accepts";
+        let ranges: [(&str, u64, u64, u64, &str); 20] = [
+            (
+                "triggers.max_concurrency",
+                t.max_concurrency.into(),
+                1,
+                ol_lambda::ol_yaml::queue::MAX_CONCURRENCY.into(),
+                yaml_cap,
+            ),
+            (
+                "triggers.max_retries",
+                t.max_retries.into(),
+                0,
+                ol_lambda::ol_yaml::queue::MAX_RETRIES.into(),
+                yaml_cap,
+            ),
+            (
+                "triggers.connect_timeout_ms",
+                t.connect_timeout_ms,
+                1,
+                MAX_MS,
+                MAX_SEC_WHY,
+            ),
+            (
+                "triggers.ack_wait_ms",
+                t.ack_wait_ms,
+                1000,
+                MAX_MS,
+                MAX_SEC_WHY,
+            ),
             (
                 "limits.procs",
                 l.procs.into(),
@@ -637,6 +703,20 @@ impl Config {
                     self.mem_pool_mb, l.mem_mb, l.mem_mb
                 ),
             ));
+        }
+        for (i, broker) in self.triggers.allowed_brokers.iter().enumerate() {
+            let parsed = format!("nats://{broker}")
+                .parse::<ol_lambda::ol_yaml::queue::BrokerUrl>()
+                .ok()
+                .filter(|url| url.address().eq_ignore_ascii_case(broker));
+            if broker != "*" && parsed.is_none() {
+                return Err(bad(
+                    &format!("triggers.allowed_brokers[{i}]"),
+                    format!(
+                        "`{broker}` is not HOST:PORT (e.g. 127.0.0.1:4222, [::1]:4222) or \"*\""
+                    ),
+                ));
+            }
         }
         if self.worker_host.trim().is_empty() {
             return Err(bad(
@@ -1156,6 +1236,62 @@ mod tests {
                 .starts_with("config key `registry_s3.allow_http`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn trigger_brokers_and_caps_are_checked() {
+        let ok = Config::from_value(json!({"triggers": {
+            "allowed_brokers": ["127.0.0.1:4222", "nats.example:7422", "[::1]:4222", "*"],
+            "max_concurrency": 8, "max_retries": 0, "connect_timeout_ms": 100, "ack_wait_ms": 1000
+        }}))
+        .expect("valid");
+        assert_eq!(ok.triggers.allowed_brokers.len(), 4);
+        assert_eq!(
+            Config::default().triggers.allowed_brokers,
+            Vec::<String>::new()
+        );
+        for (value, key, why) in [
+            (
+                json!({"allowed_brokers": ["127.0.0.1"]}),
+                "triggers.allowed_brokers[0]",
+                "is not HOST:PORT",
+            ),
+            (
+                json!({"allowed_brokers": ["a:1", "nats://b:2"]}),
+                "triggers.allowed_brokers[1]",
+                "is not HOST:PORT",
+            ),
+            (
+                json!({"allowed_brokers": ["user@h:1"]}),
+                "triggers.allowed_brokers[0]",
+                "is not HOST:PORT",
+            ),
+            (
+                json!({"max_concurrency": 0}),
+                "triggers.max_concurrency",
+                "at least 1",
+            ),
+            (
+                json!({"max_concurrency": 65}),
+                "triggers.max_concurrency",
+                "at most 64",
+            ),
+            (
+                json!({"max_retries": 21}),
+                "triggers.max_retries",
+                "at most 20",
+            ),
+            (
+                json!({"ack_wait_ms": 999}),
+                "triggers.ack_wait_ms",
+                "at least 1000",
+            ),
+            (json!({"allowed": []}), "triggers.allowed", "unknown field"),
+        ] {
+            let err = Config::from_value(json!({ "triggers": value })).expect_err(key);
+            let message = err.to_string();
+            assert!(message.contains(key) && message.contains(why), "{message}");
+        }
     }
 
     #[test]

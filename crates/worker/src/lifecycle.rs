@@ -16,6 +16,7 @@ use ol_lambda::{LambdaManager, LambdaSettings, PackageLayer};
 use ol_registry::{DirRegistry, HttpRegistry, Monitored, Registry, S3Registry, cache_dir_for};
 use ol_sandbox::pids::process_start_time;
 use ol_sandbox::{Features, Limits, Paths, SandboxPool, Settings};
+use ol_triggers::{TriggerManager, TriggerSettings};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -273,6 +274,20 @@ async fn serve_until_signal(
         packages,
     );
     lambdas.start_background();
+    let t = &config.triggers;
+    let triggers = TriggerManager::new(
+        Arc::clone(&lambdas),
+        Arc::clone(&registry) as Arc<dyn Registry>,
+        TriggerSettings {
+            allowed_brokers: t.allowed_brokers.clone(),
+            max_concurrency: t.max_concurrency,
+            max_retries: t.max_retries,
+            connect_timeout: Duration::from_millis(t.connect_timeout_ms),
+            ack_wait: Duration::from_millis(t.ack_wait_ms),
+            rescan: Duration::from_millis(config.registry_cache_ms.max(100)),
+        },
+    );
+    triggers.start();
     let idle_timeout = Duration::from_millis(config.http.idle_timeout_ms);
     let state = Arc::new(AppState {
         lambdas: Arc::clone(&lambdas),
@@ -283,7 +298,8 @@ async fn serve_until_signal(
             .unwrap_or(usize::MAX),
         body_stall: idle_timeout,
         counters: HttpCounters::default(),
-        metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
+        metrics: WorkerMetrics::new(Arc::clone(&lambdas), Arc::clone(&triggers)),
+        triggers: Arc::clone(&triggers),
         admin,
         tracebacks: config.tracebacks,
         lambda_logs: Some(lambda_logs),
@@ -306,6 +322,15 @@ async fn serve_until_signal(
         max_connections: config.http.max_connections,
     };
     server::serve(listener, state, limits, stop, SHUTDOWN_GRACE).await;
+    // Consumers first: their calls in flight finish and are acknowledged
+    // while the lambda layer still runs them.
+    let unsettled = triggers.shutdown(SHUTDOWN_GRACE).await;
+    if unsettled > 0 {
+        tracing::warn!(
+            unsettled,
+            "trigger consumers still busy after the grace period; their messages will be redelivered"
+        );
+    }
     let left = lambdas.shutdown(SHUTDOWN_GRACE).await;
     if left > 0 {
         tracing::warn!(

@@ -188,12 +188,17 @@ impl fmt::Debug for WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    /// Metrics of a worker whose lambda layer is `lambdas`.
-    pub fn new(lambdas: Arc<LambdaManager>) -> Self {
-        Self::with_label_bound(lambdas, MAX_LAMBDA_LABELS)
+    /// Metrics of a worker whose lambda layer is `lambdas` and whose queue
+    /// triggers are `triggers`.
+    pub fn new(lambdas: Arc<LambdaManager>, triggers: Arc<Triggers>) -> Self {
+        Self::with_label_bound(lambdas, triggers, MAX_LAMBDA_LABELS)
     }
 
-    fn with_label_bound(lambdas: Arc<LambdaManager>, max_labels: usize) -> Self {
+    fn with_label_bound(
+        lambdas: Arc<LambdaManager>,
+        triggers: Arc<Triggers>,
+        max_labels: usize,
+    ) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RequestLabels, SecondsHistogram>::default();
@@ -210,6 +215,7 @@ impl WorkerMetrics {
         registry.register_collector(Box::new(PhaseCollector));
         registry.register_collector(Box::new(StateCollector { lambdas }));
         registry.register_collector(Box::new(CounterCollector));
+        registry.register_collector(Box::new(TriggerCollector { triggers }));
         Self {
             registry,
             labels: LambdaLabels::new(max_labels),
@@ -396,13 +402,103 @@ impl Collector for StateCollector {
     }
 }
 
+/// The worker's queue triggers.
+pub type Triggers = ol_triggers::TriggerManager<LambdaManager>;
+
+/// Each queue trigger's numbers, read at scrape time, labelled by lambda
+/// and trigger entry (`nats[0]`); bounded by the triggers ol.yaml files
+/// declare, not by traffic.
+struct TriggerCollector {
+    triggers: Arc<Triggers>,
+}
+
+impl fmt::Debug for TriggerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TriggerCollector")
+    }
+}
+
+impl Collector for TriggerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let stats = self.triggers.stats();
+        type Field = fn(&ol_triggers::TriggerStats) -> u64;
+        let counters: [(&str, &str, Field); 4] = [
+            (
+                "ol_trigger_delivered",
+                "Queue messages whose call succeeded and that were acknowledged",
+                |s| s.delivered,
+            ),
+            (
+                "ol_trigger_failed",
+                "Failed calls of queue messages, each attempt counted",
+                |s| s.failed,
+            ),
+            (
+                "ol_trigger_retried",
+                "Calls of queue messages after a failed one",
+                |s| s.retried,
+            ),
+            (
+                "ol_trigger_dead_lettered",
+                "Queue messages stored on their trigger's dead-letter target",
+                |s| s.dead_lettered,
+            ),
+        ];
+        for (name, help, field) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &stats {
+                let labels = [
+                    ("lambda", s.lambda.as_str()),
+                    ("trigger", s.trigger.as_str()),
+                ];
+                ConstCounter::new(field(s)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [(&str, &str, Field); 3] = [
+            (
+                "ol_trigger_lag",
+                "Queue messages not yet settled at the broker (pending and unacknowledged)",
+                |s| s.lag.unwrap_or(0),
+            ),
+            (
+                "ol_trigger_in_flight",
+                "Calls of queue messages running now",
+                |s| s.in_flight,
+            ),
+            (
+                "ol_trigger_up",
+                "1 when the trigger's consumer is running, 0 when it is not (see /stats last_error)",
+                |s| u64::from(s.state == "running"),
+            ),
+        ];
+        for (name, help, field) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for s in &stats {
+                let labels = [
+                    ("lambda", s.lambda.as_str()),
+                    ("trigger", s.trigger.as_str()),
+                ];
+                let v = i64::try_from(field(s)).unwrap_or(i64::MAX);
+                ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Metrics of a worker that never runs anything.
     fn idle_metrics(dir: &std::path::Path, max_labels: usize) -> WorkerMetrics {
-        WorkerMetrics::with_label_bound(crate::state::idle_lambda_layer(dir), max_labels)
+        let lambdas = crate::state::idle_lambda_layer(dir);
+        let triggers = ol_triggers::TriggerManager::new(
+            Arc::clone(&lambdas),
+            Arc::new(ol_registry::DirRegistry::new(dir.join("registry"))),
+            ol_triggers::TriggerSettings::default(),
+        );
+        WorkerMetrics::with_label_bound(lambdas, triggers, max_labels)
     }
 
     fn scrape(m: &WorkerMetrics) -> prometheus_parse::Scrape {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ol_lambda::LambdaManager;
 use ol_registry::{DirRegistry, Monitored};
+use ol_triggers::TriggerManager;
 
 use crate::access::AdminGates;
 use crate::metrics::{self, WorkerMetrics};
@@ -29,6 +30,9 @@ pub struct HttpCounters {
 pub struct AppState {
     /// The lambda layer.
     pub lambdas: Arc<LambdaManager>,
+    /// The queue triggers' consumers (told when a lambda is installed or
+    /// removed; `/stats`, `/metrics`).
+    pub triggers: Arc<TriggerManager<LambdaManager>>,
     /// The local registry, for the registry API (`None` when the registry
     /// is remote).
     pub registry: Option<Arc<DirRegistry>>,
@@ -68,6 +72,7 @@ impl AppState {
             errors_5xx: c.errors_5xx.load(Ordering::Relaxed),
             errors_by_status: self.metrics.errors_by_status(),
             lambda_layer: self.lambdas.stats(),
+            triggers: self.triggers.stats(),
             registry: Some(RegistryStats::from(self.registry_health.health())),
             recorded: metrics::recorded_stats(),
         }
@@ -82,8 +87,14 @@ pub(crate) fn idle_state(dir: &std::path::Path) -> AppState {
     std::fs::create_dir_all(dir.join("registry")).expect("registry dir");
     let lambdas = idle_lambda_layer(dir);
     let registry = Arc::new(DirRegistry::new(dir.join("registry")));
+    let triggers = TriggerManager::new(
+        Arc::clone(&lambdas),
+        Arc::clone(&registry) as Arc<dyn ol_registry::Registry>,
+        ol_triggers::TriggerSettings::default(),
+    );
     AppState {
-        metrics: WorkerMetrics::new(Arc::clone(&lambdas)),
+        metrics: WorkerMetrics::new(Arc::clone(&lambdas), Arc::clone(&triggers)),
+        triggers,
         lambdas,
         registry_health: Arc::new(Monitored::new(
             Arc::clone(&registry) as Arc<dyn ol_registry::Registry>

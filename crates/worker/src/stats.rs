@@ -30,6 +30,10 @@ pub struct WorkerStats {
     /// snapshot).
     #[serde(flatten)]
     pub lambda_layer: ol_lambda::Stats,
+    /// Each queue trigger's consumer: state, lag, delivered, failed,
+    /// dead letters (absent from workers older than this key).
+    #[serde(default)]
+    pub triggers: Vec<ol_triggers::TriggerStats>,
     /// Where code comes from and whether it answers (absent from workers
     /// older than this key).
     #[serde(default)]
@@ -212,6 +216,22 @@ mod tests {
                 forked_from: BTreeMap::from([("root".into(), 1)]),
                 zygotes: Vec::new(),
             },
+            triggers: vec![ol_triggers::TriggerStats {
+                lambda: "orders".into(),
+                trigger: "nats[0]".into(),
+                broker: "nats://127.0.0.1:4222".into(),
+                stream: "ORDERS".into(),
+                subject: "orders.>".into(),
+                consumer: "ol-orders".into(),
+                state: "running".into(),
+                lag: Some(12),
+                in_flight: 2,
+                delivered: 100,
+                failed: 3,
+                retried: 2,
+                dead_lettered: 1,
+                last_error: Some("attempt 3: ValueError: bad".into()),
+            }],
             registry: Some(RegistryStats {
                 kind: "s3".into(),
                 location: "s3://code/ at http://127.0.0.1:9000".into(),
@@ -254,6 +274,8 @@ mod tests {
         assert_eq!(v["registry"]["kind"], json!("s3"));
         assert_eq!(v["registry"]["ok"], json!(false));
         assert_eq!(v["registry"]["last_ok_ms_ago"], json!(1500));
+        assert_eq!(v["triggers"][0]["lag"], json!(12));
+        assert_eq!(v["triggers"][0]["dead_lettered"], json!(1));
         assert!(v.get("lambda_layer").is_none() && v.get("recorded").is_none());
     }
 
@@ -263,6 +285,7 @@ mod tests {
         let read: WorkerStats = serde_json::from_value(written.clone()).expect("deserialize");
         assert_eq!(read.recorded, sample().recorded);
         assert_eq!(read.registry, sample().registry);
+        assert_eq!(read.triggers, sample().triggers);
         assert_eq!(read.lambda_layer.sandboxes, sample().lambda_layer.sandboxes);
         assert_eq!(serde_json::to_value(read).expect("serialize"), written);
     }

@@ -22,6 +22,8 @@ pub enum Trigger {
     Http,
     /// A schedule in ol.yaml `triggers.cron`.
     Cron,
+    /// A queue message of ol.yaml `triggers.nats`.
+    Queue,
 }
 
 impl LambdaManager {
@@ -36,8 +38,10 @@ impl LambdaManager {
         self.invoke_by(name, inv, Trigger::Http).await
     }
 
-    /// Runs one call of lambda `name` caused by `trigger`.
-    pub(super) async fn invoke_by(
+    /// Runs one call of lambda `name` caused by `trigger`: the same path
+    /// (queue, instances, scaling, limits) as every other call; only HTTP
+    /// calls are checked against ol.yaml's methods.
+    pub async fn invoke_by(
         self: &Arc<Self>,
         name: &str,
         inv: Invocation,

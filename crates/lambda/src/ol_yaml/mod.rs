@@ -6,6 +6,7 @@
 //! triggers:
 //!   http: [{method: GET}, {method: POST}]   # no `http` key: every method
 //!   cron: [{schedule: "*/5 * * * *"}]
+//!   nats: [{url: "nats://127.0.0.1:4222", stream: S, subject: s.>, durable: d}]
 //! environment: {KEY: value}
 //! limits: {mem_mb: 128, runtime_sec: 10, procs: 16, cpu_percent: 100}
 //! ```
@@ -27,6 +28,7 @@
 pub mod cron_schedule;
 mod environment;
 pub mod limits;
+pub mod queue;
 pub mod shape;
 pub mod triggers;
 
@@ -37,6 +39,7 @@ use serde::Deserialize;
 
 pub use cron_schedule::{CronError, CronSchedule};
 pub use limits::LimitOverrides;
+pub use queue::{DeliveryPolicy, NatsTrigger};
 use shape::ShapeError;
 pub use triggers::{CronTrigger, HttpMethod, HttpTrigger, Triggers};
 
@@ -155,6 +158,8 @@ pub fn parse(text: &str) -> Result<LambdaConfig, OlYamlError> {
             message: e.inner().to_string(),
         })?;
     config.limits.validate()?;
+    queue::check_nats(&config.triggers.nats)
+        .map_err(|(key, message)| OlYamlError::Invalid { key, message })?;
     Ok(config)
 }
 
@@ -237,6 +242,7 @@ limits: {mem_mb: 128, runtime_sec: 10, procs: 16, cpu_percent: 100}
                     cron: vec![CronTrigger {
                         schedule: "*/5 * * * *".parse().expect("schedule")
                     }],
+                    nats: vec![],
                 },
                 environment: BTreeMap::from([("KEY".to_owned(), "value".to_owned())]),
                 limits: LimitOverrides {

@@ -1,5 +1,7 @@
-//! `triggers`: which HTTP methods may call a lambda (`http`), and the
-//! schedules that call it (`cron`, read by [`super::cron_schedule`]).
+//! `triggers`: which HTTP methods may call a lambda (`http`), the
+//! schedules that call it (`cron`, read by [`super::cron_schedule`]), and
+//! the JetStream consumers that call it per message (`nats`, in
+//! [`super::queue`]).
 //!
 //! No `http` key (or `~`) allows every method; a list allows only the
 //! methods in it, so an empty list allows none (a cron-only lambda). `HEAD`
@@ -12,6 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use super::CronSchedule;
+use super::queue::NatsTrigger;
 
 /// `triggers`: what may run the lambda.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -21,6 +24,8 @@ pub struct Triggers {
     pub http: Option<Vec<HttpTrigger>>,
     /// Schedules that run it.
     pub cron: Vec<CronTrigger>,
+    /// JetStream consumers that call it once per message.
+    pub nats: Vec<NatsTrigger>,
 }
 
 impl Triggers {

@@ -70,6 +70,7 @@ pub(crate) async fn handle<B: RequestBody>(
             .await;
             if answer.status().is_success() {
                 state.lambdas.forget(name);
+                state.triggers.rescan_soon();
                 tracing::info!(lambda = name, "removed from the registry");
             }
             answer
@@ -172,6 +173,7 @@ async fn install<B: RequestBody>(
     .await;
     if answer.status() == StatusCode::CREATED {
         state.lambdas.forget(name);
+        state.triggers.rescan_soon();
         tracing::info!(lambda = name, "installed in the registry");
     }
     answer
@@ -207,6 +209,17 @@ fn config_json(name: &str, config: &LambdaConfig) -> serde_json::Value {
         "triggers": {
             "http": config.triggers.allowed_methods(),
             "cron": config.triggers.cron.iter().map(|c| c.schedule.as_str()).collect::<Vec<_>>(),
+            "nats": config.triggers.nats.iter().map(|t| json!({
+                "url": t.url.to_string(),
+                "stream": t.stream.as_str(),
+                "subject": t.subject.as_str(),
+                "durable": t.durable.as_str(),
+                "concurrency": t.concurrency,
+                "retries": t.retries,
+                "backoff_ms": t.backoff_ms,
+                "max_backoff_ms": t.max_backoff_ms,
+                "dead_letter": t.dead_letter.as_ref().map(|d| d.as_str()),
+            })).collect::<Vec<_>>(),
         },
         "environment": config.environment,
         "limits": {

@@ -233,6 +233,7 @@ async fn read_invocation<B: RequestBody>(
         headers,
         body,
         request_id,
+        trigger: None,
     })
 }
 

@@ -1,0 +1,260 @@
+//! [`TriggerManager`]: keeps one consumer running per queue trigger of
+//! every lambda in the registry. It reads the registry at start and again
+//! every `rescan` (and at once when told a lambda was installed or
+//! removed): a new lambda's consumers start, a removed lambda's stop, a
+//! changed entry's consumer is stopped and started anew.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use ol_lambda::ol_yaml::{self, NatsTrigger};
+use ol_registry::Registry;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::TriggerSettings;
+use crate::delivery::CallTarget;
+use crate::nats::Consumer;
+use crate::stats::{TriggerCounters, TriggerStats};
+
+/// A trigger's identity: its lambda and its entry (`nats[0]`).
+type Key = (String, String);
+
+/// A consumer running for one trigger.
+struct Running {
+    config: NatsTrigger,
+    counters: Arc<TriggerCounters>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Every queue trigger's consumer.
+pub struct TriggerManager<T> {
+    target: Arc<T>,
+    registry: Arc<dyn Registry>,
+    settings: Arc<TriggerSettings>,
+    running: Mutex<BTreeMap<Key, Running>>,
+    /// Consumers stopped but maybe still settling their last calls.
+    stopping: Mutex<Vec<JoinHandle<()>>>,
+    rescan_now: Notify,
+    closed: AtomicBool,
+}
+
+impl<T: CallTarget> TriggerManager<T> {
+    /// A manager calling lambdas through `target` for the triggers of the
+    /// lambdas in `registry`. Nothing runs until [`Self::start`].
+    pub fn new(
+        target: Arc<T>,
+        registry: Arc<dyn Registry>,
+        settings: TriggerSettings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            target,
+            registry,
+            settings: Arc::new(settings),
+            running: Mutex::new(BTreeMap::new()),
+            stopping: Mutex::new(Vec::new()),
+            rescan_now: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts watching the registry (inside the async runtime); it stops
+    /// when the manager is shut down or dropped.
+    pub fn start(self: &Arc<Self>) {
+        tokio::spawn(watch_registry(Arc::downgrade(self)));
+    }
+
+    /// Reads the registry again now (a lambda was installed or removed).
+    pub fn rescan_soon(&self) {
+        self.rescan_now.notify_one();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Running>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Brings the running consumers in line with the registry: one read of
+    /// every lambda's ol.yaml.
+    pub async fn rescan(&self) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let registry = Arc::clone(&self.registry);
+        let Ok(Some(wanted)) = tokio::task::spawn_blocking(move || wanted(&*registry)).await else {
+            // The registry cannot be listed (a remote one is down): keep
+            // what runs rather than stop everything.
+            return;
+        };
+        let mut running = self.lock();
+        let stale: Vec<Key> = running
+            .iter()
+            .filter(|((lambda, name), r)| match wanted.get(lambda) {
+                Some(Known::Triggers(list)) => list.get(name) != Some(&r.config),
+                Some(Known::Unreadable) => false,
+                None => true,
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(r) = running.remove(&key) {
+                tracing::info!(lambda = %key.0, trigger = %key.1, "trigger stopped");
+                let _ = r.stop.send(true);
+                self.stopping
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(r.task);
+            }
+        }
+        for (lambda, known) in wanted {
+            let Known::Triggers(list) = known else {
+                continue;
+            };
+            for (name, config) in list {
+                let key = (lambda.clone(), name.clone());
+                if running.contains_key(&key) {
+                    continue;
+                }
+                running.insert(key, self.spawn(&lambda, name, config));
+            }
+        }
+    }
+
+    fn spawn(&self, lambda: &str, name: String, config: NatsTrigger) -> Running {
+        let counters = Arc::new(TriggerCounters::default());
+        counters.set_state("starting");
+        let mut policy = config.delivery();
+        policy.concurrency = policy.concurrency.min(self.settings.max_concurrency).max(1);
+        policy.retries = policy.retries.min(self.settings.max_retries);
+        let (stop, stopped) = watch::channel(false);
+        let consumer = Consumer {
+            target: Arc::clone(&self.target),
+            lambda: lambda.to_owned(),
+            name,
+            config: config.clone(),
+            policy,
+            settings: Arc::clone(&self.settings),
+            counters: Arc::clone(&counters),
+        };
+        Running {
+            config,
+            counters,
+            stop,
+            task: tokio::spawn(consumer.run(stopped)),
+        }
+    }
+
+    /// Every running trigger, by lambda and entry.
+    pub fn stats(&self) -> Vec<TriggerStats> {
+        self.lock()
+            .iter()
+            .map(|((lambda, trigger), r)| {
+                let c = &r.counters;
+                TriggerStats {
+                    lambda: lambda.clone(),
+                    trigger: trigger.clone(),
+                    broker: r.config.url.to_string(),
+                    stream: r.config.stream.to_string(),
+                    subject: r.config.subject.to_string(),
+                    consumer: r.config.durable.to_string(),
+                    state: (*c.state.lock().unwrap_or_else(PoisonError::into_inner)).to_owned(),
+                    lag: *c.lag.lock().unwrap_or_else(PoisonError::into_inner),
+                    in_flight: c.in_flight.load(Ordering::Relaxed),
+                    delivered: c.delivered.get(),
+                    failed: c.failed.get(),
+                    retried: c.retried.get(),
+                    dead_lettered: c.dead_lettered.get(),
+                    last_error: c
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops every consumer and waits up to `grace` for their calls in
+    /// flight to settle their messages (those still unsettled then are
+    /// redelivered by the broker after its ack wait). Returns how many
+    /// consumers had not finished.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.closed.store(true, Ordering::Release);
+        self.rescan_now.notify_one();
+        let mut tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.lock())
+            .into_values()
+            .map(|r| {
+                let _ = r.stop.send(true);
+                r.task
+            })
+            .collect();
+        tasks.append(&mut self.stopping.lock().unwrap_or_else(PoisonError::into_inner));
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut left = 0;
+        for task in tasks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                left += 1;
+            }
+        }
+        left
+    }
+}
+
+/// What the registry says of one lambda.
+enum Known {
+    /// Its queue triggers by entry name (none when its ol.yaml is invalid:
+    /// it cannot be called anyway).
+    Triggers(BTreeMap<String, NatsTrigger>),
+    /// Its code could not be fetched now: keep what runs for it.
+    Unreadable,
+}
+
+/// Every lambda's queue triggers; `None` when the registry cannot be
+/// listed. Blocking.
+fn wanted(registry: &dyn Registry) -> Option<HashMap<String, Known>> {
+    let names = registry.list().ok()?;
+    let mut wanted = HashMap::with_capacity(names.len());
+    for name in names {
+        let known = match registry.fetch(&name) {
+            Ok(Some(code)) => match ol_yaml::load(&code.dir) {
+                Ok(config) => Known::Triggers(
+                    config
+                        .triggers
+                        .nats
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, t)| (format!("nats[{i}]"), t))
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::warn!(lambda = %name, "no triggers: {e}");
+                    Known::Triggers(BTreeMap::new())
+                }
+            },
+            Ok(None) => continue,
+            Err(_) => Known::Unreadable,
+        };
+        wanted.insert(name, known);
+    }
+    Some(wanted)
+}
+
+/// Rescans at start, every `rescan` and when asked, until the manager is
+/// shut down or dropped.
+async fn watch_registry<T: CallTarget>(manager: Weak<TriggerManager<T>>) {
+    loop {
+        let Some(m) = manager.upgrade() else {
+            return;
+        };
+        if m.closed.load(Ordering::Acquire) {
+            return;
+        }
+        m.rescan().await;
+        let every = m.settings.rescan;
+        // `shutdown` wakes this wait too, and the loop then ends.
+        let wake = m.rescan_now.notified();
+        let _ = tokio::time::timeout(every, wake).await;
+    }
+}
