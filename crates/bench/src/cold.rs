@@ -144,13 +144,18 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
 
 /// The hello lambda packed as a registry upload.
 fn hello_archive() -> Result<Vec<u8>> {
+    lambda_archive("hello", HELLO_PY)
+}
+
+/// A lambda whose `f.py` is `code`, packed as a registry upload.
+pub(crate) fn lambda_archive(name: &str, code: &str) -> Result<Vec<u8>> {
     let dir = tempfile::tempdir()?;
-    write_lambda(dir.path(), "hello", &[("f.py", HELLO_PY)])?;
-    Ok(ol_registry::pack_lambda(&dir.path().join("hello"))?)
+    write_lambda(dir.path(), name, &[("f.py", code)])?;
+    Ok(ol_registry::pack_lambda(&dir.path().join(name))?)
 }
 
 /// `POST /registry/<name>` with the lambda's tar.gz.
-fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> {
+pub(crate) fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> {
     let url = target.url(&format!("/registry/{name}"));
     let a = client::post(&url, archive, Duration::from_secs(30)).map_err(|source| {
         BenchError::Upload {
