@@ -77,6 +77,7 @@ pub fn run(args: &BurstArgs) -> Result<Vec<Row>> {
     for run in 0..args.runs {
         for (k, t) in targets.iter().enumerate() {
             let name = format!("burst-{run_id}-{k}-{run}");
+            let before = live_sandboxes(t);
             upload(t, &name, &archive)?;
             let outcome = one_burst(t, &name, args.instances, &body, args.hold_ms);
             let _ = client::delete(
@@ -85,8 +86,11 @@ pub fn run(args: &BurstArgs) -> Result<Vec<Row>> {
             );
             samples[k].merge(outcome);
             bar.inc(1);
-            // Let the sandboxes of this burst finish before the next.
-            std::thread::sleep(Duration::from_millis(200));
+            // The next burst starts once this one's sandboxes are gone, so
+            // it does not share the CPUs with their teardown.
+            if let Some(before) = before {
+                settle(t, before);
+            }
         }
     }
     bar.finish_and_clear();
@@ -160,6 +164,25 @@ fn one_burst(target: &Target, name: &str, instances: usize, body: &str, hold_ms:
     samples.elapsed = started.elapsed();
     samples
 }
+
+/// How many sandboxes the worker at `target` has (`None`: unknown).
+fn live_sandboxes(target: &Target) -> Option<usize> {
+    client::stats(&target.url(""), Duration::from_secs(10))
+        .ok()
+        .map(|s| s.lambda_layer.sandboxes.len())
+}
+
+/// Waits (at most [`SETTLE_TIMEOUT`]) until the worker at `target` has no
+/// more than `count` sandboxes.
+fn settle(target: &Target, count: usize) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while Instant::now() < deadline && live_sandboxes(target).is_some_and(|n| n > count) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The longest wait for one burst's sandboxes to go.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The start time a burst call answered, or why there is none.
 fn started_at(status: u16, body: &str) -> std::result::Result<f64, String> {

@@ -300,6 +300,47 @@ fn first_call_bench_times_fresh_workers(backend: Backend) {
     assert!((1_000.0..30e6).contains(&num(r, "p50_us")), "{r}");
 }
 
+on_both_backends!(burst_bench_has_every_call_of_a_new_lambda_busy_at_once);
+fn burst_bench_has_every_call_of_a_new_lambda_busy_at_once(backend: Backend) {
+    // The default scaling.max_instances (8) allows 6 sandboxes of a lambda.
+    let w = TestWorker::start(backend, &[], &[]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = format!("w={}", w.url(""));
+    let rows = bench_json(
+        &[
+            "burst",
+            "--instances",
+            "6",
+            "--runs",
+            "2",
+            "--hold-ms",
+            "3000",
+            "--target",
+            &target,
+        ],
+        out.path(),
+    );
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(
+        (r["bench"].as_str(), num(r, "requests"), num(r, "errors")),
+        (Some("burst"), 12.0, 0.0),
+        "{r}"
+    );
+    // Each call started inside its lambda after it was sent and before the
+    // first one finished holding its sandbox.
+    assert!(num(r, "max_us") < 3e6, "{r}");
+    // Six calls at once, each run of a new lambda: six sandboxes each.
+    let created = w.stats()["sandboxes_created"].as_u64().expect("created");
+    assert!(created >= 12, "sandboxes created: {created}");
+    let left: Vec<String> = std::fs::read_dir(w.path().join("registry"))
+        .expect("registry")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("burst-"))
+        .collect();
+    assert!(left.is_empty(), "uploaded lambdas left behind: {left:?}");
+}
+
 on_both_backends!(cold_bench_uploads_new_lambdas_to_each_target_and_removes_them);
 fn cold_bench_uploads_new_lambdas_to_each_target_and_removes_them(backend: Backend) {
     let w = TestWorker::start(backend, &[], &[]);
