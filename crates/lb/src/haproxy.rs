@@ -1,8 +1,15 @@
 //! The engine: HAProxy, driven. [`render_config`] writes its config from
 //! the policy and the workers, [`write_error_pages`] the balancer's own
-//! errors as JSON, [`server_keywords`] the health settings every server
-//! gets (in the config and when added at run time), and [`spawn`] starts
-//! it in the foreground under the supervisor (docs/lb.md has why HAProxy).
+//! errors as JSON (and, for gRPC calls, as gRPC statuses),
+//! [`server_keywords`] the health settings every server gets (in the
+//! config and when added at run time), and [`spawn`] starts it in the
+//! foreground under the supervisor (docs/lb.md has why HAProxy).
+//!
+//! HTTP calls go to the [`BACKEND`]; gRPC calls (content type
+//! `application/grpc…`, over h2c, which HAProxy detects on the cleartext
+//! listener) to the [`GRPC_BACKEND`], whose servers are the same workers
+//! spoken to in HTTP/2 (`proto h2`) and whose health tracks theirs in the
+//! HTTP backend (one health check per worker).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -15,6 +22,10 @@ use crate::workers::Server;
 
 /// The backend every worker is a server of.
 pub const BACKEND: &str = "workers";
+/// The backend of gRPC calls: every worker again, in HTTP/2.
+pub const GRPC_BACKEND: &str = "workers-grpc";
+/// The one gRPC method the balancer passes on.
+pub const GRPC_METHOD: &str = ol_worker::grpc::proto::INVOKE_PATH;
 /// How often a worker's `/status` is checked, in milliseconds.
 pub const CHECK_INTERVAL_MS: u32 = 250;
 /// Failed checks in a row that take a worker out (a connection error on
@@ -103,6 +114,40 @@ const ERROR_PAGES: &[(u16, &str, &str)] = &[
     (504, "Gateway Timeout", "the worker did not answer in time"),
 ];
 
+/// The balancer's own errors for gRPC calls, by the HTTP status HAProxy
+/// would have answered: gRPC statuses (code, message) in a
+/// "trailers-only" response, which is how gRPC says a call failed before
+/// any message.
+const GRPC_ERROR_PAGES: &[(u16, u8, &str)] = &[
+    (400, 13, "the balancer could not parse this call"),
+    (403, 7, "the balancer refused this call"),
+    (408, 4, "the call did not arrive in time"),
+    (500, 13, "the balancer failed on this call"),
+    (
+        502,
+        14,
+        "the worker closed the connection or sent an invalid response mid-call",
+    ),
+    (
+        503,
+        14,
+        "no worker is available: every worker is down, or the call waited too long for one",
+    ),
+    (504, 4, "the worker did not answer in time"),
+];
+
+/// The gRPC status of a call through the balancer without the
+/// `ol-lambda` metadata (`INVALID_ARGUMENT`).
+const GRPC_NO_LAMBDA: (u8, &str) = (
+    3,
+    "ol lb balances gRPC calls by their ol-lambda metadata: set it to the lambda's name",
+);
+/// The gRPC status of a call of another method (`UNIMPLEMENTED`).
+const GRPC_NOT_A_CALL: (u8, &str) = (
+    12,
+    "the balancer passes on gRPC calls of /ol.v1.Lambda/Invoke only",
+);
+
 /// What the balancer answers to a path that is not a call: admin routes
 /// are each worker's own, never reachable through the balancer (a worker
 /// on loopback would take the balancer's connections for its own
@@ -132,7 +177,22 @@ pub fn write_error_pages(settings: &EngineSettings) -> Result<(), LbError> {
         let file = dir.join(format!("{name}.json"));
         std::fs::write(&file, json_error(message)).map_err(LbError::io("cannot write", &file))?;
     }
+    for (status, code, message) in GRPC_ERROR_PAGES {
+        // 200 is right: gRPC carries the call's status in grpc-status.
+        let page = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: {code}\r\ngrpc-message: {message}\r\ncontent-length: 0\r\ncache-control: no-cache\r\n\r\n"
+        );
+        let file = dir.join(format!("grpc-{status}.http"));
+        std::fs::write(&file, page).map_err(LbError::io("cannot write", &file))?;
+    }
     Ok(())
+}
+
+/// HAProxy's `http-request return` of a gRPC status (trailers-only).
+fn grpc_return((code, message): (u8, &str)) -> String {
+    format!(
+        "http-request return status 200 content-type application/grpc hdr grpc-status {code} hdr grpc-message \"{message}\""
+    )
 }
 
 /// The whole HAProxy config for `settings` with `servers`.
@@ -155,6 +215,11 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
     let _ = writeln!(c, "http-errors ol-errors");
     for (status, _, _) in ERROR_PAGES {
         let _ = writeln!(c, "    errorfile {status} {errors}/{status}.http");
+    }
+    let _ = writeln!(c);
+    let _ = writeln!(c, "http-errors ol-grpc-errors");
+    for (status, _, _) in GRPC_ERROR_PAGES {
+        let _ = writeln!(c, "    errorfile {status} {errors}/grpc-{status}.http");
     }
     let _ = writeln!(c);
     let _ = writeln!(c, "defaults");
@@ -180,7 +245,22 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
     } else {
         settings.host.clone()
     };
+    // h2c (gRPC) is told from HTTP/1.1 by its preface on this listener.
     let _ = writeln!(c, "    bind {host}:{}", settings.port);
+    let _ = writeln!(
+        c,
+        "    acl grpc req.hdr(content-type) -m beg application/grpc"
+    );
+    let _ = writeln!(
+        c,
+        "    {} if grpc !{{ path {GRPC_METHOD} }}",
+        grpc_return(GRPC_NOT_A_CALL)
+    );
+    let _ = writeln!(
+        c,
+        "    {} if grpc !{{ req.hdr(ol-lambda) -m found }}",
+        grpc_return(GRPC_NO_LAMBDA)
+    );
     let _ = writeln!(
         c,
         "    http-request return status 200 content-type text/plain string ready if {{ path /status }} {{ nbsrv({BACKEND}) gt 0 }}"
@@ -191,8 +271,9 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
     );
     let _ = writeln!(
         c,
-        "    http-request return status 404 content-type application/json file {errors}/not-a-call.json unless {{ path_beg /run/ /runLambda/ }}"
+        "    http-request return status 404 content-type application/json file {errors}/not-a-call.json if !grpc !{{ path_beg /run/ /runLambda/ }}"
     );
+    let _ = writeln!(c, "    use_backend {GRPC_BACKEND} if grpc");
     let _ = writeln!(c, "    default_backend {BACKEND}");
     let _ = writeln!(c);
     let _ = writeln!(c, "backend {BACKEND}");
@@ -211,7 +292,29 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
             s.engine_id()
         );
     }
+    let _ = writeln!(c);
+    let _ = writeln!(c, "backend {GRPC_BACKEND}");
+    for line in settings.policy.haproxy_grpc_directives() {
+        let _ = writeln!(c, "    {line}");
+    }
+    let _ = writeln!(c, "    errorfiles ol-grpc-errors");
+    for s in servers {
+        let _ = writeln!(
+            c,
+            "    server {} {} id {} {}",
+            s.name(),
+            s.0,
+            s.engine_id(),
+            grpc_server_keywords(s)
+        );
+    }
     c
+}
+
+/// The settings of `server` in the gRPC backend: HTTP/2 without TLS, and
+/// up or down as the same worker is in the HTTP backend.
+pub fn grpc_server_keywords(server: &Server) -> String {
+    format!("proto h2 track {BACKEND}/{}", server.name())
 }
 
 /// Finds `haproxy`: `$OL_HAPROXY`, else on `PATH`.
@@ -293,7 +396,19 @@ mod tests {
             "server 127.0.0.1:8081 127.0.0.1:8081 id ",
             " check inter 250ms",
             "observe layer4 error-limit 1 on-error mark-down",
-            "unless { path_beg /run/ /runLambda/ }",
+            "if !grpc !{ path_beg /run/ /runLambda/ }",
+            // gRPC: its own backend, the same workers in HTTP/2.
+            "acl grpc req.hdr(content-type) -m beg application/grpc",
+            "use_backend workers-grpc if grpc",
+            "backend workers-grpc",
+            "balance hdr(ol-lambda)",
+            "errorfiles ol-grpc-errors",
+            "server 127.0.0.1:8082 127.0.0.1:8082 id ",
+            " proto h2 track workers/127.0.0.1:8082",
+            "hdr grpc-status 3 hdr grpc-message \"ol lb balances gRPC calls by their ol-lambda metadata",
+            "if grpc !{ req.hdr(ol-lambda) -m found }",
+            "hdr grpc-status 12 ",
+            "if grpc !{ path /ol.v1.Lambda/Invoke }",
         ] {
             assert!(c.contains(needed), "{needed:?} missing from:\n{c}");
         }
@@ -323,6 +438,13 @@ mod tests {
                 .as_str()
                 .is_some_and(|e| e.contains("no worker"))
         );
+        // For gRPC calls: UNAVAILABLE, in a trailers-only response.
+        let page = std::fs::read_to_string(tmp.path().join("errors/grpc-503.http"))
+            .map_err(LbError::io("read", tmp.path()))?;
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+        assert!(page.contains("\r\ngrpc-status: 14\r\n"), "{page}");
+        assert!(page.contains("\r\ngrpc-message: no worker"), "{page}");
+        assert!(page.ends_with("content-length: 0\r\ncache-control: no-cache\r\n\r\n"));
         Ok(())
     }
 }

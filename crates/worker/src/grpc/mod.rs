@@ -14,6 +14,7 @@
 //! error's `error` (and traceback, when config.json `tracebacks` is
 //! "client"), with the request id in `x-request-id` metadata.
 
+pub mod client;
 pub mod proto;
 
 use std::collections::HashMap;
