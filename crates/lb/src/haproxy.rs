@@ -8,8 +8,9 @@
 //! HTTP calls go to the [`BACKEND`]; gRPC calls (content type
 //! `application/grpc…`, over h2c, which HAProxy detects on the cleartext
 //! listener) to the [`GRPC_BACKEND`], whose servers are the same workers
-//! spoken to in HTTP/2 (`proto h2`) and whose health tracks theirs in the
-//! HTTP backend (one health check per worker).
+//! spoken to in HTTP/2 (`proto h2`), with the same health settings.
+//! (HAProxy 2.6 cannot `track` a server added at run time, so each
+//! backend checks its servers itself: two light checks per worker.)
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -142,6 +143,10 @@ const GRPC_NO_LAMBDA: (u8, &str) = (
     3,
     "ol lb balances gRPC calls by their ol-lambda metadata: set it to the lambda's name",
 );
+/// The error page (`errors/grpc-NAME.http`) of [`GRPC_NO_LAMBDA`].
+const GRPC_NO_LAMBDA_PAGE: &str = "no-lambda";
+/// The error page of [`GRPC_NOT_A_CALL`].
+const GRPC_NOT_A_CALL_PAGE: &str = "not-a-call";
 /// The gRPC status of a call of another method (`UNIMPLEMENTED`).
 const GRPC_NOT_A_CALL: (u8, &str) = (
     12,
@@ -177,22 +182,30 @@ pub fn write_error_pages(settings: &EngineSettings) -> Result<(), LbError> {
         let file = dir.join(format!("{name}.json"));
         std::fs::write(&file, json_error(message)).map_err(LbError::io("cannot write", &file))?;
     }
-    for (status, code, message) in GRPC_ERROR_PAGES {
+    let pages = GRPC_ERROR_PAGES
+        .iter()
+        .map(|&(status, code, message)| (status.to_string(), code, message))
+        .chain([
+            (
+                GRPC_NO_LAMBDA_PAGE.to_string(),
+                GRPC_NO_LAMBDA.0,
+                GRPC_NO_LAMBDA.1,
+            ),
+            (
+                GRPC_NOT_A_CALL_PAGE.to_string(),
+                GRPC_NOT_A_CALL.0,
+                GRPC_NOT_A_CALL.1,
+            ),
+        ]);
+    for (name, code, message) in pages {
         // 200 is right: gRPC carries the call's status in grpc-status.
         let page = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: {code}\r\ngrpc-message: {message}\r\ncontent-length: 0\r\ncache-control: no-cache\r\n\r\n"
         );
-        let file = dir.join(format!("grpc-{status}.http"));
+        let file = dir.join(format!("grpc-{name}.http"));
         std::fs::write(&file, page).map_err(LbError::io("cannot write", &file))?;
     }
     Ok(())
-}
-
-/// HAProxy's `http-request return` of a gRPC status (trailers-only).
-fn grpc_return((code, message): (u8, &str)) -> String {
-    format!(
-        "http-request return status 200 content-type application/grpc hdr grpc-status {code} hdr grpc-message \"{message}\""
-    )
 }
 
 /// The whole HAProxy config for `settings` with `servers`.
@@ -251,15 +264,15 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
         c,
         "    acl grpc req.hdr(content-type) -m beg application/grpc"
     );
+    // A whole response from a file: HAProxy's own `content-type` and
+    // `hdr` of `http-request return` drop a content type without a body.
     let _ = writeln!(
         c,
-        "    {} if grpc !{{ path {GRPC_METHOD} }}",
-        grpc_return(GRPC_NOT_A_CALL)
+        "    http-request return errorfile {errors}/grpc-{GRPC_NOT_A_CALL_PAGE}.http if grpc !{{ path {GRPC_METHOD} }}"
     );
     let _ = writeln!(
         c,
-        "    {} if grpc !{{ req.hdr(ol-lambda) -m found }}",
-        grpc_return(GRPC_NO_LAMBDA)
+        "    http-request return errorfile {errors}/grpc-{GRPC_NO_LAMBDA_PAGE}.http if grpc !{{ req.hdr(ol-lambda) -m found }}"
     );
     let _ = writeln!(
         c,
@@ -298,6 +311,8 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
         let _ = writeln!(c, "    {line}");
     }
     let _ = writeln!(c, "    errorfiles ol-grpc-errors");
+    let _ = writeln!(c, "    option httpchk GET /status");
+    let _ = writeln!(c, "    http-check expect status 200");
     for s in servers {
         let _ = writeln!(
             c,
@@ -305,16 +320,16 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
             s.name(),
             s.0,
             s.engine_id(),
-            grpc_server_keywords(s)
+            grpc_server_keywords()
         );
     }
     c
 }
 
-/// The settings of `server` in the gRPC backend: HTTP/2 without TLS, and
-/// up or down as the same worker is in the HTTP backend.
-pub fn grpc_server_keywords(server: &Server) -> String {
-    format!("proto h2 track {BACKEND}/{}", server.name())
+/// The settings of a server in the gRPC backend: HTTP/2 without TLS,
+/// and the health settings of every server.
+pub fn grpc_server_keywords() -> String {
+    format!("proto h2 {}", server_keywords())
 }
 
 /// Finds `haproxy`: `$OL_HAPROXY`, else on `PATH`.
@@ -404,14 +419,17 @@ mod tests {
             "balance hdr(ol-lambda)",
             "errorfiles ol-grpc-errors",
             "server 127.0.0.1:8082 127.0.0.1:8082 id ",
-            " proto h2 track workers/127.0.0.1:8082",
-            "hdr grpc-status 3 hdr grpc-message \"ol lb balances gRPC calls by their ol-lambda metadata",
-            "if grpc !{ req.hdr(ol-lambda) -m found }",
-            "hdr grpc-status 12 ",
-            "if grpc !{ path /ol.v1.Lambda/Invoke }",
+            " proto h2 check inter 250ms",
+            "http-request return errorfile /run/ol-lb/errors/grpc-no-lambda.http if grpc !{ req.hdr(ol-lambda) -m found }",
+            "http-request return errorfile /run/ol-lb/errors/grpc-not-a-call.http if grpc !{ path /ol.v1.Lambda/Invoke }",
         ] {
             assert!(c.contains(needed), "{needed:?} missing from:\n{c}");
         }
+        // HTTP/1.1 to the workers for HTTP calls, HTTP/2 for gRPC's.
+        let (http, grpc) = c.split_once("backend workers-grpc").expect("two backends");
+        assert!(!http.contains("proto h2"), "{http}");
+        assert_eq!(grpc.matches(" proto h2 check ").count(), 2, "{grpc}");
+        assert!(grpc.contains("option httpchk GET /status"), "{grpc}");
     }
 
     #[test]
@@ -445,6 +463,13 @@ mod tests {
         assert!(page.contains("\r\ngrpc-status: 14\r\n"), "{page}");
         assert!(page.contains("\r\ngrpc-message: no worker"), "{page}");
         assert!(page.ends_with("content-length: 0\r\ncache-control: no-cache\r\n\r\n"));
+        let page = std::fs::read_to_string(tmp.path().join("errors/grpc-no-lambda.http"))
+            .map_err(LbError::io("read", tmp.path()))?;
+        assert!(page.contains("\r\ngrpc-status: 3\r\n"), "{page}");
+        assert!(
+            page.contains("content-type: application/grpc\r\n"),
+            "{page}"
+        );
         Ok(())
     }
 }

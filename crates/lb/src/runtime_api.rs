@@ -111,18 +111,19 @@ impl RuntimeApi {
                 "add server {grpc} {} id {} {}",
                 server.0,
                 server.engine_id(),
-                grpc_server_keywords(server)
+                grpc_server_keywords()
             ),
             "New server registered",
         )?;
+        self.command_expecting(&format!("enable health {grpc}"), "")?;
         self.command_expecting(&format!("enable server {grpc}"), "")
     }
 
     /// Removes `server`: no new calls, its calls in flight cut, gone.
     pub fn remove_server(&self, server: &Server) -> Result<(), LbError> {
-        // The gRPC server first: a tracked server cannot be deleted.
         let grpc = format!("{GRPC_BACKEND}/{}", server.name());
         self.command_expecting(&format!("disable server {grpc}"), "")?;
+        self.command_expecting(&format!("disable health {grpc}"), "")?;
         self.command_expecting(&format!("shutdown sessions server {grpc}"), "")?;
         self.command_expecting(&format!("del server {grpc}"), "Server deleted")?;
         let name = format!("{BACKEND}/{}", server.name());

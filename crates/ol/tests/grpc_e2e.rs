@@ -120,6 +120,39 @@ impl GrpcPython {
     }
 }
 
+/// HAProxy's `show stat` of the balancer, from its admin socket.
+fn engine_stats(lb: &TestLb) -> String {
+    use std::io::Read;
+    let mut socket =
+        std::os::unix::net::UnixStream::connect(lb.dir.join("admin.sock")).expect("admin.sock");
+    socket.write_all(b"show stat\n").expect("show stat");
+    let mut csv = String::new();
+    socket.read_to_string(&mut csv).expect("read the stats");
+    csv
+}
+
+/// The servers of the gRPC backend whose last health check passed.
+fn grpc_checks_passed(lb: &TestLb) -> usize {
+    let csv = engine_stats(lb);
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .map(|h| h.split(',').collect())
+        .unwrap_or_default();
+    let column = |name: &str| header.iter().position(|c| *c == name);
+    let (Some(px), Some(sv), Some(check)) =
+        (column("pxname"), column("svname"), column("check_status"))
+    else {
+        return 0;
+    };
+    lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.get(px) == Some(&"workers-grpc") && f.get(sv) != Some(&"BACKEND"))
+        .filter(|f| f.get(check) == Some(&"L7OK"))
+        .count()
+}
+
 /// A call of `name` with `body`, named in the `ol-lambda` metadata.
 fn named_call(name: &str, body: &str) -> Value {
     json!({"name": name, "body": body, "metadata": [["ol-lambda", name]]})
@@ -250,6 +283,14 @@ fn grpc_through_the_balancer_keeps_each_lambda_on_one_worker() {
     let refs: Vec<&TestWorker> = workers.iter().collect();
     let mut lb = TestLb::up(&refs, &["--policy", "name"]);
     let target = format!("127.0.0.1:{}", lb.port);
+    // The workers' HTTP/2 health checks pass, as their HTTP/1.1 ones do.
+    assert!(
+        common::eventually(std::time::Duration::from_secs(5), || {
+            grpc_checks_passed(&lb) == 3
+        }),
+        "{}",
+        engine_stats(&lb)
+    );
 
     let mut calls = Vec::new();
     for round in 0..3 {
