@@ -433,6 +433,9 @@ mod tests {
             },
             Duration::from_secs(1),
             move |req: Request<Incoming>| async move {
+                if req.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                }
                 let text = if req.uri().path() == "/body" {
                     match StallLimited::new(req.into_body(), stall).collect().await {
                         Ok(body) => body.to_bytes().len().to_string(),
@@ -547,6 +550,43 @@ mod tests {
         for c in &mut holders {
             assert!(closed_within(c, Duration::from_secs(30)).await);
         }
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_is_busy_while_any_stream_is_and_idle_after() {
+        use hyper_util::rt::TokioExecutor;
+        let (addr, _stop) = server(limits(100, 300, 64)).await;
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2c handshake");
+        let driver = tokio::spawn(conn);
+        let get = |path: &'static str| {
+            let mut sender = sender.clone();
+            async move {
+                let req = Request::get(format!("http://x{path}"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let resp = sender.send_request(req).await?;
+                let body = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>(String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        // The quick call ends long before the slow one; the slow one
+        // outlives the idle timeout: the connection stays open for it.
+        let (slow, fast) = tokio::join!(get("/slow"), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            get("/fast").await
+        });
+        assert_eq!(fast.expect("fast"), "ok");
+        assert_eq!(slow.expect("slow outlived idle_timeout"), "ok");
+        // With nothing in flight, the idle timeout closes it.
+        tokio::time::timeout(Duration::from_secs(30), driver)
+            .await
+            .expect("closed when idle")
+            .expect("driver task")
+            .ok();
     }
 
     #[tokio::test]
