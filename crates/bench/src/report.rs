@@ -112,9 +112,18 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         rounds: 2,
         options: Vec::new(),
         lb: true,
+        grpc: false,
         output: OutputArgs::default(),
     };
     m.add("hot", hot::run(&hot_args));
+    settle();
+    // The same over gRPC (`hot-grpc` rows), direct and through the balancer.
+    let grpc_args = HotArgs {
+        connections: vec![1, 4],
+        grpc: true,
+        ..hot_args
+    };
+    m.add("hot-grpc", hot::run(&grpc_args));
     settle();
     // One at a time for latency, then CREATION_BATCH at a time for the rate.
     for connections in [1, CREATION_BATCH] {
