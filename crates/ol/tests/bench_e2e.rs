@@ -425,3 +425,56 @@ fn hot_bench_measures_through_a_balancer_of_its_own_and_stops_it() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn cold_bench_installs_on_the_worker_and_calls_through_the_balancer() {
+    let out = tempfile::tempdir().expect("tempdir");
+    // The balancer refuses /registry: its lambdas are uploaded to the
+    // worker behind it, and only its calls go through it.
+    let rows = bench_json(
+        &["cold", "--lb", "-o", "sandbox=process", "--count", "3"],
+        out.path(),
+    );
+    for target in ["ours", "lb"] {
+        let row = rows
+            .iter()
+            .find(|r| r["target"] == target)
+            .unwrap_or_else(|| panic!("no {target} row: {rows:?}"));
+        assert_eq!(num(row, "requests"), 3.0, "{row}");
+        assert_eq!(num(row, "errors"), 0.0, "{row}");
+    }
+}
+
+#[test]
+fn hot_bench_calls_over_grpc_directly_and_through_the_balancer() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let rows = bench_json(
+        &[
+            "hot",
+            "--grpc",
+            "--lb",
+            "-o",
+            "sandbox=process",
+            "--seconds",
+            "0.4",
+            "--warmup",
+            "0.1",
+            "--rounds",
+            "2",
+            "--connections",
+            "1,2",
+        ],
+        out.path(),
+    );
+    for conns in [1.0, 2.0] {
+        for target in ["ours", "lb"] {
+            let row = rows
+                .iter()
+                .find(|r| r["target"] == target && num(r, "connections") == conns)
+                .unwrap_or_else(|| panic!("no {target} row at {conns}: {rows:?}"));
+            assert_eq!(row["bench"], "hot-grpc", "{row}");
+            assert!(num(row, "requests") > 0.0, "{row}");
+            assert_eq!(num(row, "errors"), 0.0, "{row}");
+        }
+    }
+}
