@@ -39,6 +39,84 @@ pub fn resolve(kind: BaseKind, base: &Path, candidate: &str) -> Result<Python, B
     }
 }
 
+/// [`resolve`], remembered in the file `cache` for a host base and an
+/// interpreter given by absolute path that is a binary: a worker start
+/// then reads a few lines instead of starting Python (~10 ms on the first
+/// call's path). The probe runs again whenever the candidate, the file's
+/// identity (device, inode, size, mtime, ctime) or the prefix's presence
+/// changes. Scripts (a pyenv shim, whose answer depends on the
+/// environment), names looked up on PATH and self-contained bases are
+/// always probed. A cache that cannot be written is not an error.
+pub fn resolve_cached(
+    kind: BaseKind,
+    base: &Path,
+    candidate: &str,
+    cache: &Path,
+) -> Result<Python, BaseError> {
+    let Some(identity) = (!kind.is_self_contained())
+        .then(|| binary_identity(candidate))
+        .flatten()
+    else {
+        return resolve(kind, base, candidate);
+    };
+    if let Some(python) = std::fs::read_to_string(cache)
+        .ok()
+        .and_then(|text| cached_answer(&text, &identity, candidate))
+    {
+        return Ok(python);
+    }
+    let python = resolve(kind, base, candidate)?;
+    let text = format!(
+        "{identity}\n{}\n{}.{}\n{}\n",
+        python.executable.display(),
+        python.version.0,
+        python.version.1,
+        python.prefix.display()
+    );
+    let tmp = cache.with_extension("tmp");
+    let _ = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, cache));
+    Ok(python)
+}
+
+/// What identifies the interpreter file `candidate` for [`resolve_cached`]:
+/// `None` unless it is an absolute path to an ELF binary.
+fn binary_identity(candidate: &str) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let path = Path::new(candidate);
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic).ok()?;
+    if magic != *b"\x7fELF" {
+        return None;
+    }
+    let m = file.metadata().ok()?;
+    Some(format!(
+        "{candidate}\t{}:{}:{}:{}.{}:{}.{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    ))
+}
+
+/// The interpreter a cache file's `text` records for `identity`, if it is
+/// for that file and its prefix is still there.
+fn cached_answer(text: &str, identity: &str, candidate: &str) -> Option<Python> {
+    let (first, answer) = text.split_once('\n')?;
+    if first != identity {
+        return None;
+    }
+    let python = parse_probe(candidate, answer.trim_end()).ok()?;
+    (python.prefix.is_dir() && python.executable.is_file()).then_some(python)
+}
+
 /// Runs `candidate` (a name on PATH or a path, possibly a shim) once and
 /// asks it for the real interpreter behind it.
 pub fn resolve_python(candidate: &str) -> Result<Python, BaseError> {
@@ -131,6 +209,36 @@ mod tests {
         assert!(parse_probe("python3", "python3\n3.11\n/usr").is_err());
         assert!(parse_probe("python3", "/usr/bin/python3\n3.11").is_err());
         assert!(parse_probe("python3", "garbage").is_err());
+    }
+
+    #[test]
+    fn a_cached_answer_is_used_only_for_the_same_file_with_its_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prefix = dir.path().display().to_string();
+        let exe = std::env::current_exe().expect("exe");
+        let exe = exe.display().to_string();
+        let answer = format!("{exe}\n3.11\n{prefix}\n");
+        let python = cached_answer(&format!("id-1\n{answer}"), "id-1", "py").expect("hit");
+        assert_eq!(python.version, (3, 11));
+        assert_eq!(python.prefix, dir.path());
+        // Another file (or the same one changed) is probed again.
+        assert!(cached_answer(&format!("id-1\n{answer}"), "id-2", "py").is_none());
+        // So is one whose prefix went away, or a damaged cache.
+        let gone = format!("id-1\n{exe}\n3.11\n{prefix}/gone\n");
+        assert!(cached_answer(&gone, "id-1", "py").is_none());
+        assert!(cached_answer("id-1\ngarbage", "id-1", "py").is_none());
+    }
+
+    #[test]
+    fn only_absolute_binaries_are_identified_for_the_cache() {
+        let exe = std::env::current_exe().expect("exe");
+        let id = binary_identity(&exe.display().to_string()).expect("an ELF binary");
+        assert!(id.starts_with(&format!("{}\t", exe.display())), "{id}");
+        assert!(binary_identity("python3").is_none());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("python3");
+        std::fs::write(&script, "#!/bin/sh\nexec python3 \"$@\"\n").expect("write");
+        assert!(binary_identity(&script.display().to_string()).is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `ol bench cold`: the first call of each of N new lambdas on a warm
 //! worker (each call pays for a new sandbox), on a worker the bench starts
-//! or on `--target`s, and the memory each of the bench's own sandboxes
+//! or on `--target`s (and through a balancer in front of them, `--lb`),
+//! and the memory each of the bench's own sandboxes
 //! keeps privately once idle.
 
 use std::time::Duration;
@@ -13,7 +14,7 @@ use crate::hot::targets_or_own;
 use crate::load;
 use crate::output::{Row, RowKey};
 use crate::stats::Samples;
-use crate::target::{Target, write_lambda};
+use crate::target::{OwnBalancer, Target, write_lambda};
 use crate::{BenchError, Result};
 
 /// The hello lambda every no-package benchmark uses.
@@ -43,6 +44,12 @@ pub struct ColdArgs {
     /// -o features.import_cache= to start every sandbox from scratch.
     #[arg(short = 'o', long = "option", value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Also measure through a balancer (`ol lb`, policy name) started in
+    /// front of the worker (or the --targets): one more target, `lb`,
+    /// whose batches alternate with the others'. Its lambdas are uploaded
+    /// to every worker directly (the balancer passes calls only).
+    #[arg(long)]
+    pub lb: bool,
     /// Files to write the rows to.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -64,7 +71,19 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
             "--count and --connections must be at least 1".into(),
         ));
     }
-    let (targets, own) = targets_or_own(&args.targets, &args.options)?;
+    let (mut targets, own) = targets_or_own(&args.targets, &args.options)?;
+    // The workers; a balancer, when asked for, comes after them.
+    let workers = targets.len();
+    let _lb = OwnBalancer::start_if(args.lb, &mut targets)?;
+    // Where target k's lambdas are installed: on itself, or (for the
+    // balancer) on every worker behind it.
+    let homes = |k: usize| {
+        if k < workers {
+            &targets[k..=k]
+        } else {
+            &targets[..workers]
+        }
+    };
     // Names never used before on a long-running target.
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -78,9 +97,11 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
         })
         .collect();
     let archive = hello_archive()?;
-    for (t, names) in targets.iter().zip(&names) {
-        for name in names {
-            upload(t, name, &archive)?;
+    for (k, names) in names.iter().enumerate() {
+        for t in homes(k) {
+            for name in names {
+                upload(t, name, &archive)?;
+            }
         }
     }
     let body = Bytes::from_static(HELLO_BODY.as_bytes());
@@ -127,10 +148,12 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
             sandbox_private_kib(&own.target())?
         }
         None => {
-            for (t, names) in targets.iter().zip(&names) {
-                for name in names {
-                    let url = t.url(&format!("/registry/{name}"));
-                    let _ = client::delete(&url, Duration::from_secs(10));
+            for (k, names) in names.iter().enumerate() {
+                for t in homes(k) {
+                    for name in names {
+                        let url = t.url(&format!("/registry/{name}"));
+                        let _ = client::delete(&url, Duration::from_secs(10));
+                    }
                 }
             }
             Vec::new()
@@ -144,13 +167,18 @@ pub fn run(args: &ColdArgs) -> Result<ColdOutcome> {
 
 /// The hello lambda packed as a registry upload.
 fn hello_archive() -> Result<Vec<u8>> {
+    lambda_archive("hello", HELLO_PY)
+}
+
+/// A lambda whose `f.py` is `code`, packed as a registry upload.
+pub(crate) fn lambda_archive(name: &str, code: &str) -> Result<Vec<u8>> {
     let dir = tempfile::tempdir()?;
-    write_lambda(dir.path(), "hello", &[("f.py", HELLO_PY)])?;
-    Ok(ol_registry::pack_lambda(&dir.path().join("hello"))?)
+    write_lambda(dir.path(), name, &[("f.py", code)])?;
+    Ok(ol_registry::pack_lambda(&dir.path().join(name))?)
 }
 
 /// `POST /registry/<name>` with the lambda's tar.gz.
-fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> {
+pub(crate) fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> {
     let url = target.url(&format!("/registry/{name}"));
     let a = client::post(&url, archive, Duration::from_secs(30)).map_err(|source| {
         BenchError::Upload {

@@ -56,6 +56,18 @@ pub enum BenchError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A gRPC connection could not be opened.
+    #[error("cannot open a gRPC connection to {addr}; is the worker running?")]
+    GrpcConnect {
+        /// `host:port`.
+        addr: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// A gRPC call failed on its connection (not a status the server
+    /// answered with).
+    #[error("gRPC: {0}")]
+    Grpc(String),
     /// A call got no answer in time.
     #[error("no answer within {0:?}")]
     NoAnswer(Duration, #[source] tokio::time::error::Elapsed),

@@ -45,6 +45,10 @@ pub struct HotArgs {
     /// interleaved with the others.
     #[arg(long)]
     pub lb: bool,
+    /// Call over gRPC (`ol.v1.Lambda/Invoke`, one HTTP/2 connection per
+    /// connection) instead of HTTP/1.1; the rows are bench `hot-grpc`.
+    #[arg(long)]
+    pub grpc: bool,
     /// Files to write the rows to.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -67,8 +71,10 @@ pub fn run(args: &HotArgs) -> Result<Vec<Row>> {
         seconds: args.seconds,
         warmup: args.warmup,
         rounds: args.rounds,
+        grpc: args.grpc,
     };
-    measure_connections("hot", &targets, &plan, &args.connections)
+    let bench = if args.grpc { "hot-grpc" } else { "hot" };
+    measure_connections(bench, &targets, &plan, &args.connections)
 }
 
 /// The targets given, or (when none) a worker started for the bench, which

@@ -10,6 +10,7 @@
 //! This crate runs inside the `ol` binary: it starts its workers by
 //! running that binary again ([`target::ol`]).
 
+pub mod burst;
 pub mod cold;
 pub mod error;
 pub mod first_call;
@@ -44,6 +45,9 @@ pub enum BenchCommand {
     /// Cold starts: the first call of each of N new lambdas on a warm
     /// worker started for the benchmark.
     Cold(cold::ColdArgs),
+    /// How fast one new lambda goes from no sandbox to N busy ones: N
+    /// calls at once, each holding its sandbox.
+    Burst(burst::BurstArgs),
     /// Time from the start of `ol worker up` to the first successful call,
     /// each run with a fresh worker directory.
     FirstCall(first_call::FirstCallArgs),
@@ -81,6 +85,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     let (rows, out) = match cmd {
         BenchCommand::Hot(a) => (hot::run(&a)?, a.output),
         BenchCommand::Cold(a) => (cold::run(&a)?.rows, a.output),
+        BenchCommand::Burst(a) => (burst::run(&a)?, a.output),
         BenchCommand::FirstCall(a) => (first_call::run(&a)?, a.output),
         BenchCommand::Numpy(a) => {
             let outcome = packages::run(&a)?;

@@ -1,7 +1,7 @@
-//! Load generation over HTTP/1.1: keep-alive connections calling lambdas
-//! back to back, single calls on new connections, and measurements of
-//! several targets interleaved in slices so a noisy machine's drift hits
-//! every target alike.
+//! Load generation over HTTP/1.1 (or gRPC, `ol.v1.Lambda/Invoke` over
+//! h2c): keep-alive connections calling lambdas back to back, single calls
+//! on new connections, and measurements of several targets interleaved in
+//! slices so a noisy machine's drift hits every target alike.
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,9 @@ pub struct Plan {
     pub warmup: f64,
     /// Slices the measured time is cut into; targets take turns per slice.
     pub rounds: usize,
+    /// Call over gRPC (`ol.v1.Lambda/Invoke`, one HTTP/2 connection per
+    /// connection) instead of HTTP/1.1 `POST /run/<name>`.
+    pub grpc: bool,
 }
 
 /// Measures every target with `plan`: warm-up, then `rounds` rounds in
@@ -133,8 +136,13 @@ async fn run_for(target: &Target, plan: &Plan, duration: Duration) -> Result<Sam
     for i in 0..plan.connections {
         let (addr, pick, body) = (target.addr.clone(), plan.pick.clone(), plan.body.clone());
         let seed = started.elapsed().as_nanos() as u64 ^ (i as u64) << 32;
+        let grpc = plan.grpc;
         tasks.push(tokio::spawn(async move {
-            one_connection(&addr, &pick, body, deadline, seed).await
+            if grpc {
+                one_connection::<GrpcCaller>(&addr, &pick, body, deadline, seed).await
+            } else {
+                one_connection::<SendRequest<Full<Bytes>>>(&addr, &pick, body, deadline, seed).await
+            }
         }));
     }
     gather(tasks, "a benchmark connection", started).await
@@ -171,26 +179,118 @@ async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
+/// A connection that calls lambdas: HTTP/1.1 or gRPC.
+trait Caller: Sized {
+    /// Opens one to `addr`.
+    async fn open(addr: &str) -> Result<Self>;
+    /// Calls the lambda of `path` (`/run/<name>`) with `body`;
+    /// `Ok(Some(message))` for a failed call, `Err` when the connection
+    /// failed.
+    async fn call_path(&mut self, addr: &str, path: &str, body: Bytes) -> Result<Option<String>>;
+}
+
+impl Caller for SendRequest<Full<Bytes>> {
+    async fn open(addr: &str) -> Result<Self> {
+        connect(addr).await
+    }
+
+    async fn call_path(&mut self, addr: &str, path: &str, body: Bytes) -> Result<Option<String>> {
+        call(self, addr, path, body).await
+    }
+}
+
+/// A gRPC connection (one HTTP/2 connection: a channel to one address).
+struct GrpcCaller(tonic::client::Grpc<tonic::transport::Channel>);
+
+impl Caller for GrpcCaller {
+    async fn open(addr: &str) -> Result<Self> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|source| BenchError::GrpcConnect {
+                addr: addr.to_string(),
+                source,
+            })?
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| BenchError::GrpcConnect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(Self(tonic::client::Grpc::new(channel)))
+    }
+
+    async fn call_path(&mut self, _: &str, path: &str, body: Bytes) -> Result<Option<String>> {
+        use ol_worker::grpc::proto::{INVOKE_PATH, InvokeRequest, InvokeResponse, LAMBDA_METADATA};
+        let name = path.strip_prefix("/run/").unwrap_or(path);
+        let mut request = tonic::Request::new(InvokeRequest {
+            name: name.to_string(),
+            body,
+            headers: Default::default(),
+        });
+        if let Ok(named) = tonic::metadata::MetadataValue::try_from(name) {
+            request.metadata_mut().insert(LAMBDA_METADATA, named);
+        }
+        let grpc = &mut self.0;
+        let answer = async {
+            grpc.ready()
+                .await
+                .map_err(|e| BenchError::Grpc(format!("not ready: {e}")))?;
+            Ok::<_, BenchError>(
+                grpc.unary(
+                    request,
+                    http::uri::PathAndQuery::from_static(INVOKE_PATH),
+                    tonic_prost::ProstCodec::<InvokeRequest, InvokeResponse>::default(),
+                )
+                .await,
+            )
+        };
+        let answer = tokio::time::timeout(CALL_TIMEOUT, answer)
+            .await
+            .map_err(|elapsed| BenchError::NoAnswer(CALL_TIMEOUT, elapsed))??;
+        match answer {
+            Ok(response) if response.get_ref().status == 200 => Ok(None),
+            Ok(response) => {
+                let reply = response.into_inner();
+                Ok(Some(format!(
+                    "{path}: {} {}",
+                    reply.status,
+                    one_line(&String::from_utf8_lossy(&reply.body), 300)
+                )))
+            }
+            // A transport failure: the connection is to be reopened.
+            Err(status) if status.code() == tonic::Code::Unavailable => Err(BenchError::Grpc(
+                format!("{:?}: {}", status.code(), status.message()),
+            )),
+            Err(status) => Ok(Some(format!(
+                "{path}: gRPC {:?} {}",
+                status.code(),
+                one_line(status.message(), 300)
+            ))),
+        }
+    }
+}
+
 /// Calls back to back until `deadline`. A connection that fails mid-run
 /// counts one error and is reopened once; if that fails too, it stops.
-async fn one_connection(
+async fn one_connection<C: Caller>(
     addr: &str,
     pick: &Pick,
     body: Bytes,
     deadline: Instant,
     seed: u64,
 ) -> Result<Samples> {
-    let mut sender = connect(addr).await?;
+    let mut sender = C::open(addr).await?;
     let mut rng = XorShift::new(seed);
     let mut samples = Samples::default();
     while Instant::now() < deadline {
         let path = pick.path(&mut rng);
         let t0 = Instant::now();
-        match call(&mut sender, addr, &path, body.clone()).await {
+        match sender.call_path(addr, &path, body.clone()).await {
             Ok(error) => samples.record(t0.elapsed(), error),
             Err(e) => {
                 samples.record_error(format!("{path}: {}", chain(&e)));
-                match connect(addr).await {
+                match C::open(addr).await {
                     Ok(s) => sender = s,
                     Err(e) => {
                         samples.record_error(chain(&e));

@@ -99,6 +99,7 @@ pub fn run(args: &NumpyArgs) -> Result<NumpyOutcome> {
         seconds: args.seconds,
         warmup: 0.5,
         rounds: 1,
+        grpc: false,
     };
     rows.extend(measure_connections(
         "numpy-hot",

@@ -17,6 +17,14 @@ use crate::upstream::{self, OlArgs};
 use crate::{BenchError, Result};
 use crate::{OutputArgs, emit};
 
+/// The target name of measurements through the balancer
+/// ([`crate::target::OwnBalancer`]).
+const BALANCER_TARGET: &str = "lb";
+/// The balancer's targets (issue #15, docs/lb.md): added p50 at one
+/// connection, and the share of direct req/s kept.
+const LB_ADDED_P50_US: f64 = 60.0;
+const LB_MIN_RATIO: f64 = 0.70;
+
 /// New lambdas called at once to measure the sandbox creation rate.
 const CREATION_BATCH: usize = 4;
 
@@ -69,10 +77,12 @@ impl Measured {
         }
     }
 
+    /// The direct (not through the balancer) row of `bench` at
+    /// `connections`.
     fn row(&self, bench: &str, connections: usize) -> Option<&Row> {
-        self.rows
-            .iter()
-            .find(|r| r.bench == bench && r.connections == connections)
+        self.rows.iter().find(|r| {
+            r.bench == bench && r.connections == connections && r.target != BALANCER_TARGET
+        })
     }
 }
 
@@ -97,12 +107,23 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         connections: vec![1, 4, 16],
         seconds: args.seconds,
         warmup: 1.0,
-        rounds: 1,
+        // Direct and through the balancer take turns: direct, lb,
+        // direct, lb at each connection count.
+        rounds: 2,
         options: Vec::new(),
-        lb: false,
+        lb: true,
+        grpc: false,
         output: OutputArgs::default(),
     };
     m.add("hot", hot::run(&hot_args));
+    settle();
+    // The same over gRPC (`hot-grpc` rows), direct and through the balancer.
+    let grpc_args = HotArgs {
+        connections: vec![1, 4],
+        grpc: true,
+        ..hot_args
+    };
+    m.add("hot-grpc", hot::run(&grpc_args));
     settle();
     // One at a time for latency, then CREATION_BATCH at a time for the rate.
     for connections in [1, CREATION_BATCH] {
@@ -111,6 +132,9 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             connections,
             targets: Vec::new(),
             options: Vec::new(),
+            // Latency through the balancer too (its batches alternate
+            // with the direct ones); the rate is the worker's alone.
+            lb: connections == 1,
             output: OutputArgs::default(),
         };
         match cold::run(&cold_args) {
@@ -477,21 +501,59 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
             link.display()
         );
     }
+    let through = balancer_overheads(&m.rows);
+    if !through.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nThrough the balancer (`ol lb`, policy name, in front of the same worker; \
+             measured in turns with the direct calls in the same run, on the same cores). \
+             Targets: p50 added ≤ {LB_ADDED_P50_US:.0} µs on one connection, ≥ {:.0}% of \
+             the direct req/s:\n",
+            LB_MIN_RATIO * 100.0
+        );
+        let _ = writeln!(
+            s,
+            "| bench | conns | p50 direct | p50 via lb | p50 added | req/s direct | req/s via lb | ratio | met |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for o in &through {
+            let met = match (o.bench.as_str(), o.connections) {
+                ("hot", 1) => {
+                    yes_no(o.added_p50_us() <= LB_ADDED_P50_US && o.ratio() >= LB_MIN_RATIO)
+                }
+                ("hot", _) => yes_no(o.ratio() >= LB_MIN_RATIO),
+                _ => "",
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:+.0} µs | {:.0} | {:.0} | {:.0}% | {met} |",
+                o.bench,
+                o.connections,
+                human_us(o.direct_p50_us),
+                human_us(o.lb_p50_us),
+                o.added_p50_us(),
+                o.direct_req_per_sec,
+                o.lb_req_per_sec,
+                o.ratio() * 100.0
+            );
+        }
+    }
     let _ = writeln!(
         s,
-        "\nEvery measurement of the run (`seq`: one call at a time; `par`: that many connections):\n"
+        "\nEvery measurement of the run (`seq`: one call at a time; `par`: that many connections; \
+         target `lb`: through the balancer):\n"
     );
     let _ = writeln!(
         s,
-        "| bench | lambda | mode | conns | calls | req/s | p50 | p90 | p99 | max | errors |"
+        "| bench | target | lambda | mode | conns | calls | req/s | p50 | p90 | p99 | max | errors |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &m.rows {
         let [p50, p90, p99, max] = r.latency_columns();
         let _ = writeln!(
             s,
-            "| {} | `{}` | {} | {} | {} | {:.0} | {p50} | {p90} | {p99} | {max} | {} |",
-            r.bench, r.lambda, r.mode, r.connections, r.requests, r.req_per_sec, r.errors
+            "| {} | {} | `{}` | {} | {} | {} | {:.0} | {p50} | {p90} | {p99} | {max} | {} |",
+            r.bench, r.target, r.lambda, r.mode, r.connections, r.requests, r.req_per_sec, r.errors
         );
     }
     let errors: Vec<String> = m
@@ -509,6 +571,59 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
         );
     }
     s
+}
+
+/// A measurement through the balancer next to the same one made directly.
+#[derive(Debug, Clone, PartialEq)]
+struct BalancerOverhead {
+    bench: String,
+    connections: usize,
+    direct_p50_us: f64,
+    lb_p50_us: f64,
+    direct_req_per_sec: f64,
+    lb_req_per_sec: f64,
+}
+
+impl BalancerOverhead {
+    /// The latency the balancer adds at the median (negative: noise).
+    fn added_p50_us(&self) -> f64 {
+        self.lb_p50_us - self.direct_p50_us
+    }
+
+    /// The share of the direct throughput kept through the balancer.
+    fn ratio(&self) -> f64 {
+        if self.direct_req_per_sec > 0.0 {
+            self.lb_req_per_sec / self.direct_req_per_sec
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Each error-free row through the balancer with the error-free direct
+/// row of the same bench, lambda and connections, in the rows' order.
+fn balancer_overheads(rows: &[Row]) -> Vec<BalancerOverhead> {
+    let clean = |r: &&Row| r.errors == 0 && r.requests > 0;
+    rows.iter()
+        .filter(|r| r.target == BALANCER_TARGET)
+        .filter(clean)
+        .filter_map(|lb| {
+            let direct = rows.iter().filter(clean).find(|r| {
+                r.target != BALANCER_TARGET
+                    && r.bench == lb.bench
+                    && r.lambda == lb.lambda
+                    && r.connections == lb.connections
+            })?;
+            Some(BalancerOverhead {
+                bench: lb.bench.clone(),
+                connections: lb.connections,
+                direct_p50_us: direct.p50_us,
+                lb_p50_us: lb.p50_us,
+                direct_req_per_sec: direct.req_per_sec,
+                lb_req_per_sec: lb.req_per_sec,
+            })
+        })
+        .collect()
 }
 
 /// Why a metric has no number: the first error of its benchmark (or of
@@ -691,7 +806,69 @@ mod tests {
         assert!(doc.contains("2 of the 2 new numpy lambdas forked from a zygote"));
         assert!(doc.contains("- numpy-first: /run/np-hot: 500 No module named 'numpy'"));
         assert!(
-            doc.contains("| hot | `hello` | seq | 1 | 3 | 3 | 120µs |"),
+            doc.contains("| hot | ours | `hello` | seq | 1 | 3 | 3 | 120µs |"),
+            "{doc}"
+        );
+        assert!(
+            !doc.contains("Through the balancer"),
+            "no lb rows, no section"
+        );
+    }
+
+    #[test]
+    fn the_balancers_cost_is_set_against_the_direct_run_of_the_same_measurement() {
+        let via_lb = |mut r: Row| {
+            r.target = BALANCER_TARGET.into();
+            r
+        };
+        let m = Measured {
+            rows: vec![
+                row("hot", 1, &[100; 10], None),
+                via_lb(row("hot", 1, &[150; 8], None)),
+                row("hot", 4, &[300; 20], None),
+                via_lb(row("hot", 4, &[400; 10], None)),
+                via_lb(row("cold", 1, &[5_000; 3], Some("/run/x: 503"))),
+                row("cold", 1, &[4_000; 3], None),
+            ],
+            ..Measured::default()
+        };
+        let through = balancer_overheads(&m.rows);
+        let seen: Vec<(&str, usize, i64, i64)> = through
+            .iter()
+            .map(|o| {
+                (
+                    o.bench.as_str(),
+                    o.connections,
+                    o.added_p50_us().round() as i64,
+                    (o.ratio() * 100.0).round() as i64,
+                )
+            })
+            .collect();
+        // The failed measurement through the balancer is left out.
+        assert_eq!(seen, [("hot", 1, 50, 80), ("hot", 4, 100, 50)]);
+        // The metrics read the direct rows, whatever the order.
+        assert_eq!(m.row("hot", 1).map(|r| r.target.as_str()), Some("ours"));
+
+        let run = Conditions {
+            took_s: 1.0,
+            load_at_start: "0".into(),
+            load_at_end: "0".into(),
+        };
+        let doc = render(&m, &args(), &run);
+        assert!(doc.contains("Through the balancer"), "{doc}");
+        let line = |prefix: &str| {
+            doc.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{doc}"))
+                .to_string()
+        };
+        assert_eq!(
+            line("| hot | 1 | "),
+            "| hot | 1 | 100µs | 150µs | +50 µs | 10 | 8 | 80% | yes |"
+        );
+        assert!(line("| hot | 4 | ").ends_with("| 50% | **no** |"));
+        assert!(
+            doc.contains("| hot | lb | `hello` | seq | 1 | 8 |"),
             "{doc}"
         );
     }

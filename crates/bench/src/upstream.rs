@@ -197,6 +197,7 @@ pub fn run(args: &OlArgs) -> Result<Vec<Row>> {
             seconds: args.seconds,
             warmup: 0.0,
             rounds: args.rounds,
+            grpc: false,
         };
         let conns = if b.parallel { args.tasks } else { 1 };
         rows.extend(measure_connections(&b.name(), &targets, &plan, &[conns])?);

@@ -1,8 +1,16 @@
 //! The engine: HAProxy, driven. [`render_config`] writes its config from
 //! the policy and the workers, [`write_error_pages`] the balancer's own
-//! errors as JSON, [`server_keywords`] the health settings every server
-//! gets (in the config and when added at run time), and [`spawn`] starts
-//! it in the foreground under the supervisor (docs/lb.md has why HAProxy).
+//! errors as JSON (and, for gRPC calls, as gRPC statuses),
+//! [`server_keywords`] the health settings every server gets (in the
+//! config and when added at run time), and [`spawn`] starts it in the
+//! foreground under the supervisor (docs/lb.md has why HAProxy).
+//!
+//! HTTP calls go to the [`BACKEND`]; gRPC calls (content type
+//! `application/grpc…`, over h2c, which HAProxy detects on the cleartext
+//! listener) to the [`GRPC_BACKEND`], whose servers are the same workers
+//! spoken to in HTTP/2 (`proto h2`), with the same health settings.
+//! (HAProxy 2.6 cannot `track` a server added at run time, so each
+//! backend checks its servers itself: two light checks per worker.)
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -15,6 +23,10 @@ use crate::workers::Server;
 
 /// The backend every worker is a server of.
 pub const BACKEND: &str = "workers";
+/// The backend of gRPC calls: every worker again, in HTTP/2.
+pub const GRPC_BACKEND: &str = "workers-grpc";
+/// The one gRPC method the balancer passes on.
+pub const GRPC_METHOD: &str = ol_worker::grpc::proto::INVOKE_PATH;
 /// How often a worker's `/status` is checked, in milliseconds.
 pub const CHECK_INTERVAL_MS: u32 = 250;
 /// Failed checks in a row that take a worker out (a connection error on
@@ -103,6 +115,44 @@ const ERROR_PAGES: &[(u16, &str, &str)] = &[
     (504, "Gateway Timeout", "the worker did not answer in time"),
 ];
 
+/// The balancer's own errors for gRPC calls, by the HTTP status HAProxy
+/// would have answered: gRPC statuses (code, message) in a
+/// "trailers-only" response, which is how gRPC says a call failed before
+/// any message.
+const GRPC_ERROR_PAGES: &[(u16, u8, &str)] = &[
+    (400, 13, "the balancer could not parse this call"),
+    (403, 7, "the balancer refused this call"),
+    (408, 4, "the call did not arrive in time"),
+    (500, 13, "the balancer failed on this call"),
+    (
+        502,
+        14,
+        "the worker closed the connection or sent an invalid response mid-call",
+    ),
+    (
+        503,
+        14,
+        "no worker is available: every worker is down, or the call waited too long for one",
+    ),
+    (504, 4, "the worker did not answer in time"),
+];
+
+/// The gRPC status of a call through the balancer without the
+/// `ol-lambda` metadata (`INVALID_ARGUMENT`).
+const GRPC_NO_LAMBDA: (u8, &str) = (
+    3,
+    "ol lb balances gRPC calls by their ol-lambda metadata: set it to the lambda's name",
+);
+/// The error page (`errors/grpc-NAME.http`) of [`GRPC_NO_LAMBDA`].
+const GRPC_NO_LAMBDA_PAGE: &str = "no-lambda";
+/// The error page of [`GRPC_NOT_A_CALL`].
+const GRPC_NOT_A_CALL_PAGE: &str = "not-a-call";
+/// The gRPC status of a call of another method (`UNIMPLEMENTED`).
+const GRPC_NOT_A_CALL: (u8, &str) = (
+    12,
+    "the balancer passes on gRPC calls of /ol.v1.Lambda/Invoke only",
+);
+
 /// What the balancer answers to a path that is not a call: admin routes
 /// are each worker's own, never reachable through the balancer (a worker
 /// on loopback would take the balancer's connections for its own
@@ -132,6 +182,29 @@ pub fn write_error_pages(settings: &EngineSettings) -> Result<(), LbError> {
         let file = dir.join(format!("{name}.json"));
         std::fs::write(&file, json_error(message)).map_err(LbError::io("cannot write", &file))?;
     }
+    let pages = GRPC_ERROR_PAGES
+        .iter()
+        .map(|&(status, code, message)| (status.to_string(), code, message))
+        .chain([
+            (
+                GRPC_NO_LAMBDA_PAGE.to_string(),
+                GRPC_NO_LAMBDA.0,
+                GRPC_NO_LAMBDA.1,
+            ),
+            (
+                GRPC_NOT_A_CALL_PAGE.to_string(),
+                GRPC_NOT_A_CALL.0,
+                GRPC_NOT_A_CALL.1,
+            ),
+        ]);
+    for (name, code, message) in pages {
+        // 200 is right: gRPC carries the call's status in grpc-status.
+        let page = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: {code}\r\ngrpc-message: {message}\r\ncontent-length: 0\r\ncache-control: no-cache\r\n\r\n"
+        );
+        let file = dir.join(format!("grpc-{name}.http"));
+        std::fs::write(&file, page).map_err(LbError::io("cannot write", &file))?;
+    }
     Ok(())
 }
 
@@ -157,6 +230,11 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
         let _ = writeln!(c, "    errorfile {status} {errors}/{status}.http");
     }
     let _ = writeln!(c);
+    let _ = writeln!(c, "http-errors ol-grpc-errors");
+    for (status, _, _) in GRPC_ERROR_PAGES {
+        let _ = writeln!(c, "    errorfile {status} {errors}/grpc-{status}.http");
+    }
+    let _ = writeln!(c);
     let _ = writeln!(c, "defaults");
     let _ = writeln!(c, "    mode http");
     let _ = writeln!(c, "    log global");
@@ -180,7 +258,22 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
     } else {
         settings.host.clone()
     };
+    // h2c (gRPC) is told from HTTP/1.1 by its preface on this listener.
     let _ = writeln!(c, "    bind {host}:{}", settings.port);
+    let _ = writeln!(
+        c,
+        "    acl grpc req.hdr(content-type) -m beg application/grpc"
+    );
+    // A whole response from a file: HAProxy's own `content-type` and
+    // `hdr` of `http-request return` drop a content type without a body.
+    let _ = writeln!(
+        c,
+        "    http-request return errorfile {errors}/grpc-{GRPC_NOT_A_CALL_PAGE}.http if grpc !{{ path {GRPC_METHOD} }}"
+    );
+    let _ = writeln!(
+        c,
+        "    http-request return errorfile {errors}/grpc-{GRPC_NO_LAMBDA_PAGE}.http if grpc !{{ req.hdr(ol-lambda) -m found }}"
+    );
     let _ = writeln!(
         c,
         "    http-request return status 200 content-type text/plain string ready if {{ path /status }} {{ nbsrv({BACKEND}) gt 0 }}"
@@ -191,8 +284,9 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
     );
     let _ = writeln!(
         c,
-        "    http-request return status 404 content-type application/json file {errors}/not-a-call.json unless {{ path_beg /run/ /runLambda/ }}"
+        "    http-request return status 404 content-type application/json file {errors}/not-a-call.json if !grpc !{{ path_beg /run/ /runLambda/ }}"
     );
+    let _ = writeln!(c, "    use_backend {GRPC_BACKEND} if grpc");
     let _ = writeln!(c, "    default_backend {BACKEND}");
     let _ = writeln!(c);
     let _ = writeln!(c, "backend {BACKEND}");
@@ -211,7 +305,31 @@ pub fn render_config(settings: &EngineSettings, servers: &BTreeSet<Server>) -> S
             s.engine_id()
         );
     }
+    let _ = writeln!(c);
+    let _ = writeln!(c, "backend {GRPC_BACKEND}");
+    for line in settings.policy.haproxy_grpc_directives() {
+        let _ = writeln!(c, "    {line}");
+    }
+    let _ = writeln!(c, "    errorfiles ol-grpc-errors");
+    let _ = writeln!(c, "    option httpchk GET /status");
+    let _ = writeln!(c, "    http-check expect status 200");
+    for s in servers {
+        let _ = writeln!(
+            c,
+            "    server {} {} id {} {}",
+            s.name(),
+            s.0,
+            s.engine_id(),
+            grpc_server_keywords()
+        );
+    }
     c
+}
+
+/// The settings of a server in the gRPC backend: HTTP/2 without TLS,
+/// and the health settings of every server.
+pub fn grpc_server_keywords() -> String {
+    format!("proto h2 {}", server_keywords())
 }
 
 /// Finds `haproxy`: `$OL_HAPROXY`, else on `PATH`.
@@ -293,10 +411,25 @@ mod tests {
             "server 127.0.0.1:8081 127.0.0.1:8081 id ",
             " check inter 250ms",
             "observe layer4 error-limit 1 on-error mark-down",
-            "unless { path_beg /run/ /runLambda/ }",
+            "if !grpc !{ path_beg /run/ /runLambda/ }",
+            // gRPC: its own backend, the same workers in HTTP/2.
+            "acl grpc req.hdr(content-type) -m beg application/grpc",
+            "use_backend workers-grpc if grpc",
+            "backend workers-grpc",
+            "balance hdr(ol-lambda)",
+            "errorfiles ol-grpc-errors",
+            "server 127.0.0.1:8082 127.0.0.1:8082 id ",
+            " proto h2 check inter 250ms",
+            "http-request return errorfile /run/ol-lb/errors/grpc-no-lambda.http if grpc !{ req.hdr(ol-lambda) -m found }",
+            "http-request return errorfile /run/ol-lb/errors/grpc-not-a-call.http if grpc !{ path /ol.v1.Lambda/Invoke }",
         ] {
             assert!(c.contains(needed), "{needed:?} missing from:\n{c}");
         }
+        // HTTP/1.1 to the workers for HTTP calls, HTTP/2 for gRPC's.
+        let (http, grpc) = c.split_once("backend workers-grpc").expect("two backends");
+        assert!(!http.contains("proto h2"), "{http}");
+        assert_eq!(grpc.matches(" proto h2 check ").count(), 2, "{grpc}");
+        assert!(grpc.contains("option httpchk GET /status"), "{grpc}");
     }
 
     #[test]
@@ -322,6 +455,20 @@ mod tests {
             json["error"]
                 .as_str()
                 .is_some_and(|e| e.contains("no worker"))
+        );
+        // For gRPC calls: UNAVAILABLE, in a trailers-only response.
+        let page = std::fs::read_to_string(tmp.path().join("errors/grpc-503.http"))
+            .map_err(LbError::io("read", tmp.path()))?;
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+        assert!(page.contains("\r\ngrpc-status: 14\r\n"), "{page}");
+        assert!(page.contains("\r\ngrpc-message: no worker"), "{page}");
+        assert!(page.ends_with("content-length: 0\r\ncache-control: no-cache\r\n\r\n"));
+        let page = std::fs::read_to_string(tmp.path().join("errors/grpc-no-lambda.http"))
+            .map_err(LbError::io("read", tmp.path()))?;
+        assert!(page.contains("\r\ngrpc-status: 3\r\n"), "{page}");
+        assert!(
+            page.contains("content-type: application/grpc\r\n"),
+            "{page}"
         );
         Ok(())
     }

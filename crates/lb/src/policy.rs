@@ -180,6 +180,34 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The directives of the gRPC backend (calls to `ol.v1.Lambda/Invoke`,
+    /// docs/lb.md "gRPC"): the same balancing, keyed on what the engine
+    /// can read of a gRPC call: the lambda's name is the `ol-lambda`
+    /// metadata header (the path is the method's, the message protobuf).
+    /// A `content` key in a header is read from the call's metadata; a
+    /// query or JSON key does not exist in a gRPC call, so those calls
+    /// hash on the lambda's name.
+    pub fn haproxy_grpc_directives(&self) -> Vec<String> {
+        let hashed = |header: &str| {
+            vec![
+                format!("balance hdr({header})"),
+                "hash-type consistent".to_string(),
+                format!("hash-balance-factor {}", self.balance_factor()),
+            ]
+        };
+        match (self.kind, &self.key) {
+            (PolicyKind::RoundRobin | PolicyKind::LeastLoaded, _) => self.haproxy_directives(),
+            (PolicyKind::Content, Some(ContentKey::Header(h))) => hashed(h),
+            (PolicyKind::Name | PolicyKind::Content, _) => hashed(LAMBDA_METADATA),
+        }
+    }
+}
+
+/// The gRPC metadata key naming a call's lambda
+/// (crates/worker/proto/ol/v1/lambda.proto).
+pub const LAMBDA_METADATA: &str = ol_worker::grpc::proto::LAMBDA_METADATA;
+
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.kind, &self.key) {
@@ -269,6 +297,35 @@ mod tests {
         assert_eq!(json[0], "option http-buffer-request");
         assert_eq!(json[1], "balance hash req.body,json_query('$.user')");
         assert_eq!(json[3], "hash-balance-factor 125");
+        Ok(())
+    }
+
+    #[test]
+    fn grpc_calls_hash_on_the_lambda_metadata_or_a_header_key() -> Result<(), LbError> {
+        let d = |kind, key| Policy::new(kind, 0.5, key).map(|p| p.haproxy_grpc_directives());
+        assert_eq!(d(PolicyKind::RoundRobin, None)?, ["balance roundrobin"]);
+        assert_eq!(d(PolicyKind::LeastLoaded, None)?, ["balance leastconn"]);
+        assert_eq!(
+            d(PolicyKind::Name, None)?,
+            [
+                "balance hdr(ol-lambda)",
+                "hash-type consistent",
+                "hash-balance-factor 150"
+            ]
+        );
+        assert_eq!(
+            d(PolicyKind::Content, Some(ContentKey::Header("X-Id".into())))?[0],
+            "balance hdr(X-Id)"
+        );
+        for key in [
+            ContentKey::Json("user".into()),
+            ContentKey::Query("id".into()),
+        ] {
+            assert_eq!(
+                d(PolicyKind::Content, Some(key))?[0],
+                "balance hdr(ol-lambda)"
+            );
+        }
         Ok(())
     }
 }

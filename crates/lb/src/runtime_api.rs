@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::LbError;
-use crate::haproxy::{BACKEND, server_keywords};
+use crate::haproxy::{BACKEND, GRPC_BACKEND, grpc_server_keywords, server_keywords};
 use crate::workers::Server;
 
 /// How long one command may take.
@@ -85,7 +85,7 @@ impl RuntimeApi {
         }
     }
 
-    /// The workers' backend's servers.
+    /// The workers' servers, each with its calls in both backends.
     pub fn servers(&self) -> Result<Vec<ServerState>, LbError> {
         Ok(parse_show_stat(&self.command("show stat")?))
     }
@@ -104,11 +104,28 @@ impl RuntimeApi {
             "New server registered",
         )?;
         self.command_expecting(&format!("enable health {name}"), "")?;
-        self.command_expecting(&format!("enable server {name}"), "")
+        self.command_expecting(&format!("enable server {name}"), "")?;
+        let grpc = format!("{GRPC_BACKEND}/{}", server.name());
+        self.command_expecting(
+            &format!(
+                "add server {grpc} {} id {} {}",
+                server.0,
+                server.engine_id(),
+                grpc_server_keywords()
+            ),
+            "New server registered",
+        )?;
+        self.command_expecting(&format!("enable health {grpc}"), "")?;
+        self.command_expecting(&format!("enable server {grpc}"), "")
     }
 
     /// Removes `server`: no new calls, its calls in flight cut, gone.
     pub fn remove_server(&self, server: &Server) -> Result<(), LbError> {
+        let grpc = format!("{GRPC_BACKEND}/{}", server.name());
+        self.command_expecting(&format!("disable server {grpc}"), "")?;
+        self.command_expecting(&format!("disable health {grpc}"), "")?;
+        self.command_expecting(&format!("shutdown sessions server {grpc}"), "")?;
+        self.command_expecting(&format!("del server {grpc}"), "Server deleted")?;
         let name = format!("{BACKEND}/{}", server.name());
         self.command_expecting(&format!("disable server {name}"), "")?;
         self.command_expecting(&format!("disable health {name}"), "")?;
@@ -117,8 +134,9 @@ impl RuntimeApi {
     }
 }
 
-/// The workers' backend's servers from `show stat`'s CSV (named columns;
-/// the first line names them after `# `).
+/// The workers' servers from `show stat`'s CSV (named columns; the first
+/// line names them after `# `): their state in the HTTP backend, their
+/// calls in both.
 pub fn parse_show_stat(csv: &str) -> Vec<ServerState> {
     let mut lines = csv.lines();
     let Some(header) = lines.next().and_then(|h| h.strip_prefix("# ")) else {
@@ -126,7 +144,8 @@ pub fn parse_show_stat(csv: &str) -> Vec<ServerState> {
     };
     let columns: HashMap<&str, usize> =
         header.split(',').enumerate().map(|(i, c)| (c, i)).collect();
-    let mut servers = Vec::new();
+    let mut servers: Vec<ServerState> = Vec::new();
+    let mut grpc_calls = Vec::new();
     for line in lines {
         let fields: Vec<&str> = line.split(',').collect();
         let get = |name: &str| {
@@ -137,7 +156,19 @@ pub fn parse_show_stat(csv: &str) -> Vec<ServerState> {
                 .unwrap_or("")
         };
         let number = |name: &str| get(name).parse().unwrap_or(0);
-        if get("pxname") != BACKEND || matches!(get("svname"), "BACKEND" | "FRONTEND" | "") {
+        if matches!(get("svname"), "BACKEND" | "FRONTEND" | "") {
+            continue;
+        }
+        if get("pxname") == GRPC_BACKEND {
+            grpc_calls.push((
+                get("svname"),
+                number("scur"),
+                number("qcur"),
+                number("stot"),
+            ));
+            continue;
+        }
+        if get("pxname") != BACKEND {
             continue;
         }
         servers.push(ServerState {
@@ -153,6 +184,13 @@ pub fn parse_show_stat(csv: &str) -> Vec<ServerState> {
                 .to_string(),
         });
     }
+    for (name, in_flight, queued, total) in grpc_calls {
+        if let Some(server) = servers.iter_mut().find(|s| s.name == name) {
+            server.in_flight += in_flight;
+            server.queued += queued;
+            server.total += total;
+        }
+    }
     servers
 }
 
@@ -161,16 +199,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn show_stat_gives_the_backends_servers() {
+    fn show_stat_gives_each_worker_with_its_http_and_grpc_calls() {
         let csv = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,status,check_status,addr,\n\
                    ol-lb,FRONTEND,,,1,2,4096,10,OPEN,,,\n\
                    workers,127.0.0.1:8081,0,0,2,3,,40,UP,L7OK,127.0.0.1:8081,\n\
                    workers,127.0.0.1:8082,1,1,0,1,,7,DOWN,* L4CON,127.0.0.1:8082,\n\
-                   workers,BACKEND,0,0,2,3,410,47,UP,,,\n";
+                   workers,BACKEND,0,0,2,3,410,47,UP,,,\n\
+                   workers-grpc,127.0.0.1:8081,0,0,1,1,,5,UP,,127.0.0.1:8081,\n\
+                   workers-grpc,BACKEND,0,0,1,1,410,5,UP,,,\n";
         let s = parse_show_stat(csv);
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].name, "127.0.0.1:8081");
-        assert_eq!((s[0].in_flight, s[0].total, s[0].is_up()), (2, 40, true));
+        // Its HTTP and gRPC calls together.
+        assert_eq!((s[0].in_flight, s[0].total, s[0].is_up()), (3, 45, true));
         assert_eq!((s[1].queued, s[1].is_up()), (1, false));
         assert_eq!(s[1].check, "L4CON");
         assert!(parse_show_stat("").is_empty());

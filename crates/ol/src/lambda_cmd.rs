@@ -33,7 +33,7 @@ pub struct InvokeArgs {
     /// The request body: JSON (or any text), or @FILE to send FILE's bytes.
     #[arg(short = 'd', long = "data", value_name = "JSON|@FILE")]
     data: Option<String>,
-    /// The HTTP method [default: POST with -d, else GET].
+    /// The HTTP method [default: POST with -d or --grpc, else GET].
     #[arg(short = 'X', long = "request", value_name = "METHOD")]
     method: Option<String>,
     /// An extra request header `NAME:VALUE`. Repeatable.
@@ -42,6 +42,14 @@ pub struct InvokeArgs {
     /// Also show the status, the request id and the time taken (on stderr).
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// Call over gRPC (`ol.v1.Lambda/Invoke`, docs/lb.md) instead of HTTP:
+    /// a POST of the body at `/`, -H headers in the request's headers.
+    #[arg(long)]
+    grpc: bool,
+    /// Call the worker or balancer (`ol lb`) at URL, `http://HOST:PORT`,
+    /// instead of the running worker of the worker directory.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
 }
 
 /// The templates of `ol new`.
@@ -119,8 +127,15 @@ pub fn new(name: &str, template: Template, parent: &Path) -> Result<()> {
 /// `ol invoke`: prints the answer's body; a status of 400 or more is an
 /// error (the worker's error text, with the traceback and request id).
 pub fn invoke(args: &InvokeArgs) -> Result<()> {
-    let wd = args.dir.open()?;
-    let worker = running(&wd)?;
+    // Without --url: the running worker of the directory, whose installs
+    // are shown while a call waits for them.
+    let (base, worker) = match &args.url {
+        Some(url) => (url.trim_end_matches('/').to_string(), None),
+        None => {
+            let worker = running(&args.dir.open()?)?;
+            (worker.url.clone(), Some(worker))
+        }
+    };
     let body = match &args.data {
         Some(data) => match data.strip_prefix('@') {
             Some(file) => std::fs::read(file).with_context(|| format!("cannot read {file}"))?,
@@ -130,7 +145,7 @@ pub fn invoke(args: &InvokeArgs) -> Result<()> {
     };
     let method = match &args.method {
         Some(m) => m.to_ascii_uppercase(),
-        None if args.data.is_some() => "POST".into(),
+        None if args.data.is_some() || args.grpc => "POST".into(),
         None => "GET".into(),
     };
     let headers = args
@@ -145,9 +160,18 @@ pub fn invoke(args: &InvokeArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let lambda = args.name.split(['/', '?']).next().unwrap_or_default();
     ol_registry::validate_name(lambda)?;
-    let url = format!("{}/run/{}", worker.url, args.name);
+    if args.grpc {
+        if lambda != args.name {
+            bail!("--grpc calls {lambda} at `/`: a gRPC call has no path or query of its own");
+        }
+        if method != "POST" {
+            bail!("--grpc calls are POSTs, not {method}");
+        }
+        return invoke_grpc(&base, lambda, worker.as_ref(), body, headers, args.verbose);
+    }
+    let url = format!("{base}/run/{}", args.name);
     let started = Instant::now();
-    let watcher = InstallWatcher::start(&worker);
+    let watcher = worker.as_ref().map(InstallWatcher::start);
     let answer = client::request_with_headers(&method, &url, &headers, &body, None, INVOKE_TIMEOUT);
     drop(watcher);
     let answer = answer?;
@@ -179,6 +203,76 @@ pub fn invoke(args: &InvokeArgs) -> Result<()> {
     bail!(
         "{lambda} answered {}: {message}{traceback}\n(request id {request_id}; `ol logs {lambda}` has its output)",
         answer.status
+    )
+}
+
+/// `ol invoke --grpc`: calls `lambda` at `base` over gRPC; prints the
+/// body as the HTTP path does, fails with the gRPC status (or the
+/// lambda's own error status) otherwise.
+fn invoke_grpc(
+    base: &str,
+    lambda: &str,
+    worker: Option<&Running>,
+    body: Vec<u8>,
+    headers: Vec<(String, String)>,
+    verbose: bool,
+) -> Result<()> {
+    use ol_worker::grpc::client::GrpcClient;
+    use ol_worker::grpc::proto::INVOKE_PATH;
+    let started = Instant::now();
+    let mut client = GrpcClient::connect(base, INVOKE_TIMEOUT)
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+    let watcher = worker.map(InstallWatcher::start);
+    let answer = client.invoke(lambda, body.into(), headers.into_iter().collect());
+    drop(watcher);
+    let took_ms = started.elapsed().as_secs_f64() * 1e3;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(status) => {
+            let request_id = status
+                .metadata()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            if verbose {
+                eprintln!(
+                    "gRPC {base}{INVOKE_PATH} {lambda}: {:?} in {took_ms:.1} ms, request id {request_id}",
+                    status.code()
+                );
+            }
+            bail!(
+                "{lambda} failed with gRPC status {} ({:?}): {}\n(request id {request_id}; `ol logs {lambda}` has its output)",
+                status.code() as i32,
+                status.code(),
+                status.message()
+            )
+        }
+    };
+    let response = answer.response;
+    let request_id = answer
+        .metadata
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    if verbose {
+        eprintln!(
+            "gRPC {base}{INVOKE_PATH} {lambda}: OK, status {} in {took_ms:.1} ms, request id {request_id}",
+            response.status
+        );
+    }
+    let text = String::from_utf8_lossy(&response.body);
+    if response.status < 400 {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&response.body)?;
+        if !response.body.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
+        return Ok(());
+    }
+    bail!(
+        "{lambda} answered {}: {}\n(request id {request_id})",
+        response.status,
+        text.trim()
     )
 }
 

@@ -300,6 +300,47 @@ fn first_call_bench_times_fresh_workers(backend: Backend) {
     assert!((1_000.0..30e6).contains(&num(r, "p50_us")), "{r}");
 }
 
+on_both_backends!(burst_bench_has_every_call_of_a_new_lambda_busy_at_once);
+fn burst_bench_has_every_call_of_a_new_lambda_busy_at_once(backend: Backend) {
+    // The default scaling.max_instances (8) allows 6 sandboxes of a lambda.
+    let w = TestWorker::start(backend, &[], &[]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let target = format!("w={}", w.url(""));
+    let rows = bench_json(
+        &[
+            "burst",
+            "--instances",
+            "6",
+            "--runs",
+            "2",
+            "--hold-ms",
+            "3000",
+            "--target",
+            &target,
+        ],
+        out.path(),
+    );
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(
+        (r["bench"].as_str(), num(r, "requests"), num(r, "errors")),
+        (Some("burst"), 12.0, 0.0),
+        "{r}"
+    );
+    // Each call started inside its lambda after it was sent and before the
+    // first one finished holding its sandbox.
+    assert!(num(r, "max_us") < 3e6, "{r}");
+    // Six calls at once, each run of a new lambda: six sandboxes each.
+    let created = w.stats()["sandboxes_created"].as_u64().expect("created");
+    assert!(created >= 12, "sandboxes created: {created}");
+    let left: Vec<String> = std::fs::read_dir(w.path().join("registry"))
+        .expect("registry")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("burst-"))
+        .collect();
+    assert!(left.is_empty(), "uploaded lambdas left behind: {left:?}");
+}
+
 on_both_backends!(cold_bench_uploads_new_lambdas_to_each_target_and_removes_them);
 fn cold_bench_uploads_new_lambdas_to_each_target_and_removes_them(backend: Backend) {
     let w = TestWorker::start(backend, &[], &[]);
@@ -383,4 +424,57 @@ fn hot_bench_measures_through_a_balancer_of_its_own_and_stops_it() {
         .filter(|c| c.contains("ol-bench-lb-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn cold_bench_installs_on_the_worker_and_calls_through_the_balancer() {
+    let out = tempfile::tempdir().expect("tempdir");
+    // The balancer refuses /registry: its lambdas are uploaded to the
+    // worker behind it, and only its calls go through it.
+    let rows = bench_json(
+        &["cold", "--lb", "-o", "sandbox=process", "--count", "3"],
+        out.path(),
+    );
+    for target in ["ours", "lb"] {
+        let row = rows
+            .iter()
+            .find(|r| r["target"] == target)
+            .unwrap_or_else(|| panic!("no {target} row: {rows:?}"));
+        assert_eq!(num(row, "requests"), 3.0, "{row}");
+        assert_eq!(num(row, "errors"), 0.0, "{row}");
+    }
+}
+
+#[test]
+fn hot_bench_calls_over_grpc_directly_and_through_the_balancer() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let rows = bench_json(
+        &[
+            "hot",
+            "--grpc",
+            "--lb",
+            "-o",
+            "sandbox=process",
+            "--seconds",
+            "0.4",
+            "--warmup",
+            "0.1",
+            "--rounds",
+            "2",
+            "--connections",
+            "1,2",
+        ],
+        out.path(),
+    );
+    for conns in [1.0, 2.0] {
+        for target in ["ours", "lb"] {
+            let row = rows
+                .iter()
+                .find(|r| r["target"] == target && num(r, "connections") == conns)
+                .unwrap_or_else(|| panic!("no {target} row at {conns}: {rows:?}"));
+            assert_eq!(row["bench"], "hot-grpc", "{row}");
+            assert!(num(row, "requests") > 0.0, "{row}");
+            assert_eq!(num(row, "errors"), 0.0, "{row}");
+        }
+    }
 }

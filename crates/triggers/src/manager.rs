@@ -90,8 +90,17 @@ impl<T: CallTarget> TriggerManager<T> {
     }
 
     /// Starts watching the registry (inside the async runtime); it stops
-    /// when the manager is shut down or dropped.
+    /// when the manager is shut down or dropped. With no broker allowed,
+    /// no trigger could run: the registry is not read for them at all (a
+    /// remote registry would pay a listing and a request per lambda at
+    /// every rescan for nothing).
     pub fn start(self: &Arc<Self>) {
+        if self.settings.allowed_brokers.is_empty() {
+            tracing::info!(
+                "queue triggers are off: config.json triggers.allowed_brokers lists no broker"
+            );
+            return;
+        }
         tokio::spawn(watch_registry(Arc::downgrade(self)));
     }
 

@@ -1,6 +1,8 @@
 //! How the HTTP server holds connections, whatever they carry, so that slow
 //! or idle clients cannot hold the worker's descriptors (config.json
-//! `http`):
+//! `http`). A connection is HTTP/1.1 or, when it opens with HTTP/2's
+//! preface, h2c (gRPC's transport, [`crate::grpc`]); the limits are the
+//! same for both:
 //!
 //! - At most `max_connections` are served at once. Past that the worker
 //!   stops accepting until one ends: new clients wait in the kernel's accept
@@ -10,7 +12,10 @@
 //! - A connection waiting for a request is closed after `idle_timeout`
 //!   without a byte (the keep-alive idle timeout, which hyper does not have).
 //! - Once the first byte of a request arrives, its head (request line and
-//!   headers) must be complete within `header_timeout`.
+//!   headers) must be complete within `header_timeout`. On HTTP/2, where
+//!   bytes also flow between requests (pings, window updates), this holds
+//!   for the connection's first request; after it, a connection without a
+//!   request for `idle_timeout` is closed whatever it sends.
 //! - A request body that stops arriving for `idle_timeout` fails the request
 //!   ([`StallLimited`], 408).
 //!
@@ -20,8 +25,10 @@
 //! it may notice that a request's head has begun). (hyper's own header
 //! timer is not used: it starts as soon as a connection waits for a
 //! request, so it cannot tell idle time from a slow head, and it arms a
-//! timer for every request.) While a request is being served no deadline
-//! runs: the lambda's `runtime_sec` bounds that.
+//! timer for every request.) While a request is being served (on HTTP/2,
+//! any of its streams) no deadline runs: the lambda's `runtime_sec` bounds
+//! that. An HTTP/2 connection serves at most [`MAX_STREAMS`] requests at
+//! once, so a connection slot cannot hold unbounded work.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,12 +41,17 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
+
+/// Most requests (streams) an HTTP/2 connection has in flight at once; a
+/// client that wants more opens more connections, within `max_connections`.
+pub const MAX_STREAMS: u32 = 64;
 
 /// The connection limits (config.json `http`, as durations).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +82,13 @@ pub(crate) async fn serve_connections<H, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .http2()
+        .max_concurrent_streams(MAX_STREAMS);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let limits = Arc::new(limits);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -103,8 +122,8 @@ pub(crate) async fn serve_connections<H, Fut, B>(
         let service = {
             let watch = Arc::clone(&watch);
             let handler = handler.clone();
-            service_fn(move |req| {
-                let serving = watch.serving();
+            service_fn(move |req: Request<Incoming>| {
+                let serving = watch.serving(req.version() == http::Version::HTTP_2);
                 let answer = handler(req);
                 async move {
                     let response = answer.await;
@@ -113,11 +132,7 @@ pub(crate) async fn serve_connections<H, Fut, B>(
                 }
             })
         };
-        let conn = hyper::server::conn::http1::Builder::new()
-            .header_read_timeout(None)
-            .keep_alive(true)
-            .serve_connection(io, service);
-        let conn = graceful.watch(conn);
+        let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
         let limits = Arc::clone(&limits);
         tokio::spawn(async move {
             tokio::select! {
@@ -149,40 +164,74 @@ enum Phase {
     Serving,
 }
 
-/// A connection's phase, shared by its IO, its service and its watchdog
-/// (all in the connection's task, so the lock is never contended).
+/// Where a connection is, as its watchdog sees it.
+#[derive(Debug, Clone, Copy)]
+struct WatchState {
+    phase: Phase,
+    /// Since when it is in `phase`.
+    since: Instant,
+    /// Requests being served (more than one only on HTTP/2).
+    serving: usize,
+    /// HTTP/2: bytes between requests do not begin a request head.
+    multiplexed: bool,
+}
+
+/// A connection's phase, shared by its IO, its services and its watchdog
+/// (all in the connection's tasks; the lock is held for a few loads).
 struct ConnWatch {
-    state: Mutex<(Phase, Instant)>,
+    state: Mutex<WatchState>,
 }
 
 impl ConnWatch {
     fn new() -> Self {
         Self {
-            state: Mutex::new((Phase::Idle, Instant::now())),
+            state: Mutex::new(WatchState {
+                phase: Phase::Idle,
+                since: Instant::now(),
+                serving: 0,
+                multiplexed: false,
+            }),
         }
     }
 
-    fn set(&self, phase: Phase) {
-        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = (phase, Instant::now());
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Bytes arrived: an idle connection has started a request.
+    /// Bytes arrived: an idle HTTP/1.1 connection has started a request.
     fn received(&self) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.0 == Phase::Idle {
-            *state = (Phase::Head, Instant::now());
+        let mut state = self.lock();
+        if state.phase == Phase::Idle && !state.multiplexed {
+            state.phase = Phase::Head;
+            state.since = Instant::now();
         }
     }
 
-    /// Marks a request as being served until the guard is dropped.
-    fn serving(self: &Arc<Self>) -> Serving {
-        self.set(Phase::Serving);
+    /// Marks a request (on HTTP/2 when `multiplexed`) as being served
+    /// until the guard is dropped.
+    fn serving(self: &Arc<Self>, multiplexed: bool) -> Serving {
+        let mut state = self.lock();
+        state.serving += 1;
+        state.multiplexed |= multiplexed;
+        state.phase = Phase::Serving;
+        state.since = Instant::now();
+        drop(state);
         Serving(Arc::clone(self))
+    }
+
+    /// A request was answered: idle from now once none is left.
+    fn served(&self) {
+        let mut state = self.lock();
+        state.serving = state.serving.saturating_sub(1);
+        if state.serving == 0 {
+            state.phase = Phase::Idle;
+            state.since = Instant::now();
+        }
     }
 
     /// When the connection is to be closed, as things stand.
     fn deadline(&self, limits: &ConnLimits) -> Option<(Instant, &'static str)> {
-        let (phase, since) = *self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let WatchState { phase, since, .. } = *self.lock();
         match phase {
             Phase::Idle => Some((
                 since + limits.idle_timeout,
@@ -219,7 +268,7 @@ struct Serving(Arc<ConnWatch>);
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.0.set(Phase::Idle);
+        self.0.served();
     }
 }
 
@@ -384,6 +433,9 @@ mod tests {
             },
             Duration::from_secs(1),
             move |req: Request<Incoming>| async move {
+                if req.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                }
                 let text = if req.uri().path() == "/body" {
                     match StallLimited::new(req.into_body(), stall).collect().await {
                         Ok(body) => body.to_bytes().len().to_string(),
@@ -498,6 +550,43 @@ mod tests {
         for c in &mut holders {
             assert!(closed_within(c, Duration::from_secs(30)).await);
         }
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_is_busy_while_any_stream_is_and_idle_after() {
+        use hyper_util::rt::TokioExecutor;
+        let (addr, _stop) = server(limits(100, 300, 64)).await;
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2c handshake");
+        let driver = tokio::spawn(conn);
+        let get = |path: &'static str| {
+            let mut sender = sender.clone();
+            async move {
+                let req = Request::get(format!("http://x{path}"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let resp = sender.send_request(req).await?;
+                let body = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>(String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        // The quick call ends long before the slow one; the slow one
+        // outlives the idle timeout: the connection stays open for it.
+        let (slow, fast) = tokio::join!(get("/slow"), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            get("/fast").await
+        });
+        assert_eq!(fast.expect("fast"), "ok");
+        assert_eq!(slow.expect("slow outlived idle_timeout"), "ok");
+        // With nothing in flight, the idle timeout closes it.
+        tokio::time::timeout(Duration::from_secs(30), driver)
+            .await
+            .expect("closed when idle")
+            .expect("driver task")
+            .ok();
     }
 
     #[tokio::test]

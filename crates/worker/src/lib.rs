@@ -6,7 +6,9 @@
 //!   process or starts one in the background.
 //! - [`server`] serves HTTP within [`conn`]'s limits and sends each request
 //!   to its route (`routes/`: run, registry, stats, metrics, status), which
-//!   answer over the shared [`state`] with `response`'s bodies.
+//!   answer over the shared [`state`] with `response`'s bodies; a gRPC
+//!   call (`ol.v1.Lambda/Invoke`, h2c on the same port) goes to [`grpc`],
+//!   which calls the lambda through the same path as `/run/<name>`.
 //! - [`stats`] is the `/stats` schema, [`metrics`] the `/metrics` registry,
 //!   [`trace_file`] the Chrome trace; [`upload`] installs a lambda archive
 //!   after checking it.
@@ -19,6 +21,7 @@ pub mod access;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod grpc;
 pub mod invoke_status;
 pub mod launch;
 pub mod lifecycle;

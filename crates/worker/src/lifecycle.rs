@@ -55,7 +55,12 @@ pub fn run_worker(dir: &WorkerDir, config: &Config) -> Result<(), WorkerError> {
     // against the raised limit.
     let fds = raise_fd_limit();
     tracing::debug!(fds, "descriptor limit");
-    let python = ol_base::python::resolve(config.base, &dir.base(), &config.python)?;
+    let python = ol_base::python::resolve_cached(
+        config.base,
+        &dir.base(),
+        &config.python,
+        &dir.python_probe(),
+    )?;
     let pool = open_pool(dir, config, &python)?;
     let packages = package_layer(dir, config, &python, &pool)?;
     let threads = std::env::var("OL_WORKER_THREADS")

@@ -1,22 +1,24 @@
 //! The worker's HTTP server (docs/architecture.md §1.3) on hyper: serves connections
 //! within the `http` limits ([`crate::conn`]) and sends each request to its
-//! route (`routes/`).
+//! route (`routes/`), or, when it is a gRPC call, to [`crate::grpc`].
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::Either;
 use tokio::net::TcpListener;
 
 use crate::access::AdminRoute;
 use crate::conn::{ConnLimits, RequestBody};
+use crate::grpc::{self, GrpcBody};
 use crate::response::{Body, error_response, method_not_allowed};
 use crate::routes;
 use crate::state::AppState;
 
-/// Serves HTTP on `listener` within `limits` until `shutdown` completes,
-/// then lets open requests finish for up to `grace`.
+/// Serves HTTP (and gRPC over h2c) on `listener` within `limits` until
+/// `shutdown` completes, then lets open requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -25,9 +27,21 @@ pub async fn serve(
     grace: Duration,
 ) {
     crate::conn::serve_connections(listener, limits, shutdown, grace, move |req| {
-        dispatch(Arc::clone(&state), req)
+        route(Arc::clone(&state), req)
     })
     .await;
+}
+
+/// A gRPC call to [`grpc::serve`], any other request to [`dispatch`].
+async fn route<B: RequestBody>(
+    state: Arc<AppState>,
+    req: Request<B>,
+) -> Response<Either<Body, GrpcBody>> {
+    if grpc::is_grpc(&req) {
+        grpc::serve(state, req).await.map(Either::Right)
+    } else {
+        dispatch(state, req).await.map(Either::Left)
+    }
 }
 
 /// Sends `req` to its route; an admin route only once its gate

@@ -146,6 +146,11 @@ impl WorkerDir {
     pub fn state(&self) -> PathBuf {
         self.state.clone()
     }
+    /// Where the worker remembers what its Python interpreter is
+    /// (`ol_base::python::resolve_cached`).
+    pub fn python_probe(&self) -> PathBuf {
+        self.state.join("python-probe")
+    }
     /// Per-sandbox scratch dirs.
     pub fn scratch(&self) -> PathBuf {
         self.state.join("scratch")
@@ -208,6 +213,14 @@ impl WorkerDir {
             ..Config::default()
         };
         provision_base(&self.base(), base, &mut config, progress)?;
+        // Asked now, so `up` reads the answer instead of starting Python
+        // (a failure here is the same one `up` reports).
+        let _ = ol_base::python::resolve_cached(
+            config.base,
+            &self.base(),
+            &config.python,
+            &self.python_probe(),
+        );
         write_examples(&self.registry())?;
         write_config(&self.config_file(), &config)?;
         Ok(config)

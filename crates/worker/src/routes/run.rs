@@ -30,12 +30,26 @@ pub(crate) async fn run<B: RequestBody>(
     req: Request<B>,
     rest: &str,
 ) -> Response<Body> {
-    let arrived = Instant::now();
-    state.counters.invocations.fetch_add(1, Ordering::Relaxed);
     let (name, sub_path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
+    call(state, req, name, sub_path).await.0
+}
+
+/// Calls lambda `name` with `req` as the request its `f(event, ctx)` sees
+/// at `sub_path`: every call, HTTP or gRPC ([`crate::grpc`]), comes through
+/// here. The response, and whether the lambda itself answered (its status
+/// is its own); a failed call's response carries the [`FailedCall`] it
+/// failed with as an extension.
+pub(crate) async fn call<B: RequestBody>(
+    state: &AppState,
+    req: Request<B>,
+    name: &str,
+    sub_path: &str,
+) -> (Response<Body>, bool) {
+    let arrived = Instant::now();
+    state.counters.invocations.fetch_add(1, Ordering::Relaxed);
     let span = Phase::Request.span();
     span.record("lambda", name);
     let (response, by_lambda) = answer(state, req, name, sub_path).instrument(span).await;
@@ -50,7 +64,17 @@ pub(crate) async fn run<B: RequestBody>(
     } else if class == 5 {
         state.counters.errors_5xx.fetch_add(1, Ordering::Relaxed);
     }
-    response
+    (response, by_lambda)
+}
+
+/// How a call the lambda layer refused or failed ended, kept on its
+/// response (as an extension) for callers that answer in another protocol
+/// than HTTP: the gRPC code is chosen from the failure itself, not guessed
+/// back from its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FailedCall {
+    /// The gRPC code of the failure ([`crate::invoke_status::grpc_code_of`]).
+    pub grpc_code: tonic::Code,
 }
 
 /// The response to a call of lambda `name`, with the call's request id
@@ -135,6 +159,9 @@ fn invoke_error_response(
         body["traceback"] = tb.into();
     }
     let mut response = json_response(status, &body);
+    response.extensions_mut().insert(FailedCall {
+        grpc_code: crate::invoke_status::grpc_code_of(e),
+    });
     if let InvokeError::MethodNotAllowed { allowed, .. } = e
         && let Ok(allow) = HeaderValue::from_str(&allowed.join(", "))
     {
