@@ -331,13 +331,16 @@ impl<T: CallTarget> Session for Consumer<T> {
             });
         }
         lag.abort();
+        let _ = lag.await;
         // Every call in flight settles its record, then one commit that
-        // waits: a stop loses nothing and repeats nothing it called.
+        // waits: a stop loses nothing and repeats nothing it called. The
+        // client goes on the blocking pool: closing it leaves the group,
+        // a request to the broker.
         let _ = calls.acquire_many(slots as u32).await;
-        let last = Arc::clone(&client);
         let committed = tokio::task::spawn_blocking(move || {
-            let done = last.commit_all();
-            last.consumer.unsubscribe();
+            let done = client.commit_all();
+            client.consumer.unsubscribe();
+            drop(client);
             done
         })
         .await
