@@ -443,7 +443,8 @@ class Context:
     ``trigger`` is the queue message a queue-triggered call delivers (a dict:
     ``kind``, ``name``, ``stream``, ``subject``, ``partition``, ``sequence``,
     ``key``, ``headers`` as ``[name, value]`` pairs, ``delivered``,
-    ``attempt``; docs/triggers.md), ``None`` for HTTP and cron calls.
+    ``attempt``, and for Kafka ``topic`` and ``offset``; docs/triggers.md),
+    ``None`` for HTTP and cron calls.
     """
 
     __slots__ = ("method", "path", "query", "query_string", "headers", "request_id", "trigger")

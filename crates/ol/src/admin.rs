@@ -383,6 +383,21 @@ fn describe(dir: &DirArg, name: &str, json: bool) -> Result<()> {
                 t["dead_letter"].as_str().unwrap_or("none"),
             );
         }
+        for t in settings["triggers"]["kafka"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "  kafka:        {} topic {} group {} (concurrency {}, retries {}, dead letter {})",
+                t["brokers"],
+                t["topic"].as_str().unwrap_or("?"),
+                t["group"].as_str().unwrap_or("?"),
+                t["concurrency"],
+                t["retries"],
+                t["dead_letter"].as_str().unwrap_or("none"),
+            );
+        }
         println!("  environment:  {}", settings["environment"]);
         // ol.yaml's own limits; the rest are the worker's.
         let own: Vec<String> = l

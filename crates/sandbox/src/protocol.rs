@@ -54,7 +54,7 @@ pub struct Invocation {
 /// the request meta's `trigger` object, `ctx.trigger` in the lambda.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MessageContext {
-    /// The broker kind: `nats`.
+    /// The broker kind: `nats` or `kafka`.
     pub kind: String,
     /// The lambda's trigger it came through: `nats[0]`, ...
     pub name: String,
@@ -74,6 +74,12 @@ pub struct MessageContext {
     pub delivered: u64,
     /// This call's attempt at it in this delivery, from 1.
     pub attempt: u32,
+    /// The Kafka topic (the same as `stream`); absent for NATS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The Kafka offset (the same as `sequence`); absent for NATS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// A lambda's answer to one call.
@@ -380,6 +386,7 @@ mod tests {
                 headers: vec![("id".into(), "7".into())],
                 delivered: 2,
                 attempt: 1,
+                ..Default::default()
             }),
             ..Default::default()
         };

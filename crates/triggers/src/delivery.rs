@@ -18,6 +18,26 @@ use ol_sandbox::{Invocation, Reply};
 
 use crate::stats::TriggerCounters;
 
+/// Longest header value copied onto a dead letter (`Ol-Error`).
+const MAX_ERROR_HEADER: usize = 1024;
+
+/// `text` as one header line for a dead letter: control characters become
+/// spaces, at most [`MAX_ERROR_HEADER`] bytes.
+pub(crate) fn header_value(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > MAX_ERROR_HEADER {
+        let mut end = MAX_ERROR_HEADER;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
+}
+
 /// What calls lambdas for a trigger: the lambda manager, in a worker.
 pub trait CallTarget: Send + Sync + 'static {
     /// Calls lambda `name` with `inv`.
@@ -356,6 +376,15 @@ mod tests {
         )
         .await;
         (outcome, counters)
+    }
+
+    #[test]
+    fn header_values_are_one_bounded_line() {
+        assert_eq!(header_value("a\r\nb\tc"), "a  b c");
+        let long = "é".repeat(MAX_ERROR_HEADER);
+        let v = header_value(&long);
+        assert!(v.len() <= MAX_ERROR_HEADER && v.len() >= MAX_ERROR_HEADER - 1);
+        assert!(v.chars().all(|c| c == 'é'));
     }
 
     #[tokio::test(start_paused = true)]

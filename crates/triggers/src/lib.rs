@@ -1,11 +1,17 @@
 //! Queue triggers of `ol` (docs/triggers.md): lambdas called once per
-//! message of a NATS JetStream consumer, at least once.
+//! message of a NATS JetStream consumer or record of a Kafka consumer
+//! group, at least once.
 //!
 //! - [`TriggerManager`] (`manager`) keeps a consumer running for each
-//!   `triggers.nats` entry of every lambda in the registry, started and
+//!   `triggers.nats` and `triggers.kafka` entry of every lambda in the registry, started and
 //!   stopped as lambdas come, go and change;
 //! - `nats` is one consumer: a durable pull consumer whose messages become
 //!   calls, at most `concurrency` at once;
+//! - `kafka` is one consumer group member: its records become calls, at
+//!   most `concurrency` at once, and `offsets` says which offset of each
+//!   partition may be committed (all before it settled);
+//! - `supervise` is a consumer's life: refused, or sessions with the
+//!   broker and waits between failed ones;
 //! - `delivery` is one message's way, whatever the broker: calls, retries
 //!   with backoff, the dead-letter target, and the acknowledgement only
 //!   after a call succeeded;
@@ -15,9 +21,12 @@
 //! only the brokers [`TriggerSettings::allowed_brokers`] lists.
 
 mod delivery;
+mod kafka;
 mod manager;
 mod nats;
+mod offsets;
 pub mod stats;
+mod supervise;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -67,10 +76,15 @@ impl Default for TriggerSettings {
 impl TriggerSettings {
     /// Whether a trigger may connect to `url`.
     pub fn allows(&self, url: &BrokerUrl) -> bool {
-        let address = url.address();
+        self.allows_address(&url.address())
+    }
+
+    /// Whether a trigger may connect to `address` (`HOST:PORT`, as ol.yaml
+    /// writes it).
+    pub fn allows_address(&self, address: &str) -> bool {
         self.allowed_brokers
             .iter()
-            .any(|a| a == "*" || a.trim().eq_ignore_ascii_case(&address))
+            .any(|a| a == "*" || a.trim().eq_ignore_ascii_case(address))
     }
 
     /// How often a message being worked on is reported in progress.

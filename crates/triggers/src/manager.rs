@@ -9,22 +9,50 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use ol_lambda::ol_yaml::{self, NatsTrigger};
+use ol_lambda::ol_yaml::{self, KafkaTrigger, NatsTrigger};
 use ol_registry::Registry;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::TriggerSettings;
 use crate::delivery::CallTarget;
-use crate::nats::Consumer;
 use crate::stats::{TriggerCounters, TriggerStats};
+use crate::{kafka, nats};
 
-/// A trigger's identity: its lambda and its entry (`nats[0]`).
+/// A trigger's identity: its lambda and its entry (`nats[0]`, `kafka[0]`).
 type Key = (String, String);
+
+/// One queue trigger's ol.yaml entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TriggerConfig {
+    Nats(NatsTrigger),
+    Kafka(KafkaTrigger),
+}
+
+impl TriggerConfig {
+    /// Broker, stream, subject and consumer, as `/stats` shows them (a
+    /// Kafka topic is both stream and subject, its group the consumer).
+    fn described(&self) -> [String; 4] {
+        match self {
+            Self::Nats(c) => [
+                c.url.to_string(),
+                c.stream.to_string(),
+                c.subject.to_string(),
+                c.durable.to_string(),
+            ],
+            Self::Kafka(c) => [
+                c.bootstrap(),
+                c.topic.to_string(),
+                c.topic.to_string(),
+                c.group.to_string(),
+            ],
+        }
+    }
+}
 
 /// A consumer running for one trigger.
 struct Running {
-    config: NatsTrigger,
+    config: TriggerConfig,
     counters: Arc<TriggerCounters>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -131,27 +159,49 @@ impl<T: CallTarget> TriggerManager<T> {
         }
     }
 
-    fn spawn(&self, lambda: &str, name: String, config: NatsTrigger) -> Running {
+    fn spawn(&self, lambda: &str, name: String, config: TriggerConfig) -> Running {
         let counters = Arc::new(TriggerCounters::default());
         counters.set_state("starting");
-        let mut policy = config.delivery();
+        let mut policy = match &config {
+            TriggerConfig::Nats(c) => c.delivery(),
+            TriggerConfig::Kafka(c) => c.delivery(),
+        };
         policy.concurrency = policy.concurrency.min(self.settings.max_concurrency).max(1);
         policy.retries = policy.retries.min(self.settings.max_retries);
         let (stop, stopped) = watch::channel(false);
-        let consumer = Consumer {
-            target: Arc::clone(&self.target),
-            lambda: lambda.to_owned(),
-            name,
-            config: config.clone(),
-            policy,
-            settings: Arc::clone(&self.settings),
-            counters: Arc::clone(&counters),
+        let (target, lambda) = (Arc::clone(&self.target), lambda.to_owned());
+        let (settings, shared) = (Arc::clone(&self.settings), Arc::clone(&counters));
+        let task = match &config {
+            TriggerConfig::Nats(c) => tokio::spawn(
+                nats::Consumer {
+                    target,
+                    lambda,
+                    name,
+                    config: c.clone(),
+                    policy,
+                    settings,
+                    counters: shared,
+                }
+                .run(stopped),
+            ),
+            TriggerConfig::Kafka(c) => tokio::spawn(
+                kafka::Consumer {
+                    target,
+                    lambda,
+                    name,
+                    config: c.clone(),
+                    policy,
+                    settings,
+                    counters: shared,
+                }
+                .run(stopped),
+            ),
         };
         Running {
             config,
             counters,
             stop,
-            task: tokio::spawn(consumer.run(stopped)),
+            task,
         }
     }
 
@@ -161,13 +211,14 @@ impl<T: CallTarget> TriggerManager<T> {
             .iter()
             .map(|((lambda, trigger), r)| {
                 let c = &r.counters;
+                let [broker, stream, subject, consumer] = r.config.described();
                 TriggerStats {
                     lambda: lambda.clone(),
                     trigger: trigger.clone(),
-                    broker: r.config.url.to_string(),
-                    stream: r.config.stream.to_string(),
-                    subject: r.config.subject.to_string(),
-                    consumer: r.config.durable.to_string(),
+                    broker,
+                    stream,
+                    subject,
+                    consumer,
                     state: (*c.state.lock().unwrap_or_else(PoisonError::into_inner)).to_owned(),
                     lag: *c.lag.lock().unwrap_or_else(PoisonError::into_inner),
                     in_flight: c.in_flight.load(Ordering::Relaxed),
@@ -215,7 +266,7 @@ impl<T: CallTarget> TriggerManager<T> {
 enum Known {
     /// Its queue triggers by entry name (none when its ol.yaml is invalid:
     /// it cannot be called anyway).
-    Triggers(BTreeMap<String, NatsTrigger>),
+    Triggers(BTreeMap<String, TriggerConfig>),
     /// Its code could not be fetched now: keep what runs for it.
     Unreadable,
 }
@@ -228,15 +279,18 @@ fn wanted(registry: &dyn Registry) -> Option<HashMap<String, Known>> {
     for name in names {
         let known = match registry.fetch(&name) {
             Ok(Some(code)) => match ol_yaml::load(&code.dir) {
-                Ok(config) => Known::Triggers(
-                    config
-                        .triggers
-                        .nats
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, t)| (format!("nats[{i}]"), t))
-                        .collect(),
-                ),
+                Ok(config) => {
+                    let nats = config.triggers.nats.into_iter().enumerate();
+                    let kafka = config.triggers.kafka.into_iter().enumerate();
+                    Known::Triggers(
+                        nats.map(|(i, t)| (format!("nats[{i}]"), TriggerConfig::Nats(t)))
+                            .chain(
+                                kafka
+                                    .map(|(i, t)| (format!("kafka[{i}]"), TriggerConfig::Kafka(t))),
+                            )
+                            .collect(),
+                    )
+                }
                 Err(e) => {
                     tracing::warn!(lambda = %name, "no triggers: {e}");
                     Known::Triggers(BTreeMap::new())

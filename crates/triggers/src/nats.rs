@@ -13,8 +13,8 @@
 //! worker: every request has a timeout, the error is in `/stats` and the
 //! log, and the consumer tries again with a doubling wait (at most 30 s).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
@@ -24,15 +24,12 @@ use ol_sandbox::{Invocation, MessageContext};
 use tokio::sync::{Semaphore, watch};
 
 use crate::TriggerSettings;
-use crate::delivery::{self, CallTarget, Delivery, Outcome};
+use crate::delivery::{self, CallTarget, Delivery, Outcome, header_value};
 use crate::stats::TriggerCounters;
+use crate::supervise::{Names, Session, supervise};
 
-/// Longest wait between two attempts to reach a broker.
-const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(30);
 /// How often the consumer's lag is read from the broker.
 const LAG_EVERY: Duration = Duration::from_secs(1);
-/// Longest header value copied onto a dead letter (`Ol-Error`).
-const MAX_ERROR_HEADER: usize = 1024;
 
 /// What one consumer needs to run.
 pub(crate) struct Consumer<T> {
@@ -46,61 +43,31 @@ pub(crate) struct Consumer<T> {
     pub(crate) counters: Arc<TriggerCounters>,
 }
 
-/// Why a session with the broker ended.
-type SessionError = String;
-
 impl<T: CallTarget> Consumer<T> {
     /// Consumes until `stop` turns true (or its sender is gone); then waits
     /// for the calls in flight, which settle their messages.
-    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, stop: watch::Receiver<bool>) {
         let url = &self.config.url;
-        if !self.settings.allows(url) {
-            let why = format!(
+        let refused = (!self.settings.allows(url)).then(|| {
+            format!(
                 "broker {} is not in this worker's config.json triggers.allowed_brokers",
                 url.address()
-            );
-            tracing::warn!(lambda = %self.lambda, trigger = %self.name, "trigger refused: {why}");
-            self.counters.set_error(&why);
-            self.counters.set_state("refused");
-            let _ = stop.wait_for(|stopped| *stopped).await;
-            self.counters.set_state("stopped");
-            return;
-        }
-        let mut wait = Duration::from_secs(1);
-        loop {
-            match self.session(&mut stop).await {
-                Ok(()) => break,
-                Err(why) => {
-                    // A session that got going starts the waits over.
-                    if *self
-                        .counters
-                        .state
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        == "running"
-                    {
-                        wait = Duration::from_secs(1);
-                    }
-                    tracing::warn!(
-                        lambda = %self.lambda, trigger = %self.name, broker = %url,
-                        "trigger consumer: {why}; trying again in {wait:?}"
-                    );
-                    self.counters.set_error(&why);
-                    self.counters.set_state("reconnecting");
-                }
-            }
-            let stopped = tokio::time::timeout(wait, stop.wait_for(|stopped| *stopped)).await;
-            if stopped.is_ok() {
-                break;
-            }
-            wait = (wait * 2).min(MAX_RECONNECT_WAIT);
-        }
-        self.counters.set_state("stopped");
+            )
+        });
+        let broker = url.to_string();
+        let names = Names {
+            lambda: &self.lambda,
+            trigger: &self.name,
+            broker: &broker,
+        };
+        supervise(&self, refused, names, &self.counters, stop).await;
     }
+}
 
+impl<T: CallTarget> Session for Consumer<T> {
     /// One connection: set up the consumer, then pull and call until told
     /// to stop (`Ok`) or the broker fails (`Err`).
-    async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<(), SessionError> {
+    async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let timeout = self.settings.connect_timeout;
         let c = &self.config;
         let connect = async_nats::ConnectOptions::new()
@@ -182,7 +149,9 @@ impl<T: CallTarget> Consumer<T> {
         let _ = client.flush().await;
         ended
     }
+}
 
+impl<T: CallTarget> Consumer<T> {
     /// The work of one message: its calls and its settlement.
     fn one_message(
         &self,
@@ -216,6 +185,8 @@ impl<T: CallTarget> Consumer<T> {
             headers,
             delivered,
             attempt: 0,
+            topic: None,
+            offset: None,
         };
         let target = Arc::clone(&self.target);
         let counters = Arc::clone(&self.counters);
@@ -347,36 +318,5 @@ impl Delivery for Held {
             .await
             .map_err(|e| format!("settling after the dead letter: {e}"))?;
         Ok(true)
-    }
-}
-
-/// `text` as one header line: control characters become spaces, at most
-/// [`MAX_ERROR_HEADER`] bytes.
-fn header_value(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if out.len() > MAX_ERROR_HEADER {
-        let mut end = MAX_ERROR_HEADER;
-        while !out.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.truncate(end);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_values_are_one_bounded_line() {
-        assert_eq!(header_value("a\r\nb\tc"), "a  b c");
-        let long = "é".repeat(MAX_ERROR_HEADER);
-        let v = header_value(&long);
-        assert!(v.len() <= MAX_ERROR_HEADER && v.len() >= MAX_ERROR_HEADER - 1);
-        assert!(v.chars().all(|c| c == 'é'));
     }
 }

@@ -1,6 +1,7 @@
-//! A real broker for tests (feature `testing`): `nats-server -js` on a
+//! Real brokers for tests (feature `testing`): `nats-server -js` on a
 //! free loopback port with its own store, killed when dropped, so a test
-//! that fails leaves nothing running; and helpers to fill its streams.
+//! that fails leaves nothing running, and `tansu` (Kafka) likewise; and
+//! helpers to fill their streams and topics.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -105,5 +106,180 @@ pub async fn publish(js: &jetstream::Context, subject: &str, from: u64, to: u64)
     }
     for ack in acks {
         ack.await.expect("stored");
+    }
+}
+
+/// Where the tests look for `tansu` (the Kafka broker, 0.6.0): env
+/// `OL_TANSU`, else the path `.ci/run` builds it at.
+pub const TANSU_DEFAULT: &str = "/var/tmp/ol-ci-tools/tansu/bin/tansu";
+
+/// A `tansu` Kafka broker (in memory) on a free loopback port, killed on
+/// drop.
+#[derive(Debug)]
+pub struct TansuBroker {
+    child: Child,
+    port: u16,
+}
+
+impl TansuBroker {
+    /// Starts one and waits (up to 20 s) until it answers metadata.
+    /// `None`, with the reason printed, when there is no `tansu` binary
+    /// and env `OL_REQUIRE_TANSU` is unset; with it set (CI), a missing
+    /// binary fails the test.
+    pub fn start_or_skip(test: &str) -> Option<Self> {
+        let binary = std::env::var("OL_TANSU").unwrap_or_else(|_| TANSU_DEFAULT.to_owned());
+        if !std::path::Path::new(&binary).exists() {
+            assert!(
+                std::env::var_os("OL_REQUIRE_TANSU").is_none(),
+                "OL_REQUIRE_TANSU is set but there is no tansu at {binary} (set OL_TANSU; .ci/run builds it)"
+            );
+            eprintln!("skipping {test}: no tansu at {binary} (set OL_TANSU, or run .ci/run)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let broker = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(broker)
+    }
+
+    /// `127.0.0.1:PORT`: the ol.yaml broker and config.json's allowed one.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            self.client_config().create().expect("admin client");
+        let done = admin
+            .create_topics(
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .expect("create topics");
+        for r in done {
+            r.expect("topic created");
+        }
+    }
+
+    /// Produces bodies `from..=to` (the numbers as text) to `topic`, each
+    /// with key and header `id` the same number, and waits until each is
+    /// stored.
+    pub async fn produce(&self, topic: &str, from: u64, to: u64) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = self
+            .client_config()
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        let texts: Vec<String> = (from..=to).map(|n| n.to_string()).collect();
+        let sends: Vec<_> = texts
+            .iter()
+            .map(|text| {
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "id",
+                    value: Some(text.as_str()),
+                });
+                let record = FutureRecord::to(topic)
+                    .key(text.as_str())
+                    .payload(text.as_str())
+                    .headers(headers);
+                producer.send(record, Duration::from_secs(10))
+            })
+            .collect();
+        for send in sends {
+            send.await.map_err(|(e, _)| e).expect("stored");
+        }
+    }
+
+    /// The first `count` records of `topic` (fewer if they do not come
+    /// `within`), as (body, headers), read without a group. (Not up to
+    /// the high watermark: reading a tansu 0.6 topic that way once got
+    /// 8 of its 10 records.)
+    pub fn read(
+        &self,
+        topic: &str,
+        count: usize,
+        within: Duration,
+    ) -> Vec<(String, Vec<(String, String)>)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Headers;
+        use rdkafka::{Message, Offset, TopicPartitionList};
+        let consumer: BaseConsumer = self
+            .client_config()
+            .set("group.id", "ol-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut list = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                list.add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .expect("partition");
+            }
+        }
+        consumer.assign(&list).expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + within;
+        while out.len() < count && Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let body = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                            (h.key.to_owned(), v.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((body, headers));
+        }
+        out
+    }
+
+    fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", self.address());
+        c
+    }
+}
+
+impl Drop for TansuBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

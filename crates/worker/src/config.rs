@@ -192,7 +192,7 @@ impl Default for Features {
 }
 
 /// Queue triggers (ours; docs/triggers.md): which brokers lambdas' ol.yaml
-/// `triggers.nats` may reach and how far a trigger may go.
+/// `triggers.nats` and `triggers.kafka` may reach and how far a trigger may go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Triggers {

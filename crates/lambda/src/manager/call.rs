@@ -22,7 +22,7 @@ pub enum Trigger {
     Http,
     /// A schedule in ol.yaml `triggers.cron`.
     Cron,
-    /// A queue message of ol.yaml `triggers.nats`.
+    /// A queue message of ol.yaml `triggers.nats` or `triggers.kafka`.
     Queue,
 }
 

@@ -7,6 +7,7 @@
 //!   http: [{method: GET}, {method: POST}]   # no `http` key: every method
 //!   cron: [{schedule: "*/5 * * * *"}]
 //!   nats: [{url: "nats://127.0.0.1:4222", stream: S, subject: s.>, durable: d}]
+//!   kafka: [{brokers: ["127.0.0.1:9092"], topic: t, group: g}]
 //! environment: {KEY: value}
 //! limits: {mem_mb: 128, runtime_sec: 10, procs: 16, cpu_percent: 100}
 //! ```
@@ -27,6 +28,7 @@
 
 pub mod cron_schedule;
 mod environment;
+pub mod kafka;
 pub mod limits;
 pub mod queue;
 pub mod shape;
@@ -38,6 +40,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use cron_schedule::{CronError, CronSchedule};
+pub use kafka::KafkaTrigger;
 pub use limits::LimitOverrides;
 pub use queue::{DeliveryPolicy, NatsTrigger};
 use shape::ShapeError;
@@ -159,6 +162,7 @@ pub fn parse(text: &str) -> Result<LambdaConfig, OlYamlError> {
         })?;
     config.limits.validate()?;
     queue::check_nats(&config.triggers.nats)
+        .and_then(|()| kafka::check_kafka(&config.triggers.kafka))
         .map_err(|(key, message)| OlYamlError::Invalid { key, message })?;
     Ok(config)
 }
@@ -243,6 +247,7 @@ limits: {mem_mb: 128, runtime_sec: 10, procs: 16, cpu_percent: 100}
                         schedule: "*/5 * * * *".parse().expect("schedule")
                     }],
                     nats: vec![],
+                    kafka: vec![],
                 },
                 environment: BTreeMap::from([("KEY".to_owned(), "value".to_owned())]),
                 limits: LimitOverrides {
@@ -352,9 +357,9 @@ limits: {mem_mb: 128, runtime_sec: 10, procs: 16, cpu_percent: 100}
             ),
             ("limits: {mem: 1}", "limits.mem", "unknown field `mem`"),
             (
-                "triggers: {kafka: []}",
-                "triggers.kafka",
-                "unknown field `kafka`",
+                "triggers: {kafka: [{brokers: [h], topic: t, group: g, key: k}]}",
+                "triggers.kafka[0].key",
+                "unknown field `key`",
             ),
             (
                 "triggers: {http: [{method: GET, path: /x}]}",

@@ -79,16 +79,16 @@ impl NatsTrigger {
     }
 }
 
-fn default_concurrency() -> u32 {
+pub(super) fn default_concurrency() -> u32 {
     DeliveryPolicy::default().concurrency
 }
-fn default_retries() -> u32 {
+pub(super) fn default_retries() -> u32 {
     DeliveryPolicy::default().retries
 }
-fn default_backoff_ms() -> u64 {
+pub(super) fn default_backoff_ms() -> u64 {
     DeliveryPolicy::default().backoff_ms
 }
-fn default_max_backoff_ms() -> u64 {
+pub(super) fn default_max_backoff_ms() -> u64 {
     DeliveryPolicy::default().max_backoff_ms
 }
 
@@ -168,15 +168,15 @@ fn in_range<'de, D: Deserializer<'de>>(d: D, least: u64, most: u64) -> Result<u6
     }
 }
 
-fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+pub(super) fn concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     in_range(d, 1, MAX_CONCURRENCY.into()).map(|n| n as u32)
 }
 
-fn retries<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+pub(super) fn retries<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     in_range(d, 0, MAX_RETRIES.into()).map(|n| n as u32)
 }
 
-fn backoff_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(super) fn backoff_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     in_range(d, 1, MAX_BACKOFF_MS)
 }
 

@@ -1,7 +1,7 @@
 //! `triggers`: which HTTP methods may call a lambda (`http`), the
 //! schedules that call it (`cron`, read by [`super::cron_schedule`]), and
-//! the JetStream consumers that call it per message (`nats`, in
-//! [`super::queue`]).
+//! the JetStream consumers and Kafka consumer groups that call it per
+//! message (`nats`, in [`super::queue`]; `kafka`, in [`super::kafka`]).
 //!
 //! No `http` key (or `~`) allows every method; a list allows only the
 //! methods in it, so an empty list allows none (a cron-only lambda). `HEAD`
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use super::CronSchedule;
+use super::kafka::KafkaTrigger;
 use super::queue::NatsTrigger;
 
 /// `triggers`: what may run the lambda.
@@ -26,6 +27,8 @@ pub struct Triggers {
     pub cron: Vec<CronTrigger>,
     /// JetStream consumers that call it once per message.
     pub nats: Vec<NatsTrigger>,
+    /// Kafka consumer groups that call it once per record.
+    pub kafka: Vec<KafkaTrigger>,
 }
 
 impl Triggers {

@@ -220,6 +220,16 @@ fn config_json(name: &str, config: &LambdaConfig) -> serde_json::Value {
                 "max_backoff_ms": t.max_backoff_ms,
                 "dead_letter": t.dead_letter.as_ref().map(|d| d.as_str()),
             })).collect::<Vec<_>>(),
+            "kafka": config.triggers.kafka.iter().map(|t| json!({
+                "brokers": t.brokers.iter().map(|b| b.address()).collect::<Vec<_>>(),
+                "topic": t.topic.as_str(),
+                "group": t.group.as_str(),
+                "concurrency": t.concurrency,
+                "retries": t.retries,
+                "backoff_ms": t.backoff_ms,
+                "max_backoff_ms": t.max_backoff_ms,
+                "dead_letter": t.dead_letter.as_ref().map(|d| d.as_str()),
+            })).collect::<Vec<_>>(),
         },
         "environment": config.environment,
         "limits": {
