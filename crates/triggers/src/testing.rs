@@ -18,10 +18,22 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts one and waits (up to 10 s) until it listens. Panics when
+    /// Starts one and waits (up to 10 s) until it answers. Panics when
     /// `nats-server` is not installed (`apt-get install nats-server`;
-    /// `.ci/run` installs it).
+    /// `.ci/run` installs it). The free port is found by binding port 0
+    /// and letting go, so another process (a parallel test's worker) may
+    /// take it first: then this server exits and one more port is tried.
     pub fn start() -> Self {
+        for _ in 0..5 {
+            if let Some(server) = Self::start_once() {
+                return server;
+            }
+        }
+        panic!("nats-server did not start on any of 5 free ports");
+    }
+
+    /// One try: `None` when the server exited (its port was taken).
+    fn start_once() -> Option<Self> {
         let store = tempfile::tempdir().expect("store dir");
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -34,20 +46,27 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server must be installed (apt-get install nats-server; .ci/run does)");
-        let server = Self {
+        let mut server = Self {
             child,
             port,
             _store: store,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if server.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            // A NATS server greets every client with INFO: whatever else
+            // listens on the port does not.
+            if greets_as_nats(port) {
+                return Some(server);
+            }
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not listen on {port}"
+                "nats-server did not answer on {port}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
     }
 
     /// Its port.
@@ -71,6 +90,18 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether what listens on 127.0.0.1:`port` greets a client as a NATS
+/// server does (`INFO {...}`).
+fn greets_as_nats(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut greeting = [0u8; 5];
+    stream.read_exact(&mut greeting).is_ok() && &greeting == b"INFO "
 }
 
 /// A JetStream context on `server` with stream `T` (subjects `t.>`) and a
@@ -136,12 +167,24 @@ impl TansuBroker {
             eprintln!("skipping {test}: no tansu at {binary} (set OL_TANSU, or run .ci/run)");
             return None;
         }
+        // As for nats-server: a port another process took first makes
+        // this broker exit; then one more port is tried.
+        for _ in 0..5 {
+            if let Some(broker) = Self::start_once(&binary) {
+                return Some(broker);
+            }
+        }
+        panic!("tansu did not start on any of 5 free ports");
+    }
+
+    /// One try: `None` when the broker exited (its port was taken).
+    fn start_once(binary: &str) -> Option<Self> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .args([
                 "broker",
                 "--listener-url",
@@ -154,13 +197,23 @@ impl TansuBroker {
             .stderr(Stdio::null())
             .spawn()
             .expect("start tansu");
-        let broker = Self { child, port };
+        let mut broker = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if broker.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Listening, and still ours a moment later.
+                std::thread::sleep(Duration::from_millis(100));
+                if broker.child.try_wait().ok().flatten().is_some() {
+                    return None;
+                }
+                return Some(broker);
+            }
             assert!(Instant::now() < deadline, "tansu did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(broker)
     }
 
     /// `127.0.0.1:PORT`: the ol.yaml broker and config.json's allowed one.
