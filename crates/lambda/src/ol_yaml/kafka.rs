@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use super::queue::{
-    DeliveryPolicy, MAX_NAME_LEN, backoff_ms, concurrency, default_backoff_ms, default_concurrency,
-    default_max_backoff_ms, default_retries, retries,
+    DeliveryPolicy, MAX_NAME_LEN, address, backoff_ms, concurrency, default_backoff_ms,
+    default_concurrency, default_max_backoff_ms, default_retries, host_port, retries,
 };
 
 /// Most bootstrap brokers one entry may list.
@@ -133,11 +133,7 @@ impl KafkaBroker {
     /// `HOST:PORT` (IPv6 in brackets): the form config.json
     /// `triggers.allowed_brokers` lists.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        address(&self.host, self.port)
     }
 }
 
@@ -164,35 +160,8 @@ impl std::str::FromStr for KafkaBroker {
         if text.contains(['/', '?', '#', ',']) {
             return Err(format!("`{text}` is not HOST:PORT"));
         }
-        let (host, port) = if let Some(v6) = text.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("`{text}`: unclosed `[` in the host"))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match text.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (text, None),
-            }
-        };
-        let host_ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
-        if !host_ok {
-            return Err(format!("`{text}` has no valid host"));
-        }
-        let port = match port {
-            None => 9092,
-            Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => return Err(format!("`{text}` has an invalid port `{p}`")),
-            },
-        };
-        Ok(Self {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
+        let (host, port) = host_port(text, text, 9092)?;
+        Ok(Self { host, port })
     }
 }
 

@@ -197,11 +197,7 @@ impl BrokerUrl {
     /// `HOST:PORT` (IPv6 in brackets): the form config.json
     /// `triggers.allowed_brokers` lists.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        address(&self.host, self.port)
     }
 }
 
@@ -235,37 +231,55 @@ impl std::str::FromStr for BrokerUrl {
                 "`{url}` has a path or query: expected nats://HOST:PORT only"
             ));
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("`{url}`: unclosed `[` in the host"))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        let host_ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
-        if !host_ok {
-            return Err(format!("`{url}` has no valid host"));
-        }
-        let port = match port {
-            None => 4222,
-            Some(p) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => return Err(format!("`{url}` has an invalid port `{p}`")),
-            },
-        };
-        Ok(Self {
-            scheme,
-            host: host.to_ascii_lowercase(),
-            port,
-        })
+        let (host, port) = host_port(authority, url, 4222)?;
+        Ok(Self { scheme, host, port })
     }
+}
+
+/// `HOST:PORT`, an IPv6 host in brackets: a broker as config.json
+/// `triggers.allowed_brokers` lists it.
+pub(super) fn address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The host (lower case, IPv6 without brackets) and port of `authority`
+/// (`HOST`, `HOST:PORT`, `[V6]` or `[V6]:PORT`; `default_port` when there
+/// is none); errors quote `whole`, what the user wrote.
+pub(super) fn host_port(
+    authority: &str,
+    whole: &str,
+    default_port: u16,
+) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{whole}`: unclosed `[` in the host"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+    if !host_ok {
+        return Err(format!("`{whole}` has no valid host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("`{whole}` has an invalid port `{p}`")),
+        },
+    };
+    Ok((host.to_ascii_lowercase(), port))
 }
 
 impl<'de> Deserialize<'de> for BrokerUrl {
