@@ -12,9 +12,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ol_lambda::InvokeError;
 use ol_lambda::ol_yaml::DeliveryPolicy;
-use ol_sandbox::{Invocation, Reply};
+use ol_sandbox::{Invocation, MessageContext, Reply};
 
 use crate::stats::TriggerCounters;
 
@@ -120,6 +121,24 @@ pub struct Plan<'a> {
     /// Turns true when the trigger stops: a message waiting for a retry is
     /// then given back at once instead of waiting.
     pub stop: &'a tokio::sync::watch::Receiver<bool>,
+}
+
+/// The call one attempt at a message makes, whatever the broker: a POST
+/// of `body` to `/`, a new request id, `context` with this `attempt` as
+/// `ctx.trigger`.
+pub fn invocation(body: &Bytes, context: &MessageContext, attempt: u32) -> Invocation {
+    Invocation {
+        method: "POST".into(),
+        path: "/".into(),
+        query: String::new(),
+        headers: Vec::new(),
+        body: body.clone(),
+        request_id: ol_obs::request_id::next(),
+        trigger: Some(MessageContext {
+            attempt,
+            ..context.clone()
+        }),
+    }
 }
 
 /// Delivers one message as `plan` says: `make` builds the call of each

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ol_lambda::ol_yaml::{DeliveryPolicy, KafkaTrigger};
-use ol_sandbox::{Invocation, MessageContext};
+use ol_sandbox::MessageContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
@@ -221,20 +221,10 @@ impl<T: CallTarget> Consumer<T> {
                     keepalive,
                     stop: &stop,
                 };
-                let outcome =
-                    delivery::deliver(&target, &held, plan, &counters, |attempt| Invocation {
-                        method: "POST".into(),
-                        path: "/".into(),
-                        query: String::new(),
-                        headers: Vec::new(),
-                        body: held.body.clone(),
-                        request_id: ol_obs::request_id::next(),
-                        trigger: Some(MessageContext {
-                            attempt,
-                            ..context.clone()
-                        }),
-                    })
-                    .await;
+                let outcome = delivery::deliver(&target, &held, plan, &counters, |attempt| {
+                    delivery::invocation(&held.body, &context, attempt)
+                })
+                .await;
                 let trigger = &held.trigger;
                 match outcome {
                     Outcome::Delivered => {}

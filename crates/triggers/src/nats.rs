@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::StreamExt;
 use ol_lambda::ol_yaml::{DeliveryPolicy, NatsTrigger};
-use ol_sandbox::{Invocation, MessageContext};
+use ol_sandbox::MessageContext;
 use tokio::sync::{Semaphore, watch};
 
 use crate::TriggerSettings;
@@ -212,20 +212,10 @@ impl<T: CallTarget> Consumer<T> {
                 keepalive,
                 stop: &stop,
             };
-            let outcome =
-                delivery::deliver(&target, &held, plan, &counters, |attempt| Invocation {
-                    method: "POST".into(),
-                    path: "/".into(),
-                    query: String::new(),
-                    headers: Vec::new(),
-                    body: body.clone(),
-                    request_id: ol_obs::request_id::next(),
-                    trigger: Some(MessageContext {
-                        attempt,
-                        ..context.clone()
-                    }),
-                })
-                .await;
+            let outcome = delivery::deliver(&target, &held, plan, &counters, |attempt| {
+                delivery::invocation(&body, &context, attempt)
+            })
+            .await;
             let trigger = &held.trigger;
             match outcome {
                 Outcome::Delivered => {}
