@@ -390,6 +390,17 @@ pub fn stderr(out: &Output) -> String {
 /// Sends one request (any status accepted) and returns the response with
 /// its whole body.
 fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> http::Response<Vec<u8>> {
+    try_send(method, url, headers, body).expect("HTTP request")
+}
+
+/// Sends one request (any status accepted); a connection that fails or
+/// closes before the whole response is an error.
+fn try_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<http::Response<Vec<u8>>, ureq::Error> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
@@ -400,10 +411,10 @@ fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> http:
         req = req.header(*name, *value);
     }
     let req = req.body(body.to_vec()).expect("request");
-    let mut resp = agent.run(req).expect("HTTP request");
-    let bytes = resp.body_mut().read_to_vec().expect("body");
+    let mut resp = agent.run(req)?;
+    let bytes = resp.body_mut().read_to_vec()?;
     let (parts, _) = resp.into_parts();
-    http::Response::from_parts(parts, bytes)
+    Ok(http::Response::from_parts(parts, bytes))
 }
 
 /// One HTTP request with any status accepted.
@@ -413,7 +424,16 @@ pub fn request(method: &str, url: &str, body: &[u8]) -> Answer {
 
 /// One HTTP request with extra `headers`, any status accepted.
 pub fn request_with(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-    let resp = send(method, url, headers, body);
+    answer(send(method, url, headers, body))
+}
+
+/// One HTTP request with any status accepted; `None` when the connection
+/// failed or closed before the whole response came.
+pub fn try_request(method: &str, url: &str, body: &[u8]) -> Option<Answer> {
+    try_send(method, url, &[], body).ok().map(answer)
+}
+
+fn answer(resp: http::Response<Vec<u8>>) -> Answer {
     let headers = resp
         .headers()
         .iter()
