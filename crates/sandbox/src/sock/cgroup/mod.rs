@@ -37,6 +37,31 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the processes of a killed cgroup may keep it busy before
 /// removing it is an error.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and longest sleeps between polls of a freeze or thaw (most take
+/// ~100 µs).
+const FREEZE_FIRST_WAIT: Duration = Duration::from_micros(50);
+const FREEZE_MAX_WAIT: Duration = Duration::from_millis(1);
+/// First and longest sleeps between tries to remove a killed cgroup.
+const REMOVE_FIRST_WAIT: Duration = Duration::from_micros(200);
+const REMOVE_MAX_WAIT: Duration = Duration::from_millis(2);
+
+/// Sleeps that double from a first one up to a longest one.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Self { next: first, max }
+    }
+
+    fn sleep(&mut self) {
+        std::thread::sleep(self.next);
+        self.next = (self.next * 2).min(self.max);
+    }
+}
 
 /// Errors of the cgroup layer; each names the file involved.
 #[derive(Debug, thiserror::Error)]
@@ -362,7 +387,7 @@ impl Cgroup {
         } = self.version.freezer(&self.rel, frozen);
         self.files().write(file, value)?;
         let deadline = Instant::now() + FREEZE_TIMEOUT;
-        let mut spins = 0u32;
+        let mut wait = Backoff::new(FREEZE_FIRST_WAIT, FREEZE_MAX_WAIT);
         loop {
             let now = self.files().read(state.clone())?;
             if now.lines().any(|l| l.trim() == done) {
@@ -375,14 +400,10 @@ impl Cgroup {
                     timeout: FREEZE_TIMEOUT,
                 });
             }
-            // Freezing usually completes within ~100 µs: spin briefly, then
-            // back off.
-            spins += 1;
-            if spins > 100 {
-                std::thread::sleep(Duration::from_micros(200));
-            } else {
-                std::thread::yield_now();
-            }
+            // Each task freezes when it next runs: sleeping gives the CPU to
+            // them (spinning or yielding took it from them on 2 busy vCPUs,
+            // and each poll reopens a control file).
+            wait.sleep();
         }
     }
 
@@ -419,6 +440,10 @@ impl Cgroup {
     /// in between).
     pub fn kill_all(&self, kill: &dyn Fn(u32)) -> Result<(), CgroupError> {
         if self.version.kill(&self.rel) {
+            return Ok(());
+        }
+        // Nothing to freeze in an empty cgroup (one already killed).
+        if self.pids()?.is_empty() {
             return Ok(());
         }
         let frozen = self.freeze().is_ok();
@@ -458,16 +483,21 @@ impl Cgroup {
 
     /// Removes a cgroup whose processes were just killed: rmdir fails with
     /// EBUSY until the kernel has finished tearing them down, so retry
-    /// briefly, killing again in between.
+    /// briefly, signalling what is left in between. Those were killed
+    /// while frozen (or by the kernel), so none can fork away any more: no
+    /// need to freeze again (freezing dying tasks was most of the cost).
     pub fn remove_retrying(&self, kill: &dyn Fn(u32)) -> Result<(), CgroupError> {
         let deadline = Instant::now() + REMOVE_TIMEOUT;
+        let mut wait = Backoff::new(REMOVE_FIRST_WAIT, REMOVE_MAX_WAIT);
         loop {
             match self.remove() {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => {
-                    let _ = self.kill_all(kill);
-                    std::thread::sleep(Duration::from_millis(2));
+                    if !self.version.kill(&self.rel) {
+                        self.pids().unwrap_or_default().into_iter().for_each(kill);
+                    }
+                    wait.sleep();
                 }
             }
         }
@@ -658,15 +688,46 @@ mod tests {
         cg.kill_all(&|pid| killed.lock().expect("lock").push(pid))
             .expect("kill");
         assert_eq!(*killed.lock().expect("lock"), vec![7, 8]);
-        let writes: Vec<String> = fs
-            .writes
+        assert_eq!(freezer_writes(&fs), vec!["FROZEN", "THAWED"]);
+    }
+
+    /// The freezer.state values written to `fs` so far.
+    fn freezer_writes(fs: &FakeFs) -> Vec<String> {
+        fs.writes
             .lock()
             .expect("lock")
             .iter()
             .filter(|(p, _)| p.ends_with("freezer.state"))
             .map(|(_, v)| v.clone())
-            .collect();
-        assert_eq!(writes, vec!["FROZEN", "THAWED"]);
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_cgroup_is_not_frozen_and_a_slow_death_is_not_frozen_again() {
+        let fs = Arc::new(FakeFs::default());
+        let cg = v1(&fs).cgroup("ol-w6/sb-1");
+        cg.create().expect("create");
+        cg.kill_all(&|_| panic!("nothing to kill")).expect("kill");
+        assert!(freezer_writes(&fs).is_empty());
+        // Pid 7 takes three signals to be gone (the kernel is still tearing
+        // it down): it is signalled again between tries, never frozen again.
+        cg.attach(7).expect("attach");
+        let procs = cg.procs_files();
+        let fs2 = Arc::clone(&fs);
+        let signals = std::sync::Mutex::new(0);
+        let kill = move |pid: u32| {
+            assert_eq!(pid, 7);
+            let mut n = signals.lock().expect("lock");
+            *n += 1;
+            if *n == 3 {
+                procs.iter().for_each(|p| fs2.set(p, ""));
+            }
+        };
+        cg.discard(&kill).expect("discard");
+        assert_eq!(freezer_writes(&fs), vec!["FROZEN", "THAWED"]);
+        for dir in cg.dirs() {
+            assert!(!fs.has_dir(&dir), "{}", dir.display());
+        }
     }
 
     #[test]
