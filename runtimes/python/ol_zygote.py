@@ -18,8 +18,8 @@ host privilege).
 
 After a ``ready`` frame the zygote answers ``prefork`` requests, whose
 SCM_RIGHTS descriptors are the new runtime's socket, the write end of its
-exit pipe, a detached tmpfs for its /tmp and one ``cgroup.procs`` file per
-cgroup hierarchy. The zygote forks a *blank*; the child calls the jail,
+exit pipe, a detached tmpfs for its /tmp and one join file per cgroup
+hierarchy (v1 ``tasks``, v2 ``cgroup.procs``). The zygote forks a *blank*; the child calls the jail,
 which joins the cgroups, unshares every namespace and forks pid 1 of the
 new pid namespace (the forking process stays behind, reports pid 1's raw
 wait status on the exit pipe and exits). Pid 1 starts a session, attaches
@@ -39,7 +39,7 @@ is off the critical path of a cold start. The zygote answers ``{"type":
 A ``zygote`` request (the import cache, docs/architecture.md section 3.4) forks a
 child zygote instead: descriptors are its control socket, the write end of
 its exit pipe, its stdout and stderr, a tmpfs for its /tmp, then its
-``cgroup.procs`` files; the meta names the package dirs to put on sys.path
+cgroup join files; the meta names the package dirs to put on sys.path
 and the modules to import. The jail puts the child in namespaces of its own
 like a blank (under a pid 1 that only reaps, so sandboxes forked from it
 outlive it), with the privileges and filter of this zygote; it sends the
@@ -66,8 +66,8 @@ import ol_runtime  # noqa: E402  (needs the path above)
 # Paths inside a sandbox (crates/sandbox/src/sock/rootfs.rs `inside`).
 HANDLER_DIR = "/handler"
 
-BLANK_FDS = 3  # runtime socket, exit pipe, /tmp; then one cgroup.procs per hierarchy
-ZYGOTE_FDS = 5  # control socket, exit pipe, stdout, stderr, /tmp; then cgroup.procs files
+BLANK_FDS = 3  # runtime socket, exit pipe, /tmp; then one cgroup join file per hierarchy
+ZYGOTE_FDS = 5  # control socket, exit pipe, stdout, stderr, /tmp; then cgroup join files
 ASSIGN_FDS = 5  # code, /host and proc mounts, stdout, stderr
 MAX_FDS = 16
 CHILD_FAILED = 125

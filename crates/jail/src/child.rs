@@ -62,7 +62,7 @@ pub struct Entry<'a> {
     pub exit: OwnedFd,
     /// Its private `/tmp` (a detached scratch file system).
     pub tmp: OwnedFd,
-    /// Its cgroups' `cgroup.procs` files.
+    /// Its cgroups' join files (v1 `tasks`, v2 `cgroup.procs`).
     pub cgroups: Vec<OwnedFd>,
 }
 

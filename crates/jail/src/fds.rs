@@ -48,9 +48,10 @@ pub fn cloexec_inherited() -> Result<()> {
     )
 }
 
-/// Joins the cgroups whose `cgroup.procs` files the worker opened and sent
-/// (the kernel checks the opener's credentials, so the joining process
-/// needs no privilege of its own), then closes them.
+/// Joins the cgroups whose join files (v1 `tasks`, v2 `cgroup.procs`) the
+/// worker opened and sent (the kernel checks the opener's credentials, so
+/// the joining process needs no privilege of its own), then closes them.
+/// The caller is a child just forked, so its one thread is the process.
 pub fn join_cgroups(procs: Vec<OwnedFd>) -> Result<()> {
     for file in procs {
         // "0" is the writing process itself.
@@ -59,13 +60,14 @@ pub fn join_cgroups(procs: Vec<OwnedFd>) -> Result<()> {
     Ok(())
 }
 
-/// Joins the cgroups of these `cgroup.procs` files (by path, as root).
-pub fn join_cgroup_paths(procs: &[PathBuf]) -> Result<()> {
-    let me = std::process::id().to_string();
-    for file in procs {
+/// Joins the cgroups of these join files (v1 `tasks`, v2 `cgroup.procs`;
+/// by path, as root) by writing `0`, the writing thread: the caller has
+/// only one (an init before it starts anything).
+pub fn join_cgroup_paths(files: &[PathBuf]) -> Result<()> {
+    for file in files {
         step(
             format!("join cgroup {}", file.display()),
-            std::fs::write(file, &me),
+            std::fs::write(file, "0"),
         )?;
     }
     Ok(())

@@ -214,13 +214,20 @@ impl WorkerDir {
         };
         provision_base(&self.base(), base, &mut config, progress)?;
         // Asked now, so `up` reads the answer instead of starting Python
-        // (a failure here is the same one `up` reports).
-        let _ = ol_base::python::resolve_cached(
+        // (a failure here is the same one `up` reports); for the same
+        // reason the runtime is installed and byte-compiled now.
+        let python = ol_base::python::resolve_cached(
             config.base,
             &self.base(),
             &config.python,
             &self.python_probe(),
         );
+        if let Ok(python) = python
+            && config.base == BaseKind::Host
+            && ol_sandbox::runtime::install_runtime(&self.runtime()).is_ok()
+        {
+            ol_sandbox::runtime::compile_runtime(&self.runtime(), &python.executable);
+        }
         write_examples(&self.registry())?;
         write_config(&self.config_file(), &config)?;
         Ok(config)

@@ -127,7 +127,7 @@ impl PoolInner {
         cwd: &str,
     ) -> InitSpec {
         InitSpec {
-            cgroup_procs: cgroup.procs_files(),
+            cgroup_procs: cgroup.join_files(),
             plan,
             hostname: ol_jail::child::HOSTNAME.into(),
             seccomp: self.seccomp_file(Profile::Lambda),

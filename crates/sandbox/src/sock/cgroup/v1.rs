@@ -48,6 +48,10 @@ impl Version for V1 {
         self.dir("pids", rel).join("cgroup.procs")
     }
 
+    fn join_file(&self) -> &'static str {
+        "tasks"
+    }
+
     fn delegate_controllers(&self, _rel: &str) -> Result<Vec<String>, CgroupError> {
         // Every v1 controller is usable at every level.
         Ok(Vec::new())

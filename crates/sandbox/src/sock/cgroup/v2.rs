@@ -48,6 +48,10 @@ impl Version for V2 {
         self.dir(rel).join("cgroup.procs")
     }
 
+    fn join_file(&self) -> &'static str {
+        "cgroup.procs"
+    }
+
     fn delegate_controllers(&self, rel: &str) -> Result<Vec<String>, CgroupError> {
         let dir = self.dir(rel);
         let available = self.files.read(dir.join("cgroup.controllers"))?;
