@@ -302,6 +302,56 @@ fn kill_9_then_force_cleanup_leaves_no_cgroup_process_or_mount() {
 
 #[test]
 #[ignore = "needs root"]
+fn every_process_of_a_forked_sandbox_is_in_its_cgroup_in_every_hierarchy() {
+    // Blanks join through v1 `tasks` (one thread moved), so check that the
+    // whole sandbox, its pid 1 and what it forks, landed in every one.
+    let mut w = TestWorker::start(Backend::Sock, &[], &["pause_after_idle_ms=60000"]);
+    assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
+    let stats = w.stats();
+    let cgroup = stats["sandboxes"][0]["cgroup"]
+        .as_str()
+        .expect("sandbox cgroup")
+        .to_string();
+    let pid = stats["sandboxes"][0]["pid"].as_u64().expect("pid");
+    let mut hierarchies = 0;
+    for controller in ["memory", "pids", "cpu", "freezer"] {
+        let dir = Path::new("/sys/fs/cgroup").join(controller).join(&cgroup);
+        let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else {
+            continue;
+        };
+        hierarchies += 1;
+        let procs: Vec<u64> = procs
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        assert!(procs.contains(&pid), "{controller}: {pid} not in {procs:?}");
+        // Its pid 1 and the lambda's runtime, at least.
+        assert!(procs.len() >= 2, "{controller}: {procs:?}");
+        // Every thread of each of them too: none was left behind.
+        let tasks = fs::read_to_string(dir.join("tasks")).expect("tasks");
+        let tasks: Vec<&str> = tasks.split_whitespace().collect();
+        for p in &procs {
+            for thread in fs::read_dir(format!("/proc/{p}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let tid = thread.file_name().to_string_lossy().into_owned();
+                assert!(
+                    tasks.contains(&tid.as_str()),
+                    "{controller}: thread {tid} of {p} is not in {tasks:?}"
+                );
+            }
+        }
+    }
+    if hierarchies == 0 {
+        eprintln!("no v1 hierarchy on this host: checked nothing here");
+    }
+    w.down();
+}
+
+#[test]
+#[ignore = "needs root"]
 fn idle_sandbox_is_frozen_by_its_cgroup_and_thawed_on_call() {
     let w = TestWorker::start(Backend::Sock, &[], &["pause_after_idle_ms=100"]);
     assert_eq!(w.run("hello", r#"{"name": "a"}"#).status, 200);
