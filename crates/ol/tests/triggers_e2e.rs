@@ -450,3 +450,65 @@ fn kafka_every_tenth_record_fails_and_lands_on_the_dead_letter_topic(backend: Ba
         10.0
     );
 }
+
+on_both_backends!(kafka_a_worker_killed_mid_stream_and_restarted_loses_nothing);
+fn kafka_a_worker_killed_mid_stream_and_restarted_loses_nothing(backend: Backend) {
+    let Some(broker) = TansuBroker::start_or_skip("kafka_a_worker_killed") else {
+        return;
+    };
+    let rt = runtime();
+    rt.block_on(broker.create_topic("t", 2));
+    let mut w = worker(
+        backend,
+        &broker.address(),
+        &kafka_yaml(&broker, ", concurrency: 2", "DELAY: '0.01'"),
+        &[],
+    );
+    rt.block_on(broker.produce("t", 1, 1000));
+    assert!(
+        eventually(Duration::from_secs(90), || {
+            trigger_stats(&w)["delivered"].as_u64().unwrap_or(0) >= 200
+        }),
+        "{}",
+        trigger_stats(&w)
+    );
+    let pid = w.worker_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the worker");
+    let before = seen(w.path());
+    assert!(
+        before.len() < 1000,
+        "killed mid-stream: {} seen",
+        before.len()
+    );
+    let out = ol(w.path(), &["worker", "force-cleanup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let allowed = format!("triggers.allowed_brokers=[\"{}\"]", broker.address());
+    let restarted = std::time::Instant::now();
+    w.up(&[&allowed, "limits.log_kb=8192", "registry_cache_ms=200"]);
+    // The restarted member comes back under the same group.instance.id
+    // (static membership), so it gets its partitions at once instead of
+    // after the broker dropped the killed member (45 s on tansu).
+    let mut resumed = None;
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            if resumed.is_none() && trigger_stats(&w)["delivered"].as_u64().unwrap_or(0) > 0 {
+                resumed = Some(restarted.elapsed());
+            }
+            seen(w.path()).len() == 1000
+        }),
+        "{} of 1000 called; {}",
+        seen(w.path()).len(),
+        trigger_stats(&w)
+    );
+    let seen = seen(w.path());
+    let twice = seen.values().filter(|a| a.len() > 1).count();
+    println!(
+        "{backend:?}: Kafka worker killed after {} of 1000 calls; the first call {resumed:?} and every record called {:?} after the restart, {twice} of them twice",
+        before.len(),
+        restarted.elapsed()
+    );
+}

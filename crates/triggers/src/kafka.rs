@@ -261,6 +261,39 @@ impl<T: CallTarget> Consumer<T> {
     }
 }
 
+impl<T> Consumer<T> {
+    /// The member's static identity in its group (KIP-345): the worker's
+    /// id, the lambda, the entry (`kafka[0]` as `kafka0`, for Kafka's
+    /// character set) and a digest of the entry's settings. It is the same
+    /// after a restart of this worker, so the restarted member takes its
+    /// partitions back without waiting for the broker to drop the killed
+    /// one, and it differs for every other worker, lambda and entry. The
+    /// digest keeps a changed entry's new member apart from the old one,
+    /// which may still be settling its last calls: two live members under
+    /// one id would fence one another.
+    fn group_instance_id(&self) -> Option<String> {
+        let worker = self.settings.worker_id.as_deref()?;
+        let entry: String = self
+            .name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let settings = fnv1a(format!("{:?}", self.config).as_bytes());
+        Some(format!(
+            "ol-{worker}.{}.{entry}.{settings:016x}",
+            self.lambda
+        ))
+    }
+}
+
+/// FNV-1a, 64 bits: a digest that stays the same from one build to the
+/// next (std's hashers promise no such thing).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 impl<T: CallTarget> Session for Consumer<T> {
     /// One group membership: join, then take records and call until told
     /// to stop (`Ok`) or the client cannot be set up (`Err`). librdkafka
@@ -268,7 +301,8 @@ impl<T: CallTarget> Session for Consumer<T> {
     /// in `/stats` and the log.
     async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let (config, timeout) = (self.config.clone(), self.settings.connect_timeout);
-        let client = tokio::task::spawn_blocking(move || connect(&config, timeout))
+        let instance = self.group_instance_id();
+        let client = tokio::task::spawn_blocking(move || connect(&config, timeout, instance))
             .await
             .map_err(|e| format!("connecting: {e}"))??;
         let client = Arc::new(client);
@@ -346,7 +380,11 @@ impl<T: CallTarget> Session for Consumer<T> {
 
 /// The client of a session: a group member and, for dead letters, a
 /// producer. Blocking (metadata requests).
-fn connect(c: &KafkaTrigger, timeout: Duration) -> Result<Client, String> {
+fn connect(
+    c: &KafkaTrigger,
+    timeout: Duration,
+    instance: Option<String>,
+) -> Result<Client, String> {
     let timeout_ms = timeout.as_millis().to_string();
     let mut common = ClientConfig::new();
     common
@@ -354,8 +392,11 @@ fn connect(c: &KafkaTrigger, timeout: Duration) -> Result<Client, String> {
         .set("client.id", "ol-worker")
         .set("socket.timeout.ms", timeout_ms.as_str())
         .set("socket.connection.setup.timeout.ms", timeout_ms.as_str());
-    let consumer: StreamConsumer = common
-        .clone()
+    let mut member = common.clone();
+    if let Some(instance) = instance {
+        member.set("group.instance.id", instance);
+    }
+    let consumer: StreamConsumer = member
         .set("group.id", c.group.as_str())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -493,5 +534,19 @@ impl Delivery for Held {
             .map_err(|(e, _)| format!("producing to {topic}: {e}"))?;
         self.client.settle(r.partition(), r.offset())?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    #[test]
+    fn the_settings_digest_is_fnv1a_64() {
+        // The published FNV-1a test vectors: the digest must not change
+        // between builds, or a restarted worker would join as a stranger.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x85944171f73967e8);
     }
 }

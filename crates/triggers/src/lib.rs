@@ -58,6 +58,11 @@ pub struct TriggerSettings {
     /// How often the registry is read again for new, changed and removed
     /// triggers.
     pub rescan: Duration,
+    /// This worker's identity, the same after a restart and distinct from
+    /// every other worker's (`A-Z a-z 0-9 . _ -`). Kafka members use it
+    /// for static group membership, so that a restarted worker takes its
+    /// partitions back at once; `None`: members join afresh each time.
+    pub worker_id: Option<String>,
 }
 
 impl Default for TriggerSettings {
@@ -69,6 +74,7 @@ impl Default for TriggerSettings {
             connect_timeout: Duration::from_secs(5),
             ack_wait: Duration::from_secs(30),
             rescan: Duration::from_secs(5),
+            worker_id: None,
         }
     }
 }

@@ -92,6 +92,9 @@ fn manager(
             allowed_brokers: vec![broker.address()],
             rescan: Duration::from_millis(200),
             connect_timeout: Duration::from_secs(5),
+            // Static membership, as a worker has: a second manager is the
+            // same worker restarted.
+            worker_id: Some("0123456789abcdef0123456789abcdef".into()),
             ..TriggerSettings::default()
         },
     )

@@ -290,6 +290,7 @@ async fn serve_until_signal(
             connect_timeout: Duration::from_millis(t.connect_timeout_ms),
             ack_wait: Duration::from_millis(t.ack_wait_ms),
             rescan: Duration::from_millis(config.registry_cache_ms.max(100)),
+            worker_id: Some(dir.worker_id()?),
         },
     );
     triggers.start();

@@ -167,6 +167,10 @@ impl WorkerDir {
     pub fn port_file(&self) -> PathBuf {
         self.state.join("worker.port")
     }
+    /// `worker.id`: this worker's identity ([`Self::worker_id`]).
+    pub fn id_file(&self) -> PathBuf {
+        self.state.join("worker.id")
+    }
     /// Log directory of `ol worker up -d`.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
@@ -275,6 +279,32 @@ impl WorkerDir {
         write_file(&self.port_file(), &format!("{port}\n"))
     }
 
+    /// This worker's identity: 32 hex digits, made at random the first
+    /// time and kept in `worker.id` of the state dir, so it is the same
+    /// after a restart and differs from any other worker's (each has its
+    /// own state dir). Kafka triggers name their static group membership
+    /// with it (docs/triggers.md).
+    pub fn worker_id(&self) -> Result<String, WorkerError> {
+        let path = self.id_file();
+        if let Ok(id) = fs::read_to_string(&path) {
+            let id = id.trim();
+            if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(id.to_owned());
+            }
+        }
+        let mut random = [0u8; 16];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .map_err(|source| WorkerError::Io {
+                what: "reading",
+                path: PathBuf::from("/dev/urandom"),
+                source,
+            })?;
+        let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        write_file(&path, &format!("{id}\n"))?;
+        Ok(id)
+    }
+
     /// Removes the pid and port files.
     pub fn clear_running(&self) {
         let _ = fs::remove_file(self.port_file());
@@ -376,6 +406,24 @@ fn write_file_mode(path: &Path, text: &str, mode: u32) -> Result<(), WorkerError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_worker_id_is_made_once_and_differs_between_state_dirs() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let (a, b) = (WorkerDir::new(&a), WorkerDir::new(&b));
+        for wd in [&a, &b] {
+            fs::create_dir_all(wd.state()).expect("state dir");
+        }
+        let id = a.worker_id().expect("made");
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert_eq!(a.worker_id().expect("kept"), id, "the same after a restart");
+        assert_ne!(b.worker_id().expect("made"), id);
+        // A damaged file is replaced rather than handed to the broker.
+        fs::write(a.id_file(), "not an id\n").expect("damage");
+        assert_ne!(a.worker_id().expect("remade"), "not an id");
+    }
 
     #[test]
     fn init_makes_layout_config_and_examples_once() {
