@@ -217,8 +217,8 @@ fn worker_cgroups(dir: &Path) -> Vec<PathBuf> {
     common::worker_cgroups(&dir.join("worker"))
 }
 
-/// Blank sandboxes a worker keeps ready (`BLANKS` in sandbox/src/sock).
-const BLANKS: usize = 2;
+/// Blank sandboxes a worker keeps ready (`scaling.blanks`, default).
+const BLANKS: usize = ol_worker::config::Scaling::DEFAULT_BLANKS;
 
 /// Sandbox cgroups of the worker, blanks included (the zygote's own not
 /// counted).

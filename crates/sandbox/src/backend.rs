@@ -87,6 +87,8 @@ pub struct Settings {
     pub features: Features,
     /// The worker's default lambda limits (sandboxes made ahead get them).
     pub limits: Limits,
+    /// Blank sandboxes kept ready (`sock`; `scaling.blanks`).
+    pub blanks: usize,
 }
 
 impl Backend {
@@ -136,6 +138,7 @@ impl Backend {
                     downsize_paused_mem: settings.features.downsize_paused_mem,
                     reuse_cgroups: settings.features.reuse_cgroups,
                     blank_limits: settings.limits.clone(),
+                    blanks: settings.blanks,
                 })?))
             }
         }

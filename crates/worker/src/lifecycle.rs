@@ -132,6 +132,7 @@ fn open_pool(
             reuse_cgroups: config.features.reuse_cgroups,
         },
         limits: config.limits.clone(),
+        blanks: config.scaling.blanks,
     };
     if !config.sandbox.uses_base() {
         tracing::warn!(

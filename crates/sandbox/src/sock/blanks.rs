@@ -1,5 +1,5 @@
-//! Blank sandboxes (see [`Blank`]): forked ahead from each zygote by a
-//! refill thread ([`BLANKS`] for the root, [`NODE_BLANKS`] for each
+//! Blank sandboxes (see [`Blank`]): forked ahead from each zygote by the
+//! refill threads (`scaling.blanks` for the root, [`NODE_BLANKS`] for each
 //! import-cache zygote), each already in its cgroup (a reused one when
 //! `features.reuse_cgroups`), namespaces and scratch dir; a cold start
 //! takes one (or forks one on the spot when none is ready) and hands it
@@ -21,29 +21,56 @@ use super::{base_env, cgroup_err, cgroup_limits, kill_pid, package_paths};
 use crate::scratch::Scratch;
 use crate::{NewSandbox, SandboxError, SandboxSpec};
 
-/// Blank sandboxes kept ready by the root zygote.
-const BLANKS: usize = 2;
 /// Blank sandboxes kept ready by each import-cache zygote.
 const NODE_BLANKS: usize = 1;
 
 impl PoolInner {
-    /// A live zygote short of ready blanks, if any: the root wants
-    /// [`BLANKS`], each import-cache zygote [`NODE_BLANKS`].
+    /// A live zygote short of ready blanks, if any, counting those being
+    /// forked (the root wants `scaling.blanks`, each import-cache zygote
+    /// [`NODE_BLANKS`]); one more of its blanks is then counted as being
+    /// forked, until [`PoolInner::forked`].
     fn short_of_blanks(&self) -> Option<(String, Arc<Zygote>)> {
         let zygotes = self.lock_zygotes();
         let blanks = self.lock_blanks();
-        zygotes
+        let mut forking = self.lock_forking();
+        let (key, zygote) = zygotes
             .iter()
             .filter(|(_, z)| z.is_alive())
             .find(|(key, _)| {
                 let want = if key.as_str() == ROOT {
-                    BLANKS
+                    self.cfg.blanks
                 } else {
                     NODE_BLANKS
                 };
-                blanks.get(key.as_str()).map_or(0, VecDeque::len) < want
+                let ready = blanks.get(key.as_str()).map_or(0, VecDeque::len);
+                ready + forking.get(key.as_str()).copied().unwrap_or(0) < want
             })
-            .map(|(key, z)| (key.clone(), Arc::clone(z)))
+            .map(|(key, z)| (key.clone(), Arc::clone(z)))?;
+        *forking.entry(key.clone()).or_default() += 1;
+        Some((key, zygote))
+    }
+
+    /// A blank of zygote `key` counted by [`PoolInner::short_of_blanks`]
+    /// is ready (`Some`, kept unless the zygote was evicted meanwhile) or
+    /// failed (`None`).
+    fn forked(&self, key: String, zygote: &Arc<Zygote>, blank: Option<Blank>) {
+        let live = self
+            .lock_zygotes()
+            .get(&key)
+            .is_some_and(|z| Arc::ptr_eq(z, zygote));
+        let mut blanks = self.lock_blanks();
+        let mut forking = self.lock_forking();
+        if let Some(n) = forking.get_mut(&key) {
+            *n = n.saturating_sub(1);
+        }
+        match blank {
+            Some(blank) if live => blanks.entry(key).or_default().push_back(blank),
+            Some(blank) => {
+                drop((forking, blanks));
+                blank.discard();
+            }
+            None => {}
+        }
     }
 
     /// The refill thread: forks blanks until every zygote has its share
@@ -61,19 +88,9 @@ impl PoolInner {
                 continue;
             };
             match self.prefork(&zygote, true) {
-                Ok(blank) => {
-                    // The zygote may have been evicted meanwhile.
-                    if self
-                        .lock_zygotes()
-                        .get(&key)
-                        .is_some_and(|z| Arc::ptr_eq(z, &zygote))
-                    {
-                        self.lock_blanks().entry(key).or_default().push_back(blank);
-                    } else {
-                        blank.discard();
-                    }
-                }
+                Ok(blank) => self.forked(key, &zygote, Some(blank)),
                 Err(e) => {
+                    self.forked(key, &zygote, None);
                     tracing::warn!("cannot fork a blank sandbox: {e}");
                     // Back off before trying again; wake early on close.
                     let blanks = self.lock_blanks();
