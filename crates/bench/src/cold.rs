@@ -199,17 +199,41 @@ pub(crate) fn upload(target: &Target, name: &str, archive: &[u8]) -> Result<()> 
 }
 
 /// Private memory (Private_Clean + Private_Dirty of smaps_rollup) of each
-/// sandbox the worker lists in `/stats`: what a sandbox costs beyond the
-/// pages it shares with its zygote.
+/// sandbox the worker lists in `/stats`, all its processes together (its
+/// runtime and the process that waits for it on the host's side): what a
+/// sandbox costs beyond the pages it shares with its zygote.
 fn sandbox_private_kib(target: &Target) -> Result<Vec<u64>> {
     let stats = client::stats(&target.url(""), Duration::from_secs(10))?;
     Ok(stats
         .lambda_layer
         .sandboxes
         .iter()
-        .filter_map(|s| std::fs::read_to_string(format!("/proc/{}/smaps_rollup", s.pid)).ok())
-        .map(|text| private_kib(&text))
+        .map(|s| {
+            sandbox_pids(s.pid, s.cgroup.as_deref())
+                .iter()
+                .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+                .map(|text| private_kib(&text))
+                .sum()
+        })
         .collect())
+}
+
+/// Every process of a sandbox: those its cgroup lists (v1: the pids
+/// hierarchy; v2: the unified one), or `pid` alone without a cgroup (the
+/// process backend).
+fn sandbox_pids(pid: u32, cgroup: Option<&str>) -> Vec<u32> {
+    let listed = cgroup.and_then(|rel| {
+        ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+            .iter()
+            .find_map(|root| std::fs::read_to_string(format!("{root}/{rel}/cgroup.procs")).ok())
+    });
+    match listed {
+        Some(text) => text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        None => vec![pid],
+    }
 }
 
 fn private_kib(smaps_rollup: &str) -> u64 {
@@ -229,5 +253,11 @@ mod tests {
         let text = "00400000-7fff [rollup]\nRss:  9000 kB\nPss:  3000 kB\n\
                     Shared_Clean:  7000 kB\nPrivate_Clean:  120 kB\nPrivate_Dirty:  900 kB\n";
         assert_eq!(private_kib(text), 1020);
+    }
+
+    #[test]
+    fn a_sandbox_without_a_cgroup_is_its_pid_alone() {
+        assert_eq!(sandbox_pids(42, None), vec![42]);
+        assert_eq!(sandbox_pids(42, Some("ol-no-such-worker/sb-1")), vec![42]);
     }
 }

@@ -499,7 +499,7 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
     let (today, met) = match kib.get(kib.len() / 2) {
         Some(&median) => (
             format!(
-                "median {:.2} MiB private (max {:.2} MiB; {} idle sandboxes after the cold run)",
+                "median {:.2} MiB private, all of a sandbox's processes (max {:.2} MiB; {} idle sandboxes after the cold run)",
                 median as f64 / 1024.0,
                 kib.last().copied().unwrap_or(0) as f64 / 1024.0,
                 kib.len()
