@@ -190,6 +190,34 @@ fn a_thousand_messages_are_a_thousand_calls_and_removal_stops_the_consumer(backe
     assert_eq!(after, 1000, "no call after removal");
 }
 
+/// Waits up to `limit` for 200 of the 1,000 messages to be delivered,
+/// kills the worker with SIGKILL mid-stream and cleans up after it with
+/// `force-cleanup`; returns what was called before the kill.
+fn kill_mid_stream(w: &TestWorker, limit: Duration) -> BTreeMap<u64, Vec<u32>> {
+    assert!(
+        eventually(limit, || {
+            trigger_stats(w)["delivered"].as_u64().unwrap_or(0) >= 200
+        }),
+        "{}",
+        trigger_stats(w)
+    );
+    let pid = w.worker_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the worker");
+    let before = seen(w.path());
+    assert!(
+        before.len() < 1000,
+        "killed mid-stream: {} seen",
+        before.len()
+    );
+    let out = ol(w.path(), &["worker", "force-cleanup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    before
+}
+
 fn seen_count(dir: &Path) -> usize {
     seen(dir).values().map(Vec::len).sum()
 }
@@ -265,27 +293,7 @@ fn a_worker_killed_mid_stream_and_restarted_loses_nothing(backend: Backend) {
         &[ack_wait],
     );
     rt.block_on(publish(&js, "t.c", 1, 1000));
-    assert!(
-        eventually(Duration::from_secs(60), || {
-            trigger_stats(&w)["delivered"].as_u64().unwrap_or(0) >= 200
-        }),
-        "{}",
-        trigger_stats(&w)
-    );
-    let pid = w.worker_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the worker");
-    let before = seen(w.path());
-    assert!(
-        before.len() < 1000,
-        "killed mid-stream: {} seen",
-        before.len()
-    );
-    let out = ol(w.path(), &["worker", "force-cleanup"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let before = kill_mid_stream(&w, Duration::from_secs(60));
     let allowed = format!("triggers.allowed_brokers=[\"{}\"]", server.address());
     w.up(&[
         &allowed,
@@ -465,27 +473,7 @@ fn kafka_a_worker_killed_mid_stream_and_restarted_loses_nothing(backend: Backend
         &[],
     );
     rt.block_on(broker.produce("t", 1, 1000));
-    assert!(
-        eventually(Duration::from_secs(90), || {
-            trigger_stats(&w)["delivered"].as_u64().unwrap_or(0) >= 200
-        }),
-        "{}",
-        trigger_stats(&w)
-    );
-    let pid = w.worker_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the worker");
-    let before = seen(w.path());
-    assert!(
-        before.len() < 1000,
-        "killed mid-stream: {} seen",
-        before.len()
-    );
-    let out = ol(w.path(), &["worker", "force-cleanup"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let before = kill_mid_stream(&w, Duration::from_secs(90));
     let allowed = format!("triggers.allowed_brokers=[\"{}\"]", broker.address());
     let restarted = std::time::Instant::now();
     w.up(&[&allowed, "limits.log_kb=8192", "registry_cache_ms=200"]);
