@@ -17,12 +17,13 @@ use ol_sandbox::{Invocation, Reply};
 use ol_triggers::testing::TansuBroker;
 use ol_triggers::{CallTarget, TriggerManager, TriggerSettings, TriggerStats};
 
-/// A lambda recording each record's body; it fails (raises) on bodies
-/// that are multiples of `fail_every` (0: never).
+/// A lambda recording each record's body, after `delay`; it fails
+/// (raises) on bodies that are multiples of `fail_every` (0: never).
 #[derive(Default)]
 struct Recorder {
     calls: Mutex<Vec<String>>,
     fail_every: u64,
+    delay: Duration,
 }
 
 impl Recorder {
@@ -52,6 +53,9 @@ impl CallTarget for Recorder {
             "{:?}",
             t.headers
         );
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         self.calls.lock().expect("lock").push(body.clone());
         let n: u64 = body.parse().expect("number");
         if self.fail_every > 0 && n.is_multiple_of(self.fail_every) {
@@ -250,7 +254,13 @@ async fn a_stopped_consumer_resumes_at_its_committed_offsets() {
     let registry = tempfile::tempdir().expect("registry");
     write_lambda(registry.path(), &broker, ", concurrency: 2");
     broker.produce("t", 1, 600).await;
-    let recorder = Arc::new(Recorder::default());
+    // 5 ms a call, 2 at a time: 600 records take 1.5 s at least, so the
+    // stop lands mid-stream (without it all 600 were called before the
+    // stop took effect, once in CI).
+    let recorder = Arc::new(Recorder {
+        delay: Duration::from_millis(5),
+        ..Recorder::default()
+    });
     let first = manager(registry.path(), &broker, &recorder);
     first.start();
     wait_until(Duration::from_secs(90), "some calls", || {
