@@ -19,10 +19,12 @@ host privilege).
 After a ``ready`` frame the zygote answers ``prefork`` requests, whose
 SCM_RIGHTS descriptors are the new runtime's socket, the write end of its
 exit pipe, a detached tmpfs for its /tmp and one join file per cgroup
-hierarchy (v1 ``tasks``, v2 ``cgroup.procs``). The zygote forks a *blank*; the child calls the jail,
-which joins the cgroups, unshares every namespace and forks pid 1 of the
-new pid namespace (the forking process stays behind, reports pid 1's raw
-wait status on the exit pipe and exits). Pid 1 starts a session, attaches
+hierarchy (v1 ``tasks``, v2 ``cgroup.procs``). The zygote has the jail
+fork a *blank*: the child, running only the jail's code, joins the
+cgroups, unshares every namespace and forks pid 1 of the new pid namespace
+(the forking process stays behind, reports pid 1's raw wait status on the
+exit pipe and exits; no Python runs in it, so it copies none of the
+interpreter's pages). Pid 1 starts a session, attaches
 /tmp, and sends the worker its pid namespace and a socket of its network
 namespace on its socket (the worker brings its loopback up and makes its
 proc). Back in Python it does ahead what every lambda's start does, then
@@ -32,8 +34,8 @@ stdout and stderr log pipes). The jail attaches them, keeps only the socket
 and stdio, makes it the sandbox user with no capability, sets
 no_new_privs and installs the lambda filter; then it loads the lambda, says
 ``ready`` and serves it. Blanks are made ahead of time, so the expensive
-part (above all the cgroup migration, which waits for an RCU grace period)
-is off the critical path of a cold start. The zygote answers ``{"type":
+part (namespaces, cgroups, two forks) is off the critical path of a cold
+start. The zygote answers ``{"type":
 "forked", "id": ..., "pid": ...}``.
 
 A ``zygote`` request (the import cache, docs/architecture.md section 3.4) forks a
@@ -83,7 +85,19 @@ class Jail:
         lib = ctypes.CDLL(path, use_errno=True)
         c_int, c_size, c_buf = ctypes.c_int, ctypes.c_size_t, ctypes.c_char_p
         fds = ctypes.POINTER(ctypes.c_int)
-        lib.ol_jail_blank.argtypes = [c_int, c_int, c_int, fds, c_size, c_buf, c_size]
+        # Forking keeps the GIL, as os.fork does: a PyDLL handle.
+        forks = ctypes.PyDLL(path, use_errno=True)
+        forks.ol_jail_fork_blank.argtypes = [c_int, c_int, c_int, fds, c_size, c_buf, c_size]
+        forks.ol_jail_fork_blank.restype = c_int
+        self._fork_blank = forks.ol_jail_fork_blank
+        api = ctypes.pythonapi
+        self._before_fork, self._after_fork_child, self._after_fork_parent = (
+            api.PyOS_BeforeFork,
+            api.PyOS_AfterFork_Child,
+            api.PyOS_AfterFork_Parent,
+        )
+        for fn in (self._before_fork, self._after_fork_child, self._after_fork_parent):
+            fn.argtypes, fn.restype = [], None
         lib.ol_jail_zygote.argtypes = [c_int, c_int, c_int, c_int, c_int, fds, c_size, c_buf, c_size]
         lib.ol_jail_assign.argtypes = [
             c_int,
@@ -98,7 +112,7 @@ class Jail:
             c_size,
         ]
         lib.ol_jail_check_zygote.argtypes = [c_int, c_buf, c_size]
-        for fn in (lib.ol_jail_blank, lib.ol_jail_zygote, lib.ol_jail_assign, lib.ol_jail_check_zygote):
+        for fn in (lib.ol_jail_zygote, lib.ol_jail_assign, lib.ol_jail_check_zygote):
             fn.restype = c_int
         self._lib = lib
 
@@ -115,8 +129,24 @@ class Jail:
     def check_zygote(self, seccomp: bool) -> None:
         self._call(self._lib.ol_jail_check_zygote, int(seccomp))
 
-    def blank(self, conn: int, exit_w: int, tmp: int, cgroups: list[int]) -> None:
-        self._call(self._lib.ol_jail_blank, conn, exit_w, tmp, self._ints(cgroups), len(cgroups))
+    def fork_blank(self, conn: int, exit_w: int, tmp: int, cgroups: list[int]) -> int:
+        """Forks a blank sandbox like os.fork: its pid 1 gets 0 (the jail
+        has joined its cgroups, unshared its namespaces, handed the worker
+        its namespaces and closed every other descriptor), the caller the
+        pid of the middle process between them. The jail forks and enters
+        the sandbox itself, so no Python runs in the middle process and it
+        copies none of the interpreter's pages."""
+        err = ctypes.create_string_buffer(ERROR_LEN)
+        ints = self._ints(cgroups)
+        self._before_fork()
+        pid = self._fork_blank(conn, exit_w, tmp, ints, len(cgroups), err, ERROR_LEN)
+        if pid == 0:
+            self._after_fork_child()
+            return 0
+        self._after_fork_parent()
+        if pid < 0:
+            raise OSError(f"jail: {err.value.decode(errors='replace')}")
+        return pid
 
     def zygote(self, conn: int, exit_w: int, stdout: int, stderr: int, tmp: int, cgroups: list[int]) -> None:
         self._call(self._lib.ol_jail_zygote, conn, exit_w, stdout, stderr, tmp, self._ints(cgroups), len(cgroups))
@@ -127,21 +157,35 @@ class Jail:
         self._call(self._lib.ol_jail_assign, conn, code, host, proc, stdout, stderr, seccomp, len(seccomp))
 
 
-def prepare_blank(jail: Jail, fds: list[int], warm: bool = True) -> socket.socket:
-    """In the forked child: everything that does not depend on the lambda.
-    Returns the runtime's socket, in the blank's pid 1 only (the forking
-    process becomes the middle process inside the jail and never returns)."""
+def fork_blank(jail: Jail, fds: list[int], warm: bool, seccomp: bytes, sock: socket.socket) -> int:
+    """Forks a blank; returns the middle process's pid here. In the blank's
+    pid 1: does ahead everything that does not depend on the lambda, then
+    waits for its lambda and serves it; never returns there."""
     conn, exit_w, tmp = fds[:BLANK_FDS]
-    jail.blank(conn, exit_w, tmp, fds[BLANK_FDS:])
-    sock = socket.socket(fileno=conn)
-    sock.set_inheritable(False)
-    if warm:
-        warm_up()
-    else:
-        # Wanted at once: only what warm_up does that the lambda needs.
-        os.environ.clear()
-        ol_runtime.setup_stdio()
-    return sock
+    pid = jail.fork_blank(conn, exit_w, tmp, fds[BLANK_FDS:])
+    if pid != 0:
+        return pid
+    status = CHILD_FAILED
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        sock.detach()  # the jail closed it, with every other descriptor
+        blank = socket.socket(fileno=conn)
+        blank.set_inheritable(False)
+        if warm:
+            warm_up()
+        else:
+            # Wanted at once: only what warm_up does that the lambda needs.
+            os.environ.clear()
+            ol_runtime.setup_stdio()
+        run_assigned(jail, blank, seccomp)
+    except BaseException:  # noqa: BLE001 - report anything, then die
+        import traceback  # only a failing child pays for it (~2 ms at start)
+
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 def warm_up() -> None:
@@ -257,7 +301,8 @@ def become_zygote(jail: Jail, meta: dict, fds: list[int], seccomp: bytes) -> int
 def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: socket.socket) -> int:
     """Forks a blank (``prefork``) or a child zygote (``zygote``); returns
     its pid in the parent."""
-    kind = meta.get("type")
+    if meta.get("type") != "zygote":
+        return fork_blank(jail, fds, bool(meta.get("warm", True)), seccomp, sock)
     pid = os.fork()
     if pid == 0:
         status = CHILD_FAILED
@@ -265,10 +310,7 @@ def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: soc
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             sock.close()
-            if kind == "zygote":
-                status = become_zygote(jail, meta, fds, seccomp)
-            else:
-                run_assigned(jail, prepare_blank(jail, fds, bool(meta.get("warm", True))), seccomp)
+            status = become_zygote(jail, meta, fds, seccomp)
         except BaseException:  # noqa: BLE001 - report anything, then die
             import traceback  # only a failing child pays for it (~2 ms at start)
 

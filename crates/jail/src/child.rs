@@ -66,8 +66,9 @@ pub struct Entry<'a> {
     pub cgroups: Vec<OwnedFd>,
 }
 
-/// Turns the calling forked child into a blank sandbox. Returns only in the
-/// blank (its pid 1); the forking process ends as the middle process.
+/// Turns the calling forked child (the jail's own, see
+/// `ol_jail_fork_blank`) into a blank sandbox. Returns only in the blank
+/// (its pid 1); the forking process ends as the middle process.
 pub fn blank(f: Entry<'_>) -> Result<()> {
     let Entry {
         conn,

@@ -121,7 +121,7 @@ mod tests {
                 "ol_zygote.py holds {needle:?}: every step of entering a sandbox belongs to the jail"
             );
         }
-        assert!(PYTHON_ZYGOTE.contains("ol_jail_blank"));
+        assert!(PYTHON_ZYGOTE.contains("ol_jail_fork_blank"));
     }
 
     #[test]

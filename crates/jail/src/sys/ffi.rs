@@ -2,7 +2,8 @@
 //! ctypes (runtimes/python/ol_zygote.py) to run [`crate::child`] in its
 //! forked children. Every function returns 0 on success (in the process
 //! that goes on) and -1 on failure, with a one-line reason written into
-//! `err` (`errlen` bytes, NUL-terminated).
+//! `err` (`errlen` bytes, NUL-terminated); [`ol_jail_fork_blank`], which
+//! forks, also returns the child's pid to the caller, like `fork`.
 //!
 //! Descriptors passed by number are taken over (closed by the jail when no
 //! longer needed; the caller must not use them again), except the socket
@@ -14,6 +15,7 @@ use std::os::raw::c_int;
 use std::panic::AssertUnwindSafe;
 
 use crate::child::{self, AssignFds, Entry};
+use crate::process::{self, Fork};
 use crate::{Result, refuse};
 
 /// Writes `msg` into the caller's buffer, truncated to fit and
@@ -109,15 +111,26 @@ unsafe fn entry<'a>(
     }
 }
 
-/// Turns the calling forked child of a zygote into a blank sandbox
-/// ([`child::blank`]). Returns only in the blank.
+/// Forks a blank sandbox from the calling zygote: returns the forked
+/// middle process's pid in the caller, 0 in the blank's pid 1 (which goes
+/// on as the blank, [`child::blank`]), and -1 with `err` when the fork
+/// itself failed. The forked child runs none of the caller's code: it
+/// enters the sandbox, forks pid 1 and stays as the middle process, so it
+/// copies none of the caller's pages (an interpreter's, which the middle
+/// process of a Python-forked child wrote ~0.7 MiB of before forking pid
+/// 1); a failure there goes to stderr and ends it with
+/// [`process::FAILED`]. A Python caller holds the GIL throughout (load
+/// the library with `ctypes.PyDLL`), calls `PyOS_BeforeFork` before and
+/// `PyOS_AfterFork_Child` or `PyOS_AfterFork_Parent` after, as `os.fork`
+/// does.
 ///
 /// # Safety
-/// `conn` stays open during the call; `exit`, `tmp` and the `ncgroups`
-/// descriptors at `cgroups` are handed over; `err` is a writable buffer of
-/// `errlen` bytes.
+/// The caller is single-threaded; `conn` stays open during the call;
+/// `exit`, `tmp` and the `ncgroups` descriptors at `cgroups` are handed
+/// over in the child (the caller still owns, and closes, its own copies);
+/// `err` is a writable buffer of `errlen` bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ol_jail_blank(
+pub unsafe extern "C" fn ol_jail_fork_blank(
     conn: c_int,
     exit: c_int,
     tmp: c_int,
@@ -126,11 +139,35 @@ pub unsafe extern "C" fn ol_jail_blank(
     err: *mut c_char,
     errlen: usize,
 ) -> c_int {
-    run(err, errlen, || {
-        // SAFETY: the caller's promises, above.
-        let entry = unsafe { entry(conn, exit, tmp, cgroups, ncgroups)? };
-        child::blank(entry)
-    })
+    match std::panic::catch_unwind(|| process::fork("a blank sandbox")) {
+        Ok(Ok(Fork::Parent(middle))) => middle.as_raw(),
+        Ok(Err(e)) => {
+            report(err, errlen, &e.to_string());
+            -1
+        }
+        Err(_) => {
+            report(err, errlen, "the jail panicked");
+            -1
+        }
+        Ok(Ok(Fork::Child)) => {
+            let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: the caller's promises, above.
+                let entry = unsafe { entry(conn, exit, tmp, cgroups, ncgroups)? };
+                child::blank(entry)
+            }));
+            match made {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => {
+                    eprintln!("ol jail: {e}");
+                    process::exit_now(process::FAILED)
+                }
+                Err(_) => {
+                    eprintln!("ol jail: panicked making a blank sandbox");
+                    process::exit_now(process::FAILED)
+                }
+            }
+        }
+    }
 }
 
 /// Turns a blank into its lambda's sandbox ([`child::assign`]), under the
