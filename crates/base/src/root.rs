@@ -106,8 +106,14 @@ fn make_symlink(target: &Path, link: &Path) -> io::Result<()> {
 /// renamed over it. A reader sees the old file or the new one, never a
 /// missing or partial one; a symlink at `path` is replaced, never written
 /// through (in a self-contained base it could point anywhere on the host).
+/// A regular file that already holds `bytes` is left alone: every `worker
+/// up` builds the base again, and rewriting its files (a 200 KiB CA
+/// bundle among them) cost each start new inodes on the worker's disk.
 fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    if holds(path, bytes) {
+        return Ok(());
+    }
     let name = path
         .file_name()
         .map_or_else(Default::default, |n| n.to_os_string());
@@ -124,6 +130,28 @@ fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })
+}
+
+/// Whether `path` is a regular file (never through a symlink) holding
+/// exactly `bytes`.
+fn holds(path: &Path, bytes: &[u8]) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut file) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return false;
+    };
+    if !file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64)
+    {
+        return false;
+    }
+    let mut old = Vec::with_capacity(bytes.len());
+    file.read_to_end(&mut old).is_ok() && old == bytes
 }
 
 /// Mount points for the host's system directories (symlinks copied as
@@ -247,6 +275,28 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_file_already_right_is_kept_and_a_wrong_one_or_a_symlink_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("hosts");
+        replace_file(&path, b"127.0.0.1 localhost\n").expect("first");
+        let inode = fs::metadata(&path).expect("meta").ino();
+        replace_file(&path, b"127.0.0.1 localhost\n").expect("same");
+        assert_eq!(fs::metadata(&path).expect("meta").ino(), inode, "kept");
+        replace_file(&path, b"::1 localhost\n").expect("other");
+        assert_eq!(fs::read(&path).expect("read"), b"::1 localhost\n");
+        assert_ne!(fs::metadata(&path).expect("meta").ino(), inode, "replaced");
+        // A symlink to a file with the same bytes is replaced, not kept.
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::write(&elsewhere, b"x\n").expect("write");
+        let link = tmp.path().join("link");
+        symlink(&elsewhere, &link).expect("symlink");
+        replace_file(&link, b"x\n").expect("replace the link");
+        assert!(fs::symlink_metadata(&link).expect("meta").is_file());
+        assert_eq!(fs::read(&elsewhere).expect("read"), b"x\n");
     }
 
     #[test]
