@@ -21,6 +21,14 @@ use super::{base_env, cgroup_err, cgroup_limits, kill_pid, package_paths};
 use crate::scratch::Scratch;
 use crate::{NewSandbox, SandboxError, SandboxSpec};
 
+/// A zygote's blanks: those ready, and how many the refill threads are
+/// forking (counted so that two threads never fork the same missing one).
+#[derive(Debug, Default)]
+pub(super) struct ZygoteBlanks {
+    pub(super) ready: VecDeque<Blank>,
+    pub(super) forking: usize,
+}
+
 /// Blank sandboxes kept ready by each import-cache zygote.
 const NODE_BLANKS: usize = 1;
 
@@ -31,8 +39,7 @@ impl PoolInner {
     /// forked, until [`PoolInner::forked`].
     fn short_of_blanks(&self) -> Option<(String, Arc<Zygote>)> {
         let zygotes = self.lock_zygotes();
-        let blanks = self.lock_blanks();
-        let mut forking = self.lock_forking();
+        let mut blanks = self.lock_blanks();
         let (key, zygote) = zygotes
             .iter()
             .filter(|(_, z)| z.is_alive())
@@ -42,11 +49,13 @@ impl PoolInner {
                 } else {
                     NODE_BLANKS
                 };
-                let ready = blanks.get(key.as_str()).map_or(0, VecDeque::len);
-                ready + forking.get(key.as_str()).copied().unwrap_or(0) < want
+                blanks
+                    .get(key.as_str())
+                    .map_or(0, |b| b.ready.len() + b.forking)
+                    < want
             })
             .map(|(key, z)| (key.clone(), Arc::clone(z)))?;
-        *forking.entry(key.clone()).or_default() += 1;
+        blanks.entry(key.clone()).or_default().forking += 1;
         Some((key, zygote))
     }
 
@@ -59,14 +68,12 @@ impl PoolInner {
             .get(&key)
             .is_some_and(|z| Arc::ptr_eq(z, zygote));
         let mut blanks = self.lock_blanks();
-        let mut forking = self.lock_forking();
-        if let Some(n) = forking.get_mut(&key) {
-            *n = n.saturating_sub(1);
-        }
+        let entry = blanks.entry(key).or_default();
+        entry.forking = entry.forking.saturating_sub(1);
         match blank {
-            Some(blank) if live => blanks.entry(key).or_default().push_back(blank),
+            Some(blank) if live => entry.ready.push_back(blank),
             Some(blank) => {
-                drop((forking, blanks));
+                drop(blanks);
                 blank.discard();
             }
             None => {}
@@ -146,7 +153,7 @@ impl PoolInner {
         let taken = self
             .lock_blanks()
             .get_mut(key)
-            .and_then(VecDeque::pop_front);
+            .and_then(|b| b.ready.pop_front());
         self.wake.notify_all();
         match taken {
             Some(blank) => {

@@ -4,7 +4,7 @@
 //! and handed its lambda (`blanks.rs`, `zygote_cache.rs`), else a fresh
 //! interpreter through the sandbox init (`fresh.rs`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use ol_obs::{Phase, counters};
 
+use super::blanks::ZygoteBlanks;
 use super::cgroup::pool::CgroupPool;
 use super::cgroup::{Cgroup, Cgroups};
 use super::fresh::Program;
@@ -92,11 +93,8 @@ pub(super) struct PoolInner {
     pub(super) failed: Mutex<HashMap<String, Instant>>,
     /// Held while a zygote starts, so one key never starts twice.
     pub(super) starting: Mutex<()>,
-    /// Ready blanks by the key of the zygote that forked them.
-    pub(super) blanks: Mutex<HashMap<String, VecDeque<Blank>>>,
-    /// Blanks being forked by the refill threads, by zygote key (taken
-    /// after `blanks` when both are held).
-    pub(super) forking: Mutex<HashMap<String, usize>>,
+    /// Blanks, ready and being forked, by the key of their zygote.
+    pub(super) blanks: Mutex<HashMap<String, ZygoteBlanks>>,
     /// Emptied cgroups for new blanks (when reused).
     pub(super) reused: Arc<CgroupPool>,
     /// Wakes the refill thread (a blank was taken, or the pool closes).
@@ -147,7 +145,6 @@ impl SockPool {
             failed: Mutex::new(HashMap::new()),
             starting: Mutex::new(()),
             blanks: Mutex::new(HashMap::new()),
-            forking: Mutex::new(HashMap::new()),
             reused: Arc::new(CgroupPool::new(reused)),
             wake: Condvar::new(),
             closing: AtomicBool::new(false),
@@ -180,7 +177,7 @@ impl Drop for SockPool {
             let _ = t.join();
         }
         for (_, blanks) in self.inner.lock_blanks().drain() {
-            blanks.into_iter().for_each(Blank::discard);
+            blanks.ready.into_iter().for_each(Blank::discard);
         }
         for cg in self.inner.reused.drain() {
             let _ = cg.discard(&kill_pid);
@@ -193,12 +190,8 @@ impl Drop for SockPool {
 }
 
 impl PoolInner {
-    pub(super) fn lock_blanks(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Blank>>> {
+    pub(super) fn lock_blanks(&self) -> MutexGuard<'_, HashMap<String, ZygoteBlanks>> {
         self.blanks.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(super) fn lock_forking(&self) -> MutexGuard<'_, HashMap<String, usize>> {
-        self.forking.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn lock_zygotes(&self) -> MutexGuard<'_, HashMap<String, Arc<Zygote>>> {

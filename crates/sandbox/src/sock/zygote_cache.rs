@@ -117,7 +117,7 @@ impl PoolInner {
     fn forget_zygote(&self, key: &str) {
         let gone = self.lock_zygotes().remove(key);
         if let Some(blanks) = self.lock_blanks().remove(key) {
-            blanks.into_iter().for_each(Blank::discard);
+            blanks.ready.into_iter().for_each(Blank::discard);
         }
         drop(gone);
     }
