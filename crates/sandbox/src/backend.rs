@@ -117,9 +117,11 @@ impl Backend {
                 )?))
             }
             Self::Sock => {
-                if settings.base_kind == BaseKind::Host {
-                    crate::runtime::compile_runtime(&paths.runtime, &settings.python);
-                }
+                crate::runtime::compile_runtime(
+                    &paths.runtime,
+                    &settings.python,
+                    settings.base_kind,
+                );
                 // The sandbox init is this very binary (`ol`).
                 let init_exe = std::env::current_exe()
                     .map_err(io_err("cannot find the ol binary for", &paths.worker_dir))?;

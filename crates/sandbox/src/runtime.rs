@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::sock::rootfs::BaseKind;
 use crate::{SandboxError, io_err};
 
 /// Source of `runtimes/python/ol_runtime.py`.
@@ -47,9 +48,13 @@ for name in sys.argv[2:]:
 /// interpreter sandboxes run, once per runtime and interpreter: sandboxes
 /// see `dir` read-only, so without it every zygote start compiled
 /// `ol_runtime.py` again (~4 ms of its start, on the first call's path).
-/// Only for an interpreter the host runs at the same path as sandboxes (a
-/// host base); a failure only costs that time, so it is logged.
-pub fn compile_runtime(dir: &Path, python: &Path) {
+/// Only over a base that takes the host's interpreter (the one the host
+/// runs at the path sandboxes see); a failure only costs that time, so it
+/// is logged.
+pub fn compile_runtime(dir: &Path, python: &Path, base: BaseKind) {
+    if base.is_self_contained() {
+        return;
+    }
     let stamp_path = dir.join(COMPILED_STAMP);
     let stamp = {
         use std::hash::{Hash, Hasher};

@@ -227,10 +227,9 @@ impl WorkerDir {
             &self.python_probe(),
         );
         if let Ok(python) = python
-            && config.base == BaseKind::Host
             && ol_sandbox::runtime::install_runtime(&self.runtime()).is_ok()
         {
-            ol_sandbox::runtime::compile_runtime(&self.runtime(), &python.executable);
+            ol_sandbox::runtime::compile_runtime(&self.runtime(), &python.executable, config.base);
         }
         write_examples(&self.registry())?;
         write_config(&self.config_file(), &config)?;
