@@ -325,7 +325,7 @@ fn every_process_of_a_forked_sandbox_is_in_its_cgroup_in_every_hierarchy() {
             .filter_map(|p| p.parse().ok())
             .collect();
         assert!(procs.contains(&pid), "{controller}: {pid} not in {procs:?}");
-        // Its pid 1 and the lambda's runtime, at least.
+        // The middle process and pid 1 (the runtime), at least.
         assert!(procs.len() >= 2, "{controller}: {procs:?}");
         // Every thread of each of them too: none was left behind.
         let tasks = fs::read_to_string(dir.join("tasks")).expect("tasks");
