@@ -17,34 +17,34 @@ confined as a zygote must be (it imports packages later: none may run with
 host privilege).
 
 After a ``ready`` frame the zygote answers ``prefork`` requests, whose
-SCM_RIGHTS descriptors are the new runtime's socket, the write end of its
-exit pipe, a detached tmpfs for its /tmp and one join file per cgroup
-hierarchy (v1 ``tasks``, v2 ``cgroup.procs``). The zygote has the jail
-fork a *blank*: the child, running only the jail's code, joins the
-cgroups, unshares every namespace and forks pid 1 of the new pid namespace
-(the forking process stays behind, reports pid 1's raw wait status on the
-exit pipe and exits; no Python runs in it, so it copies none of the
-interpreter's pages). Pid 1 starts a session, attaches
-/tmp, and sends the worker its pid namespace and a socket of its network
-namespace on its socket (the worker brings its loopback up and makes its
-proc). Back in Python it does ahead what every lambda's start does, then
+SCM_RIGHTS descriptors are the new runtime's socket, a detached tmpfs for
+its /tmp and one join file per cgroup hierarchy (v1 ``tasks``, v2
+``cgroup.procs``). The zygote has the jail fork a *blank* straight into new
+namespaces (one ``clone``: the blank is pid 1 of its pid namespace and this
+zygote's child, which it reaps; a zygote whose imports started threads
+forks with libc's fork instead, whose child unshares and forks pid 1).
+Running only the jail's code, the blank joins the cgroups, takes a cgroup namespace rooted there, starts a
+session, attaches /tmp, and sends the worker its pid namespace, a socket
+of its network namespace and a pidfd of itself on its socket (the worker
+brings its loopback up, makes its proc, and learns through the pidfd how
+the blank ended). Back in Python it does ahead what every lambda's start does, then
 waits on its socket for an ``assign`` frame with the lambda (descriptors:
 detached mounts of its code, of its /host tmpfs and of its proc, and its
 stdout and stderr log pipes). The jail attaches them, keeps only the socket
 and stdio, makes it the sandbox user with no capability, sets
 no_new_privs and installs the lambda filter; then it loads the lambda, says
 ``ready`` and serves it. Blanks are made ahead of time, so the expensive
-part (namespaces, cgroups, two forks) is off the critical path of a cold
+part (namespaces, cgroups, the fork) is off the critical path of a cold
 start. The zygote answers ``{"type":
 "forked", "id": ..., "pid": ...}``.
 
 A ``zygote`` request (the import cache, docs/architecture.md section 3.4) forks a
-child zygote instead: descriptors are its control socket, the write end of
-its exit pipe, its stdout and stderr, a tmpfs for its /tmp, then its
-cgroup join files; the meta names the package dirs to put on sys.path
-and the modules to import. The jail puts the child in namespaces of its own
-like a blank (under a pid 1 that only reaps, so sandboxes forked from it
-outlive it), with the privileges and filter of this zygote; it sends the
+child zygote instead: descriptors are its control socket, its stdout and
+stderr, a tmpfs for its /tmp, then its cgroup join files; the meta names
+the package dirs to put on sys.path and the modules to import. The jail
+forks it into namespaces of its own like a blank, where pid 1 only reaps
+(so sandboxes forked from the child zygote outlive it) and forks the
+child zygote, with the privileges and filter of this zygote; it sends the
 worker its namespaces and waits for its proc. Then the child imports the
 modules, says ``ready`` (or ``error``) on its own socket and serves
 ``prefork`` and ``zygote`` requests there like this one.
@@ -67,8 +67,8 @@ import ol_runtime  # noqa: E402  (needs the path above)
 # Paths inside a sandbox (crates/sandbox/src/sock/rootfs.rs `inside`).
 HANDLER_DIR = "/handler"
 
-BLANK_FDS = 3  # runtime socket, exit pipe, /tmp; then one cgroup join file per hierarchy
-ZYGOTE_FDS = 5  # control socket, exit pipe, stdout, stderr, /tmp; then cgroup join files
+BLANK_FDS = 2  # runtime socket, /tmp; then one cgroup join file per hierarchy
+ZYGOTE_FDS = 4  # control socket, stdout, stderr, /tmp; then cgroup join files
 ASSIGN_FDS = 5  # code, /host and proc mounts, stdout, stderr
 MAX_FDS = 16
 CHILD_FAILED = 125
@@ -87,9 +87,11 @@ class Jail:
         fds = ctypes.POINTER(ctypes.c_int)
         # Forking keeps the GIL, as os.fork does: a PyDLL handle.
         forks = ctypes.PyDLL(path, use_errno=True)
-        forks.ol_jail_fork_blank.argtypes = [c_int, c_int, c_int, fds, c_size, c_buf, c_size]
-        forks.ol_jail_fork_blank.restype = c_int
-        self._fork_blank = forks.ol_jail_fork_blank
+        forks.ol_jail_fork_blank.argtypes = [c_int, c_int, fds, c_size, c_buf, c_size]
+        forks.ol_jail_fork_zygote.argtypes = [c_int, c_int, c_int, c_int, fds, c_size, c_buf, c_size]
+        for fn in (forks.ol_jail_fork_blank, forks.ol_jail_fork_zygote):
+            fn.restype = c_int
+        self._fork_blank, self._fork_zygote = forks.ol_jail_fork_blank, forks.ol_jail_fork_zygote
         api = ctypes.pythonapi
         self._before_fork, self._after_fork_child, self._after_fork_parent = (
             api.PyOS_BeforeFork,
@@ -98,7 +100,6 @@ class Jail:
         )
         for fn in (self._before_fork, self._after_fork_child, self._after_fork_parent):
             fn.argtypes, fn.restype = [], None
-        lib.ol_jail_zygote.argtypes = [c_int, c_int, c_int, c_int, c_int, fds, c_size, c_buf, c_size]
         lib.ol_jail_assign.argtypes = [
             c_int,
             c_int,
@@ -112,7 +113,7 @@ class Jail:
             c_size,
         ]
         lib.ol_jail_check_zygote.argtypes = [c_int, c_buf, c_size]
-        for fn in (lib.ol_jail_zygote, lib.ol_jail_assign, lib.ol_jail_check_zygote):
+        for fn in (lib.ol_jail_assign, lib.ol_jail_check_zygote):
             fn.restype = c_int
         self._lib = lib
 
@@ -129,17 +130,14 @@ class Jail:
     def check_zygote(self, seccomp: bool) -> None:
         self._call(self._lib.ol_jail_check_zygote, int(seccomp))
 
-    def fork_blank(self, conn: int, exit_w: int, tmp: int, cgroups: list[int]) -> int:
-        """Forks a blank sandbox like os.fork: its pid 1 gets 0 (the jail
-        has joined its cgroups, unshared its namespaces, handed the worker
-        its namespaces and closed every other descriptor), the caller the
-        pid of the middle process between them. The jail forks and enters
-        the sandbox itself, so no Python runs in the middle process and it
-        copies none of the interpreter's pages."""
+    def _fork(self, fn, *args) -> int:  # noqa: ANN001 - a ctypes function
+        """Calls one of the jail's forks like os.fork: 0 in the child, the
+        child's pid here. The jail forks the child straight into its new
+        namespaces and enters its sandbox itself, so no Python runs in it
+        before it returns."""
         err = ctypes.create_string_buffer(ERROR_LEN)
-        ints = self._ints(cgroups)
         self._before_fork()
-        pid = self._fork_blank(conn, exit_w, tmp, ints, len(cgroups), err, ERROR_LEN)
+        pid = fn(*args, err, ERROR_LEN)
         if pid == 0:
             self._after_fork_child()
             return 0
@@ -148,8 +146,18 @@ class Jail:
             raise OSError(f"jail: {err.value.decode(errors='replace')}")
         return pid
 
-    def zygote(self, conn: int, exit_w: int, stdout: int, stderr: int, tmp: int, cgroups: list[int]) -> None:
-        self._call(self._lib.ol_jail_zygote, conn, exit_w, stdout, stderr, tmp, self._ints(cgroups), len(cgroups))
+    def fork_blank(self, conn: int, tmp: int, cgroups: list[int]) -> int:
+        """Forks a blank sandbox: 0 in it (its pid 1: the jail has joined its
+        cgroups, handed the worker its namespaces and closed every other
+        descriptor), its pid here."""
+        return self._fork(self._fork_blank, conn, tmp, self._ints(cgroups), len(cgroups))
+
+    def fork_zygote(self, conn: int, logs: list[int], tmp: int, cgroups: list[int]) -> int:
+        """Forks a child zygote: 0 in it (under a pid 1 that only reaps, with
+        its namespaces handed to the worker and its proc attached), the pid
+        of that pid 1 here."""
+        stdout, stderr = logs
+        return self._fork(self._fork_zygote, conn, stdout, stderr, tmp, self._ints(cgroups), len(cgroups))
 
     def assign(self, conn: int, mounts: list[int], logs: list[int], seccomp: bytes) -> None:
         code, host, proc = mounts
@@ -158,11 +166,11 @@ class Jail:
 
 
 def fork_blank(jail: Jail, fds: list[int], warm: bool, seccomp: bytes, sock: socket.socket) -> int:
-    """Forks a blank; returns the middle process's pid here. In the blank's
-    pid 1: does ahead everything that does not depend on the lambda, then
-    waits for its lambda and serves it; never returns there."""
-    conn, exit_w, tmp = fds[:BLANK_FDS]
-    pid = jail.fork_blank(conn, exit_w, tmp, fds[BLANK_FDS:])
+    """Forks a blank; returns its pid here. In the blank: does ahead
+    everything that does not depend on the lambda, then waits for its lambda
+    and serves it; never returns there."""
+    conn, tmp = fds[:BLANK_FDS]
+    pid = jail.fork_blank(conn, tmp, fds[BLANK_FDS:])
     if pid != 0:
         return pid
     status = CHILD_FAILED
@@ -265,8 +273,8 @@ def recv_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
 
 
 def reap(_signum: int = 0, _frame: object = None) -> None:
-    """Collects every exited child (the middle processes of sandboxes and
-    child zygotes, which report their sandbox's end themselves)."""
+    """Collects every exited child (pid 1 of each blank and child zygote:
+    the worker reads how each ended through its pidfd)."""
     while True:
         try:
             pid, _status = os.waitpid(-1, os.WNOHANG)
@@ -276,14 +284,10 @@ def reap(_signum: int = 0, _frame: object = None) -> None:
             return
 
 
-def become_zygote(jail: Jail, meta: dict, fds: list[int], seccomp: bytes) -> int:
-    """In a forked child: enters namespaces of its own, imports the node's
-    packages and serves fork requests on its own socket. Returns the exit
-    status."""
-    conn, exit_w, stdout, stderr, tmp = fds[:ZYGOTE_FDS]
-    jail.zygote(conn, exit_w, stdout, stderr, tmp, fds[ZYGOTE_FDS:])
-    sock = socket.socket(fileno=conn)
-    sock.set_inheritable(False)
+def become_zygote(jail: Jail, meta: dict, sock: socket.socket, seccomp: bytes) -> int:
+    """In a new child zygote (the jail has entered its namespaces): imports
+    the node's packages and serves fork requests on its own socket.
+    Returns the exit status."""
     ol_runtime.add_package_paths(list(meta.get("packages", [])))
     for module in meta.get("imports", []):
         try:
@@ -303,22 +307,25 @@ def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: soc
     its pid in the parent."""
     if meta.get("type") != "zygote":
         return fork_blank(jail, fds, bool(meta.get("warm", True)), seccomp, sock)
-    pid = os.fork()
-    if pid == 0:
-        status = CHILD_FAILED
-        try:
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-            sock.close()
-            status = become_zygote(jail, meta, fds, seccomp)
-        except BaseException:  # noqa: BLE001 - report anything, then die
-            import traceback  # only a failing child pays for it (~2 ms at start)
+    conn, stdout, stderr, tmp = fds[:ZYGOTE_FDS]
+    pid = jail.fork_zygote(conn, [stdout, stderr], tmp, fds[ZYGOTE_FDS:])
+    if pid != 0:
+        return pid
+    status = CHILD_FAILED
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        sock.detach()  # the jail closed it, with every other descriptor
+        child = socket.socket(fileno=conn)
+        child.set_inheritable(False)
+        status = become_zygote(jail, meta, child, seccomp)
+    except BaseException:  # noqa: BLE001 - report anything, then die
+        import traceback  # only a failing child pays for it (~2 ms at start)
 
-            traceback.print_exc()
-            sys.stderr.flush()
-        finally:
-            os._exit(status)
-    return pid
+        traceback.print_exc()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 def serve_forks(jail: Jail, sock: socket.socket, seccomp: bytes) -> int:

@@ -6,22 +6,24 @@
 //! A zygote runs as root of a user namespace whose root is an unprivileged
 //! host uid ([`crate::ZYGOTE_HOST_ID`]), with [`Caps::ZYGOTE`] there,
 //! no_new_privs and the zygote seccomp filter. Its children:
-//! - [`blank`]: a sandbox made ahead, waiting for its lambda. It joins its
-//!   cgroups, unshares every namespace and forks its pid 1 (the forking
-//!   process stays behind as the middle process that reports pid 1's exit
-//!   status on the exit pipe). Pid 1 starts a session, attaches its
-//!   private `/tmp`, sends the worker its pid namespace and a socket of its
-//!   network namespace (the worker mounts its proc and brings its loopback
-//!   up from outside), empties its bounding set and keeps only its
-//!   runtime socket and stdio.
+//! - [`blank`]: a sandbox made ahead, waiting for its lambda. The zygote
+//!   forks it straight into new namespaces (one `clone`: it is pid 1 of its
+//!   pid namespace, and the zygote's child). It joins its cgroups, takes a
+//!   cgroup namespace rooted there, starts a session, attaches its private
+//!   `/tmp`, sends the worker its pid namespace, a socket of its network
+//!   namespace (the worker mounts its proc and brings its loopback up from
+//!   outside) and a pidfd of itself (through which the worker learns how
+//!   it ended), empties its bounding set and keeps only its runtime socket
+//!   and stdio.
 //! - [`assign`]: a blank becomes its lambda's sandbox: it attaches the
 //!   code, `/host` and proc mounts, takes the lambda's log pipes as stdout
 //!   and stderr, keeps only its socket, becomes the sandbox user with no
 //!   capability, sets no_new_privs and installs the lambda seccomp filter.
-//! - [`zygote`]: a child zygote of the import cache, entering namespaces of
-//!   its own like a blank (so the packages it imports see none of its
-//!   siblings), with a pid 1 that only reaps (so sandboxes forked from it
-//!   outlive it), and its privileges and filter unchanged.
+//! - [`zygote`]: a child zygote of the import cache, forked into namespaces
+//!   of its own like a blank (so the packages it imports see none of its
+//!   siblings); that pid 1 only reaps (so sandboxes forked from the child
+//!   zygote outlive it) and forks the zygote, with its privileges and
+//!   filter unchanged.
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -34,7 +36,8 @@ use crate::sys::Stdio;
 use crate::{Result, fds, refuse, step, sys};
 
 /// Meta of the frame a new sandbox sends the worker, with its pid
-/// namespace and a socket of its network namespace attached.
+/// namespace, a socket of its network namespace and a pidfd of its pid 1
+/// attached.
 pub const NS_META: &str = r#"{"type":"ns"}"#;
 /// Meta of the worker's answer to a new child zygote, with the proc mount
 /// of its pid namespace attached.
@@ -58,57 +61,83 @@ pub struct Entry<'a> {
     /// Its socket: a blank's runtime socket, a child zygote's control
     /// socket (the caller keeps owning it).
     pub conn: BorrowedFd<'a>,
-    /// Write end of its exit pipe.
-    pub exit: OwnedFd,
     /// Its private `/tmp` (a detached scratch file system).
     pub tmp: OwnedFd,
     /// Its cgroups' join files (v1 `tasks`, v2 `cgroup.procs`).
     pub cgroups: Vec<OwnedFd>,
 }
 
-/// Turns the calling forked child (the jail's own, see
-/// `ol_jail_fork_blank`) into a blank sandbox. Returns only in the blank
-/// (its pid 1); the forking process ends as the middle process.
-pub fn blank(f: Entry<'_>) -> Result<()> {
-    let Entry {
-        conn,
-        exit,
-        tmp,
-        cgroups,
-    } = f;
-    enter(cgroups, exit)?;
+/// How a zygote forked a new sandbox's first process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// Straight into its new namespaces ([`process::fork_into`]): it is
+    /// pid 1 of its pid namespace. For a single-threaded zygote.
+    IntoNamespaces,
+    /// With libc's `fork`, in the zygote's namespaces. A zygote with
+    /// threads (a package may start some at import: OpenBLAS does) forks
+    /// this way, so the fork handlers that make a threaded process's child
+    /// sane run; the child then unshares and forks pid 1, and stays as
+    /// the middle process that passes pid 1's exit on.
+    Plain,
+}
+
+impl Forked {
+    /// How the calling zygote forks now: into the namespaces when it has
+    /// a single thread (or cannot tell: then with libc's fork).
+    pub fn now() -> Self {
+        if process::single_threaded() {
+            Self::IntoNamespaces
+        } else {
+            Self::Plain
+        }
+    }
+}
+
+/// Turns the calling process, just forked by `ol_jail_fork_blank` as
+/// `forked` says, into a blank sandbox. Returns only in the blank (pid 1
+/// of its pid namespace).
+pub fn blank(f: Entry<'_>, forked: Forked) -> Result<()> {
+    let Entry { conn, tmp, cgroups } = f;
+    enter(cgroups, forked)?;
     new_sandbox(conn, tmp)?;
     creds::empty_bounding_set()?;
     fds::close_all_except(&[0, 1, 2, conn.as_raw_fd()])
 }
 
-/// Joins the cgroups, unshares every namespace and forks pid 1; the
-/// forking process stays as the middle process (keeping only `exit`) and
-/// never returns.
-fn enter(cgroups: Vec<OwnedFd>, exit: OwnedFd) -> Result<()> {
+/// Joins the cgroups and, after that (so that its root is there), a new
+/// cgroup namespace. The other namespaces came with the fork, or (a plain
+/// fork) are unshared now, and pid 1 forked with the calling process left
+/// as the middle one. Returns only in the sandbox's pid 1.
+fn enter(cgroups: Vec<OwnedFd>, forked: Forked) -> Result<()> {
     fds::join_cgroups(cgroups)?;
+    if forked == Forked::IntoNamespaces {
+        return ns::unshare_cgroup();
+    }
     ns::unshare(Namespaces::ALL)?;
     match process::fork("the sandbox's pid 1")? {
         Fork::Parent(pid1) => {
-            let _ = fds::close_all_except(&[exit.as_raw_fd()]);
-            process::report_exit(pid1, exit)
+            let _ = fds::close_all_except(&[]);
+            let _ = process::pass_on_exit(pid1);
+            process::exit_now(process::FAILED)
         }
         Fork::Child => Ok(()),
     }
 }
 
-/// In a new sandbox's first process: a session of its own, the host name,
-/// its `/tmp`, and its namespaces handed to the worker over `conn`.
+/// In a new sandbox's first process (or, in a child zygote, its second):
+/// a session of its own, the host name, its `/tmp`, and its namespaces and
+/// a pidfd of its pid 1 handed to the worker over `conn`.
 fn new_sandbox(conn: BorrowedFd<'_>, tmp: OwnedFd) -> Result<()> {
     ns::new_session()?;
     ns::set_hostname(HOSTNAME)?;
     attach(tmp, "/tmp")?;
     let pidns = ns::pidns_handle()?;
     let netns = ns::netns_handle()?;
+    let pid1 = process::pid1_handle()?;
     send(
         conn,
         NS_META,
-        &[pidns.as_fd(), netns.as_fd()],
+        &[pidns.as_fd(), netns.as_fd(), pid1.as_fd()],
         "send the sandbox's namespaces to the worker",
     )
 }
@@ -191,8 +220,9 @@ pub fn assign(f: AssignFds<'_>, filter: &[u8]) -> Result<()> {
     redirect(stdout, Stdio::Out, "stdout")?;
     redirect(stderr, Stdio::Err, "stderr")?;
     fds::close_all_except(&[0, 1, 2, conn.as_raw_fd()])?;
+    // No parent-death signal: its parent is the zygote (or a middle
+    // process), and a sandbox outlives the zygote it came from.
     creds::become_user(Identity(crate::SANDBOX_ID), Caps::NONE)?;
-    creds::die_with_parent()?;
     creds::no_new_privs()?;
     if !filter.is_empty() {
         creds::seccomp(filter)?;
@@ -204,18 +234,13 @@ fn redirect(from: OwnedFd, to: Stdio, name: &str) -> Result<()> {
     step(format!("redirect {name}"), sys::redirect(from.as_fd(), to))
 }
 
-/// Turns the calling forked child into a child zygote in namespaces of its
-/// own, logging to `stdout` and `stderr`. Returns only in the new zygote;
-/// its pid 1 only reaps, and the forking process ends as the middle
-/// process.
-pub fn zygote(f: Entry<'_>, stdout: OwnedFd, stderr: OwnedFd) -> Result<()> {
-    let Entry {
-        conn,
-        exit,
-        tmp,
-        cgroups,
-    } = f;
-    enter(cgroups, exit)?;
+/// Turns the calling process, just forked by `ol_jail_fork_zygote` as
+/// `forked` says, into a child zygote logging to `stdout` and `stderr`:
+/// once pid 1 of its namespaces, it forks the zygote and stays as the pid
+/// 1 that only reaps. Returns only in the new zygote.
+pub fn zygote(f: Entry<'_>, forked: Forked, stdout: OwnedFd, stderr: OwnedFd) -> Result<()> {
+    let Entry { conn, tmp, cgroups } = f;
+    enter(cgroups, forked)?;
     match process::fork("the zygote")? {
         Fork::Parent(zygote) => {
             drop((stdout, stderr, tmp));

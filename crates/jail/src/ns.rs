@@ -35,6 +35,24 @@ impl Namespaces {
     }
 }
 
+impl Namespaces {
+    /// The namespaces a fork into new namespaces
+    /// ([`crate::process::fork_into`]) makes: all but the cgroup one, which
+    /// the child takes once in its cgroups ([`unshare_cgroup`]).
+    pub(crate) fn fork_flags(self) -> CloneFlags {
+        self.flags() - CloneFlags::CLONE_NEWCGROUP
+    }
+}
+
+/// Gives the calling process a new cgroup namespace, rooted at the cgroups
+/// it is in.
+pub fn unshare_cgroup() -> Result<()> {
+    step(
+        "unshare the cgroup namespace",
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP),
+    )
+}
+
 /// Moves the calling process into new namespaces (the pid namespace is its
 /// children's: the next fork makes its pid 1). Done after joining the
 /// cgroups, so the new cgroup namespace's root is the sandbox's cgroup.

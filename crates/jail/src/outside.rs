@@ -94,18 +94,38 @@ pub fn loopback_up_via(sock: BorrowedFd<'_>) -> Result<()> {
     )
 }
 
+/// What the worker holds of a new sandbox once its first frame came.
+#[derive(Debug)]
+pub struct NewSandbox {
+    /// A proc mount of its pid namespace, for the sandbox to attach.
+    pub proc: OwnedFd,
+    /// A pidfd of its pid 1 ([`exit_status`]).
+    pub pid1: OwnedFd,
+}
+
 /// Reads the first frame of a new sandbox (a blank or a child zygote) from
-/// its socket `conn`, with its pid namespace and a socket of its network
-/// namespace; brings that network's loopback up and returns a proc mount
-/// of that pid namespace, for the sandbox to attach.
-pub fn receive_namespaces(conn: BorrowedFd<'_>) -> Result<OwnedFd> {
+/// its socket `conn`, with its pid namespace, a socket of its network
+/// namespace and a pidfd of its pid 1; brings that network's loopback up
+/// and makes a proc mount of that pid namespace.
+pub fn receive_namespaces(conn: BorrowedFd<'_>) -> Result<NewSandbox> {
     let what = "receive the sandbox's namespaces";
-    let mut fds = child::receive(conn, NS_META, 2, what)?.into_iter();
-    let (Some(pidns), Some(net)) = (fds.next(), fds.next()) else {
-        return refuse(what, "two descriptors were expected");
+    let mut fds = child::receive(conn, NS_META, 3, what)?.into_iter();
+    let (Some(pidns), Some(net), Some(pid1)) = (fds.next(), fds.next(), fds.next()) else {
+        return refuse(what, "three descriptors were expected");
     };
     loopback_up_via(net.as_fd())?;
-    proc_of(pidns.as_fd())
+    Ok(NewSandbox {
+        proc: proc_of(pidns.as_fd())?,
+        pid1,
+    })
+}
+
+/// The raw wait status of a sandbox's pid 1 (through the pidfd it sent,
+/// [`NewSandbox::pid1`]) once it has ended and its parent, the zygote, has
+/// reaped it; `None` until then, and always on kernels that keep no exit
+/// status for pidfds (before Linux 6.15).
+pub fn exit_status(pid1: BorrowedFd<'_>) -> Result<Option<i32>> {
+    step("read how the sandbox ended", sys::pidfd_exit_status(pid1))
 }
 
 /// Sends a new child zygote the proc mount of its pid namespace.

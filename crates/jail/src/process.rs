@@ -1,13 +1,13 @@
 //! Processes of a sandbox: forking its pid 1, reaping, and passing an exit
 //! status on unchanged.
 
-use std::io::Write;
 use std::os::fd::OwnedFd;
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, getpid};
 
+use crate::ns::Namespaces;
 use crate::{Result, step, sys};
 
 /// Exit status of a sandbox process that failed before its program ran.
@@ -29,6 +29,37 @@ pub fn fork(what: &str) -> Result<Fork> {
         ForkResult::Parent { child } => Ok(Fork::Parent(child)),
         ForkResult::Child => Ok(Fork::Child),
     }
+}
+
+/// Forks the calling process into new namespaces (`ns`, the cgroup
+/// namespace excepted: see [`crate::ns::unshare_cgroup`]): the child is pid
+/// 1 of a new pid namespace. Only for single-threaded callers (zygotes).
+pub fn fork_into(ns: Namespaces, what: &str) -> Result<Fork> {
+    match step(format!("fork {what}"), sys::fork_into(ns.fork_flags()))? {
+        ForkResult::Parent { child } => Ok(Fork::Parent(child)),
+        ForkResult::Child => Ok(Fork::Child),
+    }
+}
+
+/// Whether the calling process has a single thread (`false` when it
+/// cannot tell: no proc).
+pub fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/stat").is_ok_and(|stat| threads_in_stat(&stat) == Some(1))
+}
+
+/// The thread count of a `/proc/<pid>/stat` line (its 20th field; the
+/// second, the command, is in parentheses and may hold anything).
+fn threads_in_stat(stat: &str) -> Option<u64> {
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    // Fields from the 3rd on; the thread count is the 20th.
+    after_comm.split_whitespace().nth(17)?.parse().ok()
+}
+
+/// A pidfd of pid 1 of the calling process's pid namespace, to hand to
+/// the worker, which reads how the sandbox ended through it
+/// ([`crate::outside::exit_status`]).
+pub fn pid1_handle() -> Result<OwnedFd> {
+    step("open a pidfd of the sandbox's pid 1", sys::pidfd_open(1))
 }
 
 /// Ends the process at once with `code` (no atexit handlers, no stdio
@@ -88,25 +119,18 @@ pub fn pass_on_exit(child: Pid) -> Result<std::convert::Infallible> {
     }
 }
 
-/// Waits for `child` and writes its raw wait status (decimal, newline) to
-/// `exit`, then exits: the middle process between a zygote and a
-/// sandbox's pid 1, through which the worker learns how the sandbox ended.
-pub fn report_exit(child: Pid, exit: OwnedFd) -> ! {
-    let mut status: libc::c_int = -1;
-    loop {
-        match nix::sys::wait::waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => {
-                status = (code & 0xff) << 8;
-                break;
-            }
-            Ok(WaitStatus::Signaled(_, sig, core)) => {
-                status = sig as i32 | if core { 0x80 } else { 0 };
-                break;
-            }
-            Ok(_) | Err(nix::Error::EINTR) => {}
-            Err(_) => break,
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_count_is_read_past_any_command_name() {
+        let stat = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 7 0 5 100 50";
+        assert_eq!(threads_in_stat(stat), Some(7));
+        assert_eq!(threads_in_stat("42 (x) S 1"), None);
+        assert_eq!(threads_in_stat("no parenthesis"), None);
+        // This test's own process: the harness runs tests on threads.
+        let own = std::fs::read_to_string("/proc/self/stat").expect("stat");
+        assert!(threads_in_stat(&own).is_some_and(|n| n >= 1));
     }
-    let _ = std::fs::File::from(exit).write_all(format!("{status}\n").as_bytes());
-    exit_now(0)
 }

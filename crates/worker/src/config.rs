@@ -76,7 +76,7 @@ pub struct Scaling {
     /// Blank sandboxes (namespaces, cgroup, scratch and a forked
     /// interpreter, no lambda yet) kept ready for cold starts of any
     /// lambda without packages (`sock` only); a cold start with none ready
-    /// makes one on the spot. Each idle one holds ~2.4 MiB and 2 processes.
+    /// makes one on the spot. Each idle one holds ~2 MiB and one process.
     pub blanks: usize,
 }
 
@@ -703,7 +703,7 @@ impl Config {
                 as_u64(self.scaling.blanks),
                 0,
                 as_u64(MAX_BLANKS),
-                "each holds ~2.4 MiB and 2 processes while it waits",
+                "each holds ~2 MiB and one process while it waits",
             ),
         ];
         for (key, value, least, most, why) in ranges {

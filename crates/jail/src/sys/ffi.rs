@@ -2,8 +2,9 @@
 //! ctypes (runtimes/python/ol_zygote.py) to run [`crate::child`] in its
 //! forked children. Every function returns 0 on success (in the process
 //! that goes on) and -1 on failure, with a one-line reason written into
-//! `err` (`errlen` bytes, NUL-terminated); [`ol_jail_fork_blank`], which
-//! forks, also returns the child's pid to the caller, like `fork`.
+//! `err` (`errlen` bytes, NUL-terminated); [`ol_jail_fork_blank`] and
+//! [`ol_jail_fork_zygote`], which fork, also return the child's pid to the
+//! caller, like `fork`.
 //!
 //! Descriptors passed by number are taken over (closed by the jail when no
 //! longer needed; the caller must not use them again), except the socket
@@ -14,7 +15,8 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::os::raw::c_int;
 use std::panic::AssertUnwindSafe;
 
-use crate::child::{self, AssignFds, Entry};
+use crate::child::{self, AssignFds, Entry, Forked};
+use crate::ns::Namespaces;
 use crate::process::{self, Fork};
 use crate::{Result, refuse};
 
@@ -91,11 +93,10 @@ unsafe fn borrow<'a>(fd: RawFd) -> Result<BorrowedFd<'a>> {
 /// What every new sandbox is made with ([`Entry`]).
 ///
 /// # Safety
-/// `conn` stays open during the call; `exit`, `tmp` and the `ncgroups`
-/// descriptors at `cgroups` are handed over.
+/// `conn` stays open during the call; `tmp` and the `ncgroups` descriptors
+/// at `cgroups` are handed over.
 unsafe fn entry<'a>(
     conn: c_int,
-    exit: c_int,
     tmp: c_int,
     cgroups: *const c_int,
     ncgroups: usize,
@@ -104,43 +105,31 @@ unsafe fn entry<'a>(
     unsafe {
         Ok(Entry {
             conn: borrow(conn)?,
-            exit: take(exit, "the exit pipe")?,
             tmp: take(tmp, "the /tmp mount")?,
             cgroups: take_all(cgroups, ncgroups, "the cgroup files")?,
         })
     }
 }
 
-/// Forks a blank sandbox from the calling zygote: returns the forked
-/// middle process's pid in the caller, 0 in the blank's pid 1 (which goes
-/// on as the blank, [`child::blank`]), and -1 with `err` when the fork
-/// itself failed. The forked child runs none of the caller's code: it
-/// enters the sandbox, forks pid 1 and stays as the middle process, so it
-/// copies none of the caller's pages (an interpreter's, which the middle
-/// process of a Python-forked child wrote ~0.7 MiB of before forking pid
-/// 1); a failure there goes to stderr and ends it with
-/// [`process::FAILED`]. A Python caller holds the GIL throughout (load
-/// the library with `ctypes.PyDLL`), calls `PyOS_BeforeFork` before and
-/// `PyOS_AfterFork_Child` or `PyOS_AfterFork_Parent` after, as `os.fork`
-/// does.
-///
-/// # Safety
-/// The caller is single-threaded; `conn` stays open during the call;
-/// `exit`, `tmp` and the `ncgroups` descriptors at `cgroups` are handed
-/// over in the child (the caller still owns, and closes, its own copies);
-/// `err` is a writable buffer of `errlen` bytes.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn ol_jail_fork_blank(
-    conn: c_int,
-    exit: c_int,
-    tmp: c_int,
-    cgroups: *const c_int,
-    ncgroups: usize,
+/// Forks the calling zygote for a new sandbox, into its namespaces when
+/// the zygote has a single thread ([`Forked::now`]), and runs `enter` in
+/// the child: returns the child's pid in the caller, what `enter` returned
+/// to the sandbox (0; `enter` may fork on and return only in a
+/// descendant), and -1 with `err` when the fork itself failed. A failure
+/// in the child goes to its stderr and ends it with [`process::FAILED`].
+fn fork_sandbox(
+    what: &str,
     err: *mut c_char,
     errlen: usize,
+    enter: impl FnOnce(Forked) -> Result<()>,
 ) -> c_int {
-    match std::panic::catch_unwind(|| process::fork("a blank sandbox")) {
-        Ok(Ok(Fork::Parent(middle))) => middle.as_raw(),
+    let forked = Forked::now();
+    let fork = || match forked {
+        Forked::IntoNamespaces => process::fork_into(Namespaces::ALL, what),
+        Forked::Plain => process::fork(what),
+    };
+    match std::panic::catch_unwind(fork) {
+        Ok(Ok(Fork::Parent(child))) => child.as_raw(),
         Ok(Err(e)) => {
             report(err, errlen, &e.to_string());
             -1
@@ -149,25 +138,50 @@ pub unsafe extern "C" fn ol_jail_fork_blank(
             report(err, errlen, "the jail panicked");
             -1
         }
-        Ok(Ok(Fork::Child)) => {
-            let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                // SAFETY: the caller's promises, above.
-                let entry = unsafe { entry(conn, exit, tmp, cgroups, ncgroups)? };
-                child::blank(entry)
-            }));
-            match made {
-                Ok(Ok(())) => 0,
-                Ok(Err(e)) => {
-                    eprintln!("ol jail: {e}");
-                    process::exit_now(process::FAILED)
-                }
-                Err(_) => {
-                    eprintln!("ol jail: panicked making a blank sandbox");
-                    process::exit_now(process::FAILED)
-                }
+        Ok(Ok(Fork::Child)) => match std::panic::catch_unwind(AssertUnwindSafe(|| enter(forked))) {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => {
+                eprintln!("ol jail: {e}");
+                process::exit_now(process::FAILED)
             }
-        }
+            Err(_) => {
+                eprintln!("ol jail: panicked making {what}");
+                process::exit_now(process::FAILED)
+            }
+        },
     }
+}
+
+/// Forks a blank sandbox from the calling zygote (straight into its new
+/// namespaces unless the zygote has threads, [`Forked`]): returns the
+/// forked child's pid in the caller, 0 in the blank (pid 1 of its pid
+/// namespace, which goes on as the blank, [`child::blank`]), and -1 with
+/// `err` when the fork itself failed. Nothing but the jail's
+/// code runs in the child until it returns, so a Python caller's
+/// interpreter state is only touched where `os.fork` would touch it: hold
+/// the GIL throughout (load the library with `ctypes.PyDLL`), call
+/// `PyOS_BeforeFork` before and `PyOS_AfterFork_Child` or
+/// `PyOS_AfterFork_Parent` after, as `os.fork` does.
+///
+/// # Safety
+/// The caller is single-threaded; `conn` stays open during the call; `tmp`
+/// and the `ncgroups` descriptors at `cgroups` are handed over in the child
+/// (the caller still owns, and closes, its own copies); `err` is a
+/// writable buffer of `errlen` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ol_jail_fork_blank(
+    conn: c_int,
+    tmp: c_int,
+    cgroups: *const c_int,
+    ncgroups: usize,
+    err: *mut c_char,
+    errlen: usize,
+) -> c_int {
+    fork_sandbox("a blank sandbox", err, errlen, |forked| {
+        // SAFETY: the caller's promises, above.
+        let entry = unsafe { entry(conn, tmp, cgroups, ncgroups)? };
+        child::blank(entry, forked)
+    })
 }
 
 /// Turns a blank into its lambda's sandbox ([`child::assign`]), under the
@@ -212,18 +226,16 @@ pub unsafe extern "C" fn ol_jail_assign(
     })
 }
 
-/// Turns the calling forked child of a zygote into a child zygote in
-/// namespaces of its own ([`child::zygote`]). Returns only in the new
-/// zygote.
+/// Forks a child zygote from the calling zygote, in namespaces of its own
+/// ([`child::zygote`]), like [`ol_jail_fork_blank`]: returns its pid 1's
+/// pid in the caller, 0 in the new zygote (that pid 1's child, which goes
+/// on as the zygote), -1 with `err` when the fork failed.
 ///
 /// # Safety
-/// `conn` stays open during the call; `exit`, `stdout`, `stderr`, `tmp`
-/// and the `ncgroups` descriptors at `cgroups` are handed over; `err` is a
-/// writable buffer of `errlen` bytes.
+/// As [`ol_jail_fork_blank`]; `stdout` and `stderr` are handed over too.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ol_jail_zygote(
+pub unsafe extern "C" fn ol_jail_fork_zygote(
     conn: c_int,
-    exit: c_int,
     stdout: c_int,
     stderr: c_int,
     tmp: c_int,
@@ -232,16 +244,16 @@ pub unsafe extern "C" fn ol_jail_zygote(
     err: *mut c_char,
     errlen: usize,
 ) -> c_int {
-    run(err, errlen, || {
+    fork_sandbox("a child zygote", err, errlen, |forked| {
         // SAFETY: the caller's promises, above.
         let (entry, stdout, stderr) = unsafe {
             (
-                entry(conn, exit, tmp, cgroups, ncgroups)?,
+                entry(conn, tmp, cgroups, ncgroups)?,
                 take(stdout, "stdout")?,
                 take(stderr, "stderr")?,
             )
         };
-        child::zygote(entry, stdout, stderr)
+        child::zygote(entry, forked, stdout, stderr)
     })
 }
 

@@ -246,7 +246,7 @@ impl PoolInner {
         let Blank {
             cgroup,
             conn,
-            exit,
+            pid1,
             oom_baseline,
             recycle,
             ..
@@ -262,7 +262,7 @@ impl PoolInner {
                     oom_baseline,
                     recycle,
                 },
-                exit,
+                pid1: Some(pid1),
                 exit_reason: None,
                 destroyed: false,
                 _zygote: Some(Arc::clone(zygote)),

@@ -13,8 +13,9 @@
 //!   to `clone`), and the terminal ioctls `TIOCSTI` and `TIOCLINUX` are
 //!   refused.
 //! - [`Profile::Zygote`]: zygotes, which import packages. The lambda list
-//!   plus what making a child sandbox takes: `unshare` without a user or
-//!   time namespace, `move_mount` (of mounts the worker made) and
+//!   plus what making a child sandbox takes: `clone` into new namespaces
+//!   and `unshare`, neither of a user namespace (nor `unshare` of a time
+//!   namespace), `move_mount` (of mounts the worker made) and
 //!   `sethostname`. No `mount`, `umount2`, `open_tree`, `fsopen`,
 //!   `pivot_root`, `setns` or `ptrace`. A lambda forked from a zygote runs
 //!   under both filters, so the lambda list is what it gets.
@@ -341,17 +342,19 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// Leaves of the search tree test at most this many ranges in a row.
 const LEAF: usize = 4;
 
+/// `CLONE_NEWUSER` (linux/sched.h): a zygote may make no user namespace
+/// (capabilities over new network namespaces, the way into nf_tables).
+const CLONE_NEWUSER: u32 = 0x1000_0000;
 /// Namespace flags of `clone` (linux/sched.h): a lambda gets none.
 const CLONE_NAMESPACES: u32 = 0x0002_0000 // CLONE_NEWNS
     | 0x0200_0000 // CLONE_NEWCGROUP
     | 0x0400_0000 // CLONE_NEWUTS
     | 0x0800_0000 // CLONE_NEWIPC
-    | 0x1000_0000 // CLONE_NEWUSER
+    | CLONE_NEWUSER
     | 0x2000_0000 // CLONE_NEWPID
     | 0x4000_0000; // CLONE_NEWNET
-/// What a zygote may not unshare: a user namespace (capabilities over new
-/// network namespaces, the way into nf_tables) or a time namespace.
-const UNSHARE_FORBIDDEN: u32 = 0x1000_0000 /* CLONE_NEWUSER */ | 0x80 /* CLONE_NEWTIME */;
+/// What a zygote may not unshare: a user namespace or a time namespace.
+const UNSHARE_FORBIDDEN: u32 = CLONE_NEWUSER | 0x80 /* CLONE_NEWTIME */;
 /// Terminal ioctls that push input into a terminal (linux/ioctls.h).
 const TIOCSTI: u32 = 0x5412;
 const TIOCLINUX: u32 = 0x541c;
@@ -422,6 +425,14 @@ fn lambda_rules() -> Vec<(u32, Action)> {
 #[cfg(target_arch = "x86_64")]
 fn zygote_rules() -> Vec<(u32, Action)> {
     let mut rules = lambda_rules();
+    set_rule(
+        &mut rules,
+        libc::SYS_clone,
+        Action::DenyBits {
+            arg: 0,
+            mask: CLONE_NEWUSER,
+        },
+    );
     set_rule(
         &mut rules,
         libc::SYS_unshare,
@@ -767,11 +778,16 @@ mod tests {
         ] {
             assert_eq!(run_on(&prog, nr as u32, [0; 6]), eperm, "{nr}");
         }
-        // Still no user namespace through clone.
+        // A sandbox forked into its namespaces (NEWNS | NEWUTS | NEWIPC |
+        // NEWPID | NEWNET, SIGCHLD), but still no user namespace through
+        // clone, alone or among others.
+        let clone = libc::SYS_clone as u32;
         assert_eq!(
-            run_on(&prog, libc::SYS_clone as u32, [0x1000_0011, 0, 0, 0, 0, 0]),
-            eperm
+            run_on(&prog, clone, [0x6c02_0011, 0, 0, 0, 0, 0]),
+            RET_ALLOW
         );
+        assert_eq!(run_on(&prog, clone, [0x1000_0011, 0, 0, 0, 0, 0]), eperm);
+        assert_eq!(run_on(&prog, clone, [0x7c02_0011, 0, 0, 0, 0, 0]), eperm);
     }
 
     #[test]

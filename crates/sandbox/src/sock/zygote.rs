@@ -7,17 +7,19 @@
 //! at import, it does without host privilege.
 //!
 //! What a child needs comes as file descriptors (SCM_RIGHTS): its runtime
-//! socket, its exit pipe, its cgroups' join files (v1 `tasks`, v2 `cgroup.procs`), and detached
-//! mounts the worker made (its `/tmp`; with its lambda, its code, `/host`
-//! and proc), so the zygote never mounts a file system itself and nothing
-//! is ever mounted on the host. Each new sandbox first sends its pid
-//! namespace and a socket of its network namespace; the worker brings its
-//! loopback up and makes its proc from outside ([`ol_jail::outside`]). The
+//! socket, its cgroups' join files (v1 `tasks`, v2 `cgroup.procs`), and
+//! detached mounts the worker made (its `/tmp`; with its lambda, its code,
+//! `/host` and proc), so the zygote never mounts a file system itself and
+//! nothing is ever mounted on the host. Each new sandbox first sends its
+//! pid namespace, a socket of its network namespace and a pidfd of its pid
+//! 1; the worker brings its loopback up and makes its proc from outside
+//! ([`ol_jail::outside`]), and reads how the sandbox ended through the
+//! pidfd. The
 //! child enters its sandbox through the jail's shared library, with the
 //! same Rust steps as the sandbox init.
 
 use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, Read};
+use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
@@ -28,7 +30,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::OFlag;
 use nix::sys::socket::{ControlMessage, MsgFlags, recv, sendmsg};
 use serde_json::json;
 
@@ -64,8 +65,8 @@ pub(crate) struct Blank {
     pub(crate) cgroup: Cgroup,
     /// The worker's end of its runtime socket.
     pub(crate) conn: UnixStream,
-    /// Read end of its exit pipe.
-    pub(crate) exit: File,
+    /// A pidfd of its pid 1 (how it ended: [`ol_jail::outside::exit_status`]).
+    pub(crate) pid1: OwnedFd,
     /// The proc of its pid namespace, to hand it with its lambda.
     pub(crate) proc: OwnedFd,
     /// OOM kills its cgroup counted before it (a reused cgroup).
@@ -246,21 +247,20 @@ impl Zygote {
         warm: bool,
     ) -> Result<Blank, SandboxError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
-        let (exit_r, exit_w) = exit_pipe()?;
         let tmp = ol_jail::outside::scratch(tmp_scratch(disk_mb)).map_err(jail_err)?;
         let cgroup_files = open_join_files(&cgroup)?;
-        let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd(), exit_w.as_raw_fd(), tmp.as_raw_fd()];
+        let mut fds: Vec<RawFd> = vec![theirs.as_raw_fd(), tmp.as_raw_fd()];
         fds.extend(cgroup_files.iter().map(|f| f.as_raw_fd()));
         self.request_fork(&json!({ "type": "prefork", "id": id, "warm": warm }), &fds)?;
-        // `theirs`, the exit pipe's write end, the mount and the cgroup
-        // files go now: the child holds its own copies.
-        drop((theirs, exit_w, tmp, cgroup_files));
-        let proc = receive_namespaces(&ours)?;
+        // `theirs`, the mount and the cgroup files go now: the child holds
+        // its own copies.
+        drop((theirs, tmp, cgroup_files));
+        let new = receive_namespaces(&ours)?;
         Ok(Blank {
             cgroup,
             conn: ours,
-            exit: File::from(exit_r),
-            proc,
+            pid1: new.pid1,
+            proc: new.proc,
             oom_baseline: 0,
             recycle: None,
             scratch: None,
@@ -272,12 +272,10 @@ impl Zygote {
     /// its own, and waits until it is ready.
     pub(crate) fn fork_zygote(&self, child: ChildZygote<'_>) -> Result<Zygote, SandboxError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| start_err("socket pair", e))?;
-        let (exit_r, exit_w) = exit_pipe()?;
         let tmp = ol_jail::outside::scratch(tmp_scratch(child.disk_mb)).map_err(jail_err)?;
         let cgroup_files = open_join_files(&child.enclosure.cgroup)?;
         let mut fds: Vec<RawFd> = vec![
             theirs.as_raw_fd(),
-            exit_w.as_raw_fd(),
             child.logs.stdout.as_raw_fd(),
             child.logs.stderr.as_raw_fd(),
             tmp.as_raw_fd(),
@@ -289,11 +287,11 @@ impl Zygote {
             "packages": child.packages,
             "imports": child.imports,
         });
-        let sandbox = ForkedSandbox {
+        let mut sandbox = ForkedSandbox {
             id: child.id.to_string(),
             pid: OnceLock::new(),
             enclosure: child.enclosure,
-            exit: File::from(exit_r),
+            pid1: None,
             exit_reason: None,
             destroyed: false,
             _zygote: None,
@@ -301,9 +299,10 @@ impl Zygote {
         };
         // On failure, dropping `sandbox` kills whatever was forked.
         self.request_fork(&meta, &fds)?;
-        drop((theirs, exit_w, tmp, cgroup_files, child.logs));
-        let proc = receive_namespaces(&ours)?;
-        ol_jail::outside::send_proc(ours.as_fd(), proc.as_fd()).map_err(jail_err)?;
+        drop((theirs, tmp, cgroup_files, child.logs));
+        let new = receive_namespaces(&ours)?;
+        sandbox.pid1 = Some(new.pid1);
+        ol_jail::outside::send_proc(ours.as_fd(), new.proc.as_fd()).map_err(jail_err)?;
         Zygote::start(Box::new(sandbox), ours)
     }
 
@@ -340,19 +339,15 @@ impl Zygote {
 }
 
 /// Reads a new sandbox's namespaces from its socket (bounded by
-/// [`FORK_TIMEOUT`]), brings its loopback up and returns its proc.
-fn receive_namespaces(conn: &UnixStream) -> Result<OwnedFd, SandboxError> {
+/// [`FORK_TIMEOUT`]), brings its loopback up and returns its proc and the
+/// pidfd of its pid 1.
+fn receive_namespaces(conn: &UnixStream) -> Result<ol_jail::outside::NewSandbox, SandboxError> {
     conn.set_read_timeout(Some(FORK_TIMEOUT))
         .map_err(|e| start_err("cannot set a timeout", e))?;
-    let proc = ol_jail::outside::receive_namespaces(conn.as_fd()).map_err(jail_err)?;
+    let new = ol_jail::outside::receive_namespaces(conn.as_fd()).map_err(jail_err)?;
     conn.set_read_timeout(None)
         .map_err(|e| start_err("cannot clear a timeout", e))?;
-    Ok(proc)
-}
-
-/// A pipe whose write end a forked process keeps until it exits.
-fn exit_pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
-    nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|e| start_err("exit pipe", e))
+    Ok(new)
 }
 
 /// The join file ([`Cgroup::join_files`]) of each of `cgroup`'s
@@ -387,13 +382,14 @@ impl Drop for Zygote {
 }
 
 /// A sandbox forked from a zygote. It is not our child: it is tracked by
-/// its cgroup, and its exit status comes through its exit pipe.
+/// its cgroup, and its exit status comes through the pidfd of its pid 1.
 #[derive(Debug)]
 pub(crate) struct ForkedSandbox {
     pub(crate) id: String,
     pub(crate) pid: OnceLock<u32>,
     pub(crate) enclosure: Enclosure,
-    pub(crate) exit: File,
+    /// A pidfd of its pid 1 (none until it sent it).
+    pub(crate) pid1: Option<OwnedFd>,
     pub(crate) exit_reason: Option<String>,
     pub(crate) destroyed: bool,
     /// The zygote it was forked from: held so that a zygote with live
@@ -463,17 +459,12 @@ impl Sandbox for ForkedSandbox {
 
     fn exit_reason(&mut self) -> Option<String> {
         if self.exit_reason.is_none() {
-            // The middle process writes the runtime's raw wait status.
-            let mut buf = [0u8; 32];
-            self.exit_reason = match self.exit.read(&mut buf) {
-                Ok(0) => Some("was killed".to_string()),
-                Ok(n) => String::from_utf8_lossy(&buf[..n])
-                    .trim()
-                    .parse()
-                    .ok()
-                    .map(|raw| describe_exit(ExitStatus::from_raw(raw))),
-                Err(_) => None,
-            };
+            // Known once pid 1 has ended and its zygote has reaped it.
+            let pid1 = self.pid1.as_ref()?;
+            self.exit_reason = ol_jail::outside::exit_status(pid1.as_fd())
+                .ok()
+                .flatten()
+                .map(|raw| describe_exit(ExitStatus::from_raw(raw)));
         }
         self.exit_reason.clone()
     }
