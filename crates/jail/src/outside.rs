@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use crate::child::{self, NS_META, PROC_META};
+pub use crate::sys::PidfdEnd;
 use crate::sys::{self, FsOption, MountAttrFlags};
 use crate::{Result, refuse, step};
 
@@ -99,7 +100,7 @@ pub fn loopback_up_via(sock: BorrowedFd<'_>) -> Result<()> {
 pub struct NewSandbox {
     /// A proc mount of its pid namespace, for the sandbox to attach.
     pub proc: OwnedFd,
-    /// A pidfd of its pid 1 ([`exit_status`]).
+    /// A pidfd of its pid 1 ([`pid1_end`]).
     pub pid1: OwnedFd,
 }
 
@@ -120,12 +121,12 @@ pub fn receive_namespaces(conn: BorrowedFd<'_>) -> Result<NewSandbox> {
     })
 }
 
-/// The raw wait status of a sandbox's pid 1 (through the pidfd it sent,
-/// [`NewSandbox::pid1`]) once it has ended and its parent, the zygote, has
-/// reaped it; `None` until then, and always on kernels that keep no exit
-/// status for pidfds (before Linux 6.15).
-pub fn exit_status(pid1: BorrowedFd<'_>) -> Result<Option<i32>> {
-    step("read how the sandbox ended", sys::pidfd_exit_status(pid1))
+/// How a sandbox's pid 1 ended, through the pidfd it sent
+/// ([`NewSandbox::pid1`]): its raw wait status once it has ended and its
+/// parent (the zygote) has reaped it, on Linux 6.15 and later; on older
+/// kernels only that it ended.
+pub fn pid1_end(pid1: BorrowedFd<'_>) -> Result<PidfdEnd> {
+    step("read how the sandbox ended", sys::pidfd_end(pid1))
 }
 
 /// Sends a new child zygote the proc mount of its pid namespace.

@@ -57,7 +57,7 @@ fn threads_in_stat(stat: &str) -> Option<u64> {
 
 /// A pidfd of pid 1 of the calling process's pid namespace, to hand to
 /// the worker, which reads how the sandbox ended through it
-/// ([`crate::outside::exit_status`]).
+/// ([`crate::outside::pid1_end`]).
 pub fn pid1_handle() -> Result<OwnedFd> {
     step("open a pidfd of the sandbox's pid 1", sys::pidfd_open(1))
 }

@@ -108,10 +108,20 @@ const PIDFD_INFO_EXIT: u64 = 1 << 3;
 const PIDFD_GET_INFO: libc::c_ulong =
     (3 << 30) | ((size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
 
-/// The raw wait status of the process of `pidfd` once it has ended and
-/// been reaped; `None` while it lives, or when the kernel keeps no exit
-/// status for pidfds (before Linux 6.15).
-pub(crate) fn pidfd_exit_status(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+/// What a pidfd tells of its process's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidfdEnd {
+    /// It runs (or has not been reaped yet).
+    Running,
+    /// It ended and was reaped, with this raw wait status.
+    Status(i32),
+    /// It ended, but the kernel keeps no exit status for pidfds (before
+    /// Linux 6.15).
+    Unknown,
+}
+
+/// How the process of `pidfd` ended ([`PidfdEnd`]).
+pub(crate) fn pidfd_end(pidfd: BorrowedFd<'_>) -> io::Result<PidfdEnd> {
     let mut info = PidfdInfo {
         mask: PIDFD_INFO_EXIT,
         ..PidfdInfo::default()
@@ -125,15 +135,36 @@ pub(crate) fn pidfd_exit_status(pidfd: BorrowedFd<'_>) -> io::Result<Option<i32>
             std::ptr::from_mut(&mut info),
         )
     };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        // ENOTTY/EINVAL: a kernel without PIDFD_GET_INFO.
-        return match e.raw_os_error() {
-            Some(libc::ENOTTY | libc::EINVAL) => Ok(None),
-            _ => Err(e),
-        };
+    if rc == 0 {
+        return Ok(if info.mask & PIDFD_INFO_EXIT != 0 {
+            PidfdEnd::Status(info.exit_code)
+        } else {
+            PidfdEnd::Running
+        });
     }
-    Ok((info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code))
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Reaped, on a kernel that knows PIDFD_GET_INFO but not
+        // PIDFD_INFO_EXIT (6.13, 6.14).
+        Some(libc::ESRCH) => Ok(PidfdEnd::Unknown),
+        // No PIDFD_GET_INFO at all: a pidfd is readable once its process
+        // has ended.
+        Some(libc::ENOTTY | libc::EINVAL) => {
+            let mut poll = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no timeout.
+            let n = unsafe { libc::poll(&mut poll, 1, 0) };
+            match n {
+                n if n < 0 => last_error(),
+                0 => Ok(PidfdEnd::Running),
+                _ => Ok(PidfdEnd::Unknown),
+            }
+        }
+        _ => Err(e),
+    }
 }
 
 /// Makes the child started by `cmd` inherit `fd` as descriptor `target`
@@ -432,4 +463,48 @@ pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes an integer and never returns; it runs no code of
     // ours or of the forked program.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    fn pidfd_of(child: &std::process::Child) -> OwnedFd {
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        pidfd_open(pid).expect("pidfd_open")
+    }
+
+    #[test]
+    fn a_pidfd_tells_a_running_process_from_one_that_ended_and_how() {
+        let mut sleeper = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sleep");
+        let pidfd = pidfd_of(&sleeper);
+        assert_eq!(pidfd_end(pidfd.as_fd()).expect("end"), PidfdEnd::Running);
+        sleeper.kill().expect("kill");
+        sleeper.wait().expect("reap");
+        let killed = pidfd_end(pidfd.as_fd()).expect("end");
+
+        let mut exits = Command::new("sh")
+            .args(["-c", "read _; exit 3"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let pidfd = pidfd_of(&exits);
+        drop(exits.stdin.take());
+        exits.wait().expect("reap");
+        let exited = pidfd_end(pidfd.as_fd()).expect("end");
+        if [killed, exited].contains(&PidfdEnd::Unknown) {
+            // A kernel before 6.15 keeps no exit status: only the end shows.
+            assert_eq!((killed, exited), (PidfdEnd::Unknown, PidfdEnd::Unknown));
+        } else {
+            assert_eq!(killed, PidfdEnd::Status(libc::SIGKILL));
+            assert_eq!(exited, PidfdEnd::Status(3 << 8));
+        }
+    }
 }

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessage, MsgFlags, recv, sendmsg};
+use ol_jail::outside::PidfdEnd;
 use serde_json::json;
 
 use super::cgroup::pool::CgroupPool;
@@ -65,7 +66,7 @@ pub(crate) struct Blank {
     pub(crate) cgroup: Cgroup,
     /// The worker's end of its runtime socket.
     pub(crate) conn: UnixStream,
-    /// A pidfd of its pid 1 (how it ended: [`ol_jail::outside::exit_status`]).
+    /// A pidfd of its pid 1 (how it ended: [`ol_jail::outside::pid1_end`]).
     pub(crate) pid1: OwnedFd,
     /// The proc of its pid namespace, to hand it with its lambda.
     pub(crate) proc: OwnedFd,
@@ -461,10 +462,13 @@ impl Sandbox for ForkedSandbox {
         if self.exit_reason.is_none() {
             // Known once pid 1 has ended and its zygote has reaped it.
             let pid1 = self.pid1.as_ref()?;
-            self.exit_reason = ol_jail::outside::exit_status(pid1.as_fd())
-                .ok()
-                .flatten()
-                .map(|raw| describe_exit(ExitStatus::from_raw(raw)));
+            self.exit_reason = match ol_jail::outside::pid1_end(pid1.as_fd()) {
+                Ok(PidfdEnd::Status(raw)) => Some(describe_exit(ExitStatus::from_raw(raw))),
+                Ok(PidfdEnd::Unknown) => {
+                    Some("ended (this kernel keeps no exit status for pidfds)".to_string())
+                }
+                Ok(PidfdEnd::Running) | Err(_) => None,
+            };
         }
         self.exit_reason.clone()
     }
