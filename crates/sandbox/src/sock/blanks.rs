@@ -8,8 +8,8 @@
 use std::collections::VecDeque;
 use std::fs;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use ol_obs::{Phase, counters};
 
@@ -21,13 +21,19 @@ use super::{base_env, cgroup_err, cgroup_limits, kill_pid, package_paths};
 use crate::scratch::Scratch;
 use crate::{NewSandbox, SandboxError, SandboxSpec};
 
-/// A zygote's blanks: those ready, and how many the refill threads are
-/// forking (counted so that two threads never fork the same missing one).
+/// A zygote's blanks: those ready, how many the refill threads are
+/// forking (counted so that two threads never fork the same missing one),
+/// and how many of those cold starts are waiting for.
 #[derive(Debug, Default)]
 pub(super) struct ZygoteBlanks {
     pub(super) ready: VecDeque<Blank>,
     pub(super) forking: usize,
+    pub(super) claimed: usize,
 }
+
+/// How long a cold start that found no ready blank waits for one being
+/// forked (a fork takes ~1–3 ms) before it forks its own.
+const CLAIM_WAIT: Duration = Duration::from_millis(20);
 
 /// Blank sandboxes kept ready by each import-cache zygote.
 const NODE_BLANKS: usize = 1;
@@ -78,6 +84,8 @@ impl PoolInner {
             }
             None => {}
         }
+        // A cold start may wait for it (`take_blank`).
+        self.wake.notify_all();
     }
 
     /// The refill thread: forks blanks until every zygote has its share
@@ -147,13 +155,13 @@ impl PoolInner {
         }
     }
 
-    /// A ready blank of zygote `key`, or a new one forked now.
+    /// A ready blank of zygote `key`; else one a refill thread is forking
+    /// that no other cold start waits for (the first call after the
+    /// worker starts finds the root zygote's first blanks on their way),
+    /// waited for up to [`CLAIM_WAIT`]; else a new one forked now.
     pub(super) fn take_blank(&self, key: &str, zygote: &Zygote) -> Result<Blank, SandboxError> {
         let _phase = Phase::SockBlank.enter();
-        let taken = self
-            .lock_blanks()
-            .get_mut(key)
-            .and_then(|b| b.ready.pop_front());
+        let taken = self.ready_or_claimed(key);
         self.wake.notify_all();
         match taken {
             Some(blank) => {
@@ -165,6 +173,42 @@ impl PoolInner {
                 self.prefork(zygote, false)
             }
         }
+    }
+
+    /// A ready blank of `key`, or (see [`PoolInner::take_blank`]) one
+    /// being forked, once it is ready.
+    fn ready_or_claimed(&self, key: &str) -> Option<Blank> {
+        let mut blanks = self.lock_blanks();
+        let entry = blanks.get_mut(key)?;
+        if let Some(blank) = entry.ready.pop_front() {
+            return Some(blank);
+        }
+        if entry.forking <= entry.claimed {
+            return None;
+        }
+        entry.claimed += 1;
+        let deadline = Instant::now() + CLAIM_WAIT;
+        let taken = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            blanks = self
+                .wake
+                .wait_timeout(blanks, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            let Some(entry) = blanks.get_mut(key) else {
+                return None; // the zygote was dropped, its blanks with it
+            };
+            if let Some(blank) = entry.ready.pop_front() {
+                break Some(blank);
+            }
+            if entry.forking == 0 || left.is_zero() || self.closing.load(Ordering::Acquire) {
+                break None;
+            }
+        };
+        if let Some(entry) = blanks.get_mut(key) {
+            entry.claimed = entry.claimed.saturating_sub(1);
+        }
+        taken
     }
 
     /// Turns `blank` into the sandbox `id` of `spec`.
