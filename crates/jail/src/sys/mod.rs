@@ -40,10 +40,13 @@ pub(crate) fn fork() -> io::Result<ForkResult> {
 /// Forks the calling process straight into new namespaces (`flags`, a
 /// `CLONE_NEW*` set): the child is the first process of a new pid
 /// namespace when `CLONE_NEWPID` is in them. One `clone` with the child on
-/// the caller's stack copy, like `fork`, instead of fork, unshare and fork
-/// again (measured on this machine kind: 1.35 ms against 2.58 ms).
-/// Only for single-threaded callers, as [`fork`]; libc's fork handlers do
-/// not run (the jail's callers register none).
+/// its copy of the caller's stack, like `fork`, instead of fork, unshare
+/// and fork again (measured on this machine kind: 1.35 ms against 2.58
+/// ms). libc's fork handlers do not run, and libc's record of the
+/// thread's id is not updated (nothing the jail or Python's runtime uses
+/// reads it): only for single-threaded callers, whose other threads can
+/// hold no lock the child would wait for (a threaded zygote uses [`fork`],
+/// see [`crate::child::Forked`]).
 pub(crate) fn fork_into(flags: nix::sched::CloneFlags) -> io::Result<ForkResult> {
     let flags = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
     // SAFETY: a raw clone without CLONE_VM and with a null stack is fork:
