@@ -464,6 +464,49 @@ fn a_killed_import_cache_zygote_is_started_again() {
 }
 
 #[test]
+#[ignore = "needs root"]
+fn uv_comes_from_its_wheel_into_a_fresh_package_cache() {
+    // No shared cache: this worker's own, empty, so it gets uv itself.
+    let w = TestWorker::start(Backend::Sock, &[], &[]);
+    add_lambda(
+        w.path(),
+        "six",
+        &[
+            (
+                "f.py",
+                "import six\ndef f(event):\n    return six.__version__\n",
+            ),
+            ("requirements.txt", "six\n"),
+        ],
+    );
+    let a = w.run("six", "{}");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let tools = w.path().join("cache/tools");
+    let uv = tools.join("bin/uv");
+    assert_eq!(
+        w.stats()["packages"]["installer"],
+        format!("uv ({})", uv.display()),
+        "the worker installs with the uv it got"
+    );
+    // Fetched and unpacked by the worker's own program: the binary alone,
+    // not the Python package `pip install --target` leaves beside it.
+    let entries: Vec<String> = fs::read_dir(&tools)
+        .expect("tools dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, ["bin"], "{entries:?}");
+    let version = std::process::Command::new(&uv)
+        .arg("--version")
+        .output()
+        .expect("run uv");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("uv "),
+        "{version:?}"
+    );
+}
+
+#[test]
 fn process_backend_installs_and_imports_packages_too() {
     // The process backend's installer runs as the worker's user, so each
     // user has a cache of its own: files root writes in the shared one

@@ -4,7 +4,7 @@
 //!
 //! One build is four sandboxed runs in one private staging dir, each
 //! seeing only what it needs:
-//! 1. **fetch** (network; trusted code): [`scripts::FETCH`] downloads the
+//! 1. **fetch** (network; trusted code): [`scripts::fetch_sdist`] downloads the
 //!    sdist from the index's simple API, checking the index's sha256 (or
 //!    copies it from a local `pip_index_url` dir) into `fetch/`;
 //! 2. **prepare** (no network): [`scripts::BUILD`] unpacks it into
@@ -73,7 +73,7 @@ impl PackagePuller {
         let out = self.run(
             "fetch",
             self.python_script(
-                scripts::FETCH,
+                &scripts::fetch_sdist(),
                 &[
                     path_arg(&fetch),
                     name.to_string(),
@@ -164,7 +164,7 @@ impl PackagePuller {
     }
 
     /// `python -I -c SCRIPT ARGS...` with the lambdas' interpreter.
-    fn python_script(&self, script: &str, args: &[String]) -> Vec<String> {
+    pub(super) fn python_script(&self, script: &str, args: &[String]) -> Vec<String> {
         let mut argv = vec![
             path_arg(&self.settings.python),
             "-I".to_string(),
@@ -177,7 +177,7 @@ impl PackagePuller {
 
     /// The index the fetch script reads: `pip_index_url`, else the one the
     /// host's uv or pip settings name, else PyPI ("" for a local dir).
-    fn fetch_index(&self) -> String {
+    pub(super) fn fetch_index(&self) -> String {
         if self.local_index().is_some() {
             return String::new();
         }

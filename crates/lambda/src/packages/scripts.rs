@@ -1,43 +1,20 @@
-//! The two Python programs of a source build (run with `python -I -c`,
-//! standard library only): the trusted fetch of an sdist, and the offline
-//! build frontend. Kept apart from the Rust so each reads as one program.
+//! The Python programs the package installer runs (with `python -I -c`,
+//! standard library only): the trusted fetch of an sdist and the offline
+//! build frontend of a source build, and the fetch of uv itself. Kept
+//! apart from the Rust so each reads as one program.
 
-/// Fetches one source distribution without running any of its code, in
-/// a sandbox with network: from a local wheel directory, or from the
-/// index's simple API (PEP 691 JSON, else PEP 503 HTML), checking the
-/// sha256 the index gives (a file without one is refused).
-///
-/// argv: `DEST NAME VERSION SPECIFIERS INDEX_URL LOCAL_DIR` (VERSION,
-/// SPECIFIERS and one of the last two may be empty). Prints one JSON line
-/// `{"file": ..., "version": ...}`.
-pub const FETCH: &str = r#"
+/// What both fetch programs share: reading a package's files from the
+/// index's simple API (PEP 691 JSON, else PEP 503 HTML) or from a local
+/// wheel directory, and downloading one, checking the sha256 the index
+/// gives (a file without one is refused).
+const INDEX: &str = r#"
 import hashlib, html.parser, json, os, re, shutil, sys, urllib.parse, urllib.request
-dest, name, version, spec, index, local = sys.argv[1:7]
 def norm(n): return re.sub(r"[-_.]+", "-", n).lower()
 def fail(msg): print(msg, file=sys.stderr); sys.exit(2)
-def packaging():
-    try:
-        from packaging.version import Version; from packaging.specifiers import SpecifierSet
-    except ImportError:
-        try:
-            from pip._vendor.packaging.version import Version
-            from pip._vendor.packaging.specifiers import SpecifierSet
-        except ImportError:
-            return None
-    return Version, SpecifierSet
-def sdist_version(filename):
-    for suffix in (".tar.gz", ".zip"):
-        if filename.endswith(suffix):
-            n, sep, v = filename[: -len(suffix)].rpartition("-")
-            if sep and norm(n) == norm(name) and v:
-                return v
-    return None
-candidates = []  # (version, filename, source, sha256 or None)
-if local:
-    for entry in sorted(os.listdir(local)):
-        v = sdist_version(entry)
-        if v: candidates.append((v, entry, os.path.join(local, entry), None))
-else:
+def files_of(name, index, local):
+    """[(filename, source, sha256 or None)] of `name`, yanked ones left out."""
+    if local:
+        return [(e, os.path.join(local, e), None) for e in sorted(os.listdir(local))]
     url = index.rstrip("/") + "/" + norm(name) + "/"
     req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
     try:
@@ -60,10 +37,61 @@ else:
                     filename = urllib.parse.unquote(urllib.parse.urlsplit(href).path.rsplit("/", 1)[-1])
                     files.append((filename, href, sha, "data-yanked" in a))
         Links().feed(body.decode("utf-8", "replace"))
-    for filename, href, sha, yanked in files:
-        v = sdist_version(filename)
-        if v and "/" not in filename and not filename.startswith(".") and not yanked:
-            candidates.append((v, filename, urllib.parse.urljoin(base, urllib.parse.urldefrag(href)[0]), sha))
+    return [(filename, urllib.parse.urljoin(base, urllib.parse.urldefrag(href)[0]), sha)
+            for filename, href, sha, yanked in files
+            if filename and "/" not in filename and not filename.startswith(".") and not yanked]
+def download(filename, source, sha, dest, local):
+    """Copies or downloads `source` to dest/filename; returns its path."""
+    target = os.path.join(dest, filename)
+    digest = hashlib.sha256()
+    if local:
+        with open(source, "rb") as src, open(target, "wb") as out:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk); out.write(chunk)
+        return target
+    if not sha:
+        fail(f"the index gives no sha256 for {filename}: refusing to use it")
+    try:
+        with urllib.request.urlopen(source, timeout=300) as r, open(target, "wb") as out:
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                digest.update(chunk); out.write(chunk)
+    except Exception as e:
+        fail(f"cannot download {source}: {e}")
+    if digest.hexdigest() != sha.lower():
+        os.remove(target)
+        fail(f"{filename}: sha256 {digest.hexdigest()} is not the index's {sha}")
+    return target
+"#;
+
+/// Fetches one source distribution without running any of its code, in
+/// a sandbox with network ([`INDEX`]).
+///
+/// argv: `DEST NAME VERSION SPECIFIERS INDEX_URL LOCAL_DIR` (VERSION,
+/// SPECIFIERS and one of the last two may be empty). Prints one JSON line
+/// `{"file": ..., "version": ...}`.
+const FETCH_SDIST: &str = r#"
+dest, name, version, spec, index, local = sys.argv[1:7]
+def packaging():
+    try:
+        from packaging.version import Version; from packaging.specifiers import SpecifierSet
+    except ImportError:
+        try:
+            from pip._vendor.packaging.version import Version
+            from pip._vendor.packaging.specifiers import SpecifierSet
+        except ImportError:
+            return None
+    return Version, SpecifierSet
+def sdist_version(filename):
+    for suffix in (".tar.gz", ".zip"):
+        if filename.endswith(suffix):
+            n, sep, v = filename[: -len(suffix)].rpartition("-")
+            if sep and norm(n) == norm(name) and v:
+                return v
+    return None
+candidates = []  # (version, filename, source, sha256 or None)
+for filename, source, sha in files_of(name, index, local):
+    v = sdist_version(filename)
+    if v: candidates.append((v, filename, source, sha))
 tools = packaging()
 def same(a, b):
     if tools:
@@ -85,26 +113,59 @@ else:
 if not chosen:
     fail(f"no source distribution of {name} {version or spec} on the index")
 v, filename, source, sha = chosen[0]
-target = os.path.join(dest, filename)
-digest = hashlib.sha256()
-if local:
-    with open(source, "rb") as src, open(target, "wb") as out:
-        for chunk in iter(lambda: src.read(1 << 20), b""):
-            digest.update(chunk); out.write(chunk)
-else:
-    if not sha:
-        fail(f"the index gives no sha256 for {filename}: refusing to use it")
-    try:
-        with urllib.request.urlopen(source, timeout=300) as r, open(target, "wb") as out:
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                digest.update(chunk); out.write(chunk)
-    except Exception as e:
-        fail(f"cannot download {source}: {e}")
-    if digest.hexdigest() != sha.lower():
-        os.remove(target)
-        fail(f"{filename}: sha256 {digest.hexdigest()} is not the index's {sha}")
+download(filename, source, sha, dest, local)
 print(json.dumps({"file": filename, "version": v}))
 "#;
+
+/// Gets uv without pip (which takes ~1.1 s more, most of it starting pip
+/// and reading the index page's links): the newest stable uv wheel for
+/// this machine (its architecture, and a manylinux tag no newer than its
+/// glibc), checked against the index's sha256 ([`INDEX`]); its `uv`
+/// binary is written to `DEST/bin/uv`. Any failure exits non-zero, and
+/// the caller falls back to pip.
+///
+/// argv: `DEST INDEX_URL LOCAL_DIR` (one of the last two may be empty).
+/// Prints one JSON line `{"version": ...}`.
+const FETCH_UV: &str = r#"
+import platform, zipfile
+dest, index, local = sys.argv[1:4]
+arch = platform.machine()
+libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+if not libc.startswith("glibc "):
+    fail(f"not a glibc system ({libc!r})")
+major, minor = (int(x) for x in libc.split()[1].split(".")[:2])
+ours = {f"manylinux_{major}_{m}_{arch}" for m in range(minor + 1)}
+ours |= {f"manylinux{tag}_{arch}" for tag, need in (("2014", 17), ("2010", 12), ("1", 5)) if major == 2 and minor >= need}
+wheels = []
+for filename, source, sha in files_of("uv", index, local):
+    m = re.fullmatch(r"uv-([0-9]+(?:\.[0-9]+)*)-py3-none-([A-Za-z0-9_.]+)\.whl", filename)
+    if m and set(m.group(2).split(".")) & ours:
+        wheels.append((tuple(int(x) for x in m.group(1).split(".")), filename, source, sha))
+if not wheels:
+    fail(f"no uv wheel for {arch} with {libc} on the index")
+version, filename, source, sha = max(wheels)
+wheel = download(filename, source, sha, dest, local)
+with zipfile.ZipFile(wheel) as z:
+    member = next((n for n in z.namelist() if re.fullmatch(r"uv-[^/]+\.data/scripts/uv", n)), None)
+    if member is None:
+        fail(f"{filename} holds no uv binary")
+    os.makedirs(os.path.join(dest, "bin"), exist_ok=True)
+    with z.open(member) as src, open(os.path.join(dest, "bin", "uv"), "wb") as out:
+        shutil.copyfileobj(src, out)
+os.chmod(os.path.join(dest, "bin", "uv"), 0o755)
+os.remove(wheel)
+print(json.dumps({"version": ".".join(map(str, version))}))
+"#;
+
+/// The program that fetches one source distribution ([`FETCH_SDIST`]).
+pub fn fetch_sdist() -> String {
+    [INDEX, FETCH_SDIST].concat()
+}
+
+/// The program that gets uv without pip ([`FETCH_UV`]).
+pub fn fetch_uv() -> String {
+    [INDEX, FETCH_UV].concat()
+}
 
 /// The offline build frontend (PEP 517), run in a sandbox with no network
 /// whose only writable dir is `WORK`.
@@ -178,3 +239,102 @@ elif mode == "build":
 else:
     fail(f"unknown mode {mode}")
 "#;
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    use super::*;
+
+    /// Writes a wheel named `file` into `dir` whose uv binary holds
+    /// `content` (with Python's zipfile: the crate has no zip writer).
+    fn wheel(dir: &Path, file: &str, content: &str) {
+        let version = file.split('-').nth(1).expect("version");
+        let make = "import sys, zipfile\n\
+            with zipfile.ZipFile(sys.argv[1], 'w') as z:\n\
+            \x20   z.writestr(f'uv-{sys.argv[2]}.data/scripts/uv', sys.argv[3])\n\
+            \x20   z.writestr(f'uv-{sys.argv[2]}.dist-info/METADATA', 'Name: uv\\n')\n";
+        let out = Command::new("python3")
+            .args(["-I", "-c", make])
+            .arg(dir.join(file))
+            .args([version, content])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    fn fetch_uv_from(local: &Path, dest: &Path) -> Output {
+        Command::new("python3")
+            .args(["-I", "-c", &fetch_uv()])
+            .arg(dest)
+            .arg("")
+            .arg(local)
+            .output()
+            .expect("python3")
+    }
+
+    #[test]
+    fn uv_is_the_newest_wheel_for_this_machine() {
+        let arch = std::env::consts::ARCH;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (local, dest) = (tmp.path().join("index"), tmp.path().join("dest"));
+        fs::create_dir_all(&local).expect("index");
+        fs::create_dir_all(&dest).expect("dest");
+        let ours = format!("py3-none-manylinux_2_17_{arch}.manylinux2014_{arch}.whl");
+        wheel(&local, &format!("uv-0.9.10-{ours}"), "newest");
+        wheel(&local, &format!("uv-0.9.9-{ours}"), "older");
+        // Newer, but for another machine or libc: never taken.
+        wheel(
+            &local,
+            "uv-1.0.0-py3-none-manylinux_2_17_s390x.whl",
+            "s390x",
+        );
+        wheel(
+            &local,
+            &format!("uv-1.0.0-py3-none-musllinux_1_1_{arch}.whl"),
+            "musl",
+        );
+        wheel(
+            &local,
+            &format!("uv-1.0.0-py3-none-manylinux_9_99_{arch}.whl"),
+            "glibc 9.99",
+        );
+        let out = fetch_uv_from(&local, &dest);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            r#"{"version": "0.9.10"}"#
+        );
+        let uv = dest.join("bin/uv");
+        assert_eq!(fs::read_to_string(&uv).expect("uv"), "newest");
+        assert_eq!(
+            fs::metadata(&uv).expect("uv").permissions().mode() & 0o777,
+            0o755
+        );
+        let left: Vec<_> = fs::read_dir(&dest).expect("dest").flatten().collect();
+        assert_eq!(left.len(), 1, "only bin/ is left: {left:?}");
+    }
+
+    #[test]
+    fn no_wheel_for_this_machine_is_a_failure_the_caller_falls_back_from() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (local, dest) = (tmp.path().join("index"), tmp.path().join("dest"));
+        fs::create_dir_all(&local).expect("index");
+        fs::create_dir_all(&dest).expect("dest");
+        wheel(
+            &local,
+            "uv-1.0.0-py3-none-manylinux_2_17_s390x.whl",
+            "s390x",
+        );
+        let out = fetch_uv_from(&local, &dest);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no uv wheel"),
+            "{out:?}"
+        );
+        assert!(!dest.join("bin/uv").exists());
+    }
+}

@@ -3,8 +3,9 @@
 //! uv is found where the installer sandbox sees it (the Python
 //! installation's `bin`, `/usr/local/bin`, `/usr/bin`, looked for under the
 //! sandbox's system root) or in the tools dir of the package cache; else it
-//! is installed there once with pip (a wheel from the index, in the
-//! installer sandbox, sealed like a package). When that fails, pip itself
+//! is installed there once, in the installer sandbox and sealed like a
+//! package: its wheel fetched from the index by a program of ours
+//! (checked against the index's sha256), else with pip. When that fails, pip itself
 //! does the work: wheels only (`--only-binary :all:`), resolving with
 //! `--dry-run --report`.
 
@@ -13,7 +14,25 @@ use std::path::{Path, PathBuf};
 
 use super::build::BUILT_WHEELS;
 use super::installer_sandbox::{failure_message, path_arg};
-use super::{PackagePuller, store};
+use super::{PackagePuller, scripts, store};
+
+/// Where uv is installed from when it is nowhere to be found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UvFrom {
+    /// Its wheel, fetched and unpacked by [`scripts::fetch_uv`] (~0.5 s).
+    Wheel,
+    /// `pip install uv` (~1.1 s), when that fails.
+    Pip,
+}
+
+impl UvFrom {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Wheel => "from its wheel",
+            Self::Pip => "with pip",
+        }
+    }
+}
 
 /// The tool that resolves and installs.
 #[derive(Debug, Clone)]
@@ -61,47 +80,77 @@ impl PackagePuller {
         if let Some(found) = self.visible_uv() {
             return Tool::Uv(found);
         }
-        // Install it with pip into our tools dir (uv is a wheel on PyPI).
-        // The tools dir may be shared by workers (it lives in the package
-        // cache): stage privately, never replace a working one.
+        // Install it into our tools dir, from its wheel on the index:
+        // fetched by a small program of ours, else with pip. The tools dir
+        // may be shared by workers (it lives in the package cache): stage
+        // privately, never replace a working one.
         let staging = self
             .settings
             .tools_dir
             .with_extension(format!("staging-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&staging);
-        let mut argv = self.pip_install();
-        // uv has no dependencies: `--no-deps` spares pip a look at what
-        // else is installed (1.12 s instead of 1.43 s, alone on 2 vCPUs).
-        argv.extend([
-            "--quiet".into(),
-            "--no-deps".into(),
-            "--target".into(),
-            path_arg(&staging),
-            "uv".into(),
-        ]);
-        let installed = self.run("uv", argv, self.downloading_into(&staging));
-        match installed {
-            Ok(out) if out.success && staging.join("bin/uv").is_file() => {
-                match store::seal(&staging) {
-                    Ok(()) if !ours.is_file() => {
-                        // An empty or broken leftover goes; a complete one
-                        // (another worker's, just now) stays.
-                        let _ = fs::remove_dir_all(&self.settings.tools_dir);
-                        let _ = fs::rename(&staging, &self.settings.tools_dir);
+        for how in [UvFrom::Wheel, UvFrom::Pip] {
+            let _ = fs::remove_dir_all(&staging);
+            let installed = self.run(
+                "uv",
+                self.uv_install_argv(how, &staging),
+                self.downloading_into(&staging),
+            );
+            match installed {
+                Ok(out) if out.success && staging.join("bin/uv").is_file() => {
+                    match store::seal(&staging) {
+                        Ok(()) if !ours.is_file() => {
+                            // An empty or broken leftover goes; a complete
+                            // one (another worker's, just now) stays.
+                            let _ = fs::remove_dir_all(&self.settings.tools_dir);
+                            let _ = fs::rename(&staging, &self.settings.tools_dir);
+                        }
+                        Ok(()) => {}
+                        Err(e) => tracing::warn!("cannot install uv: {e}"),
                     }
-                    Ok(()) => {}
-                    Err(e) => tracing::warn!("cannot install uv: {e}"),
+                    let _ = fs::remove_dir_all(&staging);
+                    if ours.is_file() {
+                        tracing::info!("installed uv {}", how.name());
+                        return Tool::Uv(ours);
+                    }
                 }
-                let _ = fs::remove_dir_all(&staging);
-                if ours.is_file() {
-                    return Tool::Uv(ours);
-                }
+                Ok(out) => tracing::warn!(
+                    "cannot install uv {}: {}",
+                    how.name(),
+                    failure_message(&out)
+                ),
+                Err(e) => tracing::warn!("cannot install uv {}: {e}", how.name()),
             }
-            Ok(out) => tracing::warn!("cannot install uv: {}", failure_message(&out)),
-            Err(e) => tracing::warn!("cannot install uv: {e}"),
         }
         let _ = fs::remove_dir_all(&staging);
         Tool::Pip
+    }
+
+    /// The command that installs uv into `staging` (as `bin/uv`).
+    fn uv_install_argv(&self, how: UvFrom, staging: &Path) -> Vec<String> {
+        match how {
+            UvFrom::Wheel => self.python_script(
+                &scripts::fetch_uv(),
+                &[
+                    path_arg(staging),
+                    self.fetch_index(),
+                    self.local_index().map(|d| path_arg(&d)).unwrap_or_default(),
+                ],
+            ),
+            UvFrom::Pip => {
+                let mut argv = self.pip_install();
+                // uv has no dependencies: `--no-deps` spares pip a look at
+                // what else is installed (1.12 s instead of 1.43 s, alone
+                // on 2 vCPUs).
+                argv.extend([
+                    "--quiet".into(),
+                    "--no-deps".into(),
+                    "--target".into(),
+                    path_arg(staging),
+                    "uv".into(),
+                ]);
+                argv
+            }
+        }
     }
 
     /// The command that installs `specs` into `target` (without their

@@ -608,13 +608,19 @@ pub fn is_pid_of_its_namespace(pid: u32, inner: u32) -> bool {
     levels.len() >= 3 && levels.last() == Some(&inner)
 }
 
-/// The first of `count` consecutive ports on 127.0.0.1 that are free now.
+/// The first of `count` consecutive ports on 127.0.0.1 that are free now,
+/// all below Linux's ephemeral range (from 32768): there, a worker bound
+/// to port 0 or the local end of any outgoing connection could take one
+/// between this check and its use (haproxy once failed to bind so).
 pub fn free_ports(count: u16) -> u16 {
+    const LOW: u16 = 10_000;
+    const SPAN: u16 = 22_000;
     // Tests of this binary run at once: each looks from its own offset.
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 200) as u16 * 100;
+    let base = (std::process::id() % 110) as u16 * 200;
     loop {
-        let first = base + NEXT.fetch_add(count + 1, Ordering::Relaxed) % 20_000;
+        let step = NEXT.fetch_add(count + 1, Ordering::Relaxed);
+        let first = LOW + base.wrapping_add(step) % (SPAN - count);
         let taken: Vec<TcpListener> = (first..first + count)
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
