@@ -444,7 +444,7 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
         s,
         "Generated {} by `ol bench report {command}` (commit {}, {cpus} CPUs, \
          Linux {}, {:.0} s in all, 1-minute load average {} at the start and {} \
-         at the end). Hot: {} s per connection count after 1 s of \
+         at the end, the workers' directories in {}). Hot: {} s per connection count after 1 s of \
          warm-up; cold: {} new lambdas; first call: {} fresh workers; numpy: {} \
          new lambdas; OpenLambda's benches: {} s each after one call of each \
          lambda. One run of each, on a shared 2-vCPU VM: read p99s as \
@@ -456,6 +456,7 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
         run.took_s,
         run.load_at_start,
         run.load_at_end,
+        std::env::temp_dir().display(),
         args.seconds,
         args.cold_count,
         args.first_call_runs,
