@@ -59,6 +59,11 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
+
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; only checkers need it
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,13 +178,8 @@ def fork_blank(jail: Jail, fds: list[int], warm: bool, seccomp: bytes, sock: soc
     pid = jail.fork_blank(conn, tmp, fds[BLANK_FDS:])
     if pid != 0:
         return pid
-    status = CHILD_FAILED
-    try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-        sock.detach()  # the jail closed it, with every other descriptor
-        blank = socket.socket(fileno=conn)
-        blank.set_inheritable(False)
+
+    def serve(blank: socket.socket) -> int:
         if warm:
             warm_up()
         else:
@@ -187,6 +187,24 @@ def fork_blank(jail: Jail, fds: list[int], warm: bool, seccomp: bytes, sock: soc
             os.environ.clear()
             ol_runtime.setup_stdio()
         run_assigned(jail, blank, seccomp)
+        return 0
+
+    run_child(sock, conn, serve)
+
+
+def run_child(sock: socket.socket, conn: int, body: Callable[[socket.socket], int]) -> NoReturn:
+    """In a child the jail has just forked and entered (every descriptor
+    but ``conn`` and stdio closed): runs ``body`` with ``conn`` as its
+    socket and exits with what it returns (``CHILD_FAILED``, after the
+    traceback, when it raises)."""
+    status = CHILD_FAILED
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        sock.detach()  # the jail closed it, with every other descriptor
+        own = socket.socket(fileno=conn)
+        own.set_inheritable(False)
+        status = body(own)
     except BaseException:  # noqa: BLE001 - report anything, then die
         import traceback  # only a failing child pays for it (~2 ms at start)
 
@@ -311,21 +329,7 @@ def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: soc
     pid = jail.fork_zygote(conn, [stdout, stderr], tmp, fds[ZYGOTE_FDS:])
     if pid != 0:
         return pid
-    status = CHILD_FAILED
-    try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-        sock.detach()  # the jail closed it, with every other descriptor
-        child = socket.socket(fileno=conn)
-        child.set_inheritable(False)
-        status = become_zygote(jail, meta, child, seccomp)
-    except BaseException:  # noqa: BLE001 - report anything, then die
-        import traceback  # only a failing child pays for it (~2 ms at start)
-
-        traceback.print_exc()
-        sys.stderr.flush()
-    finally:
-        os._exit(status)
+    run_child(sock, conn, lambda child: become_zygote(jail, meta, child, seccomp))
 
 
 def serve_forks(jail: Jail, sock: socket.socket, seccomp: bytes) -> int:

@@ -45,6 +45,22 @@ fn start(overrides: &[&str]) -> TestWorker {
     TestWorker::start(Backend::Sock, &[], &all)
 }
 
+/// Lambda `six` in `dir`'s registry: returns the version of `six`, its
+/// one requirement.
+fn add_six(dir: &std::path::Path) {
+    add_lambda(
+        dir,
+        "six",
+        &[
+            (
+                "f.py",
+                "import six\ndef f(event):\n    return six.__version__\n",
+            ),
+            ("requirements.txt", "six\n"),
+        ],
+    );
+}
+
 fn installs(w: &TestWorker) -> u64 {
     w.stats()["packages"]["installs"]
         .as_u64()
@@ -169,17 +185,7 @@ fn same_requirement_is_installed_once_even_when_asked_at_once() {
 #[ignore = "needs root"]
 fn restarted_worker_reuses_its_resolutions_and_installs() {
     let mut w = start(&[]);
-    add_lambda(
-        w.path(),
-        "six",
-        &[
-            (
-                "f.py",
-                "import six\ndef f(event):\n    return six.__version__\n",
-            ),
-            ("requirements.txt", "six\n"),
-        ],
-    );
+    add_six(w.path());
     let first = w.run("six", "{}");
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(w.stats()["packages"]["resolutions"], 1);
@@ -468,17 +474,7 @@ fn a_killed_import_cache_zygote_is_started_again() {
 fn uv_comes_from_its_wheel_into_a_fresh_package_cache() {
     // No shared cache: this worker's own, empty, so it gets uv itself.
     let w = TestWorker::start(Backend::Sock, &[], &[]);
-    add_lambda(
-        w.path(),
-        "six",
-        &[
-            (
-                "f.py",
-                "import six\ndef f(event):\n    return six.__version__\n",
-            ),
-            ("requirements.txt", "six\n"),
-        ],
-    );
+    add_six(w.path());
     let a = w.run("six", "{}");
     assert_eq!(a.status, 200, "{}", a.body);
     let tools = w.path().join("cache/tools");
