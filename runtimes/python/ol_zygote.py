@@ -217,9 +217,10 @@ def run_child(sock: socket.socket, conn: int, body: Callable[[socket.socket], in
 def warm_up() -> None:
     """Does, before the lambda is known, what every lambda's start does:
     clears the environment, line-buffers stdio, loads a stand-in lambda
-    from the private /tmp. Each touches interpreter pages shared with the
-    zygote, and the first touch of each copies it: here, off the critical
-    path of a cold start (measured: ~0.8 ms less per start)."""
+    from the private /tmp and serves it one request. Each touches
+    interpreter pages shared with the zygote, and the first touch of each
+    copies it: here, off the critical path of a cold start (measured: ~0.8
+    ms less per start for the load)."""
     os.environ.clear()
     ol_runtime.setup_stdio()
     stand_in = "/tmp/.ol-warm-up"
@@ -230,7 +231,11 @@ def warm_up() -> None:
         os.mkdir(stand_in)
         with open(entry, "w") as f:
             f.write("def f(event):\n    return event\n")
-        ol_runtime.load_lambda(stand_in).close()
+        handler = ol_runtime.load_lambda(stand_in)
+        try:
+            serve_one(handler)
+        finally:
+            handler.close()
         del sys.path[0]
     finally:
         sys.dont_write_bytecode = writes_bytecode
@@ -240,6 +245,18 @@ def warm_up() -> None:
             os.unlink(entry)
         if os.path.isdir(stand_in):
             os.rmdir(stand_in)
+
+
+def serve_one(handler: ol_runtime.Handler) -> None:
+    """Serves ``handler`` one request through the runtime's own loop, over
+    a socket pair, as the worker's first call to the lambda will."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        meta, body = b"{}", b'{"warm": [1, 2.5, "up", null, true]}'
+        theirs.sendall(ol_runtime.FRAME_HEADER.pack(len(meta), len(body)) + meta + body)
+        theirs.shutdown(socket.SHUT_WR)
+        ol_runtime.serve(ours, handler)
+        theirs.recv(1 << 16)
 
 
 def run_assigned(jail: Jail, sock: socket.socket, seccomp: bytes) -> None:
