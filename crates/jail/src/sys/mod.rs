@@ -219,19 +219,24 @@ pub(crate) fn clear_ambient_caps() -> io::Result<()> {
 }
 
 /// Drops every capability not in `keep` (a bit per capability number)
-/// from the bounding set.
+/// from the bounding set. Only those still in it: each drop replaces the
+/// process's credentials (a copy and an RCU-freed old one), where reading
+/// the set does not, and a sandbox's bounding set is already down to its
+/// zygote's few capabilities (then empty, for the assignment).
 pub(crate) fn drop_bounding_set(keep: u64) -> io::Result<()> {
     for cap in 0..64u32 {
         if keep & (1 << cap) != 0 {
             continue;
         }
         let one = CapabilitySet::from_bits_retain(1 << cap);
-        match rustix::thread::remove_capability_from_bounding_set(one) {
-            Ok(()) => {}
+        match rustix::thread::capability_is_in_bounding_set(one) {
+            Ok(false) => continue,
+            Ok(true) => {}
             // EINVAL: past the last capability this kernel knows.
             Err(rustix::io::Errno::INVAL) => break,
             Err(e) => return Err(e.into()),
         }
+        rustix::thread::remove_capability_from_bounding_set(one)?;
     }
     Ok(())
 }
