@@ -225,8 +225,6 @@ def warm_up() -> None:
     ol_runtime.setup_stdio()
     stand_in = "/tmp/.ol-warm-up"
     entry = os.path.join(stand_in, "f.py")
-    writes_bytecode = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True  # like /handler, which is read-only
     try:
         os.mkdir(stand_in)
         with open(entry, "w") as f:
@@ -238,7 +236,6 @@ def warm_up() -> None:
             handler.close()
         del sys.path[0]
     finally:
-        sys.dont_write_bytecode = writes_bytecode
         sys.modules.pop("f", None)
         os.chdir("/")
         if os.path.exists(entry):
@@ -389,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         ol_runtime.send_frame(sock, {"type": "error", "error": f"refusing to run unconfined: {exc}"})
         return 1
     ol_runtime.setup_stdio()
+    # What sandboxes import from (/handler, /packages, the runtime) is
+    # read-only: no import tries to write bytecode there (a stat and a
+    # failing mkdir each).
+    sys.dont_write_bytecode = True
     # Everything imported so far lives on, shared, in every child: keep the
     # collector from walking (and so copying) those pages after each fork.
     gc.freeze()

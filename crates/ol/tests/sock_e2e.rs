@@ -5,6 +5,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::{Backend, TestWorker, assert_no_processes, mounts_mentioning, ol, stderr};
 
@@ -300,6 +301,38 @@ fn kill_9_then_force_cleanup_leaves_no_cgroup_process_or_mount() {
     w.down();
 }
 
+/// A sandbox that got its lambda runs at a normal CPU share (`cpu.idle`
+/// 0), while the blanks made ahead beside it (`sb-*` cgroups other than
+/// the sandbox's) warm up idle (1), where the kernel has `cpu.idle`.
+fn check_cpu_idle(sandbox_dir: &Path) {
+    let Ok(idle) = fs::read_to_string(sandbox_dir.join("cpu.idle")) else {
+        eprintln!("no cpu.idle on this kernel: checked nothing about it");
+        return;
+    };
+    assert_eq!(
+        idle.trim(),
+        "0",
+        "the sandbox itself runs at a normal share"
+    );
+    let parent = sandbox_dir.parent().expect("worker cgroup");
+    let blanks = || -> Vec<String> {
+        fs::read_dir(parent)
+            .expect("worker cgroup dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("sb-"))
+            .filter(|e| e.path() != sandbox_dir)
+            .filter_map(|e| fs::read_to_string(e.path().join("cpu.idle")).ok())
+            .map(|v| v.trim().to_string())
+            .collect()
+    };
+    let all_idle = |b: Vec<String>| !b.is_empty() && b.iter().all(|v| v == "1");
+    assert!(
+        common::eventually(Duration::from_secs(10), || all_idle(blanks())),
+        "blanks made ahead should be cpu.idle: {:?}",
+        blanks()
+    );
+}
+
 #[test]
 #[ignore = "needs root"]
 fn every_process_of_a_forked_sandbox_is_in_its_cgroup_in_every_hierarchy() {
@@ -328,6 +361,9 @@ fn every_process_of_a_forked_sandbox_is_in_its_cgroup_in_every_hierarchy() {
         // zygote forks it straight into its namespaces, with no process
         // between them.
         assert_eq!(procs, [pid], "{controller}");
+        if controller == "cpu" {
+            check_cpu_idle(&dir);
+        }
         // Every thread of each of them too: none was left behind.
         let tasks = fs::read_to_string(dir.join("tasks")).expect("tasks");
         let tasks: Vec<&str> = tasks.split_whitespace().collect();

@@ -244,6 +244,9 @@ trait Version: Send + Sync + Debug {
     fn set_limits(&self, rel: &str, limits: &CgroupLimits) -> Result<(), CgroupError>;
     /// Sets only the memory limit.
     fn set_mem_limit(&self, rel: &str, bytes: u64) -> Result<(), CgroupError>;
+    /// The `cpu.idle` file of the cgroup (Linux 5.15+): `1` schedules the
+    /// whole cgroup as SCHED_IDLE against its siblings.
+    fn cpu_idle_file(&self, rel: &str) -> PathBuf;
     /// How to freeze (`frozen`) or thaw the cgroup.
     fn freezer(&self, rel: &str, frozen: bool) -> Freezer;
     /// The file holding the memory in use, in bytes.
@@ -363,6 +366,16 @@ impl Cgroup {
     /// Sets only the memory limit (to shrink a paused sandbox).
     pub fn set_mem_limit(&self, bytes: u64) -> Result<(), CgroupError> {
         self.version.set_mem_limit(&self.rel, bytes)
+    }
+
+    /// Makes the cgroup's processes run only on CPU time nothing else
+    /// wants (`cpu.idle` 1), or back to their normal share (0). Fails where
+    /// the kernel has no `cpu.idle` or the cgroup no cpu controller.
+    pub fn set_cpu_idle(&self, idle: bool) -> Result<(), CgroupError> {
+        self.files().write(
+            self.version.cpu_idle_file(&self.rel),
+            if idle { "1" } else { "0" },
+        )
     }
 
     /// Moves process `pid` into this cgroup.
@@ -594,6 +607,11 @@ mod tests {
                 .as_deref(),
             Some("150000")
         );
+        let idle = "/sys/fs/cgroup/cpu/ol-w1/sb-3/cpu.idle";
+        cg.set_cpu_idle(true).expect("idle");
+        assert_eq!(fs.get(idle).as_deref(), Some("1"));
+        cg.set_cpu_idle(false).expect("not idle");
+        assert_eq!(fs.get(idle).as_deref(), Some("0"));
 
         cg.attach(42).expect("attach");
         assert_eq!(cg.pids().expect("pids"), vec![42]);
@@ -676,6 +694,8 @@ mod tests {
             None,
             "cpu is not delegated here"
         );
+        cg.set_cpu_idle(true).expect("idle");
+        assert_eq!(fs.get(format!("{d}/cpu.idle")).as_deref(), Some("1"));
 
         cg.freeze().expect("freeze");
         assert_eq!(fs.get(format!("{d}/cgroup.freeze")).as_deref(), Some("1"));

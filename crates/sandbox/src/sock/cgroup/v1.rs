@@ -91,6 +91,10 @@ impl Version for V1 {
         )
     }
 
+    fn cpu_idle_file(&self, rel: &str) -> PathBuf {
+        self.dir("cpu", rel).join("cpu.idle")
+    }
+
     fn freezer(&self, rel: &str, frozen: bool) -> Freezer {
         // The state file is the one written, and says the state reached.
         let file = self.dir("freezer", rel).join("freezer.state");

@@ -107,6 +107,10 @@ impl Version for V2 {
         Ok(())
     }
 
+    fn cpu_idle_file(&self, rel: &str) -> PathBuf {
+        self.dir(rel).join("cpu.idle")
+    }
+
     fn set_mem_limit(&self, rel: &str, bytes: u64) -> Result<(), CgroupError> {
         self.files
             .write(self.dir(rel).join("memory.max"), &bytes.to_string())
