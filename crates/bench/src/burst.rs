@@ -75,7 +75,16 @@ pub fn run(args: &BurstArgs) -> Result<Vec<Row>> {
     let bar = crate::progress((args.runs * targets.len()) as u64, "burst");
     let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
     for run in 0..args.runs {
-        for (k, t) in targets.iter().enumerate() {
+        // Targets take turns going first: a burst right after another
+        // target's shares the CPUs with the tail of its teardown (the
+        // kernel frees network namespaces and cgroups after the worker
+        // has forgotten them).
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for k in order {
+            let t = &targets[k];
             let name = format!("burst-{run_id}-{k}-{run}");
             let before = live_sandboxes(t);
             upload(t, &name, &archive)?;

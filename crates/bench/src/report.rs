@@ -93,6 +93,7 @@ impl Measured {
 pub fn run(args: &ReportArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let load_at_start = load_average();
+    let fork_us = fork_floor_us();
     let mut m = Measured::default();
     // First, before any of the report's workers has run: it times worker
     // start-up, the part most sensitive to other work on the machine.
@@ -193,6 +194,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         took_s: started.elapsed().as_secs_f64(),
         load_at_start,
         load_at_end: load_average(),
+        fork_us,
     };
     let section = render(&m, args, &conditions);
     let old = std::fs::read_to_string(&args.out).unwrap_or_else(|_| "# Benchmarks\n".into());
@@ -421,7 +423,49 @@ struct Conditions {
     took_s: f64,
     load_at_start: String,
     load_at_end: String,
+    /// Median µs from a Python `os.fork` to the child's first write, in
+    /// this run ([`fork_floor_us`]), if it could be measured.
+    fork_us: Option<f64>,
 }
+
+/// What a fork costs on this machine today: VMs of the same kind differ
+/// from day to day (a guest's freshly reported free memory makes every
+/// first touch of a page slow), and every cold start pays for a fork and
+/// its copy-on-write faults. 300 forks of a bare `python3`, each child
+/// writing one byte to a pipe; the median in µs.
+const FORK_FLOOR_PY: &str = r#"import os, time
+ts = []
+for _ in range(300):
+    r, w = os.pipe()
+    t = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, b"x")
+        os._exit(0)
+    os.read(r, 1)
+    ts.append(time.perf_counter() - t)
+    os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+ts.sort()
+print(ts[len(ts) // 2] * 1e6)
+"#;
+
+/// The median µs of [`FORK_FLOOR_PY`] run by the host's `python3`.
+fn fork_floor_us() -> Option<f64> {
+    let out = std::process::Command::new("python3")
+        .args(["-I", "-c", FORK_FLOOR_PY])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// This machine kind's fork median on a quiet day ("Floors" in
+/// docs/benchmarks.md, measured the same way).
+const FORK_FLOOR_QUIET_US: f64 = 434.0;
 
 /// The 1-minute load average.
 fn load_average() -> String {
@@ -429,6 +473,20 @@ fn load_average() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(String::from))
         .unwrap_or_else(|| "?".into())
+}
+
+/// How fast this machine forked at the start of the run, against its
+/// kind on a quiet day (see [`fork_floor_us`]).
+fn fork_sentence(fork_us: Option<f64>) -> String {
+    match fork_us {
+        Some(us) => format!(
+            "How fast the machine was: a Python fork took {us:.0} µs to a ready child (median \
+             of 300, at the start), {:.1}× the {FORK_FLOOR_QUIET_US:.0} µs of this machine kind \
+             on a quiet day; every cold start pays for a fork.",
+            us / FORK_FLOOR_QUIET_US
+        ),
+        None => "How fast the machine was: not measured (no `python3` to fork).".into(),
+    }
 }
 
 fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
@@ -448,7 +506,7 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
          warm-up; cold: {} new lambdas; first call: {} fresh workers; numpy: {} \
          new lambdas; OpenLambda's benches: {} s each after one call of each \
          lambda. One run of each, on a shared 2-vCPU VM: read p99s as \
-         indications. Upstream numbers are from \"Upstream OpenLambda\" below (same \
+         indications. {} Upstream numbers are from \"Upstream OpenLambda\" below (same \
          machine kind, measured earlier, not in this run).\n",
         utc_now(),
         git_commit(),
@@ -462,6 +520,7 @@ fn render(m: &Measured, args: &ReportArgs, run: &Conditions) -> String {
         args.first_call_runs,
         args.numpy_count,
         args.seconds,
+        fork_sentence(run.fork_us),
     );
     let _ = writeln!(
         s,
@@ -792,9 +851,14 @@ mod tests {
             took_s: 12.0,
             load_at_start: "0.50".into(),
             load_at_end: "1.20".into(),
+            fork_us: Some(824.0),
         };
         let doc = render(&m, &args(), &run);
         assert!(doc.contains("load average 0.50 at the start and 1.20 at the end"));
+        assert!(
+            doc.contains("a Python fork took 824 µs to a ready child (median of 300, at the start), 1.9× the 434 µs"),
+            "{doc}"
+        );
         let hot1 = cells(&doc, "hot, 1 keep-alive connection");
         assert_eq!(hot1[2], "p50 120µs, p99 140µs (3 req/s)");
         assert_eq!(hot1[3], "**no**", "p50 120 µs misses 100 µs");
@@ -898,6 +962,7 @@ mod tests {
             took_s: 1.0,
             load_at_start: "0".into(),
             load_at_end: "0".into(),
+            fork_us: None,
         };
         let doc = render(&m, &args(), &run);
         assert!(doc.contains("Through the balancer"), "{doc}");
