@@ -429,10 +429,10 @@ struct Conditions {
 }
 
 /// What a fork costs on this machine today: VMs of the same kind differ
-/// from day to day (a guest's freshly reported free memory makes every
-/// first touch of a page slow), and every cold start pays for a fork and
-/// its copy-on-write faults. 300 forks of a bare `python3`, each child
-/// writing one byte to a pipe; the median in µs.
+/// (two of them forked 2.2× apart, and every other number followed), and
+/// every cold start pays for a fork and its copy-on-write faults. 300
+/// forks of a bare `python3`, each child writing one byte to a pipe; the
+/// median in µs.
 const FORK_FLOOR_PY: &str = r#"import os, time
 ts = []
 for _ in range(300):
