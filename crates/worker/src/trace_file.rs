@@ -266,13 +266,24 @@ mod tests {
     use ol_obs::Phase;
     use tracing_subscriber::layer::SubscriberExt;
 
+    /// Runs `f` with `subscriber` as this thread's default. A second
+    /// dispatcher stays registered meanwhile: with only one, tracing asks
+    /// only the thread that first hits a callsite whether it is wanted, so
+    /// another test's thread with no subscriber could cache "never" for a
+    /// phase's span here (the same race made ol-obs's span test fail 3
+    /// times in 100).
+    fn with_subscriber(subscriber: impl tracing::Subscriber + Send + Sync, f: impl FnOnce()) {
+        let _second = tracing::Dispatch::new(tracing_subscriber::registry());
+        tracing::subscriber::with_default(subscriber, f);
+    }
+
     #[test]
     fn concurrent_calls_get_tracks_of_their_own_and_free_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("trace.json");
         let (layer, writer) = chrome_trace(&path).expect("trace file");
         let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        with_subscriber(subscriber, || {
             let a = Phase::Request.span();
             let b = Phase::Request.span();
             a.in_scope(|| Phase::Call.run(|| ()));
@@ -312,7 +323,7 @@ mod tests {
         let path = dir.path().join("sub/trace.json");
         let (layer, writer) = chrome_trace(&path).expect("trace file");
         let subscriber = tracing_subscriber::registry().with(layer);
-        tracing::subscriber::with_default(subscriber, || {
+        with_subscriber(subscriber, || {
             let request = Phase::Request.span();
             request.record("lambda", "hello");
             request.in_scope(|| {
