@@ -23,12 +23,12 @@ its /tmp and one join file per cgroup hierarchy (v1 ``tasks``, v2
 namespaces (one ``clone``: the blank is pid 1 of its pid namespace and this
 zygote's child, which it reaps; a zygote whose imports started threads
 forks with libc's fork instead, whose child unshares and forks pid 1).
-Running only the jail's code, the blank joins the cgroups, takes a cgroup namespace rooted there, starts a
-session, attaches /tmp, and sends the worker its pid namespace, a socket
-of its network namespace and a pidfd of itself on its socket (the worker
-brings its loopback up, makes its proc, and learns through the pidfd how
-the blank ended). Back in Python it does ahead what every lambda's start does, then
-waits on its socket for an ``assign`` frame with the lambda (descriptors:
+Running only the jail's code, the blank joins the cgroups, takes a cgroup
+namespace rooted there, starts a session, attaches /tmp, and sends the
+worker its pid namespace, a socket of its network namespace and a pidfd of
+itself on its socket (the worker brings its loopback up, makes its proc,
+and learns through the pidfd how the blank ended). Back in Python it does
+ahead what every lambda's start does, then waits on its socket for an ``assign`` frame with the lambda (descriptors:
 detached mounts of its code, of its /host tmpfs and of its proc, and its
 stdout and stderr log pipes). The jail attaches them, keeps only the socket
 and stdio, makes it the sandbox user with no capability, sets

@@ -33,9 +33,7 @@ impl Namespaces {
         }
         flags
     }
-}
 
-impl Namespaces {
     /// The namespaces a fork into new namespaces
     /// ([`crate::process::fork_into`]) makes: all but the cgroup one, which
     /// the child takes once in its cgroups ([`unshare_cgroup`]).
