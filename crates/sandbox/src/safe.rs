@@ -10,6 +10,10 @@ use tokio::net::UnixStream;
 use crate::protocol::{self, Invocation, ProtocolError, Reply, RuntimeMeta};
 use crate::{NewSandbox, Sandbox, SandboxError};
 
+/// The longest a call whose sandbox died waits for how it ended
+/// (`exit_reason_soon`).
+const EXIT_REASON_WAIT: Duration = Duration::from_secs(1);
+
 /// Why a call did not produce a reply.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -212,16 +216,25 @@ impl SafeSandbox {
         }
     }
 
-    /// How the runtime ended, waiting briefly for it: a process closes its
-    /// sockets a moment before it can be reaped.
+    /// How the runtime ended, waiting briefly for it (at most
+    /// [`EXIT_REASON_WAIT`]): a process closes its sockets a moment before
+    /// it can be reaped, and a forked sandbox's status is known only once
+    /// its zygote has reaped it, in a Python signal handler that a loaded
+    /// machine may not schedule for a while (100 ms was once too short in
+    /// CI, with nine test workers on 2 vCPUs). Known at once in the
+    /// common case; the full wait only delays an error that would
+    /// otherwise lack its cause.
     async fn exit_reason_soon(&mut self) -> Option<String> {
-        for _ in 0..50 {
+        let deadline = tokio::time::Instant::now() + EXIT_REASON_WAIT;
+        loop {
             if let Some(why) = self.inner.exit_reason() {
                 return Some(why);
             }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        None
     }
 
     /// Pauses the sandbox; a failure kills it.
