@@ -8,7 +8,8 @@ few capabilities there, no_new_privs and the zygote seccomp filter. It runs
 
     <python> -I -S ol_zygote.py --fd N --jail LIB [--seccomp FILE]
 
-and speaks the frame protocol of docs/protocol.md on fd N. LIB is the
+(the worker has Python import it and call ``main`` instead, so that its
+byte-compiled copy is used: a script is compiled at every start) and speaks the frame protocol of docs/protocol.md on fd N. LIB is the
 jail's shared library (crates/jail): every step of entering a sandbox is
 one call into it, the same Rust code the sandbox init runs, so no syscall
 number or kernel constant lives here. FILE is the seccomp filter lambdas
@@ -28,9 +29,10 @@ namespace rooted there, starts a session, attaches /tmp, and sends the
 worker its pid namespace, a socket of its network namespace and a pidfd of
 itself on its socket (the worker brings its loopback up, makes its proc,
 and learns through the pidfd how the blank ended). Back in Python it does
-ahead what every lambda's start does, then waits on its socket for an ``assign`` frame with the lambda (descriptors:
-detached mounts of its code, of its /host tmpfs and of its proc, and its
-stdout and stderr log pipes). The jail attaches them, keeps only the socket
+ahead what every lambda's start does, then waits on its socket for an
+``assign`` frame with the lambda (descriptors: detached mounts of its
+code, of its /host tmpfs and of its proc, and its stdout and stderr log
+pipes). The jail attaches them, keeps only the socket
 and stdio, makes it the sandbox user with no capability, sets
 no_new_privs and installs the lambda filter; then it loads the lambda, says
 ``ready`` and serves it. Blanks are made ahead of time, so the expensive
@@ -52,7 +54,7 @@ modules, says ``ready`` (or ``error``) on its own socket and serves
 
 from __future__ import annotations
 
-import ctypes
+import _ctypes
 import gc
 import json
 import os
@@ -65,7 +67,8 @@ TYPE_CHECKING = False  # typing costs milliseconds at start-up; only checkers ne
 if TYPE_CHECKING:
     from typing import NoReturn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import ol_runtime  # noqa: E402  (needs the path above)
 
@@ -80,6 +83,43 @@ CHILD_FAILED = 125
 ERROR_LEN = 512
 
 
+class _Int(_ctypes._SimpleCData):
+    _type_ = "i"
+
+
+class _Size(_ctypes._SimpleCData):
+    _type_ = "L"  # size_t: as wide as unsigned long on Linux (ctypes' c_size_t)
+
+
+class _Char(_ctypes._SimpleCData):
+    _type_ = "c"
+
+
+class _CharP(_ctypes._SimpleCData):
+    _type_ = "z"
+
+
+class _Library:
+    """A shared library (None: this process) whose functions are called
+    with ``flags``: what ctypes.CDLL and ctypes.PyDLL do, on ``_ctypes``
+    itself. Importing ctypes cost ~2.5 ms of the root zygote's start, on
+    the first call's path; nothing else here needs it."""
+
+    def __init__(self, path: str | None, flags: int) -> None:
+        self._handle = _ctypes.dlopen(path, _ctypes.RTLD_LOCAL)
+
+        class Function(_ctypes.CFuncPtr):
+            _flags_ = flags
+            _restype_ = _Int
+
+        self._function = Function
+
+    def function(self, name: str, argtypes: list[type], restype: type | None = _Int):  # noqa: ANN201
+        fn = self._function((name, self))
+        fn.argtypes, fn.restype = argtypes, restype
+        return fn
+
+
 class Jail:
     """The jail's shared library: each method is one native call that
     enters a stage of a child's sandbox, or raises OSError naming the step
@@ -87,60 +127,43 @@ class Jail:
     no longer needed), except the socket, which the caller keeps."""
 
     def __init__(self, path: str) -> None:
-        lib = ctypes.CDLL(path, use_errno=True)
-        c_int, c_size, c_buf = ctypes.c_int, ctypes.c_size_t, ctypes.c_char_p
-        fds = ctypes.POINTER(ctypes.c_int)
-        # Forking keeps the GIL, as os.fork does: a PyDLL handle.
-        forks = ctypes.PyDLL(path, use_errno=True)
-        forks.ol_jail_fork_blank.argtypes = [c_int, c_int, fds, c_size, c_buf, c_size]
-        forks.ol_jail_fork_zygote.argtypes = [c_int, c_int, c_int, c_int, fds, c_size, c_buf, c_size]
-        for fn in (forks.ol_jail_fork_blank, forks.ol_jail_fork_zygote):
-            fn.restype = c_int
-        self._fork_blank, self._fork_zygote = forks.ol_jail_fork_blank, forks.ol_jail_fork_zygote
-        api = ctypes.pythonapi
-        self._before_fork, self._after_fork_child, self._after_fork_parent = (
-            api.PyOS_BeforeFork,
-            api.PyOS_AfterFork_Child,
-            api.PyOS_AfterFork_Parent,
+        # Forking keeps the GIL, as os.fork does: PYTHONAPI functions.
+        forks = _Library(path, _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI)
+        lib = _Library(path, _ctypes.FUNCFLAG_CDECL)
+        api = _Library(None, _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI)
+        c_int, c_size, c_buf = _Int, _Size, _CharP
+        fds = _ctypes.POINTER(_Int)
+        self._fork_blank = forks.function("ol_jail_fork_blank", [c_int, c_int, fds, c_size, c_buf, c_size])
+        self._fork_zygote = forks.function(
+            "ol_jail_fork_zygote", [c_int, c_int, c_int, c_int, fds, c_size, c_buf, c_size]
         )
-        for fn in (self._before_fork, self._after_fork_child, self._after_fork_parent):
-            fn.argtypes, fn.restype = [], None
-        lib.ol_jail_assign.argtypes = [
-            c_int,
-            c_int,
-            c_int,
-            c_int,
-            c_int,
-            c_int,
-            ctypes.c_char_p,
-            c_size,
-            c_buf,
-            c_size,
-        ]
-        lib.ol_jail_check_zygote.argtypes = [c_int, c_buf, c_size]
-        for fn in (lib.ol_jail_assign, lib.ol_jail_check_zygote):
-            fn.restype = c_int
-        self._lib = lib
+        self._before_fork = api.function("PyOS_BeforeFork", [], None)
+        self._after_fork_child = api.function("PyOS_AfterFork_Child", [], None)
+        self._after_fork_parent = api.function("PyOS_AfterFork_Parent", [], None)
+        self._assign = lib.function(
+            "ol_jail_assign", [c_int, c_int, c_int, c_int, c_int, c_int, c_buf, c_size, c_buf, c_size]
+        )
+        self._check_zygote = lib.function("ol_jail_check_zygote", [c_int, c_buf, c_size])
 
     @staticmethod
-    def _call(fn, *args) -> None:  # noqa: ANN001 - a ctypes function
-        err = ctypes.create_string_buffer(ERROR_LEN)
+    def _call(fn, *args) -> None:  # noqa: ANN001 - a foreign function
+        err = (_Char * ERROR_LEN)()
         if fn(*args, err, ERROR_LEN) != 0:
             raise OSError(f"jail: {err.value.decode(errors='replace')}")
 
     @staticmethod
-    def _ints(values: list[int]):  # noqa: ANN205 - a ctypes array
-        return (ctypes.c_int * max(len(values), 1))(*values)
+    def _ints(values: list[int]):  # noqa: ANN205 - a foreign array
+        return (_Int * max(len(values), 1))(*values)
 
     def check_zygote(self, seccomp: bool) -> None:
-        self._call(self._lib.ol_jail_check_zygote, int(seccomp))
+        self._call(self._check_zygote, int(seccomp))
 
-    def _fork(self, fn, *args) -> int:  # noqa: ANN001 - a ctypes function
+    def _fork(self, fn, *args) -> int:  # noqa: ANN001 - a foreign function
         """Calls one of the jail's forks like os.fork: 0 in the child, the
         child's pid here. The jail forks the child straight into its new
         namespaces and enters its sandbox itself, so no Python runs in it
         before it returns."""
-        err = ctypes.create_string_buffer(ERROR_LEN)
+        err = (_Char * ERROR_LEN)()
         self._before_fork()
         pid = fn(*args, err, ERROR_LEN)
         if pid == 0:
@@ -167,7 +190,7 @@ class Jail:
     def assign(self, conn: int, mounts: list[int], logs: list[int], seccomp: bytes) -> None:
         code, host, proc = mounts
         stdout, stderr = logs
-        self._call(self._lib.ol_jail_assign, conn, code, host, proc, stdout, stderr, seccomp, len(seccomp))
+        self._call(self._assign, conn, code, host, proc, stdout, stderr, seccomp, len(seccomp))
 
 
 def fork_blank(jail: Jail, fds: list[int], warm: bool, seccomp: bytes, sock: socket.socket) -> int:

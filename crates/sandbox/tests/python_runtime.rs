@@ -36,3 +36,45 @@ fn python_runtime_unit_tests_pass() {
         .expect("unittest summary line");
     assert!(ran > 0, "no Python tests were found in {}", dir.display());
 }
+
+/// The runtime and the zygote start as sandboxes start them (the `-c`
+/// program of `start_program`, with `-I -S`), from the byte-compiled
+/// copies `compile_runtime` leaves beside them, and get their arguments.
+#[test]
+fn runtime_and_zygote_start_from_their_byte_compiled_copies() {
+    use ol_sandbox::runtime::{
+        RUNTIME_FILE, ZYGOTE_FILE, compile_runtime, install_runtime, start_program,
+    };
+    let python = resolve_python("python3").expect("a Python 3 interpreter");
+    let dir = tempfile::tempdir().expect("tempdir");
+    install_runtime(dir.path()).expect("install the runtime");
+    compile_runtime(
+        dir.path(),
+        &python.executable,
+        ol_sandbox::sock::rootfs::BaseKind::Host,
+    );
+    let dir_text = dir.path().to_str().expect("a UTF-8 temp dir");
+    for (file, usage) in [
+        (RUNTIME_FILE, "usage: ol_runtime.py"),
+        (ZYGOTE_FILE, "usage: ol_zygote.py"),
+    ] {
+        let out = Command::new(&python.executable)
+            .args(["-I", "-S", "-v", "-c", &start_program(dir_text, file)])
+            // Not a descriptor: main() answers with its usage and 2.
+            .args(["--fd", "not-a-number"])
+            .output()
+            .expect("run python");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
+        assert!(
+            stderr.contains(usage),
+            "{file} did not run its main: {stderr}"
+        );
+        let module = file.trim_end_matches(".py");
+        let cached = format!("code object from '{dir_text}/__pycache__/{module}.");
+        assert!(
+            stderr.contains(&cached),
+            "{file} was not loaded from its byte-compiled copy: {stderr}"
+        );
+    }
+}

@@ -1,5 +1,5 @@
-//! The C ABI of `libol_jail.so`, which a Python zygote loads once with
-//! ctypes (runtimes/python/ol_zygote.py) to run [`crate::child`] in its
+//! The C ABI of `libol_jail.so`, which a Python zygote loads once through
+//! `_ctypes` (runtimes/python/ol_zygote.py) to run [`crate::child`] in its
 //! forked children. Every function returns 0 on success (in the process
 //! that goes on) and -1 on failure, with a one-line reason written into
 //! `err` (`errlen` bytes, NUL-terminated); [`ol_jail_fork_blank`] and
@@ -159,7 +159,7 @@ fn fork_sandbox(
 /// `err` when the fork itself failed. Nothing but the jail's
 /// code runs in the child until it returns, so a Python caller's
 /// interpreter state is only touched where `os.fork` would touch it: hold
-/// the GIL throughout (load the library with `ctypes.PyDLL`), call
+/// the GIL throughout (a `ctypes.PyDLL`-style function), call
 /// `PyOS_BeforeFork` before and `PyOS_AfterFork_Child` or
 /// `PyOS_AfterFork_Parent` after, as `os.fork` does.
 ///

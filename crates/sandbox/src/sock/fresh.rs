@@ -20,6 +20,7 @@ use super::rootfs::{self, MountPlan, RootSources, inside};
 use super::seccomp::Profile;
 use super::{base_env, cgroup_err, cgroup_limits, package_paths};
 use crate::logs::{Drained, LogPipes};
+use crate::runtime::{RUNTIME_FILE, ZYGOTE_FILE, start_program};
 use crate::scratch::Scratch;
 use crate::supervise::{RUNTIME_FD, describe_exit, spawn_with_runtime_fd};
 use crate::{Limits, Sandbox, SandboxError, SandboxSpec, io_err};
@@ -56,7 +57,8 @@ impl PoolInner {
                     python,
                     "-I".into(),
                     "-S".into(),
-                    in_runtime_dir(crate::runtime::RUNTIME_FILE),
+                    "-c".into(),
+                    start_program(inside::RUNTIME, RUNTIME_FILE),
                     "--fd".into(),
                     fd,
                     "--code".into(),
@@ -73,7 +75,8 @@ impl PoolInner {
                     python,
                     "-I".into(),
                     "-S".into(),
-                    in_runtime_dir(crate::runtime::ZYGOTE_FILE),
+                    "-c".into(),
+                    start_program(inside::RUNTIME, ZYGOTE_FILE),
                     "--fd".into(),
                     fd,
                     "--jail".into(),

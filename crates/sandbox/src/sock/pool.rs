@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -20,6 +20,7 @@ use super::fresh::Program;
 use super::rootfs::BaseKind;
 use super::seccomp::{self, Profile};
 use super::zygote::{Blank, Zygote};
+use super::zygote_cache::ROOT;
 use super::{cgroup_err, cgroup_limits, host_cgroups, kill_pid};
 use crate::{
     CommandOutput, CommandSpec, Limits, NewSandbox, SandboxError, SandboxPool, SandboxSpec, io_err,
@@ -101,6 +102,11 @@ pub(super) struct PoolInner {
     pub(super) wake: Condvar,
     pub(super) closing: AtomicBool,
     pub(super) next_id: AtomicU64,
+    /// Cold starts that began before the root zygote was ready (the first
+    /// calls after `up`, or after the root zygote died), from then until
+    /// their blank has its lambda: the refill threads let them go first
+    /// ([`PoolInner::keep_blanks_ready`]).
+    pub(super) first_calls: AtomicUsize,
 }
 
 impl SockPool {
@@ -149,6 +155,7 @@ impl SockPool {
             wake: Condvar::new(),
             closing: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            first_calls: AtomicUsize::new(0),
         });
         // The first refill thread starts the root zygote at once, while the
         // worker sets up the rest (~7 ms of its start-up; the zygote's
@@ -229,6 +236,8 @@ impl PoolInner {
     /// A new sandbox for `spec`: a blank of the deepest working zygote of
     /// its chain handed the lambda, else a fresh interpreter.
     fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError> {
+        let root_ready = self.lock_zygotes().get(ROOT).is_some_and(|z| z.is_alive());
+        let _first = (self.cfg.zygote && !root_ready).then(|| FirstCall::begin(self));
         let id = self.new_id(&spec.lambda);
         // A blank can fail (its zygote died, it was killed): one more try.
         for _ in 0..2 {
@@ -259,6 +268,28 @@ impl PoolInner {
                 let _ = cgroup.discard(&kill_pid);
                 let _ = fs::remove_dir_all(self.cfg.scratch_root.join(&id));
             })
+    }
+}
+
+/// Counts a cold start in [`PoolInner::first_calls`] while it lives; the
+/// last one out wakes the refill threads.
+struct FirstCall<'a>(&'a PoolInner);
+
+impl<'a> FirstCall<'a> {
+    fn begin(pool: &'a PoolInner) -> Self {
+        pool.first_calls.fetch_add(1, Ordering::AcqRel);
+        Self(pool)
+    }
+}
+
+impl Drop for FirstCall<'_> {
+    fn drop(&mut self) {
+        if self.0.first_calls.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Under the lock a refill thread checks the count in, so the
+            // wake-up cannot fall between its check and its wait.
+            let _blanks = self.0.lock_blanks();
+            self.0.wake.notify_all();
+        }
     }
 }
 
