@@ -370,7 +370,9 @@ fn installed_packages_are_owned_by_root_and_not_writable_by_sandboxes() {
 }
 
 /// Every entry of every installed package dir (and the resolutions) is
-/// root's and writable by nobody else; no symlink, device or set-id file.
+/// root's and writable by nobody else; no symlink, device or set-id file,
+/// and no file with a second name (uv hard-links installs out of a cache
+/// of their own, which must be gone).
 fn assert_store_is_the_workers(packages: &Path) {
     let mut todo: Vec<PathBuf> = fs::read_dir(packages)
         .expect("packages dir")
@@ -391,6 +393,9 @@ fn assert_store_is_the_workers(packages: &Path) {
         assert_eq!(meta.mode() & 0o6000, 0, "{} is set-id", path.display());
         let kind = meta.file_type();
         assert!(kind.is_dir() || kind.is_file(), "{}", path.display());
+        if kind.is_file() {
+            assert_eq!(meta.nlink(), 1, "{} has hard links", path.display());
+        }
         if kind.is_dir() {
             todo.extend(
                 fs::read_dir(&path)

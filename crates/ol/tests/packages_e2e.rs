@@ -2,7 +2,8 @@
 //! through the package registry this machine reaches): lambdas with
 //! requirements install them once per worker and fork from zygotes that
 //! have them imported. Downloads go to a cache shared by every run
-//! (`/var/tmp/ol-test-uv-cache`), so reruns do not download again.
+//! (`/var/tmp/ol-test-uv-cache`), so reruns do not download again (but
+//! for the one test of a worker with a cache of its own).
 
 mod common;
 
@@ -179,6 +180,42 @@ fn same_requirement_is_installed_once_even_when_asked_at_once() {
     assert_eq!(installs(&w), 1);
     let stats = w.stats();
     assert_eq!(stats["packages"]["resolutions"], 1, "{stats}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_fresh_worker_with_its_own_cache_gets_uv_and_installs_with_no_shared_file() {
+    use std::os::unix::fs::MetadataExt;
+    // No package_cache_dir: the worker's own cache, as `ol worker init`
+    // makes it. uv comes from the index into it; the install unpacks into
+    // a cache of its own and hard-links out of it (`UvCache::Private`).
+    let w = TestWorker::start(Backend::Sock, &[], &[]);
+    add_six(w.path());
+    let a = w.run("six", "{}");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let packages = w.path().join("packages");
+    let six = fs::read_dir(&packages)
+        .expect("packages dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("six=="))
+        })
+        .expect("six installed");
+    let module = fs::metadata(six.join("six.py")).expect("six.py");
+    // Sealed, and its one name: the install's cache went with its staging dir.
+    assert_eq!((module.uid(), module.nlink()), (0, 1));
+    assert_eq!(
+        fs::read_dir(packages.join(".staging"))
+            .expect("staging")
+            .count(),
+        0
+    );
+    assert!(
+        w.path().join("cache/tools/bin/uv").is_file(),
+        "uv was not installed into the worker's own cache"
+    );
 }
 
 #[test]

@@ -181,6 +181,7 @@ fn package_layer(
         PackageSettings {
             packages_dir: dir.packages(),
             cache_dir: cache_dir.clone(),
+            shared_cache: !config.package_cache_dir.is_empty(),
             // In the cache: workers sharing one install uv once.
             tools_dir: cache_dir.join("tools"),
             python: python.executable.clone(),

@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use super::installer_sandbox::{Access, failure_message, path_arg};
 use super::requirements::is_version_char;
 use super::store::shared_dir;
-use super::uv::Tool;
+use super::uv::{Tool, UvCache};
 use super::{PackageError, PackagePuller, normalize, parse_requirements, scripts};
 
 /// Where, in the packages dir, wheels built from source are kept (the
@@ -131,7 +131,7 @@ impl PackagePuller {
             let specs: Vec<String> = requires.iter().map(|r| r.line()).collect();
             let out = self.run(
                 "build-env",
-                self.install_argv(&env, &specs, false),
+                self.install_argv(&env, &specs, false, UvCache::Shared),
                 self.downloading_into(&env),
             )?;
             if !out.success {

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::store::write_file;
+use super::uv::UvCache;
 use super::{
     Package, PackageError, PackagePuller, blocking, cached, lock, slot, store, wheel_metadata,
 };
@@ -87,8 +88,18 @@ impl PackagePuller {
         let spec = format!("{name}=={version}");
         let staging = self.staging(&spec)?;
         let dir = staging.path().join("target");
-        let argv = self.install_argv(&dir, std::slice::from_ref(&spec), true);
-        let out = self.run("install", argv, self.downloading_into(&dir))?;
+        let cache = staging.path().join("uv-cache");
+        let uv_cache = if self.settings.shared_cache {
+            UvCache::Shared
+        } else {
+            UvCache::Private(&cache)
+        };
+        let argv = self.install_argv(&dir, std::slice::from_ref(&spec), true, uv_cache);
+        let mut access = self.downloading_into(&dir);
+        if let UvCache::Private(cache) = uv_cache {
+            access.writable.push(cache.to_path_buf());
+        }
+        let out = self.run("install", argv, access)?;
         if !out.success {
             return Err(self.run_error(&out, |message| PackageError::Install {
                 package: spec.clone(),
@@ -99,6 +110,17 @@ impl PackagePuller {
             package: spec.clone(),
             message: e,
         };
+        // The other names of the files uv hard-linked into `dir` go with
+        // it (see `UvCache::Private`; none when shared).
+        match fs::remove_dir_all(&cache) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(installer_err(format!(
+                    "cannot remove its cache {}: {e}",
+                    cache.display()
+                )));
+            }
+            _ => {}
+        }
         store::seal(&dir).map_err(|e| installer_err(e.to_string()))?;
         let pkg = wheel_metadata::read_installed(&dir, name, version).map_err(installer_err)?;
         let meta = serde_json::to_vec_pretty(&pkg)

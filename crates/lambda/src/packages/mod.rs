@@ -75,6 +75,11 @@ pub struct PackageSettings {
     pub packages_dir: PathBuf,
     /// The installer's download cache (kept across workers).
     pub cache_dir: PathBuf,
+    /// Whether `cache_dir` is shared with other workers
+    /// (`package_cache_dir` set): installs then copy out of it, so that
+    /// each download happens once; a worker's own cache is not used by
+    /// installs at all (see `uv::UvCache`).
+    pub shared_cache: bool,
     /// Where the puller installs uv when the host has none.
     pub tools_dir: PathBuf,
     /// The Python interpreter lambdas run (resolution targets it).
