@@ -3,7 +3,7 @@
 //! requirements install them once per worker and fork from zygotes that
 //! have them imported. Downloads go to a cache shared by every run
 //! (`/var/tmp/ol-test-uv-cache`), so reruns do not download again (but
-//! for the one test of a worker with a cache of its own).
+//! for the one test of a worker with caches of its own).
 
 mod common;
 
@@ -180,42 +180,6 @@ fn same_requirement_is_installed_once_even_when_asked_at_once() {
     assert_eq!(installs(&w), 1);
     let stats = w.stats();
     assert_eq!(stats["packages"]["resolutions"], 1, "{stats}");
-}
-
-#[test]
-#[ignore = "needs root"]
-fn a_fresh_worker_with_its_own_cache_gets_uv_and_installs_with_no_shared_file() {
-    use std::os::unix::fs::MetadataExt;
-    // No package_cache_dir: the worker's own cache, as `ol worker init`
-    // makes it. uv comes from the index into it; the install unpacks into
-    // a cache of its own and hard-links out of it (`UvCache::Private`).
-    let w = TestWorker::start(Backend::Sock, &[], &[]);
-    add_six(w.path());
-    let a = w.run("six", "{}");
-    assert_eq!(a.status, 200, "{}", a.body);
-    let packages = w.path().join("packages");
-    let six = fs::read_dir(&packages)
-        .expect("packages dir")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("six=="))
-        })
-        .expect("six installed");
-    let module = fs::metadata(six.join("six.py")).expect("six.py");
-    // Sealed, and its one name: the install's cache went with its staging dir.
-    assert_eq!((module.uid(), module.nlink()), (0, 1));
-    assert_eq!(
-        fs::read_dir(packages.join(".staging"))
-            .expect("staging")
-            .count(),
-        0
-    );
-    assert!(
-        w.path().join("cache/tools/bin/uv").is_file(),
-        "uv was not installed into the worker's own cache"
-    );
 }
 
 #[test]
@@ -509,12 +473,26 @@ fn a_killed_import_cache_zygote_is_started_again() {
 #[test]
 #[ignore = "needs root"]
 fn uv_comes_from_its_wheel_into_a_fresh_package_cache() {
-    // No shared cache: this worker's own, empty, so it gets uv itself.
-    let w = TestWorker::start(Backend::Sock, &[], &[]);
+    use std::os::unix::fs::MetadataExt;
+    // No shared package cache: this worker's own, empty, and a machine
+    // cache of the test's own (where a root worker keeps uv), so it gets
+    // uv itself.
+    let machine = tempfile::tempdir().expect("machine cache");
+    let dir = common::init_dir(&[], &[]);
+    let machine_var = machine.path().to_str().expect("utf-8 path");
+    let out = common::up_detached(
+        dir.path(),
+        Backend::Sock,
+        &[],
+        &[],
+        &[("XDG_CACHE_HOME", machine_var)],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let w = TestWorker::adopt(Backend::Sock, dir);
     add_six(w.path());
     let a = w.run("six", "{}");
     assert_eq!(a.status, 200, "{}", a.body);
-    let tools = w.path().join("cache/tools");
+    let tools = machine.path().join("ol/tools");
     let uv = tools.join("bin/uv");
     assert_eq!(
         w.stats()["packages"]["installer"],
@@ -536,6 +514,27 @@ fn uv_comes_from_its_wheel_into_a_fresh_package_cache() {
     assert!(
         String::from_utf8_lossy(&version.stdout).starts_with("uv "),
         "{version:?}"
+    );
+    // six was installed out of a cache of the install's own (a worker's
+    // own package cache is not shared), which went with its staging dir:
+    // sealed, and its files have no other name.
+    let packages = w.path().join("packages");
+    let six = fs::read_dir(&packages)
+        .expect("packages dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("six=="))
+        })
+        .expect("six installed");
+    let module = fs::metadata(six.join("six.py")).expect("six.py");
+    assert_eq!((module.uid(), module.nlink()), (0, 1));
+    assert_eq!(
+        fs::read_dir(packages.join(".staging"))
+            .expect("staging")
+            .count(),
+        0
     );
 }
 

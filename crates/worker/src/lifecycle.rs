@@ -2,7 +2,7 @@
 //! shut down cleanly), [`stop_worker`] (`ol worker down`) and
 //! [`force_cleanup`] (after a crash).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -182,8 +182,7 @@ fn package_layer(
             packages_dir: dir.packages(),
             cache_dir: cache_dir.clone(),
             shared_cache: !config.package_cache_dir.is_empty(),
-            // In the cache: workers sharing one install uv once.
-            tools_dir: cache_dir.join("tools"),
+            tools_dir: tools_dir(config, &cache_dir),
             python: python.executable.clone(),
             python_prefix: python.prefix.clone(),
             // Where the installer sandbox's system (and so uv or pip) is.
@@ -201,6 +200,20 @@ fn package_layer(
         puller: Some(Arc::new(puller)),
         import_cache,
     })
+}
+
+/// Where the package puller installs uv when the host has none: beside a
+/// shared package cache (`package_cache_dir` set), so that the workers
+/// sharing it share uv; else, for a worker run as root, in the machine's
+/// cache (`$XDG_CACHE_HOME/ol`, else `/var/cache/ol`, where debootstrap
+/// bases are kept too), so that a new worker dir does not fetch it again
+/// (about 1 s of its first install); else in its own package cache.
+fn tools_dir(config: &Config, cache_dir: &Path) -> PathBuf {
+    if config.package_cache_dir.is_empty() && nix::unistd::geteuid().is_root() {
+        ol_base::debootstrap::default_cache_dir().join("tools")
+    } else {
+        cache_dir.join("tools")
+    }
 }
 
 /// The limits of the package installer's sandbox: `installer_limits`, the
