@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use ol_sandbox::{CommandOutput, CommandSpec};
+use ol_sandbox::{CommandOutput, CommandSpec, Limits};
 
 use super::store::{private_dir, shared_dir};
 use super::uv::Tool;
@@ -77,6 +77,22 @@ impl PackagePuller {
         Ok(Staging(dir))
     }
 
+    /// The limits of a run: `installer_limits`, and a CPU share as large
+    /// as the machine for trusted code (`network`: uv, pip, the fetch
+    /// script), which unpacks wheels on every core; a build of a source
+    /// distribution (package code) keeps a lambda's share. numpy from a
+    /// local wheel, three installs each, 35 s apart: 1.17–1.62 s with one
+    /// CPU's share, 0.72–0.77 s with both.
+    pub(super) fn run_limits(&self, network: bool) -> Limits {
+        let mut limits = self.settings.limits.clone();
+        if network {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let all = u32::try_from(cpus).unwrap_or(u32::MAX).saturating_mul(100);
+            limits.cpu_percent = limits.cpu_percent.max(all);
+        }
+        limits
+    }
+
     /// Runs `argv` in an installer sandbox of its own with `access`.
     pub(super) fn run(
         &self,
@@ -118,7 +134,7 @@ impl PackagePuller {
                 env,
                 writable: access.writable,
                 readable,
-                limits: self.settings.limits.clone(),
+                limits: self.run_limits(access.network),
                 network: access.network,
             })
             .map_err(|e| PackageError::Installer(e.to_string()))?;

@@ -371,6 +371,38 @@ mod tests {
     }
 
     #[test]
+    fn trusted_runs_get_every_cpu_and_builds_a_lambdas_share() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let limits = Limits {
+            cpu_percent: 50,
+            ..Limits::default()
+        };
+        let puller = PackagePuller::new(
+            process_pool(&tmp.path().join("scratch")),
+            PackageSettings {
+                packages_dir: tmp.path().join("p"),
+                cache_dir: tmp.path().join("c"),
+                shared_cache: false,
+                tools_dir: tmp.path().join("t"),
+                python: "/usr/bin/python3".into(),
+                python_prefix: "/usr".into(),
+                system_root: "/".into(),
+                index_url: None,
+                limits: limits.clone(),
+                source_builds: false,
+            },
+        );
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let trusted = puller.run_limits(true);
+        assert_eq!(trusted.cpu_percent, 100 * cpus);
+        assert_eq!(
+            (trusted.mem_mb, trusted.runtime_sec),
+            (limits.mem_mb, limits.runtime_sec)
+        );
+        assert_eq!(puller.run_limits(false), limits);
+    }
+
+    #[test]
     fn installs_hard_link_only_out_of_a_private_cache() {
         let tmp = tempfile::tempdir().expect("tmp");
         let tools = tmp.path().join("tools");
