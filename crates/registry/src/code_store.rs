@@ -174,7 +174,9 @@ impl CodeStore {
     }
 
     /// Requests received so far, by HTTP method (`HEAD`, `GET`, `PUT`...),
-    /// whatever their outcome.
+    /// whatever their outcome; a `GET` that lists a bucket (what a
+    /// registry's `list` sends, e.g. the cron scheduler's at every whole
+    /// minute) counts as `LIST`, so `GET` counts object downloads alone.
     pub fn requests(&self) -> BTreeMap<String, u64> {
         self.requests.snapshot()
     }
@@ -258,6 +260,17 @@ async fn serve(listener: TcpListener, service: Counted, mut stop: oneshot::Recei
     tracing::info!("code store stopped");
 }
 
+/// What [`CodeStore::requests`] counts a request as: its method, or `LIST`
+/// for a `GET` of a bucket (path-style: no key after the bucket).
+fn request_kind<'a>(method: &'a http::Method, uri: &http::Uri) -> &'a str {
+    let bucket_only = !uri.path().trim_matches('/').contains('/');
+    if method == http::Method::GET && bucket_only {
+        "LIST"
+    } else {
+        method.as_str()
+    }
+}
+
 /// Requests by method.
 #[derive(Debug, Default)]
 struct RequestCounts(Mutex<BTreeMap<String, u64>>);
@@ -289,8 +302,30 @@ impl Service<http::Request<Incoming>> for Counted {
     type Future = <S3Service as Service<http::Request<Incoming>>>::Future;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        self.requests.record(req.method().as_str());
+        self.requests.record(request_kind(req.method(), req.uri()));
         tracing::debug!(method = %req.method(), uri = %req.uri(), "code store request");
         Service::call(&self.s3, req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_are_counted_apart_from_object_downloads() {
+        let kind = |method: http::Method, uri: &str| {
+            request_kind(&method, &uri.parse().expect("uri")).to_string()
+        };
+        assert_eq!(
+            kind(http::Method::GET, "/lambdas?list-type=2&prefix=e2e/"),
+            "LIST"
+        );
+        assert_eq!(kind(http::Method::GET, "/lambdas/"), "LIST");
+        assert_eq!(kind(http::Method::GET, "/"), "LIST");
+        assert_eq!(kind(http::Method::GET, "/lambdas/e2e/ver.tar.gz"), "GET");
+        assert_eq!(kind(http::Method::HEAD, "/lambdas/e2e/ver.tar.gz"), "HEAD");
+        assert_eq!(kind(http::Method::PUT, "/lambdas/e2e/ver.tar.gz"), "PUT");
+        assert_eq!(kind(http::Method::HEAD, "/lambdas"), "HEAD");
     }
 }
