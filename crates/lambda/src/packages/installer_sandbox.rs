@@ -82,7 +82,7 @@ impl PackagePuller {
     /// script), which unpacks wheels on every core; a build of a source
     /// distribution (package code) keeps a lambda's share. numpy from a
     /// local wheel, three installs each, 35 s apart: 1.17–1.62 s with one
-    /// CPU's share, 0.72–0.77 s with both.
+    /// CPU's share, 0.72–1.38 s with both.
     pub(super) fn run_limits(&self, network: bool) -> Limits {
         let mut limits = self.settings.limits.clone();
         if network {
