@@ -9,9 +9,10 @@ few capabilities there, no_new_privs and the zygote seccomp filter. It runs
     <python> -I -S ol_zygote.py --fd N --jail LIB [--seccomp FILE]
 
 (the worker has Python import it and call ``main`` instead, so that its
-byte-compiled copy is used: a script is compiled at every start) and speaks the frame protocol of docs/protocol.md on fd N. LIB is the
-jail's shared library (crates/jail): every step of entering a sandbox is
-one call into it, the same Rust code the sandbox init runs, so no syscall
+byte-compiled copy is used: a script is compiled at every start) and
+speaks the frame protocol of docs/protocol.md on fd N. LIB is the jail's
+shared library (crates/jail): every step of entering a sandbox is one
+call into it, the same Rust code the sandbox init runs, so no syscall
 number or kernel constant lives here. FILE is the seccomp filter lambdas
 get. Before anything else the zygote asks the jail to check that it is
 confined as a zygote must be (it imports packages later: none may run with
@@ -32,13 +33,12 @@ and learns through the pidfd how the blank ended). Back in Python it does
 ahead what every lambda's start does, then waits on its socket for an
 ``assign`` frame with the lambda (descriptors: detached mounts of its
 code, of its /host tmpfs and of its proc, and its stdout and stderr log
-pipes). The jail attaches them, keeps only the socket
-and stdio, makes it the sandbox user with no capability, sets
-no_new_privs and installs the lambda filter; then it loads the lambda, says
-``ready`` and serves it. Blanks are made ahead of time, so the expensive
-part (namespaces, cgroups, the fork) is off the critical path of a cold
-start. The zygote answers ``{"type":
-"forked", "id": ..., "pid": ...}``.
+pipes). The jail attaches them, keeps only the socket and stdio, makes
+it the sandbox user with no capability, sets no_new_privs and installs
+the lambda filter; then it loads the lambda, says ``ready`` and serves
+it. Blanks are made ahead of time, so the expensive part (namespaces,
+cgroups, the fork) is off the critical path of a cold start. The zygote
+answers ``{"type": "forked", "id": ..., "pid": ...}``.
 
 A ``zygote`` request (the import cache, docs/architecture.md section 3.4) forks a
 child zygote instead: descriptors are its control socket, its stdout and
@@ -67,8 +67,9 @@ TYPE_CHECKING = False  # typing costs milliseconds at start-up; only checkers ne
 if TYPE_CHECKING:
     from typing import NoReturn
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+if _RUNTIME_DIR not in sys.path:  # the worker's start program put it there
+    sys.path.insert(0, _RUNTIME_DIR)
 
 import ol_runtime  # noqa: E402  (needs the path above)
 

@@ -88,17 +88,13 @@ impl PackagePuller {
         let spec = format!("{name}=={version}");
         let staging = self.staging(&spec)?;
         let dir = staging.path().join("target");
-        let cache = staging.path().join("uv-cache");
-        let uv_cache = if self.settings.shared_cache {
-            UvCache::Shared
-        } else {
-            UvCache::Private(&cache)
-        };
+        // A cache of the install's own unless the package cache is shared
+        // (see `UvCache`).
+        let cache = (!self.settings.shared_cache).then(|| staging.path().join("uv-cache"));
+        let uv_cache = cache.as_deref().map_or(UvCache::Shared, UvCache::Private);
         let argv = self.install_argv(&dir, std::slice::from_ref(&spec), true, uv_cache);
         let mut access = self.downloading_into(&dir);
-        if let UvCache::Private(cache) = uv_cache {
-            access.writable.push(cache.to_path_buf());
-        }
+        access.writable.extend(cache.clone());
         let out = self.run("install", argv, access)?;
         if !out.success {
             return Err(self.run_error(&out, |message| PackageError::Install {
@@ -111,15 +107,17 @@ impl PackagePuller {
             message: e,
         };
         // The other names of the files uv hard-linked into `dir` go with
-        // it (see `UvCache::Private`; none when shared).
-        match fs::remove_dir_all(&cache) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(installer_err(format!(
-                    "cannot remove its cache {}: {e}",
-                    cache.display()
-                )));
+        // its own cache (see `UvCache::Private`).
+        if let Some(cache) = &cache {
+            match fs::remove_dir_all(cache) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(installer_err(format!(
+                        "cannot remove its cache {}: {e}",
+                        cache.display()
+                    )));
+                }
+                _ => {}
             }
-            _ => {}
         }
         store::seal(&dir).map_err(|e| installer_err(e.to_string()))?;
         let pkg = wheel_metadata::read_installed(&dir, name, version).map_err(installer_err)?;

@@ -303,19 +303,28 @@ mod tests {
         )
     }
 
+    /// Settings of a puller whose dirs are under `root`, no uv on the
+    /// host's system (`root/base`) and the default limits.
+    fn settings_in(root: &Path) -> PackageSettings {
+        PackageSettings {
+            packages_dir: root.join("p"),
+            cache_dir: root.join("c"),
+            shared_cache: false,
+            tools_dir: root.join("tools"),
+            python: "/usr/bin/python3".into(),
+            python_prefix: "/usr".into(),
+            system_root: root.join("base"),
+            index_url: None,
+            limits: Limits::default(),
+            source_builds: false,
+        }
+    }
+
     #[test]
     fn local_index_becomes_find_links() {
         let settings = |url: Option<&str>| PackageSettings {
-            packages_dir: "/p".into(),
-            cache_dir: "/c".into(),
-            shared_cache: false,
-            tools_dir: "/t".into(),
-            python: "/py".into(),
-            python_prefix: "/".into(),
-            system_root: "/".into(),
             index_url: url.map(str::to_string),
-            limits: Limits::default(),
-            source_builds: false,
+            ..settings_in(Path::new("/"))
         };
         let scratch = tempfile::tempdir().expect("tmp");
         let pool = process_pool(scratch.path());
@@ -342,16 +351,8 @@ mod tests {
             PackagePuller::new(
                 Arc::clone(&pool),
                 PackageSettings {
-                    packages_dir: tmp.path().join("p"),
-                    cache_dir: tmp.path().join("c"),
-                    shared_cache: false,
-                    tools_dir: tools.clone(),
-                    python: "/usr/bin/python3".into(),
-                    python_prefix: "/usr".into(),
                     system_root: system_root.to_path_buf(),
-                    index_url: None,
-                    limits: Limits::default(),
-                    source_builds: false,
+                    ..settings_in(tmp.path())
                 },
             )
         };
@@ -380,16 +381,8 @@ mod tests {
         let puller = PackagePuller::new(
             process_pool(&tmp.path().join("scratch")),
             PackageSettings {
-                packages_dir: tmp.path().join("p"),
-                cache_dir: tmp.path().join("c"),
-                shared_cache: false,
-                tools_dir: tmp.path().join("t"),
-                python: "/usr/bin/python3".into(),
-                python_prefix: "/usr".into(),
-                system_root: "/".into(),
-                index_url: None,
                 limits: limits.clone(),
-                source_builds: false,
+                ..settings_in(tmp.path())
             },
         );
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
@@ -408,22 +401,13 @@ mod tests {
         let tools = tmp.path().join("tools");
         fs::create_dir_all(tools.join("bin")).expect("tools");
         fs::write(tools.join("bin/uv"), "").expect("uv");
-        let base = tmp.path().join("base");
-        fs::create_dir_all(&base).expect("base");
+        fs::create_dir_all(tmp.path().join("base")).expect("base");
         let shared = tmp.path().join("c");
         let puller = PackagePuller::new(
             process_pool(&tmp.path().join("scratch")),
             PackageSettings {
-                packages_dir: tmp.path().join("p"),
-                cache_dir: shared.clone(),
                 shared_cache: true,
-                tools_dir: tools,
-                python: "/usr/bin/python3".into(),
-                python_prefix: "/usr".into(),
-                system_root: base,
-                index_url: None,
-                limits: Limits::default(),
-                source_builds: false,
+                ..settings_in(tmp.path())
             },
         );
         // The value that follows `flag` in `argv`.

@@ -236,8 +236,9 @@ impl PoolInner {
     /// A new sandbox for `spec`: a blank of the deepest working zygote of
     /// its chain handed the lambda, else a fresh interpreter.
     fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError> {
-        let root_ready = self.lock_zygotes().get(ROOT).is_some_and(|z| z.is_alive());
-        let _first = (self.cfg.zygote && !root_ready).then(|| FirstCall::begin(self));
+        let waits_for_root =
+            self.cfg.zygote && !self.lock_zygotes().get(ROOT).is_some_and(|z| z.is_alive());
+        let _first = waits_for_root.then(|| FirstCall::begin(self));
         let id = self.new_id(&spec.lambda);
         // A blank can fail (its zygote died, it was killed): one more try.
         for _ in 0..2 {
