@@ -75,6 +75,10 @@ import ol_runtime  # noqa: E402  (needs the path above)
 
 # Paths inside a sandbox (crates/sandbox/src/sock/rootfs.rs `inside`).
 HANDLER_DIR = "/handler"
+# The stand-in lambda warm-ups load (crates/sandbox/src/runtime.rs
+# `STAND_IN_DIR`), installed with this file.
+STAND_IN_DIR = os.path.join(_RUNTIME_DIR, "warm-up")
+STAND_IN_FILE = "f.py"
 
 BLANK_FDS = 2  # runtime socket, /tmp; then one cgroup join file per hierarchy
 ZYGOTE_FDS = 4  # control socket, stdout, stderr, /tmp; then cgroup join files
@@ -239,33 +243,54 @@ def run_child(sock: socket.socket, conn: int, body: Callable[[socket.socket], in
 
 
 def warm_up() -> None:
-    """Does, before the lambda is known, what every lambda's start does:
-    clears the environment, line-buffers stdio, loads a stand-in lambda
-    from the private /tmp and serves it one request. Each touches
+    """Does, in a blank, before its lambda is known, what every lambda's
+    start does: clears the environment, line-buffers stdio, and loads and
+    serves the stand-in lambda (serve_stand_in). Each step touches
     interpreter pages shared with the zygote, and the first touch of each
     copies it: here, off the critical path of a cold start (measured: ~0.8
     ms less per start for the load)."""
     os.environ.clear()
     ol_runtime.setup_stdio()
-    stand_in = "/tmp/.ol-warm-up"
-    entry = os.path.join(stand_in, "f.py")
+    serve_stand_in()
+
+
+def warm_zygote() -> None:
+    """Serves the stand-in lambda once in the zygote itself (once: a child
+    zygote inherits it), after its first fork, so that what a lambda's
+    first load does once per process is done here, in pages every later
+    child shares, instead of in each child: the compiler's AST types, the
+    first specializations of the runtime's code, the first allocations of
+    each size. Measured with a 3.11 zygote: a child's load and first call
+    1.0 ms instead of 2.2, and ~0.5 MiB fewer private pages per sandbox.
+    After its first fork, not before: the first call's blank does not wait
+    for it."""
+    global _warmed
+    if _warmed:
+        return
+    _warmed = True
+    serve_stand_in()
+    gc.freeze()  # what it left lives on, shared, like the imports
+
+
+_warmed = False
+
+
+def serve_stand_in() -> None:
+    """Loads the stand-in lambda the worker installs next to this file
+    (read-only, like a lambda's code) and serves it one request through
+    the runtime's own loop, then forgets it: the path, the module, the
+    working directory. Nothing when it is missing."""
+    if not os.path.isfile(os.path.join(STAND_IN_DIR, STAND_IN_FILE)):
+        return
+    handler = ol_runtime.load_lambda(STAND_IN_DIR)
     try:
-        os.mkdir(stand_in)
-        with open(entry, "w") as f:
-            f.write("def f(event):\n    return event\n")
-        handler = ol_runtime.load_lambda(stand_in)
-        try:
-            serve_one(handler)
-        finally:
-            handler.close()
-        del sys.path[0]
+        serve_one(handler)
     finally:
-        sys.modules.pop("f", None)
+        handler.close()
+        if sys.path and sys.path[0] == STAND_IN_DIR:
+            del sys.path[0]
+        sys.modules.pop(os.path.splitext(STAND_IN_FILE)[0], None)
         os.chdir("/")
-        if os.path.exists(entry):
-            os.unlink(entry)
-        if os.path.isdir(stand_in):
-            os.rmdir(stand_in)
 
 
 def serve_one(handler: ol_runtime.Handler) -> None:
@@ -388,6 +413,7 @@ def serve_forks(jail: Jail, sock: socket.socket, seccomp: bytes) -> int:
         for fd in fds:
             os.close(fd)
         ol_runtime.send_frame(sock, {"type": "forked", "id": meta.get("id"), "pid": pid})
+        warm_zygote()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,6 +166,56 @@ fn check_isolation(overrides: &[&str]) {
     assert!(on_disk.is_empty(), "{on_disk:?}");
 }
 
+/// What a lambda sees of the interpreter it was forked with: the warm-ups
+/// (the zygote's, after its first fork, and each blank's) load a stand-in
+/// lambda and must leave nothing of it behind.
+const VIEW: &str = r#"
+import os, sys
+
+def f(event):
+    return {
+        "path": [p for p in sys.path if "warm" in p or p in ("/ol", "")],
+        "module": sys.modules[__name__].__file__,
+        "stand_in": sorted(name for name, m in sys.modules.items()
+                           if "warm-up" in (getattr(m, "__file__", None) or "")),
+        "cwd": os.getcwd(),
+        "tmp": sorted(os.listdir("/tmp")),
+    }
+"#;
+
+#[test]
+#[ignore = "needs root"]
+fn a_lambda_sees_nothing_of_the_warm_ups() {
+    // The first call's blank is forked before the zygote warmed up (and
+    // does not warm up itself); later ones after both warm-ups.
+    let lambdas: Vec<String> = (0..4).map(|i| format!("view{i}")).collect();
+    let files: &[(&str, &str)] = &[("f.py", VIEW)];
+    let named: Vec<(&str, &[(&str, &str)])> = lambdas.iter().map(|n| (n.as_str(), files)).collect();
+    let w = TestWorker::start(Backend::Sock, &named, &[]);
+    for name in &lambdas {
+        let a = w.run(name, "null");
+        assert_eq!(a.status, 200, "{name}: {}", a.body);
+        let view = a.json();
+        assert_eq!(view["module"], "/handler/f.py", "{name}: {view}");
+        assert_eq!(view["cwd"], "/handler", "{name}: {view}");
+        for empty in ["stand_in", "tmp"] {
+            assert_eq!(
+                view[empty],
+                serde_json::json!([]),
+                "{name}: {empty} in {view}"
+            );
+        }
+        // The runtime's own dir is on the path (the zygote imported from
+        // it); the stand-in's is not.
+        assert_eq!(view["path"], serde_json::json!(["/ol"]), "{name}: {view}");
+    }
+    assert!(
+        w.stats()["blank_hits"].as_u64().unwrap_or(0) >= 1,
+        "some call took a blank made (and warmed up) ahead: {}",
+        w.stats()
+    );
+}
+
 #[test]
 #[ignore = "needs root"]
 fn fork_bomb_is_contained_and_the_worker_stays_up() {

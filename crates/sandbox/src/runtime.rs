@@ -17,18 +17,29 @@ pub const RUNTIME_FILE: &str = "ol_runtime.py";
 pub const PYTHON_ZYGOTE: &str = include_str!("../../../runtimes/python/ol_zygote.py");
 /// File name the zygote is installed under.
 pub const ZYGOTE_FILE: &str = "ol_zygote.py";
+/// Source of the stand-in lambda zygotes and blanks load to warm up.
+pub const STAND_IN_LAMBDA: &str = include_str!("../../../runtimes/python/warm-up/f.py");
+/// Dir (in the runtime dir) the stand-in lambda is installed in; the
+/// zygote finds it next to itself (`STAND_IN_DIR` in ol_zygote.py).
+pub const STAND_IN_DIR: &str = "warm-up";
+/// File name of the stand-in lambda in [`STAND_IN_DIR`].
+pub const STAND_IN_FILE: &str = "f.py";
 /// The jail's shared library (crates/jail, built by this crate's build
 /// script), which zygotes load to enter their children's sandboxes.
 pub const JAIL_LIBRARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libol_jail.so"));
 /// File name the jail library is installed under.
 pub const JAIL_FILE: &str = "libol_jail.so";
 
-/// Writes the embedded runtime, zygote and jail library into `dir`
-/// (replacing older copies atomically) and returns the runtime's path.
+/// Writes the embedded runtime, zygote, stand-in lambda and jail library
+/// into `dir` (replacing older copies atomically) and returns the
+/// runtime's path.
 pub fn install_runtime(dir: &Path) -> Result<PathBuf, SandboxError> {
     fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
     install_file(dir, ZYGOTE_FILE, PYTHON_ZYGOTE.as_bytes())?;
     install_file(dir, JAIL_FILE, JAIL_LIBRARY)?;
+    let stand_in = dir.join(STAND_IN_DIR);
+    fs::create_dir_all(&stand_in).map_err(io_err("cannot create", &stand_in))?;
+    install_file(&stand_in, STAND_IN_FILE, STAND_IN_LAMBDA.as_bytes())?;
     install_file(dir, RUNTIME_FILE, PYTHON_RUNTIME.as_bytes())
 }
 
@@ -157,7 +168,11 @@ mod tests {
             fs::read(dir.path().join(JAIL_FILE)).expect("read"),
             JAIL_LIBRARY
         );
+        assert_eq!(
+            fs::read_to_string(dir.path().join(STAND_IN_DIR).join(STAND_IN_FILE)).expect("read"),
+            STAND_IN_LAMBDA
+        );
         let leftovers: Vec<_> = fs::read_dir(dir.path()).expect("ls").collect();
-        assert_eq!(leftovers.len(), 3, "no temp files left");
+        assert_eq!(leftovers.len(), 4, "no temp files left");
     }
 }
