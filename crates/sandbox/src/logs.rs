@@ -1,6 +1,10 @@
 //! Sandbox output (stdout and stderr of lambdas, zygotes and commands):
 //! each stream is a pipe whose read end the worker drains into a file of
 //! the sandbox's scratch dir, keeping at most `limits.log_kb` per stream.
+//! A stream's file is made when its first bytes arrive, so a sandbox that
+//! prints nothing has none: on the host's disk each file is an inode to
+//! allocate and later free, which took 0.1–0.3 ms apiece on this
+//! project's ext4 after a burst of deletions (docs/benchmarks.md).
 //! When a stream's file reaches half of that, it becomes `<stream>.1`
 //! (replacing the older one) and a new file starts, so the newest output
 //! is always kept and a sandbox printing without end never fills the disk.
@@ -101,12 +105,10 @@ pub fn pipes(dir: &Path, cap_kb: u64) -> Result<LogPipes, SandboxError> {
     for name in STREAMS {
         let (read, write) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a log pipe for"))?;
-        let file = create(&dir_fd, name).map_err(nix_err("cannot create a log file in"))?;
         let dir = dir_fd.try_clone().map_err(io_err("cannot open", dir))?;
         collector()
             .send(Stream {
                 read,
-                file,
                 dir,
                 name,
                 cap: cap_kb.saturating_mul(1024).max(2),
@@ -132,7 +134,6 @@ pub fn pipes(dir: &Path, cap_kb: u64) -> Result<LogPipes, SandboxError> {
 /// One stream being drained.
 struct Stream {
     read: OwnedFd,
-    file: File,
     /// The scratch dir.
     dir: OwnedFd,
     /// The file's name in it.
@@ -184,13 +185,22 @@ fn collector() -> &'static mpsc::UnboundedSender<Stream> {
     })
 }
 
-/// Copies one pipe into its file until every writer closed it, rotating
-/// at half the cap; keeps draining (and drops the output) once the file
-/// cannot be written, so the sandbox never blocks on it.
+/// Where a stream's output goes.
+enum Out {
+    /// Nothing arrived yet: no file.
+    NotYet,
+    Open(File),
+    /// The file cannot be made or written: the output is dropped.
+    Failed,
+}
+
+/// Copies one pipe into its file (made with the first bytes) until every
+/// writer closed it, rotating at half the cap; keeps draining (and drops
+/// the output) once the file cannot be written, so the sandbox never
+/// blocks on it.
 async fn drain(stream: Stream) {
     let Stream {
         read,
-        file,
         dir,
         name,
         cap,
@@ -207,7 +217,7 @@ async fn drain(stream: Stream) {
         }
     };
     let half = (cap / 2).max(1);
-    let mut out = Some(file);
+    let mut out = Out::NotYet;
     let mut written = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -216,19 +226,28 @@ async fn drain(stream: Stream) {
             Ok(n) => n,
         };
         lines.feed(&tag, name, &buf[..n]);
+        if let Out::NotYet = out {
+            out = match create(&dir, name) {
+                Ok(file) => Out::Open(file),
+                Err(e) => {
+                    tracing::debug!(log = name, "cannot create a log file: {e}");
+                    Out::Failed
+                }
+            };
+        }
         // Never more than half the cap in one file: split at the rotation.
         let mut rest = &buf[..n];
-        while let (false, Some(file)) = (rest.is_empty(), out.as_mut()) {
+        while let (false, Out::Open(file)) = (rest.is_empty(), &mut out) {
             let room = usize::try_from(half - written).unwrap_or(usize::MAX);
             let (now, later) = rest.split_at(rest.len().min(room));
             if file.write_all(now).is_err() {
-                out = None;
+                out = Out::Failed;
                 break;
             }
             written += now.len() as u64;
             rest = later;
             if written >= half {
-                out = rotate(&dir, name);
+                out = rotate(&dir, name).map_or(Out::Failed, Out::Open);
                 written = 0;
             }
         }
@@ -275,6 +294,31 @@ mod tests {
         assert_eq!(
             fs::read_to_string(dir.path().join("stderr")).expect("stderr"),
             "oops\n"
+        );
+    }
+
+    #[test]
+    fn a_stream_that_stays_silent_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pipes = pipes(dir.path(), 4).expect("pipes");
+        let mut err = File::from(pipes.stderr);
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("ls").count(),
+            0,
+            "no file before output"
+        );
+        err.write_all(b"only stderr\n").expect("write");
+        drop((pipes.stdout, err));
+        assert!(pipes.drained.wait(Duration::from_secs(10)), "drained");
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["stderr"]);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("stderr")).expect("stderr"),
+            "only stderr\n"
         );
     }
 
