@@ -129,6 +129,14 @@ pub fn pid1_end(pid1: BorrowedFd<'_>) -> Result<PidfdEnd> {
     step("read how the sandbox ended", sys::pidfd_end(pid1))
 }
 
+/// Waits, asleep, until a sandbox's pid 1 has ended (its pidfd,
+/// [`NewSandbox::pid1`], is readable), at most `timeout`; returns whether
+/// it has. When pid 1 ends, the kernel has killed and waited for every
+/// other process of its pid namespace.
+pub fn wait_pid1_end(pid1: BorrowedFd<'_>, timeout: std::time::Duration) -> Result<bool> {
+    step("wait for the sandbox's end", sys::pidfd_wait(pid1, timeout))
+}
+
 /// Sends a new child zygote the proc mount of its pid namespace.
 pub fn send_proc(conn: BorrowedFd<'_>, proc: BorrowedFd<'_>) -> Result<()> {
     child::send(conn, PROC_META, &[proc], "send the zygote its proc")

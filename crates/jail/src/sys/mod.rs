@@ -170,6 +170,33 @@ pub(crate) fn pidfd_end(pidfd: BorrowedFd<'_>) -> io::Result<PidfdEnd> {
     }
 }
 
+/// Waits until the process of `pidfd` has ended (its pidfd is readable),
+/// at most `timeout`; returns whether it has.
+pub(crate) fn pidfd_wait(pidfd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut poll = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut poll, 1, ms) };
+        match n {
+            n if n > 0 => return Ok(true),
+            0 => return Ok(false),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
 /// Makes the child started by `cmd` inherit `fd` as descriptor `target`
 /// (without close-on-exec), whatever number `fd` has in the parent.
 pub fn inherit_fd_as(cmd: &mut Command, fd: RawFd, target: RawFd) {
@@ -514,5 +541,21 @@ mod tests {
             assert_eq!(killed, PidfdEnd::Status(libc::SIGKILL));
             assert_eq!(exited, PidfdEnd::Status(3 << 8));
         }
+    }
+
+    #[test]
+    fn waiting_on_a_pidfd_ends_when_its_process_does_and_not_before() {
+        let mut sleeper = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sleep");
+        let pidfd = pidfd_of(&sleeper);
+        let short = std::time::Duration::from_millis(50);
+        assert!(!pidfd_wait(pidfd.as_fd(), short).expect("wait"), "still running");
+        sleeper.kill().expect("kill");
+        // Not reaped yet: a pidfd is readable once its process has ended.
+        assert!(pidfd_wait(pidfd.as_fd(), std::time::Duration::from_secs(10)).expect("wait"));
+        sleeper.wait().expect("reap");
     }
 }

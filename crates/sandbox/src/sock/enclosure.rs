@@ -61,6 +61,12 @@ impl Enclosure {
         self.cgroup.oom_kills().is_ok_and(|n| n > self.oom_baseline)
     }
 
+    /// Kills every process of the sandbox (they end soon after: the
+    /// kernel tears them down).
+    pub(crate) fn kill(&self) {
+        let _ = self.cgroup.kill_all(&kill_pid);
+    }
+
     /// Kills every process of the sandbox and removes its cgroup and its
     /// scratch dir.
     pub(crate) fn tear_down(&self) -> Result<(), SandboxError> {
