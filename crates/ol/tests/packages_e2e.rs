@@ -397,6 +397,64 @@ fn local_wheel_directory_as_the_index() {
     assert!(a.body.contains("six"), "{}", a.body);
 }
 
+#[test]
+#[ignore = "needs root"]
+fn a_lambda_needing_several_distributions_gets_all_or_a_clear_error() {
+    // They install a few at a time: every one must land, and one that
+    // cannot be installed fails the lambda without losing the others.
+    let wheels = tempfile::tempdir().expect("tempdir");
+    for i in 0..6 {
+        write_wheel(
+            wheels.path(),
+            &format!("ol_multi_{i}"),
+            "1.0",
+            &format!("olmulti{i}"),
+            &i.to_string(),
+        );
+    }
+    let w = start(&[&format!("pip_index_url={}", wheels.path().display())]);
+    let imports = (0..6).map(|i| format!("olmulti{i}")).collect::<Vec<_>>();
+    let source = format!(
+        "import {}\ndef f(event):\n    return sum(int(m.VALUE) for m in ({},))\n",
+        imports.join(", "),
+        imports.join(", ")
+    );
+    let requirements: String = (0..6).map(|i| format!("ol-multi-{i}==1.0\n")).collect();
+    add_lambda(
+        w.path(),
+        "multi",
+        &[("f.py", &source), ("requirements.txt", &requirements)],
+    );
+    let a = w.run("multi", "{}");
+    assert_eq!((a.status, a.body.as_str()), (200, "15"));
+    for i in 0..6 {
+        assert!(
+            w.path()
+                .join(format!("packages/ol-multi-{i}==1.0/.ol-package.json"))
+                .is_file(),
+            "ol-multi-{i} installed"
+        );
+    }
+    // A version that is not on the index: resolution names it.
+    add_lambda(
+        w.path(),
+        "broken",
+        &[
+            ("f.py", "def f(event):\n    return 1\n"),
+            ("requirements.txt", "ol-multi-0==1.0\nol-multi-1==9.9\n"),
+        ],
+    );
+    let a = w.run("broken", "{}");
+    assert_eq!(a.status, 500, "{}", a.body);
+    assert!(a.body.contains("ol-multi-1"), "{}", a.body);
+    let a = w.run("multi", "{}");
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (200, "15"),
+        "the first lambda still works"
+    );
+}
+
 /// Pids of the import-cache zygotes: in the worker's cgroups named
 /// `zygote-*` other than the root zygote's (the first one started), the
 /// process that is pid 2 of its own pid namespace (pid 1 there only reaps,

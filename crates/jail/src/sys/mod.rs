@@ -552,7 +552,10 @@ mod tests {
             .expect("sleep");
         let pidfd = pidfd_of(&sleeper);
         let short = std::time::Duration::from_millis(50);
-        assert!(!pidfd_wait(pidfd.as_fd(), short).expect("wait"), "still running");
+        assert!(
+            !pidfd_wait(pidfd.as_fd(), short).expect("wait"),
+            "still running"
+        );
         sleeper.kill().expect("kill");
         // Not reaped yet: a pidfd is readable once its process has ended.
         assert!(pidfd_wait(pidfd.as_fd(), std::time::Duration::from_secs(10)).expect("wait"));

@@ -65,6 +65,8 @@ pub use wheel_metadata::{requires_from_metadata, top_level_from_record};
 
 /// How long a failed resolution or install is answered from memory.
 pub const FAILURE_TTL: Duration = Duration::from_secs(10);
+/// Most distributions of one lambda's requirements installed at a time.
+const CONCURRENT_INSTALLS: usize = 4;
 /// The config key that lets the worker build source distributions.
 pub const SOURCE_BUILDS_KEY: &str = "features.source_builds";
 
@@ -293,10 +295,22 @@ impl PackagePuller {
             let this2 = Arc::clone(&this);
             let pins = blocking(move || this2.resolve(&requirements)).await?;
             let mut packages = Vec::with_capacity(pins.len());
-            // One at a time: parallel installs fight over 2 vCPUs and the
-            // download link, and uv's cache already makes repeats cheap.
+            // A few at a time: each install is mostly waiting (its
+            // sandbox's start, uv's interpreter query, the download), so
+            // the small ones overlap the big ones' unpacking.
+            let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_INSTALLS));
+            let mut installs = tokio::task::JoinSet::new();
             for (name, version) in pins {
-                packages.push(this.install(&name, &version).await?);
+                let (this, slots) = (Arc::clone(&this), Arc::clone(&slots));
+                installs.spawn(async move {
+                    let _slot = slots.acquire_owned().await;
+                    this.install(&name, &version).await
+                });
+            }
+            while let Some(done) = installs.join_next().await {
+                let installed = done
+                    .map_err(|e| PackageError::Installer(format!("installer task failed: {e}")))?;
+                packages.push(installed?);
             }
             packages.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(Arc::new(Resolved { packages }))
