@@ -268,7 +268,10 @@ def warm_zygote() -> None:
     if _warmed:
         return
     _warmed = True
-    serve_stand_in()
+    try:
+        serve_stand_in()
+    except Exception as exc:  # noqa: BLE001 - only a saving: serve on without it
+        print(f"ol_zygote: warm-up failed: {ol_runtime.exception_summary(exc)}", file=sys.stderr)
     gc.freeze()  # what it left lives on, shared, like the imports
 
 
@@ -282,13 +285,15 @@ def serve_stand_in() -> None:
     working directory. Nothing when it is missing."""
     if not os.path.isfile(os.path.join(STAND_IN_DIR, STAND_IN_FILE)):
         return
-    handler = ol_runtime.load_lambda(STAND_IN_DIR)
     try:
-        serve_one(handler)
+        handler = ol_runtime.load_lambda(STAND_IN_DIR)
+        try:
+            serve_one(handler)
+        finally:
+            handler.close()
     finally:
-        handler.close()
-        if sys.path and sys.path[0] == STAND_IN_DIR:
-            del sys.path[0]
+        if STAND_IN_DIR in sys.path:
+            sys.path.remove(STAND_IN_DIR)
         sys.modules.pop(os.path.splitext(STAND_IN_FILE)[0], None)
         os.chdir("/")
 
