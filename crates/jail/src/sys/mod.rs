@@ -512,14 +512,20 @@ mod tests {
         pidfd_open(pid).expect("pidfd_open")
     }
 
-    #[test]
-    fn a_pidfd_tells_a_running_process_from_one_that_ended_and_how() {
-        let mut sleeper = Command::new("sleep")
+    /// A process that runs until killed, and a pidfd of it.
+    fn sleeper() -> (std::process::Child, OwnedFd) {
+        let child = Command::new("sleep")
             .arg("30")
             .stdin(Stdio::null())
             .spawn()
             .expect("sleep");
-        let pidfd = pidfd_of(&sleeper);
+        let pidfd = pidfd_of(&child);
+        (child, pidfd)
+    }
+
+    #[test]
+    fn a_pidfd_tells_a_running_process_from_one_that_ended_and_how() {
+        let (mut sleeper, pidfd) = sleeper();
         assert_eq!(pidfd_end(pidfd.as_fd()).expect("end"), PidfdEnd::Running);
         sleeper.kill().expect("kill");
         sleeper.wait().expect("reap");
@@ -545,12 +551,7 @@ mod tests {
 
     #[test]
     fn waiting_on_a_pidfd_ends_when_its_process_does_and_not_before() {
-        let mut sleeper = Command::new("sleep")
-            .arg("30")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("sleep");
-        let pidfd = pidfd_of(&sleeper);
+        let (mut sleeper, pidfd) = sleeper();
         let short = std::time::Duration::from_millis(50);
         assert!(
             !pidfd_wait(pidfd.as_fd(), short).expect("wait"),
