@@ -307,10 +307,25 @@ impl PackagePuller {
                     this.install(&name, &version).await
                 });
             }
+            // Every one runs to its end, also after another failed: what
+            // installed is kept for the next try, and none is cancelled
+            // halfway.
+            let mut failed = None;
             while let Some(done) = installs.join_next().await {
-                let installed = done
-                    .map_err(|e| PackageError::Installer(format!("installer task failed: {e}")))?;
-                packages.push(installed?);
+                match done {
+                    Ok(Ok(package)) => packages.push(package),
+                    Ok(Err(e)) => {
+                        failed.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(PackageError::Installer(format!(
+                            "installer task failed: {e}"
+                        )));
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
             packages.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(Arc::new(Resolved { packages }))
