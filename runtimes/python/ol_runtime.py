@@ -24,20 +24,32 @@ defines things (and builds the frame meta JSON codec).
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
-import json
-import json.encoder
-import json.scanner
+import io
 import os
-import socket
 import struct
 import sys
-from collections.abc import Callable
-from types import ModuleType
+
+# What the runtime needs on a call's path comes from modules loaded with
+# the interpreter or from C modules: `json` (with `re`, `enum`,
+# `functools`, `collections`), `socket`, `importlib.util` and `typing`
+# cost ~15 ms to import on this project's VMs, and a zygote imports them
+# only after its first fork (for the lambdas that use them), so that the
+# first call after `ol worker up` waits for none of them. Errors and
+# rarer paths import them when they need them.
+import _frozen_importlib as _bootstrap  # importlib.util.module_from_spec
+import _frozen_importlib_external as _bootstrap_external  # SourceFileLoader
+import _socket
+
+try:
+    import _json
+except ImportError:  # an interpreter without the C accelerator
+    _json = None
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; only checkers need it
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from socket import socket as Socket
+    from types import ModuleType
     from typing import Any
 
 FRAME_HEADER = struct.Struct(">II")
@@ -58,7 +70,8 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
 
 # One call: (request meta as raw JSON bytes, request body) -> (response meta
 # as JSON bytes, response body). Meta stays raw so f(event) never parses it.
-Call = Callable[[bytes, bytes], tuple[bytes, bytes]]
+if TYPE_CHECKING:
+    Call = Callable[[bytes, bytes], tuple[bytes, bytes]]
 
 _JSON_RESPONSE_META = b'{"status":200,"headers":[["content-type","application/json"]]}'
 _RUNTIME_FILES = frozenset({__file__, os.path.abspath(__file__)})
@@ -104,22 +117,67 @@ def _unserializable(value: object) -> object:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+class _ScanContext:
+    """What the C scanner reads of a ``json.JSONDecoder()`` (its defaults),
+    without importing ``json``."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
 def json_scanner() -> Callable[[str, int], tuple[Any, int]]:
     """``scan(text, start) -> (value, end)``: the C JSON scanner, no whitespace skipping."""
-    scan: Callable[[str, int], tuple[Any, int]]
-    scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed is wrong
+    if _json is None:
+        import json.scanner
+
+        return json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed is wrong
+    c_scan = _json.make_scanner(_ScanContext())
+
+    def scan(text: str, start: int) -> tuple[Any, int]:
+        try:
+            return c_scan(text, start)
+        except SystemError:
+            # The C scanner reports a syntax error with json.decoder's
+            # JSONDecodeError, which it takes from sys.modules: without
+            # it, a bare SystemError. The first such error imports it.
+            import json.decoder  # noqa: F401
+
+            return c_scan(text, start)
+
     return scan
 
 
 def _compact_encoder() -> Callable[[object, int], Any]:
-    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-    if c_make_encoder is None:  # an interpreter without the _json accelerator
+    if _json is None:
+        import json
+
         encode = json.JSONEncoder(separators=(",", ":"), default=_unserializable).encode
         return lambda value, _level: (encode(value),)
-    encoder: Callable[[object, int], Any] = c_make_encoder(
-        None, _unserializable, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    encoder: Callable[[object, int], Any] = _json.make_encoder(
+        None, _unserializable, _json.encode_basestring_ascii, None, ":", ",", False, False, True
     )
     return encoder
+
+
+def json_dumps() -> Callable[[object], str]:
+    """``json.dumps`` with its defaults (``", "`` and ``": "``, ASCII only,
+    circular references refused), without importing ``json``."""
+    if _json is None:
+        import json
+
+        return json.dumps
+    make_encoder = _json.make_encoder
+    encode_str = _json.encode_basestring_ascii
+
+    def dumps(value: object) -> str:
+        chunks = make_encoder({}, _unserializable, encode_str, None, ": ", ", ", False, False, True)(value, 0)
+        return "".join(chunks)
+
+    return dumps
 
 
 # json.loads/dumps set up a decoder/encoder in Python on every call (~3 us
@@ -134,6 +192,8 @@ def parse_meta(raw: bytes) -> Any:
     try:
         return _scan_json(raw.decode(), 0)[0]
     except StopIteration:  # not compact JSON: let json.loads parse it or say why
+        import json
+
         return json.loads(raw)
 
 
@@ -142,20 +202,22 @@ def encode_meta(meta: object) -> bytes:
     return "".join(_encode_compact(meta, 0)).encode()
 
 
-def send_frame(sock: socket.socket, meta: dict[str, Any], body: bytes = b"") -> None:
+def send_frame(sock: Socket, meta: dict[str, Any], body: bytes = b"") -> None:
     """Send one frame (used for the ready / load_error frames)."""
     raw = encode_meta(meta)
     sock.sendall(FRAME_HEADER.pack(len(raw), len(body)) + raw + body)
 
 
-def serve(sock: socket.socket, handler: Handler) -> None:
+def serve(sock: Socket, handler: Handler) -> None:
     """Answer request frames on ``sock`` with ``handler`` until EOF.
 
     Returns on a clean EOF (or when the worker hangs up); raises
     ProtocolError on a malformed or truncated frame. Exceptions raised by
     the lambda, BaseExceptions included, become 500 frames.
     """
-    read = sock.makefile("rb", buffering=65536).read
+    # A buffered reader straight on the descriptor: sockets' makefile
+    # needs the `socket` module.
+    read = io.open(sock.fileno(), "rb", buffering=65536, closefd=False).read
     sendall = sock.sendall
     unpack = FRAME_HEADER.unpack
     pack = FRAME_HEADER.pack
@@ -331,11 +393,14 @@ def _find_entry_file(code_dir: str) -> str:
 def _import_entry_file(code_dir: str, entry_file: str) -> ModuleType:
     path = os.path.join(code_dir, entry_file)
     name = os.path.splitext(os.path.basename(entry_file))[0]
-    loader = importlib.machinery.SourceFileLoader(name, path)
-    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    # importlib.machinery.SourceFileLoader, importlib.util.spec_from_file_location
+    # and module_from_spec are these (importlib.util imports functools and
+    # collections).
+    loader = _bootstrap_external.SourceFileLoader(name, path)
+    spec = _bootstrap_external.spec_from_file_location(name, path, loader=loader)
     if spec is None:  # only for paths the loader cannot handle
         raise LoadError(f"cannot import {entry_file}")
-    module = importlib.util.module_from_spec(spec)
+    module = _bootstrap.module_from_spec(spec)
     sys.modules[name] = module  # as a real import would; pickle and dataclasses need it
     try:
         loader.exec_module(module)
@@ -399,7 +464,6 @@ def event_decoder() -> Callable[[bytes], Any]:
     detection and whitespace regexes, and a non-JSON body would pay for a
     JSONDecodeError with line/column bookkeeping.
     """
-    loads = json.loads
     scan = json_scanner()
     # Bodies json.loads would read as UTF-16/32 or with a BOM: NUL in the
     # first two bytes, or a first byte that can start a BOM.
@@ -409,8 +473,10 @@ def event_decoder() -> Callable[[bytes], Any]:
         if not body:
             return None
         if body[0] in not_plain_utf8_start or body[1:2] == b"\x00":
+            import json  # only such bodies need it
+
             try:
-                return loads(body)
+                return json.loads(body)
             except (ValueError, RecursionError):
                 pass
         else:
@@ -523,6 +589,8 @@ def not_json_error(fn_name: str, result: object, exc: Exception) -> TypeError:
         found.append(type(value).__name__)
         raise TypeError
 
+    import json  # only errors need it
+
     try:
         json.dumps(result, default=record)
     except (TypeError, ValueError, RecursionError):
@@ -543,7 +611,7 @@ def event_handler(fn: Callable[..., Any], with_conn: bool) -> Handler:
     """``f(event)`` or ``f(event, ctx)``, or seed-002 ``handler(conn, event)``
     called with conn=None."""
     decode = event_decoder()
-    dumps = json.dumps
+    dumps = json_dumps()
     response_meta = _JSON_RESPONSE_META
     name = "handler" if with_conn else "f"
 
@@ -893,11 +961,11 @@ def main(argv: list[str] | None = None) -> int:
     returns the exit status."""
     try:
         args = _parse_args(sys.argv[1:] if argv is None else argv)
-        sock = socket.socket(fileno=int(args["fd"]))
+        sock = _socket.socket(fileno=int(args["fd"]))
     except (ValueError, OSError) as exc:
         print(f"usage: ol_runtime.py --fd N --code DIR --name NAME ({exc})", file=sys.stderr)
         return 2
-    sock.set_inheritable(False)  # a subprocess holding it would hide the worker's EOF
+    os.set_inheritable(sock.fileno(), False)  # a subprocess holding it would hide the worker's EOF
     setup_stdio()
     try:
         packages = [p for p in args.get("packages", "").split(os.pathsep) if p]

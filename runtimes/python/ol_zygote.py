@@ -55,17 +55,19 @@ modules, says ``ready`` (or ``error``) on its own socket and serves
 from __future__ import annotations
 
 import _ctypes
+import _signal
+import _socket
 import gc
-import json
 import os
-import signal
-import socket
+import struct
 import sys
-from collections.abc import Callable
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up; only checkers need it
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
+
+    Socket = _socket.socket
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 if _RUNTIME_DIR not in sys.path:  # the worker's start program put it there
@@ -198,7 +200,7 @@ class Jail:
         self._call(self._assign, conn, code, host, proc, stdout, stderr, seccomp, len(seccomp))
 
 
-def fork_blank(jail: Jail, fds: list[int], warm: bool, seccomp: bytes, sock: socket.socket) -> int:
+def fork_blank(jail: Jail, fds: list[int], warm: bool, seccomp: bytes, sock: Socket) -> int:
     """Forks a blank; returns its pid here. In the blank: does ahead
     everything that does not depend on the lambda, then waits for its lambda
     and serves it; never returns there."""
@@ -207,7 +209,7 @@ def fork_blank(jail: Jail, fds: list[int], warm: bool, seccomp: bytes, sock: soc
     if pid != 0:
         return pid
 
-    def serve(blank: socket.socket) -> int:
+    def serve(blank: Socket) -> int:
         if warm:
             warm_up()
         else:
@@ -220,18 +222,18 @@ def fork_blank(jail: Jail, fds: list[int], warm: bool, seccomp: bytes, sock: soc
     run_child(sock, conn, serve)
 
 
-def run_child(sock: socket.socket, conn: int, body: Callable[[socket.socket], int]) -> NoReturn:
+def run_child(sock: Socket, conn: int, body: Callable[[Socket], int]) -> NoReturn:
     """In a child the jail has just forked and entered (every descriptor
     but ``conn`` and stdio closed): runs ``body`` with ``conn`` as its
     socket and exits with what it returns (``CHILD_FAILED``, after the
     traceback, when it raises)."""
     status = CHILD_FAILED
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGCHLD})
         sock.detach()  # the jail closed it, with every other descriptor
-        own = socket.socket(fileno=conn)
-        own.set_inheritable(False)
+        own = _socket.socket(fileno=conn)
+        os.set_inheritable(conn, False)
         status = body(own)
     except BaseException:  # noqa: BLE001 - report anything, then die
         import traceback  # only a failing child pays for it (~2 ms at start)
@@ -263,16 +265,34 @@ def warm_zygote() -> None:
     each size. Measured with a 3.11 zygote: a child's load and first call
     1.0 ms instead of 2.2, and ~0.5 MiB fewer private pages per sandbox.
     After its first fork, not before: the first call's blank does not wait
-    for it."""
+    for it. It also imports PRELOADED then."""
     global _warmed
     if _warmed:
         return
     _warmed = True
     try:
+        for module in PRELOADED:
+            __import__(module)
         serve_stand_in()
     except Exception as exc:  # noqa: BLE001 - only a saving: serve on without it
         print(f"ol_zygote: warm-up failed: {ol_runtime.exception_summary(exc)}", file=sys.stderr)
     gc.freeze()  # what it left lives on, shared, like the imports
+
+
+# Modules many lambdas import (and the runtime's rarer paths), imported by
+# a zygote only once it has forked its first child: neither the runtime
+# nor the zygote needs them to serve a call, and at start they cost ~15 ms
+# (json with re, enum, functools and collections; socket with selectors)
+# that the first call after `ol worker up` would wait for.
+PRELOADED = (
+    "json",
+    "socket",
+    "signal",
+    "collections.abc",
+    "importlib.machinery",
+    "importlib.util",
+    "types",
+)
 
 
 _warmed = False
@@ -301,16 +321,19 @@ def serve_stand_in() -> None:
 def serve_one(handler: ol_runtime.Handler) -> None:
     """Serves ``handler`` one request through the runtime's own loop, over
     a socket pair, as the worker's first call to the lambda will."""
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
+    ours, theirs = _socket.socketpair()
+    try:
         meta, body = b"{}", b'{"warm": [1, 2.5, "up", null, true]}'
         theirs.sendall(ol_runtime.FRAME_HEADER.pack(len(meta), len(body)) + meta + body)
-        theirs.shutdown(socket.SHUT_WR)
+        theirs.shutdown(_socket.SHUT_WR)
         ol_runtime.serve(ours, handler)
         theirs.recv(1 << 16)
+    finally:
+        ours.close()
+        theirs.close()
 
 
-def run_assigned(jail: Jail, sock: socket.socket, seccomp: bytes) -> None:
+def run_assigned(jail: Jail, sock: Socket, seccomp: bytes) -> None:
     """In a blank: waits for its lambda, becomes its sandbox and serves it.
     Never returns."""
     meta, fds = recv_request(sock)
@@ -336,9 +359,24 @@ def run_assigned(jail: Jail, sock: socket.socket, seccomp: bytes) -> None:
     os._exit(0)
 
 
-def recv_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
+def recv_fds(sock: Socket, size: int, most: int) -> tuple[bytes, list[int]]:
+    """Up to ``size`` bytes and up to ``most`` descriptors sent with them
+    (socket.recv_fds, without the ``socket`` module)."""
+    data, ancillary, _flags, _addr = sock.recvmsg(size, _socket.CMSG_LEN(most * FD_SIZE))
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            count = len(payload) // FD_SIZE
+            fds.extend(struct.unpack(f"{count}i", payload[: count * FD_SIZE]))
+    return data, fds
+
+
+FD_SIZE = struct.calcsize("i")
+
+
+def recv_request(sock: Socket) -> tuple[dict | None, list[int]]:
     """One frame and the descriptors sent with it; (None, []) on EOF."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, MAX_FDS)
+    data, fds = recv_fds(sock, 1 << 16, MAX_FDS)
     if not data:
         for fd in fds:
             os.close(fd)
@@ -355,7 +393,7 @@ def recv_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
         if not more:
             return None, []
         data += more
-    return json.loads(data[8 : 8 + meta_len]), fds
+    return ol_runtime.parse_meta(data[8 : 8 + meta_len]), fds
 
 
 def reap(_signum: int = 0, _frame: object = None) -> None:
@@ -370,7 +408,7 @@ def reap(_signum: int = 0, _frame: object = None) -> None:
             return
 
 
-def become_zygote(jail: Jail, meta: dict, sock: socket.socket, seccomp: bytes) -> int:
+def become_zygote(jail: Jail, meta: dict, sock: Socket, seccomp: bytes) -> int:
     """In a new child zygote (the jail has entered its namespaces): imports
     the node's packages and serves fork requests on its own socket.
     Returns the exit status."""
@@ -388,7 +426,7 @@ def become_zygote(jail: Jail, meta: dict, sock: socket.socket, seccomp: bytes) -
     return serve_forks(jail, sock, seccomp)
 
 
-def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: socket.socket) -> int:
+def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: Socket) -> int:
     """Forks a blank (``prefork``) or a child zygote (``zygote``); returns
     its pid in the parent."""
     if meta.get("type") != "zygote":
@@ -400,8 +438,8 @@ def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: soc
     run_child(sock, conn, lambda child: become_zygote(jail, meta, child, seccomp))
 
 
-def serve_forks(jail: Jail, sock: socket.socket, seccomp: bytes) -> int:
-    signal.signal(signal.SIGCHLD, reap)
+def serve_forks(jail: Jail, sock: Socket, seccomp: bytes) -> int:
+    _signal.signal(_signal.SIGCHLD, reap)
     ol_runtime.send_frame(sock, {"type": "ready", "pid": os.getpid()})
     while True:
         meta, fds = recv_request(sock)
@@ -425,12 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     opts = dict(zip(args[::2], args[1::2]))
     try:
-        sock = socket.socket(fileno=int(opts["--fd"]))
+        sock = _socket.socket(fileno=int(opts["--fd"]))
         jail = Jail(opts["--jail"])
     except (KeyError, ValueError, OSError) as exc:
         print(f"usage: ol_zygote.py --fd N --jail LIB [--seccomp FILE] ({exc})", file=sys.stderr)
         return 2
-    sock.set_inheritable(False)
+    os.set_inheritable(sock.fileno(), False)
     seccomp = b""
     if "--seccomp" in opts:
         with open(opts["--seccomp"], "rb") as f:
