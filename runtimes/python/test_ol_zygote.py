@@ -7,9 +7,12 @@ Run from anywhere with
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import io
 import os
+import struct
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -62,6 +65,57 @@ class StandInTest(unittest.TestCase):
                 with mock.patch.object(ol_zygote.ol_runtime, "load_lambda") as load:
                     ol_zygote.serve_stand_in()
             load.assert_not_called()
+
+
+class StartTest(unittest.TestCase):
+    def modules_after(self, statements: str) -> tuple[list[str], set[str]]:
+        """What a fresh interpreter printed, and its modules, after
+        importing the zygote and running ``statements``."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        program = (
+            f"import sys; sys.path.insert(0, {here!r}); import ol_zygote, ol_runtime\n"
+            f"{statements}\n"
+            "print(' '.join(sorted(sys.modules)))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", program], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        return out[:-1], set(out[-1].split())
+
+    def test_the_zygote_and_the_runtime_start_and_serve_without_the_slow_imports(self) -> None:
+        # The first call after `ol worker up` waits for the zygote's start:
+        # these come only after its first fork (PRELOADED).
+        printed, loaded = self.modules_after(
+            "h = ol_runtime.event_handler(lambda e: e, with_conn=False)\n"
+            "print(h.call(b'{}', b'[1, \"x\"]')[1].decode())"
+        )
+        self.assertEqual(printed, ['[1, "x"]'])
+        slow = {"json", "re", "enum", "socket", "selectors", "typing", "importlib.util", "collections"}
+        self.assertEqual(loaded & slow, set())
+
+    def test_the_zygotes_warm_up_imports_what_lambdas_use(self) -> None:
+        _, loaded = self.modules_after("ol_zygote.warm_zygote()")
+        self.assertEqual(set(ol_zygote.PRELOADED) - loaded, set())
+
+
+class RecvFdsTest(unittest.TestCase):
+    def test_descriptors_sent_with_a_frame_are_received(self) -> None:
+        a, b = _socket.socketpair()
+        r, w = os.pipe()
+        try:
+            a.sendmsg([b"frame"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("2i", r, w))])
+            data, fds = ol_zygote.recv_fds(b, 64, 4)
+            self.assertEqual(data, b"frame")
+            self.assertEqual(len(fds), 2)
+            os.write(fds[1], b"through the copy")
+            self.assertEqual(os.read(r, 64), b"through the copy")
+            for fd in fds:
+                os.close(fd)
+        finally:
+            a.close()
+            b.close()
+            os.close(r)
+            os.close(w)
 
 
 if __name__ == "__main__":
