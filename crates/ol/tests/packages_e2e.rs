@@ -62,6 +62,19 @@ fn add_six(dir: &std::path::Path) {
     );
 }
 
+/// Lambda `name` in `dir`'s registry that returns 1 and needs
+/// `requirements` (a requirements.txt).
+fn add_needing(dir: &std::path::Path, name: &str, requirements: &str) {
+    add_lambda(
+        dir,
+        name,
+        &[
+            ("f.py", "def f(event):\n    return 1\n"),
+            ("requirements.txt", requirements),
+        ],
+    );
+}
+
 fn installs(w: &TestWorker) -> u64 {
     w.stats()["packages"]["installs"]
         .as_u64()
@@ -234,22 +247,8 @@ fn pinned_requirement_forks_from_the_numpy_zygote() {
 #[ignore = "needs root"]
 fn bad_requirement_fails_its_lambda_only_with_a_clear_error() {
     let w = start(&[]);
-    add_lambda(
-        w.path(),
-        "broken",
-        &[
-            ("f.py", "def f(event):\n    return 1\n"),
-            ("requirements.txt", "ol-no-such-package-4c1d9e\n"),
-        ],
-    );
-    add_lambda(
-        w.path(),
-        "impossible",
-        &[
-            ("f.py", "def f(event):\n    return 1\n"),
-            ("requirements.txt", "six==0.0.0.1\n"),
-        ],
-    );
+    add_needing(w.path(), "broken", "ol-no-such-package-4c1d9e\n");
+    add_needing(w.path(), "impossible", "six==0.0.0.1\n");
     for (name, names) in [
         ("broken", "ol-no-such-package-4c1d9e"),
         ("impossible", "six==0.0.0.1"),
@@ -384,14 +383,7 @@ fn local_wheel_directory_as_the_index() {
     // The top-level module was read from the wheel's RECORD.
     assert_eq!(meta["top_level"], serde_json::json!(["ollocal"]));
     // Nothing else is on that index: PyPI was not asked.
-    add_lambda(
-        w.path(),
-        "elsewhere",
-        &[
-            ("f.py", "def f(event):\n    return 1\n"),
-            ("requirements.txt", "six\n"),
-        ],
-    );
+    add_needing(w.path(), "elsewhere", "six\n");
     let a = w.run("elsewhere", "{}");
     assert_eq!(a.status, 500, "{}", a.body);
     assert!(a.body.contains("six"), "{}", a.body);
@@ -436,14 +428,7 @@ fn a_lambda_needing_several_distributions_gets_all_or_a_clear_error() {
         );
     }
     // A version that is not on the index: resolution names it.
-    add_lambda(
-        w.path(),
-        "broken",
-        &[
-            ("f.py", "def f(event):\n    return 1\n"),
-            ("requirements.txt", "ol-multi-0==1.0\nol-multi-1==9.9\n"),
-        ],
-    );
+    add_needing(w.path(), "broken", "ol-multi-0==1.0\nol-multi-1==9.9\n");
     let a = w.run("broken", "{}");
     assert_eq!(a.status, 500, "{}", a.body);
     assert!(a.body.contains("ol-multi-1"), "{}", a.body);
