@@ -88,6 +88,24 @@ ASSIGN_FDS = 5  # code, /host and proc mounts, stdout, stderr
 MAX_FDS = 16
 CHILD_FAILED = 125
 ERROR_LEN = 512
+FD_SIZE = struct.calcsize("i")  # a descriptor in SCM_RIGHTS data
+
+# Modules many lambdas import (and the runtime's rarer paths), imported by
+# a zygote only once it has forked its first child: neither the runtime
+# nor the zygote needs them to serve a call, and at start they cost ~15 ms
+# (json with re, enum, functools and collections; socket with selectors)
+# that the first call after `ol worker up` would wait for.
+PRELOADED = (
+    "json",
+    "socket",
+    "signal",
+    "collections.abc",
+    "importlib.machinery",
+    "importlib.util",
+    "types",
+)
+
+_warmed = False  # whether this zygote (or the one it was forked from) warmed up
 
 
 class _Int(_ctypes._SimpleCData):
@@ -279,25 +297,6 @@ def warm_zygote() -> None:
     gc.freeze()  # what it left lives on, shared, like the imports
 
 
-# Modules many lambdas import (and the runtime's rarer paths), imported by
-# a zygote only once it has forked its first child: neither the runtime
-# nor the zygote needs them to serve a call, and at start they cost ~15 ms
-# (json with re, enum, functools and collections; socket with selectors)
-# that the first call after `ol worker up` would wait for.
-PRELOADED = (
-    "json",
-    "socket",
-    "signal",
-    "collections.abc",
-    "importlib.machinery",
-    "importlib.util",
-    "types",
-)
-
-
-_warmed = False
-
-
 def serve_stand_in() -> None:
     """Loads the stand-in lambda the worker installs next to this file
     (read-only, like a lambda's code) and serves it one request through
@@ -369,9 +368,6 @@ def recv_fds(sock: Socket, size: int, most: int) -> tuple[bytes, list[int]]:
             count = len(payload) // FD_SIZE
             fds.extend(struct.unpack(f"{count}i", payload[: count * FD_SIZE]))
     return data, fds
-
-
-FD_SIZE = struct.calcsize("i")
 
 
 def recv_request(sock: Socket) -> tuple[dict | None, list[int]]:
