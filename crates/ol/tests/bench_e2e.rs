@@ -211,11 +211,14 @@ fn failing_calls_are_counted_and_reported(backend: Backend) {
 /// Runs `ol bench ARGS... --json FILE` and returns its rows.
 fn bench_json(args: &[&str], out: &Path) -> Vec<serde_json::Value> {
     let json = out.join("rows.json");
+    // The bench's own worker and balancer dirs go in `out` too: a test can
+    // tell its processes from those of the tests running beside it.
     let run = Command::new(ol_bin())
         .arg("bench")
         .args(args)
         .arg("--json")
         .arg(&json)
+        .env("TMPDIR", out)
         .output()
         .expect("run ol bench");
     assert!(
@@ -415,13 +418,16 @@ fn hot_bench_measures_through_a_balancer_of_its_own_and_stops_it() {
             assert_eq!(num(row, "errors"), 0.0, "{row}");
         }
     }
-    // Its balancer (and worker) are gone.
+    // Its balancer (and worker) are gone. Only its own: another bench
+    // test beside it may be stopping a balancer of its own right now.
+    let ours = out.path().join("ol-bench-lb-");
+    let ours = ours.to_string_lossy();
     let left: Vec<String> = std::fs::read_dir("/proc")
         .expect("/proc")
         .flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("ol-bench-lb-"))
+        .filter(|c| c.contains(ours.as_ref()))
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
