@@ -393,17 +393,27 @@ def _find_entry_file(code_dir: str) -> str:
 def _import_entry_file(code_dir: str, entry_file: str) -> ModuleType:
     path = os.path.join(code_dir, entry_file)
     name = os.path.splitext(os.path.basename(entry_file))[0]
-    # importlib.machinery.SourceFileLoader, importlib.util.spec_from_file_location
-    # and module_from_spec are these (importlib.util imports functools and
-    # collections).
+    # The module importlib.util.spec_from_file_location, module_from_spec and
+    # SourceFileLoader.exec_module would make (test_ol_runtime holds the two
+    # equal), without running their Python code: a forked sandbox copies
+    # every page of code it runs that its zygote did not (~100 KiB of an
+    # idle sandbox's memory). Unlike exec_module, the entry file is always
+    # compiled from its source, never from a __pycache__ next to it.
     loader = _bootstrap_external.SourceFileLoader(name, path)
-    spec = _bootstrap_external.spec_from_file_location(name, path, loader=loader)
-    if spec is None:  # only for paths the loader cannot handle
-        raise LoadError(f"cannot import {entry_file}")
-    module = _bootstrap.module_from_spec(spec)
+    spec = _bootstrap.ModuleSpec(name, loader, origin=path)
+    spec.has_location = True
+    spec.cached = _bootstrap_external.cache_from_source(path)
+    module = type(sys)(name)
+    module.__loader__ = loader
+    module.__package__ = spec.parent
+    module.__spec__ = spec
+    module.__file__ = path
+    module.__cached__ = spec.cached
     sys.modules[name] = module  # as a real import would; pickle and dataclasses need it
     try:
-        loader.exec_module(module)
+        with io.open_code(path) as source:
+            code = compile(source.read(), path, "exec", dont_inherit=True)
+        exec(code, module.__dict__)
     except BaseException as exc:  # noqa: BLE001 - SystemExit at import is a load error too
         sys.modules.pop(name, None)
         exc_name, message = _describe(exc)

@@ -577,6 +577,47 @@ class LifecycleTests(RuntimeTestCase):
             self.assertTrue(callable(getattr(module, name)), name)
 
 
+class EntryImportTests(unittest.TestCase):
+    runtime = import_runtime()
+
+    def test_the_entry_module_is_the_one_importlib_makes(self) -> None:
+        source = '"""Doc."""\nimport sys\nNAME = __name__\ndef f(event):\n    return sys.modules[__name__] is not None\n'
+        for entry in ("f.py", "sub/app.py", "a.b.py"):
+            with self.subTest(entry=entry), tempfile.TemporaryDirectory() as code_dir:
+                path = os.path.join(code_dir, entry)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as file:
+                    file.write(source)
+                name = os.path.splitext(os.path.basename(entry))[0]
+                try:
+                    ours = self.runtime._import_entry_file(code_dir, entry)
+                    self.assertIs(sys.modules[name], ours)
+                finally:
+                    sys.modules.pop(name, None)
+                spec = importlib.util.spec_from_file_location(name, path)
+                assert spec is not None and spec.loader is not None
+                theirs = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(theirs)
+                self.assertEqual(self.described(ours), self.described(theirs))
+                self.assertIs(ours.__spec__.loader, ours.__loader__)
+                self.assertEqual(ours.f.__code__.co_filename, path)
+
+    @staticmethod
+    def described(module: ModuleType) -> dict[str, Any]:
+        spec, loader = module.__spec__, module.__loader__
+        described: dict[str, Any] = {
+            key: value for key, value in vars(module).items() if key not in ("__spec__", "__loader__", "f", "sys")
+        }
+        described["keys"] = list(vars(module))
+        described["spec"] = {
+            key: getattr(spec, key)
+            for key in ("name", "origin", "cached", "has_location", "parent", "submodule_search_locations", "loader_state")
+        }
+        described["loader"] = (type(loader), loader.name, loader.path)
+        described["__builtins__"] = module.__builtins__ is vars(module)["__builtins__"]
+        return described
+
+
 class MetaCodecTests(unittest.TestCase):
     runtime = import_runtime()
 
