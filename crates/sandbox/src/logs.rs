@@ -12,14 +12,14 @@
 //!
 //! One thread drains every pipe (a current-thread tokio runtime, a task
 //! per pipe); a sandbox that prints faster than the disk takes is slowed
-//! down by its full pipe rather than buffered. Files are named relative to
-//! a descriptor of the scratch dir, so a dir made ahead can be renamed
-//! after its sandbox while its pipes are being drained.
+//! down by its full pipe rather than buffered. The scratch dir itself may
+//! be made only with the first bytes too ([`Scratch::later`]). Files are
+//! named relative to a descriptor of it, so a dir can be renamed after its
+//! sandbox while its pipes are being drained.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use crate::SandboxError;
 use crate::lambda_logs::{LineSplitter, LogTag};
-use crate::{SandboxError, io_err};
+use crate::scratch::Scratch;
 
 /// The write ends of a sandbox's stdout and stderr pipes, for the sandbox,
 /// and a handle telling when both were drained to the end.
@@ -85,31 +86,20 @@ pub const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
 /// A pipe pair for a sandbox whose output goes to `dir/stdout` and
 /// `dir/stderr`, at most `cap_kb` KiB each.
-pub fn pipes(dir: &Path, cap_kb: u64) -> Result<LogPipes, SandboxError> {
+pub(crate) fn pipes(dir: &Scratch, cap_kb: u64) -> Result<LogPipes, SandboxError> {
     let drained = Drained::default();
     let tag = LogTag::default();
-    let nix_err = |what: &'static str| {
-        move |e: nix::Error| SandboxError::Io {
-            what,
-            path: dir.to_path_buf(),
-            source: e.into(),
-        }
-    };
-    let dir_fd = nix::fcntl::open(
-        dir,
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(nix_err("cannot open"))?;
     let mut ends = Vec::with_capacity(2);
     for name in STREAMS {
-        let (read, write) =
-            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a log pipe for"))?;
-        let dir = dir_fd.try_clone().map_err(io_err("cannot open", dir))?;
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SandboxError::Io {
+            what: "cannot make a log pipe for",
+            path: dir.path(),
+            source: e.into(),
+        })?;
         collector()
             .send(Stream {
                 read,
-                dir,
+                dir: dir.clone(),
                 name,
                 cap: cap_kb.saturating_mul(1024).max(2),
                 drained: drained.clone(),
@@ -134,8 +124,8 @@ pub fn pipes(dir: &Path, cap_kb: u64) -> Result<LogPipes, SandboxError> {
 /// One stream being drained.
 struct Stream {
     read: OwnedFd,
-    /// The scratch dir.
-    dir: OwnedFd,
+    /// The scratch dir (made when the first bytes arrive).
+    dir: Scratch,
     /// The file's name in it.
     name: &'static str,
     cap: u64,
@@ -218,6 +208,7 @@ async fn drain(stream: Stream) {
     };
     let half = (cap / 2).max(1);
     let mut out = Out::NotYet;
+    let mut dir_fd = None;
     let mut written = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -227,8 +218,12 @@ async fn drain(stream: Stream) {
         };
         lines.feed(&tag, name, &buf[..n]);
         if let Out::NotYet = out {
-            out = match create(&dir, name) {
-                Ok(file) => Out::Open(file),
+            let made = dir.open().and_then(|fd| Ok((create(&fd, name)?, fd)));
+            out = match made {
+                Ok((file, fd)) => {
+                    dir_fd = Some(fd);
+                    Out::Open(file)
+                }
                 Err(e) => {
                     tracing::debug!(log = name, "cannot create a log file: {e}");
                     Out::Failed
@@ -247,7 +242,10 @@ async fn drain(stream: Stream) {
             written += now.len() as u64;
             rest = later;
             if written >= half {
-                out = rotate(&dir, name).map_or(Out::Failed, Out::Open);
+                out = dir_fd
+                    .as_deref()
+                    .and_then(|fd| rotate(fd, name))
+                    .map_or(Out::Failed, Out::Open);
                 written = 0;
             }
         }
@@ -268,11 +266,26 @@ fn rotate(dir: &OwnedFd, name: &str) -> Option<File> {
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::Path;
+
+    /// Waits (at most 10 s) until `path` exists.
+    fn wait_for(path: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 
     #[test]
     fn output_reaches_the_files_and_the_newest_is_kept_within_the_cap() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pipes = pipes(dir.path(), 4).expect("pipes");
+        let root = tempfile::tempdir().expect("tempdir");
+        let pipes = pipes(&Scratch::later(root.path(), "sb"), 4).expect("pipes");
+        let dir = root.path().join("sb");
         let (mut out, mut err) = (File::from(pipes.stdout), File::from(pipes.stderr));
         for i in 0..2000 {
             writeln!(out, "line {i:05}").expect("write");
@@ -280,8 +293,8 @@ mod tests {
         err.write_all(b"oops\n").expect("write");
         drop((out, err));
         assert!(pipes.drained.wait(Duration::from_secs(10)), "drained");
-        let newest = fs::read_to_string(dir.path().join("stdout")).unwrap_or_default();
-        let older = fs::read_to_string(dir.path().join("stdout.1")).expect("rotated");
+        let newest = fs::read_to_string(dir.join("stdout")).unwrap_or_default();
+        let older = fs::read_to_string(dir.join("stdout.1")).expect("rotated");
         assert!(
             (newest.len() + older.len()) as u64 <= 4 * 1024,
             "{} + {} bytes",
@@ -292,69 +305,123 @@ mod tests {
         assert!(all.ends_with("line 01999\n"), "newest output kept: {all:?}");
         assert!(!all.contains("line 00000"), "oldest output dropped");
         assert_eq!(
-            fs::read_to_string(dir.path().join("stderr")).expect("stderr"),
+            fs::read_to_string(dir.join("stderr")).expect("stderr"),
             "oops\n"
         );
     }
 
     #[test]
-    fn a_stream_that_stays_silent_leaves_no_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pipes = pipes(dir.path(), 4).expect("pipes");
+    fn a_stream_that_stays_silent_leaves_no_file_and_a_silent_sandbox_no_dir() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("sb");
+        let pipes = pipes(&Scratch::later(root.path(), "sb"), 4).expect("pipes");
         let mut err = File::from(pipes.stderr);
-        assert_eq!(
-            fs::read_dir(dir.path()).expect("ls").count(),
-            0,
-            "no file before output"
-        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!dir.exists(), "no dir before output");
         err.write_all(b"only stderr\n").expect("write");
         drop((pipes.stdout, err));
         assert!(pipes.drained.wait(Duration::from_secs(10)), "drained");
-        let names: Vec<String> = fs::read_dir(dir.path())
+        let names: Vec<String> = fs::read_dir(&dir)
             .expect("ls")
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["stderr"]);
         assert_eq!(
-            fs::read_to_string(dir.path().join("stderr")).expect("stderr"),
+            fs::read_to_string(dir.join("stderr")).expect("stderr"),
             "only stderr\n"
+        );
+
+        let silent = pipes_of(root.path(), "quiet");
+        drop((silent.stdout, silent.stderr));
+        assert!(silent.drained.wait(Duration::from_secs(10)), "drained");
+        assert!(
+            !root.path().join("quiet").exists(),
+            "a silent sandbox has no dir"
         );
     }
 
-    #[test]
-    fn a_renamed_scratch_dir_keeps_its_logs() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ahead = dir.path().join("sb-1");
-        fs::create_dir(&ahead).expect("mkdir");
-        let pipes = pipes(&ahead, 1).expect("pipes");
-        let named = dir.path().join("hello-1");
-        fs::rename(&ahead, &named).expect("rename");
-        let mut out = File::from(pipes.stdout);
-        for i in 0..200 {
-            writeln!(out, "line {i:03}").expect("write");
-        }
-        drop((out, pipes.stderr));
-        assert!(pipes.drained.wait(Duration::from_secs(10)));
-        let newest = fs::read_to_string(named.join("stdout")).expect("stdout");
-        let older = fs::read_to_string(named.join("stdout.1")).expect("rotated in the renamed dir");
-        let all = older + &newest;
-        assert!(all.ends_with("line 199\n"), "{all:?}");
+    fn pipes_of(root: &Path, id: &str) -> LogPipes {
+        pipes(&Scratch::later(root, id), 1).expect("pipes")
     }
 
     #[test]
-    fn a_removed_scratch_dir_does_not_block_the_writer() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let scratch = dir.path().join("sb");
-        fs::create_dir(&scratch).expect("mkdir");
-        let pipes = pipes(&scratch, 1).expect("pipes");
-        fs::remove_dir_all(&scratch).expect("remove");
-        let mut out = File::from(pipes.stdout);
-        // Far more than a pipe buffer: it would block if nobody drained.
-        for _ in 0..64 {
-            out.write_all(&[b'x'; 16 * 1024]).expect("write");
+    fn a_scratch_dir_renamed_before_or_during_output_keeps_its_logs() {
+        for during in [false, true] {
+            let root = tempfile::tempdir().expect("tempdir");
+            let scratch = Scratch::later(root.path(), "sb-1");
+            let pipes = pipes(&scratch, 1).expect("pipes");
+            let ahead = root.path().join("sb-1");
+            let named = root.path().join("hello-1");
+            let mut out = File::from(pipes.stdout);
+            let mut write = |lines: std::ops::Range<u32>| {
+                for i in lines {
+                    writeln!(out, "line {i:03}").expect("write");
+                }
+            };
+            if during {
+                write(0..100);
+                wait_for(&ahead.join("stdout"));
+            }
+            scratch.rename(named.clone()).expect("rename");
+            assert_eq!(scratch.path(), named);
+            write(100..200);
+            drop(write);
+            drop((out, pipes.stderr));
+            assert!(pipes.drained.wait(Duration::from_secs(10)));
+            assert!(!ahead.exists(), "during: {during}");
+            let newest = fs::read_to_string(named.join("stdout")).expect("stdout");
+            let older =
+                fs::read_to_string(named.join("stdout.1")).expect("rotated in the renamed dir");
+            let all = older + &newest;
+            assert!(all.ends_with("line 199\n"), "during: {during}: {all:?}");
         }
-        drop((out, pipes.stderr));
+    }
+
+    #[test]
+    fn a_removed_scratch_dir_does_not_block_the_writer_and_is_not_made_again() {
+        for printed_before in [false, true] {
+            let root = tempfile::tempdir().expect("tempdir");
+            let scratch = Scratch::later(root.path(), "sb");
+            let dir = root.path().join("sb");
+            let pipes = pipes(&scratch, 1).expect("pipes");
+            let mut out = File::from(pipes.stdout);
+            if printed_before {
+                out.write_all(b"before\n").expect("write");
+                wait_for(&dir.join("stdout"));
+            }
+            scratch.remove();
+            assert!(!dir.exists());
+            // Far more than a pipe buffer: it would block if nobody drained.
+            for _ in 0..64 {
+                out.write_all(&[b'x'; 16 * 1024]).expect("write");
+            }
+            drop((out, pipes.stderr));
+            assert!(pipes.drained.wait(Duration::from_secs(10)));
+            assert!(
+                !dir.exists(),
+                "made again (printed before: {printed_before})"
+            );
+            assert!(scratch.open().is_err());
+        }
+    }
+
+    #[test]
+    fn a_dir_made_now_is_used_as_it_is() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let scratch = Scratch::create(root.path(), "cmd").expect("create");
+        scratch.record_pid(std::process::id()).expect("pid file");
+        let pipes = pipes(&scratch, 4).expect("pipes");
+        File::from(pipes.stdout).write_all(b"out\n").expect("write");
+        drop(pipes.stderr);
         assert!(pipes.drained.wait(Duration::from_secs(10)));
+        let dir = root.path().join("cmd");
+        assert_eq!(
+            fs::read_to_string(dir.join("stdout")).expect("stdout"),
+            "out\n"
+        );
+        assert!(dir.join(crate::scratch::PID_FILE).exists(), "pid file kept");
+        scratch.remove();
+        assert!(!dir.exists());
     }
 }

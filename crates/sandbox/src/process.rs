@@ -9,7 +9,7 @@
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,9 +17,9 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::lambda_logs::LogTag;
-use crate::logs::{self, LogPipes};
-use crate::pids::{pid_record, process_rss_bytes};
-use crate::scratch::{PID_FILE, cleanup_scratch};
+use crate::logs::LogPipes;
+use crate::pids::process_rss_bytes;
+use crate::scratch::{Scratch, cleanup_scratch};
 use crate::supervise::{RUNTIME_FD, describe_exit, finish_command, spawn_with_runtime_fd};
 use crate::{
     CommandOutput, CommandSpec, NewSandbox, Sandbox, SandboxError, SandboxPool, SandboxSpec, io_err,
@@ -60,14 +60,14 @@ impl ProcessPool {
         &self,
         spec: &SandboxSpec,
         id: &str,
-        scratch: &Path,
+        scratch: &Scratch,
     ) -> Result<NewSandbox, SandboxError> {
-        fs::create_dir_all(scratch).map_err(io_err("cannot create scratch dir", scratch))?;
-        let logs = logs::pipes(scratch, spec.limits.log_kb)?;
+        let logs = scratch.log_pipes(spec.limits.log_kb)?;
+        let dir = scratch.path();
         logs.tag.route(spec.log_sink(id));
         let log_tag = logs.tag.clone();
         let (ours, theirs) =
-            UnixStream::pair().map_err(io_err("cannot create socket pair for", scratch))?;
+            UnixStream::pair().map_err(io_err("cannot create socket pair for", &dir))?;
 
         let mut cmd = Command::new(&self.runtime.python);
         // -B: no __pycache__ in the lambda's code dir (the user's, for a
@@ -97,8 +97,8 @@ impl ProcessPool {
         cmd.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("LANG", "C.UTF-8")
-            .env("HOME", scratch)
-            .env("TMPDIR", scratch)
+            .env("HOME", &dir)
+            .env("TMPDIR", &dir)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&spec.code_dir);
         let child = spawn_with_runtime_fd(&mut cmd, logs.stdout, logs.stderr, theirs)?;
@@ -106,18 +106,13 @@ impl ProcessPool {
             id: id.to_string(),
             pid: child.id(),
             child,
-            scratch: scratch.to_path_buf(),
+            scratch: scratch.clone(),
             destroyed: false,
             log_tag,
         };
-        let pid_path = scratch.join(PID_FILE);
-        if let Err(source) = fs::write(&pid_path, pid_record(sandbox.pid)) {
+        if let Err(e) = scratch.record_pid(sandbox.pid) {
             let _ = sandbox.destroy();
-            return Err(SandboxError::Io {
-                what: "cannot write",
-                path: pid_path,
-                source,
-            });
+            return Err(e);
         }
         Ok(NewSandbox {
             sandbox: Box::new(sandbox),
@@ -135,10 +130,9 @@ impl SandboxPool for ProcessPool {
     fn create(&self, spec: &SandboxSpec) -> Result<NewSandbox, SandboxError> {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", spec.lambda);
-        let scratch = self.scratch_root.join(&id);
-        self.spawn(spec, &id, &scratch).inspect_err(|_| {
-            let _ = fs::remove_dir_all(&scratch);
-        })
+        let scratch = Scratch::create(&self.scratch_root, &id)?;
+        self.spawn(spec, &id, &scratch)
+            .inspect_err(|_| scratch.remove())
     }
 
     fn cleanup_leftovers(&self) -> Result<usize, SandboxError> {
@@ -152,14 +146,13 @@ impl SandboxPool for ProcessPool {
             return Err(SandboxError::StartFailed("empty command".into()));
         };
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let scratch = self.scratch_root.join(format!("{}-{n}", spec.name));
-        fs::create_dir_all(&scratch).map_err(io_err("cannot create scratch dir", &scratch))?;
+        let scratch = Scratch::create(&self.scratch_root, &format!("{}-{n}", spec.name))?;
         let LogPipes {
             stdout,
             stderr,
             drained,
             ..
-        } = logs::pipes(&scratch, spec.limits.log_kb)?;
+        } = scratch.log_pipes(spec.limits.log_kb)?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
@@ -177,13 +170,20 @@ impl SandboxPool for ProcessPool {
         drop(cmd);
         let output = spawned.and_then(|mut child| {
             let pid = child.id();
-            let _ = fs::write(scratch.join(PID_FILE), pid_record(pid));
+            let _ = scratch.record_pid(pid);
             let kill = || {
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
             };
-            finish_command(&mut child, &spec.limits, &scratch, &drained, kill, || false)
+            finish_command(
+                &mut child,
+                &spec.limits,
+                &scratch.path(),
+                &drained,
+                kill,
+                || false,
+            )
         });
-        let _ = fs::remove_dir_all(&scratch);
+        scratch.remove();
         output
     }
 }
@@ -194,7 +194,7 @@ struct ProcessSandbox {
     id: String,
     pid: u32,
     child: Child,
-    scratch: PathBuf,
+    scratch: Scratch,
     destroyed: bool,
     log_tag: LogTag,
 }
@@ -245,7 +245,7 @@ impl Sandbox for ProcessSandbox {
             }
         }
         let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.scratch);
+        self.scratch.remove();
         Ok(())
     }
 

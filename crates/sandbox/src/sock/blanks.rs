@@ -6,7 +6,6 @@
 //! its lambda.
 
 use std::collections::VecDeque;
-use std::fs;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -189,13 +188,12 @@ impl PoolInner {
                 blank.host = ol_jail::outside::scratch(host_scratch(disk_mb))
                     .ok()
                     .map(|host| (host, disk_mb));
-                // Its scratch dir and logs, ready to be renamed after its
-                // sandbox.
-                blank.scratch = Scratch::create(&self.cfg.scratch_root, &id)
-                    .and_then(|s| {
-                        s.log_pipes(self.cfg.blank_limits.log_kb)
-                            .map(|logs| (s.dir, logs))
-                    })
+                // Its logs, and the scratch dir they go to (made at the
+                // first output), ready to be renamed after its sandbox.
+                let scratch = Scratch::later(&self.cfg.scratch_root, &id);
+                blank.scratch = scratch
+                    .log_pipes(self.cfg.blank_limits.log_kb)
+                    .map(|logs| (scratch, logs))
                     .ok();
                 Ok(blank)
             }
@@ -271,12 +269,11 @@ impl PoolInner {
         zygote: &Arc<Zygote>,
     ) -> Result<NewSandbox, SandboxError> {
         let mut blank = blank;
-        let made_ahead = blank.scratch.take().and_then(|(dir, logs)| {
-            let named = self.cfg.scratch_root.join(id);
-            match fs::rename(&dir, &named) {
-                Ok(()) => Some((Scratch { dir: named }, logs)),
+        let made_ahead = blank.scratch.take().and_then(|(scratch, logs)| {
+            match scratch.rename(self.cfg.scratch_root.join(id)) {
+                Ok(()) => Some((scratch, logs)),
                 Err(_) => {
-                    let _ = fs::remove_dir_all(&dir);
+                    scratch.remove();
                     None
                 }
             }
@@ -288,13 +285,7 @@ impl PoolInner {
                 (scratch, Some(logs))
             }
             Some((scratch, _)) => (scratch, None),
-            None => match Scratch::create(&self.cfg.scratch_root, id) {
-                Ok(s) => (s, None),
-                Err(e) => {
-                    blank.discard();
-                    return Err(e);
-                }
-            },
+            None => (Scratch::later(&self.cfg.scratch_root, id), None),
         };
         let limits = cgroup_limits(&spec.limits);
         // Blanks have the worker's limits already: most lambdas need no write.
@@ -350,7 +341,7 @@ impl PoolInner {
         });
         if let Err(e) = handed {
             blank.discard();
-            let _ = fs::remove_dir_all(&scratch.dir);
+            scratch.remove();
             return Err(e);
         }
         let Blank {
@@ -367,7 +358,7 @@ impl PoolInner {
                 pid: OnceLock::new(),
                 enclosure: Enclosure {
                     cgroup,
-                    scratch: scratch.dir,
+                    scratch,
                     downsize: self.downsize(&spec.limits),
                     oom_baseline,
                     recycle,

@@ -4,7 +4,6 @@
 //! network if asked), over a root of the system dirs plus the command's
 //! dirs, as the sandbox user; killed at `runtime_sec`.
 
-use std::fs;
 use std::process::Stdio;
 
 use super::cgroup::Cgroup;
@@ -25,7 +24,7 @@ impl PoolInner {
         let scratch = Scratch::create(&self.cfg.scratch_root, &id)?;
         let ran = self.run_in(cmd, &cgroup, &scratch);
         let _ = cgroup.discard(&kill_pid);
-        let _ = fs::remove_dir_all(&scratch.dir);
+        scratch.remove();
         ran
     }
 
@@ -76,7 +75,7 @@ impl PoolInner {
         finish_command(
             &mut child,
             &cmd.limits,
-            &scratch.dir,
+            &scratch.path(),
             &drained,
             || {
                 let _ = cgroup.kill_all(&kill_pid);

@@ -4,20 +4,19 @@
 //! limit); tearing down kills everything in it and frees the cgroup (kept
 //! for reuse, or removed) and the scratch dir.
 
-use std::fs;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::cgroup::pool::CgroupPool;
 use super::cgroup::{Cgroup, CgroupError};
 use super::{cgroup_err, kill_pid};
 use crate::SandboxError;
+use crate::scratch::Scratch;
 
 /// What a `sock` sandbox holds on the host: its cgroup and scratch dir.
 #[derive(Debug)]
 pub(crate) struct Enclosure {
     pub(crate) cgroup: Cgroup,
-    pub(crate) scratch: PathBuf,
+    pub(crate) scratch: Scratch,
     /// Normal memory limit, when paused sandboxes are downsized.
     pub(crate) downsize: Option<u64>,
     /// OOM kills its cgroup counted before this sandbox (a reused cgroup).
@@ -71,7 +70,7 @@ impl Enclosure {
     /// scratch dir.
     pub(crate) fn tear_down(&self) -> Result<(), SandboxError> {
         let removed = release_cgroup(&self.cgroup, self.recycle.as_deref()).map_err(cgroup_err);
-        let _ = fs::remove_dir_all(&self.scratch);
+        self.scratch.remove();
         removed
     }
 }

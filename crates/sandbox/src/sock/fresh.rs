@@ -163,7 +163,7 @@ impl PoolInner {
     ) -> Result<(SockSandbox, UnixStream), SandboxError> {
         let scratch = Scratch::create(&self.cfg.scratch_root, id)?;
         let (ours, theirs) =
-            UnixStream::pair().map_err(io_err("cannot create socket pair for", &scratch.dir))?;
+            UnixStream::pair().map_err(io_err("cannot create socket pair for", &scratch.path()))?;
         // A lambda's cold start, not the zygote's own start.
         let cgroup_phase = matches!(what, Program::Lambda(_)).then(|| Phase::SockCgroup.enter());
         cgroup.create().map_err(cgroup_err)?;
@@ -191,7 +191,7 @@ impl PoolInner {
             log_tag: tag,
             enclosure: Enclosure {
                 cgroup: cgroup.clone(),
-                scratch: scratch.dir.clone(),
+                scratch: scratch.clone(),
                 downsize: self.downsize(limits),
                 oom_baseline: 0,
                 recycle: None,
@@ -258,8 +258,8 @@ impl Sandbox for SockSandbox {
         let status = self.child.try_wait().ok().flatten()?;
         if status.code() == Some(INIT_FAILED) {
             self.drained.wait(Duration::from_millis(200));
-            let stderr =
-                fs::read_to_string(self.enclosure.scratch.join("stderr")).unwrap_or_default();
+            let stderr = fs::read_to_string(self.enclosure.scratch.path().join("stderr"))
+                .unwrap_or_default();
             let last = stderr
                 .lines()
                 .rev()

@@ -24,7 +24,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -40,6 +40,7 @@ use super::enclosure::{Enclosure, release_cgroup};
 use super::rootfs::{host_scratch, tmp_scratch};
 use crate::logs::LogPipes;
 use crate::protocol::{encode_frame, read_frame_blocking};
+use crate::scratch::Scratch;
 use crate::supervise::describe_exit;
 use crate::{Sandbox, SandboxError};
 
@@ -77,9 +78,9 @@ pub(crate) struct Blank {
     pub(crate) oom_baseline: u64,
     /// Where its cgroup goes for reuse (else it is removed).
     pub(crate) recycle: Option<Arc<CgroupPool>>,
-    /// Its scratch dir and log pipes, made ahead (the dir is renamed after
-    /// the sandbox when it is assigned).
-    pub(crate) scratch: Option<(PathBuf, LogPipes)>,
+    /// Its scratch dir (made at its first output) and log pipes, made
+    /// ahead: the dir is renamed after the sandbox when it is assigned.
+    pub(crate) scratch: Option<(Scratch, LogPipes)>,
     /// The limits its cgroup has now.
     pub(crate) limits: Option<CgroupLimits>,
     /// Its `/host` file system, made ahead, and its size in MiB: a lambda
@@ -98,8 +99,8 @@ impl Blank {
             let _ = self.cgroup.set_cpu_idle(false);
         }
         let _ = release_cgroup(&self.cgroup, self.recycle.as_deref());
-        if let Some((dir, _)) = self.scratch {
-            let _ = std::fs::remove_dir_all(dir);
+        if let Some((scratch, _)) = self.scratch {
+            scratch.remove();
         }
     }
 }

@@ -6,7 +6,6 @@
 //! meanwhile); beyond [`MAX_ZYGOTES`] the least recently used one that no
 //! live sandbox was forked from goes.
 
-use std::fs;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -175,7 +174,7 @@ impl PoolInner {
                     id: &id,
                     enclosure: Enclosure {
                         cgroup: cgroup.clone(),
-                        scratch: scratch.dir.clone(),
+                        scratch: scratch.clone(),
                         downsize: None,
                         oom_baseline: 0,
                         recycle: None,
@@ -195,7 +194,7 @@ impl PoolInner {
             });
         started.inspect_err(|_| {
             let _ = cgroup.discard(&kill_pid);
-            let _ = fs::remove_dir_all(&scratch.dir);
+            scratch.remove();
         })
     }
 
