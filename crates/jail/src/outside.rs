@@ -129,6 +129,13 @@ pub fn pid1_end(pid1: BorrowedFd<'_>) -> Result<PidfdEnd> {
     step("read how the sandbox ended", sys::pidfd_end(pid1))
 }
 
+/// The host pid (as the caller numbers it) of a sandbox's pid 1, through
+/// its pidfd ([`NewSandbox::pid1`]); `None` once it has ended or on a
+/// kernel before 6.13.
+pub fn pid1_pid(pid1: BorrowedFd<'_>) -> Option<u32> {
+    sys::pidfd_pid(pid1)
+}
+
 /// Waits, asleep, until a sandbox's pid 1 has ended (its pidfd,
 /// [`NewSandbox::pid1`], is readable), at most `timeout`; returns whether
 /// it has. When pid 1 ends, the kernel has killed and waited for every

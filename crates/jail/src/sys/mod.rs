@@ -105,6 +105,8 @@ struct PidfdInfo {
     fsgid: u32,
     exit_code: i32,
 }
+/// `PIDFD_INFO_PID`: the pid fields (the kernel fills them always).
+const PIDFD_INFO_PID: u64 = 1 << 0;
 /// `PIDFD_INFO_EXIT` (Linux 6.15).
 const PIDFD_INFO_EXIT: u64 = 1 << 3;
 /// `PIDFD_GET_INFO`: `_IOWR(0xFF, 11, struct pidfd_info)`.
@@ -121,6 +123,27 @@ pub enum PidfdEnd {
     /// It ended, but the kernel keeps no exit status for pidfds (before
     /// Linux 6.15).
     Unknown,
+}
+
+/// The pid of the process of `pidfd` as numbered in the caller's pid
+/// namespace: one `ioctl`, against reading `/proc` to find it. `None`
+/// once it has ended, when the caller's namespace cannot see it, or
+/// before Linux 6.13 (no `PIDFD_GET_INFO`).
+pub(crate) fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Option<u32> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_PID,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: PIDFD_GET_INFO writes at most the size its request number
+    // carries, which is `info`'s.
+    let rc = unsafe {
+        libc::ioctl(
+            pidfd.as_raw_fd(),
+            PIDFD_GET_INFO,
+            std::ptr::from_mut(&mut info),
+        )
+    };
+    (rc == 0 && info.mask & PIDFD_INFO_PID != 0 && info.pid != 0).then_some(info.pid)
 }
 
 /// How the process of `pidfd` ended ([`PidfdEnd`]).
@@ -521,6 +544,15 @@ mod tests {
             .expect("sleep");
         let pidfd = pidfd_of(&child);
         (child, pidfd)
+    }
+
+    #[test]
+    fn a_pidfd_names_its_process_while_it_runs() {
+        let (mut sleeper, pidfd) = sleeper();
+        assert_eq!(pidfd_pid(pidfd.as_fd()), Some(sleeper.id()));
+        sleeper.kill().expect("kill");
+        sleeper.wait().expect("reap");
+        assert_eq!(pidfd_pid(pidfd.as_fd()), None);
     }
 
     #[test]

@@ -453,7 +453,13 @@ impl Sandbox for ForkedSandbox {
         if let Some(pid) = self.pid.get() {
             return *pid;
         }
-        match self.find_runtime_pid() {
+        // Its runtime is its pid 1: the pidfd names it in one ioctl, where
+        // reading /proc took ~0.1 ms of each cold start.
+        let from_pidfd = self
+            .pid1
+            .as_ref()
+            .and_then(|pid1| ol_jail::outside::pid1_pid(pid1.as_fd()));
+        match from_pidfd.or_else(|| self.find_runtime_pid()) {
             Some(pid) => *self.pid.get_or_init(|| pid),
             None => 0,
         }
