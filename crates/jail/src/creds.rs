@@ -1,6 +1,8 @@
 //! Who a sandboxed process is and what it may do: its uid and gid, its
 //! capabilities, no_new_privs, and its seccomp filter.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
 
@@ -43,10 +45,15 @@ pub fn become_user(who: Identity, keep: Caps) -> Result<()> {
     if who.0 != 0 && keep != Caps::NONE {
         return refuse("drop privileges", "only root keeps capabilities");
     }
-    step(
-        "drop capabilities from the bounding set",
-        sys::drop_bounding_set(keep.0),
-    )?;
+    // Emptied already (a blank, at its warm-up): a bounding set never
+    // grows back, and checking it again is one syscall per capability
+    // (41 here) on a cold start's path.
+    if !(keep == Caps::NONE && BOUNDING_SET_EMPTY.load(Ordering::Acquire)) {
+        step(
+            "drop capabilities from the bounding set",
+            sys::drop_bounding_set(keep.0),
+        )?;
+    }
     step("clear ambient capabilities", sys::clear_ambient_caps())?;
     step("clear groups", nix::unistd::setgroups(&[]))?;
     let (uid, gid) = (Uid::from_raw(who.0), Gid::from_raw(who.0));
@@ -62,8 +69,14 @@ pub fn empty_bounding_set() -> Result<()> {
     step(
         "drop capabilities from the bounding set",
         sys::drop_bounding_set(Caps::NONE.0),
-    )
+    )?;
+    BOUNDING_SET_EMPTY.store(true, Ordering::Release);
+    Ok(())
 }
+
+/// This process emptied its bounding set ([`empty_bounding_set`]); a
+/// process forked after inherits the flag with the empty set.
+static BOUNDING_SET_EMPTY: AtomicBool = AtomicBool::new(false);
 
 /// Sets no_new_privs: no exec can raise privileges again (setuid bits,
 /// file capabilities), and an unprivileged process may install seccomp.
