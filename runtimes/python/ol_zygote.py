@@ -59,6 +59,7 @@ import _signal
 import _socket
 import gc
 import os
+import select
 import struct
 import sys
 
@@ -424,7 +425,19 @@ def become_zygote(jail: Jail, meta: dict, sock: Socket, seccomp: bytes) -> int:
 
 def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: Socket) -> int:
     """Forks a blank (``prefork``) or a child zygote (``zygote``); returns
-    its pid in the parent."""
+    its pid in the parent. The child starts with no signal wake-up pipe
+    (``reaping_wait``): the jail closes the zygote's descriptors in it, and
+    a signal must never write to a number it opens again."""
+    zygote = os.getpid()
+    wake = _signal.set_wakeup_fd(-1)
+    try:
+        return _fork_child(jail, meta, fds, seccomp, sock)
+    finally:
+        if os.getpid() == zygote:
+            _signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+
+
+def _fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: Socket) -> int:
     if meta.get("type") != "zygote":
         return fork_blank(jail, fds, bool(meta.get("warm", True)), seccomp, sock)
     conn, stdout, stderr, tmp = fds[:ZYGOTE_FDS]
@@ -434,10 +447,40 @@ def fork_child(jail: Jail, meta: dict, fds: list[int], seccomp: bytes, sock: Soc
     run_child(sock, conn, lambda child: become_zygote(jail, meta, child, seccomp))
 
 
+def reaping_wait(sock: Socket) -> Callable[[], None]:
+    """A wait until ``sock`` has a request, during which exited children
+    are reaped (``reap``: the worker learns how a sandbox ended only then).
+    A SIGCHLD that lands after Python's last check for signals but before
+    a blocking read starts interrupts nothing: its handler would run only
+    after the next request, which may be minutes away. So the signal
+    module also writes each signal to a pipe this wait polls with the
+    socket, and the handler runs as the poll returns."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+
+    def wait() -> None:
+        while True:
+            events = dict(poller.poll())
+            if wake_r in events:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if sock.fileno() in events:
+                return
+
+    return wait
+
+
 def serve_forks(jail: Jail, sock: Socket, seccomp: bytes) -> int:
     _signal.signal(_signal.SIGCHLD, reap)
+    wait = reaping_wait(sock)
     ol_runtime.send_frame(sock, {"type": "ready", "pid": os.getpid()})
     while True:
+        wait()
         meta, fds = recv_request(sock)
         if meta is None:
             return 0

@@ -120,3 +120,75 @@ class RecvFdsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+REAPING_SCRIPT = r"""
+import os, sys, time, _signal, _socket
+sys.path.insert(0, sys.argv[1])
+import ol_zygote
+
+reaped = []
+
+def reap(_signum=0, _frame=None):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        reaped.append((pid, os.waitstatus_to_exitcode(status), time.monotonic()))
+
+_signal.signal(_signal.SIGCHLD, reap)
+ours, theirs = _socket.socketpair()
+wait = ol_zygote.reaping_wait(ours)
+wake = _signal.set_wakeup_fd(-1)
+_signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+
+
+class Jail:
+    # What the jail's fork does for the zygote: fork, and run the child's
+    # part (here: report its wake-up fd and exit 7 after a moment).
+    def fork_blank(self, conn, tmp, joins):
+        pid = os.fork()
+        if pid == 0:
+            os.write(conn, str(_signal.set_wakeup_fd(-1)).encode())
+            time.sleep(0.2)
+            os._exit(7)
+        return pid
+
+
+child_r, child_w = os.pipe()
+began = time.monotonic()
+pid = ol_zygote.fork_child(Jail(), {"type": "prefork"}, [child_w, -1], b"", ours)
+restored = _signal.set_wakeup_fd(-1)
+_signal.set_wakeup_fd(restored, warn_on_full_buffer=False)
+if os.fork() == 0:  # the worker's next request comes a second later
+    time.sleep(1.0)
+    theirs.send(b"x")
+    os._exit(0)
+wait()
+print(pid, os.read(child_r, 16).decode(), wake, restored, reaped[0][0], reaped[0][1],
+      round(reaped[0][2] - began, 3), round(time.monotonic() - began, 3))
+"""
+
+
+class ReapingWaitTest(unittest.TestCase):
+    def test_children_are_reaped_while_the_zygote_waits_and_start_without_its_wake_up_pipe(self) -> None:
+        runtime_dir = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(
+            [sys.executable, "-I", "-c", REAPING_SCRIPT, runtime_dir],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        pid, child_wake, wake, restored, reaped_pid, code, reaped_at, returned_at = out.stdout.split()
+        self.assertEqual(child_wake, "-1", "the child has no wake-up fd")
+        self.assertNotEqual(wake, "-1")
+        self.assertEqual(restored, wake, "the zygote's is back after the fork")
+        self.assertEqual((reaped_pid, code), (pid, "7"))
+        # Reaped as it exited (~0.2 s), not when the request came (~1 s),
+        # and the wait ended only with the request.
+        self.assertLess(float(reaped_at), 0.8)
+        self.assertGreaterEqual(float(returned_at), 0.9)
