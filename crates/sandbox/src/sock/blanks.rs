@@ -210,8 +210,11 @@ impl PoolInner {
     /// waited for up to [`CLAIM_WAIT`]; else a new one forked now.
     pub(super) fn take_blank(&self, key: &str, zygote: &Zygote) -> Result<Blank, SandboxError> {
         let _phase = Phase::SockBlank.enter();
+        // The refill threads learn that a blank was taken only once it has
+        // its lambda (`PoolInner::create`): woken here, one ran its next
+        // blank's cgroup set-up ahead of this cold start on the same CPU
+        // (0.5–0.6 ms in 13 of 30 cold starts, traced).
         let taken = self.ready_or_claimed(key);
-        self.wake.notify_all();
         match taken {
             Some(blank) => {
                 counters::BLANK_HITS.inc();

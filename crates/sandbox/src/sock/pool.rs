@@ -245,15 +245,17 @@ impl PoolInner {
             let Some((key, zygote)) = Phase::ZygoteLookup.run(|| self.zygote(&spec.zygote)) else {
                 break;
             };
-            match self.take_blank(&key, &zygote) {
-                Ok(blank) => match self.assign(blank, spec, &id, &zygote) {
-                    Ok(mut made) => {
-                        made.forked_from = Some(key);
-                        return Ok(made);
-                    }
-                    Err(e) => tracing::warn!(sandbox = %id, "blank sandbox failed: {e}"),
-                },
-                Err(e) => tracing::warn!(sandbox = %id, "cannot fork a blank sandbox: {e}"),
+            let assigned = self
+                .take_blank(&key, &zygote)
+                .and_then(|blank| self.assign(blank, spec, &id, &zygote));
+            // One blank fewer: time to fork the next.
+            self.wake.notify_all();
+            match assigned {
+                Ok(mut made) => {
+                    made.forked_from = Some(key);
+                    return Ok(made);
+                }
+                Err(e) => tracing::warn!(sandbox = %id, "no blank sandbox: {e}"),
             }
         }
         let cgroup = self.cgroup(&id);
