@@ -341,6 +341,12 @@ mod tests {
         );
     }
 
+    fn write_lines(out: &mut File, lines: std::ops::Range<u32>) {
+        for i in lines {
+            writeln!(out, "line {i:03}").expect("write");
+        }
+    }
+
     fn pipes_of(root: &Path, id: &str) -> LogPipes {
         pipes(&Scratch::later(root, id), 1).expect("pipes")
     }
@@ -354,19 +360,13 @@ mod tests {
             let ahead = root.path().join("sb-1");
             let named = root.path().join("hello-1");
             let mut out = File::from(pipes.stdout);
-            let mut write = |lines: std::ops::Range<u32>| {
-                for i in lines {
-                    writeln!(out, "line {i:03}").expect("write");
-                }
-            };
             if during {
-                write(0..100);
+                write_lines(&mut out, 0..100);
                 wait_for(&ahead.join("stdout"));
             }
             scratch.rename(named.clone()).expect("rename");
             assert_eq!(scratch.path(), named);
-            write(100..200);
-            drop(write);
+            write_lines(&mut out, 100..200);
             drop((out, pipes.stderr));
             assert!(pipes.drained.wait(Duration::from_secs(10)));
             assert!(!ahead.exists(), "during: {during}");
