@@ -192,3 +192,28 @@ class ReapingWaitTest(unittest.TestCase):
         # and the wait ended only with the request.
         self.assertLess(float(reaped_at), 0.8)
         self.assertGreaterEqual(float(returned_at), 0.9)
+
+
+WARM_UP_SCRIPT = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import ol_zygote
+ol_zygote.STAND_IN_DIR = os.path.join(sys.argv[1], "warm-up")
+ol_zygote.warm_up()
+print(sorted(os.environ), flush=True)
+os.execv("/usr/bin/env", ["env"])  # what the C environment holds
+"""
+
+
+class BlankWarmUpTest(unittest.TestCase):
+    def test_a_warmed_up_blank_has_an_empty_environment(self) -> None:
+        runtime_dir = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(
+            [sys.executable, "-I", "-c", WARM_UP_SCRIPT, runtime_dir],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"HOME": "/root", "KEEP": "x"},
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "[]\n")
