@@ -217,3 +217,34 @@ class BlankWarmUpTest(unittest.TestCase):
         )
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout, "[]\n")
+
+
+class RehearsedAssignTest(unittest.TestCase):
+    @staticmethod
+    def jail_whose_assign_returns(rc: int, calls: list) -> ol_zygote.Jail:
+        jail = ol_zygote.Jail.__new__(ol_zygote.Jail)
+
+        def assign(*args: object) -> int:
+            calls.append(args[:-2])  # without the error buffer and its size
+            return rc
+
+        jail._assign = assign
+        return jail
+
+    def test_the_rehearsal_hands_over_no_descriptor_and_expects_a_refusal(self) -> None:
+        calls: list = []
+        self.jail_whose_assign_returns(-1, calls).rehearse_assign(b"filter")
+        self.assertEqual(calls, [(-1, -1, -1, -1, -1, -1, b"filter", 6)])
+        with self.assertRaisesRegex(RuntimeError, "without descriptors"):
+            self.jail_whose_assign_returns(0, []).rehearse_assign(b"")
+
+    def test_a_blank_warm_up_rehearses_with_the_jail_it_is_given(self) -> None:
+        calls: list = []
+        jail = self.jail_whose_assign_returns(-1, calls)
+        with mock.patch.object(ol_zygote, "serve_stand_in"), mock.patch.dict(os.environ, {}, clear=False):
+            saved = dict(os.environ)
+            try:
+                ol_zygote.warm_up(jail, b"f")
+            finally:
+                os.environ.update(saved)
+        self.assertEqual(calls, [(-1, -1, -1, -1, -1, -1, b"f", 1)])
