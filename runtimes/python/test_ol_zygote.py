@@ -173,17 +173,27 @@ print(pid, os.read(child_r, 16).decode(), wake, restored, reaped[0][0], reaped[0
 """
 
 
+def run_script(test: unittest.TestCase, script: str, env: dict[str, str] | None = None) -> str:
+    """What ``script`` prints, run by a new interpreter (with the runtime's
+    dir as its argument): signals, the environment and stdio are per
+    process."""
+    runtime_dir = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script, runtime_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    test.assertEqual(out.returncode, 0, out.stderr)
+    return out.stdout
+
+
 class ReapingWaitTest(unittest.TestCase):
     def test_children_are_reaped_while_the_zygote_waits_and_start_without_its_wake_up_pipe(self) -> None:
-        runtime_dir = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(
-            [sys.executable, "-I", "-c", REAPING_SCRIPT, runtime_dir],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        self.assertEqual(out.returncode, 0, out.stderr)
-        pid, child_wake, wake, restored, reaped_pid, code, reaped_at, returned_at = out.stdout.split()
+        pid, child_wake, wake, restored, reaped_pid, code, reaped_at, returned_at = run_script(
+            self, REAPING_SCRIPT
+        ).split()
         self.assertEqual(child_wake, "-1", "the child has no wake-up fd")
         self.assertNotEqual(wake, "-1")
         self.assertEqual(restored, wake, "the zygote's is back after the fork")
@@ -207,16 +217,8 @@ os.execv("/usr/bin/env", ["env"])  # what the C environment holds
 
 class BlankWarmUpTest(unittest.TestCase):
     def test_a_warmed_up_blank_has_an_empty_environment(self) -> None:
-        runtime_dir = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(
-            [sys.executable, "-I", "-c", WARM_UP_SCRIPT, runtime_dir],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={"HOME": "/root", "KEEP": "x"},
-        )
-        self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertEqual(out.stdout, "[]\n")
+        out = run_script(self, WARM_UP_SCRIPT, env={"HOME": "/root", "KEEP": "x"})
+        self.assertEqual(out, "[]\n")
 
 
 class RehearsedAssignTest(unittest.TestCase):

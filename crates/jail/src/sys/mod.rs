@@ -125,31 +125,10 @@ pub enum PidfdEnd {
     Unknown,
 }
 
-/// The pid of the process of `pidfd` as numbered in the caller's pid
-/// namespace: one `ioctl`, against reading `/proc` to find it. `None`
-/// once it has ended, when the caller's namespace cannot see it, or
-/// before Linux 6.13 (no `PIDFD_GET_INFO`).
-pub(crate) fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Option<u32> {
+/// `PIDFD_GET_INFO` on `pidfd`, asking for the fields of `mask`.
+fn pidfd_info(pidfd: BorrowedFd<'_>, mask: u64) -> io::Result<PidfdInfo> {
     let mut info = PidfdInfo {
-        mask: PIDFD_INFO_PID,
-        ..PidfdInfo::default()
-    };
-    // SAFETY: PIDFD_GET_INFO writes at most the size its request number
-    // carries, which is `info`'s.
-    let rc = unsafe {
-        libc::ioctl(
-            pidfd.as_raw_fd(),
-            PIDFD_GET_INFO,
-            std::ptr::from_mut(&mut info),
-        )
-    };
-    (rc == 0 && info.mask & PIDFD_INFO_PID != 0 && info.pid != 0).then_some(info.pid)
-}
-
-/// How the process of `pidfd` ended ([`PidfdEnd`]).
-pub(crate) fn pidfd_end(pidfd: BorrowedFd<'_>) -> io::Result<PidfdEnd> {
-    let mut info = PidfdInfo {
-        mask: PIDFD_INFO_EXIT,
+        mask,
         ..PidfdInfo::default()
     };
     // SAFETY: PIDFD_GET_INFO writes at most the size its request number
@@ -162,13 +141,35 @@ pub(crate) fn pidfd_end(pidfd: BorrowedFd<'_>) -> io::Result<PidfdEnd> {
         )
     };
     if rc == 0 {
-        return Ok(if info.mask & PIDFD_INFO_EXIT != 0 {
-            PidfdEnd::Status(info.exit_code)
-        } else {
-            PidfdEnd::Running
-        });
+        Ok(info)
+    } else {
+        Err(io::Error::last_os_error())
     }
-    let e = io::Error::last_os_error();
+}
+
+/// The pid of the process of `pidfd` as numbered in the caller's pid
+/// namespace: one `ioctl`, against reading `/proc` to find it. `None`
+/// once it has ended, when the caller's namespace cannot see it, or
+/// before Linux 6.13 (no `PIDFD_GET_INFO`).
+pub(crate) fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Option<u32> {
+    pidfd_info(pidfd, PIDFD_INFO_PID)
+        .ok()
+        .filter(|info| info.mask & PIDFD_INFO_PID != 0 && info.pid != 0)
+        .map(|info| info.pid)
+}
+
+/// How the process of `pidfd` ended ([`PidfdEnd`]).
+pub(crate) fn pidfd_end(pidfd: BorrowedFd<'_>) -> io::Result<PidfdEnd> {
+    let e = match pidfd_info(pidfd, PIDFD_INFO_EXIT) {
+        Ok(info) => {
+            return Ok(if info.mask & PIDFD_INFO_EXIT != 0 {
+                PidfdEnd::Status(info.exit_code)
+            } else {
+                PidfdEnd::Running
+            });
+        }
+        Err(e) => e,
+    };
     match e.raw_os_error() {
         // Reaped, on a kernel that knows PIDFD_GET_INFO but not
         // PIDFD_INFO_EXIT (6.13, 6.14).
