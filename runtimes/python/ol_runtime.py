@@ -36,8 +36,8 @@ import sys
 # only after its first fork (for the lambdas that use them), so that the
 # first call after `ol worker up` waits for none of them. Errors and
 # rarer paths import them when they need them.
-import _frozen_importlib as _bootstrap  # importlib.util.module_from_spec
-import _frozen_importlib_external as _bootstrap_external  # SourceFileLoader
+import _frozen_importlib as _bootstrap  # ModuleSpec
+import _frozen_importlib_external as _bootstrap_external  # SourceFileLoader, cache_from_source
 import _socket
 
 try:

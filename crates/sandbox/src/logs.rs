@@ -179,7 +179,8 @@ fn collector() -> &'static mpsc::UnboundedSender<Stream> {
 enum Out {
     /// Nothing arrived yet: no file.
     NotYet,
-    Open(File),
+    /// The file, and the scratch dir it is in (for its rotation).
+    Open { file: File, dir: Arc<OwnedFd> },
     /// The file cannot be made or written: the output is dropped.
     Failed,
 }
@@ -208,7 +209,6 @@ async fn drain(stream: Stream) {
     };
     let half = (cap / 2).max(1);
     let mut out = Out::NotYet;
-    let mut dir_fd = None;
     let mut written = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -218,12 +218,12 @@ async fn drain(stream: Stream) {
         };
         lines.feed(&tag, name, &buf[..n]);
         if let Out::NotYet = out {
-            let made = dir.open().and_then(|fd| Ok((create(&fd, name)?, fd)));
+            let made = dir.open().and_then(|dir| {
+                let file = create(&dir, name)?;
+                Ok(Out::Open { file, dir })
+            });
             out = match made {
-                Ok((file, fd)) => {
-                    dir_fd = Some(fd);
-                    Out::Open(file)
-                }
+                Ok(open) => open,
                 Err(e) => {
                     tracing::debug!(log = name, "cannot create a log file: {e}");
                     Out::Failed
@@ -232,7 +232,7 @@ async fn drain(stream: Stream) {
         }
         // Never more than half the cap in one file: split at the rotation.
         let mut rest = &buf[..n];
-        while let (false, Out::Open(file)) = (rest.is_empty(), &mut out) {
+        while let (false, Out::Open { file, dir }) = (rest.is_empty(), &mut out) {
             let room = usize::try_from(half - written).unwrap_or(usize::MAX);
             let (now, later) = rest.split_at(rest.len().min(room));
             if file.write_all(now).is_err() {
@@ -242,10 +242,11 @@ async fn drain(stream: Stream) {
             written += now.len() as u64;
             rest = later;
             if written >= half {
-                out = dir_fd
-                    .as_deref()
-                    .and_then(|fd| rotate(fd, name))
-                    .map_or(Out::Failed, Out::Open);
+                let dir = Arc::clone(dir);
+                out = match rotate(&dir, name) {
+                    Some(file) => Out::Open { file, dir },
+                    None => Out::Failed,
+                };
                 written = 0;
             }
         }

@@ -140,11 +140,7 @@ fn pidfd_info(pidfd: BorrowedFd<'_>, mask: u64) -> io::Result<PidfdInfo> {
             std::ptr::from_mut(&mut info),
         )
     };
-    if rc == 0 {
-        Ok(info)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(info) } else { last_error() }
 }
 
 /// The pid of the process of `pidfd` as numbered in the caller's pid
@@ -176,20 +172,11 @@ pub(crate) fn pidfd_end(pidfd: BorrowedFd<'_>) -> io::Result<PidfdEnd> {
         Some(libc::ESRCH) => Ok(PidfdEnd::Unknown),
         // No PIDFD_GET_INFO at all: a pidfd is readable once its process
         // has ended.
-        Some(libc::ENOTTY | libc::EINVAL) => {
-            let mut poll = libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, no timeout.
-            let n = unsafe { libc::poll(&mut poll, 1, 0) };
-            match n {
-                n if n < 0 => last_error(),
-                0 => Ok(PidfdEnd::Running),
-                _ => Ok(PidfdEnd::Unknown),
-            }
-        }
+        Some(libc::ENOTTY | libc::EINVAL) => Ok(if pidfd_wait(pidfd, std::time::Duration::ZERO)? {
+            PidfdEnd::Unknown
+        } else {
+            PidfdEnd::Running
+        }),
         _ => Err(e),
     }
 }
