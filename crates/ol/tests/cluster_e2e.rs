@@ -622,6 +622,9 @@ fn workers_install_a_package_once_for_all(backend: Backend) {
     )
     .expect("json");
     assert_eq!(meta["top_level"], serde_json::json!(["olcluster"]));
+    // (Each worker byte-compiles it in the background after the install,
+    // in a staging dir of its own, gone once the marker is written.)
+    common::wait_for_bytecode(&c.path("packages/ol-cluster-pkg==1.0.0"));
     let staging = c.path("packages/.staging");
     let left = fs::read_dir(&staging).map_or(0, |d| d.count());
     assert_eq!(left, 0, "staging dirs left in {}", staging.display());

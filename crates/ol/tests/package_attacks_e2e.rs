@@ -344,6 +344,9 @@ fn installed_packages_are_owned_by_root_and_not_writable_by_sandboxes() {
     assert_eq!((a.status, a.body.as_str()), (200, "\"mine\""));
     let packages = w.path().join("packages");
     assert!(packages.join("ol-owned==1.0/olowned/__init__.py").is_file());
+    // Its bytecode, compiled after the install, is the worker's too.
+    common::wait_for_bytecode(&packages.join("ol-owned==1.0"));
+    assert!(packages.join("ol-owned==1.0/olowned/__pycache__").is_dir());
     assert_store_is_the_workers(&packages);
     // The staging area is the worker's alone, and empty again.
     let staging = fs::metadata(packages.join(".staging")).expect("staging");

@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{Backend, TestWorker, add_lambda, write_wheel};
+use common::{Backend, TestWorker, add_lambda, wait_for_bytecode, write_wheel};
 
 /// Shared installer cache (docs/architecture.md §5: network tests use a local cache).
 const CACHE: &str = "package_cache_dir=/var/tmp/ol-test-uv-cache";
@@ -73,6 +73,19 @@ fn add_needing(dir: &std::path::Path, name: &str, requirements: &str) {
             ("requirements.txt", requirements),
         ],
     );
+}
+
+/// The installed dir of the distribution named `name` in `w`'s packages.
+fn package_dir(w: &TestWorker, name: &str) -> PathBuf {
+    fs::read_dir(w.path().join("packages"))
+        .expect("packages dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}==")))
+        })
+        .unwrap_or_else(|| panic!("{name} installed"))
 }
 
 fn installs(w: &TestWorker) -> u64 {
@@ -560,21 +573,86 @@ fn uv_comes_from_its_wheel_into_a_fresh_package_cache() {
     );
     // six was installed out of a cache of the install's own (a worker's
     // own package cache is not shared), which went with its staging dir:
-    // sealed, and its files have no other name.
+    // sealed, and its files have no other name. (Its bytecode is compiled
+    // in a staging dir too, after the install.)
     let packages = w.path().join("packages");
-    let six = fs::read_dir(&packages)
-        .expect("packages dir")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("six=="))
-        })
-        .expect("six installed");
+    let six = package_dir(&w, "six");
+    wait_for_bytecode(&six);
     let module = fs::metadata(six.join("six.py")).expect("six.py");
     assert_eq!((module.uid(), module.nlink()), (0, 1));
     assert_eq!(
         fs::read_dir(packages.join(".staging"))
+            .expect("staging")
+            .count(),
+        0
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn installed_packages_get_bytecode_python_takes() {
+    use std::os::unix::fs::MetadataExt;
+    let w = start(&[]);
+    // What Python's loader checks before it takes a checked-hash pyc
+    // instead of compiling the source: the magic number, the flags (0b11:
+    // checked hash) and the source's hash.
+    add_lambda(
+        w.path(),
+        "six-pyc",
+        &[
+            (
+                "f.py",
+                concat!(
+                    "import importlib.util, six\n",
+                    "def f(event):\n",
+                    "    pyc = importlib.util.cache_from_source(six.__file__)\n",
+                    "    try:\n",
+                    "        data = open(pyc, 'rb').read()\n",
+                    "    except OSError as e:\n",
+                    "        return {'pyc': str(e)}\n",
+                    "    source = open(six.__file__, 'rb').read()\n",
+                    "    return {'pyc': pyc, 'magic': data[:4] == importlib.util.MAGIC_NUMBER,\n",
+                    "            'flags': int.from_bytes(data[4:8], 'little'),\n",
+                    "            'hash': data[8:16] == importlib.util.source_hash(source)}\n",
+                ),
+            ),
+            ("requirements.txt", "six\n"),
+        ],
+    );
+    let first = w.run("six-pyc", "{}");
+    assert_eq!(first.status, 200, "{}", first.body);
+    let six = package_dir(&w, "six");
+    wait_for_bytecode(&six);
+    let got = w.run("six-pyc", "{}");
+    assert_eq!(got.status, 200, "{}", got.body);
+    let got = got.json();
+    assert_eq!(
+        (&got["magic"], &got["flags"], &got["hash"]),
+        (&true.into(), &3.into(), &true.into()),
+        "{got}"
+    );
+    // Written by the worker like the rest of the package, and nothing
+    // of the compile's staging left.
+    let pyc_dir = six.join("__pycache__");
+    let pycs: Vec<PathBuf> = fs::read_dir(&pyc_dir)
+        .expect("__pycache__")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!pycs.is_empty());
+    for pyc in &pycs {
+        let meta = fs::symlink_metadata(pyc).expect("pyc");
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o7777, meta.nlink()),
+            (0, 0o644, 1),
+            "{}",
+            pyc.display()
+        );
+    }
+    let dir = fs::symlink_metadata(&pyc_dir).expect("__pycache__");
+    assert_eq!((dir.uid(), dir.mode() & 0o7777), (0, 0o755));
+    assert_eq!(
+        fs::read_dir(w.path().join("packages/.staging"))
             .expect("staging")
             .count(),
         0

@@ -178,6 +178,9 @@ pub struct CommandSpec {
     pub limits: Limits,
     /// Keep the host's network (the installer must reach the index).
     pub network: bool,
+    /// Run at idle CPU priority (the cgroup's `cpu.idle`, where the kernel
+    /// has it; `sock` only): for background work nothing waits for.
+    pub idle: bool,
 }
 
 /// How a [`CommandSpec`] ended.

@@ -184,6 +184,7 @@ fn package_layer(
             shared_cache: !config.package_cache_dir.is_empty(),
             tools_dir: tools_dir(config, &cache_dir),
             python: python.executable.clone(),
+            python_version: python.version,
             python_prefix: python.prefix.clone(),
             // Where the installer sandbox's system (and so uv or pip) is.
             system_root: if config.base.is_self_contained() {

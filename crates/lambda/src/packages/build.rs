@@ -117,6 +117,7 @@ impl PackagePuller {
                 writable: vec![work.clone()],
                 readable: vec![fetch.clone()],
                 network: false,
+                background: false,
             },
         )?;
         let prepared: Prepared = last_json(&out).map_err(&fail)?;
@@ -150,6 +151,7 @@ impl PackagePuller {
                 writable: vec![work.clone()],
                 readable: vec![env.clone()],
                 network: false,
+                background: false,
             },
         )?;
         if !out.success {
@@ -259,7 +261,9 @@ struct Prepared {
 }
 
 /// The last stdout line of a successful script run, as JSON.
-fn last_json<T: serde::de::DeserializeOwned>(out: &ol_sandbox::CommandOutput) -> Result<T, String> {
+pub(super) fn last_json<T: serde::de::DeserializeOwned>(
+    out: &ol_sandbox::CommandOutput,
+) -> Result<T, String> {
     if !out.success {
         return Err(failure_message(out));
     }

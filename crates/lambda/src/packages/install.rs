@@ -33,7 +33,14 @@ impl PackagePuller {
         let this = Arc::clone(self);
         let (name, version) = (name.to_string(), version.to_string());
         cached(&slot, || async move {
-            blocking(move || this.install_now(&name, &version)).await
+            let installer = Arc::clone(&this);
+            let installed = blocking(move || installer.install_now(&name, &version)).await;
+            if installed.is_ok() {
+                // Also for one installed by an earlier worker: the compile
+                // thread skips a package whose bytecode is done.
+                this.compile_later(this.settings.packages_dir.join(&dir));
+            }
+            installed
         })
         .await
     }

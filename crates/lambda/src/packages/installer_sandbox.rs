@@ -33,6 +33,9 @@ pub(super) struct Access {
     /// Keep the host's network (only runs of trusted code: uv, pip, the
     /// fetch script), with the host's index, proxy and TLS settings.
     pub(super) network: bool,
+    /// Work nothing waits for (compiling a package's bytecode): it runs at
+    /// idle CPU priority, so calls and cold starts go first.
+    pub(super) background: bool,
 }
 
 /// A private dir under the packages dir's `.staging`, removed when
@@ -59,6 +62,7 @@ impl PackagePuller {
             writable: vec![dir.to_path_buf(), self.settings.cache_dir.clone()],
             readable: Vec::new(),
             network: true,
+            background: false,
         }
     }
 
@@ -66,6 +70,8 @@ impl PackagePuller {
     /// what a run writes inside is given to it by [`Self::run`]).
     pub(super) fn staging(&self, label: &str) -> Result<Staging, PackageError> {
         let root = self.settings.packages_dir.join(STAGING);
+        self.stale_staging_removed
+            .call_once(|| remove_stale_staging(&root));
         let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
         let dir = root.join(format!("{label}-{}-{n}", std::process::id()));
         private_dir(&root)
@@ -136,6 +142,7 @@ impl PackagePuller {
                 readable,
                 limits: self.run_limits(access.network),
                 network: access.network,
+                idle: access.background,
             })
             .map_err(|e| PackageError::Installer(e.to_string()))?;
         if out.timed_out {
@@ -176,6 +183,23 @@ impl PackagePuller {
             ));
         }
         otherwise(message)
+    }
+}
+
+/// Removes the staging dirs of workers that are gone (killed, or stopped
+/// during a run: a package's background bytecode compile is often cut
+/// short so). A dir's name ends in `-PID-N`.
+fn remove_stale_staging(root: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -262,4 +286,27 @@ fn offline_env() -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_of_workers_that_are_gone_is_removed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ours = format!("numpy==2.4.6-{}-3", std::process::id());
+        let gone = "bytecode-six==1.17.0-4000000000-1";
+        for name in [ours.as_str(), gone, "unnamed"] {
+            fs::create_dir_all(tmp.path().join(name).join("out")).expect("dir");
+        }
+        remove_stale_staging(tmp.path());
+        let mut left: Vec<String> = fs::read_dir(tmp.path())
+            .expect("staging")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [ours]);
+    }
 }

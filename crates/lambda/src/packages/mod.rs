@@ -38,6 +38,7 @@
 //! puller's public face and the sharing of runs between callers.
 
 mod build;
+mod bytecode;
 mod install;
 mod installer_sandbox;
 pub mod requirements;
@@ -86,6 +87,8 @@ pub struct PackageSettings {
     pub tools_dir: PathBuf,
     /// The Python interpreter lambdas run (resolution targets it).
     pub python: PathBuf,
+    /// Its `(major, minor)` version (package bytecode is made for it).
+    pub python_version: (u32, u32),
     /// Its installation prefix (a uv installed by pip lands in its `bin`).
     pub python_prefix: PathBuf,
     /// Where, on the host, the installer sandbox's system paths (the
@@ -223,6 +226,12 @@ pub struct PackagePuller {
     built: AtomicU64,
     failures: AtomicU64,
     next_staging: AtomicU64,
+    /// Package dirs waiting for their bytecode (`bytecode`), read by the
+    /// compile thread the first one starts.
+    bytecode_queue: Mutex<Option<std::sync::mpsc::Sender<PathBuf>>>,
+    /// Whether the staging dirs of workers that are gone were removed (at
+    /// the first run of this one).
+    stale_staging_removed: std::sync::Once,
 }
 
 impl std::fmt::Debug for PackagePuller {
@@ -249,6 +258,8 @@ impl PackagePuller {
             built: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             next_staging: AtomicU64::new(1),
+            bytecode_queue: Mutex::new(None),
+            stale_staging_removed: std::sync::Once::new(),
         }
     }
 

@@ -240,6 +240,37 @@ else:
     fail(f"unknown mode {mode}")
 "#;
 
+/// The bytecode compiler of an installed package (`bytecode`), run in a
+/// sandbox with no network that reads the package and writes only `OUT`.
+///
+/// argv: `PACKAGE OUT`. Compiles every `.py` file under `PACKAGE` (links
+/// not followed, `__pycache__` dirs skipped) into `OUT/<its dir>/
+/// __pycache__/`, named as Python looks for it, as a checked-hash pyc (PEP
+/// 552: used only while the source's hash matches the one it records,
+/// whatever the files' times). A file this Python cannot compile (Python 2
+/// code in a test dir, a template) is counted and left out. Prints
+/// `{"tag": ..., "compiled": N, "failed": M}`.
+pub const COMPILE: &str = r#"
+import importlib.util, json, os, py_compile, sys
+package, out = sys.argv[1:3]
+compiled = failed = 0
+for top, dirs, files in os.walk(package):
+    dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not os.path.islink(os.path.join(top, d)))
+    rel = os.path.relpath(top, package)
+    for name in sorted(files):
+        src = os.path.join(top, name)
+        if not name.endswith(".py") or os.path.islink(src) or not os.path.isfile(src):
+            continue
+        pyc = os.path.join(out, rel, "__pycache__", os.path.basename(importlib.util.cache_from_source(src)))
+        try:
+            py_compile.compile(src, cfile=pyc, dfile=src, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+            compiled += 1
+        except Exception:
+            failed += 1
+print(json.dumps({"tag": sys.implementation.cache_tag, "compiled": compiled, "failed": failed}))
+"#;
+
 #[cfg(test)]
 mod tests {
     use std::fs;

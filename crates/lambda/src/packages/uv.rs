@@ -312,6 +312,7 @@ mod tests {
             shared_cache: false,
             tools_dir: root.join("tools"),
             python: "/usr/bin/python3".into(),
+            python_version: (3, 11),
             python_prefix: "/usr".into(),
             system_root: root.join("base"),
             index_url: None,

@@ -534,6 +534,18 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Waits (up to 2 minutes) for the worker's background compile to mark
+/// installed package dir `dir`'s bytecode done (its staging dir is gone
+/// by then).
+pub fn wait_for_bytecode(dir: &Path) {
+    let marker = dir.join(".ol-bytecode");
+    assert!(
+        eventually(Duration::from_secs(120), || marker.exists()),
+        "no bytecode in {} after 2 minutes",
+        dir.display()
+    );
+}
+
 /// Writes a pure-Python wheel `name-version-py3-none-any.whl` providing
 /// module `module` (whose `VALUE` is `value`) into `dir`.
 pub fn write_wheel(dir: &Path, name: &str, version: &str, module: &str, value: &str) {

@@ -38,6 +38,13 @@ impl PoolInner {
         cgroup
             .set_limits(&cgroup_limits(&cmd.limits))
             .map_err(cgroup_err)?;
+        if cmd.idle {
+            // Best effort: without cpu.idle (before Linux 5.15) it runs
+            // at a lambda's priority.
+            if let Err(e) = cgroup.set_cpu_idle(true) {
+                tracing::debug!(command = %cmd.name, "not idle: {e}");
+            }
+        }
         let plan = rootfs::command_plan(&CommandSources {
             base: &self.cfg.base,
             base_kind: self.cfg.base_kind,
