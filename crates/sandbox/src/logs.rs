@@ -26,7 +26,6 @@ use nix::sys::stat::Mode;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::SandboxError;
@@ -185,6 +184,17 @@ enum Out {
     Failed,
 }
 
+/// Bytes read from a pipe at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The collector thread's one read buffer, shared by every stream: a
+    /// stream holds it only between a read and the write of what it read
+    /// (no await in between), so an idle sandbox costs no buffer (it was
+    /// 64 KiB per stream, two per sandbox, zeroed at its start).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK]);
+}
+
 /// Copies one pipe into its file (made with the first bytes) until every
 /// writer closed it, rotating at half the cap; keeps draining (and drops
 /// the output) once the file cannot be written, so the sandbox never
@@ -198,8 +208,7 @@ async fn drain(stream: Stream) {
         drained,
         tag,
     } = stream;
-    let mut lines = LineSplitter::default();
-    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(read) {
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(read) {
         Ok(pipe) => pipe,
         Err(e) => {
             tracing::warn!(log = name, "cannot read a log pipe: {e}");
@@ -207,22 +216,56 @@ async fn drain(stream: Stream) {
             return;
         }
     };
-    let half = (cap / 2).max(1);
-    let mut out = Out::NotYet;
-    let mut written = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        lines.feed(&tag, name, &buf[..n]);
-        if let Out::NotYet = out {
-            let made = dir.open().and_then(|dir| {
+    let mut sink = Sink {
+        dir,
+        name,
+        half: (cap / 2).max(1),
+        out: Out::NotYet,
+        written: 0,
+        lines: LineSplitter::default(),
+    };
+    while pipe.readable().await.is_ok() {
+        let more = READ_BUF.with_borrow_mut(|buf| match pipe.try_read(buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                sink.take(&tag, &buf[..n]);
+                true
+            }
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        });
+        if !more {
+            break;
+        }
+    }
+    sink.lines.finish(&tag, sink.name);
+    drained.one_done();
+}
+
+/// Where one stream's bytes go: its lines to the lambda's log, the bytes
+/// to its file.
+struct Sink {
+    dir: Scratch,
+    name: &'static str,
+    /// Bytes per file before it is rotated.
+    half: u64,
+    out: Out,
+    /// Bytes in the current file.
+    written: u64,
+    lines: LineSplitter,
+}
+
+impl Sink {
+    /// Takes bytes just read: makes the file at the first, never puts more
+    /// than half the cap in one file (splitting at the rotation).
+    fn take(&mut self, tag: &LogTag, bytes: &[u8]) {
+        let name = self.name;
+        self.lines.feed(tag, name, bytes);
+        if let Out::NotYet = self.out {
+            let made = self.dir.open().and_then(|dir| {
                 let file = create(&dir, name)?;
                 Ok(Out::Open { file, dir })
             });
-            out = match made {
+            self.out = match made {
                 Ok(open) => open,
                 Err(e) => {
                     tracing::debug!(log = name, "cannot create a log file: {e}");
@@ -230,29 +273,26 @@ async fn drain(stream: Stream) {
                 }
             };
         }
-        // Never more than half the cap in one file: split at the rotation.
-        let mut rest = &buf[..n];
-        while let (false, Out::Open { file, dir }) = (rest.is_empty(), &mut out) {
-            let room = usize::try_from(half - written).unwrap_or(usize::MAX);
+        let mut rest = bytes;
+        while let (false, Out::Open { file, dir }) = (rest.is_empty(), &mut self.out) {
+            let room = usize::try_from(self.half - self.written).unwrap_or(usize::MAX);
             let (now, later) = rest.split_at(rest.len().min(room));
             if file.write_all(now).is_err() {
-                out = Out::Failed;
+                self.out = Out::Failed;
                 break;
             }
-            written += now.len() as u64;
+            self.written += now.len() as u64;
             rest = later;
-            if written >= half {
+            if self.written >= self.half {
                 let dir = Arc::clone(dir);
-                out = match rotate(&dir, name) {
+                self.out = match rotate(&dir, name) {
                     Some(file) => Out::Open { file, dir },
                     None => Out::Failed,
                 };
-                written = 0;
+                self.written = 0;
             }
         }
     }
-    lines.finish(&tag, name);
-    drained.one_done();
 }
 
 /// Moves `name` to `name.1` and starts a new file; `None` when either fails
