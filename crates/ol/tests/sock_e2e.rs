@@ -353,7 +353,8 @@ fn kill_9_then_force_cleanup_leaves_no_cgroup_process_or_mount() {
 
 /// A sandbox that got its lambda runs at a normal CPU share (`cpu.idle`
 /// 0), while the blanks made ahead beside it (`sb-*` cgroups other than
-/// the sandbox's) warm up idle (1), where the kernel has `cpu.idle`.
+/// the sandbox's) warm up idle (1), and the zygote forked them idle,
+/// where the kernel has `cpu.idle`.
 fn check_cpu_idle(sandbox_dir: &Path) {
     let Ok(idle) = fs::read_to_string(sandbox_dir.join("cpu.idle")) else {
         eprintln!("no cpu.idle on this kernel: checked nothing about it");
@@ -380,6 +381,21 @@ fn check_cpu_idle(sandbox_dir: &Path) {
         common::eventually(Duration::from_secs(10), || all_idle(blanks())),
         "blanks made ahead should be cpu.idle: {:?}",
         blanks()
+    );
+    // So is the zygote that forked them, once no cold start waits for it.
+    let zygotes = || -> Vec<String> {
+        fs::read_dir(parent)
+            .expect("worker cgroup dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("zygote-"))
+            .filter_map(|e| fs::read_to_string(e.path().join("cpu.idle")).ok())
+            .map(|v| v.trim().to_string())
+            .collect()
+    };
+    assert!(
+        common::eventually(Duration::from_secs(10), || all_idle(zygotes())),
+        "a zygote forking blanks ahead should be cpu.idle: {:?}",
+        zygotes()
     );
 }
 

@@ -151,7 +151,7 @@ impl PoolInner {
         let id = self.new_id("zygote");
         let cgroup = self.cgroup(&id);
         self.spawn(&Program::Zygote, &id, &cgroup, &zygote_limits())
-            .and_then(|(sandbox, conn)| Zygote::start(Box::new(sandbox), conn))
+            .and_then(|(sandbox, conn)| Zygote::start(Box::new(sandbox), conn, cgroup.clone()))
             .inspect_err(|_| {
                 let _ = cgroup.discard(&kill_pid);
             })
