@@ -46,21 +46,20 @@ fn start(overrides: &[&str]) -> TestWorker {
     TestWorker::start(Backend::Sock, &[], &all)
 }
 
+/// Lambda `name` in `dir`'s registry whose `f.py` is `code` and whose
+/// one requirement is `six`.
+fn add_with_six(dir: &Path, name: &str, code: &str) {
+    add_lambda(dir, name, &[("f.py", code), ("requirements.txt", "six\n")]);
+}
+
 /// Lambda `six` in `dir`'s registry: returns the version of `six`, its
 /// one requirement.
-fn add_six(dir: &std::path::Path) {
-    add_lambda(
-        dir,
-        "six",
-        &[
-            (
-                "f.py",
-                "import six\ndef f(event):\n    return six.__version__\n",
-            ),
-            ("requirements.txt", "six\n"),
-        ],
-    );
+fn add_six(dir: &Path) {
+    add_with_six(dir, "six", SIX_VERSION);
 }
+
+/// A lambda returning the version of `six`.
+const SIX_VERSION: &str = "import six\ndef f(event):\n    return six.__version__\n";
 
 /// Lambda `name` in `dir`'s registry that returns 1 and needs
 /// `requirements` (a requirements.txt).
@@ -171,21 +170,8 @@ fn flask_and_fastapi_apps_work() {
 #[ignore = "needs root"]
 fn same_requirement_is_installed_once_even_when_asked_at_once() {
     let w = start(&[]);
-    let lambda = |name: &str| {
-        add_lambda(
-            w.path(),
-            name,
-            &[
-                (
-                    "f.py",
-                    "import six\ndef f(event):\n    return six.__version__\n",
-                ),
-                ("requirements.txt", "six\n"),
-            ],
-        );
-    };
-    lambda("six-a");
-    lambda("six-b");
+    add_with_six(w.path(), "six-a", SIX_VERSION);
+    add_with_six(w.path(), "six-b", SIX_VERSION);
     let answers: Vec<(u16, String)> = std::thread::scope(|s| {
         let calls: Vec<_> = ["six-a", "six-b", "six-a", "six-b"]
             .iter()
@@ -596,28 +582,22 @@ fn installed_packages_get_bytecode_python_takes() {
     // What Python's loader checks before it takes a checked-hash pyc
     // instead of compiling the source: the magic number, the flags (0b11:
     // checked hash) and the source's hash.
-    add_lambda(
+    add_with_six(
         w.path(),
         "six-pyc",
-        &[
-            (
-                "f.py",
-                concat!(
-                    "import importlib.util, six\n",
-                    "def f(event):\n",
-                    "    pyc = importlib.util.cache_from_source(six.__file__)\n",
-                    "    try:\n",
-                    "        data = open(pyc, 'rb').read()\n",
-                    "    except OSError as e:\n",
-                    "        return {'pyc': str(e)}\n",
-                    "    source = open(six.__file__, 'rb').read()\n",
-                    "    return {'pyc': pyc, 'magic': data[:4] == importlib.util.MAGIC_NUMBER,\n",
-                    "            'flags': int.from_bytes(data[4:8], 'little'),\n",
-                    "            'hash': data[8:16] == importlib.util.source_hash(source)}\n",
-                ),
-            ),
-            ("requirements.txt", "six\n"),
-        ],
+        concat!(
+            "import importlib.util, six\n",
+            "def f(event):\n",
+            "    pyc = importlib.util.cache_from_source(six.__file__)\n",
+            "    try:\n",
+            "        data = open(pyc, 'rb').read()\n",
+            "    except OSError as e:\n",
+            "        return {'pyc': str(e)}\n",
+            "    source = open(six.__file__, 'rb').read()\n",
+            "    return {'pyc': pyc, 'magic': data[:4] == importlib.util.MAGIC_NUMBER,\n",
+            "            'flags': int.from_bytes(data[4:8], 'little'),\n",
+            "            'hash': data[8:16] == importlib.util.source_hash(source)}\n",
+        ),
     );
     let first = w.run("six-pyc", "{}");
     assert_eq!(first.status, 200, "{}", first.body);
@@ -670,16 +650,10 @@ fn process_backend_installs_and_imports_packages_too() {
         nix::unistd::geteuid()
     );
     let w = TestWorker::start(Backend::Process, &[], &[&cache]);
-    add_lambda(
+    add_with_six(
         w.path(),
         "six",
-        &[
-            (
-                "f.py",
-                "import six, sys\ndef f(event):\n    return [six.__version__, [p for p in sys.path if 'six==' in p] != []]\n",
-            ),
-            ("requirements.txt", "six\n"),
-        ],
+        "import six, sys\ndef f(event):\n    return [six.__version__, [p for p in sys.path if 'six==' in p] != []]\n",
     );
     let a = w.run("six", "{}");
     assert_eq!(a.status, 200, "{}", a.body);

@@ -113,12 +113,7 @@ impl PackagePuller {
         let out = self.run(
             "prepare",
             build_args("prepare"),
-            Access {
-                writable: vec![work.clone()],
-                readable: vec![fetch.clone()],
-                network: false,
-                background: false,
-            },
+            Access::offline(&work, &fetch),
         )?;
         let prepared: Prepared = last_json(&out).map_err(&fail)?;
 
@@ -144,16 +139,7 @@ impl PackagePuller {
         }
 
         // 4. The build itself: no network, writes only `work`.
-        let out = self.run(
-            "build",
-            build_args("build"),
-            Access {
-                writable: vec![work.clone()],
-                readable: vec![env.clone()],
-                network: false,
-                background: false,
-            },
-        )?;
+        let out = self.run("build", build_args("build"), Access::offline(&work, &env))?;
         if !out.success {
             return Err(fail(failure_message(&out)));
         }

@@ -110,10 +110,8 @@ impl PackagePuller {
             "bytecode",
             self.python_script(scripts::COMPILE, &[path_arg(dir), path_arg(&out)]),
             Access {
-                writable: vec![out.clone()],
-                readable: vec![dir.to_path_buf()],
-                network: false,
                 background: true,
+                ..Access::offline(&out, dir)
             },
         )?;
         // What a compile cut short wrote is as good as a whole one's.

@@ -38,6 +38,19 @@ pub(super) struct Access {
     pub(super) background: bool,
 }
 
+impl Access {
+    /// No network, `write` its one writable dir and `read` one more
+    /// readable: a run of package code, or of our code on a package.
+    pub(super) fn offline(write: &Path, read: &Path) -> Self {
+        Self {
+            writable: vec![write.to_path_buf()],
+            readable: vec![read.to_path_buf()],
+            network: false,
+            background: false,
+        }
+    }
+}
+
 /// A private dir under the packages dir's `.staging`, removed when
 /// dropped (also when the run in it failed).
 pub(super) struct Staging(PathBuf);
