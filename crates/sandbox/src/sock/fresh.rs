@@ -162,6 +162,20 @@ impl PoolInner {
         limits: &Limits,
     ) -> Result<(SockSandbox, UnixStream), SandboxError> {
         let scratch = Scratch::create(&self.cfg.scratch_root, id)?;
+        self.spawn_in(what, id, cgroup, limits, &scratch)
+            .inspect_err(|_| scratch.remove())
+    }
+
+    /// [`Self::spawn`] with its scratch dir made (removed by the caller
+    /// when this fails).
+    fn spawn_in(
+        &self,
+        what: &Program<'_>,
+        id: &str,
+        cgroup: &Cgroup,
+        limits: &Limits,
+        scratch: &Scratch,
+    ) -> Result<(SockSandbox, UnixStream), SandboxError> {
         let (ours, theirs) =
             UnixStream::pair().map_err(io_err("cannot create socket pair for", &scratch.path()))?;
         // A lambda's cold start, not the zygote's own start.

@@ -269,7 +269,6 @@ impl PoolInner {
             })
             .inspect_err(|_| {
                 let _ = cgroup.discard(&kill_pid);
-                let _ = fs::remove_dir_all(self.cfg.scratch_root.join(&id));
             })
     }
 }
