@@ -36,7 +36,7 @@ use super::{PackageError, PackagePuller, lock, scripts};
 
 /// In a package dir: its bytecode is done, for the Python whose cache tag
 /// the file holds (`cpython-311`).
-pub(super) const MARKER: &str = ".ol-bytecode";
+const MARKER: &str = ".ol-bytecode";
 /// Largest pyc adopted (the biggest in numpy and pandas are < 1 MiB).
 const MAX_PYC: u64 = 64 << 20;
 /// A pyc's header: magic (2 bytes and `\r\n`), flags, then the source's
@@ -53,11 +53,11 @@ struct Compiled {
 
 /// What [`adopt`] took and refused.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Adopted {
+struct Adopted {
     /// pycs copied into the package.
-    pub(super) taken: usize,
+    taken: usize,
     /// Files left out: not a checked-hash pyc of a source the package has.
-    pub(super) refused: usize,
+    refused: usize,
 }
 
 impl PackagePuller {
@@ -99,7 +99,7 @@ impl PackagePuller {
 
     /// Compiles package dir `dir` in an installer sandbox and adopts the
     /// pycs; marks it done when the compile ran to its end.
-    pub(super) fn compile_bytecode(&self, dir: &Path) -> Result<Adopted, PackageError> {
+    fn compile_bytecode(&self, dir: &Path) -> Result<Adopted, PackageError> {
         let started = Instant::now();
         let label = dir
             .file_name()
@@ -170,7 +170,7 @@ fn compile_queued(puller: &Weak<PackagePuller>, queue: &mpsc::Receiver<PathBuf>)
 /// Copies the pycs the compile left in `out` into package dir `pkg` (see
 /// the module doc for what is taken). Nothing else writes `out` now: its
 /// sandbox is gone.
-pub(super) fn adopt(out: &Path, pkg: &Path) -> std::io::Result<Adopted> {
+fn adopt(out: &Path, pkg: &Path) -> std::io::Result<Adopted> {
     let mut adopted = Adopted::default();
     let mut dirs = vec![out.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -209,6 +209,16 @@ fn adopt_cache_dir(
         return Ok(());
     };
     let target_dir = src_dir.join("__pycache__");
+    let mut exists = match fs::symlink_metadata(&target_dir) {
+        Ok(m) if m.is_dir() => true,
+        Ok(_) => {
+            // A __pycache__ that is not a dir (a link the package
+            // shipped): leave it be.
+            adopted.refused += files.len();
+            return Ok(());
+        }
+        Err(_) => false,
+    };
     for entry in files {
         let name = entry.file_name().to_string_lossy().into_owned();
         let bytes = match pyc_of_source(&entry, &src_dir, &name)? {
@@ -218,18 +228,10 @@ fn adopt_cache_dir(
                 continue;
             }
         };
-        match fs::symlink_metadata(&target_dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                // A __pycache__ that is not a dir (a link the package
-                // shipped): leave it be.
-                adopted.refused += 1;
-                continue;
-            }
-            Err(_) => {
-                fs::create_dir(&target_dir)?;
-                fs::set_permissions(&target_dir, fs::Permissions::from_mode(0o755))?;
-            }
+        if !exists {
+            fs::create_dir(&target_dir)?;
+            fs::set_permissions(&target_dir, fs::Permissions::from_mode(0o755))?;
+            exists = true;
         }
         write_file(&target_dir.join(&name), &bytes)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
