@@ -566,6 +566,19 @@ fn uv_comes_from_its_wheel_into_a_fresh_package_cache() {
     wait_for_bytecode(&six);
     let module = fs::metadata(six.join("six.py")).expect("six.py");
     assert_eq!((module.uid(), module.nlink()), (0, 1));
+    // That cache started with the interpreter query the resolve left in
+    // the worker's own cache, and uv took it instead of asking again.
+    let log = fs::read_to_string(w.path().join("logs/worker.log")).expect("worker log");
+    let installed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("installed package=six=="))
+        .collect();
+    assert_eq!(installed.len(), 1, "{log}");
+    assert!(
+        installed[0].contains("interpreter_query=\"skipped\""),
+        "{}",
+        installed[0]
+    );
     assert_eq!(
         fs::read_dir(packages.join(".staging"))
             .expect("staging")

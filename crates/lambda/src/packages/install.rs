@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::installer_sandbox::make_sandbox_writable;
 use super::store::write_file;
-use super::uv::UvCache;
+use super::uv::{Tool, UvCache};
 use super::{
-    Package, PackageError, PackagePuller, blocking, cached, lock, slot, store, wheel_metadata,
+    Package, PackageError, PackagePuller, blocking, cached, interpreter_cache, lock, slot, store,
+    wheel_metadata,
 };
 
 /// Our metadata file in each installed package dir.
@@ -72,37 +74,48 @@ impl PackagePuller {
         let done = self.install_fresh(name, version, &target);
         lock(&self.installing).remove(&dir);
         let ms = started.elapsed().as_millis() as u64;
-        match &done {
-            Ok(_) => {
+        match done {
+            Ok((pkg, query)) => {
                 self.installed.fetch_add(1, Ordering::Relaxed);
                 ol_obs::counters::PACKAGE_INSTALLS.inc();
                 self.install_ms.fetch_add(ms, Ordering::Relaxed);
-                tracing::info!(package = %dir, ms, "installed");
+                tracing::info!(package = %dir, ms, interpreter_query = query.as_str(), "installed");
+                Ok(pkg)
             }
-            Err(e) => tracing::warn!(package = %dir, ms, "install failed: {e}"),
+            Err(e) => {
+                tracing::warn!(package = %dir, ms, "install failed: {e}");
+                Err(e)
+            }
         }
-        done
     }
 
     /// Installs `name==version` (wheels only) into a private staging dir,
-    /// makes it the worker's and moves it to `target`.
+    /// makes it the worker's and moves it to `target`; also says whether
+    /// uv queried the interpreter.
     fn install_fresh(
         &self,
         name: &str,
         version: &str,
         target: &Path,
-    ) -> Result<Package, PackageError> {
+    ) -> Result<(Package, InterpreterQuery), PackageError> {
         let spec = format!("{name}=={version}");
         let staging = self.staging(&spec)?;
         let dir = staging.path().join("target");
         // A cache of the install's own unless the package cache is shared
-        // (see `UvCache`).
+        // (see `UvCache`), starting with the resolve's interpreter query.
         let cache = (!self.settings.shared_cache).then(|| staging.path().join("uv-cache"));
+        let seeded = cache.as_deref().and_then(|c| self.seed_interpreter(c));
         let uv_cache = cache.as_deref().map_or(UvCache::Shared, UvCache::Private);
         let argv = self.install_argv(&dir, std::slice::from_ref(&spec), true, uv_cache);
         let mut access = self.downloading_into(&dir);
         access.writable.extend(cache.clone());
         let out = self.run("install", argv, access)?;
+        let query = match (&cache, &seeded, self.tool()) {
+            (Some(cache), Some(seeded), _) if seeded.queried_again(cache) => InterpreterQuery::Ran,
+            (Some(_), Some(_), _) => InterpreterQuery::Skipped,
+            (Some(_), None, Tool::Uv(_)) => InterpreterQuery::Ran,
+            _ => InterpreterQuery::Unknown,
+        };
         if !out.success {
             return Err(self.run_error(&out, |message| PackageError::Install {
                 package: spec.clone(),
@@ -132,14 +145,58 @@ impl PackagePuller {
             .map_err(|e| PackageError::Installer(format!("cannot encode package metadata: {e}")))?;
         write_file(&dir.join(META_FILE), &meta)?;
         match fs::rename(&dir, target) {
-            Ok(()) => Ok(pkg),
+            Ok(()) => Ok((pkg, query)),
             // Another worker of this dir got there first: theirs is
             // as good as ours.
-            Err(_) if read_meta(target).is_ok() => read_meta(target),
+            Err(_) if read_meta(target).is_ok() => read_meta(target).map(|p| (p, query)),
             Err(e) => Err(PackageError::Installer(format!(
                 "cannot move {} into place: {e}",
                 dir.display()
             ))),
+        }
+    }
+
+    /// Copies the interpreter query the resolve left in the package cache
+    /// into an install's own uv cache `cache` (see `interpreter_cache`);
+    /// `None` when there was none to copy or the copy failed (uv then
+    /// queries the interpreter itself).
+    fn seed_interpreter(&self, cache: &Path) -> Option<interpreter_cache::Seeded> {
+        if !matches!(self.tool(), Tool::Uv(_)) {
+            return None;
+        }
+        let seeded = fs::create_dir(cache).and_then(|()| {
+            interpreter_cache::seed(&self.settings.cache_dir, cache, make_sandbox_writable)
+        });
+        match seeded {
+            Ok(seeded) if !seeded.is_empty() => Some(seeded),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(cache = %cache.display(), "uv's interpreter query not copied: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Whether an install's uv queried the interpreter (the "installed" log
+/// line): only known for an install with a cache of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InterpreterQuery {
+    /// It used the copy of the resolve's query.
+    Skipped,
+    /// It queried the interpreter (nothing to copy, or a copy it did not
+    /// take).
+    Ran,
+    /// It used the shared package cache (or pip).
+    Unknown,
+}
+
+impl InterpreterQuery {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Skipped => "skipped",
+            Self::Ran => "ran",
+            Self::Unknown => "unknown",
         }
     }
 }

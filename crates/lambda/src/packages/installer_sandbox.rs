@@ -241,7 +241,7 @@ pub(super) fn path_arg(p: &Path) -> String {
 }
 
 /// Lets the installer sandbox's user write `dir` (when we are root).
-fn make_sandbox_writable(dir: &Path) -> std::io::Result<()> {
+pub(super) fn make_sandbox_writable(dir: &Path) -> std::io::Result<()> {
     if nix::unistd::geteuid().is_root() {
         let uid = ol_sandbox::sock::rootfs::SANDBOX_UID;
         std::os::unix::fs::chown(dir, Some(uid), Some(uid))?;

@@ -30,7 +30,8 @@
 //! `RECORD`).
 //!
 //! One module per step: [`requirements`] (the filter), `resolve`, `install`
-//! (one distribution), `build` (source builds, with the Python of
+//! (one distribution, its uv cache starting with the resolve's
+//! `interpreter_cache`), `build` (source builds, with the Python of
 //! `scripts`), [`store`] (sealing, and the worker's own files), `uv`
 //! (finding or installing uv, the pip fallback, their command lines),
 //! `installer_sandbox` (where each step runs) and [`wheel_metadata`] (what
@@ -41,6 +42,7 @@ mod build;
 mod bytecode;
 mod install;
 mod installer_sandbox;
+mod interpreter_cache;
 pub mod requirements;
 mod resolve;
 mod scripts;
