@@ -2,8 +2,8 @@
 //! (`ol logs NAME`, `GET /logs/NAME`), and the failures of their calls.
 //!
 //! Each lambda has one file of JSON lines, `<dir>/<lambda>.log`, one
-//! [`LogEntry`] a line: its time, the sandbox, the call (request id) in
-//! flight when the line was read, the stream and the text. The worker
+//! [`LogEntry`] a line: its time, the sandbox, the call (request id) it
+//! was printed in, the stream and the text. The worker
 //! writes every field; what a lambda prints is only ever the `line` of an
 //! entry, escaped by JSON, so it cannot forge another entry, and a line
 //! longer than [`MAX_LINE_BYTES`] is cut. When a file reaches half the
@@ -14,10 +14,20 @@
 //! (made with its log pipes, `crate::logs`): the backend routes it with
 //! the spec's [`LogSink`] before the lambda is loaded, and each call
 //! names itself there ([`LogTag::begin_call`]) before it is sent.
+//!
+//! The worker reads the pipes on a thread of its own, which may lag behind
+//! the calls (a busy machine, a lambda printing a lot): output still in a
+//! pipe when the next call begins was printed before that call was sent.
+//! So `begin_call` asks each pipe how many bytes it holds (`FIONREAD`, two
+//! ioctls of ~0.2 µs) and those bytes keep the earlier call's id when they
+//! are read; reads and `begin_call` take turns on the tag's lock, so no
+//! byte is counted twice or missed. A line goes with the call during which
+//! its last byte was printed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -256,6 +266,75 @@ pub struct LogTag(Arc<Mutex<TagState>>);
 struct TagState {
     sink: Option<LogSink>,
     request_id: String,
+    /// stdout's and stderr's pipes, as `crate::logs` numbers them.
+    pipes: [PipeState; 2],
+}
+
+/// Most earlier calls a pipe's unread bytes are kept apart for; the
+/// bytes of later ones go with the newest kept.
+const MAX_EARLIER_CALLS: usize = 64;
+
+/// The read end of a sandbox's log pipe, shared with the task draining it.
+pub(crate) type ReadEnd = Arc<dyn AsFd + Send + Sync>;
+
+/// One pipe of a sandbox, as its tag sees it.
+#[derive(Default)]
+struct PipeState {
+    /// Its read end, while it is drained.
+    read_end: Option<ReadEnd>,
+    /// Its unread bytes printed during earlier calls: each call's id and
+    /// byte count, oldest (first read) first.
+    earlier: VecDeque<(String, u64)>,
+}
+
+impl std::fmt::Debug for PipeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeState")
+            .field("watched", &self.read_end.is_some())
+            .field("earlier", &self.earlier)
+            .finish()
+    }
+}
+
+impl PipeState {
+    /// Counts the bytes in the pipe that no earlier call owns yet as
+    /// `last`'s (the call that was in flight until now).
+    fn close_call(&mut self, last: &str) {
+        let Some(read_end) = &self.read_end else {
+            return;
+        };
+        let unread = rustix::io::ioctl_fionread(read_end).unwrap_or(0);
+        let owned: u64 = self.earlier.iter().map(|(_, n)| n).sum();
+        let new = unread.saturating_sub(owned);
+        if new == 0 {
+            return;
+        }
+        let full = self.earlier.len() >= MAX_EARLIER_CALLS;
+        match self.earlier.back_mut() {
+            Some((id, n)) if id == last || full => *n += new,
+            _ => self.earlier.push_back((last.to_string(), new)),
+        }
+    }
+
+    /// Whose `n` bytes were just read (the oldest unread): as many as the
+    /// earlier calls own go to them in order, the rest to `current`.
+    fn owners(&mut self, mut n: u64, current: &str) -> Vec<(String, u64)> {
+        let mut owners = Vec::new();
+        while n > 0 {
+            let Some((id, owned)) = self.earlier.front_mut() else {
+                owners.push((current.to_string(), n));
+                break;
+            };
+            let take = n.min(*owned);
+            owners.push((id.clone(), take));
+            *owned -= take;
+            n -= take;
+            if *owned == 0 {
+                self.earlier.pop_front();
+            }
+        }
+        owners
+    }
 }
 
 impl LogTag {
@@ -264,11 +343,21 @@ impl LogTag {
         self.lock().sink = sink;
     }
 
-    /// Tags the lines read from now on with call `request_id` (reusing
-    /// the buffer: no allocation per call once it is long enough).
+    /// Tags the lines printed from now on with call `request_id` (reusing
+    /// the buffer: no allocation per call once it is long enough, none
+    /// either while the drain keeps up); what the pipes still hold stays
+    /// the earlier call's.
     pub fn begin_call(&self, request_id: &str) {
         let mut state = self.lock();
         if state.sink.is_some() {
+            let TagState {
+                request_id: last,
+                pipes,
+                ..
+            } = &mut *state;
+            for pipe in pipes {
+                pipe.close_call(last);
+            }
             state.request_id.clear();
             state.request_id.push_str(request_id);
         }
@@ -279,11 +368,67 @@ impl LogTag {
         self.lock().sink.is_some()
     }
 
-    /// Writes one complete line of `stream`.
-    pub(crate) fn line(&self, stream: &str, text: &[u8]) {
+    /// Lets `begin_call` see what pipe `index` (0: stdout, 1: stderr)
+    /// holds, through its read end; `None` once it is no longer drained.
+    pub(crate) fn watch(&self, index: usize, read_end: Option<ReadEnd>) {
+        self.rewatch(index, || (read_end, ()));
+    }
+
+    /// Replaces the read end of pipe `index` with the one `change` makes
+    /// (it runs once the tag has let go of the old one, while no call can
+    /// begin: the pipe is never unwatched in between).
+    pub(crate) fn rewatch<T>(
+        &self,
+        index: usize,
+        change: impl FnOnce() -> (Option<ReadEnd>, T),
+    ) -> T {
+        let mut state = self.lock();
+        let Some(pipe) = state.pipes.get_mut(index) else {
+            return change().1;
+        };
+        pipe.read_end = None;
+        let (read_end, out) = change();
+        pipe.read_end = read_end;
+        if pipe.read_end.is_none() {
+            pipe.earlier.clear();
+        }
+        out
+    }
+
+    /// Reads from pipe `index` with `read` (which returns how many bytes
+    /// it read) while no call can begin, and says whose those bytes are:
+    /// each call's id and its bytes, in the order read. `None` when
+    /// nothing was read; no owners when the lines go nowhere.
+    pub(crate) fn read_owned<E>(
+        &self,
+        index: usize,
+        read: impl FnOnce() -> Result<usize, E>,
+    ) -> Result<(usize, Vec<(String, u64)>), E> {
+        let mut state = self.lock();
+        let n = read()?;
+        let TagState {
+            sink,
+            request_id,
+            pipes,
+        } = &mut *state;
+        let owners = match (sink, pipes.get_mut(index)) {
+            (Some(_), Some(pipe)) if n > 0 => pipe.owners(n as u64, request_id),
+            _ => Vec::new(),
+        };
+        Ok((n, owners))
+    }
+
+    /// The id of the call in flight.
+    pub(crate) fn current(&self) -> String {
+        self.lock().request_id.clone()
+    }
+
+    /// Writes one complete line of `stream`, printed during call
+    /// `request_id`.
+    pub(crate) fn line(&self, stream: &str, request_id: &str, text: &[u8]) {
         let state = self.lock();
         if let Some(sink) = &state.sink {
-            sink.line(stream, &state.request_id, text);
+            sink.line(stream, request_id, text);
         }
     }
 
@@ -302,8 +447,9 @@ pub(crate) struct LineSplitter {
 }
 
 impl LineSplitter {
-    /// Feeds `chunk`, writing each line it completes.
-    pub(crate) fn feed(&mut self, tag: &LogTag, stream: &str, chunk: &[u8]) {
+    /// Feeds `chunk`, printed during call `request_id`, writing each line
+    /// it completes.
+    pub(crate) fn feed(&mut self, tag: &LogTag, stream: &str, request_id: &str, chunk: &[u8]) {
         if !tag.is_routed() {
             self.partial.clear();
             return;
@@ -313,7 +459,7 @@ impl LineSplitter {
             let (line, after) = rest.split_at(end);
             if !self.cut {
                 self.take(line);
-                tag.line(stream, &self.partial);
+                tag.line(stream, request_id, &self.partial);
             }
             self.partial.clear();
             self.cut = false;
@@ -322,7 +468,7 @@ impl LineSplitter {
         if !self.cut {
             self.take(rest);
             if self.partial.len() >= MAX_LINE_BYTES {
-                tag.line(stream, &self.partial);
+                tag.line(stream, request_id, &self.partial);
                 self.partial.clear();
                 self.cut = true;
             }
@@ -332,7 +478,7 @@ impl LineSplitter {
     /// Writes what is left of the last line at the end of the stream.
     pub(crate) fn finish(&mut self, tag: &LogTag, stream: &str) {
         if !self.partial.is_empty() && !self.cut {
-            tag.line(stream, &self.partial);
+            tag.line(stream, &tag.current(), &self.partial);
         }
         self.partial.clear();
     }
@@ -361,10 +507,10 @@ mod tests {
         let (_logs, tag) = routed(dir.path(), 64);
         let mut split = LineSplitter::default();
         tag.begin_call("req-1");
-        split.feed(&tag, "stdout", b"one\ntw");
-        split.feed(&tag, "stdout", b"o\n{\"time\":\"x\",\"sandbox\":\"other\",\"request_id\":\"req-9\",\"stream\":\"stdout\",\"line\":\"forged\"}\n");
+        split.feed(&tag, "stdout", "req-1", b"one\ntw");
+        split.feed(&tag, "stdout", "req-1", b"o\n{\"time\":\"x\",\"sandbox\":\"other\",\"request_id\":\"req-9\",\"stream\":\"stdout\",\"line\":\"forged\"}\n");
         tag.begin_call("req-2");
-        split.feed(&tag, "stdout", b"tail");
+        split.feed(&tag, "stdout", "req-2", b"tail");
         split.finish(&tag, "stdout");
         let entries = LambdaLogs::read(dir.path(), "hello").expect("read");
         let seen: Vec<(&str, &str, &str)> = entries
@@ -390,13 +536,13 @@ mod tests {
         let (_logs, tag) = routed(dir.path(), 16);
         let mut split = LineSplitter::default();
         let long = vec![b'x'; 3 * MAX_LINE_BYTES];
-        split.feed(&tag, "stderr", &long);
-        split.feed(&tag, "stderr", b"\nafter\n");
+        split.feed(&tag, "stderr", "r", &long);
+        split.feed(&tag, "stderr", "r", b"\nafter\n");
         let entries = LambdaLogs::read(dir.path(), "hello").expect("read");
         assert_eq!(entries[0].line.len(), MAX_LINE_BYTES);
         assert_eq!(entries[1].line, "after");
         for i in 0..2000 {
-            split.feed(&tag, "stdout", format!("line {i:05}\n").as_bytes());
+            split.feed(&tag, "stdout", "r", format!("line {i:05}\n").as_bytes());
         }
         let size = |name: &str| fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
         assert!(size("hello.log") + size("hello.log.1") <= 16 * 1024);
@@ -445,11 +591,84 @@ mod tests {
     }
 
     #[test]
+    fn bytes_still_in_a_pipe_when_a_call_begins_stay_the_earlier_calls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_logs, tag) = routed(dir.path(), 64);
+        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+        let read_end = Arc::new(read_end);
+        tag.watch(0, Some(Arc::clone(&read_end) as ReadEnd));
+        let mut pipe = File::from(write_end);
+        let read = |n: usize| {
+            let mut buf = vec![0u8; n];
+            let (got, owners) = tag
+                .read_owned(0, || nix::unistd::read(read_end.as_ref(), &mut buf))
+                .expect("read");
+            (String::from_utf8_lossy(&buf[..got]).into_owned(), owners)
+        };
+        let owner = |id: &str, n: u64| (id.to_string(), n);
+        // Nothing read while calls 1 and 2 printed: each keeps its bytes,
+        // also read together after call 3 began.
+        tag.begin_call("req-1");
+        pipe.write_all(b"one\n").expect("write");
+        tag.begin_call("req-2");
+        pipe.write_all(b"two\n").expect("write");
+        tag.begin_call("req-3");
+        pipe.write_all(b"3").expect("write");
+        assert_eq!(
+            read(6),
+            ("one\ntw".into(), vec![owner("req-1", 4), owner("req-2", 2)])
+        );
+        assert_eq!(
+            read(64),
+            ("o\n3".into(), vec![owner("req-2", 2), owner("req-3", 1)])
+        );
+        // A drain that keeps up: the call in flight owns what it reads.
+        pipe.write_all(b"4\n").expect("write");
+        assert_eq!(read(64), ("4\n".into(), vec![owner("req-3", 2)]));
+        tag.begin_call("req-4");
+        pipe.write_all(b"x").expect("write");
+        assert_eq!(read(64), ("x".into(), vec![owner("req-4", 1)]));
+        // A pipe no longer watched is not asked.
+        tag.watch(0, None);
+        pipe.write_all(b"late").expect("write");
+        tag.begin_call("req-5");
+        assert_eq!(read(64), ("late".into(), vec![owner("req-5", 4)]));
+    }
+
+    #[test]
+    fn a_lagging_drain_keeps_at_most_a_bounded_list_of_earlier_calls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_logs, tag) = routed(dir.path(), 64);
+        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+        let read_end = Arc::new(read_end);
+        tag.watch(1, Some(Arc::clone(&read_end) as ReadEnd));
+        let mut pipe = File::from(write_end);
+        for i in 0..MAX_EARLIER_CALLS + 10 {
+            tag.begin_call(&format!("req-{i}"));
+            pipe.write_all(b"x").expect("write");
+        }
+        tag.begin_call("last");
+        let mut buf = vec![0u8; 4096];
+        let (got, owners) = tag
+            .read_owned(1, || nix::unistd::read(read_end.as_ref(), &mut buf))
+            .expect("read");
+        assert_eq!(got, MAX_EARLIER_CALLS + 10);
+        assert_eq!(owners.len(), MAX_EARLIER_CALLS);
+        assert_eq!(owners[0], ("req-0".to_string(), 1));
+        // The calls past the bound went with the newest kept one.
+        assert_eq!(
+            owners.last(),
+            Some(&(format!("req-{}", MAX_EARLIER_CALLS - 1), 11))
+        );
+        assert_eq!(owners.iter().map(|(_, n)| n).sum::<u64>(), got as u64);
+    }
+
+    #[test]
     fn nothing_is_kept_before_a_sandbox_is_routed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tag = LogTag::default();
         let mut split = LineSplitter::default();
-        split.feed(&tag, "stdout", b"early\n");
+        split.feed(&tag, "stdout", "", b"early\n");
         tag.begin_call("r");
         assert!(
             LambdaLogs::read(dir.path(), "hello")

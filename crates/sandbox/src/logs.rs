@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::SandboxError;
-use crate::lambda_logs::{LineSplitter, LogTag};
+use crate::lambda_logs::{LineSplitter, LogTag, ReadEnd};
 use crate::scratch::Scratch;
 
 /// The write ends of a sandbox's stdout and stderr pipes, for the sandbox,
@@ -89,15 +89,19 @@ pub(crate) fn pipes(dir: &Scratch, cap_kb: u64) -> Result<LogPipes, SandboxError
     let drained = Drained::default();
     let tag = LogTag::default();
     let mut ends = Vec::with_capacity(2);
-    for name in STREAMS {
+    for (index, name) in STREAMS.into_iter().enumerate() {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SandboxError::Io {
             what: "cannot make a log pipe for",
             path: dir.path(),
             source: e.into(),
         })?;
+        // Watched from the start: a call may begin before the drain does.
+        let read = Arc::new(read);
+        tag.watch(index, Some(Arc::clone(&read) as ReadEnd));
         collector()
             .send(Stream {
                 read,
+                index,
                 dir: dir.clone(),
                 name,
                 cap: cap_kb.saturating_mul(1024).max(2),
@@ -122,7 +126,11 @@ pub(crate) fn pipes(dir: &Scratch, cap_kb: u64) -> Result<LogPipes, SandboxError
 
 /// One stream being drained.
 struct Stream {
-    read: OwnedFd,
+    /// Its pipe's read end (also watched by its tag until the drain
+    /// starts, then the drain's own).
+    read: Arc<OwnedFd>,
+    /// Its number for the tag (its place in [`STREAMS`]).
+    index: usize,
     /// The scratch dir (made when the first bytes arrive).
     dir: Scratch,
     /// The file's name in it.
@@ -202,13 +210,25 @@ thread_local! {
 async fn drain(stream: Stream) {
     let Stream {
         read,
+        index,
         dir,
         name,
         cap,
         drained,
         tag,
     } = stream;
-    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(read) {
+    // The tag watches the drain's pipe from now on, with no gap.
+    let pipe = tag.rewatch(index, || {
+        let pipe = Arc::try_unwrap(read)
+            .map_err(|_| std::io::Error::other("the read end is shared"))
+            .and_then(tokio::net::unix::pipe::Receiver::from_owned_fd)
+            .map(Arc::new);
+        match pipe {
+            Ok(pipe) => (Some(Arc::clone(&pipe) as ReadEnd), Ok(pipe)),
+            Err(e) => (None, Err(e)),
+        }
+    });
+    let pipe = match pipe {
         Ok(pipe) => pipe,
         Err(e) => {
             tracing::warn!(log = name, "cannot read a log pipe: {e}");
@@ -225,19 +245,24 @@ async fn drain(stream: Stream) {
         lines: LineSplitter::default(),
     };
     while pipe.readable().await.is_ok() {
-        let more = READ_BUF.with_borrow_mut(|buf| match pipe.try_read(buf) {
-            Ok(0) => false,
-            Ok(n) => {
-                sink.take(&tag, &buf[..n]);
-                true
+        let more = READ_BUF.with_borrow_mut(|buf| {
+            // Read while no call can begin, so the tag knows whose bytes
+            // these are (see crate::lambda_logs).
+            match tag.read_owned(index, || pipe.try_read(buf)) {
+                Ok((0, _)) => false,
+                Ok((n, owners)) => {
+                    sink.take(&tag, &owners, &buf[..n]);
+                    true
+                }
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
             }
-            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
         });
         if !more {
             break;
         }
     }
     sink.lines.finish(&tag, sink.name);
+    tag.watch(index, None);
     drained.one_done();
 }
 
@@ -255,11 +280,18 @@ struct Sink {
 }
 
 impl Sink {
-    /// Takes bytes just read: makes the file at the first, never puts more
-    /// than half the cap in one file (splitting at the rotation).
-    fn take(&mut self, tag: &LogTag, bytes: &[u8]) {
+    /// Takes bytes just read, printed during the calls `owners` names (in
+    /// order, with their byte counts): makes the file at the first, never
+    /// puts more than half the cap in one file (splitting at the
+    /// rotation).
+    fn take(&mut self, tag: &LogTag, owners: &[(String, u64)], bytes: &[u8]) {
         let name = self.name;
-        self.lines.feed(tag, name, bytes);
+        let mut rest = bytes;
+        for (request_id, n) in owners {
+            let (now, later) = rest.split_at(rest.len().min(*n as usize));
+            self.lines.feed(tag, name, request_id, now);
+            rest = later;
+        }
         if let Out::NotYet = self.out {
             let made = self.dir.open().and_then(|dir| {
                 let file = create(&dir, name)?;
@@ -444,6 +476,41 @@ mod tests {
                 "made again (printed before: {printed_before})"
             );
             assert!(scratch.open().is_err());
+        }
+    }
+
+    #[test]
+    fn every_line_goes_with_the_call_that_printed_it_however_far_the_drain_lags() {
+        use crate::lambda_logs::LambdaLogs;
+        let root = tempfile::tempdir().expect("tempdir");
+        let logs = Arc::new(LambdaLogs::new(root.path().join("logs"), 4096));
+        let pipes = pipes_of(root.path(), "sb");
+        pipes.tag.route(Some(logs.sink("hello", "hello-1", 4096)));
+        let (mut out, mut err) = (File::from(pipes.stdout), File::from(pipes.stderr));
+        // Calls back to back, each printing more than the drain reads at
+        // once on both streams, the next one beginning at once (as a
+        // worker does once a reply is in).
+        let calls = 40;
+        for call in 0..calls {
+            pipes.tag.begin_call(&format!("req-{call}"));
+            for i in 0..60 {
+                writeln!(out, "call {call} line {i} {}", "x".repeat(1000)).expect("write");
+            }
+            writeln!(err, "call {call} done").expect("write");
+        }
+        drop((out, err));
+        assert!(pipes.drained.wait(Duration::from_secs(10)), "drained");
+        let entries = LambdaLogs::read(&root.path().join("logs"), "hello").expect("read");
+        assert_eq!(entries.len(), calls * 61);
+        for e in &entries {
+            let call = e.line.split(' ').nth(1).expect("call number");
+            assert_eq!(
+                e.request_id,
+                format!("req-{call}"),
+                "{}: {}",
+                e.stream,
+                &e.line[..20]
+            );
         }
     }
 
