@@ -209,7 +209,8 @@ pub trait Sandbox: Send + Sync + Debug {
     fn pid(&self) -> u32;
     /// Stops the sandbox from being scheduled.
     fn pause(&self) -> Result<(), SandboxError>;
-    /// Lets a paused sandbox run again.
+    /// Lets a paused sandbox run again. Callers run it on the call path,
+    /// inline: it must not wait (a signal, a control-file write).
     fn unpause(&self) -> Result<(), SandboxError>;
     /// Kills every process of the sandbox and frees what it holds.
     /// Idempotent.

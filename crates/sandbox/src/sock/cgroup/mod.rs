@@ -37,7 +37,7 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the processes of a killed cgroup may keep it busy before
 /// removing it is an error.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// First and longest sleeps between polls of a freeze or thaw (most take
+/// First and longest sleeps between polls of a freeze (most take
 /// ~100 µs).
 const FREEZE_FIRST_WAIT: Duration = Duration::from_micros(50);
 const FREEZE_MAX_WAIT: Duration = Duration::from_millis(1);
@@ -97,7 +97,7 @@ pub enum CgroupError {
     /// The host has no usable cgroup hierarchy.
     #[error("no usable cgroup hierarchy: {0}")]
     NoHierarchy(String),
-    /// A freeze or thaw did not take effect in time.
+    /// A freeze did not take effect in time.
     #[error("cgroup {path} did not reach {state} within {timeout:?}")]
     Stuck {
         /// The cgroup.
@@ -210,8 +210,8 @@ impl Files {
     }
 }
 
-/// How a cgroup is frozen or thawed: `value` written to `file`, then
-/// `state` read until one of its lines is `done`.
+/// How a cgroup is frozen or thawed: `value` written to `file`, then (a
+/// freeze) `state` read until one of its lines is `done`.
 #[derive(Debug)]
 struct Freezer {
     file: PathBuf,
@@ -397,23 +397,23 @@ impl Cgroup {
             .collect())
     }
 
+    /// Thaws a frozen cgroup. Nothing to wait for: the kernel has woken
+    /// every task when the write returns (v1 `freezer.state`, v2
+    /// `cgroup.freeze`), so this is one write, cheap enough to make on the
+    /// call path (unlike a freeze, which waits for each task to stop).
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        let Freezer { file, value, .. } = self.version.freezer(&self.rel, false);
+        self.files().write(file, value)
+    }
+
     /// Freezes every process and waits until the kernel says frozen.
     pub fn freeze(&self) -> Result<(), CgroupError> {
-        self.set_frozen(true)
-    }
-
-    /// Thaws a frozen cgroup and waits until it runs again.
-    pub fn thaw(&self) -> Result<(), CgroupError> {
-        self.set_frozen(false)
-    }
-
-    fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
         let Freezer {
             file,
             value,
             state,
             done,
-        } = self.version.freezer(&self.rel, frozen);
+        } = self.version.freezer(&self.rel, true);
         self.files().write(file, value)?;
         let deadline = Instant::now() + FREEZE_TIMEOUT;
         let mut wait = Backoff::new(FREEZE_FIRST_WAIT, FREEZE_MAX_WAIT);
