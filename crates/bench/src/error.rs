@@ -10,6 +10,9 @@ pub enum BenchError {
     /// An option that cannot work as given; the message says what would.
     #[error("{0}")]
     Usage(String),
+    /// The worker held more after a churn than before it.
+    #[error("leaks after the churn: {0}")]
+    Leaks(String),
     /// Calls failed: the table and its first errors say which.
     #[error("{failed} of {calls} calls failed; see the errors column and the first errors above")]
     CallsFailed {

@@ -11,6 +11,7 @@
 //! running that binary again ([`target::ol`]).
 
 pub mod burst;
+pub mod churn;
 pub mod cold;
 pub mod error;
 pub mod first_call;
@@ -48,6 +49,9 @@ pub enum BenchCommand {
     /// How fast one new lambda goes from no sandbox to N busy ones: N
     /// calls at once, each holding its sandbox.
     Burst(burst::BurstArgs),
+    /// Thousands of sandboxes made and torn down (each call evicts
+    /// another's), then what the worker still holds: fails on any leak.
+    Churn(churn::ChurnArgs),
     /// Time from the start of `ol worker up` to the first successful call,
     /// each run with a fresh worker directory.
     FirstCall(first_call::FirstCallArgs),
@@ -82,10 +86,20 @@ pub struct OutputArgs {
 /// Runs one `ol bench` command: its table on stdout, the files it asks
 /// for, and an error when any call failed.
 pub fn run(cmd: BenchCommand) -> Result<()> {
+    let mut leaked = None;
     let (rows, out) = match cmd {
         BenchCommand::Hot(a) => (hot::run(&a)?, a.output),
         BenchCommand::Cold(a) => (cold::run(&a)?.rows, a.output),
         BenchCommand::Burst(a) => (burst::run(&a)?, a.output),
+        BenchCommand::Churn(a) => {
+            let outcome = churn::run(&a)?;
+            eprintln!("ol bench: {}", outcome.summary());
+            let leaks = outcome.leaks();
+            if !leaks.is_empty() {
+                leaked = Some(BenchError::Leaks(churn::describe(&leaks)));
+            }
+            (outcome.rows, a.output)
+        }
         BenchCommand::FirstCall(a) => (first_call::run(&a)?, a.output),
         BenchCommand::Numpy(a) => {
             let outcome = packages::run(&a)?;
@@ -102,6 +116,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Report(a) => return report::run(&a),
     };
     emit(&rows, &out)?;
+    if let Some(e) = leaked {
+        return Err(e);
+    }
     let failed: usize = rows.iter().map(|r| r.errors).sum();
     if failed > 0 {
         let calls: usize = rows.iter().map(|r| r.requests).sum();

@@ -232,6 +232,40 @@ fn bench_json(args: &[&str], out: &Path) -> Vec<serde_json::Value> {
     v.as_array().expect("rows").clone()
 }
 
+on_both_backends!(churn_bench_makes_a_sandbox_per_call_and_finds_nothing_left_behind);
+fn churn_bench_makes_a_sandbox_per_call_and_finds_nothing_left_behind(backend: Backend) {
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("rows.json");
+    let run = Command::new(ol_bin())
+        .args(["bench", "churn", "--count", "300", "--lambdas", "30"])
+        .args(["--live", "10", "-o", backend.option(), "--json"])
+        .arg(&json)
+        .env("TMPDIR", out.path())
+        .output()
+        .expect("run ol bench churn");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    // Every call made a sandbox (its lambda's last one was evicted or
+    // had timed out), and the worker holds no more than before.
+    assert!(
+        stderr.contains("churn: 300 sandboxes made") && stderr.contains("nothing left behind"),
+        "{stderr}"
+    );
+    if backend == Backend::Sock {
+        // It did count them: the root zygote and its blanks.
+        assert!(!stderr.contains("cgroups: 0,"), "{stderr}");
+        assert!(!stderr.contains("processes: 0,"), "{stderr}");
+    }
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json).expect("json file")).expect("json");
+    let r = &rows[0];
+    assert_eq!(
+        (r["bench"].as_str(), num(r, "requests"), num(r, "errors")),
+        (Some("churn"), 300.0, 0.0),
+        "{r}"
+    );
+}
+
 on_both_backends!(openlambda_benches_call_the_lambdas_written_by_bench_init);
 fn openlambda_benches_call_the_lambdas_written_by_bench_init(backend: Backend) {
     let w = TestWorker::start(backend, &[], &[]);
