@@ -590,14 +590,20 @@ mod tests {
         assert!(!dir.path().join("../escape.log").exists());
     }
 
+    /// A pipe that `tag` watches as its pipe `index`: its read end and
+    /// its write end.
+    fn watched_pipe(tag: &LogTag, index: usize) -> (Arc<std::os::fd::OwnedFd>, File) {
+        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+        let read_end = Arc::new(read_end);
+        tag.watch(index, Some(Arc::clone(&read_end) as ReadEnd));
+        (read_end, File::from(write_end))
+    }
+
     #[test]
     fn bytes_still_in_a_pipe_when_a_call_begins_stay_the_earlier_calls() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_logs, tag) = routed(dir.path(), 64);
-        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
-        let read_end = Arc::new(read_end);
-        tag.watch(0, Some(Arc::clone(&read_end) as ReadEnd));
-        let mut pipe = File::from(write_end);
+        let (read_end, mut pipe) = watched_pipe(&tag, 0);
         let read = |n: usize| {
             let mut buf = vec![0u8; n];
             let (got, owners) = tag
@@ -639,10 +645,7 @@ mod tests {
     fn a_lagging_drain_keeps_at_most_a_bounded_list_of_earlier_calls() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_logs, tag) = routed(dir.path(), 64);
-        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
-        let read_end = Arc::new(read_end);
-        tag.watch(1, Some(Arc::clone(&read_end) as ReadEnd));
-        let mut pipe = File::from(write_end);
+        let (read_end, mut pipe) = watched_pipe(&tag, 1);
         for i in 0..MAX_EARLIER_CALLS + 10 {
             tag.begin_call(&format!("req-{i}"));
             pipe.write_all(b"x").expect("write");
