@@ -163,13 +163,14 @@ pub fn run(args: &ChurnArgs) -> Result<ChurnOutcome> {
     for name in &names {
         own.add_lambda(name, &[("f.py", HELLO_PY)])?;
     }
-    let worker = WorkerView::of(&own, &target)?;
     let body = Bytes::from_static(HELLO_BODY.as_bytes());
     let rt = load::runtime()?;
     // One call first, so the worker's own first-call costs are not
-    // counted, and the count before is of a worker that has served.
+    // counted, and the count before is of a worker that has served (its
+    // root zygote in its cgroup).
     let hidden = indicatif::ProgressBar::hidden();
     rt.block_on(load::call_each(&target, &names[..1], &body, &hidden))?;
+    let worker = WorkerView::of(&own, &target)?;
     let before = worker.settled()?;
     let created_before = client::stats(&target.url(""), Duration::from_secs(10))?
         .lambda_layer

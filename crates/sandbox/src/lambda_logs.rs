@@ -397,8 +397,8 @@ impl LogTag {
 
     /// Reads from pipe `index` with `read` (which returns how many bytes
     /// it read) while no call can begin, and says whose those bytes are:
-    /// each call's id and its bytes, in the order read. `None` when
-    /// nothing was read; no owners when the lines go nowhere.
+    /// each call's id and its bytes, in the order read. No owners when
+    /// nothing was read (the end of the stream) or the lines go nowhere.
     pub(crate) fn read_owned<E>(
         &self,
         index: usize,

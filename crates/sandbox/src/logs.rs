@@ -487,9 +487,9 @@ mod tests {
         let pipes = pipes_of(root.path(), "sb");
         pipes.tag.route(Some(logs.sink("hello", "hello-1", 4096)));
         let (mut out, mut err) = (File::from(pipes.stdout), File::from(pipes.stderr));
-        // Calls back to back, each printing more than the drain reads at
-        // once on both streams, the next one beginning at once (as a
-        // worker does once a reply is in).
+        // Calls back to back, each printing nearly a pipe's worth (60 KB)
+        // on stdout and a line on stderr, the next one beginning at once
+        // (as a worker does once a reply is in).
         let calls = 40;
         for call in 0..calls {
             pipes.tag.begin_call(&format!("req-{call}"));
