@@ -186,12 +186,11 @@ pub fn run(args: &ChurnArgs) -> Result<ChurnOutcome> {
         samples.merge(rt.block_on(load::call_all_at_once(&target, &batch, &body, &bar))?);
     }
     bar.finish_and_clear();
-    let stats = client::stats(&target.url(""), Duration::from_secs(10))?;
-    let created = stats.lambda_layer.sandboxes_created - created_before;
     let after = worker.settled()?;
-    let destroyed = client::stats(&target.url(""), Duration::from_secs(10))?
-        .lambda_layer
-        .sandboxes_destroyed;
+    // Settled, no sandbox is being made or torn down.
+    let stats = client::stats(&target.url(""), Duration::from_secs(10))?.lambda_layer;
+    let created = stats.sandboxes_created - created_before;
+    let destroyed = stats.sandboxes_destroyed;
     let key = RowKey {
         bench: "churn",
         target: &target.name,
@@ -212,36 +211,25 @@ struct WorkerView {
     target: Target,
     pid: u32,
     scratch: PathBuf,
-    /// The worker's cgroup (`ol-1a2b`), when it has cgroups.
-    cgroup: Option<String>,
+    /// The worker's cgroup (`ol-1a2b`), in each hierarchy it uses.
+    cgroup: String,
 }
 
 impl WorkerView {
     fn of(own: &OwnWorker, target: &Target) -> Result<Self> {
-        let pid_file = own.dir.path().join("worker/worker.pid");
-        let text = std::fs::read_to_string(&pid_file).map_err(|source| BenchError::File {
-            what: "cannot read",
-            path: pid_file.clone(),
-            source,
-        })?;
-        let pid = text
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| BenchError::Usage(format!("{}: no pid", pid_file.display())))?;
-        // The worker's own cgroup holds its zygotes' (`ol-1a2b/zygote-1`).
-        let cgroup = cgroup_roots()
-            .iter()
-            .filter_map(|root| std::fs::read_dir(root).ok())
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|name| name.starts_with("ol-") && worker_cgroup_holds(name, pid));
+        let dir = ol_worker::WorkerDir::open_dir(own.dir.path())
+            .map_err(|e| BenchError::Usage(format!("the bench's worker: {e}")))?;
+        let pid = dir
+            .running()
+            .ok_or_else(|| BenchError::Usage("the bench's worker is not running".into()))?
+            .pid;
         Ok(Self {
             target: target.clone(),
             pid,
-            scratch: own.dir.path().join("worker/scratch"),
-            cgroup,
+            scratch: dir.scratch(),
+            // Named as the sandbox layer names it for this worker's state
+            // dir (none on disk with the process backend).
+            cgroup: ol_sandbox::sock::worker_id(&dir.state()),
         })
     }
 
@@ -269,10 +257,8 @@ impl WorkerView {
 
     fn count(&self) -> Holdings {
         let mut cgroup_dirs = Vec::new();
-        if let Some(cg) = &self.cgroup {
-            for root in cgroup_roots() {
-                collect_dirs(&root.join(cg), &mut cgroup_dirs);
-            }
+        for root in cgroup_roots() {
+            collect_dirs(&root.join(&self.cgroup), &mut cgroup_dirs);
         }
         let mut pids: Vec<String> = cgroup_dirs
             .iter()
@@ -311,43 +297,6 @@ fn cgroup_roots() -> Vec<PathBuf> {
     roots
 }
 
-/// Whether cgroup `name` (under some hierarchy's root) is worker `pid`'s:
-/// the worker's zygote-1 in it descends from `pid`.
-fn worker_cgroup_holds(name: &str, pid: u32) -> bool {
-    cgroup_roots().iter().any(|root| {
-        let procs = root.join(name).join("zygote-1/cgroup.procs");
-        std::fs::read_to_string(procs).is_ok_and(|t| {
-            t.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-                .any(|p| descends_from(p, pid))
-        })
-    })
-}
-
-/// Whether process `p` is `ancestor` or one of its descendants.
-fn descends_from(mut p: u32, ancestor: u32) -> bool {
-    for _ in 0..64 {
-        if p == ancestor {
-            return true;
-        }
-        let Some(parent) = std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .ok()
-            .and_then(|s| {
-                // The fields after the command name, which may hold spaces.
-                let rest = s.rsplit_once(')')?.1.to_string();
-                rest.split_whitespace().nth(1)?.parse().ok()
-            })
-        else {
-            return false;
-        };
-        if parent == 0 {
-            return false;
-        }
-        p = parent;
-    }
-    false
-}
-
 /// `dir` and every dir below it, into `out`.
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     if !dir.is_dir() {
@@ -384,13 +333,5 @@ mod tests {
             ..before.clone()
         };
         assert_eq!(before.grown_to(&after), [("cgroups", 4), ("mounts", 1)]);
-    }
-
-    #[test]
-    fn a_process_descends_from_itself_and_its_ancestors_only() {
-        let me = std::process::id();
-        assert!(descends_from(me, me));
-        assert!(descends_from(me, 1));
-        assert!(!descends_from(1, me));
     }
 }
