@@ -25,7 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Dir, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 
 /// The start of the name of uv's interpreter cache dirs (one per cache
 /// format version: `interpreter-v4`, `interpreter-v5`).
@@ -89,32 +89,40 @@ pub(super) fn seed(
 /// it and its bytes (see the module doc for what is taken). A cache that
 /// does not exist has none.
 fn read_entries(cache: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut entries = Vec::new();
+    for (key, key_fd) in key_dirs(cache)? {
+        for name in names(&key_fd)? {
+            if entries.len() == MAX_FILES {
+                return Ok(entries);
+            }
+            if !name.ends_with(FILE_SUFFIX.as_bytes()) {
+                continue;
+            }
+            if let Some(bytes) = read_regular(&key_fd, &name)? {
+                entries.push((key.join(OsStr::from_bytes(&name)), bytes));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// The key dirs of the interpreter cache of uv cache `cache`
+/// (`interpreter-vN/KEY`, relative to it), each opened, reached through
+/// no link. A cache that does not exist has none.
+fn key_dirs(cache: &Path) -> std::io::Result<Vec<(PathBuf, OwnedFd)>> {
     let root = match open_dir(rustix::fs::CWD, cache.as_os_str().as_bytes()) {
         Ok(fd) => fd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let mut entries = Vec::new();
+    let mut dirs = Vec::new();
     for (version, version_fd) in subdirs(&root, |name| name.starts_with(DIR_PREFIX.as_bytes()))? {
         for (key, key_fd) in subdirs(&version_fd, |_| true)? {
-            for name in names(&key_fd)? {
-                if entries.len() == MAX_FILES {
-                    return Ok(entries);
-                }
-                if !name.ends_with(FILE_SUFFIX.as_bytes()) {
-                    continue;
-                }
-                if let Some(bytes) = read_regular(&key_fd, &name)? {
-                    let rel: PathBuf = [&version, &key, &name]
-                        .iter()
-                        .map(|n| OsStr::from_bytes(n))
-                        .collect();
-                    entries.push((rel, bytes));
-                }
-            }
+            let rel = Path::new(OsStr::from_bytes(&version)).join(OsStr::from_bytes(&key));
+            dirs.push((rel, key_fd));
         }
     }
-    Ok(entries)
+    Ok(dirs)
 }
 
 /// Opens dir `name` of `parent`, refusing a link.
@@ -169,31 +177,15 @@ fn read_regular(dir: &OwnedFd, name: &[u8]) -> std::io::Result<Option<Vec<u8>>> 
     Ok((bytes.len() as u64 <= MAX_BYTES).then_some(bytes))
 }
 
-/// The files of the interpreter cache of uv cache `cache` (real dirs
-/// only), with their inodes.
+/// The files of the interpreter cache of uv cache `cache` (any kind, links
+/// not followed), with their inodes.
 fn interpreter_files(cache: &Path) -> Vec<(PathBuf, u64)> {
-    let real_dirs = |dir: &Path| -> Vec<PathBuf> {
-        fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect()
-    };
     let mut files = Vec::new();
-    for version in real_dirs(cache) {
-        let is_interpreter = version
-            .file_name()
-            .is_some_and(|n| n.as_bytes().starts_with(DIR_PREFIX.as_bytes()));
-        if !is_interpreter {
-            continue;
-        }
-        for key in real_dirs(&version) {
-            for entry in fs::read_dir(&key).into_iter().flatten().flatten() {
-                if let Ok(meta) = entry.metadata() {
-                    files.push((entry.path(), meta.ino()));
-                }
+    for (key, key_fd) in key_dirs(cache).unwrap_or_default() {
+        for name in names(&key_fd).unwrap_or_default() {
+            let stat = rustix::fs::statat(&key_fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW);
+            if let Ok(stat) = stat {
+                files.push((cache.join(&key).join(OsStr::from_bytes(&name)), stat.st_ino));
             }
         }
     }
