@@ -23,14 +23,21 @@
 //! are read; reads and `begin_call` take turns on the tag's lock, so no
 //! byte is counted twice or missed. A line goes with the call during which
 //! its last byte was printed.
+//!
+//! A call whose outcome is acknowledged to someone (a queue message) can
+//! also wait until what it printed is in the files ([`LogTag::printed`],
+//! [`Printed::written`]): the pipes' unread bytes at the end of the call
+//! are a mark the drain passes once it has read and written them, so a
+//! worker killed after the acknowledgement has lost none of its lines.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -260,7 +267,16 @@ pub fn now() -> String {
 /// and which call it serves. Shared by its two drain tasks and its
 /// [`crate::SafeSandbox`].
 #[derive(Debug, Clone, Default)]
-pub struct LogTag(Arc<Mutex<TagState>>);
+pub struct LogTag(Arc<TagShared>);
+
+#[derive(Debug, Default)]
+struct TagShared {
+    state: Mutex<TagState>,
+    /// Bytes of each pipe read and written out so far.
+    handled: [AtomicU64; 2],
+    /// Woken each time `handled` grows.
+    progress: tokio::sync::Notify,
+}
 
 #[derive(Debug, Default)]
 struct TagState {
@@ -282,6 +298,8 @@ pub(crate) type ReadEnd = Arc<dyn AsFd + Send + Sync>;
 struct PipeState {
     /// Its read end, while it is drained.
     read_end: Option<ReadEnd>,
+    /// Bytes read from it so far.
+    read: u64,
     /// Its unread bytes printed during earlier calls: each call's id and
     /// byte count, oldest (first read) first.
     earlier: VecDeque<(String, u64)>,
@@ -411,11 +429,40 @@ impl LogTag {
             request_id,
             pipes,
         } = &mut *state;
-        let owners = match (sink, pipes.get_mut(index)) {
-            (Some(_), Some(pipe)) if n > 0 => pipe.owners(n as u64, request_id),
+        let Some(pipe) = pipes.get_mut(index) else {
+            return Ok((n, Vec::new()));
+        };
+        pipe.read += n as u64;
+        let owners = match sink {
+            Some(_) if n > 0 => pipe.owners(n as u64, request_id),
             _ => Vec::new(),
         };
         Ok((n, owners))
+    }
+
+    /// Says that `n` more bytes read from pipe `index` are written out.
+    pub(crate) fn handled(&self, index: usize, n: usize) {
+        if let Some(handled) = self.0.handled.get(index) {
+            handled.fetch_add(n as u64, Ordering::Release);
+            self.0.progress.notify_waiters();
+        }
+    }
+
+    /// What the sandbox has printed until now, to wait for
+    /// ([`Printed::written`]); `None` when its lines go nowhere.
+    pub fn printed(&self) -> Option<Printed> {
+        let state = self.lock();
+        state.sink.as_ref()?;
+        let mut upto = [0; 2];
+        for (mark, pipe) in upto.iter_mut().zip(&state.pipes) {
+            if let Some(read_end) = &pipe.read_end {
+                *mark = pipe.read + rustix::io::ioctl_fionread(read_end).unwrap_or(0);
+            }
+        }
+        Some(Printed {
+            tag: self.clone(),
+            upto,
+        })
     }
 
     /// The id of the call in flight.
@@ -433,7 +480,44 @@ impl LogTag {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TagState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A mark in a sandbox's output: everything it had printed when
+/// [`LogTag::printed`] was asked.
+#[derive(Debug)]
+pub struct Printed {
+    tag: LogTag,
+    upto: [u64; 2],
+}
+
+impl Printed {
+    /// Waits, at most `limit`, until the drain has read and written out
+    /// everything up to the mark (a last line without its newline waits
+    /// for it, or for the end of the stream); whether it has.
+    pub async fn written(self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let progress = self.tag.0.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if self.reached() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                return self.reached();
+            }
+        }
+    }
+
+    fn reached(&self) -> bool {
+        self.tag
+            .0
+            .handled
+            .iter()
+            .zip(self.upto)
+            .all(|(handled, upto)| handled.load(Ordering::Acquire) >= upto)
     }
 }
 
@@ -664,6 +748,51 @@ mod tests {
             Some(&(format!("req-{}", MAX_EARLIER_CALLS - 1), 11))
         );
         assert_eq!(owners.iter().map(|(_, n)| n).sum::<u64>(), got as u64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn printed_output_is_written_once_the_drain_has_read_and_handled_all_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_logs, tag) = routed(dir.path(), 64);
+        let (out_read, mut out) = watched_pipe(&tag, 0);
+        let (err_read, mut err) = watched_pipe(&tag, 1);
+        tag.begin_call("req-1");
+        out.write_all(b"one\ntwo\n").expect("write");
+        err.write_all(b"e\n").expect("write");
+        let drain = |read_end: &Arc<std::os::fd::OwnedFd>, index: usize, n: usize| {
+            let mut buf = vec![0u8; n];
+            let (got, _) = tag
+                .read_owned(index, || nix::unistd::read(read_end.as_ref(), &mut buf))
+                .expect("read");
+            tag.handled(index, got);
+        };
+        // Printed after the mark: not waited for.
+        let mark = tag.printed().expect("routed");
+        out.write_all(b"later\n").expect("write");
+        assert!(
+            !mark.written(Duration::from_millis(50)).await,
+            "nothing read"
+        );
+        drain(&out_read, 0, 4);
+        drain(&err_read, 1, 64);
+        let mark = tag.printed().expect("routed");
+        assert_eq!(mark.upto, [8 + 6, 2]);
+        assert!(!mark.written(Duration::from_millis(50)).await, "4 of 14");
+        // A waiter wakes as the drain goes on, long before its limit.
+        let waiting = tokio::spawn(
+            tag.printed()
+                .expect("routed")
+                .written(Duration::from_secs(60)),
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drain(&out_read, 0, 4);
+        assert!(!waiting.is_finished(), "8 of 14");
+        let start = tokio::time::Instant::now();
+        drain(&out_read, 0, 64);
+        assert!(waiting.await.expect("task"));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        // Output of a sandbox whose lines go nowhere is not waited for.
+        assert!(LogTag::default().printed().is_none());
     }
 
     #[test]

@@ -252,6 +252,7 @@ async fn drain(stream: Stream) {
                 Ok((0, _)) => false,
                 Ok((n, owners)) => {
                     sink.take(&tag, &owners, &buf[..n]);
+                    tag.handled(index, n);
                     true
                 }
                 Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
@@ -512,6 +513,34 @@ mod tests {
                 &e.line[..20]
             );
         }
+    }
+
+    #[tokio::test]
+    async fn once_printed_output_is_written_every_line_of_it_is_in_the_lambdas_log() {
+        use crate::lambda_logs::LambdaLogs;
+        let root = tempfile::tempdir().expect("tempdir");
+        let logs = Arc::new(LambdaLogs::new(root.path().join("logs"), 4096));
+        let pipes = pipes_of(root.path(), "sb");
+        pipes.tag.route(Some(logs.sink("hello", "hello-1", 4096)));
+        let (mut out, mut err) = (File::from(pipes.stdout), File::from(pipes.stderr));
+        for call in 0..20 {
+            pipes.tag.begin_call(&format!("req-{call}"));
+            for i in 0..30 {
+                writeln!(out, "call {call} line {i} {}", "x".repeat(500)).expect("write");
+            }
+            writeln!(err, "call {call} done").expect("write");
+            // As a queue call does before its message is acknowledged; the
+            // pipes stay open (the sandbox lives on).
+            let printed = pipes.tag.printed().expect("routed");
+            assert!(
+                printed.written(Duration::from_secs(10)).await,
+                "call {call}"
+            );
+            let entries = LambdaLogs::read(&root.path().join("logs"), "hello").expect("read");
+            assert_eq!(entries.len(), (call + 1) * 31, "call {call}");
+        }
+        drop((out, err));
+        assert!(pipes.drained.wait(Duration::from_secs(10)), "drained");
     }
 
     #[test]

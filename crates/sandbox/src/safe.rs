@@ -139,6 +139,13 @@ impl SafeSandbox {
         self.inner.cgroup()
     }
 
+    /// What the sandbox has printed until now, to wait until it is in its
+    /// lambda's log ([`crate::lambda_logs::Printed::written`]); `None`
+    /// when its output goes to no lambda's log.
+    pub fn printed(&self) -> Option<crate::lambda_logs::Printed> {
+        self.inner.log_tag()?.printed()
+    }
+
     /// Whether the sandbox can no longer serve calls.
     pub fn is_dead(&self) -> bool {
         self.dead.is_some()

@@ -26,6 +26,24 @@ pub enum Trigger {
     Queue,
 }
 
+/// Longest a queue call waits for its output to be in the lambda's log
+/// before its message is acknowledged (the drain is seconds behind only
+/// on a machine far over its capacity).
+const LOGGED_WITHIN: Duration = Duration::from_secs(2);
+
+/// Waits until what a call of lambda `name` printed is in its log (see
+/// `call_once`), at most [`LOGGED_WITHIN`].
+async fn logged(name: &str, printed: Option<ol_sandbox::lambda_logs::Printed>) {
+    if let Some(printed) = printed
+        && !printed.written(LOGGED_WITHIN).await
+    {
+        tracing::warn!(
+            lambda = name,
+            "a queue call's output was not in the lambda's log within {LOGGED_WITHIN:?}; acknowledging it anyway"
+        );
+    }
+}
+
 impl LambdaManager {
     /// Runs one HTTP-triggered call of lambda `name`. The call runs in its
     /// own task, so a caller that goes away never leaves a sandbox half-way
@@ -96,7 +114,7 @@ impl LambdaManager {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.call_once(&function, &inv).await {
+            match self.call_once(&function, &inv, trigger).await {
                 Err(InvokeError::NotDelivered(why)) if attempts < 2 => {
                     tracing::info!(lambda = name, "{why}; retrying on a fresh sandbox");
                 }
@@ -110,6 +128,7 @@ impl LambdaManager {
         &self,
         function: &LambdaFunction,
         inv: &Invocation,
+        trigger: Trigger,
     ) -> Result<Reply, InvokeError> {
         let name = function.name.as_str();
         let mut inst = loop {
@@ -152,13 +171,23 @@ impl LambdaManager {
             .time(inst.sandbox.call(inv, limit, max_response))
             .await;
         function.record_call(started.elapsed());
+        // A queue message is acknowledged when its call returns: by then
+        // what the call printed must be in the lambda's log, or a worker
+        // killed right after the acknowledgement would lose the lines still
+        // in the pipes. (Failures are written by the worker itself.)
+        let printed = match (&result, trigger) {
+            (Ok(_) | Err(CallError::Raised { .. }), Trigger::Queue) => inst.sandbox.printed(),
+            _ => None,
+        };
         match result {
             Ok(reply) => {
                 self.release(function, inst);
+                logged(name, printed).await;
                 Ok(reply)
             }
             Err(CallError::Raised { error, traceback }) => {
                 self.release(function, inst);
+                logged(name, printed).await;
                 Err(InvokeError::Raised { error, traceback })
             }
             Err(CallError::Timeout(limit)) => {
