@@ -170,6 +170,32 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// Descriptors the worker's table is made to hold at start
+/// ([`presize_fd_table`]): a sandbox holds about 4, so room for some 4,000
+/// sandboxes before the table grows again.
+const PRESIZED_FDS: u64 = 16 * 1024;
+
+/// Grows the worker's descriptor table to hold [`PRESIZED_FDS`] (fewer
+/// if `limit`, the descriptor limit in force, is lower), to be called
+/// while the worker has one thread; returns the descriptor that made it
+/// grow, if it did.
+///
+/// The kernel doubles a process's table when a descriptor past its end is
+/// needed, and when threads share the table each growth first waits for
+/// an RCU grace period (`expand_fdtable`): every thread of the worker that
+/// asks for a descriptor meanwhile (accepting a connection, a new
+/// sandbox's pipes and sockets) waits with it, 10–22 ms on this project's
+/// VMs, at 128, 256, 512, 1,024... descriptors, that is after some 30,
+/// 60, 120, 250 sandboxes. With one thread there is no wait, and a table
+/// never shrinks. It costs the kernel 8 bytes a descriptor (128 KiB).
+pub fn presize_fd_table(limit: u64) -> Option<u64> {
+    let top = PRESIZED_FDS.min(limit).checked_sub(1)?;
+    // The lowest free descriptor at or above `top`: the table grows to
+    // hold it, and keeps that size once it is closed.
+    let fd = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), i32::try_from(top).ok()?).ok()?;
+    Some(u64::try_from(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap_or(0))
+}
+
 /// A number in a /proc file (`pid_max`, `nr_open`).
 fn read_proc_number(path: &str) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -905,6 +931,22 @@ mod tests {
 
     fn defaults_value() -> Value {
         serde_json::to_value(Config::default()).expect("serialize")
+    }
+
+    #[test]
+    fn the_descriptor_table_is_made_to_hold_its_bound_or_the_limit() {
+        let limit = raise_fd_limit();
+        let bound = PRESIZED_FDS.min(limit);
+        let grew_at = presize_fd_table(limit).expect("a descriptor at the top");
+        assert!(grew_at >= bound - 1, "{grew_at}");
+        let status = fs::read_to_string("/proc/self/status").expect("status");
+        let size: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("FDSize");
+        assert!(size >= bound, "table of {size}, {bound} wanted");
+        assert_eq!(presize_fd_table(0), None);
     }
 
     #[test]

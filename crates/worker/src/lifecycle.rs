@@ -22,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::WorkerError;
 use crate::access::{AdminGates, is_loopback_ip};
-use crate::config::{Config, ImportCache, raise_fd_limit};
+use crate::config::{Config, ImportCache, presize_fd_table, raise_fd_limit};
 use crate::conn::ConnLimits;
 use crate::metrics::WorkerMetrics;
 use crate::server;
@@ -54,7 +54,14 @@ pub fn run_worker(dir: &WorkerDir, config: &Config) -> Result<(), WorkerError> {
     // Before anything holds descriptors: http.max_connections was checked
     // against the raised limit.
     let fds = raise_fd_limit();
-    tracing::debug!(fds, "descriptor limit");
+    // Before any thread exists (no tokio runtime, no pool yet): growing
+    // the table later would stall the worker's threads (see the function).
+    let presized = presize_fd_table(fds);
+    tracing::debug!(
+        fds,
+        ?presized,
+        "descriptor limit, and the table made to hold"
+    );
     let python = ol_base::python::resolve_cached(
         config.base,
         &dir.base(),
