@@ -57,11 +57,7 @@ pub fn run_worker(dir: &WorkerDir, config: &Config) -> Result<(), WorkerError> {
     // Before any thread exists (no tokio runtime, no pool yet): growing
     // the table later would stall the worker's threads (see the function).
     let presized = presize_fd_table(fds);
-    tracing::debug!(
-        fds,
-        ?presized,
-        "descriptor limit, and the table made to hold"
-    );
+    tracing::debug!(fds, ?presized, "descriptor limit; descriptor table grown");
     let python = ol_base::python::resolve_cached(
         config.base,
         &dir.base(),
