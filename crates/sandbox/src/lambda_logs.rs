@@ -494,8 +494,9 @@ pub struct Printed {
 
 impl Printed {
     /// Waits, at most `limit`, until the drain has read and written out
-    /// everything up to the mark (a last line without its newline waits
-    /// for it, or for the end of the stream); whether it has.
+    /// everything up to the mark; whether it has. A last line without its
+    /// newline is not waited for: it is written once its newline comes,
+    /// or at the end of the stream.
     pub async fn written(self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
