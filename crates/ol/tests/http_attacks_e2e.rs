@@ -44,12 +44,7 @@ def f(event):
 
 /// The worker's resident memory in KiB.
 fn worker_rss_kb(w: &TestWorker) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{}/status", w.worker_pid())).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
+    common::proc_status(w.worker_pid(), "VmRSS")
 }
 
 on_both_backends!(response_frame_claiming_400_mib_is_refused_without_buffering_it);

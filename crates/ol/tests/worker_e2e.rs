@@ -226,12 +226,7 @@ fn fifty_concurrent_calls_all_succeed(backend: Backend) {
     assert!((1..=8).contains(&sandboxes), "{sandboxes} sandboxes");
     // The worker's descriptor table was made large at start, while it had
     // one thread (growing it later stalls every thread: `presize_fd_table`).
-    let status = fs::read_to_string(format!("/proc/{}/status", w.worker_pid())).expect("status");
-    let table: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("FDSize:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("FDSize");
+    let table = common::proc_status(w.worker_pid(), "FDSize");
     let (_, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("limit");
     assert!(table >= hard.min(16 * 1024), "table of {table} descriptors");

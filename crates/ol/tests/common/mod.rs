@@ -462,6 +462,17 @@ pub fn request_with_header(method: &str, url: &str, name: &str, value: &str) -> 
     send(method, url, &[(name, value)], &[]).status().as_u16()
 }
 
+/// The number `field` (`VmRSS`, `FDSize`) of process `pid`'s
+/// `/proc/PID/status` (its first word: KiB for the memory fields).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} of process {pid}"))
+}
+
 /// Pids of every process whose command line mentions `dir`.
 pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
     let needle = dir.to_string_lossy().into_owned();
