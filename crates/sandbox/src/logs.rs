@@ -543,6 +543,43 @@ mod tests {
         assert!(pipes.drained.wait(Duration::from_secs(10)), "drained");
     }
 
+    #[tokio::test]
+    async fn a_sandbox_printing_on_without_end_does_not_hold_back_its_calls_mark() {
+        use crate::lambda_logs::LambdaLogs;
+        use std::sync::atomic::AtomicBool;
+        let root = tempfile::tempdir().expect("tempdir");
+        let logs = Arc::new(LambdaLogs::new(root.path().join("logs"), 64));
+        let pipes = pipes_of(root.path(), "sb");
+        pipes.tag.route(Some(logs.sink("hostile", "hostile-1", 64)));
+        pipes.tag.begin_call("req-1");
+        let mut out = File::from(pipes.stdout);
+        writeln!(out, "the call's line").expect("write");
+        let printed = pipes.tag.printed().expect("routed");
+        // What a hostile lambda's leftover process does once its call has
+        // returned: print, as fast as it can, until stopped.
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let chunk = format!("{}\n", "x".repeat(4095));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if out.write_all(chunk.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let reached = printed.written(Duration::from_secs(10)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flood.join().expect("flood");
+        assert!(
+            reached,
+            "the mark was never reached while the flood went on"
+        );
+        drop(pipes.stderr);
+        assert!(pipes.drained.wait(Duration::from_secs(10)), "drained");
+    }
+
     #[test]
     fn a_dir_made_now_is_used_as_it_is() {
         let root = tempfile::tempdir().expect("tempdir");
