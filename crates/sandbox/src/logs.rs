@@ -425,6 +425,18 @@ mod tests {
         pipes(&Scratch::later(root, id), 1).expect("pipes")
     }
 
+    /// Pipes of sandbox `hello-1` (scratch dir `sb` in `root`), its lines
+    /// routed to lambda `hello`'s log in `root/logs`, of at most `cap_kb`.
+    fn routed_pipes(root: &Path, cap_kb: u64) -> LogPipes {
+        let logs = Arc::new(crate::lambda_logs::LambdaLogs::new(
+            root.join("logs"),
+            cap_kb,
+        ));
+        let pipes = pipes_of(root, "sb");
+        pipes.tag.route(Some(logs.sink("hello", "hello-1", cap_kb)));
+        pipes
+    }
+
     #[test]
     fn a_scratch_dir_renamed_before_or_during_output_keeps_its_logs() {
         for during in [false, true] {
@@ -482,11 +494,8 @@ mod tests {
 
     #[test]
     fn every_line_goes_with_the_call_that_printed_it_however_far_the_drain_lags() {
-        use crate::lambda_logs::LambdaLogs;
         let root = tempfile::tempdir().expect("tempdir");
-        let logs = Arc::new(LambdaLogs::new(root.path().join("logs"), 4096));
-        let pipes = pipes_of(root.path(), "sb");
-        pipes.tag.route(Some(logs.sink("hello", "hello-1", 4096)));
+        let pipes = routed_pipes(root.path(), 4096);
         let (mut out, mut err) = (File::from(pipes.stdout), File::from(pipes.stderr));
         // Calls back to back, each printing nearly a pipe's worth (60 KB)
         // on stdout and a line on stderr, the next one beginning at once
@@ -501,7 +510,8 @@ mod tests {
         }
         drop((out, err));
         assert!(pipes.drained.wait(Duration::from_secs(10)), "drained");
-        let entries = LambdaLogs::read(&root.path().join("logs"), "hello").expect("read");
+        let entries =
+            crate::lambda_logs::LambdaLogs::read(&root.path().join("logs"), "hello").expect("read");
         assert_eq!(entries.len(), calls * 61);
         for e in &entries {
             let call = e.line.split(' ').nth(1).expect("call number");
@@ -517,11 +527,8 @@ mod tests {
 
     #[tokio::test]
     async fn once_printed_output_is_written_every_line_of_it_is_in_the_lambdas_log() {
-        use crate::lambda_logs::LambdaLogs;
         let root = tempfile::tempdir().expect("tempdir");
-        let logs = Arc::new(LambdaLogs::new(root.path().join("logs"), 4096));
-        let pipes = pipes_of(root.path(), "sb");
-        pipes.tag.route(Some(logs.sink("hello", "hello-1", 4096)));
+        let pipes = routed_pipes(root.path(), 4096);
         let (mut out, mut err) = (File::from(pipes.stdout), File::from(pipes.stderr));
         for call in 0..20 {
             pipes.tag.begin_call(&format!("req-{call}"));
@@ -536,7 +543,8 @@ mod tests {
                 printed.written(Duration::from_secs(10)).await,
                 "call {call}"
             );
-            let entries = LambdaLogs::read(&root.path().join("logs"), "hello").expect("read");
+            let entries = crate::lambda_logs::LambdaLogs::read(&root.path().join("logs"), "hello")
+                .expect("read");
             assert_eq!(entries.len(), (call + 1) * 31, "call {call}");
         }
         drop((out, err));
@@ -545,12 +553,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_sandbox_printing_on_without_end_does_not_hold_back_its_calls_mark() {
-        use crate::lambda_logs::LambdaLogs;
         use std::sync::atomic::AtomicBool;
         let root = tempfile::tempdir().expect("tempdir");
-        let logs = Arc::new(LambdaLogs::new(root.path().join("logs"), 64));
-        let pipes = pipes_of(root.path(), "sb");
-        pipes.tag.route(Some(logs.sink("hostile", "hostile-1", 64)));
+        let pipes = routed_pipes(root.path(), 64);
         pipes.tag.begin_call("req-1");
         let mut out = File::from(pipes.stdout);
         writeln!(out, "the call's line").expect("write");
